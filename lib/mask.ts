@@ -1,0 +1,42 @@
+// Every secret value the run learns is registered here; every line of output, JSON event,
+// error message and retry file goes through mask() before it leaves the process.
+
+const MASK = '********'
+const values = new Set<string>()
+let pattern: RegExp | null = null
+
+/** Remember a secret so it is masked everywhere from now on. Short values are ignored: masking "1" would garble all output. */
+export function registerSecret(value: string): void {
+  if (typeof value !== 'string' || value.length < 4 || values.has(value)) return
+  values.add(value)
+  // Also mask the value as it would appear JSON-escaped or with its trailing newline trimmed.
+  const jsonForm = JSON.stringify(value).slice(1, -1)
+  if (jsonForm !== value) values.add(jsonForm)
+  const trimmed = value.trim()
+  if (trimmed.length >= 4) values.add(trimmed)
+  pattern = null
+}
+
+export function mask(text: string): string {
+  if (values.size === 0 || !text) return text
+  if (!pattern) {
+    // Longest first, so a secret that contains another is masked whole.
+    const sorted = [...values].sort((a, b) => b.length - a.length)
+    pattern = new RegExp(sorted.map(escapeRegExp).join('|'), 'g')
+  }
+  return text.replace(pattern, MASK)
+}
+
+export function knownSecretCount(): number {
+  return values.size
+}
+
+/** For tests only: forget every registered secret. */
+export function resetSecretsForTest(): void {
+  values.clear()
+  pattern = null
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+}
