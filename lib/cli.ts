@@ -1,0 +1,221 @@
+// The command line of every playbook: thin wiring from flags to the library (inventory, secrets,
+// reporter, runner). Exit codes: 0 ok, 1 usage/inventory/secrets, 2 a host failed, 4 a host unreachable, 130 interrupted.
+
+import { basename } from 'node:path'
+import { parseArgs } from 'node:util'
+import { errorText, isProvisionError, ProvisionError } from './errors.ts'
+import { hostVars, loadInventory, parseExtraVars, type Inventory } from './inventory.ts'
+import { mask } from './mask.ts'
+import { createReporter } from './reporter.ts'
+import type { Connection } from './connection.ts'
+import type { InventoryHost } from './inventory.ts'
+import type { Playbook } from './role.ts'
+import { EXIT, planHosts, runPlaybook, stepSelected, type RunSummary } from './runner.ts'
+import { openSecretStore, type SecretStore } from './secrets.ts'
+import type { Vars } from './vars.ts'
+
+export const USAGE = `usage: npx zx playbooks/<playbook>.mts [options]
+
+  -i, --inventory FILE    inventory (default inventory/hosts.yaml)
+  -l, --limit PATTERN     only these hosts: names, groups, globs, a,b, !x, &g, @retry-file
+  -C, --check             change nothing; report what would change
+  -D, --diff              show unified diffs of file edits
+  -t, --tags LIST         only steps with these tags (a role's name is a tag of all its steps)
+      --skip-tags LIST    skip steps with these tags
+  -e, --extra-vars K=V    set a variable, above everything else (repeatable)
+  -f, --forks N           hosts in parallel (default 10)
+      --list-hosts        print the hosts each play would touch, then exit (no connection)
+      --list-tasks        print the steps each play would run, then exit (no connection)
+      --json FILE         write one JSON event per line to FILE
+      --trust-new-host-keys  record the key of a host not yet in known_hosts (a changed key is always refused)
+      --retry-file FILE   where failed/unreachable hosts are listed (default <playbook>.retry)
+  -v, -vv                 show commands (-v) and their output (-vv); secrets are masked
+  -h, --help              this text
+`
+
+export interface CliOptions {
+  inventoryFile: string
+  limit?: string
+  check: boolean
+  diff: boolean
+  tags: string[]
+  skipTags: string[]
+  extra: string[]
+  forks: number
+  listHosts: boolean
+  listTasks: boolean
+  json?: string
+  trustNewHostKeys: boolean
+  retryFile?: string
+  verbosity: number
+  help: boolean
+}
+
+export function parseCli(argv: string[]): CliOptions {
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: false,
+      strict: true,
+      options: {
+        inventory: { type: 'string', short: 'i' },
+        limit: { type: 'string', short: 'l' },
+        check: { type: 'boolean', short: 'C' },
+        diff: { type: 'boolean', short: 'D' },
+        tags: { type: 'string', short: 't', multiple: true },
+        'skip-tags': { type: 'string', multiple: true },
+        'extra-vars': { type: 'string', short: 'e', multiple: true },
+        forks: { type: 'string', short: 'f' },
+        'list-hosts': { type: 'boolean' },
+        'list-tasks': { type: 'boolean' },
+        json: { type: 'string' },
+        'trust-new-host-keys': { type: 'boolean' },
+        'retry-file': { type: 'string' },
+        verbose: { type: 'boolean', short: 'v', multiple: true },
+        help: { type: 'boolean', short: 'h' },
+      },
+    })
+  } catch (e) {
+    throw new ProvisionError('usage', (e as Error).message, { hint: 'see --help' })
+  }
+  const v = parsed.values
+  const forks = v.forks === undefined ? 10 : Number(v.forks)
+  if (!Number.isInteger(forks) || forks < 1) throw new ProvisionError('usage', `--forks ${v.forks}: expected a whole number >= 1`)
+  const list = (xs: string[] | undefined) => (xs ?? []).flatMap((x) => x.split(',')).map((s) => s.trim()).filter(Boolean)
+  return {
+    inventoryFile: v.inventory ?? 'inventory/hosts.yaml',
+    limit: v.limit,
+    check: v.check ?? false,
+    diff: v.diff ?? false,
+    tags: list(v.tags),
+    skipTags: list(v['skip-tags']),
+    extra: v['extra-vars'] ?? [],
+    forks,
+    listHosts: v['list-hosts'] ?? false,
+    listTasks: v['list-tasks'] ?? false,
+    json: v.json,
+    trustNewHostKeys: v['trust-new-host-keys'] ?? false,
+    retryFile: v['retry-file'],
+    verbosity: (v.verbose ?? []).length,
+    help: v.help ?? false,
+  }
+}
+
+/** Arguments after the playbook file, whether started by `npx zx file.mts` or `node file.mts`. */
+export function scriptArgs(argv = process.argv): string[] {
+  const i = argv.findIndex((a, k) => k >= 1 && /\.(mts|ts|mjs|js)$/.test(a) && !/[\\/]\.bin[\\/]zx$/.test(a))
+  return argv.slice(i < 0 ? 2 : i + 1)
+}
+
+export function listHosts(pb: Playbook, inv: Inventory, limit?: string): string[] {
+  const out: string[] = []
+  for (const { play, hosts } of planHosts(pb, inv, limit)) {
+    out.push(`play #${pb.plays.indexOf(play) + 1} (${play.hosts}): ${play.name}  HOSTS (${hosts.length}):`)
+    for (const h of hosts) out.push(`    ${h}  ${String(inv.hosts.get(h)!.vars.address)}`)
+  }
+  return out
+}
+
+export function listTasks(pb: Playbook, inv: Inventory, o: Pick<CliOptions, 'limit' | 'tags' | 'skipTags'>): string[] {
+  const out: string[] = []
+  for (const { play, hosts } of planHosts(pb, inv, o.limit)) {
+    out.push(`play #${pb.plays.indexOf(play) + 1} (${play.hosts}): ${play.name}  HOSTS: ${hosts.join(', ') || '(none)'}`)
+    for (const role of play.roles) {
+      for (const step of role.steps.filter((s) => stepSelected(s, role, o.tags, o.skipTags)))
+        out.push(`    ${role.name} | ${step.name}${step.tags?.length ? `  TAGS: [${step.tags.join(', ')}]` : ''}`)
+      for (const h of role.handlers ?? []) out.push(`    ${role.name} | handler: ${h.name}`)
+    }
+  }
+  return out
+}
+
+export interface MainHooks {
+  connect?: (host: InventoryHost, vars: Vars) => Connection
+  secrets?: SecretStore
+  write?: (line: string) => void
+}
+
+/** Run a playbook from the command line; resolves to the exit code (callers exit with it). */
+export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}): Promise<number> {
+  const print = hooks.write ?? ((l: string) => process.stdout.write(mask(l) + '\n'))
+  const printErr = hooks.write ?? ((l: string) => process.stderr.write(mask(l) + '\n'))
+  let summary: RunSummary | undefined
+  const abort = new AbortController()
+  let sigints = 0
+  const onSigint = () => {
+    sigints++
+    if (sigints === 1) {
+      printErr('interrupted: finishing the steps in flight, then the recap (Ctrl-C again to quit at once)')
+      abort.abort()
+    } else process.exit(EXIT.interrupted)
+  }
+  try {
+    const o = parseCli(argv)
+    if (o.help) {
+      print(USAGE)
+      return EXIT.ok
+    }
+    const inv = loadInventory(o.inventoryFile)
+    const extra = parseExtraVars(o.extra)
+    if (o.listHosts) {
+      listHosts(pb, inv, o.limit).forEach((l) => print(l))
+      return EXIT.ok
+    }
+    if (o.listTasks) {
+      listTasks(pb, inv, o).forEach((l) => print(l))
+      return EXIT.ok
+    }
+    const secrets = hooks.secrets ?? (await openStoreFor(inv, extra))
+    const reporter = createReporter({ verbosity: o.verbosity, showDiff: o.diff, jsonFile: o.json, write: hooks.write })
+    process.on('SIGINT', onSigint)
+    try {
+      summary = await runPlaybook(pb, {
+        inventory: inv,
+        limit: o.limit,
+        check: o.check,
+        diff: o.diff,
+        tags: o.tags,
+        skipTags: o.skipTags,
+        forks: o.forks,
+        extraVars: extra,
+        trustNewHostKeys: o.trustNewHostKeys,
+        reporter,
+        secrets,
+        connect: hooks.connect,
+        retryFile: o.retryFile ?? `${basename(pb.name)}.retry`,
+        signal: abort.signal,
+      })
+    } finally {
+      reporter.close()
+      process.off('SIGINT', onSigint)
+    }
+    return summary.exitCode
+  } catch (e) {
+    printErr(`ERROR: ${errorText(e)}`)
+    if (isProvisionError(e)) return e.kind === 'interrupted' ? EXIT.interrupted : EXIT.usage
+    if (e instanceof Error && e.stack && process.env.PROVISION_DEBUG) printErr(e.stack)
+    return EXIT.usage
+  }
+}
+
+/** The secrets store the inventory asks for (same backend for every host). */
+export async function openStoreFor(inv: Inventory, extra: Record<string, unknown>): Promise<SecretStore> {
+  const backends = new Set<string>()
+  let file: string | undefined
+  for (const h of inv.hosts.values()) {
+    const v = hostVars(h, {}, extra)
+    backends.add(v.secrets_backend)
+    file ??= v.secrets_file
+  }
+  if (backends.size > 1) throw new ProvisionError('inventory', `hosts use different secrets backends (${[...backends].join(', ')}); set secrets_backend once under all.vars`, { place: { file: inv.file } })
+  const backend = [...backends][0] as Vars['secrets_backend']
+  if (backend === 'file' && !file) throw new ProvisionError('inventory', 'secrets_backend is "file" but no secrets_file is set', { place: { file: inv.file } })
+  return openSecretStore({ backend, file })
+}
+
+/** Entry point for playbooks: run and exit with the code. */
+export async function main(pb: Playbook): Promise<never> {
+  const code = await runCli(pb, scriptArgs())
+  process.exit(code)
+}

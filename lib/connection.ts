@@ -1,0 +1,230 @@
+// Connections to hosts. One persistent SSH connection per host (node-ssh over ssh2), strict
+// host-key checking against known_hosts, sudo through POSIX quoting, secrets on stdin only.
+// A LocalConnection runs the same scripts on the controller (tests, and controller-side work).
+
+import { spawn } from 'node:child_process'
+import { readFile } from 'node:fs/promises'
+import { NodeSSH } from 'node-ssh'
+import type { ServerHostKeyAlgorithm } from 'ssh2'
+import pLimit from 'p-limit'
+import { ProvisionError } from './errors.ts'
+import { expandPath } from './inventory.ts'
+import { addKnownHost, checkHostKey, fingerprint, knownKeyTypes, loadKnownHosts, type HostKeyVerdict } from './knownhosts.ts'
+import { asRoot } from './shell.ts'
+
+export interface RunOptions {
+  /** Run as root (sudo -n sh -c). Default true: provisioning is root's work. */
+  sudo?: boolean
+  /** Text for the command's stdin: the only way secrets reach a remote command. */
+  stdin?: string
+}
+
+export interface RunResult {
+  code: number
+  stdout: string
+  stderr: string
+}
+
+export interface Connection {
+  readonly host: string
+  /** Run a POSIX sh script on the host. Never rejects on a non-zero exit; rejects when the host cannot be reached. */
+  run(script: string, opts?: RunOptions): Promise<RunResult>
+  /** Drop the connection (if any) so the next run() connects again, e.g. after a reboot. */
+  reset(): Promise<void>
+  close(): Promise<void>
+}
+
+export interface SshTarget {
+  host: string
+  address: string
+  port: number
+  user: string
+  keyFile?: string
+  /** Key text from the secrets store, when the inventory names ssh_key_ref. */
+  keyText?: string
+  knownHostsFile: string
+  /** Accept and record the key of a host that is not in known_hosts yet (never a changed key). */
+  trustNewHostKeys: boolean
+  connectTimeoutSec: number
+}
+
+// sshd's default MaxSessions is 10: stay under it, leaving room for a person's own session.
+const CHANNELS_PER_HOST = 8
+const CONNECT_ATTEMPTS = 3
+
+export class SshConnection implements Connection {
+  readonly host: string
+  private readonly target: SshTarget
+  private ssh: NodeSSH | null = null
+  private connecting: Promise<NodeSSH> | null = null
+  private readonly channels = pLimit(CHANNELS_PER_HOST)
+
+  constructor(target: SshTarget) {
+    this.host = target.host
+    this.target = target
+  }
+
+  async run(script: string, opts: RunOptions = {}): Promise<RunResult> {
+    const line = opts.sudo === false ? script : asRoot(script, this.target.user)
+    return this.channels(async () => {
+      const ssh = await this.connect()
+      try {
+        const r = await ssh.execCommand(line, { stdin: opts.stdin, noTrim: true })
+        return { code: r.code ?? 255, stdout: r.stdout, stderr: r.stderr }
+      } catch (e) {
+        // The connection died under the command: forget it so the next run reconnects.
+        this.ssh = null
+        throw new ProvisionError('unreachable', `connection lost while running a command: ${(e as Error).message}`, { place: { host: this.host }, cause: e })
+      }
+    })
+  }
+
+  async reset(): Promise<void> {
+    const ssh = this.ssh
+    this.ssh = null
+    this.connecting = null
+    ssh?.dispose()
+  }
+
+  async close(): Promise<void> {
+    await this.reset()
+  }
+
+  /** Connect once per host; concurrent callers share the attempt. Bounded retries with backoff. */
+  connect(): Promise<NodeSSH> {
+    if (this.ssh?.isConnected()) return Promise.resolve(this.ssh)
+    if (!this.connecting) {
+      this.connecting = this.connectWithRetries().finally(() => {
+        this.connecting = null
+      })
+    }
+    return this.connecting
+  }
+
+  private async connectWithRetries(): Promise<NodeSSH> {
+    let last: unknown
+    for (let attempt = 1; attempt <= CONNECT_ATTEMPTS; attempt++) {
+      try {
+        return await this.connectOnce()
+      } catch (e) {
+        last = e
+        // A host-key problem or a refused login will not fix itself: do not retry those.
+        if (e instanceof ProvisionError && (e.kind === 'hostkey' || /authentication/i.test(e.message))) throw e
+        if (attempt < CONNECT_ATTEMPTS) await sleep(250 * 2 ** attempt)
+      }
+    }
+    throw last
+  }
+
+  private async connectOnce(): Promise<NodeSSH> {
+    const t = this.target
+    const khPath = expandPath(t.knownHostsFile, process.cwd())
+    const known = await loadKnownHosts(khPath)
+    let verdict: HostKeyVerdict | null = null
+    let presented: Buffer | null = null
+    const preferred = knownKeyTypes(known, t.address, t.port)
+    const privateKey = t.keyText ?? (t.keyFile ? await readKey(t.keyFile, t.host) : undefined)
+    const ssh = new NodeSSH()
+    try {
+      await ssh.connect({
+        host: t.address,
+        port: t.port,
+        username: t.user,
+        privateKey,
+        readyTimeout: t.connectTimeoutSec * 1000,
+        keepaliveInterval: 5000,
+        keepaliveCountMax: 3,
+        // Like OpenSSH: ask for a key type we already know for this host, so a host with several keys matches.
+        algorithms: preferred.length > 0 ? { serverHostKey: orderHostKeyAlgorithms(preferred) } : undefined,
+        hostVerifier: (key: Buffer) => {
+          presented = key
+          verdict = checkHostKey(known, t.address, t.port, key)
+          if (verdict.status === 'match') return true
+          return verdict.status === 'unknown' && t.trustNewHostKeys
+        },
+      })
+    } catch (e) {
+      ssh.dispose()
+      const v = verdict as HostKeyVerdict | null
+      if (v && v.status !== 'match' && !(v.status === 'unknown' && t.trustNewHostKeys)) throw hostKeyError(t, khPath, v, presented!)
+      throw unreachable(t, e)
+    }
+    const v = verdict as HostKeyVerdict | null
+    if (v?.status === 'unknown' && presented) await addKnownHost(khPath, t.address, t.port, presented)
+    ssh.connection?.on('close', () => {
+      if (this.ssh === ssh) this.ssh = null
+    })
+    this.ssh = ssh
+    return ssh
+  }
+}
+
+function orderHostKeyAlgorithms(known: string[]): ServerHostKeyAlgorithm[] {
+  const all: ServerHostKeyAlgorithm[] = ['ssh-ed25519', 'ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384', 'ecdsa-sha2-nistp521', 'rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa']
+  const wanted = new Set<string>()
+  for (const k of known) {
+    if (k === 'ssh-rsa') ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'].forEach((a) => wanted.add(a))
+    else wanted.add(k)
+  }
+  return [...all.filter((a) => wanted.has(a)), ...all.filter((a) => !wanted.has(a))]
+}
+
+function hostKeyError(t: SshTarget, khPath: string, v: HostKeyVerdict, key: Buffer): ProvisionError {
+  const got = fingerprint(key)
+  const who = `${t.host} (${t.address}${t.port === 22 ? '' : `:${t.port}`})`
+  if (v.status === 'changed')
+    return new ProvisionError('hostkey', `HOST KEY CHANGED for ${who}: known_hosts has ${v.expected.join(', ')}, the host now presents ${got}. Refusing to connect.`, {
+      place: { host: t.host },
+      hint: `if the host was reflashed, run playbooks/rebuild.mts ${t.host} (or: ssh-keygen -R ${t.address} -f ${khPath}, then rerun with --trust-new-host-keys); otherwise treat this as an attack`,
+    })
+  if (v.status === 'revoked')
+    return new ProvisionError('hostkey', `host key ${got} of ${who} is marked @revoked in ${khPath}; refusing to connect`, { place: { host: t.host } })
+  return new ProvisionError('hostkey', `unknown host key for ${who}: ${got} is not in ${khPath}; refusing to connect`, {
+    place: { host: t.host },
+    hint: `check the fingerprint on the host (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then rerun with --trust-new-host-keys to record it`,
+  })
+}
+
+function unreachable(t: SshTarget, e: unknown): ProvisionError {
+  const err = e as NodeJS.ErrnoException & { level?: string }
+  let why = err.message ?? String(e)
+  if (err.code === 'ECONNREFUSED') why = `connection refused on port ${t.port} (is sshd running?)`
+  else if (err.code === 'EHOSTUNREACH' || err.code === 'ENETUNREACH') why = 'no route to host'
+  else if (/Timed out while waiting for handshake/i.test(why)) why = `no answer within ${t.connectTimeoutSec}s`
+  else if (err.level === 'client-authentication') why = `authentication failed for user ${t.user} (check ssh_user and ssh_key_file)`
+  return new ProvisionError('unreachable', `cannot connect to ${t.address}:${t.port}: ${why}`, { place: { host: t.host }, cause: e })
+}
+
+async function readKey(path: string, host: string): Promise<string> {
+  try {
+    return await readFile(expandPath(path, process.cwd()), 'utf8')
+  } catch (e) {
+    throw new ProvisionError('unreachable', `cannot read SSH key ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`, { place: { host } })
+  }
+}
+
+/** Runs scripts with the controller's own sh: for controller-side steps and for tests. */
+export class LocalConnection implements Connection {
+  readonly host: string
+  constructor(host = 'localhost') {
+    this.host = host
+  }
+  run(script: string, opts: RunOptions = {}): Promise<RunResult> {
+    return new Promise((resolve, reject) => {
+      const child = spawn('sh', ['-c', script], { stdio: ['pipe', 'pipe', 'pipe'] })
+      const out: Buffer[] = []
+      const err: Buffer[] = []
+      child.stdout.on('data', (d: Buffer) => out.push(d))
+      child.stderr.on('data', (d: Buffer) => err.push(d))
+      child.on('error', reject)
+      child.on('close', (code) => resolve({ code: code ?? 255, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }))
+      child.stdin.end(opts.stdin ?? '')
+    })
+  }
+  async reset(): Promise<void> {}
+  async close(): Promise<void> {}
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms))
+}

@@ -1,0 +1,100 @@
+// Facts: a read-only shell script plus a parser (pyinfra's model). Cached per host for the run,
+// dropped for a host as soon as one of its steps changes it, and gathered in batches: all the facts a
+// role needs travel in one remote script, so a no-op rerun costs one round trip per role, not one per check.
+
+import type { Connection, RunResult } from './connection.ts'
+import { quote } from './shell.ts'
+
+export interface Fact<T> {
+  /** Cache key: two facts with the same key are the same question. */
+  key: string
+  script: string
+  parse(r: RunResult): T
+}
+
+export function defineFact<T>(key: string, script: string, parse: (r: RunResult) => T): Fact<T> {
+  return { key, script, parse }
+}
+
+export class FactCache {
+  private readonly conn: Connection
+  private readonly values = new Map<string, unknown>()
+  private readonly pending = new Map<string, Promise<unknown>>()
+  /** Number of round trips made for facts (for tests and benchmarks). */
+  roundTrips = 0
+
+  constructor(conn: Connection) {
+    this.conn = conn
+  }
+
+  async get<T>(fact: Fact<T>): Promise<T> {
+    if (this.values.has(fact.key)) return this.values.get(fact.key) as T
+    const inflight = this.pending.get(fact.key)
+    if (inflight) return inflight as Promise<T>
+    const p = (async () => {
+      this.roundTrips++
+      const r = await this.conn.run(fact.script)
+      const v = fact.parse(r)
+      this.values.set(fact.key, v)
+      return v
+    })().finally(() => this.pending.delete(fact.key))
+    this.pending.set(fact.key, p)
+    return p
+  }
+
+  /** Gather every fact not yet known in one remote script. Each fact's stdout and exit code are kept apart. */
+  async gather(facts: readonly Fact<unknown>[]): Promise<void> {
+    const todo = dedupe(facts.filter((f) => !this.values.has(f.key) && !this.pending.has(f.key)))
+    if (todo.length === 0) return
+    if (todo.length === 1) {
+      await this.get(todo[0])
+      return
+    }
+    const marker = `__FACT_${Math.random().toString(36).slice(2)}__`
+    const script = todo
+      .map((f, i) => `printf '%s\\n' ${quote(`${marker} ${i}`)}; ( ${f.script}\n) 2>/dev/null; printf '\\n%s %d\\n' ${quote(`${marker}rc`)} $?`)
+      .join('\n')
+    const p = (async () => {
+      this.roundTrips++
+      const r = await this.conn.run(script)
+      const parts = splitBatch(r.stdout, marker, todo.length)
+      todo.forEach((f, i) => {
+        const part = parts[i] ?? { stdout: '', code: 255 }
+        this.values.set(f.key, f.parse({ code: part.code, stdout: part.stdout, stderr: '' }))
+      })
+    })()
+    for (const f of todo) this.pending.set(f.key, p.then(() => this.values.get(f.key)))
+    try {
+      await p
+    } finally {
+      for (const f of todo) this.pending.delete(f.key)
+    }
+  }
+
+  /** Forget everything: the host was changed, so what we read before may be stale. */
+  invalidate(): void {
+    this.values.clear()
+  }
+}
+
+function dedupe(facts: Fact<unknown>[]): Fact<unknown>[] {
+  const seen = new Set<string>()
+  return facts.filter((f) => (seen.has(f.key) ? false : (seen.add(f.key), true)))
+}
+
+export function splitBatch(stdout: string, marker: string, count: number): { stdout: string; code: number }[] {
+  const out: { stdout: string; code: number }[] = []
+  for (let i = 0; i < count; i++) {
+    const head = `${marker} ${i}\n`
+    const start = stdout.indexOf(head)
+    if (start < 0) break
+    const bodyStart = start + head.length
+    const tail = `\n${marker}rc `
+    const end = stdout.indexOf(tail, bodyStart)
+    if (end < 0) break
+    const rcEnd = stdout.indexOf('\n', end + tail.length)
+    const code = Number(stdout.slice(end + tail.length, rcEnd < 0 ? undefined : rcEnd))
+    out.push({ stdout: stdout.slice(bodyStart, end), code: Number.isFinite(code) ? code : 255 })
+  }
+  return out
+}

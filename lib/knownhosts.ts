@@ -1,0 +1,421 @@
+// Strict OpenSSH known_hosts handling for ssh2's hostVerifier, which is handed the raw host key
+// blob (SSH wire format: string key type, then the key data).
+//
+// Supported, as in sshd(8) "SSH_KNOWN_HOSTS FILE FORMAT": comma-separated host lists,
+// "[host]:port" for ports other than 22, hashed names "|1|base64 salt|base64 HMAC-SHA1",
+// wildcards "*" and "?", negation "!pattern", the markers @revoked and @cert-authority,
+// comments and blank lines. Host names and patterns match case-insensitively, as in OpenSSH.
+
+import { createHash, createHmac, randomBytes } from 'node:crypto'
+import { mkdir, open, readFile, realpath, rename, stat, unlink } from 'node:fs/promises'
+import { basename, dirname, join } from 'node:path'
+import { ProvisionError } from './errors.ts'
+
+export type KnownHostMarker = 'revoked' | 'cert-authority'
+
+export interface HostPattern {
+  negated: boolean
+  /** Lowercased; may contain * and ?. */
+  pattern: string
+}
+
+export type HostSpec =
+  | { kind: 'hashed'; salt: Buffer; hash: Buffer }
+  | { kind: 'patterns'; patterns: HostPattern[] }
+
+export interface KnownHostEntry {
+  /** 1-based line number in the file. */
+  line: number
+  marker?: KnownHostMarker
+  /** The host field as written. */
+  hostField: string
+  hosts: HostSpec
+  /** The key type, e.g. 'ssh-ed25519' (as stored in the key blob). */
+  keyType: string
+  /** The key blob (SSH wire format), as ssh2's hostVerifier receives it. */
+  key: Buffer
+  comment: string
+}
+
+export interface KnownHosts {
+  path: string
+  entries: KnownHostEntry[]
+}
+
+/**
+ * 'unknown' also covers a host for which only keys of OTHER types are known: like OpenSSH this
+ * is not a mismatch (a host may hold several keys), but the connection should have asked for a
+ * known type first (see knownKeyTypes). `knownTypes` then lists those types so the caller can
+ * say "keys of a different type are already known for this host", as ssh does.
+ */
+export type HostKeyVerdict =
+  | { status: 'match' }
+  | { status: 'unknown'; knownTypes?: string[] }
+  | { status: 'changed'; expected: string[]; got: string }
+  | { status: 'revoked'; got: string }
+
+// ---------------------------------------------------------------------------------------------
+// Key blobs
+
+/** The key type at the start of a host key blob, e.g. 'ssh-ed25519'. */
+export function keyType(blob: Buffer): string {
+  const fail = (why: string): never => {
+    throw new ProvisionError('hostkey', `malformed SSH public key: ${why}`)
+  }
+  if (!Buffer.isBuffer(blob) || blob.length < 4) return fail('shorter than its length field')
+  const n = blob.readUInt32BE(0)
+  if (n === 0 || n > 64) return fail(`implausible key type length ${n}`)
+  if (4 + n > blob.length) return fail('truncated key type')
+  const type = blob.toString('latin1', 4, 4 + n)
+  if (!/^[\x21-\x7e]+$/.test(type)) return fail('the key type is not printable text')
+  if (4 + n === blob.length) return fail(`no key data after the type ${type}`)
+  return type
+}
+
+/** 'SHA256:' + unpadded base64 of the blob's SHA-256, as printed by ssh-keygen -l. */
+export function fingerprint(blob: Buffer): string {
+  return 'SHA256:' + createHash('sha256').update(blob).digest('base64').replace(/=+$/, '')
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+export async function loadKnownHosts(path: string): Promise<KnownHosts> {
+  return parseKnownHosts(path, (await readIfExists(path)) ?? '')
+}
+
+function parseKnownHosts(path: string, text: string): KnownHosts {
+  const entries: KnownHostEntry[] = []
+  splitLines(text).forEach((raw, i) => {
+    const parsed = parseLine(raw, i + 1)
+    if (parsed === null) return
+    if (typeof parsed === 'string') {
+      throw new ProvisionError('hostkey', `malformed known_hosts line: ${parsed}`, {
+        place: { file: path, line: i + 1 },
+        hint: `fix or delete line ${i + 1} of ${path}`,
+      })
+    }
+    entries.push(parsed.entry)
+  })
+  return { path, entries }
+}
+
+interface ParsedLine {
+  entry: KnownHostEntry
+  /** Offsets of the host field within the line, for rewriting it in place. */
+  hostStart: number
+  hostEnd: number
+}
+
+/** null for blank and comment lines, a reason string for a malformed line. */
+function parseLine(raw: string, line: number): ParsedLine | string | null {
+  const text = raw.endsWith('\r') ? raw.slice(0, -1) : raw
+  const fields: Array<{ text: string; start: number; end: number }> = []
+  const re = /[^ \t]+/g
+  for (let m = re.exec(text); m !== null; m = re.exec(text)) fields.push({ text: m[0], start: m.index, end: m.index + m[0].length })
+  if (fields.length === 0 || fields[0].text.startsWith('#')) return null
+
+  let marker: KnownHostMarker | undefined
+  let at = 0
+  if (fields[0].text.startsWith('@')) {
+    if (fields[0].text === '@revoked') marker = 'revoked'
+    else if (fields[0].text === '@cert-authority') marker = 'cert-authority'
+    else return `unknown marker ${fields[0].text} (expected @revoked or @cert-authority)`
+    at = 1
+  }
+  if (fields.length < at + 3) return 'expected [marker] hosts keytype base64-key [comment]'
+  const hostField = fields[at]
+  const typeField = fields[at + 1].text
+  const keyField = fields[at + 2].text
+  const comment = fields.length > at + 3 ? text.slice(fields[at + 3].start).trim() : ''
+
+  const hosts = parseHostField(hostField.text)
+  if (typeof hosts === 'string') return hosts
+
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(keyField) || keyField.length % 4 !== 0) return `the key of type ${typeField} is not valid base64`
+  const key = Buffer.from(keyField, 'base64')
+  let type: string
+  try {
+    type = keyType(key)
+  } catch (e) {
+    return e instanceof Error ? e.message : String(e)
+  }
+  if (type !== typeField) return `the line says ${typeField} but the key is ${type}`
+  return { entry: { line, marker, hostField: hostField.text, hosts, keyType: type, key, comment }, hostStart: hostField.start, hostEnd: hostField.end }
+}
+
+function parseHostField(field: string): HostSpec | string {
+  if (field.startsWith('|')) {
+    const parts = field.split('|')
+    if (parts.length !== 4 || parts[1] !== '1') return `unsupported hashed host name ${field} (expected |1|salt|hash)`
+    const salt = decodeBase64(parts[2])
+    const hash = decodeBase64(parts[3])
+    if (!salt || !hash || salt.length !== 20 || hash.length !== 20) return 'malformed hashed host name (salt and hash must be 20 bytes of base64 each)'
+    return { kind: 'hashed', salt, hash }
+  }
+  const patterns: HostPattern[] = []
+  for (const item of field.split(',')) {
+    const negated = item.startsWith('!')
+    const pattern = (negated ? item.slice(1) : item).toLowerCase()
+    if (pattern === '') return `empty host pattern in "${field}"`
+    patterns.push({ negated, pattern })
+  }
+  return { kind: 'patterns', patterns }
+}
+
+function decodeBase64(text: string): Buffer | null {
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(text) || text.length % 4 !== 0) return null
+  return Buffer.from(text, 'base64')
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matching
+
+/** The name known_hosts uses for host:port: "host" on port 22, "[host]:port" otherwise. */
+export function knownHostName(host: string, port: number): string {
+  const h = host.toLowerCase()
+  return port === 22 ? h : `[${h}]:${port}`
+}
+
+function hashHostName(name: string, salt: Buffer): Buffer {
+  return createHmac('sha1', salt).update(name).digest()
+}
+
+function specMatches(spec: HostSpec, name: string): boolean {
+  if (spec.kind === 'hashed') return hashHostName(name, spec.salt).equals(spec.hash)
+  // OpenSSH: a matching negated pattern rejects the host whatever else matches.
+  let matched = false
+  for (const p of spec.patterns) {
+    if (globMatch(p.pattern, name)) {
+      if (p.negated) return false
+      matched = true
+    }
+  }
+  return matched
+}
+
+/** Glob with * (any run, possibly empty) and ? (one character), over the whole string. */
+function globMatch(pattern: string, text: string): boolean {
+  let p = 0
+  let t = 0
+  let starP = -1
+  let starT = 0
+  while (t < text.length) {
+    if (p < pattern.length && (pattern[p] === '?' || pattern[p] === text[t])) {
+      p++
+      t++
+    } else if (p < pattern.length && pattern[p] === '*') {
+      starP = p++
+      starT = t
+    } else if (starP >= 0) {
+      p = starP + 1
+      t = ++starT
+    } else return false
+  }
+  while (p < pattern.length && pattern[p] === '*') p++
+  return p === pattern.length
+}
+
+function entriesFor(kh: KnownHosts, host: string, port: number): KnownHostEntry[] {
+  const name = knownHostName(host, port)
+  return kh.entries.filter((e) => specMatches(e.hosts, name))
+}
+
+export function checkHostKey(kh: KnownHosts, host: string, port: number, blob: Buffer): HostKeyVerdict {
+  const type = keyType(blob)
+  const got = fingerprint(blob)
+  const mine = entriesFor(kh, host, port)
+  // A revoked key is refused even when another line lists it as valid.
+  if (mine.some((e) => e.marker === 'revoked' && e.key.equals(blob))) return { status: 'revoked', got }
+  const plain = mine.filter((e) => e.marker === undefined)
+  if (plain.some((e) => e.key.equals(blob))) return { status: 'match' }
+  const sameType = plain.filter((e) => e.keyType === type)
+  if (sameType.length > 0) return { status: 'changed', expected: unique(sameType.map((e) => fingerprint(e.key))), got }
+  const knownTypes = unique(plain.map((e) => e.keyType))
+  return knownTypes.length > 0 ? { status: 'unknown', knownTypes } : { status: 'unknown' }
+}
+
+/**
+ * Key types known for host:port, in file order ('ssh-rsa' covers rsa-sha2-256/512). Like
+ * OpenSSH, a connection should offer these host key algorithms first, so that a host with
+ * several keys presents the one that is known.
+ */
+export function knownKeyTypes(kh: KnownHosts, host: string, port: number): string[] {
+  return unique(
+    entriesFor(kh, host, port)
+      .filter((e) => e.marker === undefined)
+      .map((e) => e.keyType),
+  )
+}
+
+function unique(list: string[]): string[] {
+  return [...new Set(list)]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+export interface AddKnownHostOptions {
+  /** Write the host name hashed (|1|salt|hash), like HashKnownHosts yes. Default false. */
+  hash?: boolean
+}
+
+/**
+ * Record host:port's key. Atomic (temp file + rename; the file is created 0600 and its
+ * directory 0700 when missing). No-op when the key is already recorded for that host; refuses
+ * to add a key that checkHostKey reports as changed or revoked (that would silently trust it).
+ */
+export async function addKnownHost(path: string, host: string, port: number, blob: Buffer, opts: AddKnownHostOptions = {}): Promise<void> {
+  const type = keyType(blob)
+  await serialize(path, async () => {
+    const target = await resolveLink(path)
+    const text = (await readIfExists(target)) ?? ''
+    const verdict = checkHostKey(parseKnownHosts(path, text), host, port, blob)
+    if (verdict.status === 'match') return
+    if (verdict.status === 'changed' || verdict.status === 'revoked') {
+      throw new ProvisionError('hostkey', `refusing to record ${fingerprint(blob)} for ${knownHostName(host, port)}: known_hosts says its key is ${verdict.status}`, {
+        place: { file: path },
+        hint: verdict.status === 'changed' ? `remove the old key first (ssh-keygen -R ${knownHostName(host, port)} -f ${path})` : undefined,
+      })
+    }
+    const name = knownHostName(host, port)
+    let hostField = name
+    if (opts.hash) {
+      const salt = randomBytes(20)
+      hostField = `|1|${salt.toString('base64')}|${hashHostName(name, salt).toString('base64')}`
+    }
+    const sep = text === '' || text.endsWith('\n') ? '' : '\n'
+    const content = `${text}${sep}${hostField} ${type} ${blob.toString('base64')}\n`
+    try {
+      await mkdir(dirname(target), { recursive: true, mode: 0o700 })
+    } catch (e) {
+      throw new ProvisionError('hostkey', `cannot create the directory of ${path}: ${errnoCode(e) ?? String(e)}`, { place: { file: path }, cause: e })
+    }
+    await writeFileAtomic(target, content, await modeOr(target, 0o600))
+  })
+}
+
+/**
+ * Forget host:port (port 22 when omitted), like ssh-keygen -R: returns how many entries were
+ * removed. Only entries that name the host itself are touched: a hashed entry of that name is
+ * deleted; in a plain host list only that name is dropped (the line is deleted when no other
+ * host is left on it), so other hosts on the same line stay trusted. Wildcard entries and
+ * @revoked / @cert-authority lines are kept, as ssh-keygen keeps marker lines. Every other line
+ * is left byte-identical; lines this code cannot parse are kept as they are.
+ */
+export async function removeKnownHost(path: string, host: string, port: number = 22): Promise<number> {
+  return serialize(path, async () => {
+    const target = await resolveLink(path)
+    const text = await readIfExists(target)
+    if (text === undefined) return 0
+    const name = knownHostName(host, port)
+    const lines = splitLines(text)
+    const out: string[] = []
+    let removed = 0
+    lines.forEach((raw, i) => {
+      const parsed = parseLine(raw, i + 1)
+      if (parsed === null || typeof parsed === 'string' || parsed.entry.marker !== undefined) {
+        out.push(raw)
+        return
+      }
+      const { hosts } = parsed.entry
+      if (hosts.kind === 'hashed') {
+        if (specMatches(hosts, name)) removed++
+        else out.push(raw)
+        return
+      }
+      const items = parsed.entry.hostField.split(',')
+      const kept = items.filter((item) => item.toLowerCase() !== name)
+      if (kept.length === items.length) {
+        out.push(raw)
+        return
+      }
+      removed++
+      if (kept.some((item) => !item.startsWith('!'))) out.push(raw.slice(0, parsed.hostStart) + kept.join(',') + raw.slice(parsed.hostEnd))
+    })
+    if (removed === 0) return 0
+    // splitLines keeps a final '' when the text ends with a newline: join restores it.
+    await writeFileAtomic(target, out.join('\n'), await modeOr(target, 0o600))
+    return removed
+  })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+/** Lines without their '\n' (a '\r' stays); a trailing newline gives a final ''. */
+function splitLines(text: string): string[] {
+  return text.split('\n')
+}
+
+async function readIfExists(path: string): Promise<string | undefined> {
+  try {
+    return await readFile(path, 'utf8')
+  } catch (e) {
+    const code = errnoCode(e)
+    if (code === 'ENOENT') return undefined
+    throw new ProvisionError('hostkey', `cannot read known_hosts file ${path}: ${code ?? String(e)}`, { place: { file: path }, cause: e })
+  }
+}
+
+/** Write through a symlink to its target, so the link survives the rename. */
+async function resolveLink(path: string): Promise<string> {
+  return realpath(path).catch(() => path)
+}
+
+async function modeOr(path: string, fallback: number): Promise<number> {
+  try {
+    return (await stat(path)).mode & 0o777
+  } catch {
+    return fallback
+  }
+}
+
+function errnoCode(e: unknown): string | undefined {
+  return typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string' ? e.code : undefined
+}
+
+// Parallel connections in this process add hosts concurrently: one read-modify-write per file
+// at a time, or one worker's rename would drop another's line.
+const queues = new Map<string, Promise<unknown>>()
+
+function serialize<T>(path: string, work: () => Promise<T>): Promise<T> {
+  const before = queues.get(path) ?? Promise.resolve()
+  const run = before.then(work)
+  const tail = run.catch(() => undefined)
+  queues.set(path, tail)
+  void tail.then(() => {
+    if (queues.get(path) === tail) queues.delete(path)
+  })
+  return run
+}
+
+/** Replace `path` with `content` atomically: temp file in the same directory, fsync, rename. */
+async function writeFileAtomic(path: string, content: string, mode: number): Promise<void> {
+  const dir = dirname(path)
+  const tmp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`)
+  try {
+    const fh = await open(tmp, 'wx', mode)
+    try {
+      await fh.chmod(mode)
+      await fh.writeFile(content, 'utf8')
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+    await rename(tmp, path)
+  } catch (e) {
+    await unlink(tmp).catch(() => undefined)
+    throw new ProvisionError('hostkey', `cannot write known_hosts file ${path}: ${errnoCode(e) ?? String(e)}`, { place: { file: path }, cause: e })
+  }
+  try {
+    const d = await open(dir, 'r')
+    try {
+      await d.sync()
+    } finally {
+      await d.close()
+    }
+  } catch {
+    // best effort: not every filesystem lets a directory be fsynced
+  }
+}

@@ -1,0 +1,207 @@
+// Run events and the ways they are shown: a spinner on a TTY (ora), plain lines for CI and pipes,
+// JSON lines for machines (--json FILE), and a recording reporter for tests. Everything passes through mask().
+
+import { appendFileSync, closeSync, openSync, writeSync } from 'node:fs'
+import ora, { type Ora } from 'ora'
+import { mask } from './mask.ts'
+import type { StepStatus } from './role.ts'
+
+export interface HostCounts {
+  ok: number
+  changed: number
+  unreachable: number
+  failed: number
+  skipped: number
+}
+
+export type RunEvent =
+  | { kind: 'run-start'; playbook: string; inventory: string; check: boolean; hosts: string[] }
+  | { kind: 'play-start'; play: string; hosts: string[] }
+  | { kind: 'step-start'; host: string; role: string; step: string; handler: boolean }
+  | { kind: 'step-end'; host: string; role: string; step: string; handler: boolean; status: StepStatus; message?: string; diff?: string; ms: number }
+  | { kind: 'unreachable'; host: string; message: string }
+  | { kind: 'command'; host: string; script: string; code: number; stdout: string; stderr: string; ms: number }
+  | { kind: 'warning'; message: string; host?: string }
+  | { kind: 'recap'; hosts: Record<string, HostCounts>; seconds: number; exitCode: number; retryFile?: string }
+  | { kind: 'error'; message: string }
+
+export interface Reporter {
+  emit(event: RunEvent): void
+  close(): void
+}
+
+export interface ReporterOptions {
+  verbosity: number
+  showDiff: boolean
+  /** Plain lines (false) or a live spinner (true). Default: spinner only on a TTY outside CI. */
+  tty?: boolean
+  jsonFile?: string
+  /** Where plain lines go (stdout by default). */
+  write?: (line: string) => void
+}
+
+const STATUS_WORD: Record<StepStatus, string> = { ok: 'ok', changed: 'changed', failed: 'FAILED', skipped: 'skipping' }
+
+export function formatStepLine(e: Extract<RunEvent, { kind: 'step-end' }>): string {
+  const label = `${STATUS_WORD[e.status]}: [${e.host}] ${e.role} | ${e.handler ? 'handler: ' : ''}${e.step}`
+  return e.message ? `${label} (${e.message})` : label
+}
+
+export function formatRecap(e: Extract<RunEvent, { kind: 'recap' }>): string[] {
+  const names = Object.keys(e.hosts)
+  const width = Math.max(26, ...names.map((n) => n.length + 1))
+  const lines = ['', `PLAY RECAP ${'*'.repeat(60)}`]
+  for (const n of names) {
+    const c = e.hosts[n]
+    const cell = (k: keyof HostCounts) => `${k}=${c[k]}`.padEnd(k === 'unreachable' ? 17 : k === 'changed' ? 12 : k === 'failed' ? 11 : 7)
+    lines.push(`${n.padEnd(width)}: ${cell('ok')} ${cell('changed')} ${cell('unreachable')} ${cell('failed')} ${cell('skipped')}`.trimEnd())
+  }
+  lines.push('', `finished in ${e.seconds.toFixed(2)}s, exit ${e.exitCode}`)
+  if (e.retryFile) lines.push(`retry the failed and unreachable hosts with: --limit @${e.retryFile}`)
+  return lines
+}
+
+/** Plain text: one line per finished step, failures with their message, the recap at the end. */
+export class PlainReporter implements Reporter {
+  private readonly opts: ReporterOptions
+  private readonly write: (line: string) => void
+  constructor(opts: ReporterOptions) {
+    this.opts = opts
+    this.write = opts.write ?? ((l) => process.stdout.write(l + '\n'))
+  }
+  emit(e: RunEvent): void {
+    for (const line of renderPlain(e, this.opts)) this.write(mask(line))
+  }
+  close(): void {}
+}
+
+function renderPlain(e: RunEvent, opts: ReporterOptions): string[] {
+  switch (e.kind) {
+    case 'run-start':
+      return [`${e.check ? 'CHECK MODE: nothing will be changed. ' : ''}${e.playbook} on ${e.hosts.length} host(s) from ${e.inventory}`]
+    case 'play-start':
+      return ['', `PLAY [${e.play}] ${'*'.repeat(Math.max(3, 60 - e.play.length))}`, ...(e.hosts.length === 0 ? ['skipping: no hosts matched'] : [])]
+    case 'step-start':
+      return []
+    case 'step-end': {
+      if (e.status === 'ok' && opts.verbosity < 1 && !e.message?.startsWith('rebooted')) return [formatStepLine({ ...e, message: undefined })]
+      const out = [formatStepLine(e)]
+      if (opts.showDiff && e.diff) out.push(...e.diff.replace(/\n$/, '').split('\n'))
+      return out
+    }
+    case 'unreachable':
+      return [`UNREACHABLE: [${e.host}] ${e.message}`]
+    case 'command': {
+      if (opts.verbosity < 1) return []
+      const out = [`  [${e.host}] $ ${e.script.split('\n')[0]}${e.script.includes('\n') ? ' …' : ''}  -> exit ${e.code} (${e.ms} ms)`]
+      if (opts.verbosity >= 2) {
+        if (e.stdout.trim()) out.push(...e.stdout.replace(/\n$/, '').split('\n').map((l) => `    | ${l}`))
+        if (e.stderr.trim()) out.push(...e.stderr.replace(/\n$/, '').split('\n').map((l) => `    ! ${l}`))
+      }
+      return out
+    }
+    case 'warning':
+      return [`WARNING: ${e.host ? `[${e.host}] ` : ''}${e.message}`]
+    case 'error':
+      return [`ERROR: ${e.message}`]
+    case 'recap':
+      return formatRecap(e)
+  }
+}
+
+/** A live spinner naming what each host is doing; finished steps that changed or failed stay on screen. */
+export class TtyReporter implements Reporter {
+  private readonly opts: ReporterOptions
+  private readonly spinner: Ora
+  private readonly active = new Map<string, string>()
+  constructor(opts: ReporterOptions) {
+    this.opts = opts
+    this.spinner = ora({ stream: process.stdout, discardStdin: false })
+  }
+  emit(e: RunEvent): void {
+    if (e.kind === 'step-start') {
+      this.active.set(e.host, `${e.role} | ${e.step}`)
+      this.refresh()
+      return
+    }
+    if (e.kind === 'step-end') {
+      this.active.delete(e.host)
+      const show = e.status !== 'ok' || this.opts.verbosity >= 1
+      if (show) this.persist(renderPlain(e, this.opts))
+      this.refresh()
+      return
+    }
+    if (e.kind === 'recap') this.spinner.stop()
+    const lines = renderPlain(e, this.opts)
+    if (lines.length) this.persist(lines)
+  }
+  private persist(lines: string[]): void {
+    const wasSpinning = this.spinner.isSpinning
+    this.spinner.stop()
+    for (const l of lines) process.stdout.write(mask(l) + '\n')
+    if (wasSpinning && this.active.size > 0) this.spinner.start()
+  }
+  private refresh(): void {
+    if (this.active.size === 0) {
+      this.spinner.stop()
+      return
+    }
+    this.spinner.text = mask([...this.active].map(([h, s]) => `[${h}] ${s}`).join('\n  '))
+    if (!this.spinner.isSpinning) this.spinner.start()
+  }
+  close(): void {
+    this.spinner.stop()
+  }
+}
+
+/** One JSON object per line, for CI and tools. */
+export class JsonReporter implements Reporter {
+  private readonly fd: number
+  constructor(file: string) {
+    this.fd = openSync(file, 'w', 0o600)
+  }
+  emit(e: RunEvent): void {
+    writeSync(this.fd, mask(JSON.stringify({ time: new Date().toISOString(), ...e })) + '\n')
+  }
+  close(): void {
+    closeSync(this.fd)
+  }
+}
+
+/** Keeps events (masked) for tests. */
+export class RecordingReporter implements Reporter {
+  readonly events: RunEvent[] = []
+  readonly lines: string[] = []
+  private readonly plain: PlainReporter
+  constructor(verbosity = 2) {
+    this.plain = new PlainReporter({ verbosity, showDiff: true, write: (l) => this.lines.push(l) })
+  }
+  emit(e: RunEvent): void {
+    this.events.push(JSON.parse(mask(JSON.stringify(e))) as RunEvent)
+    this.plain.emit(e)
+  }
+  close(): void {}
+}
+
+export class FanOut implements Reporter {
+  private readonly reporters: Reporter[]
+  constructor(reporters: Reporter[]) {
+    this.reporters = reporters
+  }
+  emit(e: RunEvent): void {
+    for (const r of this.reporters) r.emit(e)
+  }
+  close(): void {
+    for (const r of this.reporters) r.close()
+  }
+}
+
+export function createReporter(opts: ReporterOptions): Reporter {
+  const tty = opts.tty ?? (Boolean(process.stdout.isTTY) && !process.env.CI)
+  const main: Reporter = tty ? new TtyReporter(opts) : new PlainReporter(opts)
+  return opts.jsonFile ? new FanOut([main, new JsonReporter(opts.jsonFile)]) : main
+}
+
+export function appendLog(file: string, line: string): void {
+  appendFileSync(file, mask(line) + '\n')
+}

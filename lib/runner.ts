@@ -1,0 +1,306 @@
+// The runner: plays x hosts. Hosts run concurrently (forks), in rolling batches (serial); each host
+// goes through its roles' steps in order, then the handlers its steps notified. A failing host stops
+// alone; the recap and the exit code say what happened to each.
+
+import { writeFileSync } from 'node:fs'
+import pLimit from 'p-limit'
+import { SshConnection, type Connection, type RunOptions as ConnRunOptions, type RunResult } from './connection.ts'
+import { errorText, ProvisionError } from './errors.ts'
+import { FactCache } from './facts.ts'
+import { hostVars, type Inventory, type InventoryHost, type VarLayer } from './inventory.ts'
+import { mask } from './mask.ts'
+import { selectHosts } from './patterns.ts'
+import type { HostCounts, Reporter } from './reporter.ts'
+import type { Change, HostHandle, Play, Playbook, Role, Step, StepContext, StepResult } from './role.ts'
+import type { SecretStore } from './secrets.ts'
+import type { Vars } from './vars.ts'
+
+export interface RunnerOptions {
+  inventory: Inventory
+  limit?: string
+  check?: boolean
+  diff?: boolean
+  tags?: string[]
+  skipTags?: string[]
+  forks?: number
+  extraVars?: VarLayer
+  trustNewHostKeys?: boolean
+  reporter: Reporter
+  secrets: SecretStore
+  /** Make a connection for a host (tests inject fakes); default: SSH from the host's variables. */
+  connect?: (host: InventoryHost, vars: Vars) => Connection
+  retryFile?: string
+  /** Aborted on Ctrl-C: no new step starts; running ones finish; the recap is printed. */
+  signal?: AbortSignal
+}
+
+export interface RunSummary {
+  exitCode: number
+  counts: Record<string, HostCounts>
+  failed: string[]
+  unreachable: string[]
+  interrupted: boolean
+  seconds: number
+}
+
+export const EXIT = { ok: 0, usage: 1, failed: 2, unreachable: 4, interrupted: 130 } as const
+
+interface HostRuntime extends HostHandle {
+  host: InventoryHost
+  counts: HostCounts
+  state: 'ok' | 'failed' | 'unreachable'
+}
+
+/** Hosts a playbook run would touch, play by play (for --list-hosts; opens no connection). */
+export function planHosts(pb: Playbook, inv: Inventory, limit?: string): { play: Play; hosts: string[] }[] {
+  const selected = limit ? new Set(selectHosts(inv, limit)) : null
+  return pb.plays.map((play) => ({ play, hosts: selectHosts(inv, play.hosts).filter((h) => !selected || selected.has(h)) }))
+}
+
+/** Which steps of a role run under --tags / --skip-tags. The role's name is a tag of all its steps. */
+export function stepSelected(step: Step, role: Role, tags: readonly string[], skipTags: readonly string[]): boolean {
+  const own = [...(step.tags ?? []), role.name]
+  if (skipTags.some((t) => own.includes(t))) return false
+  if (tags.length === 0) return !own.includes('never')
+  return own.includes('always') || tags.some((t) => own.includes(t))
+}
+
+/** Secret references every selected host's roles need, resolved before any host is touched. */
+export function requiredSecrets(pb: Playbook, inv: Inventory, limit: string | undefined, extra: VarLayer): string[] {
+  const refs = new Set<string>()
+  for (const { play, hosts } of planHosts(pb, inv, limit))
+    for (const name of hosts)
+      for (const role of play.roles) {
+        const vars = hostVars(inv.hosts.get(name)!, role.defaults, extra)
+        if (vars.ssh_key_ref) refs.add(vars.ssh_key_ref)
+        for (const r of role.secrets?.(vars) ?? []) if (r) refs.add(r)
+      }
+  return [...refs]
+}
+
+/** Mistakes in a playbook's own code, caught before any host is touched. */
+export function validatePlaybook(pb: Playbook): void {
+  for (const play of pb.plays)
+    for (const role of play.roles) {
+      const names = (role.handlers ?? []).map((h) => h.name)
+      for (const step of role.steps)
+        for (const n of step.notify ?? [])
+          if (!names.includes(n))
+            throw new ProvisionError('usage', `role ${role.name}, step "${step.name}" notifies "${n}", but the role has no such handler (handlers: ${names.join(', ') || 'none'})`)
+    }
+}
+
+export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<RunSummary> {
+  validatePlaybook(pb)
+  const started = Date.now()
+  const inv = opts.inventory
+  const extra = opts.extraVars ?? {}
+  const check = opts.check ?? false
+  const rep = opts.reporter
+  const plan = planHosts(pb, inv, opts.limit)
+  if (opts.limit && plan.every((p) => p.hosts.length === 0)) throw new ProvisionError('usage', `--limit ${opts.limit} matches no host of any play`)
+  const touched = [...new Set(plan.flatMap((p) => p.hosts))]
+  rep.emit({ kind: 'run-start', playbook: pb.name, inventory: inv.file, check, hosts: touched })
+
+  await opts.secrets.resolveAll(requiredSecrets(pb, inv, opts.limit, extra))
+
+  const runtimes = new Map<string, HostRuntime>()
+  const shared = new Map<string, unknown>()
+  const connect = opts.connect ?? ((host, vars) => sshFor(host, vars, opts.trustNewHostKeys ?? false, opts.secrets))
+  const runtime = (name: string): HostRuntime => {
+    let rt = runtimes.get(name)
+    if (!rt) {
+      const host = inv.hosts.get(name)
+      if (!host) throw new ProvisionError('usage', `no host "${name}" in the inventory`)
+      const vars = hostVars(host, {}, extra)
+      const conn = connect(host, vars)
+      rt = { name, host, vars, conn, facts: new FactCache(conn), counts: { ok: 0, changed: 0, unreachable: 0, failed: 0, skipped: 0 }, state: 'ok' }
+      runtimes.set(name, rt)
+    }
+    return rt
+  }
+  for (const h of touched) runtime(h)
+  let stopAll = false
+  const interrupted = () => opts.signal?.aborted ?? false
+
+  for (const { play, hosts } of plan) {
+    if (stopAll || interrupted()) break
+    const live = hosts.filter((h) => runtime(h).state === 'ok')
+    rep.emit({ kind: 'play-start', play: play.name, hosts: live })
+    for (const batch of batches(live, play.serial)) {
+      if (stopAll || interrupted()) break
+      const limit = pLimit(Math.max(1, opts.forks ?? 10))
+      await Promise.all(batch.map((h) => limit(() => runHost(runtime(h), play))))
+      const failedHere = batch.filter((h) => runtime(h).state !== 'ok').length
+      if (failedHere > 0 && play.anyErrorsFatal) {
+        rep.emit({ kind: 'warning', message: `play "${play.name}" has any_errors_fatal: stopping the run after ${failedHere} failed host(s)` })
+        stopAll = true
+      }
+      if (play.maxFailPercentage !== undefined && (failedHere / batch.length) * 100 > play.maxFailPercentage) {
+        rep.emit({ kind: 'warning', message: `play "${play.name}": ${failedHere} of ${batch.length} host(s) failed, more than max_fail_percentage ${play.maxFailPercentage}%: stopping` })
+        stopAll = true
+      }
+    }
+  }
+
+  async function runHost(rt: HostRuntime, play: Play): Promise<void> {
+    for (const role of play.roles) {
+      if (rt.state !== 'ok' || interrupted()) return
+      const vars = hostVars(rt.host, role.defaults, extra)
+      const ctx = makeContext(rt, vars)
+      const steps = role.steps.filter((s) => stepSelected(s, role, opts.tags ?? [], opts.skipTags ?? []))
+      const notified = new Set<string>()
+      // One round trip for every fact the role's steps declared.
+      try {
+        await rt.facts.gather(steps.flatMap((s) => s.facts?.(ctx) ?? []))
+      } catch (e) {
+        if (!recordError(rt, role, steps[0]?.name ?? 'Gather facts', e, false)) return
+      }
+      const flush = async () => {
+        for (const h of role.handlers ?? []) {
+          if (rt.state !== 'ok' || !notified.has(h.name)) continue
+          notified.delete(h.name)
+          // Handlers still run after Ctrl-C: a host must not be left half-done (e.g. waiting for a reboot it needs).
+          await runStep(rt, role, h, ctx, true)
+        }
+      }
+      for (const step of steps) {
+        if (rt.state !== 'ok' || interrupted()) break
+        if (step.flushHandlers) {
+          await flush()
+          continue
+        }
+        const res = await runStep(rt, role, step, ctx, false)
+        if (res?.status === 'changed') for (const h of step.notify ?? []) notified.add(h)
+      }
+      await flush()
+    }
+  }
+
+  async function runStep(rt: HostRuntime, role: Role, step: Step, ctx: StepContext, isHandler: boolean): Promise<StepResult | undefined> {
+    const t0 = Date.now()
+    const base = { host: rt.name, role: role.name, step: step.name, handler: isHandler }
+    try {
+      if (step.when && !(await step.when(ctx))) {
+        rt.counts.skipped++
+        rep.emit({ kind: 'step-end', ...base, status: 'skipped', ms: Date.now() - t0 })
+        return { status: 'skipped' }
+      }
+      rep.emit({ kind: 'step-start', ...base })
+      const res = await step.run(ctx)
+      if (res.status === 'failed') {
+        rt.counts.failed++
+        rt.state = 'failed'
+      } else if (res.status === 'skipped') rt.counts.skipped++
+      else {
+        rt.counts.ok++
+        if (res.status === 'changed') rt.counts.changed++
+      }
+      rep.emit({ kind: 'step-end', ...base, status: res.status, message: res.message, diff: opts.diff ? res.diff : undefined, ms: Date.now() - t0 })
+      return res
+    } catch (e) {
+      recordError(rt, role, step.name, e, isHandler, Date.now() - t0)
+      return undefined
+    }
+  }
+
+  /** Count an error against the host; returns false (the host stops). */
+  function recordError(rt: HostRuntime, role: Role, step: string, e: unknown, isHandler: boolean, ms = 0): boolean {
+    const pe = e instanceof ProvisionError ? e : null
+    const message = pe && (pe.kind === 'unreachable' || pe.kind === 'hostkey') ? pe.message + (pe.hint ? `\n  hint: ${pe.hint}` : '') : errorText(e)
+    if (pe && (pe.kind === 'unreachable' || pe.kind === 'hostkey')) {
+      rt.counts.unreachable++
+      rt.state = 'unreachable'
+      rep.emit({ kind: 'unreachable', host: rt.name, message })
+    } else {
+      rt.counts.failed++
+      rt.state = 'failed'
+      rep.emit({ kind: 'step-end', host: rt.name, role: role.name, step, handler: isHandler, status: 'failed', message, ms })
+    }
+    return false
+  }
+
+  function makeContext(rt: HostRuntime, vars: Vars): StepContext {
+    const sh = async (script: string, o: ConnRunOptions = {}): Promise<RunResult> => {
+      const t0 = Date.now()
+      const r = await rt.conn.run(script, o)
+      rep.emit({ kind: 'command', host: rt.name, script, code: r.code, stdout: r.stdout, stderr: r.stderr, ms: Date.now() - t0 })
+      return r
+    }
+    const must = async (script: string, o: ConnRunOptions & { what?: string } = {}): Promise<RunResult> => {
+      const r = await sh(script, o)
+      if (r.code !== 0) {
+        const out = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-6).join('\n    ')
+        throw new ProvisionError('step', `${o.what ?? `command failed`} (exit ${r.code})${out ? `:\n    ${out}` : ''}`, { place: { host: rt.name } })
+      }
+      return r
+    }
+    const ctx: StepContext = {
+      host: rt.name,
+      vars,
+      groups: rt.host.groups,
+      inventory: inv,
+      check,
+      diff: opts.diff ?? false,
+      conn: rt.conn,
+      facts: rt.facts,
+      secrets: opts.secrets,
+      shared,
+      hostHandle: async (name) => runtime(name),
+      sh,
+      must,
+      async apply(change: Change | null, okMessage?: string): Promise<StepResult> {
+        if (!change) return { status: 'ok', message: okMessage }
+        if (check) return { status: 'changed', message: `would ${change.summary}`, diff: change.diff }
+        try {
+          for (const c of change.commands) await must(c.script, { stdin: c.stdin, sudo: c.sudo, what: change.summary })
+        } finally {
+          rt.facts.invalidate()
+        }
+        return { status: 'changed', message: change.summary, diff: change.diff }
+      },
+      log: (text) => rep.emit({ kind: 'warning', host: rt.name, message: text }),
+    }
+    return ctx
+  }
+
+  await Promise.all([...runtimes.values()].map((rt) => rt.conn.close().catch(() => undefined)))
+
+  const counts: Record<string, HostCounts> = {}
+  for (const h of touched) counts[h] = runtime(h).counts
+  const failed = touched.filter((h) => runtime(h).state === 'failed')
+  const unreachable = touched.filter((h) => runtime(h).state === 'unreachable')
+  const wasInterrupted = interrupted()
+  const exitCode = wasInterrupted ? EXIT.interrupted : failed.length ? EXIT.failed : unreachable.length ? EXIT.unreachable : EXIT.ok
+  let retryFile: string | undefined
+  if (opts.retryFile && (failed.length || unreachable.length)) {
+    writeFileSync(opts.retryFile, mask([...failed, ...unreachable].join('\n') + '\n'))
+    retryFile = opts.retryFile
+  }
+  const seconds = (Date.now() - started) / 1000
+  rep.emit({ kind: 'recap', hosts: counts, seconds, exitCode, retryFile })
+  return { exitCode, counts, failed, unreachable, interrupted: wasInterrupted, seconds }
+}
+
+export function batches<T>(items: readonly T[], serial: number | string | undefined): T[][] {
+  if (serial === undefined || items.length === 0) return [items.slice()]
+  let size = typeof serial === 'number' ? serial : /^\d+%$/.test(serial) ? Math.ceil((items.length * parseInt(serial, 10)) / 100) : parseInt(serial, 10)
+  if (!Number.isFinite(size) || size < 1) size = 1
+  const out: T[][] = []
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size))
+  return out
+}
+
+function sshFor(host: InventoryHost, vars: Vars, trustNewHostKeys: boolean, secrets: SecretStore): Connection {
+  return new SshConnection({
+    host: host.name,
+    address: vars.address!,
+    port: vars.ssh_port,
+    user: vars.ssh_user,
+    keyFile: vars.ssh_key_file,
+    keyText: vars.ssh_key_ref ? secrets.get(vars.ssh_key_ref) : undefined,
+    knownHostsFile: vars.known_hosts_file,
+    trustNewHostKeys,
+    connectTimeoutSec: vars.connect_timeout,
+  })
+}

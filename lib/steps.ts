@@ -1,0 +1,429 @@
+// Idempotent step primitives. Each one reads facts, plans a Change with a pure function (exported,
+// so tests feed recorded facts in and check the commands that come out), and lets the context apply it.
+
+import { defineFact, type Fact } from './facts.ts'
+import { unifiedDiff } from './diff.ts'
+import type { Change, Command, Handler, Step, StepContext, StepResult } from './role.ts'
+import { handler } from './role.ts'
+import { quote } from './shell.ts'
+import { sleep } from './connection.ts'
+import { ProvisionError } from './errors.ts'
+
+// ---------------------------------------------------------------- facts
+
+export interface FileState {
+  exists: boolean
+  kind?: 'file' | 'directory' | 'other'
+  mode?: string // octal, e.g. "644"
+  owner?: string
+  group?: string
+  content?: string
+}
+
+export function fileFact(path: string): Fact<FileState> {
+  const p = quote(path)
+  return defineFact(
+    `file:${path}`,
+    `if [ -e ${p} ]; then stat -c '%F|%a|%U|%G' ${p}; if [ -f ${p} ]; then base64 -w0 ${p}; fi; else echo ABSENT; fi`,
+    (r) => parseFileState(r.stdout),
+  )
+}
+
+export function parseFileState(stdout: string): FileState {
+  const [head, b64 = ''] = stdout.split('\n')
+  if (head.trim() === 'ABSENT' || head.trim() === '') return { exists: false }
+  const [type, mode, owner, group] = head.split('|')
+  const kind = type.startsWith('regular') ? 'file' : type === 'directory' ? 'directory' : 'other'
+  return { exists: true, kind, mode, owner, group, content: kind === 'file' ? Buffer.from(b64.trim(), 'base64').toString('utf8') : undefined }
+}
+
+export interface UnitState {
+  load: string // loaded | not-found | masked
+  fileState: string // enabled | disabled | static | masked | '' ...
+  active: string // active | inactive | failed | activating ...
+}
+
+export function unitFact(unit: string): Fact<UnitState> {
+  return defineFact(`unit:${unit}`, `systemctl show -p LoadState -p UnitFileState -p ActiveState ${quote(unit)}`, (r) => parseUnitState(r.stdout))
+}
+
+export function parseUnitState(stdout: string): UnitState {
+  const kv = new Map<string, string>()
+  for (const line of stdout.split('\n')) {
+    const eq = line.indexOf('=')
+    if (eq > 0) kv.set(line.slice(0, eq), line.slice(eq + 1).trim())
+  }
+  return { load: kv.get('LoadState') ?? 'not-found', fileState: kv.get('UnitFileState') ?? '', active: kv.get('ActiveState') ?? 'inactive' }
+}
+
+export function packagesFact(names: readonly string[]): Fact<Map<string, boolean>> {
+  const sorted = [...names].sort()
+  return defineFact(
+    `pkgs:${sorted.join(',')}`,
+    `dpkg-query -W -f='\${Package}\\t\${db:Status-Abbrev}\\n' ${sorted.map(quote).join(' ')} 2>/dev/null; true`,
+    (r) => parsePackages(r.stdout, sorted),
+  )
+}
+
+export function parsePackages(stdout: string, names: readonly string[]): Map<string, boolean> {
+  const installed = new Map<string, boolean>(names.map((n) => [n, false]))
+  for (const line of stdout.split('\n')) {
+    const [name, status] = line.split('\t')
+    if (name && status) installed.set(name.split(':')[0], status.startsWith('ii'))
+  }
+  return installed
+}
+
+export const bootIdFact = defineFact('boot_id', 'cat /proc/sys/kernel/random/boot_id', (r) => r.stdout.trim())
+
+// ---------------------------------------------------------------- planners (pure)
+
+export interface FileSpec {
+  path: string
+  content: string
+  mode?: string
+  owner?: string
+  group?: string
+  /** Keep a timestamped copy of the old file when the content changes. */
+  backup?: boolean
+  /** Content holds secrets: never show it in a diff. */
+  secret?: boolean
+}
+
+/** Plan writing a file atomically: temp file in the same directory, owner/mode set, then rename over. */
+export function planFile(cur: FileState, spec: FileSpec, stamp: string): Change | null {
+  const mode = normMode(spec.mode ?? '0644')
+  const owner = spec.owner ?? 'root'
+  const group = spec.group ?? owner
+  if (cur.exists && cur.kind !== 'file') throw new ProvisionError('step', `${spec.path} exists but is not a regular file (${cur.kind})`)
+  const sameContent = cur.exists && cur.content === spec.content
+  const sameMeta = cur.exists && normMode(cur.mode ?? '') === mode && cur.owner === owner && cur.group === group
+  if (sameContent && sameMeta) return null
+  const p = quote(spec.path)
+  if (sameContent) {
+    const what: string[] = []
+    if (normMode(cur.mode ?? '') !== mode) what.push(`mode ${cur.mode} -> ${mode}`)
+    if (cur.owner !== owner || cur.group !== group) what.push(`owner ${cur.owner}:${cur.group} -> ${owner}:${group}`)
+    return { summary: `${spec.path}: ${what.join(', ')}`, commands: [{ script: `chown ${quote(`${owner}:${group}`)} ${p} && chmod ${mode} ${p}` }] }
+  }
+  const backup = spec.backup && cur.exists ? `cp -p ${p} ${quote(`${spec.path}.${stamp}.bak`)}\n` : ''
+  const script = [
+    'set -e',
+    `d=$(dirname ${p})`,
+    `[ -d "$d" ] || mkdir -p -m 0755 "$d"`,
+    `tmp=$(mktemp "$d/.$(basename ${p}).XXXXXX")`,
+    `trap 'rm -f "$tmp"' EXIT`,
+    `cat > "$tmp"`,
+    `chown ${quote(`${owner}:${group}`)} "$tmp"`,
+    `chmod ${mode} "$tmp"`,
+    `sync "$tmp" 2>/dev/null || true`,
+    backup + `mv -f "$tmp" ${p}`,
+    `trap - EXIT`,
+  ].join('\n')
+  const diff = spec.secret ? `--- ${spec.path}\n(content hidden: it holds secrets)\n` : unifiedDiff(cur.content ?? '', spec.content, spec.path)
+  return { summary: cur.exists ? `update ${spec.path}` : `create ${spec.path}`, commands: [{ script, stdin: spec.content }], diff }
+}
+
+/** Add kernel-cmdline style tokens to the first line of a one-line file, keeping every other byte. */
+export function addTokens(content: string, tokens: readonly string[]): { content: string; added: string[] } {
+  const nl = content.indexOf('\n')
+  const first = nl < 0 ? content : content.slice(0, nl)
+  const rest = nl < 0 ? '' : content.slice(nl)
+  const present = new Set(first.split(/\s+/).filter(Boolean))
+  const added = tokens.filter((t, i) => !present.has(t) && tokens.indexOf(t) === i)
+  if (added.length === 0) return { content, added }
+  const body = first.replace(/\s+$/, '')
+  const trailing = first.slice(body.length)
+  return { content: `${body}${body ? ' ' : ''}${added.join(' ')}${trailing}${rest}`, added }
+}
+
+export interface UnitSpec {
+  unit: string
+  masked?: boolean
+  enabled?: boolean
+  active?: boolean
+}
+
+export function planUnit(cur: UnitState, spec: UnitSpec): Change | null {
+  const cmds: string[] = []
+  const what: string[] = []
+  const u = quote(spec.unit)
+  const isMasked = cur.load === 'masked' || cur.fileState === 'masked'
+  if (spec.masked === true && !isMasked) {
+    cmds.push(`systemctl mask ${u}`)
+    what.push('mask')
+  }
+  if (spec.masked === false && isMasked) {
+    cmds.push(`systemctl unmask ${u}`)
+    what.push('unmask')
+  }
+  const exists = cur.load !== 'not-found'
+  const enabled = /^enabled/.test(cur.fileState)
+  if (spec.enabled === true && !enabled) {
+    if (!exists) throw new ProvisionError('step', `unit ${spec.unit} does not exist on the host`)
+    cmds.push(`systemctl enable ${u}`)
+    what.push('enable')
+  }
+  if (spec.enabled === false && enabled) {
+    cmds.push(`systemctl disable ${u}`)
+    what.push('disable')
+  }
+  const running = cur.active === 'active' || cur.active === 'activating' || cur.active === 'reloading'
+  if (spec.active === true && !running) {
+    cmds.push(`systemctl start ${u}`)
+    what.push('start')
+  }
+  if ((spec.active === false || spec.masked === true) && running) {
+    cmds.push(`systemctl stop ${u}`)
+    what.push('stop')
+  }
+  if (cmds.length === 0) return null
+  return { summary: `${spec.unit}: ${what.join(', ')}`, commands: [{ script: cmds.join(' && ') }] }
+}
+
+export function planPackages(installed: Map<string, boolean>, present: readonly string[], absent: readonly string[] = []): Change | null {
+  const toInstall = present.filter((p) => !installed.get(p))
+  const toRemove = absent.filter((p) => installed.get(p))
+  if (toInstall.length === 0 && toRemove.length === 0) return null
+  const cmds: Command[] = []
+  const env = 'export DEBIAN_FRONTEND=noninteractive'
+  if (toInstall.length > 0) {
+    const pk = toInstall.map(quote).join(' ')
+    // Try with the lists the host has; refresh them only if that fails (a fresh image has none).
+    cmds.push({ script: `${env}; apt-get install -y -q --no-install-recommends ${pk} || { apt-get update -q && apt-get install -y -q --no-install-recommends ${pk}; }` })
+  }
+  if (toRemove.length > 0) cmds.push({ script: `${env}; apt-get purge -y -q ${toRemove.map(quote).join(' ')}` })
+  const what = [...(toInstall.length ? [`install ${toInstall.join(' ')}`] : []), ...(toRemove.length ? [`remove ${toRemove.join(' ')}`] : [])]
+  return { summary: what.join('; '), commands: cmds }
+}
+
+// ---------------------------------------------------------------- steps
+
+/** A file with exactly this content, owner and mode. Content may depend on vars (a function). */
+export function file(name: string, spec: (ctx: StepContext) => FileSpec, extra: Partial<Step> = {}): Step {
+  return {
+    name,
+    ...extra,
+    facts: (ctx) => [fileFact(spec(ctx).path)],
+    async run(ctx) {
+      const s = spec(ctx)
+      const cur = await ctx.facts.get(fileFact(s.path))
+      return ctx.apply(planFile(cur, s, timestamp()))
+    },
+  }
+}
+
+/** Tokens (like kernel flags) present in a one-line file such as cmdline.txt; other bytes kept; backup on change. */
+export function tokensInFile(name: string, path: (ctx: StepContext) => string | Promise<string>, tokens: (ctx: StepContext) => readonly string[], extra: Partial<Step> = {}): Step {
+  return {
+    name,
+    ...extra,
+    async run(ctx) {
+      const p = await path(ctx)
+      const cur = await ctx.facts.get(fileFact(p))
+      if (!cur.exists) return { status: 'failed', message: `${p} does not exist` }
+      const { content, added } = addTokens(cur.content ?? '', tokens(ctx))
+      if (added.length === 0) return { status: 'ok', message: `${p} has ${tokens(ctx).join(' ')}` }
+      const change = planFile(cur, { path: p, content, mode: cur.mode, owner: cur.owner, group: cur.group, backup: true }, timestamp())
+      return ctx.apply(change && { ...change, summary: `add ${added.join(' ')} to ${p}` })
+    },
+  }
+}
+
+/** A line in a file: the line matching `match` is replaced, or the line appended. */
+export function lineInFile(name: string, spec: (ctx: StepContext) => { path: string; line: string; match?: RegExp; mode?: string }, extra: Partial<Step> = {}): Step {
+  return {
+    name,
+    ...extra,
+    facts: (ctx) => [fileFact(spec(ctx).path)],
+    async run(ctx) {
+      const s = spec(ctx)
+      const cur = await ctx.facts.get(fileFact(s.path))
+      const text = cur.content ?? ''
+      const lines = text === '' ? [] : text.replace(/\n$/, '').split('\n')
+      if (lines.includes(s.line)) return { status: 'ok' }
+      const idx = s.match ? lines.findIndex((l) => s.match!.test(l)) : -1
+      if (idx >= 0) lines[idx] = s.line
+      else lines.push(s.line)
+      const change = planFile(cur, { path: s.path, content: lines.join('\n') + '\n', mode: s.mode ?? cur.mode ?? '0644', owner: cur.owner, group: cur.group }, timestamp())
+      return ctx.apply(change)
+    },
+  }
+}
+
+export function directory(name: string, spec: (ctx: StepContext) => { path: string; mode?: string; owner?: string; group?: string }, extra: Partial<Step> = {}): Step {
+  return {
+    name,
+    ...extra,
+    facts: (ctx) => [fileFact(spec(ctx).path)],
+    async run(ctx) {
+      const s = spec(ctx)
+      const cur = await ctx.facts.get(fileFact(s.path))
+      const mode = normMode(s.mode ?? '0755')
+      const owner = s.owner ?? 'root'
+      const group = s.group ?? owner
+      const p = quote(s.path)
+      if (cur.exists && cur.kind !== 'directory') return { status: 'failed', message: `${s.path} exists and is not a directory` }
+      if (cur.exists && normMode(cur.mode ?? '') === mode && cur.owner === owner && cur.group === group) return { status: 'ok' }
+      return ctx.apply({
+        summary: cur.exists ? `${s.path}: set mode/owner` : `create ${s.path}`,
+        commands: [{ script: `mkdir -p ${p} && chown ${quote(`${owner}:${group}`)} ${p} && chmod ${mode} ${p}` }],
+      })
+    },
+  }
+}
+
+export function systemdUnit(name: string, spec: (ctx: StepContext) => UnitSpec, extra: Partial<Step> = {}): Step {
+  return {
+    name,
+    ...extra,
+    facts: (ctx) => [unitFact(spec(ctx).unit)],
+    async run(ctx) {
+      const s = spec(ctx)
+      return ctx.apply(planUnit(await ctx.facts.get(unitFact(s.unit)), s))
+    },
+  }
+}
+
+export function aptPackages(name: string, spec: (ctx: StepContext) => { present?: readonly string[]; absent?: readonly string[] }, extra: Partial<Step> = {}): Step {
+  const names = (ctx: StepContext): string[] => {
+    const s = spec(ctx)
+    return [...(s.present ?? []), ...(s.absent ?? [])]
+  }
+  return {
+    name,
+    ...extra,
+    facts: (ctx) => (names(ctx).length ? [packagesFact(names(ctx))] : []),
+    async run(ctx) {
+      const s = spec(ctx)
+      if (names(ctx).length === 0) return { status: 'ok', message: 'no packages listed' }
+      const installed = await ctx.facts.get(packagesFact(names(ctx)))
+      return ctx.apply(planPackages(installed, s.present ?? [], s.absent ?? []))
+    },
+  }
+}
+
+export interface CommandSpec {
+  script: string
+  stdin?: string
+  /** Skip when this path exists on the host. */
+  creates?: string
+  /** Skip when this script exits 0 on the host. */
+  unless?: string
+  summary?: string
+}
+
+/** A command guarded by `creates` / `unless`, so a rerun does not repeat it. */
+export function command(name: string, spec: (ctx: StepContext) => CommandSpec | Promise<CommandSpec>, extra: Partial<Step> = {}): Step {
+  return {
+    name,
+    ...extra,
+    async run(ctx) {
+      const s = await spec(ctx)
+      if (s.creates) {
+        const st = await ctx.facts.get(fileFact(s.creates))
+        if (st.exists) return { status: 'ok', message: `${s.creates} exists` }
+      }
+      if (s.unless) {
+        const r = await ctx.sh(s.unless)
+        if (r.code === 0) return { status: 'ok' }
+      }
+      return ctx.apply({ summary: s.summary ?? name, commands: [{ script: s.script, stdin: s.stdin }] })
+    },
+  }
+}
+
+/** Reboot and wait for the new boot (a new boot_id), bounded by reboot_timeout. A handler: notify it. */
+export function rebootHandler(name = 'Reboot'): Handler {
+  return handler({
+    name,
+    async run(ctx) {
+      if (ctx.check) return { status: 'changed', message: 'would reboot' }
+      const before = (await ctx.must('cat /proc/sys/kernel/random/boot_id')).stdout.trim()
+      // Detach the reboot so the command returns before sshd goes away.
+      await ctx.sh(`nohup sh -c 'sleep 1; systemctl reboot' >/dev/null 2>&1 &`)
+      await ctx.conn.reset()
+      const limit = ctx.vars.reboot_timeout * 1000
+      const started = Date.now()
+      await sleep(1500)
+      let lastError = ''
+      while (Date.now() - started < limit) {
+        try {
+          const r = await ctx.conn.run('cat /proc/sys/kernel/random/boot_id')
+          const now = r.stdout.trim()
+          if (r.code === 0 && now && now !== before) {
+            ctx.facts.invalidate()
+            return { status: 'changed', message: `rebooted in ${((Date.now() - started) / 1000).toFixed(1)}s` }
+          }
+        } catch (e) {
+          lastError = (e as Error).message
+          await ctx.conn.reset()
+        }
+        await sleep(500)
+      }
+      throw new ProvisionError('timeout', `${ctx.host} did not come back from the reboot within ${ctx.vars.reboot_timeout}s${lastError ? ` (last error: ${lastError})` : ''}`, {
+        place: { host: ctx.host },
+        hint: 'check the host console; raise reboot_timeout for slow boots (Pi 3 with an SD card: 60-90 s)',
+      })
+    },
+  })
+}
+
+export interface WaitSpec {
+  /** Script that exits 0 when the wait is over. */
+  until: string
+  timeoutSec: number
+  intervalMs?: number
+  what: string
+}
+
+/** Poll until a condition holds on the host, with a timeout that names what was awaited. */
+export function waitFor(name: string, spec: (ctx: StepContext) => WaitSpec, extra: Partial<Step> = {}): Step {
+  return {
+    name,
+    ...extra,
+    readOnly: true,
+    async run(ctx) {
+      const s = spec(ctx)
+      if (ctx.check) return { status: 'skipped', message: `check mode: would wait for ${s.what}` }
+      const r = await pollUntil(ctx, s)
+      return { status: 'ok', message: `${s.what} after ${r.toFixed(1)}s` }
+    },
+  }
+}
+
+/** Returns seconds waited; throws a timeout error naming the host and what it waited for. */
+export async function pollUntil(ctx: StepContext, s: WaitSpec): Promise<number> {
+  const started = Date.now()
+  let last = ''
+  for (;;) {
+    const r = await ctx.sh(s.until)
+    if (r.code === 0) return (Date.now() - started) / 1000
+    last = (r.stderr || r.stdout).trim().split('\n').pop() ?? ''
+    if (Date.now() - started > s.timeoutSec * 1000)
+      throw new ProvisionError('timeout', `timed out after ${s.timeoutSec}s waiting for ${s.what}${last ? ` (last output: ${last})` : ''}`, { place: { host: ctx.host } })
+    await sleep(s.intervalMs ?? 1000)
+  }
+}
+
+export function waitForPort(name: string, spec: (ctx: StepContext) => { host: string; port: number; timeoutSec: number }, extra: Partial<Step> = {}): Step {
+  return waitFor(
+    name,
+    (ctx) => {
+      const s = spec(ctx)
+      return { until: `timeout 2 bash -c ${quote(`exec 3<>/dev/tcp/${s.host}/${s.port}`)}`, timeoutSec: s.timeoutSec, what: `port ${s.port} on ${s.host}` }
+    },
+    extra,
+  )
+}
+
+export function normMode(mode: string): string {
+  const n = parseInt(mode, 8)
+  return Number.isNaN(n) ? mode : '0' + n.toString(8).padStart(3, '0')
+}
+
+function timestamp(): string {
+  return new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')
+}
+
+export type { StepResult }

@@ -1,0 +1,163 @@
+// pi-prep: what the owner did by hand on every fresh Pi before k3s — hostname, cgroup flags in
+// cmdline.txt (once, not appended twice), swap off for good, the packages, modules and sysctls k3s
+// wants — then one reboot, only on hosts whose cmdline.txt changed, and a check that it all took.
+
+import { defineFact } from '../lib/facts.ts'
+import { flushHandlers, handler, type Role, type StepContext } from '../lib/role.ts'
+import { aptPackages, command, file, fileFact, packagesFact, planFile, rebootHandler, systemdUnit, tokensInFile } from '../lib/steps.ts'
+import { ProvisionError } from '../lib/errors.ts'
+
+// Bookworm keeps the boot partition at /boot/firmware; older Pi OS at /boot.
+export const CMDLINE_CANDIDATES = ['/boot/firmware/cmdline.txt', '/boot/cmdline.txt']
+
+export const cmdlinePathFact = defineFact('cmdline-path', CMDLINE_CANDIDATES.map((p) => `[ -f ${p} ] && { echo ${p}; exit 0; }`).join('; ') + '; exit 1', (r) =>
+  r.code === 0 ? r.stdout.trim() : null,
+)
+
+export interface ArchFacts {
+  kernel: string
+  userland: string
+  longBit: number
+  /** k3s release asset suffix: arm64, armhf or amd64. */
+  k3sArch: string
+  /** A 32-bit userland on a 64-bit kernel: uname -m lies about what binaries can run. */
+  mixed: boolean
+}
+
+export const archFact = defineFact('arch', 'uname -m; dpkg --print-architecture; getconf LONG_BIT', (r) => parseArch(r.stdout))
+
+/** k3s must match the userland, not the kernel: a Pi with 32-bit Pi OS on a 64-bit kernel reports aarch64. */
+export function parseArch(stdout: string): ArchFacts {
+  const [kernel = '', userland = '', bits = ''] = stdout.trim().split('\n').map((s) => s.trim())
+  const longBit = Number(bits)
+  const byUserland: Record<string, string> = { arm64: 'arm64', armhf: 'armhf', armel: 'armhf', amd64: 'amd64' }
+  const k3sArch = byUserland[userland]
+  if (!k3sArch) throw new ProvisionError('step', `unsupported architecture: kernel ${kernel}, userland ${userland || 'unknown'} (k3s ships arm64, armhf and amd64)`)
+  const kernel64 = kernel === 'aarch64' || kernel === 'x86_64'
+  return { kernel, userland, longBit, k3sArch, mixed: kernel64 && longBit === 32 }
+}
+
+const SWAP_UNITS = ['systemd-zram-setup@zram0.service', 'rpi-swap.service']
+const K3S_MODULES = ['overlay', 'br_netfilter']
+const K3S_SYSCTLS: Record<string, string> = {
+  'net.ipv4.ip_forward': '1',
+  'net.bridge.bridge-nf-call-iptables': '1',
+  'net.bridge.bridge-nf-call-ip6tables': '1',
+}
+// nfs-common: the NAS volumes (Jellyfin, backups); curl + ca-certificates: the k3s install script.
+export const BASE_PACKAGES = ['nfs-common', 'curl', 'ca-certificates', 'iptables']
+
+async function cmdlinePath(ctx: StepContext): Promise<string> {
+  const p = await ctx.facts.get(cmdlinePathFact)
+  if (!p) throw new ProvisionError('step', `no cmdline.txt on the host (looked for ${CMDLINE_CANDIDATES.join(', ')}): is this Raspberry Pi OS?`, { place: { host: ctx.host } })
+  return p
+}
+
+const hostnameOf = (ctx: StepContext): string => ctx.vars.hostname ?? ctx.host
+
+export const piPrep: Role = {
+  name: 'pi-prep',
+  steps: [
+    {
+      name: 'Record the CPU architecture k3s needs',
+      readOnly: true,
+      facts: () => [archFact],
+      async run(ctx) {
+        const a = await ctx.facts.get(archFact)
+        ctx.shared.set(`k3s_arch:${ctx.host}`, a.k3sArch)
+        return { status: 'ok', message: `${a.k3sArch}${a.mixed ? ` (32-bit userland on a 64-bit ${a.kernel} kernel)` : ''}` }
+      },
+    },
+    file('Set the hostname', (ctx) => ({ path: '/etc/hostname', content: `${hostnameOf(ctx)}\n`, mode: '0644' }), { notify: ['Apply the hostname'] }),
+    {
+      name: 'Map the hostname in /etc/hosts',
+      facts: () => [fileFact('/etc/hosts')],
+      async run(ctx) {
+        const cur = await ctx.facts.get(fileFact('/etc/hosts'))
+        const want = `127.0.1.1\t${hostnameOf(ctx)}`
+        const lines = (cur.content ?? '').replace(/\n$/, '').split('\n')
+        const idx = lines.findIndex((l) => /^127\.0\.1\.1\s/.test(l))
+        if (idx >= 0 && lines[idx].split(/\s+/)[1] === hostnameOf(ctx)) return { status: 'ok' }
+        if (idx >= 0) lines[idx] = want
+        else lines.push(want)
+        return ctx.apply(planFile(cur, { path: '/etc/hosts', content: lines.join('\n') + '\n', mode: '0644' }, ''))
+      },
+    },
+    tokensInFile('Add the cgroup flags to cmdline.txt', cmdlinePath, (ctx) => ctx.vars.cmdline_flags, {
+      notify: ['Reboot'],
+      facts: () => [cmdlinePathFact],
+    }),
+    command('Turn swap off now', () => ({ script: 'swapoff -a', unless: `[ "$(wc -l < /proc/swaps)" -le 1 ]`, summary: 'swapoff -a' })),
+    systemdUnit('Stop and disable dphys-swapfile', () => ({ unit: 'dphys-swapfile.service', enabled: false, active: false }), {
+      when: async (ctx) => (await ctx.facts.get(packagesFact(['dphys-swapfile']))).get('dphys-swapfile') === true,
+      facts: () => [packagesFact(['dphys-swapfile']), fileFact('/var/swap')],
+    }),
+    command('Remove the dphys-swapfile swap file', () => ({
+      script: 'dphys-swapfile uninstall >/dev/null 2>&1 || true; rm -f /var/swap',
+      unless: '[ ! -e /var/swap ]',
+      summary: 'remove /var/swap',
+    })),
+    ...SWAP_UNITS.map((unit) => systemdUnit(`Mask ${unit}`, () => ({ unit, masked: true }))),
+    aptPackages('Install the packages the cluster needs', (ctx) => ({ present: [...BASE_PACKAGES, ...ctx.vars.extra_packages] })),
+    file('Load the kernel modules k3s needs at boot', () => ({ path: '/etc/modules-load.d/k3s.conf', content: K3S_MODULES.join('\n') + '\n' }), {
+      notify: ['Load the kernel modules'],
+    }),
+    file(
+      'Set the sysctls k3s needs',
+      () => ({ path: '/etc/sysctl.d/90-k3s.conf', content: Object.entries(K3S_SYSCTLS).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n' }),
+      { notify: ['Apply the sysctls'] },
+    ),
+    flushHandlers('Reboot where cmdline.txt changed, then verify'),
+    {
+      name: 'Check swap is off',
+      readOnly: true,
+      when: (ctx) => !ctx.check,
+      async run(ctx) {
+        const r = await ctx.must('tail -n +2 /proc/swaps')
+        if (r.stdout.trim()) return { status: 'failed', message: `swap is still on:\n${r.stdout.trim()}` }
+        return { status: 'ok', message: 'no swap' }
+      },
+    },
+    {
+      name: 'Check the memory cgroup is available',
+      readOnly: true,
+      when: (ctx) => !ctx.check,
+      async run(ctx) {
+        const r = await ctx.sh('cat /sys/fs/cgroup/cgroup.controllers')
+        if (r.code === 0 && /\bmemory\b/.test(r.stdout)) return { status: 'ok', message: 'memory cgroup (v2) enabled' }
+        return {
+          status: 'failed',
+          message: `the memory cgroup is not enabled (controllers: ${r.stdout.trim() || 'none'}): k3s will fail with "failed to find memory cgroup (v2)"; check ${await cmdlinePath(ctx)} has ${ctx.vars.cmdline_flags.join(' ')} and that the host rebooted`,
+        }
+      },
+    },
+  ],
+  handlers: [
+    handler({
+      name: 'Apply the hostname',
+      async run(ctx) {
+        if (ctx.check) return { status: 'changed', message: 'would apply the hostname' }
+        await ctx.must(`hostname -F /etc/hostname`, { what: 'set the running hostname' })
+        return { status: 'changed' }
+      },
+    }),
+    handler({
+      name: 'Load the kernel modules',
+      async run(ctx) {
+        if (ctx.check) return { status: 'changed', message: 'would modprobe ' + K3S_MODULES.join(' ') }
+        // A module already loaded (or built in) needs no modprobe: containers cannot load modules at all.
+        for (const m of K3S_MODULES) await ctx.must(`grep -q '^${m} ' /proc/modules || [ -d /sys/module/${m} ] || modprobe ${m}`, { what: `load module ${m}` })
+        return { status: 'changed' }
+      },
+    }),
+    handler({
+      name: 'Apply the sysctls',
+      async run(ctx) {
+        if (ctx.check) return { status: 'changed', message: 'would apply /etc/sysctl.d/90-k3s.conf' }
+        await ctx.must('sysctl -q -p /etc/sysctl.d/90-k3s.conf', { what: 'apply sysctls' })
+        return { status: 'changed' }
+      },
+    }),
+    rebootHandler('Reboot'),
+  ],
+}

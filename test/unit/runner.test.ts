@@ -1,0 +1,296 @@
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { beforeEach, describe, expect, it } from 'vitest'
+import { runCli } from '../../lib/cli.ts'
+import { parseInventory } from '../../lib/inventory.ts'
+import { resetSecretsForTest } from '../../lib/mask.ts'
+import { RecordingReporter } from '../../lib/reporter.ts'
+import { flushHandlers, handler, type Playbook, type Role, type Step } from '../../lib/role.ts'
+import { runPlaybook, type RunnerOptions } from '../../lib/runner.ts'
+import { FakeConnection, MemorySecrets } from './fakes.ts'
+
+const INV = `all:
+  vars:
+    ssh_user: pi
+    secrets_backend: file
+    secrets_file: /nonexistent/secrets.yaml
+  children:
+    server:
+      hosts:
+        s1: { address: 127.0.0.11 }
+    agent:
+      hosts:
+        a1: { address: 127.0.0.12 }
+        a2: { address: 127.0.0.13 }
+`
+const inventory = () => parseInventory(INV, '/tmp/test-inventory.yaml')
+
+/** A step that reports a fixed status; records its run order. */
+function stub(name: string, status: 'ok' | 'changed' | 'failed' | 'skipped', extra: Partial<Step> = {}, order?: string[]): Step {
+  return {
+    name,
+    ...extra,
+    async run(ctx) {
+      order?.push(`${ctx.host}:${name}`)
+      if (status === 'changed') return ctx.apply({ summary: `do ${name}`, commands: [{ script: `echo ${name}` }] })
+      return { status, message: status === 'failed' ? `${name} broke` : undefined }
+    },
+  }
+}
+
+function setup(pb: Playbook, over: Partial<RunnerOptions> = {}, conns = new Map<string, FakeConnection>()) {
+  const rep = new RecordingReporter(2)
+  const opts: RunnerOptions = {
+    inventory: inventory(),
+    reporter: rep,
+    secrets: new MemorySecrets(),
+    connect: (h) => {
+      const c = conns.get(h.name) ?? new FakeConnection(h.name)
+      conns.set(h.name, c)
+      return c
+    },
+    ...over,
+  }
+  return { rep, conns, run: () => runPlaybook(pb, opts) }
+}
+
+beforeEach(() => resetSecretsForTest())
+
+describe('handlers', () => {
+  it('run once per host at the end of the role, in the order the role lists them, only when notified', async () => {
+    const order: string[] = []
+    const role: Role = {
+      name: 'r',
+      steps: [stub('A', 'changed', { notify: ['h2'] }, order), stub('B', 'changed', { notify: ['h1'] }, order), stub('C', 'changed', { notify: ['h2'] }, order), stub('D', 'ok', { notify: ['h3'] }, order)],
+      handlers: [handler(stub('h1', 'changed', {}, order)), handler(stub('h2', 'changed', {}, order)), handler(stub('h3', 'changed', {}, order))],
+    }
+    const { run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] })
+    const s = await run()
+    expect(order).toEqual(['s1:A', 's1:B', 's1:C', 's1:D', 's1:h1', 's1:h2'])
+    expect(s.counts.s1).toEqual({ ok: 6, changed: 5, unreachable: 0, failed: 0, skipped: 0 })
+  })
+
+  it('a notify naming no handler of the role is refused before anything runs', async () => {
+    const role: Role = { name: 'r', steps: [stub('A', 'changed', { notify: ['Reboot'] })], handlers: [handler(stub('reboot', 'ok'))] }
+    await expect(setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }).run()).rejects.toThrow('role r, step "A" notifies "Reboot", but the role has no such handler (handlers: reboot)')
+  })
+
+  it('flushHandlers runs the notified handlers before the next step', async () => {
+    const order: string[] = []
+    const role: Role = {
+      name: 'r',
+      steps: [stub('edit', 'changed', { notify: ['reboot'] }, order), flushHandlers(), stub('verify', 'ok', {}, order)],
+      handlers: [handler(stub('reboot', 'changed', {}, order))],
+    }
+    await setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }).run()
+    expect(order).toEqual(['s1:edit', 's1:reboot', 's1:verify'])
+  })
+})
+
+describe('check mode', () => {
+  it('reports what would change and runs no changing command', async () => {
+    const role: Role = { name: 'r', steps: [stub('A', 'changed'), stub('B', 'changed')] }
+    const { rep, conns, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] }, { check: true })
+    const s = await run()
+    expect(s.exitCode).toBe(0)
+    expect(s.counts.a1.changed).toBe(2)
+    for (const c of conns.values()) expect(c.scripts).toEqual([])
+    expect(rep.lines).toContain('changed: [a1] r | A (would do A)')
+  })
+})
+
+describe('recap and exit codes', () => {
+  it('prints an Ansible-style recap line per host and exits 0 when all is well', async () => {
+    const role: Role = { name: 'r', steps: [stub('A', 'ok'), stub('B', 'changed'), stub('C', 'skipped')] }
+    const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] })
+    const s = await run()
+    expect(s.exitCode).toBe(0)
+    const recap = rep.lines.filter((l) => /^\S+\s+: ok=/.test(l))
+    expect(recap).toHaveLength(3)
+    expect(recap[0]).toMatch(/^s1\s+: ok=2\s+changed=1\s+unreachable=0\s+failed=0\s+skipped=1$/)
+    expect(rep.lines.some((l) => /^finished in \d+\.\d\ds, exit 0$/.test(l))).toBe(true)
+  })
+
+  it('a failed host stops alone: the others finish, exit 2, and the retry file names it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'runner-'))
+    const order: string[] = []
+    const role: Role = {
+      name: 'r',
+      steps: [
+        { name: 'maybe fail', async run(ctx) { order.push(`${ctx.host}:1`); return ctx.host === 'a1' ? { status: 'failed', message: 'disk full' } : { status: 'ok' } } },
+        stub('after', 'ok', {}, order),
+      ],
+    }
+    const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] }, { retryFile: join(dir, 'site.retry') })
+    const s = await run()
+    expect(s.exitCode).toBe(2)
+    expect(s.failed).toEqual(['a1'])
+    expect(order).toContain('s1:after')
+    expect(order).toContain('a2:after')
+    expect(order).not.toContain('a1:after')
+    expect(rep.lines).toContain('FAILED: [a1] r | maybe fail (disk full)')
+    expect(readFileSync(join(dir, 'site.retry'), 'utf8')).toBe('a1\n')
+  })
+
+  it('an unreachable host gives exit 4 when no host failed, and the retry file drives --limit @file', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'runner-'))
+    const conns = new Map<string, FakeConnection>()
+    const down = new FakeConnection('a2')
+    down.unreachable = true
+    conns.set('a2', down)
+    const role: Role = { name: 'r', steps: [{ name: 'touch host', async run(ctx) { await ctx.sh('true'); return { status: 'ok' } } }] }
+    const pb: Playbook = { name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] }
+    const retry = join(dir, 'p.retry')
+    const { rep, run } = setup(pb, { retryFile: retry }, conns)
+    const s = await run()
+    expect(s.exitCode).toBe(4)
+    expect(s.counts.a2).toEqual({ ok: 0, changed: 0, unreachable: 1, failed: 0, skipped: 0 })
+    expect(s.counts.s1.ok).toBe(1)
+    expect(rep.lines.some((l) => l.startsWith('UNREACHABLE: [a2] cannot connect to a2'))).toBe(true)
+    down.unreachable = false
+    const second = setup(pb, { limit: `@${retry}` }, conns)
+    const s2 = await second.run()
+    expect(Object.keys(s2.counts)).toEqual(['a2'])
+    expect(s2.exitCode).toBe(0)
+  })
+
+  it('failed and unreachable together give exit 2', async () => {
+    const conns = new Map<string, FakeConnection>()
+    const down = new FakeConnection('a2')
+    down.unreachable = true
+    conns.set('a2', down)
+    const role: Role = { name: 'r', steps: [{ name: 's', async run(ctx) { await ctx.sh('true'); return ctx.host === 'a1' ? { status: 'failed' } : { status: 'ok' } } }] }
+    const s = await setup({ name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] }, {}, conns).run()
+    expect(s.exitCode).toBe(2)
+  })
+
+  it('a thrown error fails the step with its message, and a failing command names its output', async () => {
+    const conns = new Map([['s1', new FakeConnection('s1', () => ({ code: 3, stderr: 'E: Unable to locate package nfs-common\n' }))]])
+    const role: Role = { name: 'r', steps: [{ name: 'install', async run(ctx) { await ctx.must('apt-get install -y nfs-common', { what: 'install nfs-common' }); return { status: 'ok' } } }] }
+    const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, {}, conns)
+    const s = await run()
+    expect(s.exitCode).toBe(2)
+    expect(rep.lines.join('\n')).toContain('FAILED: [s1] r | install (s1: install nfs-common (exit 3):\n    E: Unable to locate package nfs-common)')
+  })
+
+  it('Ctrl-C: no new step starts, the recap is printed, exit 130', async () => {
+    const abort = new AbortController()
+    const order: string[] = []
+    const role: Role = {
+      name: 'r',
+      steps: [{ name: 'first', async run(ctx) { order.push(`${ctx.host}:first`); abort.abort(); return { status: 'ok' } } }, stub('second', 'ok', {}, order)],
+    }
+    const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, { signal: abort.signal })
+    const s = await run()
+    expect(s.exitCode).toBe(130)
+    expect(order).toEqual(['s1:first'])
+    expect(rep.lines.some((l) => l.startsWith('PLAY RECAP'))).toBe(true)
+  })
+})
+
+describe('plays', () => {
+  it('serial runs rolling batches and max_fail_percentage stops the rest', async () => {
+    const order: string[] = []
+    const role: Role = { name: 'r', steps: [{ name: 's', async run(ctx) { order.push(ctx.host); return ctx.host === 's1' ? { status: 'failed' } : { status: 'ok' } } }] }
+    const s = await setup({ name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role], serial: 1, maxFailPercentage: 0 }] }).run()
+    expect(order).toEqual(['s1'])
+    expect(s.exitCode).toBe(2)
+  })
+
+  it('any_errors_fatal stops later plays; failed hosts skip later plays otherwise', async () => {
+    const order: string[] = []
+    const failS1: Role = { name: 'r1', steps: [{ name: 's', async run(ctx) { return ctx.host === 's1' ? { status: 'failed' } : { status: 'ok' } } }] }
+    const second: Role = { name: 'r2', steps: [stub('later', 'ok', {}, order)] }
+    await setup({ name: 'p', plays: [{ name: 'one', hosts: 'all', roles: [failS1] }, { name: 'two', hosts: 'all', roles: [second] }] }).run()
+    expect(order.sort()).toEqual(['a1:later', 'a2:later'])
+    order.length = 0
+    await setup({ name: 'p', plays: [{ name: 'one', hosts: 'all', roles: [failS1], anyErrorsFatal: true }, { name: 'two', hosts: 'all', roles: [second] }] }).run()
+    expect(order).toEqual([])
+  })
+
+  it('--tags and --skip-tags select steps; the role name is a tag; "always" runs with any tag', async () => {
+    const order: string[] = []
+    const role: Role = { name: 'prep', steps: [stub('a', 'ok', { tags: ['swap'] }, order), stub('b', 'ok', { tags: ['cgroups'] }, order), stub('c', 'ok', { tags: ['always'] }, order)] }
+    const pb: Playbook = { name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }
+    await setup(pb, { tags: ['swap'] }).run()
+    expect(order).toEqual(['s1:a', 's1:c'])
+    order.length = 0
+    await setup(pb, { skipTags: ['swap'] }).run()
+    expect(order).toEqual(['s1:b', 's1:c'])
+    order.length = 0
+    await setup(pb, { tags: ['prep'] }).run()
+    expect(order).toEqual(['s1:a', 's1:b', 's1:c'])
+  })
+
+  it('--limit that matches nothing is a usage error', async () => {
+    const role: Role = { name: 'r', steps: [stub('a', 'ok')] }
+    await expect(setup({ name: 'p', plays: [{ name: 'play', hosts: 'server', roles: [role] }] }, { limit: 'a1' }).run()).rejects.toThrow(/matches no host/)
+  })
+})
+
+describe('masking', () => {
+  it('a planted secret never appears in output lines, JSON events, errors, diffs or the retry file', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mask-'))
+    const SECRET = 'ops_planted-secret-value-9f8e7d'
+    const secrets = new MemorySecrets({ 'op://v/i/f': SECRET })
+    const conns = new Map([['s1', new FakeConnection('s1', () => ({ code: 1, stdout: `token is ${SECRET}\n`, stderr: `bad token ${SECRET}` }))]])
+    const role: Role = {
+      name: 'r',
+      secrets: () => ['op://v/i/f'],
+      steps: [
+        { name: 'show', async run(ctx) { const v = ctx.secrets.get('op://v/i/f'); await ctx.sh(`echo ${v}`, { stdin: v }); return { status: 'changed', message: `set ${v}`, diff: `+token: ${v}\n` } } },
+        { name: 'fail', async run(ctx) { await ctx.must('false'); return { status: 'ok' } } },
+      ],
+    }
+    const json = join(dir, 'events.jsonl')
+    const lines: string[] = []
+    const code = await runCli({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, ['-i', writeInv(dir), '-vv', '--diff', '--json', json, '--retry-file', join(dir, 'r.retry')], {
+      secrets,
+      connect: (h) => conns.get(h.name)!,
+      write: (l) => lines.push(l),
+    })
+    expect(code).toBe(2)
+    const all = [lines.join('\n'), readFileSync(json, 'utf8'), readFileSync(join(dir, 'r.retry'), 'utf8')].join('\n')
+    expect(all).toContain('********')
+    expect(all).toContain('token is ********')
+    expect(all).not.toContain(SECRET)
+  })
+})
+
+describe('command line', () => {
+  const refuse = () => {
+    throw new Error('no connection may be opened')
+  }
+
+  it('--list-hosts and --list-tasks open no connection and need no secrets', async () => {
+    const lines: string[] = []
+    const role: Role = { name: 'r', steps: [stub('Do the thing', 'ok', { tags: ['t1'] })], handlers: [handler(stub('Restart', 'ok'))] }
+    const pb: Playbook = { name: 'p', plays: [{ name: 'Prepare', hosts: 'agent', roles: [role] }] }
+    const dir = mkdtempSync(join(tmpdir(), 'cli-'))
+    expect(await runCli(pb, ['-i', writeInv(dir), '--list-hosts'], { connect: refuse, write: (l) => lines.push(l) })).toBe(0)
+    expect(lines).toEqual(['play #1 (agent): Prepare  HOSTS (2):', '    a1  127.0.0.12', '    a2  127.0.0.13'])
+    lines.length = 0
+    expect(await runCli(pb, ['-i', writeInv(dir), '--list-tasks', '-l', 'a2'], { connect: refuse, write: (l) => lines.push(l) })).toBe(0)
+    expect(lines).toEqual(['play #1 (agent): Prepare  HOSTS: a2', '    r | Do the thing  TAGS: [t1]', '    r | handler: Restart'])
+  })
+
+  it('bad flags and bad inventories exit 1 with a message saying what and where', async () => {
+    const lines: string[] = []
+    const pb: Playbook = { name: 'p', plays: [] }
+    expect(await runCli(pb, ['--frobnicate'], { write: (l) => lines.push(l) })).toBe(1)
+    expect(lines.join('\n')).toMatch(/ERROR: Unknown option '--frobnicate'/)
+    const dir = mkdtempSync(join(tmpdir(), 'cli-'))
+    const bad = join(dir, 'bad.yaml')
+    writeFileSync(bad, 'all:\n  children:\n    server:\n      hosts:\n        s1:\n          adress: 127.0.0.1\n')
+    lines.length = 0
+    expect(await runCli(pb, ['-i', bad, '--list-hosts'], { write: (l) => lines.push(l) })).toBe(1)
+    expect(lines.join('\n')).toContain(`ERROR: ${bad}:6:11: unknown variable "adress" in host "s1"\n  hint: did you mean "address"?`)
+  })
+})
+
+function writeInv(dir: string): string {
+  const f = join(dir, 'inv.yaml')
+  writeFileSync(f, INV)
+  return f
+}
