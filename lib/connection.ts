@@ -140,13 +140,14 @@ export class SshConnection implements Connection {
           presented = key
           verdict = checkHostKey(known, t.address, t.port, key)
           if (verdict.status === 'match') return true
-          return verdict.status === 'unknown' && t.trustNewHostKeys
+          // A host that already has a known key of another type gets no "first use": that would let a forged key in.
+          return verdict.status === 'unknown' && !verdict.knownTypes?.length && t.trustNewHostKeys
         },
       })
     } catch (e) {
       ssh.dispose()
       const v = verdict as HostKeyVerdict | null
-      if (v && v.status !== 'match' && !(v.status === 'unknown' && t.trustNewHostKeys)) throw hostKeyError(t, khPath, v, presented!)
+      if (v && v.status !== 'match' && !(v.status === 'unknown' && !v.knownTypes?.length && t.trustNewHostKeys)) throw hostKeyError(t, khPath, v, presented!)
       throw unreachable(t, e)
     }
     const v = verdict as HostKeyVerdict | null

@@ -209,14 +209,17 @@ class CachingStore implements SecretStore {
     if (fresh.size > 0) {
       const batch = this.#impl.resolve([...fresh.values()])
       for (const key of fresh.keys()) {
-        const answer = batch.then(
+        // An upsert that finished while this read was in flight has replaced the answer: the
+        // read then neither overwrites the new value nor forgets it.
+        const current = (): boolean => this.#answers.get(key) === answer
+        const answer: Promise<Resolution> = batch.then(
           (results): Resolution => {
             const r = results.get(key) ?? { status: 'error', why: 'the backend returned no answer for it' }
-            this.#settle(key, r)
+            if (current()) this.#settle(key, r)
             return r
           },
           (e: unknown) => {
-            this.#answers.delete(key)
+            if (current()) this.#answers.delete(key)
             throw e
           },
         )

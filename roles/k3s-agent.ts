@@ -1,0 +1,101 @@
+// k3s-agent: join a Pi to the server the way the owner did by hand (K3S_URL + token), but with the
+// token in the service env file (0600, never argv), labels and taints in config.yaml (a kubectl taint
+// is lost when a node rejoins), a stale Node removed first when the node's disk was wiped, and a wait
+// until the server reports the node Ready with its labels.
+
+import { flushHandlers, handler, type Role, type StepContext } from '../lib/role.ts'
+import { file, fileFact, systemdUnit } from '../lib/steps.ts'
+import { ProvisionError } from '../lib/errors.ts'
+import { quote } from '../lib/shell.ts'
+import { clusterToken, K3S_CONFIG, k3sInstallFact, missingOnNode, NODE_PASSWORD, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, serverOf, type NodeView } from './k3s-common.ts'
+
+function agentConfig(ctx: StepContext): string {
+  return renderK3sConfig({ 'node-name': ctx.vars.hostname, 'node-label': ctx.vars.node_labels, 'node-taint': ctx.vars.node_taints })
+}
+
+/** The server's view of this node, read over the server's own connection (read-only). */
+async function nodeOnServer(ctx: StepContext): Promise<NodeView> {
+  const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
+  const r = await server.conn.run(`k3s kubectl get node ${quote(nodeName(ctx))} -o json`)
+  return parseNode(r.code, r.stdout, r.stderr)
+}
+
+export const k3sAgent: Role = {
+  name: 'k3s-agent',
+  steps: [
+    {
+      name: 'Get the cluster token from the secrets store',
+      async run(ctx) {
+        await clusterToken(ctx, false)
+        return { status: 'ok', message: `token at ${ctx.vars.k3s_token_ref}` }
+      },
+    },
+    {
+      // A wiped SD card means a new /etc/rancher/node/password: k3s refuses the node until its old Node object
+      // (and with it the node-password secret) is gone. Only then, and only for this node, act on the server.
+      name: 'Delete the stale Node of a reflashed host from the server',
+      facts: () => [fileFact(NODE_PASSWORD), k3sInstallFact],
+      async run(ctx) {
+        const pw = await ctx.facts.get(fileFact(NODE_PASSWORD))
+        if (pw.exists) return { status: 'ok', message: 'node password present: not a fresh disk' }
+        const node = await nodeOnServer(ctx)
+        if (!node.exists) return { status: 'ok', message: 'no Node of this name on the server' }
+        const name = nodeName(ctx)
+        if (ctx.check) return { status: 'changed', message: `would delete the stale Node ${name} on the server` }
+        const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
+        const r = await server.conn.run(`k3s kubectl delete node ${quote(name)}`)
+        if (r.code !== 0) throw new ProvisionError('step', `could not delete the stale Node ${name} on the server: ${r.stderr.trim()}`, { place: { host: ctx.host } })
+        return { status: 'changed', message: `deleted the stale Node ${name} (and its node-password secret) on the server` }
+      },
+    },
+    file('Write /etc/rancher/k3s/config.yaml (labels and taints)', (ctx) => ({ path: K3S_CONFIG, content: agentConfig(ctx), mode: '0600', backup: true }), {
+      notify: ['Restart k3s-agent'],
+    }),
+    {
+      name: 'Join the cluster (install k3s agent only when missing, another version, or another server/token)',
+      facts: () => [k3sInstallFact],
+      async run(ctx) {
+        const cur = await ctx.facts.get(k3sInstallFact)
+        const { token } = await clusterToken(ctx, false)
+        const server = serverOf(ctx.inventory)
+        const want = ctx.vars.k3s_version
+        const why: string[] = []
+        if (cur.serverUnit) return { status: 'failed', message: 'this host runs a k3s server; it cannot also be an agent (uninstall with k3s-uninstall.sh first)' }
+        if (!cur.agentUnit || !cur.version) why.push(`install k3s ${want} (agent)`)
+        else if (cur.version !== want) why.push(`upgrade k3s ${cur.version} -> ${want}`)
+        if (cur.agentUnit && cur.agentEnv.K3S_URL !== server.url) why.push(`server ${cur.agentEnv.K3S_URL ?? 'unset'} -> ${server.url}`)
+        if (cur.agentUnit && cur.agentEnv.K3S_TOKEN !== token) why.push('new cluster token')
+        if (why.length === 0) return { status: 'ok', message: `k3s ${want} agent of ${server.url}` }
+        if (ctx.check) return { status: 'changed', message: `would ${why.join(', ')}` }
+        await runInstaller(ctx, { kind: 'agent', secretEnv: { K3S_URL: server.url, K3S_TOKEN: token } })
+        ctx.facts.invalidate()
+        return { status: 'changed', message: why.join(', ') }
+      },
+    },
+    systemdUnit('Keep k3s-agent enabled and running', () => ({ unit: 'k3s-agent.service', enabled: true, active: true }), { when: (ctx) => !ctx.check }),
+    flushHandlers('Restart k3s-agent if its config changed'),
+    {
+      name: 'Wait until the server reports this node Ready with its labels and taints',
+      readOnly: true,
+      async run(ctx) {
+        if (ctx.check) return { status: 'skipped', message: 'check mode' }
+        const started = Date.now()
+        const limit = 180_000
+        let last: NodeView | null = null
+        for (;;) {
+          last = await nodeOnServer(ctx)
+          const missing = last.exists ? missingOnNode(last, ctx.vars.node_labels, ctx.vars.node_taints) : []
+          if (last.exists && last.ready && missing.length === 0) return { status: 'ok', message: `Ready after ${((Date.now() - started) / 1000).toFixed(1)}s` }
+          if (Date.now() - started > limit) {
+            const state = !last.exists ? 'not registered' : !last.ready ? 'NotReady' : `Ready but lacking ${missing.join(', ')}`
+            const log = await ctx.sh('journalctl -u k3s-agent -n 5 --no-pager -o cat 2>/dev/null | tail -n 5')
+            throw new ProvisionError('timeout', `node ${nodeName(ctx)} is ${state} after ${limit / 1000}s; last agent log lines:\n    ${log.stdout.trim().split('\n').join('\n    ')}`, { place: { host: ctx.host } })
+          }
+          await new Promise((r) => setTimeout(r, 1000))
+        }
+      },
+    },
+  ],
+  handlers: [handler(restartHandlerStep('k3s-agent'))],
+}
+

@@ -1,0 +1,175 @@
+// What the k3s server and agent roles share: the cluster token, config.yaml, the installed version,
+// and running the install script the same way every time (the way k3s documents it).
+
+import { randomBytes } from 'node:crypto'
+import { ProvisionError } from '../lib/errors.ts'
+import { defineFact } from '../lib/facts.ts'
+import type { Inventory } from '../lib/inventory.ts'
+import { hostVars } from '../lib/inventory.ts'
+import type { Step, StepContext, StepResult } from '../lib/role.ts'
+import { quote } from '../lib/shell.ts'
+
+export const K3S_CONFIG = '/etc/rancher/k3s/config.yaml'
+export const NODE_PASSWORD = '/etc/rancher/node/password'
+
+export interface K3sInstallState {
+  version: string | null
+  /** Which unit the host has: k3s.service (server), k3s-agent.service (agent). */
+  serverUnit: boolean
+  agentUnit: boolean
+  /** K3S_* variables in the agent's service env file (written by the install script). */
+  agentEnv: Record<string, string>
+}
+
+export const k3sInstallFact = defineFact(
+  'k3s-install',
+  [
+    'if [ -x /usr/local/bin/k3s ]; then /usr/local/bin/k3s --version 2>/dev/null | head -n 1; else echo none; fi',
+    '[ -f /etc/systemd/system/k3s.service ] && echo server-unit',
+    '[ -f /etc/systemd/system/k3s-agent.service ] && echo agent-unit',
+    'if [ -f /etc/systemd/system/k3s-agent.service.env ]; then echo ENV; cat /etc/systemd/system/k3s-agent.service.env; fi',
+    'true',
+  ].join('\n'),
+  (r) => parseK3sInstall(r.stdout),
+)
+
+export function parseK3sInstall(stdout: string): K3sInstallState {
+  const lines = stdout.split('\n')
+  const m = /^k3s version (\S+)/.exec(lines[0] ?? '')
+  const envStart = lines.indexOf('ENV')
+  const agentEnv: Record<string, string> = {}
+  if (envStart >= 0)
+    for (const l of lines.slice(envStart + 1)) {
+      const kv = /^([A-Z0-9_]+)=(.*)$/.exec(l.trim())
+      if (kv) agentEnv[kv[1]] = kv[2].replace(/^(["'])(.*)\1$/, '$2')
+    }
+  const head = envStart >= 0 ? lines.slice(0, envStart) : lines
+  return { version: m ? m[1] : null, serverUnit: head.includes('server-unit'), agentUnit: head.includes('agent-unit'), agentEnv }
+}
+
+/** config.yaml for a node: only what the inventory says, in a stable order, so a rerun writes the same bytes. */
+export function renderK3sConfig(entries: Record<string, string | readonly string[] | undefined>): string {
+  const out = ['# Managed by pi-provision from the inventory: edit the inventory, not this file.']
+  for (const [key, value] of Object.entries(entries)) {
+    if (value === undefined) continue
+    if (typeof value === 'string') out.push(`${key}: ${JSON.stringify(value)}`)
+    else if (value.length > 0) out.push(`${key}:`, ...value.map((v) => `  - ${JSON.stringify(v)}`))
+  }
+  return out.join('\n') + '\n'
+}
+
+export function nodeName(ctx: Pick<StepContext, 'vars' | 'host'>): string {
+  return ctx.vars.hostname ?? ctx.host
+}
+
+/** The server this cluster's agents join: the first host of group "server". Read from the inventory, so --limit needs nothing else. */
+export function serverOf(inv: Inventory, extra: Record<string, unknown> = {}): { name: string; url: string; address: string } {
+  const name = inv.groups.get('server')?.[0]
+  if (!name) throw new ProvisionError('inventory', 'no host in group "server": agents have nothing to join', { place: { file: inv.file } })
+  const v = hostVars(inv.hosts.get(name)!, {}, extra)
+  const address = v.address!
+  const host = address.includes(':') ? `[${address}]` : address
+  return { name, address, url: `https://${host}:${v.k3s_api_port}` }
+}
+
+/** The token of the cluster, from the secrets store; the server role creates it on first run. */
+export async function clusterToken(ctx: StepContext, create: boolean): Promise<{ token: string; created: boolean }> {
+  const ref = ctx.vars.k3s_token_ref
+  if (!ref) throw new ProvisionError('step', 'k3s_token_ref is not set: the cluster token needs a place in the secrets store (e.g. op://pi-cluster/k3s-node-token/token)', { place: { host: ctx.host } })
+  const cached = ctx.shared.get('k3s_token') as string | undefined
+  if (cached) return { token: cached, created: false }
+  const found = await ctx.secrets.lookup(ref)
+  if (found) {
+    ctx.shared.set('k3s_token', found)
+    return { token: found, created: false }
+  }
+  if (!create) throw new ProvisionError('step', `no cluster token at ${ref}: run the k3s-server role first (it creates the token)`, { place: { host: ctx.host } })
+  const token = randomBytes(24).toString('hex')
+  if (!ctx.check) await ctx.secrets.upsert(ref, token)
+  ctx.shared.set('k3s_token', token)
+  return { token, created: true }
+}
+
+export interface InstallSpec {
+  kind: 'server' | 'agent'
+  /** K3S_* variables with secrets: fed on stdin into a 0600 file the install script reads, never argv. */
+  secretEnv?: Record<string, string>
+}
+
+/** Install (or upgrade to) the pinned version with the install script, with the same flags every run. */
+export async function runInstaller(ctx: StepContext, spec: InstallSpec): Promise<void> {
+  const version = ctx.vars.k3s_version
+  if (!version) throw new ProvisionError('step', 'k3s_version is not set: pin a version (e.g. v1.34.3+k3s1) in the inventory', { place: { host: ctx.host } })
+  const envFile = Object.entries(spec.secretEnv ?? {})
+    .map(([k, v]) => `${k}=${quote(v)}`)
+    .join('\n')
+  const script = [
+    'set -e',
+    'umask 077',
+    'work=$(mktemp -d)',
+    `trap 'rm -rf "$work"' EXIT`,
+    // stdin carries the secret variables; they reach the installer's environment, not its argv.
+    'cat > "$work/env"',
+    `curl -sfL --retry 3 ${quote(ctx.vars.k3s_install_url)} -o "$work/install.sh"`,
+    'set -a',
+    '. "$work/env"',
+    'set +a',
+    `INSTALL_K3S_VERSION=${quote(version)} INSTALL_K3S_EXEC=${quote(spec.kind)} sh "$work/install.sh"`,
+  ].join('\n')
+  await ctx.must(script, { stdin: envFile + '\n', what: `install k3s ${version} (${spec.kind}) with ${ctx.vars.k3s_install_url}` })
+  // The install script (re)starts the service itself: a queued restart would be a second, needless one.
+  ctx.shared.set(`k3s_restarted:${ctx.host}`, true)
+}
+
+/** Restart handler that does nothing when the installer already restarted the service in this run. */
+export function restartHandlerStep(unit: string): Step {
+  return {
+    name: `Restart ${unit}`,
+    async run(ctx): Promise<StepResult> {
+      if (ctx.shared.get(`k3s_restarted:${ctx.host}`)) return { status: 'ok', message: 'already restarted by the install script' }
+      if (ctx.check) return { status: 'changed', message: `would restart ${unit}` }
+      await ctx.must(`systemctl restart ${unit}`, { what: `restart ${unit}` })
+      return { status: 'changed' }
+    },
+  }
+}
+
+export interface NodeView {
+  exists: boolean
+  ready: boolean
+  labels: Record<string, string>
+  taints: { key: string; value?: string; effect: string }[]
+}
+
+/** Parse `kubectl get node NAME -o json` (exit 1 + NotFound means no such node). */
+export function parseNode(code: number, stdout: string, stderr: string): NodeView {
+  if (code !== 0) {
+    if (/NotFound|not found/.test(stderr)) return { exists: false, ready: false, labels: {}, taints: [] }
+    throw new ProvisionError('step', `kubectl get node failed: ${stderr.trim() || stdout.trim()}`)
+  }
+  const j = JSON.parse(stdout) as {
+    metadata?: { labels?: Record<string, string> }
+    spec?: { taints?: { key: string; value?: string; effect: string }[] }
+    status?: { conditions?: { type: string; status: string }[] }
+  }
+  const ready = (j.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True')
+  return { exists: true, ready, labels: j.metadata?.labels ?? {}, taints: j.spec?.taints ?? [] }
+}
+
+/** Labels ("k=v") and taints ("k=v:Effect") the inventory wants that the node does not have. */
+export function missingOnNode(node: NodeView, labels: readonly string[], taints: readonly string[]): string[] {
+  const missing: string[] = []
+  for (const l of labels) {
+    const [k, v = ''] = l.split('=')
+    if (node.labels[k] !== v) missing.push(`label ${l}`)
+  }
+  for (const t of taints) {
+    const m = /^([^=:]+)(?:=([^:]*))?:(\w+)$/.exec(t)
+    if (!m) {
+      missing.push(`taint ${t} (malformed: expected key=value:Effect)`)
+      continue
+    }
+    if (!node.taints.some((x) => x.key === m[1] && (x.value ?? '') === (m[2] ?? '') && x.effect === m[3])) missing.push(`taint ${t}`)
+  }
+  return missing
+}

@@ -1,0 +1,135 @@
+// k3s-server: the cluster token from the secrets store (made on first run, so agents and backups
+// survive a rebuild), config.yaml from the inventory, the pinned k3s installed only when missing or
+// different, a restart only when config or binary changed, then the API and the node Ready, and the
+// kubeconfig on the controller.
+
+import { randomBytes } from 'node:crypto'
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { dirname } from 'node:path'
+import { parseDocument } from 'yaml'
+import { ProvisionError } from '../lib/errors.ts'
+import { flushHandlers, handler, type Role, type StepContext } from '../lib/role.ts'
+import { file, pollUntil, systemdUnit } from '../lib/steps.ts'
+import { quote } from '../lib/shell.ts'
+import { clusterToken, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, missingOnNode } from './k3s-common.ts'
+
+function serverConfig(ctx: StepContext): string {
+  const v = ctx.vars
+  return renderK3sConfig({
+    token: ctx.shared.get('k3s_token') as string,
+    'node-name': v.hostname,
+    'write-kubeconfig-mode': v.k3s_kubeconfig_mode,
+    'tls-san': [...new Set([v.address!, ...v.k3s_tls_san])],
+    disable: v.k3s_disable,
+    'node-label': v.node_labels,
+    'node-taint': v.node_taints,
+  })
+}
+
+/** k3s.yaml as the controller needs it: the server's address instead of 127.0.0.1, and a named context. */
+export function rewriteKubeconfig(text: string, serverUrl: string, context: string): string {
+  const doc = parseDocument(text)
+  const json = doc.toJS() as {
+    clusters?: { name: string; cluster: { server: string } }[]
+    contexts?: { name: string; context: { cluster: string; user: string } }[]
+    users?: { name: string }[]
+    'current-context'?: string
+  }
+  for (const c of json.clusters ?? []) {
+    c.cluster.server = serverUrl
+    c.name = context
+  }
+  for (const c of json.contexts ?? []) {
+    c.name = context
+    c.context.cluster = context
+    c.context.user = context
+  }
+  for (const u of json.users ?? []) u.name = context
+  json['current-context'] = context
+  return parseDocument(JSON.stringify(json)).toString()
+}
+
+export const k3sServer: Role = {
+  name: 'k3s-server',
+  steps: [
+    {
+      name: 'Get the cluster token from the secrets store (create it on first run)',
+      async run(ctx) {
+        const { created } = await clusterToken(ctx, true)
+        if (!created) return { status: 'ok', message: `token at ${ctx.vars.k3s_token_ref}` }
+        return { status: 'changed', message: `${ctx.check ? 'would create' : 'created'} a new cluster token at ${ctx.vars.k3s_token_ref}` }
+      },
+    },
+    file('Write /etc/rancher/k3s/config.yaml', (ctx) => ({ path: K3S_CONFIG, content: serverConfig(ctx), mode: '0600', secret: true, backup: true }), {
+      notify: ['Restart k3s'],
+    }),
+    {
+      name: 'Install k3s (only when missing or another version)',
+      facts: () => [k3sInstallFact],
+      async run(ctx) {
+        const cur = await ctx.facts.get(k3sInstallFact)
+        const want = ctx.vars.k3s_version
+        if (cur.version === want && cur.serverUnit) return { status: 'ok', message: `k3s ${want}` }
+        if (cur.agentUnit && !cur.serverUnit)
+          return { status: 'failed', message: 'this host runs a k3s agent; uninstall it (k3s-agent-uninstall.sh) before making it the server' }
+        const what = cur.version ? `upgrade k3s ${cur.version} -> ${want}` : `install k3s ${want} (server)`
+        if (ctx.check) return { status: 'changed', message: `would ${what}` }
+        await runInstaller(ctx, { kind: 'server' })
+        ctx.facts.invalidate()
+        return { status: 'changed', message: what }
+      },
+    },
+    systemdUnit('Keep k3s enabled and running', () => ({ unit: 'k3s.service', enabled: true, active: true }), { when: (ctx) => !ctx.check }),
+    flushHandlers('Restart k3s if its config changed'),
+    {
+      name: 'Wait for the API server',
+      readOnly: true,
+      async run(ctx) {
+        if (ctx.check) return { status: 'skipped', message: 'check mode' }
+        const s = await pollUntil(ctx, { until: 'k3s kubectl get nodes -o json >/dev/null', timeoutSec: 180, what: 'the k3s API server' })
+        return { status: 'ok', message: `API up after ${s.toFixed(1)}s` }
+      },
+    },
+    {
+      name: 'Wait for the server node to be Ready with its labels and taints',
+      readOnly: true,
+      async run(ctx) {
+        if (ctx.check) return { status: 'skipped', message: 'check mode' }
+        const name = nodeName(ctx)
+        const s = await pollUntil(ctx, { until: `k3s kubectl wait --for=condition=Ready node/${quote(name)} --timeout=5s >/dev/null`, timeoutSec: 180, what: `node ${name} Ready` })
+        const r = await ctx.sh(`k3s kubectl get node ${quote(name)} -o json`)
+        const missing = missingOnNode(parseNode(r.code, r.stdout, r.stderr), ctx.vars.node_labels, ctx.vars.node_taints)
+        if (missing.length) return { status: 'failed', message: `node ${name} is Ready but lacks ${missing.join(', ')}` }
+        return { status: 'ok', message: `Ready after ${s.toFixed(1)}s` }
+      },
+    },
+    {
+      name: 'Fetch the kubeconfig to the controller',
+      when: (ctx) => Boolean(ctx.vars.kubeconfig_path),
+      async run(ctx) {
+        const path = ctx.vars.kubeconfig_path!
+        const r = await ctx.sh('cat /etc/rancher/k3s/k3s.yaml')
+        if (r.code !== 0) {
+          if (ctx.check) return { status: 'skipped', message: 'check mode: no kubeconfig on the server yet' }
+          throw new ProvisionError('step', `cannot read /etc/rancher/k3s/k3s.yaml: ${r.stderr.trim()}`)
+        }
+        const addr = ctx.vars.address!.includes(':') ? `[${ctx.vars.address}]` : ctx.vars.address!
+        const want = rewriteKubeconfig(r.stdout, `https://${addr}:${ctx.vars.k3s_api_port}`, ctx.vars.kubeconfig_context ?? ctx.host)
+        let cur: string | null = null
+        try {
+          cur = readFileSync(path, 'utf8')
+        } catch {
+          cur = null
+        }
+        if (cur === want) return { status: 'ok', message: path }
+        if (ctx.check) return { status: 'changed', message: `would write ${path}` }
+        mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
+        const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`
+        writeFileSync(tmp, want, { mode: 0o600 })
+        renameSync(tmp, path)
+        return { status: 'changed', message: `wrote ${path} (context ${ctx.vars.kubeconfig_context ?? ctx.host})` }
+      },
+    },
+  ],
+  handlers: [handler(restartHandlerStep('k3s'))],
+}
