@@ -1,0 +1,65 @@
+import { describe, expect, it } from 'vitest'
+import { parseInventory } from '../../lib/inventory.ts'
+import { missingOnNode, parseK3sInstall, parseNode, renderK3sConfig, serverOf } from '../../roles/k3s-common.ts'
+import { rewriteKubeconfig } from '../../roles/k3s-server.ts'
+
+describe('k3s facts', () => {
+  it('reads the installed version, the units and the agent env file the install script wrote', () => {
+    const out = 'k3s version v1.34.3+k3s1 (48ffa7b6)\nagent-unit\nENV\nK3S_TOKEN="abc def"\nK3S_URL=\'https://10.0.0.1:6443\'\n'
+    expect(parseK3sInstall(out)).toEqual({ version: 'v1.34.3+k3s1', serverUnit: false, agentUnit: true, agentEnv: { K3S_TOKEN: 'abc def', K3S_URL: 'https://10.0.0.1:6443' } })
+    expect(parseK3sInstall('none\n')).toEqual({ version: null, serverUnit: false, agentUnit: false, agentEnv: {} })
+    expect(parseK3sInstall('k3s version v1.33.6+k3s1 (x)\nserver-unit\n').serverUnit).toBe(true)
+  })
+
+  it('renders config.yaml in a stable order, quoting every value, skipping empty lists', () => {
+    expect(renderK3sConfig({ token: 'a"b', 'node-label': ['hardware=pi3', 'x=y'], 'node-taint': [], 'node-name': undefined })).toBe(
+      '# Managed by pi-provision from the inventory: edit the inventory, not this file.\ntoken: "a\\"b"\nnode-label:\n  - "hardware=pi3"\n  - "x=y"\n',
+    )
+  })
+
+  it('parses kubectl get node JSON and says which labels and taints are missing', () => {
+    const json = JSON.stringify({
+      metadata: { name: 'w1', labels: { hardware: 'pi3', 'kubernetes.io/hostname': 'w1' } },
+      spec: { taints: [{ key: 'hardware', value: 'pi3', effect: 'PreferNoSchedule' }] },
+      status: { conditions: [{ type: 'Ready', status: 'True' }] },
+    })
+    const node = parseNode(0, json, '')
+    expect(node.ready).toBe(true)
+    expect(missingOnNode(node, ['hardware=pi3'], ['hardware=pi3:PreferNoSchedule'])).toEqual([])
+    expect(missingOnNode(node, ['hardware=pi5', 'workload/dns=unbound'], ['dedicated=dns:NoSchedule'])).toEqual(['label hardware=pi5', 'label workload/dns=unbound', 'taint dedicated=dns:NoSchedule'])
+    expect(parseNode(1, '', 'Error from server (NotFound): nodes "w1" not found\n')).toEqual({ exists: false, ready: false, labels: {}, taints: [] })
+    expect(() => parseNode(1, '', 'The connection to the server 127.0.0.1:6443 was refused')).toThrow('kubectl get node failed: The connection to the server 127.0.0.1:6443 was refused')
+  })
+
+  it('finds the server from the inventory alone (so --limit on one agent needs no other host)', () => {
+    const inv = parseInventory('all:\n  children:\n    server:\n      hosts:\n        s: { address: 10.1.2.3, k3s_api_port: 7443 }\n    agent:\n      hosts:\n        a: { address: 10.1.2.4 }\n', '/x.yaml')
+    expect(serverOf(inv)).toEqual({ name: 's', address: '10.1.2.3', url: 'https://10.1.2.3:7443' })
+  })
+
+  it('rewrites the fetched kubeconfig: server address instead of 127.0.0.1, a named context', () => {
+    const k3s = `apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: Q0E=
+    server: https://127.0.0.1:6443
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: default
+  name: default
+current-context: default
+kind: Config
+preferences: {}
+users:
+- name: default
+  user:
+    client-certificate-data: Q0VSVA==
+`
+    const out = rewriteKubeconfig(k3s, 'https://10.199.55.55:6443', 'pi-k3s')
+    expect(out).toContain('server: https://10.199.55.55:6443')
+    expect(out).toContain('current-context: pi-k3s')
+    expect(out).not.toContain('default')
+    expect(out).toContain('client-certificate-data: Q0VSVA==')
+  })
+})
