@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto'
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { dirname } from 'node:path'
-import { parseDocument } from 'yaml'
+import { parseDocument, stringify } from 'yaml'
 import { ProvisionError } from '../lib/errors.ts'
 import { flushHandlers, handler, type Role, type StepContext } from '../lib/role.ts'
 import { file, pollUntil, systemdUnit } from '../lib/steps.ts'
@@ -46,7 +46,7 @@ export function rewriteKubeconfig(text: string, serverUrl: string, context: stri
   }
   for (const u of json.users ?? []) u.name = context
   json['current-context'] = context
-  return parseDocument(JSON.stringify(json)).toString()
+  return stringify(json)
 }
 
 export const k3sServer: Role = {
