@@ -218,6 +218,8 @@ export class LocalConnection implements Connection {
       child.stdout.on('data', (d: Buffer) => out.push(d))
       child.stderr.on('data', (d: Buffer) => err.push(d))
       child.on('error', reject)
+      // A script that exits without reading its stdin closes the pipe: that is not an error of the run.
+      child.stdin.on('error', () => undefined)
       child.on('close', (code) => resolve({ code: code ?? 255, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }))
       child.stdin.end(opts.stdin ?? '')
     })

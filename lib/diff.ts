@@ -16,8 +16,9 @@ export function unifiedDiff(oldText: string, newText: string, path: string, cont
   let j = 0
   while (i < n || j < m) {
     if (i < n && j < m && a[i] === b[j]) ops.push({ t: ' ', line: a[i], ai: i++, bi: j++ })
-    else if (j < m && (i >= n || lcs[i][j + 1] >= lcs[i + 1][j])) ops.push({ t: '+', line: b[j], ai: i, bi: j++ })
-    else ops.push({ t: '-', line: a[i], ai: i++, bi: j })
+    // On a tie take the removal first, so a replaced line reads "-old" then "+new", as diff -u prints it.
+    else if (i < n && (j >= m || lcs[i + 1][j] >= lcs[i][j + 1])) ops.push({ t: '-', line: a[i], ai: i++, bi: j })
+    else ops.push({ t: '+', line: b[j], ai: i, bi: j++ })
   }
   const out = [`--- ${path} (before)`, `+++ ${path} (after)`]
   let k = 0

@@ -63,7 +63,11 @@ export class FactCache {
         this.values.set(f.key, f.parse({ code: part.code, stdout: part.stdout, stderr: '' }))
       })
     })()
-    for (const f of todo) this.pending.set(f.key, p.then(() => this.values.get(f.key)))
+    for (const f of todo) {
+      const one = p.then(() => this.values.get(f.key))
+      one.catch(() => undefined) // the error reaches the caller through `await p`; don't report it twice as unhandled
+      this.pending.set(f.key, one)
+    }
     try {
       await p
     } finally {

@@ -66,7 +66,7 @@ export function parseInventory(text: string, file: string): Inventory {
 
   if (doc.errors.length > 0) {
     const err = doc.errors[0]
-    const pos = err.linePos?.[0] ?? { line: 1, col: 1 }
+    const pos = err.linePos?.[0] ?? lines.linePos(err.pos[0])
     const msg = err.code === 'DUPLICATE_KEY' ? 'duplicate key (a host or group is defined twice in the same map)' : err.message.split('\n')[0]
     throw new ProvisionError('inventory', msg, { place: { file, line: pos.line, col: pos.col } })
   }
@@ -148,6 +148,9 @@ export function parseInventory(text: string, file: string): Inventory {
     }
   }
   readGroup('all', allPair!.value, undefined, 0, allPair!)
+
+  for (const host of hostOrder)
+    if (groups.has(host)) fail(`"${host}" is both a group and a host`, hostDefs.get(host)!.node)
 
   // Every host must be reached through a group other than "all": a host in no group gets no role.
   const allDef = groups.get('all')!

@@ -66,7 +66,13 @@ function matchTerm(inv: Inventory, term: string, whole: string): string[] {
     } catch {
       throw new ProvisionError('usage', `bad regular expression in host pattern: ${term}`)
     }
-  } else if (/[*?[]/.test(term)) re = globToRegExp(term)
+  } else if (/[*?[]/.test(term)) {
+    try {
+      re = globToRegExp(term)
+    } catch {
+      throw new ProvisionError('usage', `bad glob in host pattern: ${term}`, { hint: 'close every [ with ]' })
+    }
+  }
   else {
     throw new ProvisionError('usage', `host pattern "${whole}": "${term}" is neither a host nor a group of the inventory`, {
       hint: `hosts: ${[...inv.hosts.keys()].join(', ')}; groups: ${[...inv.groups.keys()].join(', ')}`,

@@ -69,7 +69,8 @@ export function parsePackages(stdout: string, names: readonly string[]): Map<str
   const installed = new Map<string, boolean>(names.map((n) => [n, false]))
   for (const line of stdout.split('\n')) {
     const [name, status] = line.split('\t')
-    if (name && status) installed.set(name.split(':')[0], status.startsWith('ii'))
+    // Status-Abbrev: wanted state, then actual state; 'i' second means installed (also when held: 'hi').
+    if (name && status) installed.set(name.split(':')[0], status[1] === 'i')
   }
   return installed
 }
@@ -158,7 +159,8 @@ export function planUnit(cur: UnitState, spec: UnitSpec): Change | null {
     what.push('unmask')
   }
   const exists = cur.load !== 'not-found'
-  const enabled = /^enabled/.test(cur.fileState)
+  // A static unit has no [Install] section: it cannot be enabled, and is started by what needs it.
+  const enabled = /^enabled/.test(cur.fileState) || (spec.enabled === true && cur.fileState === 'static')
   if (spec.enabled === true && !enabled) {
     if (!exists) throw new ProvisionError('step', `unit ${spec.unit} does not exist on the host`)
     cmds.push(`systemctl enable ${u}`)
@@ -418,8 +420,9 @@ export function waitForPort(name: string, spec: (ctx: StepContext) => { host: st
 }
 
 export function normMode(mode: string): string {
-  const n = parseInt(mode, 8)
-  return Number.isNaN(n) ? mode : '0' + n.toString(8).padStart(3, '0')
+  const m = /^(?:0o)?([0-7]{1,5})$/.exec(mode)
+  if (!m) return mode
+  return '0' + parseInt(m[1], 8).toString(8).padStart(3, '0')
 }
 
 function timestamp(): string {

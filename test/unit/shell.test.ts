@@ -1,0 +1,179 @@
+import { execFileSync, spawnSync } from 'node:child_process'
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { asRoot, commandLine, quote, writeFromStdin } from '../../lib/shell.ts'
+
+// Each word goes through a real shell (dash as /bin/sh on Debian, and bash: the login shell that runs an
+// SSH command line may be either) and must come out byte for byte.
+
+const WORDS: Record<string, string> = {
+  'single quote': "it's",
+  'only single quotes': "'''",
+  'double quotes': 'say "hi"',
+  newline: 'line one\nline two',
+  'trailing newline': 'ends with newline\n',
+  'dollar HOME': '$HOME',
+  'braced var': '${HOME}/x',
+  'command substitution': '$(id)',
+  backticks: '`id`',
+  backslashes: 'C:\\dir\\n\\\\',
+  glob: '*',
+  'glob in a word': 'file*.txt',
+  'question mark and brackets': '[ab]?',
+  empty: '',
+  spaces: '  two  spaces  ',
+  tab: 'a\tb',
+  unicode: 'héllo wörld ✓ 日本',
+  'leading dash': '-n',
+  'leading dashes with space': '--name=x y',
+  tilde: '~',
+  'tilde path': '~/x',
+  semicolon: 'a; rm -rf /nonexistent-dir-for-test',
+  'pipe and ampersand': 'a | b && c &',
+  redirect: '> /tmp/should-not-exist-shell-test',
+  'hash comment': '# not a comment',
+  'history bang': '!!',
+  braces: '{a,b}',
+  'safe word': 'abc-1.2_3/x:y,z@%+=',
+  percent: '%s %d',
+  'mixed quotes': `'"'"'`,
+}
+
+let dir: string
+const shells = ['/bin/sh', 'bash']
+
+/** Run a command line in `shell` with cwd=dir (which has files, so an unquoted * would expand). */
+function run(shell: string, line: string, stdin = ''): { stdout: string; stderr: string; status: number | null } {
+  const r = spawnSync(shell, ['-c', line], { cwd: dir, input: stdin, encoding: 'utf8', env: { ...process.env, HOME: '/home/someone' } })
+  return { stdout: r.stdout, stderr: r.stderr, status: r.status }
+}
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'shell-test-'))
+  for (const f of ['file1.txt', 'file2.txt', 'a', 'b']) writeFileSync(join(dir, f), '')
+})
+afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+describe('quote', () => {
+  it('/bin/sh is dash here (the shell the targets use)', () => {
+    expect(execFileSync('readlink', ['-f', '/bin/sh'], { encoding: 'utf8' }).trim()).toMatch(/dash$/)
+  })
+
+  it('leaves safe words alone and single-quotes the rest', () => {
+    expect(quote('abc')).toBe('abc')
+    expect(quote('/etc/rancher/k3s/config.yaml')).toBe('/etc/rancher/k3s/config.yaml')
+    expect(quote('root:root')).toBe('root:root')
+    expect(quote('')).toBe("''")
+    expect(quote('a b')).toBe("'a b'")
+    expect(quote("it's")).toBe("'it'\\''s'")
+    expect(quote('$HOME')).toBe("'$HOME'")
+  })
+
+  for (const shell of shells) {
+    describe(`through ${shell} -c`, () => {
+      for (const [name, word] of Object.entries(WORDS)) {
+        it(`${name}: ${JSON.stringify(word)}`, () => {
+          const r = run(shell, `printf '%s\\n' ${quote(word)}`)
+          expect(r.stderr).toBe('')
+          expect(r.status).toBe(0)
+          expect(r.stdout).toBe(`${word}\n`)
+          // and it is exactly one word
+          expect(run(shell, `set -- ${quote(word)}; echo $#`).stdout).toBe('1\n')
+        })
+      }
+    })
+  }
+})
+
+describe('commandLine', () => {
+  const argvPrinter = [process.execPath, '-e', 'process.stdout.write(JSON.stringify(process.argv.slice(1)))']
+
+  for (const shell of shells) {
+    it(`every word arrives as one argv entry, unchanged (${shell})`, () => {
+      const words = Object.values(WORDS)
+      const r = run(shell, commandLine([...argvPrinter, ...words]))
+      expect(r.stderr).toBe('')
+      expect(JSON.parse(r.stdout)).toEqual(words)
+    })
+  }
+
+  it('nothing in the words runs: no file created by a redirect or a command substitution', () => {
+    const marker = join(dir, 'pwned')
+    const words = [`$(touch ${marker})`, `\`touch ${marker}\``, `; touch ${marker}`, `> ${marker}`]
+    for (const shell of shells) {
+      const r = run(shell, commandLine(['printf', '%s\\n', ...words]))
+      expect(r.stdout).toBe(words.map((w) => `${w}\n`).join(''))
+      expect(spawnSync('test', ['-e', marker]).status).toBe(1)
+    }
+  })
+
+  it('joins with single spaces', () => {
+    expect(commandLine(['systemctl', 'enable', 'k3s-agent.service'])).toBe('systemctl enable k3s-agent.service')
+    expect(commandLine(['echo', 'a b', ''])).toBe("echo 'a b' ''")
+  })
+})
+
+describe('asRoot', () => {
+  const script = `x='inner value'; printf '%s|%s|%s\\n' "$x" "it's" "$(printf sub)"; printf '%s\\n' "$HOME"`
+  const expected = "inner value|it's|sub\n/home/someone\n"
+
+  it('as root: sh -c with the script quoted, run directly (no sudo)', () => {
+    const line = asRoot(script, 'root')
+    expect(line.startsWith('sh -c ')).toBe(true)
+    expect(line).not.toContain('sudo')
+    for (const shell of shells) {
+      const r = run(shell, line)
+      expect(r.stderr).toBe('')
+      expect(r.stdout).toBe(expected)
+    }
+  })
+
+  it('as root: the script’s exit code comes back', () => {
+    expect(run('/bin/sh', asRoot('exit 7', 'root')).status).toBe(7)
+  })
+
+  describe('as another user: sudo -n sh -c <script> (with a stand-in sudo that records its argv)', () => {
+    let binDir: string
+    let logFile: string
+    beforeAll(() => {
+      binDir = join(dir, 'bin')
+      mkdirSync(binDir)
+      logFile = join(dir, 'sudo-argv')
+      // Not sudo: records its arguments NUL-separated, insists on -n first (never prompt), then runs the rest.
+      writeFileSync(
+        join(binDir, 'sudo'),
+        `#!/bin/sh\nprintf '%s\\0' "$@" > "$SUDO_LOG"\n[ "$1" = "-n" ] || { echo "stand-in sudo: -n missing" >&2; exit 99; }\nshift\nexec "$@"\n`,
+      )
+      chmodSync(join(binDir, 'sudo'), 0o755)
+    })
+
+    for (const shell of shells) {
+      it(`sudo receives exactly [-n, sh, -c, script] and the script runs intact (${shell})`, () => {
+        const line = asRoot(script, 'pi')
+        expect(line.startsWith('sudo -n sh -c ')).toBe(true)
+        const r = spawnSync(shell, ['-c', line], {
+          cwd: dir,
+          encoding: 'utf8',
+          env: { ...process.env, HOME: '/home/someone', PATH: `${binDir}:${process.env.PATH ?? ''}`, SUDO_LOG: logFile },
+        })
+        expect(r.stderr).toBe('')
+        expect(r.stdout).toBe(expected)
+        expect(readFileSync(logFile, 'utf8').split('\0').slice(0, -1)).toEqual(['-n', 'sh', '-c', script])
+      })
+    }
+  })
+})
+
+describe('writeFromStdin', () => {
+  it('writes stdin to a path with spaces and quotes, content not in the command line', () => {
+    const path = join(dir, "my file's.conf")
+    const content = 'secret=$(id)\n`x`\n'
+    const line = writeFromStdin(path)
+    expect(line).not.toContain('secret')
+    const r = run('/bin/sh', line, content)
+    expect(r.status).toBe(0)
+    expect(readFileSync(path, 'utf8')).toBe(content)
+  })
+})
