@@ -53,6 +53,21 @@ async function cmdlinePath(ctx: StepContext): Promise<string> {
   return p
 }
 
+// cgroup v2 lists its controllers in one file; v1 (older Pi OS) has a column "enabled" in /proc/cgroups.
+export const MEMORY_CGROUP_PROBE =
+  'if [ -f /sys/fs/cgroup/cgroup.controllers ]; then echo v2; cat /sys/fs/cgroup/cgroup.controllers; else echo v1; cat /proc/cgroups; fi'
+
+export function parseMemoryCgroup(stdout: string): { ok: boolean; detail: string } {
+  const [version, ...rest] = stdout.trim().split('\n')
+  if (version === 'v2') {
+    const controllers = (rest[0] ?? '').trim()
+    return { ok: /\bmemory\b/.test(controllers), detail: `cgroup v2, controllers: ${controllers || 'none'}` }
+  }
+  const row = rest.map((l) => l.trim().split(/\s+/)).find((cols) => cols[0] === 'memory')
+  if (!row) return { ok: false, detail: 'cgroup v1 without a memory controller' }
+  return { ok: row[3] === '1', detail: `cgroup v1, memory controller ${row[3] === '1' ? 'enabled' : 'disabled'}` }
+}
+
 const hostnameOf = (ctx: StepContext): string => ctx.vars.hostname ?? ctx.host
 
 export const piPrep: Role = {
@@ -123,11 +138,12 @@ export const piPrep: Role = {
       readOnly: true,
       when: (ctx) => !ctx.check,
       async run(ctx) {
-        const r = await ctx.sh('cat /sys/fs/cgroup/cgroup.controllers')
-        if (r.code === 0 && /\bmemory\b/.test(r.stdout)) return { status: 'ok', message: 'memory cgroup (v2) enabled' }
+        const r = await ctx.must(MEMORY_CGROUP_PROBE)
+        const verdict = parseMemoryCgroup(r.stdout)
+        if (verdict.ok) return { status: 'ok', message: verdict.detail }
         return {
           status: 'failed',
-          message: `the memory cgroup is not enabled (controllers: ${r.stdout.trim() || 'none'}): k3s will fail with "failed to find memory cgroup (v2)"; check ${await cmdlinePath(ctx)} has ${ctx.vars.cmdline_flags.join(' ')} and that the host rebooted`,
+          message: `the memory cgroup is not enabled (${verdict.detail}): k3s will fail with "failed to find memory cgroup (v2)"; check ${await cmdlinePath(ctx)} has ${ctx.vars.cmdline_flags.join(' ')} and that the host rebooted`,
         }
       },
     },

@@ -61,7 +61,7 @@ export function answerFact(s: FakePiState, script: string): Partial<RunResult> |
     if (script.startsWith('[ "$(wc -l')) return { code: s.swaps.length === 0 ? 0 : 1 }
     return { stdout: s.swaps.join('\n') + (s.swaps.length ? '\n' : '') }
   }
-  if (script === 'cat /sys/fs/cgroup/cgroup.controllers') return { stdout: s.cgroupControllers }
+  if (script.startsWith('if [ -f /sys/fs/cgroup/cgroup.controllers ]')) return { stdout: `v2\n${s.cgroupControllers}` }
   if (script === 'cat /proc/sys/kernel/random/boot_id') return { stdout: `boot-${s.bootId}\n` }
   if (script === '[ ! -e /var/swap ]') return { code: s.files.has('/var/swap') ? 1 : 0 }
   return undefined

@@ -3,7 +3,7 @@ import { parseInventory } from '../../lib/inventory.ts'
 import { resetSecretsForTest } from '../../lib/mask.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import { runPlaybook } from '../../lib/runner.ts'
-import { parseArch, piPrep } from '../../roles/pi-prep.ts'
+import { parseArch, parseMemoryCgroup, piPrep } from '../../roles/pi-prep.ts'
 import { MemorySecrets } from './fakes.ts'
 import { convergedPi, FakePi, freshPi, type FakePiState } from './fakepi.ts'
 
@@ -91,6 +91,16 @@ describe('pi-prep planning (facts in, commands out)', () => {
     const { rep, s } = await runPrep(state)
     expect(s.exitCode).toBe(2)
     expect(rep.lines.join('\n')).toContain('failed to find memory cgroup (v2)')
+  })
+})
+
+describe('memory cgroup check', () => {
+  it('reads cgroup v2 controllers, and the enabled column of /proc/cgroups on cgroup v1 (older Pi OS)', () => {
+    expect(parseMemoryCgroup('v2\ncpuset cpu io memory pids\n')).toEqual({ ok: true, detail: 'cgroup v2, controllers: cpuset cpu io memory pids' })
+    expect(parseMemoryCgroup('v2\ncpuset cpu io pids\n').ok).toBe(false)
+    const v1 = 'v1\n#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t2\t1\t1\nmemory\t0\t1\t0\n'
+    expect(parseMemoryCgroup(v1)).toEqual({ ok: false, detail: 'cgroup v1, memory controller disabled' })
+    expect(parseMemoryCgroup(v1.replace('memory\t0\t1\t0', 'memory\t4\t80\t1')).ok).toBe(true)
   })
 })
 

@@ -1,0 +1,198 @@
+// One lab host: an overlay "SD card" over the shared image, booted by systemd-nspawn inside a supervisor
+// loop that turns exit 133 (`systemctl reboot` in the host) into a real reboot. Processes are found
+// through /proc (see procs.ts), so hosts left behind by a killed run are found and ended too.
+import { randomBytes } from 'node:crypto'
+import { chmodSync, chownSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { join } from 'node:path'
+import { IMAGE_DIR, IMAGE_ID, imageDir } from './image.ts'
+import { isMounted, mountOverlay, unmountUnder } from './mounts.ts'
+import { hostAddress } from './network.ts'
+import { LAB_BRIDGE, LAB_BRIDGE_IP, LAB_DIR, LAB_HOSTS_DIR, LAB_KEY, hostPaths } from './paths.ts'
+import { aliveWith, processes, readPidfile, signal, terminate, waitGone } from './procs.ts'
+import { LabError, run } from './run.ts'
+
+export const HOST_KEY_TYPES = ['ed25519', 'ecdsa', 'rsa'] as const
+
+// $0 is the marker that identifies this host's supervisor in /proc; $1 the root, $2 the machine name.
+const SUPERVISOR = `while :; do
+  systemd-nspawn --keep-unit --register=no --link-journal=no --resolv-conf=off --console=read-only \\
+    -D "$1" -M "$2" --network-bridge=${LAB_BRIDGE} -b
+  rc=$?
+  echo "pi-lab: systemd-nspawn exited with $rc"
+  [ "$rc" -eq 133 ] || break
+  echo "pi-lab: reboot"
+done`
+
+function supervisorMarker(name: string): string {
+  return `pi-lab-supervisor:${LAB_DIR}:${name}`
+}
+
+/** Hosts that have a disk in the state dir. */
+export function knownHosts(): string[] {
+  if (!existsSync(LAB_HOSTS_DIR)) return []
+  return readdirSync(LAB_HOSTS_DIR).filter((n) => /^[a-z0-9][a-z0-9-]*$/.test(n))
+}
+
+/**
+ * Container inits (pid 1 of their namespace) by the upperdir of their root overlay. That is what ties a
+ * running container to a host disk, even when its systemd-nspawn was killed and it was left an orphan.
+ */
+export function containerLeaders(): Map<string, number> {
+  const leaders = new Map<string, number>()
+  for (const p of processes()) {
+    if (p.nsPid !== 1 || p.pid === 1) continue
+    try {
+      const root = readFileSync(`/proc/${p.pid}/mountinfo`, 'utf8').split('\n').find((l) => l.split(' ')[4] === '/')
+      const upper = /[ ,]upperdir=([^,\s]+)/.exec(root ?? '')?.[1]
+      if (upper) leaders.set(upper, p.pid)
+    } catch {}
+  }
+  return leaders
+}
+
+export function leaderPid(name: string): number | undefined {
+  return containerLeaders().get(hostPaths(name).upper)
+}
+
+function supervisorPids(name: string): number[] {
+  const marker = supervisorMarker(name)
+  return processes().filter((p) => p.argv.includes(marker)).map((p) => p.pid)
+}
+
+function nspawnPids(root: string): number[] {
+  return processes()
+    .filter((p) => p.argv[0]?.endsWith('systemd-nspawn') && p.argv.includes(root))
+    .map((p) => p.pid)
+}
+
+/** Running and supervised: a reboot will come back. A container without its supervisor is a leftover. */
+export function hostHealthy(name: string): boolean {
+  const pid = readPidfile(hostPaths(name).pidfile)
+  return pid !== undefined && aliveWith(pid, [supervisorMarker(name)]) && leaderPid(name) !== undefined
+}
+
+/** Power off: the supervisor first (so nothing restarts), then the container's init (its whole pid namespace). */
+export async function stopHost(name: string): Promise<void> {
+  const paths = hostPaths(name)
+  const supervisors = supervisorPids(name)
+  for (const pid of supervisors) signal(pid, 'SIGKILL')
+  const leader = leaderPid(name)
+  if (leader !== undefined) signal(leader, 'SIGKILL')
+  await waitGone([...supervisors, ...(leader === undefined ? [] : [leader])], 5000)
+  // systemd-nspawn exits by itself once its container is gone; a stuck one is ended.
+  await terminate(nspawnPids(paths.root), 3000)
+  await unmountUnder(paths.root)
+  rmSync(paths.pidfile, { force: true })
+}
+
+/** A freshly flashed SD card: the host's own layer is gone, the next start writes new first-boot files. */
+export function wipeDisk(name: string): void {
+  const paths = hostPaths(name)
+  for (const dir of [paths.upper, paths.work]) rmSync(dir, { recursive: true, force: true })
+  rmSync(paths.flashed, { force: true })
+}
+
+/** Mounts the disk (flashing it first if new or made from another image) and boots it under its supervisor. */
+export async function startHost(name: string, say: (line: string) => void): Promise<void> {
+  const paths = hostPaths(name)
+  await stopHost(name) // leftovers of a killed run: processes, mount, pidfile
+  const flashedWith = existsSync(paths.flashed) ? readFileSync(paths.flashed, 'utf8').trim() : undefined
+  let lower = IMAGE_DIR
+  if (flashedWith !== IMAGE_ID || !existsSync(paths.upper)) {
+    if (flashedWith && existsSync(paths.upper) && existsSync(imageDir(flashedWith))) {
+      // Like a real card: it keeps the image it was flashed with until it is flashed again.
+      lower = imageDir(flashedWith)
+      say(`${name}: disk made from image ${flashedWith}, the recipe now makes ${IMAGE_ID}: use --fresh to re-flash`)
+    } else {
+      if (flashedWith) say(`${name}: its image is gone (the recipe changed), flashing a new disk`)
+      wipeDisk(name)
+    }
+  }
+  for (const dir of [paths.upper, paths.work, paths.root]) mkdirSync(dir, { recursive: true })
+  if (!isMounted(paths.root)) await mountOverlay(lower, paths.upper, paths.work, paths.root)
+  if (!existsSync(paths.flashed)) {
+    await writeFirstBootFiles(name, paths.root)
+    writeFileSync(paths.flashed, IMAGE_ID + '\n')
+  }
+  writeResolvConf(paths.root)
+
+  const log = openSync(paths.log, 'w')
+  const child = spawn('bash', ['-c', SUPERVISOR, supervisorMarker(name), paths.root, name], {
+    detached: true, // own session: survives the command that started it, like a Pi's power supply
+    stdio: ['ignore', log, log],
+  })
+  closeSync(log)
+  if (child.pid === undefined) throw new LabError(`${name}: could not start its supervisor`)
+  writeFileSync(paths.pidfile, `${child.pid}\n`)
+  child.unref()
+}
+
+/** What Raspberry Pi Imager's customisation does on a real card: name, address, keys, login. */
+async function writeFirstBootFiles(name: string, root: string): Promise<void> {
+  const address = hostAddress(name)
+  writeFile(join(root, 'etc/hostname'), `${name}\n`)
+  writeFile(join(root, 'etc/hosts'), `127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t${name}\n`)
+  writeFile(join(root, 'etc/machine-id'), randomBytes(16).toString('hex') + '\n', 0o444)
+  writeFile(
+    join(root, 'etc/systemd/network/10-pi-lab-host0.network'),
+    `[Match]\nName=host0\n\n[Network]\nAddress=${address}/24\nGateway=${LAB_BRIDGE_IP}\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n`,
+  )
+  await newHostKeys(name, root)
+  const pi = readFileSync(join(root, 'etc/passwd'), 'utf8').split('\n').find((l) => l.startsWith('pi:'))?.split(':')
+  if (!pi) throw new LabError(`${name}: the image has no user pi`)
+  const keysFile = join(root, 'home/pi/.ssh/authorized_keys')
+  writeFile(keysFile, readFileSync(`${LAB_KEY}.pub`, 'utf8'), 0o600)
+  chownSync(keysFile, Number(pi[2]), Number(pi[3]))
+}
+
+/** The mode is set even when the file exists (writeFileSync's mode only applies to new files). */
+function writeFile(file: string, content: string, mode = 0o644): void {
+  writeFileSync(file, content)
+  chmodSync(file, mode)
+}
+
+async function newHostKeys(name: string, root: string): Promise<void> {
+  for (const f of readdirSync(join(root, 'etc/ssh'))) {
+    if (f.startsWith('ssh_host_')) rmSync(join(root, 'etc/ssh', f))
+  }
+  await Promise.all(HOST_KEY_TYPES.map((t) =>
+    run('ssh-keygen', ['-q', '-t', t, '-N', '', '-C', `root@${name}`, '-f', join(root, `etc/ssh/ssh_host_${t}_key`)])))
+}
+
+/** The controller's resolvers, as DHCP would hand them out; loopback ones are unreachable from a host. */
+function writeResolvConf(root: string): void {
+  const lines = readFileSync('/etc/resolv.conf', 'utf8')
+    .split('\n')
+    .filter((l) => /^(nameserver|search|options)\s/.test(l) && !/^nameserver\s+(127\.|::1)/.test(l))
+  const file = join(root, 'etc/resolv.conf')
+  rmSync(file, { force: true }) // a symlink (e.g. to systemd-resolved's) is replaced, not followed
+  writeFile(file, `# written by pi-lab from the controller's /etc/resolv.conf\n${lines.join('\n')}\n`)
+}
+
+/** Host public keys as `type base64` (the first two fields of the .pub files). */
+export function hostPublicKeys(name: string): string[] {
+  const dir = join(hostPaths(name).upper, 'etc/ssh')
+  return HOST_KEY_TYPES.flatMap((t) => {
+    try {
+      return [readFileSync(join(dir, `ssh_host_${t}_key.pub`), 'utf8').split(' ').slice(0, 2).join(' ')]
+    } catch {
+      return []
+    }
+  })
+}
+
+const EXEC_ENV = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/root', 'LANG=C.UTF-8', 'USER=root', 'LOGNAME=root']
+
+/** argv that runs `sh -c command` as root inside the host through its namespaces, not through the network. */
+export function execArgv(name: string, command: string): string[] {
+  const leader = leaderPid(name)
+  if (leader === undefined) throw new LabError(`${name} is not running (start it with: npm run lab -- start ${name})`)
+  return ['nsenter', '-t', String(leader), '-m', '-u', '-i', '-n', '-p', '-C', '-r', '-w', '--',
+    '/usr/bin/env', '-i', ...EXEC_ENV, '/bin/sh', '-c', command]
+}
+
+export async function bootId(name: string): Promise<string> {
+  const [cmd, ...args] = execArgv(name, 'cat /proc/sys/kernel/random/boot_id')
+  return (await run(cmd, args)).stdout.trim()
+}

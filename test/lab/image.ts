@@ -1,0 +1,137 @@
+// The lab's "SD card image": a Debian bookworm root made to look like Raspberry Pi OS Lite, built once with
+// debootstrap and cached under a name derived from the recipe, so changing the recipe is what rebuilds it.
+// Everything per host (hostname, address, SSH host keys, login key) is written at first boot instead
+// (see host.ts), which keeps this image independent of the state dir.
+import { createHash } from 'node:crypto'
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { LAB_CACHE, LAB_HOSTS_DIR, hostPaths } from './paths.ts'
+import { alive } from './procs.ts'
+import { LabError, run } from './run.ts'
+import { unmountUnder } from './mounts.ts'
+
+const CMDLINE = 'console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait\n'
+
+const CONFIG_TXT = `# For more options and information see
+# http://rptl.io/configtxt
+# Some settings may impact device functionality. See link above for details
+
+# Enable audio (loads snd_bcm2835)
+dtparam=audio=on
+
+# Automatically load overlays for detected cameras
+camera_auto_detect=1
+
+# Enable DRM VC4 V3D driver
+dtoverlay=vc4-kms-v3d
+max_framebuffers=2
+
+# Run in 64-bit mode
+arm_64bit=1
+
+[all]
+`
+
+/** Everything that decides the image's content. Its hash names the cached image. */
+const RECIPE = {
+  suite: 'bookworm',
+  mirror: 'http://deb.debian.org/debian',
+  variant: 'minbase',
+  packages: [
+    'systemd', 'systemd-sysv', 'openssh-server', 'sudo', 'dbus', 'iproute2', 'curl', 'ca-certificates',
+    'dphys-swapfile', 'iptables', 'python3', 'kmod', 'procps', 'systemd-zram-generator', 'sqlite3',
+  ],
+  files: [
+    { path: '/boot/firmware/cmdline.txt', mode: 0o755, content: CMDLINE },
+    { path: '/boot/firmware/config.txt', mode: 0o755, content: CONFIG_TXT },
+    { path: '/etc/sudoers.d/010_pi-nopasswd', mode: 0o440, content: 'pi ALL=(ALL) NOPASSWD: ALL\n' },
+    { path: '/etc/ssh/sshd_config.d/10-pi-lab.conf', mode: 0o644, content: 'UseDNS no\nPasswordAuthentication no\n' },
+  ],
+  // Runs in a chroot of the new root after the files are written.
+  script: `set -eu
+useradd --create-home --shell /bin/bash --groups adm,dialout,cdrom,sudo,audio,video,plugdev,games,users pi
+# '*' instead of the default '!': no password login, but not a "locked" account sshd would refuse.
+usermod --password '*' pi
+install -d -m 0700 -o pi -g pi /home/pi/.ssh
+# dphys-swapfile cannot swapon in a container, yet would still write a 2 GB file on every host.
+sed -i 's/^#\\?CONF_SWAPSIZE=.*/CONF_SWAPSIZE=16/' /etc/dphys-swapfile
+grep -qx 'CONF_SWAPSIZE=16' /etc/dphys-swapfile
+systemctl enable ssh.service systemd-networkd.service dphys-swapfile.service
+# Per-host identity is made at first boot: no host keys, no machine id in the image. debootstrap copied
+# the controller's hostname and resolv.conf (with the controller's modes): replace them with Pi OS's.
+rm -f /etc/ssh/ssh_host_* /var/lib/dbus/machine-id /etc/resolv.conf
+: > /etc/machine-id
+echo raspberrypi > /etc/hostname
+chmod 0644 /etc/hostname /etc/hosts
+apt-get clean
+`,
+}
+
+export const IMAGE_ID = createHash('sha256').update(JSON.stringify(RECIPE)).digest('hex').slice(0, 12)
+export const IMAGE_DIR = join(LAB_CACHE, `image-${IMAGE_ID}`)
+export const IMAGE_LOG = join(LAB_CACHE, `image-${IMAGE_ID}.log`)
+
+export function imageDir(id: string): string {
+  return join(LAB_CACHE, `image-${id}`)
+}
+
+/** Builds the image unless the cache has it. Builds into a temp dir renamed at the end: never half an image. */
+export async function ensureImage(say: (line: string) => void): Promise<void> {
+  if (existsSync(IMAGE_DIR)) return
+  mkdirSync(LAB_CACHE, { recursive: true })
+  await removeStaleBuilds()
+  const tmp = `${IMAGE_DIR}.tmp-${process.pid}`
+  const started = Date.now()
+  say(`building the lab image ${IMAGE_ID} with debootstrap (a few minutes, once; log: ${IMAGE_LOG})`)
+  try {
+    const boot = await run('debootstrap', [
+      `--variant=${RECIPE.variant}`, `--include=${RECIPE.packages.join(',')}`, RECIPE.suite, tmp, RECIPE.mirror,
+    ], { allowFail: true })
+    writeFileSync(IMAGE_LOG, boot.stdout + boot.stderr)
+    if (boot.code !== 0) {
+      const why = (boot.stderr.trim() || boot.stdout.trim()).split('\n').pop()
+      throw new LabError(`debootstrap failed (${why}); see ${IMAGE_LOG}`)
+    }
+    for (const f of RECIPE.files) {
+      mkdirSync(dirname(join(tmp, f.path)), { recursive: true })
+      writeFileSync(join(tmp, f.path), f.content, { mode: f.mode })
+    }
+    const setup = await run('chroot', [tmp, '/bin/sh', '-c', RECIPE.script], { allowFail: true })
+    writeFileSync(IMAGE_LOG, setup.stdout + setup.stderr, { flag: 'a' })
+    if (setup.code !== 0) throw new LabError(`image setup script failed: ${setup.stderr.trim().split('\n').pop()}; see ${IMAGE_LOG}`)
+    await unmountUnder(tmp)
+    renameSync(tmp, IMAGE_DIR)
+  } catch (e) {
+    await unmountUnder(tmp)
+    rmSync(tmp, { recursive: true, force: true })
+    throw e
+  }
+  say(`built the lab image in ${((Date.now() - started) / 1000).toFixed(0)} s`)
+}
+
+/** Temp dirs of builds whose process is gone (killed mid-build); debootstrap may have left mounts in them. */
+async function removeStaleBuilds(): Promise<void> {
+  for (const entry of readdirSync(LAB_CACHE)) {
+    const m = /^image-[0-9a-f]+\.tmp-(\d+)$/.exec(entry)
+    if (!m || alive(Number(m[1]))) continue
+    const dir = join(LAB_CACHE, entry)
+    await unmountUnder(dir)
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/** Old images no host disk was flashed from (a disk made from an old image keeps it until re-flashed). */
+export function pruneImages(): void {
+  const inUse = new Set([IMAGE_ID])
+  if (existsSync(LAB_HOSTS_DIR)) {
+    for (const host of readdirSync(LAB_HOSTS_DIR)) {
+      try {
+        inUse.add(readFileSync(hostPaths(host).flashed, 'utf8').trim())
+      } catch {}
+    }
+  }
+  for (const entry of readdirSync(LAB_CACHE)) {
+    const m = /^image-([0-9a-f]{12})(\.log)?$/.exec(entry)
+    if (m && !inUse.has(m[1])) rmSync(join(LAB_CACHE, entry), { recursive: true, force: true })
+  }
+}
