@@ -1,0 +1,52 @@
+// Shared by the lab tests: run a playbook the way a user does (npx zx ... as a child process), and read
+// host state through the lab (not through the tool under test).
+
+import { spawn } from 'node:child_process'
+import { resolve } from 'node:path'
+import { labExec } from '../lab/lab.ts'
+
+export const REPO = resolve(import.meta.dirname, '../..')
+export const LAB_INVENTORY = resolve(REPO, 'inventory/lab.yaml')
+
+export interface PlaybookRun {
+  code: number
+  out: string
+  /** Recap lines by host: { ok, changed, unreachable, failed, skipped }. */
+  recap: Record<string, Record<string, number>>
+}
+
+/** `npx zx playbooks/<name>.mts -i inventory/lab.yaml ...args`, with output captured. */
+export function runPlaybookCli(name: string, args: string[], opts: { onSpawn?: (pid: number) => void; env?: Record<string, string> } = {}): Promise<PlaybookRun> {
+  return new Promise((resolveRun, reject) => {
+    const child = spawn('npx', ['zx', `playbooks/${name}.mts`, '-i', LAB_INVENTORY, ...args], {
+      cwd: REPO,
+      env: { ...process.env, CI: '1', ...opts.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    if (child.pid) opts.onSpawn?.(child.pid)
+    let out = ''
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()))
+    child.on('error', reject)
+    child.on('close', (code) => resolveRun({ code: code ?? 255, out, recap: parseRecap(out) }))
+  })
+}
+
+export function parseRecap(out: string): Record<string, Record<string, number>> {
+  const recap: Record<string, Record<string, number>> = {}
+  const at = out.lastIndexOf('PLAY RECAP')
+  if (at < 0) return recap
+  for (const line of out.slice(at).split('\n')) {
+    const m = /^(\S+)\s+: (ok=.*)$/.exec(line)
+    if (!m) continue
+    recap[m[1]] = Object.fromEntries(m[2].trim().split(/\s+/).map((kv) => kv.split('=')).map(([k, v]) => [k, Number(v)]))
+  }
+  return recap
+}
+
+/** Run as root in a host through the lab (independent of the tool's SSH); throws on failure. */
+export async function onHost(host: string, cmd: string): Promise<string> {
+  const r = await labExec(host, cmd)
+  if (r.code !== 0) throw new Error(`${host}: ${cmd} -> exit ${r.code}: ${r.stderr}`)
+  return r.stdout
+}
