@@ -6,7 +6,8 @@ import { writeFileSync } from 'node:fs'
 import pLimit from 'p-limit'
 import { SshConnection, type Connection, type RunOptions as ConnRunOptions, type RunResult } from './connection.ts'
 import { errorText, ProvisionError } from './errors.ts'
-import { FactCache } from './facts.ts'
+import { defineFact, FactCache, type Fact } from './facts.ts'
+import { quote } from './shell.ts'
 import { hostVars, type Inventory, type InventoryHost, type VarLayer } from './inventory.ts'
 import { mask } from './mask.ts'
 import { selectHosts } from './patterns.ts'
@@ -41,6 +42,19 @@ export interface RunSummary {
   unreachable: string[]
   interrupted: boolean
   seconds: number
+}
+
+/** Where a host keeps the handlers it is owed, one file per role. */
+export const PENDING_DIR = '/var/lib/pi-provision/handlers'
+
+export function pendingHandlersFact(role: string): Fact<string[]> {
+  return defineFact(`pending-handlers:${role}`, `cat ${quote(`${PENDING_DIR}/${role}`)} 2>/dev/null; true`, (r) => r.stdout.split('\n').map((l) => l.trim()).filter(Boolean))
+}
+
+export function savePendingHandlers(role: string, names: string[]): string {
+  const file = quote(`${PENDING_DIR}/${role}`)
+  if (names.length === 0) return `rm -f ${file}`
+  return `mkdir -p ${PENDING_DIR} && printf '%s\\n' ${names.map(quote).join(' ')} > ${file}.tmp && mv -f ${file}.tmp ${file}`
 }
 
 export const EXIT = { ok: 0, usage: 1, failed: 2, unreachable: 4, interrupted: 130 } as const
@@ -149,19 +163,31 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
       const vars = hostVars(rt.host, role.defaults, extra)
       const ctx = makeContext(rt, vars)
       const steps = role.steps.filter((s) => stepSelected(s, role, opts.tags ?? [], opts.skipTags ?? []))
-      const notified = new Set<string>()
-      // One round trip for every fact the role's steps declared.
+      const handlerNames = (role.handlers ?? []).map((h) => h.name)
+      const pending = pendingHandlersFact(role.name)
+      // One round trip for every fact the role's steps declared, and the handlers a failed run left owed.
+      let notified = new Set<string>()
       try {
-        await rt.facts.gather(steps.flatMap((s) => s.facts?.(ctx) ?? []))
+        await rt.facts.gather([pending, ...steps.flatMap((s) => s.facts?.(ctx) ?? [])])
+        if (handlerNames.length) notified = new Set((await rt.facts.get(pending)).filter((h) => handlerNames.includes(h)))
       } catch (e) {
         if (!recordError(rt, role, steps[0]?.name ?? 'Gather facts', e, false)) return
+      }
+      // Handlers owed are written down on the host, so a run that fails before they run does not lose them
+      // (a reboot for a cmdline.txt edited by a failed run still happens on the next run).
+      const remember = async () => {
+        if (check || !handlerNames.length) return
+        const r = await rt.conn.run(savePendingHandlers(role.name, [...notified]))
+        if (r.code !== 0) throw new ProvisionError('step', `cannot record pending handlers in ${PENDING_DIR}: ${r.stderr.trim()}`)
       }
       const flush = async () => {
         for (const h of role.handlers ?? []) {
           if (rt.state !== 'ok' || !notified.has(h.name)) continue
-          notified.delete(h.name)
           // Handlers still run after Ctrl-C: a host must not be left half-done (e.g. waiting for a reboot it needs).
-          await runStep(rt, role, h, ctx, true)
+          const res = await runStep(rt, role, h, ctx, true)
+          if (!res || res.status === 'failed') return
+          notified.delete(h.name)
+          await remember().catch((e: unknown) => recordError(rt, role, h.name, e, true))
         }
       }
       for (const step of steps) {
@@ -171,7 +197,11 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
           continue
         }
         const res = await runStep(rt, role, step, ctx, false)
-        if (res?.status === 'changed') for (const h of step.notify ?? []) notified.add(h)
+        const fresh = res?.status === 'changed' ? (step.notify ?? []).filter((h) => !notified.has(h)) : []
+        if (fresh.length) {
+          fresh.forEach((h) => notified.add(h))
+          await remember().catch((e: unknown) => recordError(rt, role, step.name, e, false))
+        }
       }
       await flush()
     }

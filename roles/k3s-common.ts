@@ -116,9 +116,9 @@ export async function runInstaller(ctx: StepContext, spec: InstallSpec): Promise
     'set +a',
     `INSTALL_K3S_VERSION=${quote(version)} INSTALL_K3S_EXEC=${quote(spec.kind)} sh "$work/install.sh"`,
   ].join('\n')
-  await ctx.must(script, { stdin: envFile + '\n', what: `install k3s ${version} (${spec.kind}) with ${ctx.vars.k3s_install_url}` })
-  // The install script (re)starts the service itself: a queued restart would be a second, needless one.
-  ctx.shared.set(`k3s_restarted:${ctx.host}`, true)
+  const r = await ctx.must(script, { stdin: envFile + '\n', what: `install k3s ${version} (${spec.kind}) with ${ctx.vars.k3s_install_url}` })
+  // The install script (re)starts the service itself, unless it found nothing changed: then a queued restart is still owed.
+  if (!/No change detected so skipping service start/.test(r.stdout + r.stderr)) ctx.shared.set(`k3s_restarted:${ctx.host}`, true)
 }
 
 /** Restart handler that does nothing when the installer already restarted the service in this run. */

@@ -39,6 +39,11 @@ export function parseArch(stdout: string): ArchFacts {
 
 const SWAP_UNITS = ['systemd-zram-setup@zram0.service', 'rpi-swap.service']
 const K3S_MODULES = ['overlay', 'br_netfilter']
+/** How to tell a module's feature is there, loaded or built in. */
+const MODULE_PRESENT: Record<string, string> = {
+  overlay: 'grep -qw overlay /proc/filesystems',
+  br_netfilter: '[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]',
+}
 const K3S_SYSCTLS: Record<string, string> = {
   'net.ipv4.ip_forward': '1',
   'net.bridge.bridge-nf-call-iptables': '1',
@@ -161,8 +166,8 @@ export const piPrep: Role = {
       name: 'Load the kernel modules',
       async run(ctx) {
         if (ctx.check) return { status: 'changed', message: 'would modprobe ' + K3S_MODULES.join(' ') }
-        // A module already loaded (or built in) needs no modprobe: containers cannot load modules at all.
-        for (const m of K3S_MODULES) await ctx.must(`grep -q '^${m} ' /proc/modules || [ -d /sys/module/${m} ] || modprobe ${m}`, { what: `load module ${m}` })
+        // Ask for what k3s needs, not for a module file: built into the kernel, a module may not exist at all.
+        for (const m of K3S_MODULES) await ctx.must(`${MODULE_PRESENT[m]} || modprobe ${m}`, { what: `load module ${m}` })
         return { status: 'changed' }
       },
     }),

@@ -7,7 +7,7 @@ import { parseInventory } from '../../lib/inventory.ts'
 import { resetSecretsForTest } from '../../lib/mask.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import { flushHandlers, handler, type Playbook, type Role, type Step } from '../../lib/role.ts'
-import { runPlaybook, type RunnerOptions } from '../../lib/runner.ts'
+import { pendingHandlersFact, runPlaybook, type RunnerOptions } from '../../lib/runner.ts'
 import { FakeConnection, MemorySecrets } from './fakes.ts'
 
 const INV = `all:
@@ -76,6 +76,42 @@ describe('handlers', () => {
     await expect(setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }).run()).rejects.toThrow('role r, step "A" notifies "Reboot", but the role has no such handler (handlers: reboot)')
   })
 
+  it('handlers owed by a run that failed before they ran are run by the next run', async () => {
+    // The host keeps the owed handlers in a file; the fake host keeps that file in memory and runs the scripts' effects.
+    let owed = ''
+    const conn = new FakeConnection('s1', (script) => {
+      if (script.startsWith('cat ') && script.includes('/var/lib/pi-provision/handlers/r')) return { stdout: owed }
+      const m = /^mkdir -p \S+ && printf '%s\\n' (.*) > \S+ && mv/.exec(script)
+      if (m) owed = m[1].split(' ').map((x) => x + '\n').join('')
+      if (script.startsWith('rm -f ') && script.includes('handlers/r')) owed = ''
+      return undefined
+    })
+    const order: string[] = []
+    let failLater = true
+    let edits = 0
+    const role: Role = {
+      name: 'r',
+      steps: [
+        { name: 'edit cmdline', notify: ['Reboot'], async run(ctx) { order.push('edit'); return ++edits === 1 ? ctx.apply({ summary: 'edit', commands: [{ script: 'true' }] }) : { status: 'ok' } } },
+        { name: 'then fail', async run() { order.push('fail?'); return failLater ? { status: 'failed' } : { status: 'ok' } } },
+      ],
+      handlers: [handler(stub('Reboot', 'changed', {}, order))],
+    }
+    const pb: Playbook = { name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }
+    const first = await setup(pb, {}, new Map([['s1', conn]])).run()
+    expect(first.exitCode).toBe(2)
+    expect(order).not.toContain('s1:Reboot')
+    expect(owed).toBe('Reboot\n')
+    failLater = false
+    const second = await setup(pb, {}, new Map([['s1', conn]])).run()
+    expect(second.exitCode).toBe(0)
+    expect(order.filter((o) => o === 's1:Reboot')).toHaveLength(1)
+    expect(owed).toBe('')
+    order.length = 0
+    await setup(pb, {}, new Map([['s1', conn]])).run()
+    expect(order).not.toContain('s1:Reboot')
+  })
+
   it('flushHandlers runs the notified handlers before the next step', async () => {
     const order: string[] = []
     const role: Role = {
@@ -95,7 +131,8 @@ describe('check mode', () => {
     const s = await run()
     expect(s.exitCode).toBe(0)
     expect(s.counts.a1.changed).toBe(2)
-    for (const c of conns.values()) expect(c.scripts).toEqual([])
+    // The only thing read: the handlers a failed run may have left owed.
+    for (const c of conns.values()) expect(c.scripts.map((x) => x.script)).toEqual([pendingHandlersFact('r').script])
     expect(rep.lines).toContain('changed: [a1] r | A (would do A)')
   })
 })

@@ -1,0 +1,167 @@
+// npm run bench: wall-clock figures for the runs owners repeat, against the floor measured in the same
+// run (one OpenSSH session per host running pi-prep's checks as one script). Prints a table, writes JSON.
+//
+//   npm run bench                 # 3 and 12 hosts, 5 runs each
+//   npm run bench -- --runs 3 --no-12 --no-fresh
+
+import { execFileSync, spawn } from 'node:child_process'
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { cpus, tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { parseArgs } from 'node:util'
+import { DEFAULT_HOSTS, LAB_ARTIFACT_BASE, LAB_KEY, LAB_KNOWN_HOSTS, LAB_SECRETS_FILE, labAddress, labUp } from '../test/lab/lab.ts'
+
+const REPO = resolve(import.meta.dirname, '..')
+const { values: flags } = parseArgs({ options: { runs: { type: 'string', default: '5' }, 'no-12': { type: 'boolean' }, 'no-fresh': { type: 'boolean' } } })
+const RUNS = Number(flags.runs)
+
+interface Timing {
+  wall: number
+  user: number
+  sys: number
+}
+
+interface Figure {
+  name: string
+  hosts: number
+  runs: Timing[]
+  min: number
+  median: number
+  max: number
+  cpu: number
+}
+
+/** Run a command under bash's `time`: wall, user and sys seconds of the whole process tree, Node start-up included. */
+function timed(cmd: string): Promise<Timing & { code: number; out: string }> {
+  return new Promise((res, rej) => {
+    const child = spawn('bash', ['-c', `TIMEFORMAT='@@TIME %R %U %S'; time ( ${cmd} ) 2>&1`], { cwd: REPO, env: { ...process.env, CI: '1' } })
+    let out = ''
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()))
+    child.on('error', rej)
+    child.on('close', (code) => {
+      const m = /@@TIME ([\d.]+) ([\d.]+) ([\d.]+)/.exec(out)
+      if (!m) return rej(new Error(`no timing in output of ${cmd}:\n${out}`))
+      res({ code: code ?? 255, out, wall: Number(m[1]), user: Number(m[2]), sys: Number(m[3]) })
+    })
+  })
+}
+
+function figure(name: string, hosts: number, runs: Timing[]): Figure {
+  const walls = runs.map((r) => r.wall).sort((a, b) => a - b)
+  const cpu = runs.reduce((s, r) => s + r.user + r.sys, 0) / runs.length
+  return { name, hosts, runs, min: walls[0], median: walls[Math.floor(walls.length / 2)], max: walls[walls.length - 1], cpu }
+}
+
+async function repeat(name: string, hosts: number, cmd: string, n = RUNS, before?: () => Promise<void>): Promise<Figure> {
+  const runs: Timing[] = []
+  for (let i = 0; i < n; i++) {
+    if (before) await before()
+    const r = await timed(cmd)
+    if (r.code !== 0) throw new Error(`${name}: exit ${r.code}\n${r.out}`)
+    runs.push(r)
+  }
+  const f = figure(name, hosts, runs)
+  process.stderr.write(`bench: ${name}: median ${f.median.toFixed(2)}s\n`)
+  return f
+}
+
+/** An inventory for N lab hosts: the first is the server, the rest agents. */
+function inventoryFor(names: readonly string[]): string {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-inv-'))
+  const host = (n: string) => `        ${n}:\n          address: ${labAddress(n)}\n`
+  const text = `all:
+  vars:
+    ssh_user: pi
+    ssh_key_file: ${LAB_KEY}
+    known_hosts_file: ${LAB_KNOWN_HOSTS}
+    secrets_backend: file
+    secrets_file: ${LAB_SECRETS_FILE}
+    k3s_version: v1.34.3+k3s1
+    k3s_install_url: ${LAB_ARTIFACT_BASE}/k3s/install.sh
+    k3s_token_ref: op://pi-cluster/k3s-node-token/token
+  children:
+    server:
+      hosts:
+${host(names[0])}    agent:
+      hosts:
+${names.slice(1).map(host).join('')}`
+  const f = join(dir, 'inventory.yaml')
+  writeFileSync(f, text)
+  return f
+}
+
+/** The floor: one ssh process per host, all in parallel, each running pi-prep's checks as one script. */
+function floorCommand(names: readonly string[]): string {
+  const checks = [
+    'uname -m; dpkg --print-architecture; getconf LONG_BIT',
+    'cat /etc/hostname /etc/hosts',
+    'for f in /boot/firmware/cmdline.txt /boot/cmdline.txt; do [ -f $f ] && cat $f && break; done',
+    'cat /proc/swaps',
+    'systemctl show -p LoadState -p UnitFileState -p ActiveState dphys-swapfile.service systemd-zram-setup@zram0.service rpi-swap.service',
+    '[ -e /var/swap ]; echo $?',
+    "dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' nfs-common curl ca-certificates iptables dphys-swapfile",
+    'cat /etc/modules-load.d/k3s.conf /etc/sysctl.d/90-k3s.conf',
+    'cat /sys/fs/cgroup/cgroup.controllers',
+  ].join('\n')
+  const script = join(mkdtempSync(join(tmpdir(), 'bench-floor-')), 'checks.sh')
+  writeFileSync(script, checks + '\n')
+  const ssh = (n: string) => `ssh -o BatchMode=yes -o UserKnownHostsFile=${LAB_KNOWN_HOSTS} -o StrictHostKeyChecking=yes -i ${LAB_KEY} pi@${labAddress(n)} 'sudo -n sh -s' < ${script} >/dev/null &`
+  return `${names.map(ssh).join('\n')}\nwait`
+}
+
+function commit(): string {
+  try {
+    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO }).toString().trim()
+  } catch {
+    return 'unknown'
+  }
+}
+
+const figures: Figure[] = []
+const twelve = Array.from({ length: 12 }, (_, i) => `pi-lab-${String(i + 1).padStart(2, '0')}`)
+
+await labUp(DEFAULT_HOSTS, { fresh: !flags['no-fresh'] })
+const inv3 = resolve(REPO, 'inventory/lab.yaml')
+if (!flags['no-fresh']) {
+  // A fresh site run needs freshly flashed hosts each time: re-flash before every run (not timed).
+  figures.push(await repeat('fresh site run', 3, `npx zx playbooks/site.mts -i ${inv3}`, Math.min(RUNS, 3), async () => {
+    await labUp(DEFAULT_HOSTS, { fresh: true })
+  }))
+} else {
+  await timed(`npx zx playbooks/site.mts -i ${inv3}`)
+}
+figures.push(await repeat('no-op site rerun', 3, `npx zx playbooks/site.mts -i ${inv3}`))
+figures.push(await repeat('no-op pi-prep rerun', 3, `npx zx playbooks/pi-prep.mts -i ${inv3}`))
+figures.push(await repeat('floor (one ssh per host, all checks)', 3, floorCommand(DEFAULT_HOSTS)))
+
+if (!flags['no-12']) {
+  await labUp(twelve, { fresh: false })
+  const inv12 = inventoryFor(twelve)
+  await timed(`npx zx playbooks/pi-prep.mts -i ${inv12} -f 12`)
+  figures.push(await repeat('no-op pi-prep rerun', 12, `npx zx playbooks/pi-prep.mts -i ${inv12} -f 12`))
+  figures.push(await repeat('floor (one ssh per host, all checks)', 12, floorCommand(twelve)))
+}
+
+const floorOf = (hosts: number) => figures.find((f) => f.hosts === hosts && f.name.startsWith('floor'))
+const rows = figures.map((f) => {
+  const floor = floorOf(f.hosts)
+  const ratio = floor && !f.name.startsWith('floor') ? f.median / floor.median : undefined
+  return { ...f, ratioToFloor: ratio }
+})
+console.log(`\n${'run'.padEnd(40)} hosts   min    median   max    x floor   cpu s/run`)
+for (const r of rows)
+  console.log(
+    `${r.name.padEnd(40)} ${String(r.hosts).padStart(5)} ${r.min.toFixed(2).padStart(6)} ${r.median.toFixed(2).padStart(8)} ${r.max.toFixed(2).padStart(6)} ${(r.ratioToFloor ? r.ratioToFloor.toFixed(1) + 'x' : '').padStart(9)} ${r.cpu.toFixed(2).padStart(10)}`,
+  )
+const out = {
+  commit: commit(),
+  date: new Date().toISOString(),
+  machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version, platform: process.platform },
+  runs: RUNS,
+  figures: rows,
+}
+mkdirSync(join(REPO, 'bench/results'), { recursive: true })
+const file = join(REPO, 'bench/results', `bench-${out.date.replace(/[:.]/g, '-')}.json`)
+writeFileSync(file, JSON.stringify(out, null, 2) + '\n')
+console.log(`\nwrote ${file}`)
