@@ -46,6 +46,8 @@ export interface SshTarget {
   /** Accept and record the key of a host that is not in known_hosts yet (never a changed key). */
   trustNewHostKeys: boolean
   connectTimeoutSec: number
+  /** Told the fingerprint of a key recorded for a host seen for the first time. */
+  onNewHostKey?: (fingerprint: string) => void
 }
 
 // sshd's default MaxSessions is 10: stay under it, leaving room for a person's own session.
@@ -151,7 +153,10 @@ export class SshConnection implements Connection {
       throw unreachable(t, e)
     }
     const v = verdict as HostKeyVerdict | null
-    if (v?.status === 'unknown' && presented) await addKnownHost(khPath, t.address, t.port, presented)
+    if (v?.status === 'unknown' && presented) {
+      await addKnownHost(khPath, t.address, t.port, presented)
+      t.onNewHostKey?.(fingerprint(presented))
+    }
     ssh.connection?.on('close', () => {
       if (this.ssh === ssh) this.ssh = null
     })

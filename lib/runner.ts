@@ -25,7 +25,8 @@ export interface RunnerOptions {
   skipTags?: string[]
   forks?: number
   extraVars?: VarLayer
-  trustNewHostKeys?: boolean
+  /** Record the key of a host not yet in known_hosts: true for all hosts, or only these hosts (a rebuild). */
+  trustNewHostKeys?: boolean | readonly string[]
   reporter: Reporter
   secrets: SecretStore
   /** Make a connection for a host (tests inject fakes); default: SSH from the host's variables. */
@@ -56,6 +57,8 @@ export function savePendingHandlers(role: string, names: string[]): string {
   if (names.length === 0) return `rm -f ${file}`
   return `mkdir -p ${PENDING_DIR} && printf '%s\\n' ${names.map(quote).join(' ')} > ${file}.tmp && mv -f ${file}.tmp ${file}`
 }
+
+const STEP_RECONNECT_RETRIES = 2
 
 export const EXIT = { ok: 0, usage: 1, failed: 2, unreachable: 4, interrupted: 130 } as const
 
@@ -120,7 +123,13 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
 
   const runtimes = new Map<string, HostRuntime>()
   const shared = new Map<string, unknown>()
-  const connect = opts.connect ?? ((host, vars) => sshFor(host, vars, opts.trustNewHostKeys ?? false, opts.secrets))
+  const trusts = (name: string) => (Array.isArray(opts.trustNewHostKeys) ? opts.trustNewHostKeys.includes(name) : opts.trustNewHostKeys === true)
+  const connect =
+    opts.connect ??
+    ((host, vars) =>
+      sshFor(host, vars, trusts(host.name), opts.secrets, (fp) =>
+        rep.emit({ kind: 'warning', host: host.name, message: `recorded its new host key ${fp} in ${vars.known_hosts_file}` }),
+      ))
   const runtime = (name: string): HostRuntime => {
     let rt = runtimes.get(name)
     if (!rt) {
@@ -217,7 +226,7 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
         return { status: 'skipped' }
       }
       rep.emit({ kind: 'step-start', ...base })
-      const res = await step.run(ctx)
+      const res = await runWithReconnect(rt, step, ctx)
       if (res.status === 'failed') {
         rt.counts.failed++
         rt.state = 'failed'
@@ -231,6 +240,31 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
     } catch (e) {
       recordError(rt, role, step.name, e, isHandler, Date.now() - t0)
       return undefined
+    }
+  }
+
+  /**
+   * Steps check before they change, so one whose connection dropped mid-way can run again: reconnect
+   * and retry a bounded number of times. A host that answered before and cannot be reached again has
+   * died mid-run: that fails its step (the host is not "unreachable from the start").
+   */
+  async function runWithReconnect(rt: HostRuntime, step: Step, ctx: StepContext): Promise<StepResult> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await step.run(ctx)
+      } catch (e) {
+        const lost = e instanceof ProvisionError && e.kind === 'unreachable' && /connection lost/.test(e.message)
+        if (!lost) throw e
+        rt.facts.invalidate()
+        if (attempt > STEP_RECONNECT_RETRIES) throw new ProvisionError('step', `${e.message}; gave up after ${attempt} attempts`, { place: { host: rt.name } })
+        rep.emit({ kind: 'warning', host: rt.name, message: `${e.message}: reconnecting and running "${step.name}" again (attempt ${attempt + 1})` })
+        await rt.conn.reset()
+        try {
+          await rt.conn.run('true')
+        } catch (again) {
+          throw new ProvisionError('step', `the host went away mid-run: ${(again as Error).message}`, { place: { host: rt.name }, cause: again })
+        }
+      }
     }
   }
 
@@ -321,7 +355,7 @@ export function batches<T>(items: readonly T[], serial: number | string | undefi
   return out
 }
 
-function sshFor(host: InventoryHost, vars: Vars, trustNewHostKeys: boolean, secrets: SecretStore): Connection {
+function sshFor(host: InventoryHost, vars: Vars, trustNewHostKeys: boolean, secrets: SecretStore, onNewHostKey: (fingerprint: string) => void): Connection {
   return new SshConnection({
     host: host.name,
     address: vars.address!,
@@ -331,6 +365,7 @@ function sshFor(host: InventoryHost, vars: Vars, trustNewHostKeys: boolean, secr
     keyText: vars.ssh_key_ref ? secrets.get(vars.ssh_key_ref) : undefined,
     knownHostsFile: vars.known_hosts_file,
     trustNewHostKeys,
+    onNewHostKey,
     connectTimeoutSec: vars.connect_timeout,
   })
 }

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { beforeEach, describe, expect, it } from 'vitest'
 import { runCli } from '../../lib/cli.ts'
+import { ProvisionError } from '../../lib/errors.ts'
 import { parseInventory } from '../../lib/inventory.ts'
 import { resetSecretsForTest } from '../../lib/mask.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
@@ -209,6 +210,31 @@ describe('recap and exit codes', () => {
     const s = await run()
     expect(s.exitCode).toBe(2)
     expect(rep.lines.join('\n')).toContain('FAILED: [s1] r | install (s1: install nfs-common (exit 3):\n    E: Unable to locate package nfs-common)')
+  })
+
+  it('a connection dropped mid-step: reconnect and run the (idempotent) step again; a host that stays gone fails its step', async () => {
+    let drops = 1
+    const flaky = new FakeConnection('s1', (script) => {
+      if (script === 'do-it' && drops-- > 0) throw new ProvisionError('unreachable', 'connection lost while running a command: read ECONNRESET', { place: { host: 's1' } })
+      return { stdout: 'done\n' }
+    })
+    let runs = 0
+    const role: Role = { name: 'r', steps: [{ name: 'work', async run(ctx) { runs++; const r = await ctx.must('do-it'); return { status: 'ok', message: r.stdout.trim() } } }] }
+    const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, {}, new Map([['s1', flaky]]))
+    const s = await run()
+    expect(s.exitCode).toBe(0)
+    expect(runs).toBe(2)
+    expect(rep.lines).toContain('WARNING: [s1] connection lost while running a command: read ECONNRESET: reconnecting and running "work" again (attempt 2)')
+
+    const dead = new FakeConnection('s1', (script) => {
+      if (script === 'do-it') { dead.unreachable = true; throw new ProvisionError('unreachable', 'connection lost while running a command: socket closed', { place: { host: 's1' } }) }
+      return undefined
+    })
+    const second = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, {}, new Map([['s1', dead]]))
+    const s2 = await second.run()
+    expect(s2.exitCode).toBe(2)
+    expect(s2.counts.s1.failed).toBe(1)
+    expect(second.rep.lines.join('\n')).toContain('FAILED: [s1] r | work (s1: the host went away mid-run: cannot connect to s1: no route to host)')
   })
 
   it('Ctrl-C: no new step starts, the recap is printed, exit 130', async () => {
