@@ -134,6 +134,10 @@ export interface MainHooks {
   connect?: (host: InventoryHost, vars: Vars) => Connection
   secrets?: SecretStore
   write?: (line: string) => void
+  /** Hosts whose new key may be recorded (a rebuild), on top of --trust-new-host-keys. */
+  trustHosts?: string[]
+  /** Runs after the inventory is loaded and before any host is touched (not for --list-*). */
+  before?: (inv: Inventory, o: CliOptions) => Promise<void>
 }
 
 /** Run a playbook from the command line; resolves to the exit code (callers exit with it). */
@@ -167,6 +171,7 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
       return EXIT.ok
     }
     const secrets = hooks.secrets ?? (await openStoreFor(inv, extra))
+    await hooks.before?.(inv, o)
     const reporter = createReporter({ verbosity: o.verbosity, showDiff: o.diff, jsonFile: o.json, write: hooks.write })
     process.on('SIGINT', onSigint)
     try {
@@ -179,7 +184,7 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
         skipTags: o.skipTags,
         forks: o.forks,
         extraVars: extra,
-        trustNewHostKeys: o.trustNewHostKeys,
+        trustNewHostKeys: o.trustNewHostKeys || (hooks.trustHosts ?? []),
         reporter,
         secrets,
         connect: hooks.connect,

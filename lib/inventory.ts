@@ -28,7 +28,7 @@ export interface Inventory {
 }
 
 const GROUP_KEYS = new Set(['hosts', 'children', 'vars'])
-const PATH_VARS: VarName[] = ['ssh_key_file', 'known_hosts_file', 'secrets_file', 'kubeconfig_path']
+const PATH_VARS: VarName[] = ['ssh_key_file', 'known_hosts_file', 'secrets_file', 'kubeconfig_path', 'k3s_backup_dir']
 
 interface GroupDef {
   name: string

@@ -40,20 +40,25 @@ export const VAR_SPECS = {
   k3s_kubeconfig_mode: { type: 'string', doc: 'mode of /etc/rancher/k3s/k3s.yaml on the server' },
   node_labels: { type: 'list', doc: 'node labels (key=value), kept in config.yaml so they survive a rejoin' },
   node_taints: { type: 'list', doc: 'node taints (key=value:Effect), kept in config.yaml' },
+  k3s_backup_dir: { type: 'path', doc: 'where the k3s datastore backups are, as the controller sees it (e.g. the NAS share mounted): {date}/k3s/*.db and *.tar.gz' },
+  k3s_restore: { type: 'string', doc: 'rebuild only: restore the server datastore from "latest" backup, a named {date} folder, or "none"' },
   kubeconfig_path: { type: 'path', doc: 'where the controller keeps the fetched kubeconfig (0600)' },
   kubeconfig_context: { type: 'string', doc: 'context name in the fetched kubeconfig' },
-  // flux and apps
-  flux_version: { type: 'string', doc: 'pinned flux CLI version' },
-  flux_url: { type: 'url', doc: 'download URL of the flux CLI tarball or binary' },
-  flux_sha256: { type: 'string', doc: 'expected sha256 of the flux download' },
+  // flux and apps (docs/gitops.md)
+  flux_version: { type: 'string', doc: 'pinned flux CLI version, e.g. 2.7.3; flux bootstrap installs the same Flux version' },
+  flux_url: { type: 'url', doc: 'download URL of the flux CLI release tarball (.tar.gz) or binary; {version} and {arch} (dpkg arch: arm64, arm, amd64) are filled in' },
+  flux_sha256: { type: 'string', doc: 'expected sha256 of the flux download (checked when set)' },
+  flux_timeout: { type: 'int', doc: 'seconds flux bootstrap, and the wait for the flux-system Kustomization, may take' },
   github_owner: { type: 'string', doc: 'GitOps repository owner' },
   github_repository: { type: 'string', doc: 'GitOps repository name' },
   github_branch: { type: 'string', doc: 'GitOps branch' },
   flux_path: { type: 'string', doc: 'path of the cluster in the GitOps repository' },
   github_token_ref: { type: 'secret-ref', doc: 'GitHub PAT for flux bootstrap' },
   eso_token_ref: { type: 'secret-ref', doc: '1Password service-account token for External Secrets' },
-  app_checks: { type: 'list', doc: 'health checks the apps role runs after GitOps converged' },
-  placement: { type: 'map', doc: 'workload -> node it must run on, checked by the apps role' },
+  apps_timeout: { type: 'int', doc: 'seconds to wait for every Kustomization and HelmRelease to be Ready' },
+  app_checks: { type: 'list', doc: 'health checks run from the controller after GitOps converged: {app, url, expect?, expect_json?, expect_status?} or {app, dns, server?, port?, type?}, each with an optional timeout' },
+  app_check_timeout: { type: 'int', doc: 'seconds one app health probe may take (default for app_checks entries without timeout)' },
+  placement: { type: 'map', doc: 'workload ([namespace/]name or namespace/*) -> node it must run on, checked by the apps role' },
 } as const satisfies Record<string, VarSpec>
 
 export type VarName = keyof typeof VAR_SPECS
@@ -84,18 +89,25 @@ export interface Vars {
   k3s_kubeconfig_mode: string
   node_labels: string[]
   node_taints: string[]
+  k3s_backup_dir?: string
+  k3s_restore?: string
   kubeconfig_path?: string
   kubeconfig_context?: string
   flux_version?: string
   flux_url?: string
   flux_sha256?: string
+  flux_timeout: number
   github_owner?: string
   github_repository?: string
   github_branch?: string
   flux_path?: string
   github_token_ref?: string
   eso_token_ref?: string
+  apps_timeout: number
+  /** Entries are validated by the apps role (lib/probes.ts parseAppChecks) before any host is touched. */
   app_checks: unknown[]
+  app_check_timeout: number
+  /** Values are validated by the apps role (parsePlacement) before any host is touched. */
   placement: Record<string, string>
 }
 
@@ -117,7 +129,10 @@ export const BUILTIN_DEFAULTS: Vars = {
   k3s_kubeconfig_mode: '0600',
   node_labels: [],
   node_taints: [],
+  flux_timeout: 300,
+  apps_timeout: 600,
   app_checks: [],
+  app_check_timeout: 5,
   placement: {},
 }
 

@@ -11,6 +11,7 @@ import { ProvisionError } from '../lib/errors.ts'
 import { flushHandlers, handler, type Role, type StepContext } from '../lib/role.ts'
 import { file, pollUntil, systemdUnit } from '../lib/steps.ts'
 import { quote } from '../lib/shell.ts'
+import { restoreDatastore } from './k3s-restore.ts'
 import { clusterToken, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, missingOnNode } from './k3s-common.ts'
 
 function serverConfig(ctx: StepContext): string {
@@ -63,6 +64,7 @@ export const k3sServer: Role = {
     file('Write /etc/rancher/k3s/config.yaml', (ctx) => ({ path: K3S_CONFIG, content: serverConfig(ctx), mode: '0600', secret: true, backup: true }), {
       notify: ['Restart k3s'],
     }),
+    restoreDatastore,
     {
       name: 'Install k3s (only when missing or another version)',
       facts: () => [k3sInstallFact],

@@ -1,0 +1,51 @@
+#!/usr/bin/env zx
+// Rebuild one node after its SD card died and was reflashed:
+//   npx zx playbooks/rebuild.mts HOST [-i inventory] [other site flags]
+// The host's old key is dropped from known_hosts and its new key recorded (and shown) on first contact;
+// every other host stays strict. An agent is prepared and rejoined (its stale Node deleted first).
+// A server is restored from the newest datastore backup in k3s_backup_dir when there is one (same token,
+// before k3s first starts), otherwise installed fresh with the same token; then every agent must be Ready.
+import { parseCli, runCli, scriptArgs } from '../lib/cli.ts'
+import { errorText } from '../lib/errors.ts'
+import { expandPath, hostVars, loadInventory } from '../lib/inventory.ts'
+import { removeKnownHost } from '../lib/knownhosts.ts'
+import type { Play } from '../lib/role.ts'
+import { k3sAgent } from '../roles/k3s-agent.ts'
+import { k3sServer } from '../roles/k3s-server.ts'
+import { piPrep } from '../roles/pi-prep.ts'
+
+async function rebuild(argv: string[]): Promise<number> {
+  const [host, ...rest] = argv
+  if (!host || host.startsWith('-')) {
+    process.stderr.write('usage: npx zx playbooks/rebuild.mts HOST [-i inventory] [flags of site.mts]\n')
+    return 1
+  }
+  const inv = loadInventory(parseCli(rest).inventoryFile)
+  const h = inv.hosts.get(host)
+  if (!h) {
+    process.stderr.write(`ERROR: no host "${host}" in ${inv.file} (hosts: ${[...inv.hosts.keys()].join(', ')})\n`)
+    return 1
+  }
+  const plays: Play[] = [{ name: `Prepare ${host} again`, hosts: host, roles: [piPrep] }]
+  if (inv.groups.get('server')?.includes(host)) {
+    plays.push({ name: `Rebuild the k3s server ${host}`, hosts: host, roles: [{ ...k3sServer, defaults: { ...k3sServer.defaults, k3s_restore: 'latest' } }], anyErrorsFatal: true })
+    plays.push({ name: 'Check every agent is back', hosts: 'agent', roles: [k3sAgent] })
+  } else {
+    plays.push({ name: `Rejoin ${host}`, hosts: host, roles: [k3sAgent] })
+  }
+  return runCli({ name: 'rebuild', plays }, rest, {
+    trustHosts: [host],
+    async before(_inv, o) {
+      if (o.check) return
+      const v = hostVars(h)
+      const removed = await removeKnownHost(expandPath(v.known_hosts_file, process.cwd()), v.address!, v.ssh_port)
+      process.stdout.write(`rebuild: dropped ${removed} old known_hosts entr${removed === 1 ? 'y' : 'ies'} of ${host} (${v.address}); its new key is recorded on first contact\n`)
+    },
+  })
+}
+
+const code = await rebuild(scriptArgs()).catch((e: unknown) => {
+  process.stderr.write(`ERROR: ${errorText(e)}\n`)
+  return 1
+})
+process.exit(code)

@@ -1,0 +1,105 @@
+// Issue 6 on the lab: rebuild a node whose SD card died. An agent comes back with its labels and taints;
+// the server comes back from a datastore backup taken the way the owner's nightly job takes it, and the
+// agents, never wiped, are Ready again with the Nodes and Secrets made before the failure still there.
+
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { DEFAULT_HOSTS, LAB_DIR, labBootId, labDown, labUp, labWipe } from '../lab/lab.ts'
+import { onHost, runPlaybookCli } from './helpers.ts'
+
+// Must match k3s_backup_dir in inventory/lab.yaml.
+const NAS = join(LAB_DIR, 'nas', 'k3s-backups')
+
+interface NodeList {
+  items: { metadata: { name: string; labels: Record<string, string> }; spec: { taints?: { key: string; value?: string; effect: string }[] }; status: { conditions: { type: string; status: string }[] } }[]
+}
+const nodes = async () => (JSON.parse(await onHost('pi-k3s', 'k3s kubectl get nodes -o json')) as NodeList).items
+const ready = (n: NodeList['items'][number]) => n.status.conditions.find((c) => c.type === 'Ready')?.status === 'True'
+
+async function until<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const end = Date.now() + ms
+  for (;;) {
+    const v = await probe().catch(() => undefined)
+    if (v !== undefined) return v
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 1000))
+  }
+}
+
+/** The owner's 02:15 job: sqlite3 .backup of state.db and a tarball of token, tls and cred, to the NAS under {date}/k3s/. */
+async function takeBackup(date: string): Promise<void> {
+  const dir = join(NAS, date, 'k3s')
+  mkdirSync(dir, { recursive: true })
+  const db = await onHost('pi-k3s', 'set -e; sqlite3 /var/lib/rancher/k3s/server/db/state.db ".backup /tmp/state-backup.db"; base64 -w0 /tmp/state-backup.db; rm -f /tmp/state-backup.db')
+  writeFileSync(join(dir, 'state.db'), Buffer.from(db, 'base64'))
+  const tar = await onHost('pi-k3s', 'tar -czf - -C /var/lib/rancher/k3s/server token tls cred | base64 -w0')
+  writeFileSync(join(dir, 'server-token-tls-cred.tar.gz'), Buffer.from(tar, 'base64'))
+}
+
+beforeAll(async () => {
+  rmSync(join(LAB_DIR, 'nas'), { recursive: true, force: true })
+  await labUp(DEFAULT_HOSTS, { fresh: true })
+  const run = await runPlaybookCli('site', [])
+  if (run.code !== 0) throw new Error(`site did not converge:\n${run.out}`)
+}, 900_000)
+
+afterAll(async () => {
+  await labDown()
+})
+
+describe('rebuild after an SD-card failure', () => {
+  it('agent: wipe pi3-worker-1, rebuild it: new key shown and recorded, Ready with its labels; then site changes nothing', async () => {
+    await labWipe('pi3-worker-1')
+    const run = await runPlaybookCli('rebuild', ['pi3-worker-1'])
+    expect(run.code, run.out).toBe(0)
+    expect(run.out).toContain('rebuild: dropped 1 old known_hosts entry of pi3-worker-1 (10.199.55.53)')
+    expect(run.out).toMatch(/WARNING: \[pi3-worker-1\] recorded its new host key SHA256:[A-Za-z0-9+/]{43} in /)
+    expect(run.out).toContain('deleted the stale Node pi3-worker-1')
+    expect(Object.keys(run.recap)).toEqual(['pi3-worker-1'])
+    const n = (await nodes()).find((x) => x.metadata.name === 'pi3-worker-1')!
+    expect(ready(n)).toBe(true)
+    expect(n.metadata.labels).toMatchObject({ hardware: 'pi3', 'workload/dns': 'unbound' })
+    const site = await runPlaybookCli('site', [])
+    expect(site.code, site.out).toBe(0)
+    for (const [h, c] of Object.entries(site.recap)) expect(c.changed, `${h}\n${site.out}`).toBe(0)
+  })
+
+  it('server: wipe pi-k3s after a nightly backup, rebuild it from the backup: agents Ready again unwiped, old objects still there', async () => {
+    await onHost('pi-k3s', 'k3s kubectl create namespace before-failure && k3s kubectl create secret generic kept -n before-failure --from-literal=note=made-before-the-sd-card-died')
+    await takeBackup('2026-11-26')
+    const agentBoots = { a1: await labBootId('pi3-worker-1'), a2: await labBootId('pi3-worker-2') }
+    const caHash = (await onHost('pi-k3s', 'sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt')).split(' ')[0]
+    await labWipe('pi-k3s')
+    const run = await runPlaybookCli('rebuild', ['pi-k3s'])
+    expect(run.code, run.out).toBe(0)
+    expect(run.out).toContain('restored backup 2026-11-26 (datastore, token, tls, cred)')
+    // Same CA as before the failure: the agents' trust in the server still holds.
+    expect((await onHost('pi-k3s', 'sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt')).split(' ')[0]).toBe(caHash)
+    const all = await until('all three nodes Ready', 120_000, async () => {
+      const ns = await nodes()
+      return ns.length === 3 && ns.every(ready) ? ns : undefined
+    })
+    expect(all.map((n) => n.metadata.name).sort()).toEqual([...DEFAULT_HOSTS].sort())
+    const kept = JSON.parse(await onHost('pi-k3s', 'k3s kubectl get secret kept -n before-failure -o json')) as { data: Record<string, string> }
+    expect(Buffer.from(kept.data.note, 'base64').toString()).toBe('made-before-the-sd-card-died')
+    expect(await labBootId('pi3-worker-1')).toBe(agentBoots.a1)
+    expect(await labBootId('pi3-worker-2')).toBe(agentBoots.a2)
+    const site = await runPlaybookCli('site', [])
+    expect(site.code, site.out).toBe(0)
+    for (const [h, c] of Object.entries(site.recap)) expect(c.changed, `${h}\n${site.out}`).toBe(0)
+  })
+
+  it('a backup taken with another token is refused before k3s starts, saying why', async () => {
+    const dir = join(NAS, '2026-11-27', 'k3s')
+    await takeBackup('2026-11-27')
+    // Forge a token file with another secret into the newest backup.
+    const tar = await onHost('pi-k3s', 'set -e; d=$(mktemp -d); tar -xzf - -C "$d" < /dev/null 2>/dev/null || true; cp -r /var/lib/rancher/k3s/server/tls /var/lib/rancher/k3s/server/cred "$d"/; echo "K10abc::server:not-the-cluster-token" > "$d/token"; tar -czf - -C "$d" token tls cred | base64 -w0; rm -rf "$d"')
+    writeFileSync(join(dir, 'server-token-tls-cred.tar.gz'), Buffer.from(tar, 'base64'))
+    await labWipe('pi-k3s')
+    const run = await runPlaybookCli('rebuild', ['pi-k3s'])
+    expect(run.code).toBe(2)
+    expect(run.out).toContain('backup 2026-11-27 was taken with another cluster token than the one at op://pi-cluster/k3s-node-token/token')
+    expect(await onHost('pi-k3s', 'systemctl is-active k3s || true')).not.toBe('active\n')
+  })
+})
