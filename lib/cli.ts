@@ -49,14 +49,16 @@ export interface CliOptions {
   retryFile?: string
   verbosity: number
   help: boolean
+  /** Words that are not flags (only playbooks that take them, like rebuild.mts HOST). */
+  positionals: string[]
 }
 
-export function parseCli(argv: string[]): CliOptions {
+export function parseCli(argv: string[], opts: { positionals?: boolean } = {}): CliOptions {
   let parsed
   try {
     parsed = parseArgs({
       args: argv,
-      allowPositionals: false,
+      allowPositionals: opts.positionals ?? false,
       strict: true,
       options: {
         inventory: { type: 'string', short: 'i' },
@@ -99,6 +101,7 @@ export function parseCli(argv: string[]): CliOptions {
     retryFile: v['retry-file'],
     verbosity: (v.verbose ?? []).length,
     help: v.help ?? false,
+    positionals: parsed.positionals,
   }
 }
 

@@ -15,12 +15,15 @@ import { k3sServer } from '../roles/k3s-server.ts'
 import { piPrep } from '../roles/pi-prep.ts'
 
 async function rebuild(argv: string[]): Promise<number> {
-  const [host, ...rest] = argv
-  if (!host || host.startsWith('-')) {
-    process.stderr.write('usage: npx zx playbooks/rebuild.mts HOST [-i inventory] [flags of site.mts]\n')
+  const o = parseCli(argv, { positionals: true })
+  const [host, ...more] = o.positionals
+  if (!host || more.length > 0) {
+    process.stderr.write('usage: npx zx playbooks/rebuild.mts HOST [-i inventory] [flags of site.mts]  (one host at a time)\n')
     return 1
   }
-  const inv = loadInventory(parseCli(rest).inventoryFile)
+  const at = argv.indexOf(host)
+  const rest = [...argv.slice(0, at), ...argv.slice(at + 1)]
+  const inv = loadInventory(o.inventoryFile)
   const h = inv.hosts.get(host)
   if (!h) {
     process.stderr.write(`ERROR: no host "${host}" in ${inv.file} (hosts: ${[...inv.hosts.keys()].join(', ')})\n`)

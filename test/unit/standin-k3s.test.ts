@@ -50,6 +50,7 @@ function run(cmd: string, args: readonly string[], env: Record<string, string> =
     p.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
     p.on('error', fail)
     p.on('close', (code) => done({ code: code ?? -1, stdout, stderr }))
+    p.stdin.on("error", () => undefined) // the program may exit without reading its input
     p.stdin.end(input)
   })
 }
