@@ -4,6 +4,7 @@
 
 import { spawn } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
+import { connect as tcpConnect, type Socket } from 'node:net'
 import { NodeSSH } from 'node-ssh'
 import type { ServerHostKeyAlgorithm } from 'ssh2'
 import pLimit from 'p-limit'
@@ -128,7 +129,9 @@ export class SshConnection implements Connection {
     const privateKey = t.keyText ?? (t.keyFile ? await readKey(t.keyFile, t.host) : undefined)
     const ssh = new NodeSSH()
     try {
+      const sock = await openSocket(t.address, t.port, t.connectTimeoutSec * 1000)
       await ssh.connect({
+        sock,
         host: t.address,
         port: t.port,
         username: t.user,
@@ -163,6 +166,28 @@ export class SshConnection implements Connection {
     this.ssh = ssh
     return ssh
   }
+}
+
+/**
+ * The TCP connection, opened here so TCP_NODELAY is on from the first packet: SSH is many small
+ * request/response packets, and Nagle + delayed ACKs otherwise add ~40-90 ms to the handshake and to every command.
+ */
+function openSocket(host: string, port: number, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const sock = tcpConnect({ host, port, noDelay: true })
+    const timer = setTimeout(() => {
+      sock.destroy()
+      reject(Object.assign(new Error(`Timed out while waiting for handshake`), { code: 'ETIMEDOUT' }))
+    }, timeoutMs)
+    sock.once('connect', () => {
+      clearTimeout(timer)
+      resolve(sock)
+    })
+    sock.once('error', (e) => {
+      clearTimeout(timer)
+      reject(e)
+    })
+  })
 }
 
 function orderHostKeyAlgorithms(known: string[]): ServerHostKeyAlgorithm[] {
