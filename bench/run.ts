@@ -9,7 +9,8 @@ import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { cpus, tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
-import { DEFAULT_HOSTS, LAB_ARTIFACT_BASE, LAB_KEY, LAB_KNOWN_HOSTS, LAB_SECRETS_FILE, labAddress, labUp } from '../test/lab/lab.ts'
+import { DEFAULT_HOSTS, LAB_ARTIFACT_BASE, LAB_KEY, LAB_KNOWN_HOSTS, LAB_SECRETS_FILE, labAddress, labBootId, labExec, labUp } from '../test/lab/lab.ts'
+import { connect as tcpConnect } from 'node:net'
 
 const REPO = resolve(import.meta.dirname, '..')
 const { values: flags } = parseArgs({ options: { runs: { type: 'string', default: '5' }, 'no-12': { type: 'boolean' }, 'no-fresh': { type: 'boolean' } } })
@@ -19,6 +20,8 @@ interface Timing {
   wall: number
   user: number
   sys: number
+  /** Steps run, summed over hosts (from the recap), when the command was a playbook. */
+  steps?: number
 }
 
 interface Figure {
@@ -29,12 +32,17 @@ interface Figure {
   median: number
   max: number
   cpu: number
+  /** Controller CPU (user+sys) per step per host, in milliseconds. */
+  cpuMsPerStep?: number
 }
 
 /** Run a command under bash's `time`: wall, user and sys seconds of the whole process tree, Node start-up included. */
 function timed(cmd: string): Promise<Timing & { code: number; out: string }> {
   return new Promise((res, rej) => {
-    const child = spawn('bash', ['-c', `TIMEFORMAT='@@TIME %R %U %S'; time ( ${cmd} ) 2>&1`], { cwd: REPO, env: { ...process.env, CI: '1' } })
+    const child = spawn('bash', ['-c', `TIMEFORMAT='@@TIME %R %U %S'; time ( ${cmd} ) 2>&1`], {
+      cwd: REPO,
+      env: { ...process.env, CI: '1', PATH: `${join(REPO, 'node_modules/.bin')}:${process.env.PATH ?? ''}` },
+    })
     let out = ''
     child.stdout.on('data', (d: Buffer) => (out += d.toString()))
     child.stderr.on('data', (d: Buffer) => (out += d.toString()))
@@ -42,7 +50,9 @@ function timed(cmd: string): Promise<Timing & { code: number; out: string }> {
     child.on('close', (code) => {
       const m = /@@TIME ([\d.]+) ([\d.]+) ([\d.]+)/.exec(out)
       if (!m) return rej(new Error(`no timing in output of ${cmd}:\n${out}`))
-      res({ code: code ?? 255, out, wall: Number(m[1]), user: Number(m[2]), sys: Number(m[3]) })
+      let steps = 0
+      for (const r of out.matchAll(/: ok=(\d+)\s+changed=\d+\s+unreachable=\d+\s+failed=(\d+)\s+skipped=(\d+)/g)) steps += Number(r[1]) + Number(r[2]) + Number(r[3])
+      res({ code: code ?? 255, out, wall: Number(m[1]), user: Number(m[2]), sys: Number(m[3]), steps: steps || undefined })
     })
   })
 }
@@ -50,7 +60,8 @@ function timed(cmd: string): Promise<Timing & { code: number; out: string }> {
 function figure(name: string, hosts: number, runs: Timing[]): Figure {
   const walls = runs.map((r) => r.wall).sort((a, b) => a - b)
   const cpu = runs.reduce((s, r) => s + r.user + r.sys, 0) / runs.length
-  return { name, hosts, runs, min: walls[0], median: walls[Math.floor(walls.length / 2)], max: walls[walls.length - 1], cpu }
+  const steps = runs[0].steps
+  return { name, hosts, runs, min: walls[0], median: walls[Math.floor(walls.length / 2)], max: walls[walls.length - 1], cpu, cpuMsPerStep: steps ? (cpu * 1000) / steps : undefined }
 }
 
 async function repeat(name: string, hosts: number, cmd: string, n = RUNS, before?: () => Promise<void>): Promise<Figure> {
@@ -110,6 +121,19 @@ function floorCommand(names: readonly string[]): string {
   return `${names.map(ssh).join('\n')}\nwait`
 }
 
+function sshAnswers(address: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = tcpConnect({ host: address, port: 22 })
+    const done = (ok: boolean) => {
+      s.destroy()
+      resolve(ok)
+    }
+    s.setTimeout(500, () => done(false))
+    s.once('data', (d: Buffer) => done(d.toString().startsWith('SSH-')))
+    s.once('error', () => done(false))
+  })
+}
+
 function commit(): string {
   try {
     return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO }).toString().trim()
@@ -125,21 +149,43 @@ await labUp(DEFAULT_HOSTS, { fresh: !flags['no-fresh'] })
 const inv3 = resolve(REPO, 'inventory/lab.yaml')
 if (!flags['no-fresh']) {
   // A fresh site run needs freshly flashed hosts each time: re-flash before every run (not timed).
-  figures.push(await repeat('fresh site run', 3, `npx zx playbooks/site.mts -i ${inv3}`, Math.min(RUNS, 3), async () => {
+  figures.push(await repeat('fresh site run', 3, `zx playbooks/site.mts -i ${inv3}`, Math.min(RUNS, 3), async () => {
     await labUp(DEFAULT_HOSTS, { fresh: true })
   }))
 } else {
-  await timed(`npx zx playbooks/site.mts -i ${inv3}`)
+  await timed(`zx playbooks/site.mts -i ${inv3}`)
 }
-figures.push(await repeat('no-op site rerun', 3, `npx zx playbooks/site.mts -i ${inv3}`))
-figures.push(await repeat('no-op pi-prep rerun', 3, `npx zx playbooks/pi-prep.mts -i ${inv3}`))
+if (!flags['no-fresh']) {
+  figures.push(await repeat('fresh pi-prep (incl. apt and reboot)', 3, `zx playbooks/pi-prep.mts -i ${inv3}`, Math.min(RUNS, 3), async () => {
+    await labUp(DEFAULT_HOSTS, { fresh: true })
+  }))
+  // What the fresh run cannot beat: one host's own reboot, from `systemctl reboot` until SSH answers again.
+  const reboots: Timing[] = []
+  for (let i = 0; i < Math.min(RUNS, 3); i++) {
+    const t0 = Date.now()
+    const before = await labBootId('pi3-worker-2')
+    void labExec('pi3-worker-2', 'systemctl reboot').catch(() => undefined)
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 100))
+      const now = await labBootId('pi3-worker-2').catch(() => before)
+      if (now !== before && (await sshAnswers(labAddress('pi3-worker-2')))) break
+    }
+    reboots.push({ wall: (Date.now() - t0) / 1000, user: 0, sys: 0 })
+  }
+  figures.push(figure('host reboot (systemctl reboot -> SSH back)', 1, reboots))
+  await timed(`zx playbooks/site.mts -i ${inv3}`)
+}
+figures.push(await repeat('no-op site rerun', 3, `zx playbooks/site.mts -i ${inv3}`))
+figures.push(await repeat('no-op pi-prep rerun', 3, `zx playbooks/pi-prep.mts -i ${inv3}`))
 figures.push(await repeat('floor (one ssh per host, all checks)', 3, floorCommand(DEFAULT_HOSTS)))
+figures.push(await repeat('start-up only: zx --list-hosts', 3, `zx playbooks/pi-prep.mts -i ${inv3} --list-hosts`))
+figures.push(await repeat('start-up only: npx zx --list-hosts', 3, `npx zx playbooks/pi-prep.mts -i ${inv3} --list-hosts`))
 
 if (!flags['no-12']) {
   await labUp(twelve, { fresh: false })
   const inv12 = inventoryFor(twelve)
-  await timed(`npx zx playbooks/pi-prep.mts -i ${inv12} -f 12`)
-  figures.push(await repeat('no-op pi-prep rerun', 12, `npx zx playbooks/pi-prep.mts -i ${inv12} -f 12`))
+  await timed(`zx playbooks/pi-prep.mts -i ${inv12} -f 12`)
+  figures.push(await repeat('no-op pi-prep rerun', 12, `zx playbooks/pi-prep.mts -i ${inv12} -f 12`))
   figures.push(await repeat('floor (one ssh per host, all checks)', 12, floorCommand(twelve)))
 }
 
@@ -149,10 +195,10 @@ const rows = figures.map((f) => {
   const ratio = floor && !f.name.startsWith('floor') ? f.median / floor.median : undefined
   return { ...f, ratioToFloor: ratio }
 })
-console.log(`\n${'run'.padEnd(40)} hosts   min    median   max    x floor   cpu s/run`)
+console.log(`\n${'run'.padEnd(40)} hosts   min    median   max    x floor   cpu s/run  cpu ms/step/host`)
 for (const r of rows)
   console.log(
-    `${r.name.padEnd(40)} ${String(r.hosts).padStart(5)} ${r.min.toFixed(2).padStart(6)} ${r.median.toFixed(2).padStart(8)} ${r.max.toFixed(2).padStart(6)} ${(r.ratioToFloor ? r.ratioToFloor.toFixed(1) + 'x' : '').padStart(9)} ${r.cpu.toFixed(2).padStart(10)}`,
+    `${r.name.padEnd(40)} ${String(r.hosts).padStart(5)} ${r.min.toFixed(2).padStart(6)} ${r.median.toFixed(2).padStart(8)} ${r.max.toFixed(2).padStart(6)} ${(r.ratioToFloor ? r.ratioToFloor.toFixed(1) + 'x' : '').padStart(9)} ${r.cpu.toFixed(2).padStart(10)} ${(r.cpuMsPerStep ? r.cpuMsPerStep.toFixed(1) : '').padStart(17)}`,
   )
 const out = {
   commit: commit(),
