@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { dirname, isAbsolute, resolve } from 'node:path'
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode, type Pair, type YAMLMap } from 'yaml'
+import { isMap, isScalar, LineCounter, parseDocument, type Node as YamlNode, type Pair, type YAMLMap } from 'yaml'
 import { ProvisionError } from './errors.ts'
 import { BUILTIN_DEFAULTS, checkVar, isVarName, suggestVar, VAR_SPECS, type VarName, type Vars } from './vars.ts'
 

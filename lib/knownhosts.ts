@@ -7,8 +7,9 @@
 // comments and blank lines. Host names and patterns match case-insensitively, as in OpenSSH.
 
 import { createHash, createHmac, randomBytes } from 'node:crypto'
-import { mkdir, open, readFile, realpath, rename, stat, unlink } from 'node:fs/promises'
-import { basename, dirname, join } from 'node:path'
+import { mkdir, readFile, realpath, stat } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import { writeFileAtomic } from './fsutil.ts'
 import { ProvisionError } from './errors.ts'
 
 export type KnownHostMarker = 'revoked' | 'cert-authority'
@@ -291,7 +292,7 @@ export async function addKnownHost(path: string, host: string, port: number, blo
     } catch (e) {
       throw new ProvisionError('hostkey', `cannot create the directory of ${path}: ${errnoCode(e) ?? String(e)}`, { place: { file: path }, cause: e })
     }
-    await writeFileAtomic(target, content, await modeOr(target, 0o600))
+    await writeKnownHostsFile(target, content, await modeOr(target, 0o600))
   })
 }
 
@@ -335,7 +336,7 @@ export async function removeKnownHost(path: string, host: string, port: number =
     })
     if (removed === 0) return 0
     // splitLines keeps a final '' when the text ends with a newline: join restores it.
-    await writeFileAtomic(target, out.join('\n'), await modeOr(target, 0o600))
+    await writeKnownHostsFile(target, out.join('\n'), await modeOr(target, 0o600))
     return removed
   })
 }
@@ -390,32 +391,11 @@ function serialize<T>(path: string, work: () => Promise<T>): Promise<T> {
   return run
 }
 
-/** Replace `path` with `content` atomically: temp file in the same directory, fsync, rename. */
-async function writeFileAtomic(path: string, content: string, mode: number): Promise<void> {
-  const dir = dirname(path)
-  const tmp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`)
+
+async function writeKnownHostsFile(path: string, content: string, mode: number): Promise<void> {
   try {
-    const fh = await open(tmp, 'wx', mode)
-    try {
-      await fh.chmod(mode)
-      await fh.writeFile(content, 'utf8')
-      await fh.sync()
-    } finally {
-      await fh.close()
-    }
-    await rename(tmp, path)
+    await writeFileAtomic(path, content, mode)
   } catch (e) {
-    await unlink(tmp).catch(() => undefined)
     throw new ProvisionError('hostkey', `cannot write known_hosts file ${path}: ${errnoCode(e) ?? String(e)}`, { place: { file: path }, cause: e })
-  }
-  try {
-    const d = await open(dir, 'r')
-    try {
-      await d.sync()
-    } finally {
-      await d.close()
-    }
-  } catch {
-    // best effort: not every filesystem lets a directory be fsynced
   }
 }

@@ -4,9 +4,8 @@
 // run (1Password allows 1,000 reads a day per account), registers every value it learns for
 // masking before anything can print it, and names the reference in every error.
 
-import { randomBytes } from 'node:crypto'
-import { mkdir, open, readFile, realpath, rename, stat, unlink } from 'node:fs/promises'
-import { basename, dirname, join } from 'node:path'
+import { mkdir, readFile, realpath, stat } from 'node:fs/promises'
+import { dirname } from 'node:path'
 import { Document, LineCounter, isMap, isScalar, parseDocument } from 'yaml'
 import type { Node as YamlNode, YAMLMap } from 'yaml'
 import type {
@@ -19,6 +18,7 @@ import type {
   ResolveReferenceError,
   VaultOverview,
 } from '@1password/sdk'
+import { writeFileAtomic } from './fsutil.ts'
 import { ProvisionError } from './errors.ts'
 import type { ErrorPlace } from './errors.ts'
 import { mask, registerSecret } from './mask.ts'
@@ -674,33 +674,3 @@ function errnoCode(e: unknown): string | undefined {
   return typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string' ? e.code : undefined
 }
 
-/** Replace `path` with `content` atomically: temp file in the same directory, fsync, rename. */
-async function writeFileAtomic(path: string, content: string, mode: number): Promise<void> {
-  const dir = dirname(path)
-  const tmp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`)
-  const fh = await open(tmp, 'wx', mode)
-  try {
-    try {
-      await fh.chmod(mode) // the umask may have narrowed it; make it exact
-      await fh.writeFile(content, 'utf8')
-      await fh.sync()
-    } finally {
-      await fh.close()
-    }
-    await rename(tmp, path)
-  } catch (e) {
-    await unlink(tmp).catch(() => undefined)
-    throw e
-  }
-  // Make the rename itself durable; not every filesystem lets a directory be fsynced.
-  try {
-    const d = await open(dir, 'r')
-    try {
-      await d.sync()
-    } finally {
-      await d.close()
-    }
-  } catch {
-    // best effort
-  }
-}

@@ -3,8 +3,8 @@
 // different, a restart only when config or binary changed, then the API and the node Ready, and the
 // kubeconfig on the controller.
 
-import { randomBytes } from 'node:crypto'
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync } from 'node:fs'
+import { writeFileAtomic } from '../lib/fsutil.ts'
 import { dirname } from 'node:path'
 import { parseDocument, stringify } from 'yaml'
 import { ProvisionError } from '../lib/errors.ts'
@@ -126,9 +126,7 @@ export const k3sServer: Role = {
         if (cur === want) return { status: 'ok', message: path }
         if (ctx.check) return { status: 'changed', message: `would write ${path}` }
         mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
-        const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`
-        writeFileSync(tmp, want, { mode: 0o600 })
-        renameSync(tmp, path)
+        await writeFileAtomic(path, want, 0o600)
         return { status: 'changed', message: `wrote ${path} (context ${ctx.vars.kubeconfig_context ?? ctx.host})` }
       },
     },
