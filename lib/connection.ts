@@ -18,6 +18,8 @@ export interface RunOptions {
   sudo?: boolean
   /** Text for the command's stdin: the only way secrets reach a remote command. */
   stdin?: string
+  /** If a connection must be made first: one attempt within this many ms, instead of the bounded retries (polls use it). */
+  connectWithinMs?: number
 }
 
 export interface RunResult {
@@ -70,15 +72,22 @@ export class SshConnection implements Connection {
   async run(script: string, opts: RunOptions = {}): Promise<RunResult> {
     const line = opts.sudo === false ? script : asRoot(script, this.target.user)
     return this.channels(async () => {
-      const ssh = await this.connect()
-      try {
-        const r = await ssh.execCommand(line, { stdin: opts.stdin, noTrim: true })
-        return { code: r.code ?? 255, stdout: r.stdout, stderr: r.stderr }
-      } catch (e) {
+      const ssh = opts.connectWithinMs === undefined ? await this.connect() : await this.connectQuick(opts.connectWithinMs)
+      const lost = (why: string, cause?: unknown) => {
         // The connection died under the command: forget it so the next run reconnects.
-        this.ssh = null
-        throw new ProvisionError('unreachable', `connection lost while running a command: ${(e as Error).message}`, { place: { host: this.host }, cause: e })
+        if (this.ssh === ssh) this.ssh = null
+        return new ProvisionError('unreachable', `connection lost while running a command: ${why}`, { place: { host: this.host }, cause })
       }
+      let r
+      try {
+        r = await ssh.execCommand(line, { stdin: opts.stdin, noTrim: true })
+      } catch (e) {
+        throw lost((e as Error).message, e)
+      }
+      // ssh2 closes every channel when the connection drops: the command then "ends" with neither exit code nor signal.
+      if (r.code === null && r.signal === null) throw lost('the channel closed without an exit status')
+      if (r.code === null) return { code: 255, stdout: r.stdout, stderr: `${r.stderr}${r.stderr && !r.stderr.endsWith('\n') ? '\n' : ''}killed by signal ${r.signal}\n` }
+      return { code: r.code, stdout: r.stdout, stderr: r.stderr }
     })
   }
 
@@ -104,6 +113,12 @@ export class SshConnection implements Connection {
     return this.connecting
   }
 
+  /** One connection attempt bounded by `ms` (for polls with their own deadline, like waiting out a reboot). */
+  private async connectQuick(ms: number): Promise<NodeSSH> {
+    if (this.ssh?.isConnected()) return this.ssh
+    return this.connectOnce(Math.max(500, Math.min(ms, this.target.connectTimeoutSec * 1000)))
+  }
+
   private async connectWithRetries(): Promise<NodeSSH> {
     let last: unknown
     for (let attempt = 1; attempt <= CONNECT_ATTEMPTS; attempt++) {
@@ -119,7 +134,7 @@ export class SshConnection implements Connection {
     throw last
   }
 
-  private async connectOnce(): Promise<NodeSSH> {
+  private async connectOnce(timeoutMs = this.target.connectTimeoutSec * 1000): Promise<NodeSSH> {
     const t = this.target
     const khPath = expandPath(t.knownHostsFile, process.cwd())
     const known = await loadKnownHosts(khPath)
@@ -129,14 +144,14 @@ export class SshConnection implements Connection {
     const privateKey = t.keyText ?? (t.keyFile ? await readKey(t.keyFile, t.host) : undefined)
     const ssh = new NodeSSH()
     try {
-      const sock = await openSocket(t.address, t.port, t.connectTimeoutSec * 1000)
+      const sock = await openSocket(t.address, t.port, timeoutMs)
       await ssh.connect({
         sock,
         host: t.address,
         port: t.port,
         username: t.user,
         privateKey,
-        readyTimeout: t.connectTimeoutSec * 1000,
+        readyTimeout: timeoutMs,
         keepaliveInterval: 5000,
         keepaliveCountMax: 3,
         // Like OpenSSH: ask for a key type we already know for this host, so a host with several keys matches.
@@ -160,6 +175,11 @@ export class SshConnection implements Connection {
       await addKnownHost(khPath, t.address, t.port, presented)
       t.onNewHostKey?.(fingerprint(presented))
     }
+    // After the handshake nobody else listens for errors (a keepalive timeout when a Pi loses power or Wi-Fi):
+    // unhandled, one would end the whole run. Forget the connection; the next command reports or reconnects.
+    ssh.connection?.on('error', () => {
+      if (this.ssh === ssh) this.ssh = null
+    })
     ssh.connection?.on('close', () => {
       if (this.ssh === ssh) this.ssh = null
     })

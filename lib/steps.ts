@@ -183,6 +183,9 @@ export function planUnit(cur: UnitState, spec: UnitSpec): Change | null {
   return { summary: `${spec.unit}: ${what.join(', ')}`, commands: [{ script: cmds.join(' && ') }] }
 }
 
+/** Seconds apt waits for another apt/dpkg run to let go of its lock. */
+const APT_LOCK_WAIT = 300
+
 export function planPackages(installed: Map<string, boolean>, present: readonly string[], absent: readonly string[] = []): Change | null {
   const toInstall = present.filter((p) => !installed.get(p))
   const toRemove = absent.filter((p) => installed.get(p))
@@ -192,9 +195,11 @@ export function planPackages(installed: Map<string, boolean>, present: readonly 
   if (toInstall.length > 0) {
     const pk = toInstall.map(quote).join(' ')
     // Try with the lists the host has; refresh them only if that fails (a fresh image has none).
-    cmds.push({ script: `${env}; apt-get install -y -q --no-install-recommends ${pk} || { apt-get update -q && apt-get install -y -q --no-install-recommends ${pk}; }` })
+    // Wait for the dpkg lock rather than fail: an apt run orphaned by a dropped connection may still hold it.
+    const apt = `apt-get -o DPkg::Lock::Timeout=${APT_LOCK_WAIT}`
+    cmds.push({ script: `${env}; ${apt} install -y -q --no-install-recommends ${pk} || { ${apt} update -q && ${apt} install -y -q --no-install-recommends ${pk}; }` })
   }
-  if (toRemove.length > 0) cmds.push({ script: `${env}; apt-get purge -y -q ${toRemove.map(quote).join(' ')}` })
+  if (toRemove.length > 0) cmds.push({ script: `${env}; apt-get -o DPkg::Lock::Timeout=${APT_LOCK_WAIT} purge -y -q ${toRemove.map(quote).join(' ')}` })
   const what = [...(toInstall.length ? [`install ${toInstall.join(' ')}`] : []), ...(toRemove.length ? [`remove ${toRemove.join(' ')}`] : [])]
   return { summary: what.join('; '), commands: cmds }
 }
@@ -351,7 +356,7 @@ export function rebootHandler(name = 'Reboot'): Handler {
       let lastError = ''
       while (Date.now() - started < limit) {
         try {
-          const r = await ctx.conn.run('cat /proc/sys/kernel/random/boot_id')
+          const r = await ctx.conn.run('cat /proc/sys/kernel/random/boot_id', { connectWithinMs: limit - (Date.now() - started) })
           const now = r.stdout.trim()
           if (r.code === 0 && now && now !== before) {
             ctx.facts.invalidate()

@@ -46,7 +46,7 @@ describe('pi-prep planning (facts in, commands out)', () => {
     const cmdlineWrite = pi.scripts.find((x) => x.script.includes("mv -f \"$tmp\" /boot/firmware/cmdline.txt"))
     expect(cmdlineWrite?.stdin).toBe('console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait cgroup_memory=1 cgroup_enable=memory cgroup_enable=cpuset\n')
     expect(cmdlineWrite?.script).toMatch(/cp -p \/boot\/firmware\/cmdline.txt \/boot\/firmware\/cmdline.txt\.\d{8}T\d{6}\.bak/)
-    expect(pi.changes.some((c) => c.includes('apt-get install -y -q --no-install-recommends iptables nfs-common') || c.includes('nfs-common'))).toBe(true)
+    expect(pi.changes.some((c) => c.includes('apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends iptables nfs-common') || c.includes('nfs-common'))).toBe(true)
     expect(pi.changes).toContain('systemctl disable dphys-swapfile.service && systemctl stop dphys-swapfile.service')
     expect(s.counts['pi-k3s'].failed).toBe(0)
     expect(state.reboots).toBe(1)

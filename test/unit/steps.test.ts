@@ -469,22 +469,22 @@ describe('parsePackages and planPackages', () => {
     expect(c.commands).toEqual([
       {
         script:
-          'export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q --no-install-recommends nfs-common || { apt-get update -q && apt-get install -y -q --no-install-recommends nfs-common; }',
+          'export DEBIAN_FRONTEND=noninteractive; apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends nfs-common || { apt-get -o DPkg::Lock::Timeout=300 update -q && apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends nfs-common; }',
       },
     ])
   })
 
   it('purges what must be absent', () => {
     const c = must(planPackages(new Map([['dphys-swapfile', true]]), [], ['dphys-swapfile']))
-    expect(c).toEqual({ summary: 'remove dphys-swapfile', commands: [{ script: 'export DEBIAN_FRONTEND=noninteractive; apt-get purge -y -q dphys-swapfile' }] })
+    expect(c).toEqual({ summary: 'remove dphys-swapfile', commands: [{ script: 'export DEBIAN_FRONTEND=noninteractive; apt-get -o DPkg::Lock::Timeout=300 purge -y -q dphys-swapfile' }] })
   })
 
   it('install and purge together: two commands, one summary', () => {
     const c = must(planPackages(new Map([['a', false], ['b', true]]), ['a'], ['b']))
     expect(c.summary).toBe('install a; remove b')
     expect(c.commands.map((x) => x.script)).toEqual([
-      'export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q --no-install-recommends a || { apt-get update -q && apt-get install -y -q --no-install-recommends a; }',
-      'export DEBIAN_FRONTEND=noninteractive; apt-get purge -y -q b',
+      'export DEBIAN_FRONTEND=noninteractive; apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends a || { apt-get -o DPkg::Lock::Timeout=300 update -q && apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends a; }',
+      'export DEBIAN_FRONTEND=noninteractive; apt-get -o DPkg::Lock::Timeout=300 purge -y -q b',
     ])
   })
 
@@ -503,6 +503,7 @@ describe('parsePackages and planPackages', () => {
         [
           '#!/bin/sh',
           'echo "$DEBIAN_FRONTEND $*" >> "$APT_LOG"',
+          'while [ "$1" = -o ]; do shift 2; done',
           'case "$1" in',
           '  update) touch "$APT_LISTS" ;;',
           '  install) [ -e "$APT_LISTS" ] || { echo "E: Unable to locate package $5" >&2; exit 100; } ;;',
@@ -525,9 +526,9 @@ describe('parsePackages and planPackages', () => {
       const r = await run(script())
       expect(r.code).toBe(0)
       expect(r.calls).toEqual([
-        'noninteractive install -y -q --no-install-recommends nfs-common open-iscsi',
-        'noninteractive update -q',
-        'noninteractive install -y -q --no-install-recommends nfs-common open-iscsi',
+        'noninteractive -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends nfs-common open-iscsi',
+        'noninteractive -o DPkg::Lock::Timeout=300 update -q',
+        'noninteractive -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends nfs-common open-iscsi',
       ])
     })
 
@@ -535,7 +536,7 @@ describe('parsePackages and planPackages', () => {
       writeFileSync(lists, '')
       const r = await run(script())
       expect(r.code).toBe(0)
-      expect(r.calls).toEqual(['noninteractive install -y -q --no-install-recommends nfs-common open-iscsi'])
+      expect(r.calls).toEqual(['noninteractive -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends nfs-common open-iscsi'])
     })
   })
 

@@ -1,0 +1,327 @@
+// roles/apps.ts: readiness of Kustomizations/HelmReleases (with the live count), External Secrets, placement
+// against nodes/pods/workloads as kubectl shows them, and the role against a fake server with app endpoints on
+// 127.0.0.1: a healthy run, an unhealthy app failing the run with its name and reason, and bad inventory values
+// refused before any host is touched.
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { ProvisionError } from '../../lib/errors.ts'
+import { hostVars, parseInventory } from '../../lib/inventory.ts'
+import { resetSecretsForTest } from '../../lib/mask.ts'
+import { RecordingReporter } from '../../lib/reporter.ts'
+import { requiredSecrets, runPlaybook } from '../../lib/runner.ts'
+import { appChecksFor, apps, checkEso, checkPlacement, describeNotReady, feasibleNodes, parsePlacement, parseRevision, readiness } from '../../roles/apps.ts'
+import type { KubeObject } from '../../roles/flux-bootstrap.ts'
+import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'
+import { answerKubeBatch, list, notReady, ready } from './fakecluster.ts'
+
+beforeEach(() => resetSecretsForTest())
+
+const REV = 'main@sha1:1f2e3d'
+
+function ks(name: string, status: Record<string, unknown>, extra: Partial<KubeObject> = {}): KubeObject {
+  return {
+    kind: 'Kustomization',
+    metadata: { name, namespace: 'flux-system', ...extra.metadata },
+    spec: { sourceRef: { kind: 'GitRepository', name: 'flux-system' }, ...extra.spec },
+    status,
+  }
+}
+
+function hr(ns: string, name: string, status: Record<string, unknown>, generation = 1): KubeObject {
+  return { kind: 'HelmRelease', metadata: { name, namespace: ns, generation }, spec: {}, status }
+}
+
+describe('flux output', () => {
+  it('reads the revision flux reconcile fetched or applied', () => {
+    expect(parseRevision('► annotating GitRepository flux-system in flux-system namespace\n✔ fetched revision main@sha1:1f2e3d\n')).toBe('main@sha1:1f2e3d')
+    expect(parseRevision('✔ applied revision main@sha1:abc\n')).toBe('main@sha1:abc')
+    expect(parseRevision('✗ timeout\n')).toBeUndefined()
+  })
+})
+
+describe('readiness of Kustomizations and HelmReleases', () => {
+  it('counts Ready ones and names the others with their message', () => {
+    const st = readiness(
+      [
+        ks('flux-system', ready(`Applied revision: ${REV}`, { lastAppliedRevision: REV })),
+        ks('pihole', ready('Applied', { lastAppliedRevision: REV })),
+        ks('immich', notReady("dependency 'flux-system/external-secrets-config' is not ready", { lastAppliedRevision: 'main@sha1:old' })),
+        ks('jellyfin', ready('Applied', { lastAppliedRevision: 'main@sha1:old' })),
+        ks('new', {}),
+      ],
+      [hr('immich', 'immich', notReady('install retries exhausted')), hr('monitoring', 'kube-prometheus-stack', ready('Helm install succeeded', { observedGeneration: 1 }))],
+      { revision: REV },
+    )
+    expect([st.ready, st.total]).toEqual([3, 7])
+    expect(describeNotReady(st.notReady)).toBe(
+      "Kustomization flux-system/immich: dependency 'flux-system/external-secrets-config' is not ready; Kustomization flux-system/jellyfin: still at main@sha1:old, not main@sha1:1f2e3d; Kustomization flux-system/new: not reconciled yet; HelmRelease immich/immich: install retries exhausted",
+    )
+    expect(describeNotReady(st.notReady, 2)).toMatch(/; and 2 more$/)
+  })
+
+  it('waits for a requested reconcile to be handled and a HelmRelease to see its generation', () => {
+    const asked = '2026-11-27T12:00:00.000Z'
+    const pending = ks('pihole', ready('Applied', { lastAppliedRevision: REV, lastHandledReconcileAt: 'earlier' }), { metadata: { name: 'pihole', annotations: { 'reconcile.fluxcd.io/requestedAt': asked } } })
+    const handled = ks('pihole', ready('Applied', { lastAppliedRevision: REV, lastHandledReconcileAt: asked }), { metadata: { name: 'pihole', annotations: { 'reconcile.fluxcd.io/requestedAt': asked } } })
+    expect(readiness([pending], [], { revision: REV, requestedAt: asked }).notReady.map((i) => i.message)).toEqual(['reconcile requested, not handled yet'])
+    expect(readiness([handled], [], { revision: REV, requestedAt: asked }).notReady).toEqual([])
+    expect(readiness([], [hr('immich', 'immich', ready('ok', { observedGeneration: 1 }), 2)]).notReady.map((i) => i.message)).toEqual(['generation 2 not observed yet (at 1)'])
+    const suspended = ks('old', ready('Applied', { lastAppliedRevision: 'main@sha1:old' }), { spec: { suspend: true } })
+    expect(readiness([suspended], [], { revision: REV }).items[0]).toMatchObject({ ready: true, suspended: true, message: 'suspended (last state Ready)' })
+  })
+})
+
+describe('External Secrets', () => {
+  const store = (status: Record<string, unknown>): KubeObject => ({ kind: 'ClusterSecretStore', metadata: { name: 'onepassword' }, status })
+  const es = (ns: string, name: string, status: Record<string, unknown>): KubeObject => ({ kind: 'ExternalSecret', metadata: { name, namespace: ns }, status })
+  it('wants the onepassword store Ready and every ExternalSecret synced', () => {
+    const synced = { conditions: [{ type: 'Ready', status: 'True', reason: 'SecretSynced', message: 'Secret was synced' }] }
+    expect(checkEso([store(ready('store validated'))], [es('pihole', 'pihole-secret', synced)])).toEqual({ ok: true, message: 'ClusterSecretStore onepassword Ready; 1/1 ExternalSecrets synced' })
+    expect(checkEso([], [])).toEqual({ ok: false, message: 'ClusterSecretStore onepassword does not exist (0/0 ExternalSecrets synced)' })
+    expect(checkEso([store(notReady('unable to validate store: invalid service account token'))], [es('pihole', 'pihole-secret', synced), es('monitoring', 'grafana-admin', { conditions: [{ type: 'Ready', status: 'False', reason: 'SecretSyncedError', message: 'could not get secret data from provider' }] })])).toEqual({
+      ok: false,
+      message: 'ClusterSecretStore onepassword is not Ready: unable to validate store: invalid service account token; ExternalSecret monitoring/grafana-admin not synced: could not get secret data from provider (1/2 ExternalSecrets synced)',
+    })
+  })
+})
+
+// ---------------------------------------------------------------- placement
+
+function node(name: string, labels: Record<string, string>, taints: { key: string; value?: string; effect: string }[] = [], unschedulable = false): KubeObject {
+  return { kind: 'Node', metadata: { name, labels: { 'kubernetes.io/hostname': name, ...labels } }, spec: { taints, ...(unschedulable ? { unschedulable: true } : {}) } }
+}
+const NODES = [
+  node('pi-k3s', { hardware: 'pi5', 'node-role.kubernetes.io/control-plane': 'true' }),
+  node('pi3-worker-1', { hardware: 'pi3', 'workload/dns': 'unbound' }),
+  node('pi3-worker-2', { hardware: 'pi3' }, [{ key: 'hardware', value: 'pi3', effect: 'PreferNoSchedule' }]),
+]
+
+function deploy(ns: string, name: string, podSpec: Record<string, unknown>): KubeObject {
+  return { kind: 'Deployment', metadata: { name, namespace: ns }, spec: { selector: { matchLabels: { app: name } }, template: { metadata: { labels: { app: name } }, spec: podSpec } } }
+}
+function cron(ns: string, name: string, podSpec: Record<string, unknown>): KubeObject {
+  return { kind: 'CronJob', metadata: { name, namespace: ns }, spec: { jobTemplate: { spec: { template: { spec: podSpec } } } } }
+}
+function pod(ns: string, name: string, labels: Record<string, string>, nodeName?: string, message?: string): KubeObject {
+  return {
+    kind: 'Pod',
+    metadata: { name, namespace: ns, labels },
+    spec: nodeName ? { nodeName } : {},
+    status: nodeName ? { phase: 'Running' } : { phase: 'Pending', conditions: [{ type: 'PodScheduled', status: 'False', reason: 'Unschedulable', message }] },
+  }
+}
+
+describe('placement', () => {
+  it('reads workload -> node rules', () => {
+    expect(parsePlacement({ 'pihole/pihole': 'pi-k3s', unbound: 'pi3-worker-1', 'backup-jobs/*': 'pi-k3s' })).toEqual([
+      { key: 'pihole/pihole', namespace: 'pihole', name: 'pihole', node: 'pi-k3s' },
+      { key: 'unbound', name: 'unbound', node: 'pi3-worker-1' },
+      { key: 'backup-jobs/*', namespace: 'backup-jobs', name: '*', node: 'pi-k3s' },
+    ])
+    expect(() => parsePlacement({ 'a/b/c': 'x' })).toThrow('placement key "a/b/c": expected name, namespace/name or namespace/*')
+    expect(() => parsePlacement({ '*': 'x' })).toThrow('placement key "*"')
+    expect(() => parsePlacement({ a: 3 })).toThrow('placement a: the node must be a node name, got 3')
+    expect(() => parsePlacement(['a'])).toThrow('placement must be a map of workload -> node')
+  })
+
+  it('knows which nodes a pod spec may land on', () => {
+    expect(feasibleNodes({ nodeSelector: { 'kubernetes.io/hostname': 'pi-k3s' } }, NODES)).toEqual(['pi-k3s'])
+    expect(feasibleNodes({ nodeSelector: { 'workload/dns': 'unbound' } }, NODES)).toEqual(['pi3-worker-1'])
+    expect(feasibleNodes({}, NODES)).toEqual(['pi-k3s', 'pi3-worker-1', 'pi3-worker-2'])
+    const affinity = (op: string, values?: string[]) => ({ affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'hardware', operator: op, values }] }] } } } })
+    expect(feasibleNodes(affinity('In', ['pi3']), NODES)).toEqual(['pi3-worker-1', 'pi3-worker-2'])
+    expect(feasibleNodes(affinity('NotIn', ['pi3']), NODES)).toEqual(['pi-k3s'])
+    expect(feasibleNodes(affinity('DoesNotExist'), NODES)).toEqual([])
+    const tainted = [node('a', {}, [{ key: 'dedicated', value: 'dns', effect: 'NoSchedule' }]), node('b', {}, [], true)]
+    expect(feasibleNodes({}, tainted)).toEqual([])
+    expect(feasibleNodes({ tolerations: [{ key: 'dedicated', operator: 'Equal', value: 'dns', effect: 'NoSchedule' }] }, tainted)).toEqual(['a'])
+    expect(feasibleNodes({ tolerations: [{ operator: 'Exists' }] }, tainted)).toEqual(['a'])
+  })
+
+  it('checks pods of Deployments, and CronJobs by where they are pinned until they run', () => {
+    const workloads = [
+      deploy('pihole', 'pihole', { hostNetwork: true, nodeSelector: { 'kubernetes.io/hostname': 'pi-k3s' } }),
+      deploy('pihole', 'unbound', { nodeSelector: { 'workload/dns': 'unbound' } }),
+      deploy('homepage', 'homepage', {}),
+      cron('backup-jobs', 'pvc-backup', { nodeSelector: { 'kubernetes.io/hostname': 'pi-k3s' } }),
+      cron('backup-jobs', 'postgres-backup', { nodeSelector: { 'kubernetes.io/hostname': 'pi-k3s' } }),
+    ]
+    const pods = [
+      pod('pihole', 'pihole-7d9-abcde', { app: 'pihole' }, 'pi-k3s'),
+      pod('pihole', 'unbound-5c4-fghij', { app: 'unbound' }, 'pi3-worker-1'),
+      pod('homepage', 'homepage-1a2-klmno', { app: 'homepage' }, 'pi-k3s'),
+      pod('backup-jobs', 'postgres-backup-29373150-xyz12', { 'job-name': 'postgres-backup-29373150' }, 'pi-k3s'),
+    ]
+    const rules = parsePlacement({ 'pihole/pihole': 'pi-k3s', 'pihole/unbound': 'pi3-worker-1', homepage: 'pi-k3s', 'backup-jobs/*': 'pi-k3s' })
+    expect(checkPlacement(rules, { nodes: NODES, pods, workloads })).toEqual([
+      { key: 'pihole/pihole', node: 'pi-k3s', ok: true, detail: 'Deployment pihole/pihole: 1 pod on pi-k3s' },
+      { key: 'pihole/unbound', node: 'pi3-worker-1', ok: true, detail: 'Deployment pihole/unbound: 1 pod on pi3-worker-1' },
+      { key: 'homepage', node: 'pi-k3s', ok: true, detail: 'Deployment homepage/homepage: 1 pod on pi-k3s (not pinned: the scheduler may move it)' },
+      { key: 'backup-jobs/*', node: 'pi-k3s', ok: true, detail: 'CronJob backup-jobs/pvc-backup is pinned to pi-k3s (no run yet); CronJob backup-jobs/postgres-backup: 1 pod on pi-k3s' },
+    ])
+  })
+
+  it('names what is wrong: another node, not scheduled, no pods, not pinned, nothing there', () => {
+    const workloads = [
+      deploy('pihole', 'unbound', { nodeSelector: { 'workload/dns': 'unbound' } }),
+      deploy('pihole', 'pihole', {}),
+      deploy('jellyfin', 'jellyfin', {}),
+      cron('backup-jobs', 'pvc-backup', {}),
+      cron('backup-jobs', 'k3s-datastore-backup', { nodeSelector: { hardware: 'pi3' } }),
+    ]
+    const pods = [
+      pod('pihole', 'unbound-1', { app: 'unbound' }, undefined, "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."),
+      pod('pihole', 'pihole-1', { app: 'pihole' }, 'pi3-worker-2'),
+    ]
+    const rules = parsePlacement({ 'pihole/unbound': 'pi3-worker-1', 'pihole/pihole': 'pi-k3s', 'jellyfin/jellyfin': 'pi-k3s', 'backup-jobs/*': 'pi-k3s', 'nope/*': 'pi-k3s', immich: 'pi-k3s-2' })
+    expect(checkPlacement(rules, { nodes: NODES, pods, workloads }).map((r) => `${r.ok ? 'ok' : 'BAD'} ${r.key}: ${r.detail}`)).toEqual([
+      "BAD pihole/unbound: Deployment pihole/unbound: pod unbound-1 is not scheduled: 0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.",
+      'BAD pihole/pihole: Deployment pihole/pihole: pod pihole-1 runs on pi3-worker-2',
+      'BAD jellyfin/jellyfin: Deployment jellyfin/jellyfin has no pods',
+      'BAD backup-jobs/*: CronJob backup-jobs/pvc-backup may run on pi-k3s, pi3-worker-1, pi3-worker-2: pin it to pi-k3s with a nodeSelector; CronJob backup-jobs/k3s-datastore-backup cannot run on pi-k3s: its nodeSelector/affinity allows pi3-worker-1, pi3-worker-2',
+      'BAD nope/*: no Deployment, StatefulSet, DaemonSet or CronJob in namespace nope',
+      'BAD immich: there is no node pi-k3s-2',
+    ])
+  })
+})
+
+// ---------------------------------------------------------------- the role against a fake server
+
+let http: Server
+let base = ''
+let jellyfin = { status: 200, body: 'Healthy' }
+beforeAll(async () => {
+  http = createServer((req, res) => {
+    if (req.url === '/jellyfin/health') res.writeHead(jellyfin.status).end(jellyfin.body)
+    else if (req.url === '/immich/api/server/ping') res.writeHead(200, { 'content-type': 'application/json' }).end('{"res":"pong"}')
+    else res.writeHead(404).end()
+  })
+  await new Promise<void>((done) => http.listen(0, '127.0.0.1', done))
+  base = `http://127.0.0.1:${(http.address() as AddressInfo).port}`
+})
+afterAll(() => new Promise<void>((done) => http.close(() => done())))
+
+const INV = () => `all:
+  vars:
+    secrets_backend: file
+    secrets_file: /nonexistent/secrets.yaml
+    app_check_timeout: 2
+    placement:
+      pihole/pihole: pi-k3s
+    app_checks:
+      - { app: jellyfin, url: ${base}/jellyfin/health, expect: Healthy }
+      - { app: immich, url: ${base}/immich/api/server/ping, expect_json: { res: pong } }
+  children:
+    server:
+      hosts:
+        pi-k3s: { address: 127.0.0.55 }
+    agent:
+      hosts:
+        pi3-worker-1: { address: 127.0.0.53 }
+`
+
+/** A converged cluster; `lagging` Kustomizations are not Ready for the first `lag` reads. */
+function fakeServer(opts: { lag?: number } = {}): { conn: FakeConnection; annotated: string[] } {
+  let reads = 0
+  const annotated: string[] = []
+  const conn = new FakeConnection('pi-k3s', (script) => {
+    const batch = answerBatch(script, () => ({ stdout: '' }))
+    if (batch) return batch
+    if (script.includes('reconcile source git flux-system')) return { stderr: `► annotating GitRepository flux-system in flux-system namespace\n✔ fetched revision ${REV}\n` }
+    if (script.includes('reconcile kustomization flux-system')) return { stderr: `✔ applied revision ${REV}\n` }
+    if (script.includes(' annotate --overwrite')) {
+      for (const m of script.matchAll(/kustomizations\.kustomize\.toolkit\.fluxcd\.io\/(\S+) /g)) annotated.push(m[1])
+      return { stdout: '' }
+    }
+    return answerKubeBatch(script, (q) => {
+      if (q === 'kustomizations.kustomize.toolkit.fluxcd.io -A') {
+        reads++
+        const late = reads <= (opts.lag ?? 0)
+        return list([
+          ks('flux-system', ready('Applied', { lastAppliedRevision: REV })),
+          ks('pihole', late ? notReady('health check failed after 9s: Deployment/pihole/pihole not ready') : ready('Applied', { lastAppliedRevision: REV })),
+          ks('jellyfin', ready('Applied', { lastAppliedRevision: REV })),
+        ])
+      }
+      if (q === 'helmreleases.helm.toolkit.fluxcd.io -A') return list([hr('immich', 'immich', ready('Helm install succeeded', { observedGeneration: 1 }))])
+      if (q === 'clustersecretstores.external-secrets.io') return list([{ kind: 'ClusterSecretStore', metadata: { name: 'onepassword' }, status: ready('store validated') }])
+      if (q === 'externalsecrets.external-secrets.io -A') return list([{ kind: 'ExternalSecret', metadata: { name: 'pihole-secret', namespace: 'pihole' }, status: ready('Secret was synced') }])
+      if (q === 'nodes') return list(NODES)
+      if (q === 'pods -A') return list([pod('pihole', 'pihole-1', { app: 'pihole' }, 'pi-k3s')])
+      if (q === 'deployments.apps -A') return list([deploy('pihole', 'pihole', { nodeSelector: { 'kubernetes.io/hostname': 'pi-k3s' } })])
+      return list([])
+    })
+  })
+  return { conn, annotated }
+}
+
+function runApps(conn: FakeConnection, inventory = INV()) {
+  const rep = new RecordingReporter(1)
+  const run = runPlaybook({ name: 'apps', plays: [{ name: 'Check the apps', hosts: 'server', roles: [apps] }] }, {
+    inventory: parseInventory(inventory, '/tmp/inv.yaml'),
+    reporter: rep,
+    secrets: new MemorySecrets(),
+    connect: () => conn,
+  })
+  return { rep, run }
+}
+
+describe('the apps role', () => {
+  it('converged: reconciles, waits (with a live count), checks ESO and placement, prints the app table', async () => {
+    jellyfin = { status: 200, body: 'Healthy' }
+    const { conn, annotated } = fakeServer({ lag: 2 }) // read 1: the list to annotate; read 2: the first wait
+    const { rep, run } = runApps(conn)
+    const s = await run
+    expect(s.exitCode, rep.lines.join('\n')).toBe(0)
+    expect(annotated).toEqual(['pihole', 'jellyfin'])
+    const lines = rep.lines.filter((l) => !l.startsWith('  '))
+    expect(lines).toContain('WARNING: [pi-k3s] flux: 3/4 Kustomizations and HelmReleases Ready; waiting for Kustomization flux-system/pihole: health check failed after 9s: Deployment/pihole/pihole not ready')
+    expect(lines).toContainEqual(expect.stringMatching(/^ok: \[pi-k3s\] apps \| Wait until every Kustomization and HelmRelease is Ready \(4\/4 Ready at main@sha1:1f2e3d after [\d.]+s\)$/))
+    expect(lines).toContain('ok: [pi-k3s] apps | Check the ClusterSecretStore onepassword and the ExternalSecrets (ClusterSecretStore onepassword Ready; 1/1 ExternalSecrets synced)')
+    expect(lines).toContain('ok: [pi-k3s] apps | Check where the pinned workloads run (pihole/pihole on pi-k3s)')
+    expect(lines).toContain('ok: [pi-k3s] apps | Probe the apps from the controller (2/2 apps healthy: jellyfin, immich)')
+    const table = rep.lines.join('\n')
+    expect(table).toMatch(/app health \(from the controller\):\n {2}APP {7}RESULT {2}CHECK/)
+    expect(table).toMatch(/\n {2}jellyfin {2}ok {6}GET http:\/\/127\.0\.0\.1:\d+\/jellyfin\/health +HTTP 200 Healthy \(\d+ ms\)/)
+  }, 15_000)
+
+  it('an unhealthy app fails the run (exit 2) and names itself with the reason', async () => {
+    jellyfin = { status: 503, body: 'Unhealthy' }
+    const { conn } = fakeServer()
+    const { rep, run } = runApps(conn)
+    const s = await run
+    expect(s.exitCode).toBe(2)
+    expect(rep.lines).toContain('FAILED: [pi-k3s] apps | Probe the apps from the controller (1 of 2 apps failing: jellyfin (HTTP 503 (expected 2xx): Unhealthy))')
+    expect(rep.lines.join('\n')).toMatch(/\n {2}jellyfin {2}FAILING {2}GET http:\/\/127\.0\.0\.1:\d+\/jellyfin\/health +HTTP 503 \(expected 2xx\): Unhealthy/)
+  }, 15_000)
+
+  it('check mode reads nothing from the cluster and probes nothing', async () => {
+    const { conn } = fakeServer()
+    const rep = new RecordingReporter(0)
+    const s = await runPlaybook({ name: 'apps', plays: [{ name: 'Check the apps', hosts: 'server', roles: [apps] }] }, {
+      inventory: parseInventory(INV(), '/tmp/inv.yaml'), reporter: rep, secrets: new MemorySecrets(), connect: () => conn, check: true,
+    })
+    expect(s.exitCode).toBe(0)
+    expect(s.counts['pi-k3s']).toMatchObject({ skipped: 6, changed: 0 })
+    expect(conn.scripts.filter((x) => !x.script.includes('pending') && !x.script.includes('pi-provision/handlers'))).toEqual([])
+  })
+
+  it('bad app_checks or placement are inventory errors before any host is touched; DNS servers resolve to inventory addresses', () => {
+    const pb = { name: 'apps', plays: [{ name: 'Check the apps', hosts: 'server', roles: [apps] }] }
+    const inv = parseInventory(INV(), '/tmp/inv.yaml')
+    expect(requiredSecrets(pb, inv, undefined, {})).toEqual([])
+    const err = (extra: Record<string, unknown>): ProvisionError => {
+      try {
+        requiredSecrets(pb, inv, undefined, extra)
+      } catch (e) {
+        if (e instanceof ProvisionError) return e
+      }
+      throw new Error('no error')
+    }
+    expect(err({ app_checks: [{ app: 'jellyfin', url: 'http://x/', expct: 'Healthy' }] }).message).toBe('app_checks[0]: unknown key expct')
+    expect(err({ placement: { 'a/b/c': 'pi-k3s' } }).kind).toBe('inventory')
+    const vars = hostVars(inv.hosts.get('pi-k3s')!, {}, { app_checks: [{ app: 'pihole', dns: 'google.com' }, { app: 'unbound', dns: 'example.org', server: 'pi3-worker-1', port: 5335 }] })
+    expect(appChecksFor({ vars, inventory: inv }).map((c) => (c.kind === 'dns' ? `${c.server}:${c.port}` : c.url))).toEqual(['127.0.0.55:53', '127.0.0.53:5335'])
+  })
+})

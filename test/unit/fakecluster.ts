@@ -1,0 +1,44 @@
+// A cluster as a fake server host answers it: the batched `kubectl get ... -o json` scripts of
+// roles/flux-bootstrap.ts (kubeGetMany) answered query by query. Used by the flux-bootstrap and apps unit tests.
+
+import type { RunResult } from '../../lib/connection.ts'
+
+export interface KubeAnswer {
+  code?: number
+  stdout?: string
+  stderr?: string
+}
+
+/** Answer a kubeGetMany script: `answer` gets each query (the words between `get` and `-o json`). */
+export function answerKubeBatch(script: string, answer: (query: string) => KubeAnswer): Partial<RunResult> | undefined {
+  const m = /printf '%s\\n' '(__KUBE_[0-9a-f]+__) 0'/.exec(script)
+  if (!m) return undefined
+  const marker = m[1]
+  let out = ''
+  for (const line of script.split('\n')) {
+    const q = new RegExp(`^printf '%s\\\\n' '${marker} (\\d+)'; .* get (.*) -o json 2>"\\$e"`).exec(line)
+    if (!q) continue
+    const a = answer(q[2])
+    out += `${marker} ${q[1]}\n${a.stdout ?? ''}\n${marker}rc ${a.code ?? 0}\n`
+    for (const l of (a.stderr ?? '').split('\n').filter(Boolean)) out += `${marker}err ${l}\n`
+  }
+  return { code: 0, stdout: out }
+}
+
+export function list(items: readonly unknown[]): KubeAnswer {
+  return { stdout: JSON.stringify({ apiVersion: 'v1', kind: 'List', items, metadata: { resourceVersion: '' } }) }
+}
+
+export function one(item: unknown): KubeAnswer {
+  return { stdout: JSON.stringify(item) }
+}
+
+export const NONE: KubeAnswer = { stdout: '' }
+
+export function ready(message = 'Applied revision: main@sha1:abc', extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return { conditions: [{ type: 'Ready', status: 'True', reason: 'ReconciliationSucceeded', message }], ...extra }
+}
+
+export function notReady(message: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return { conditions: [{ type: 'Ready', status: 'False', reason: 'ReconciliationFailed', message }], ...extra }
+}
