@@ -50,3 +50,14 @@ export async function onHost(host: string, cmd: string): Promise<string> {
   if (r.code !== 0) throw new Error(`${host}: ${cmd} -> exit ${r.code}: ${r.stderr}`)
   return r.stdout
 }
+
+/** Poll until probe gives a value (errors count as "not yet"); a bounded wait that names what it waited for. */
+export async function until<T>(what: string, ms: number, probe: () => Promise<T | undefined>, intervalMs = 500): Promise<T> {
+  const end = Date.now() + ms
+  for (;;) {
+    const v = await probe().catch(() => undefined)
+    if (v !== undefined) return v
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, intervalMs))
+  }
+}

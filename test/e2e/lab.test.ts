@@ -16,6 +16,7 @@ import {
 import { sshBanner } from '../lab/network.ts'
 import { LAB_ARTIFACT_PORT, LAB_IP_FORWARD_FILE, LAB_SUBNET } from '../lab/paths.ts'
 import { processes } from '../lab/procs.ts'
+import { until } from './helpers.ts'
 
 const CMDLINE = 'console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait\n'
 
@@ -37,15 +38,6 @@ async function exec(name: string, command: string): Promise<string> {
   return r.stdout.trim()
 }
 
-async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const end = Date.now() + timeoutMs
-  for (;;) {
-    const value = await probe().catch(() => undefined)
-    if (value !== undefined) return value
-    if (Date.now() > end) throw new Error(`${what}: not within ${timeoutMs / 1000} s`)
-    await new Promise((r) => setTimeout(r, 100))
-  }
-}
 
 /** Live (non-zombie) processes that belong to the lab. */
 function labProcesses(): string[] {
@@ -136,7 +128,7 @@ describe('lab hosts', () => {
     const after = await until('new boot_id', 60_000, async () => {
       const id = await labBootId(name)
       return id !== before && (await sshBanner(labAddress(name))) ? id : undefined
-    })
+    }, 100)
     console.log(`reboot: new boot_id and SSH back in ${Date.now() - started} ms`)
     expect(after).toMatch(/^[0-9a-f-]{36}$/)
     expect(after).not.toBe(readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim())
@@ -199,7 +191,7 @@ describe('lab hosts', () => {
       ...containerLeaders().values(),
     ]
     for (const pid of victims) process.kill(pid, 'SIGKILL')
-    await until('all killed', 10_000, async () => (labProcesses().length === 0 ? true : undefined))
+    await until('all killed', 10_000, async () => (labProcesses().length === 0 ? true : undefined), 100)
     expect((await labStatus()).hosts.map((h) => h.state)).toEqual(['stopped', 'stopped', 'stopped'])
 
     const recovered = await labUp()

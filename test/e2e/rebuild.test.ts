@@ -6,7 +6,7 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DEFAULT_HOSTS, LAB_DIR, labBootId, labDown, labUp, labWipe } from '../lab/lab.ts'
-import { onHost, runPlaybookCli } from './helpers.ts'
+import { onHost, runPlaybookCli, until } from './helpers.ts'
 
 // Must match k3s_backup_dir in inventory/lab.yaml.
 const NAS = join(LAB_DIR, 'nas', 'k3s-backups')
@@ -17,15 +17,6 @@ interface NodeList {
 const nodes = async () => (JSON.parse(await onHost('pi-k3s', 'k3s kubectl get nodes -o json')) as NodeList).items
 const ready = (n: NodeList['items'][number]) => n.status.conditions.find((c) => c.type === 'Ready')?.status === 'True'
 
-async function until<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const end = Date.now() + ms
-  for (;;) {
-    const v = await probe().catch(() => undefined)
-    if (v !== undefined) return v
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 1000))
-  }
-}
 
 /** The owner's 02:15 job: sqlite3 .backup of state.db and a tarball of token, tls and cred, to the NAS under {date}/k3s/. */
 async function takeBackup(date: string): Promise<void> {

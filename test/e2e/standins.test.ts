@@ -4,20 +4,11 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { LAB_ARTIFACT_BASE, labAddress, labDown, labExec, labUp, labWipe } from '../lab/lab.ts'
-import { onHost } from './helpers.ts'
+import { onHost, until } from './helpers.ts'
 
 const VERSION = 'v1.34.3+k3s1'
 const NODE_PASSWORD_ERROR = "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server node-passwd entry, try enabling a unique node name with the --with-node-id flag"
 
-async function until<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const end = Date.now() + ms
-  for (;;) {
-    const v = await probe()
-    if (v !== undefined) return v
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 500))
-  }
-}
 
 const nodeReady = async (name: string): Promise<string> => {
   const r = await labExec('pi-k3s', `k3s kubectl get node ${name} -o json`)
