@@ -22,6 +22,7 @@ export type RunEvent =
   | { kind: 'unreachable'; host: string; message: string }
   | { kind: 'command'; host: string; script: string; code: number; stdout: string; stderr: string; ms: number }
   | { kind: 'warning'; message: string; host?: string }
+  | { kind: 'info'; message: string; host: string }
   | { kind: 'recap'; hosts: Record<string, HostCounts>; seconds: number; exitCode: number; retryFile?: string }
   | { kind: 'error'; message: string }
 
@@ -102,6 +103,11 @@ function renderPlain(e: RunEvent, opts: ReporterOptions): string[] {
     }
     case 'warning':
       return [`WARNING: ${e.host ? `[${e.host}] ` : ''}${e.message}`]
+    case 'info': {
+      // Progress and tables from a step: the first line names the host, the rest (e.g. table rows) stay as written.
+      const [first, ...rest] = e.message.split('\n')
+      return [`[${e.host}] ${first}`, ...rest]
+    }
     case 'error':
       return [`ERROR: ${e.message}`]
     case 'recap':

@@ -323,7 +323,7 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
         }
         return { status: 'changed', message: change.summary, diff: change.diff }
       },
-      log: (text) => rep.emit({ kind: 'warning', host: rt.name, message: text }),
+      log: (text) => rep.emit({ kind: 'info', host: rt.name, message: text }),
     }
     return ctx
   }

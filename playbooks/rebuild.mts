@@ -4,12 +4,15 @@
 // The host's old key is dropped from known_hosts and its new key recorded (and shown) on first contact;
 // every other host stays strict. An agent is prepared and rejoined (its stale Node deleted first).
 // A server is restored from the newest datastore backup in k3s_backup_dir when there is one (same token,
-// before k3s first starts), otherwise installed fresh with the same token; then every agent must be Ready.
+// before k3s first starts), otherwise installed fresh with the same token; then every agent must be Ready,
+// Flux is bootstrapped again where needed, and the apps checks must pass.
 import { parseCli, runCli, scriptArgs } from '../lib/cli.ts'
 import { errorText } from '../lib/errors.ts'
 import { expandPath, hostVars, loadInventory } from '../lib/inventory.ts'
 import { removeKnownHost } from '../lib/knownhosts.ts'
 import type { Play } from '../lib/role.ts'
+import { apps } from '../roles/apps.ts'
+import { fluxBootstrap } from '../roles/flux-bootstrap.ts'
 import { k3sAgent } from '../roles/k3s-agent.ts'
 import { k3sServer } from '../roles/k3s-server.ts'
 import { piPrep } from '../roles/pi-prep.ts'
@@ -33,6 +36,9 @@ async function rebuild(argv: string[]): Promise<number> {
   if (inv.groups.get('server')?.includes(host)) {
     plays.push({ name: `Rebuild the k3s server ${host}`, hosts: host, roles: [{ ...k3sServer, defaults: { ...k3sServer.defaults, k3s_restore: 'latest' } }], anyErrorsFatal: true })
     plays.push({ name: 'Check every agent is back', hosts: 'agent', roles: [k3sAgent] })
+    // A restored datastore still holds Flux (bootstrap is skipped); a fresh one gets it again. The flux CLI was on the old card.
+    plays.push({ name: `Flux on ${host} again`, hosts: host, roles: [fluxBootstrap], anyErrorsFatal: true })
+    plays.push({ name: 'Check the apps', hosts: host, roles: [apps] })
   } else {
     plays.push({ name: `Rejoin ${host}`, hosts: host, roles: [k3sAgent] })
   }

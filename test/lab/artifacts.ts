@@ -2,11 +2,14 @@
 // over HTTP, through the same code paths the real internet URLs use. Run as its own process by the lab:
 //   node test/lab/artifacts.ts --host 10.199.55.1 --port 8780 --root test/standins
 // Routes are tried in order; the static files under --root come last, so specific endpoints (e.g. fake app
-// health checks) are added by putting a route in front of them.
+// health checks) are added by putting a route in front of them. The lab's routes (apps.ts): the owner's
+// GitOps repository, the apps' health endpoints (steered through files in the --lab state dir) and flux
+// release tarballs.
 import { readFile, realpath, stat } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { extname, resolve, sep } from 'node:path'
 import { parseArgs } from 'node:util'
+import { labAppsRoutes } from './apps.ts'
 
 /** Served files may say where they are served from: this text becomes the server's base URL. */
 export const BASE_MARKER = '@@ARTIFACT_BASE@@'
@@ -103,8 +106,9 @@ function main(): void {
     process.exit(2)
   }
   const base = `http://${values.host}:${values.port}`
-  const server = createArtifactServer({ root: values.root, base, log: console.log })
-  // --lab is not read: it names the state dir in argv, so the lab can tell its own server in /proc.
+  // --lab names the state dir (so the lab can tell its own server in /proc); app health overrides live there.
+  const routes = values.lab ? labAppsRoutes({ labDir: values.lab, root: values.root, base }) : []
+  const server = createArtifactServer({ root: values.root, base, routes, log: console.log })
   server.listen(Number(values.port), values.host, () => console.log(`serving ${values.root} at ${base}`))
 }
 

@@ -276,7 +276,7 @@ describe('the apps role', () => {
     expect(s.exitCode, rep.lines.join('\n')).toBe(0)
     expect(annotated).toEqual(['pihole', 'jellyfin'])
     const lines = rep.lines.filter((l) => !l.startsWith('  '))
-    expect(lines).toContain('WARNING: [pi-k3s] flux: 3/4 Kustomizations and HelmReleases Ready; waiting for Kustomization flux-system/pihole: health check failed after 9s: Deployment/pihole/pihole not ready')
+    expect(lines).toContain('[pi-k3s] flux: 3/4 Kustomizations and HelmReleases Ready; waiting for Kustomization flux-system/pihole: health check failed after 9s: Deployment/pihole/pihole not ready')
     expect(lines).toContainEqual(expect.stringMatching(/^ok: \[pi-k3s\] apps \| Wait until every Kustomization and HelmRelease is Ready \(4\/4 Ready at main@sha1:1f2e3d after [\d.]+s\)$/))
     expect(lines).toContain('ok: [pi-k3s] apps | Check the ClusterSecretStore onepassword and the ExternalSecrets (ClusterSecretStore onepassword Ready; 1/1 ExternalSecrets synced)')
     expect(lines).toContain('ok: [pi-k3s] apps | Check where the pinned workloads run (pihole/pihole on pi-k3s)')

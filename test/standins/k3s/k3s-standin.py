@@ -1450,7 +1450,7 @@ class Cluster:
         ns = (md.get("namespace") or default_ns or "default") if res.namespaced else ""
         return res, ns, md["name"]
 
-    def apply_one(self, obj, default_ns, mode="apply"):
+    def apply_one(self, obj, default_ns, mode="apply", server_side=False):
         res, ns, name = self._prepare(obj, default_ns)
         warning = None
         with self.store.txn():
@@ -1463,7 +1463,7 @@ class Cluster:
                 new["metadata"]["namespace"] = ns
             else:
                 new["metadata"].pop("namespace", None)
-            if mode == "apply":
+            if mode == "apply" and not server_side:
                 raw = copy.deepcopy(obj)
                 ann = (raw.get("metadata") or {}).get("annotations") or {}
                 ann.pop(LAST_APPLIED, None)
@@ -1492,6 +1492,9 @@ class Cluster:
                                    'modified; please apply your changes to the latest version and try again'
                                    % (res.qualified, name))
                 merged = new
+            elif server_side:
+                # kubectl apply --server-side: fields sent are set, others kept; no last-applied annotation.
+                merged = three_way(content_of(live), None, new)
             else:
                 last_txt = ((live.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED)
                 last = None
@@ -1525,7 +1528,8 @@ class Cluster:
         out = []
         for obj in objs:
             try:
-                out.append(self.apply_one(obj, req.get("namespace"), req.get("mode", "apply")))
+                out.append(self.apply_one(obj, req.get("namespace"), req.get("mode", "apply"),
+                                          bool(req.get("serverSide"))))
             except ApiError as e:
                 out.append({"error": e.status()})
                 break
@@ -1733,6 +1737,8 @@ KS_GROUP = "kustomize.toolkit.fluxcd.io"
 HR_GROUP = "helm.toolkit.fluxcd.io"
 SRC_GROUP = "source.toolkit.fluxcd.io"
 REPO_JSON = "/var/lib/flux-standin/repo.json"
+# Served by the lab: the stand-in's "GitHub" (see fetch_lab_repo). Left as the marker when not served by the lab.
+ARTIFACT_BASE = "@@ARTIFACT_BASE@@"
 
 
 def _norm_path(p):
@@ -1749,6 +1755,24 @@ def _norm_url(u):
     if m:
         return "%s/%s" % (m.group(1), m.group(2))
     return re.sub(r"^https?://", "", u)
+
+
+def fetch_lab_repo(url):
+    """The first clone of a GitOps repository in the lab: the lab's artifact server plays GitHub, serving
+    /gitops/<host>/<owner>/<repo>/repo.json. None when not served by the lab or the lab has no such repository
+    (then it is an empty repository, as before); from then on the host's repo.json is the repository."""
+    if ARTIFACT_BASE.startswith("@@"):
+        return None
+    target = "%s/gitops/%s/repo.json" % (ARTIFACT_BASE, _norm_url(url))
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(target, timeout=10) as r:
+            return r.read().decode()
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise OSError("%s: HTTP %d" % (target, e.code))
+    except urllib.error.URLError as e:
+        raise OSError("%s: %s" % (target, e.reason))
 
 
 def _cond(typ, ok, reason, message):
@@ -1810,7 +1834,15 @@ class FluxControllers:
         repo = {}
         path = rp(REPO_JSON)
         text = read_text(path)
-        if text is not None:
+        if text is None:
+            try:
+                text = fetch_lab_repo(url)
+            except OSError as e:
+                error = "failed to checkout and determine revision: unable to clone '%s': %s" % (url, e)
+            if text is not None:
+                write_file(path, text, 0o644)
+                log("info", "source-controller stand-in: cloned %s from the lab into %s" % (url, REPO_JSON))
+        if text is not None and not error:
             try:
                 repo = json.loads(text)
                 if not isinstance(repo, dict):
@@ -2092,6 +2124,340 @@ class FluxControllers:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# the stand-in scheduler and kubelet: Pods for Deployments, StatefulSets and DaemonSets that have a pod template,
+# bound to a node the way kube-scheduler would choose (nodeSelector, required node affinity, NoSchedule and
+# NoExecute taints against tolerations, PreferNoSchedule avoided, then the node with the fewest pods), so where a
+# workload runs can be read from its pods' spec.nodeName as on a real cluster. Nothing runs in them: a bound pod
+# is reported Running and Ready at once; a pod no node fits stays Pending/Unschedulable with the scheduler's
+# message. No ReplicaSets (pods are owned by their workload directly). CronJobs never run, so they have no pods.
+
+WORKLOAD_KINDS = (("apps", "Deployment"), ("apps", "StatefulSet"), ("apps", "DaemonSet"))
+SCHEDULED_BY = "k3s-standin/scheduled"
+TEMPLATE_HASH = "pod-template-hash"
+
+
+def _requirement_holds(labels, r):
+    key, op, values = r.get("key"), r.get("operator"), r.get("values") or []
+    has = key in labels
+    if op == "In":
+        return has and labels[key] in values
+    if op == "NotIn":
+        return not has or labels[key] not in values
+    if op == "Exists":
+        return has
+    if op == "DoesNotExist":
+        return not has
+    try:
+        if op == "Gt":
+            return has and int(labels[key]) > int(values[0])
+        if op == "Lt":
+            return has and int(labels[key]) < int(values[0])
+    except (ValueError, IndexError):
+        return False
+    return False
+
+
+def _tolerated(tolerations, taint):
+    for tol in tolerations or []:
+        if tol.get("effect") and tol.get("effect") != taint.get("effect"):
+            continue
+        if tol.get("operator") == "Exists":
+            if not tol.get("key") or tol.get("key") == taint.get("key"):
+                return True
+        elif tol.get("key") == taint.get("key") and (tol.get("value") or "") == (taint.get("value") or ""):
+            return True
+    return False
+
+
+def pod_fits(spec, node, ready):
+    """(True, None) or (False, the scheduler's reason for this node)."""
+    labels = node["metadata"].get("labels") or {}
+    if not ready:
+        return False, "node(s) had untolerated taint {node.kubernetes.io/unreachable: }"
+    if (node.get("spec") or {}).get("unschedulable"):
+        return False, "node(s) were unschedulable"
+    for k, v in ((spec.get("nodeSelector") or {}).items()):
+        if labels.get(k) != v:
+            return False, "node(s) didn't match Pod's node affinity/selector"
+    terms = ((((spec.get("affinity") or {}).get("nodeAffinity") or {})
+              .get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or [])
+    if terms and not any(all(_requirement_holds(labels, r) for r in (t.get("matchExpressions") or []))
+                         for t in terms):
+        return False, "node(s) didn't match Pod's node affinity/selector"
+    for t in ((node.get("spec") or {}).get("taints") or []):
+        if t.get("effect") in ("NoSchedule", "NoExecute") and not _tolerated(spec.get("tolerations"), t):
+            return False, "node(s) had untolerated taint {%s: %s}" % (t.get("key"), t.get("value") or "")
+    return True, None
+
+
+def _node_ip(node):
+    for a in ((node.get("status") or {}).get("addresses") or []):
+        if a.get("type") == "InternalIP":
+            return a.get("address")
+    return None
+
+
+class Scheduler:
+    def __init__(self, cluster, dns=None):
+        self.cluster = cluster
+        self.dns = dns
+        self.seq = 0
+
+    @property
+    def store(self):
+        return self.cluster.store
+
+    def tick(self):
+        nodes = [self.cluster.node_view(n) for n in self.store.list("", "Node")]
+        ready = {n["metadata"]["name"]: any(c.get("type") == "Ready" and c.get("status") == "True"
+                                            for c in (n.get("status") or {}).get("conditions") or [])
+                 for n in nodes}
+        pods = [p for p in self.store.list("", "Pod")]
+        owners = set()
+        for grp, kind in WORKLOAD_KINDS:
+            for w in self.store.list(grp, kind):
+                tmpl = (w.get("spec") or {}).get("template")
+                if not isinstance(tmpl, dict):
+                    continue
+                owners.add(w["metadata"].get("uid"))
+                self._reconcile(w, kind, tmpl, nodes, ready, pods)
+        for p in self.store.list("", "Pod"):
+            md = p["metadata"]
+            if (md.get("annotations") or {}).get(SCHEDULED_BY) and \
+                    not any(r.get("uid") in owners for r in md.get("ownerReferences") or []):
+                with self.store.txn():
+                    self.store.delete("", "Pod", md.get("namespace", ""), md["name"])
+        if self.dns is not None:
+            self.dns.set_serving(self._serves_dns_here())
+
+    def _serves_dns_here(self):
+        """A Running hostNetwork pod on this node with a UDP containerPort 53 (Pi-hole) answers DNS on port 53."""
+        for p in self.store.list("", "Pod"):
+            spec = p.get("spec") or {}
+            if spec.get("nodeName") != self.cluster.local_node or not spec.get("hostNetwork") or \
+                    (p.get("status") or {}).get("phase") != "Running":
+                continue
+            for c in spec.get("containers") or []:
+                for port in c.get("ports") or []:
+                    if int(port.get("containerPort") or 0) == 53 and (port.get("protocol") or "TCP") == "UDP":
+                        return True
+        return False
+
+    def _choose(self, spec, nodes, ready, pods):
+        fits, why = [], {}
+        for n in nodes:
+            ok, reason = pod_fits(spec, n, ready.get(n["metadata"]["name"]))
+            if ok:
+                fits.append(n)
+            else:
+                why[reason] = why.get(reason, 0) + 1
+        if not fits:
+            detail = " ".join("%d %s." % (c, r) for r, c in sorted(why.items()))
+            return None, "0/%d nodes are available: %s" % (len(nodes), detail) if nodes else "no nodes available"
+        load = {}
+        for p in pods:
+            nn = (p.get("spec") or {}).get("nodeName")
+            if nn:
+                load[nn] = load.get(nn, 0) + 1
+
+        def score(n):
+            name = n["metadata"]["name"]
+            prefer_not = any(t.get("effect") == "PreferNoSchedule" and not _tolerated(spec.get("tolerations"), t)
+                             for t in ((n.get("spec") or {}).get("taints") or []))
+            return (prefer_not, load.get(name, 0), name)
+        return sorted(fits, key=score)[0], None
+
+    def _pod(self, w, kind, tmpl, h, name, node, reason):
+        md = w["metadata"]
+        spec = copy.deepcopy(tmpl.get("spec") or {})
+        labels = dict(((tmpl.get("metadata") or {}).get("labels") or {}))
+        if kind != "DaemonSet":
+            labels[TEMPLATE_HASH] = h
+        else:
+            labels["controller-revision-hash"] = h
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": md.get("namespace", "default"), "labels": labels,
+                            "annotations": {SCHEDULED_BY: "true"},
+                            "ownerReferences": [{"apiVersion": w["apiVersion"], "kind": kind, "name": md["name"],
+                                                 "uid": md.get("uid"), "controller": True,
+                                                 "blockOwnerDeletion": True}],
+                            "uid": str(uuid.uuid4()), "creationTimestamp": rfc3339()},
+               "spec": spec}
+        self._bind(pod, node, reason)
+        return pod
+
+    def _bind(self, pod, node, reason):
+        if node is None:
+            pod["spec"].pop("nodeName", None)
+            pod["status"] = {"phase": "Pending", "qosClass": "BestEffort",
+                             "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                             "message": reason, "lastTransitionTime": rfc3339()}]}
+            return
+        pod["spec"]["nodeName"] = node["metadata"]["name"]
+        ip = _node_ip(node) or "127.0.0.1"
+        self.seq += 1
+        cidr = re.match(r"^(\d+\.\d+\.\d+)\.", (node.get("spec") or {}).get("podCIDR") or "10.42.0.0/24")
+        pod_ip = ip if pod["spec"].get("hostNetwork") else "%s.%d" % (cidr.group(1) if cidr else "10.42.0",
+                                                                       2 + self.seq % 250)
+        now = rfc3339()
+        pod["status"] = {"phase": "Running", "hostIP": ip, "podIP": pod_ip, "startTime": now, "qosClass": "BestEffort",
+                         "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
+                                        for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
+                         "containerStatuses": [{"name": c.get("name"), "image": c.get("image"), "ready": True,
+                                                "restartCount": 0, "started": True,
+                                                "state": {"running": {"startedAt": now}}}
+                                               for c in (pod["spec"].get("containers") or [])]}
+
+    def _reconcile(self, w, kind, tmpl, nodes, ready, pods):
+        md = w["metadata"]
+        ns, wname, uid = md.get("namespace", "default"), md["name"], md.get("uid")
+        h = hashlib.sha1(json.dumps(tmpl, sort_keys=True).encode()).hexdigest()[:10]
+        hash_key = "controller-revision-hash" if kind == "DaemonSet" else TEMPLATE_HASH
+        mine = [p for p in pods if any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])]
+        drop = [p for p in mine if (p["metadata"].get("labels") or {}).get(hash_key) != h]
+        keep = [p for p in mine if p not in drop]
+        spec = tmpl.get("spec") or {}
+        create = []
+        if kind == "DaemonSet":
+            targets = [n for n in nodes if pod_fits(spec, n, ready.get(n["metadata"]["name"]))[0]]
+            names = {n["metadata"]["name"] for n in targets}
+            drop += [p for p in keep if (p.get("spec") or {}).get("nodeName") not in names]
+            keep = [p for p in keep if (p.get("spec") or {}).get("nodeName") in names]
+            have = {(p.get("spec") or {}).get("nodeName") for p in keep}
+            for n in targets:
+                if n["metadata"]["name"] not in have:
+                    create.append(self._pod(w, kind, tmpl, h, "%s-%s" % (wname, secrets.token_hex(3)[:5]), n, None))
+        else:
+            want = (w.get("spec") or {}).get("replicas")
+            want = 1 if want is None else int(want)
+            keep.sort(key=lambda p: p["metadata"]["name"])
+            drop += keep[want:]
+            keep = keep[:want]
+            taken = {p["metadata"]["name"] for p in keep}
+            ordinal = 0
+            while len(keep) + len(create) < want:
+                if kind == "StatefulSet":
+                    while "%s-%d" % (wname, ordinal) in taken:
+                        ordinal += 1
+                    pname = "%s-%d" % (wname, ordinal)
+                    taken.add(pname)
+                else:
+                    pname = "%s-%s-%s" % (wname, h, secrets.token_hex(3)[:5])
+                node, reason = self._choose(spec, nodes, ready, pods + create)
+                create.append(self._pod(w, kind, tmpl, h, pname, node, reason))
+        # pods no node fitted before may fit now (a node joined or was relabelled)
+        retry = []
+        for p in keep:
+            if not (p.get("spec") or {}).get("nodeName"):
+                node, reason = self._choose(p.get("spec") or {}, nodes, ready, pods + create)
+                if node is not None or ((p.get("status") or {}).get("conditions") or [{}])[0].get("message") != reason:
+                    q = copy.deepcopy(p)
+                    self._bind(q, node, reason)
+                    retry.append(q)
+        if not (drop or create or retry):
+            return
+        with self.store.txn():
+            for p in drop:
+                self.store.delete("", "Pod", p["metadata"].get("namespace", ""), p["metadata"]["name"])
+            for p in create + retry:
+                self.store.put(p)
+        pods[:] = [p for p in pods if p not in drop] + create
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the Pi-hole stand-in's DNS: while a Running hostNetwork pod with a UDP containerPort 53 is bound to this node
+# (Pi-hole on pi-k3s), the server answers DNS on UDP port 53 of this host ($K3S_STANDIN_DNS_PORT for tests):
+# every A question gets one answer (198.51.100.53, a documentation address, or "answer" from the control file),
+# AAAA gets none. Tests steer it with /var/lib/flux-standin/dns.json: {"rcode": "SERVFAIL"|"REFUSED"|"NXDOMAIN"}
+# or {"drop": true} (no reply at all). Not a resolver: nothing is forwarded to Unbound or the internet.
+
+DNS_PORT = int(os.environ.get("K3S_STANDIN_DNS_PORT", "53"))
+DNS_CONTROL = "/var/lib/flux-standin/dns.json"
+DNS_DEFAULT_ANSWER = "198.51.100.53"
+DNS_RCODES = {"NOERROR": 0, "SERVFAIL": 2, "NXDOMAIN": 3, "REFUSED": 5}
+
+
+def dns_reply(query, control):
+    """The reply to one DNS query (bytes), or None to stay silent."""
+    if len(query) < 12 or control.get("drop"):
+        return None
+    qid, flags, qdcount = query[0:2], int.from_bytes(query[2:4], "big"), int.from_bytes(query[4:6], "big")
+    if flags & 0x8000 or qdcount != 1:
+        return None
+    pos = 12
+    while pos < len(query) and query[pos] != 0:
+        pos += 1 + query[pos]
+    if pos + 5 > len(query):
+        return None
+    question = query[12:pos + 5]
+    qtype = int.from_bytes(query[pos + 1:pos + 3], "big")
+    qclass = int.from_bytes(query[pos + 3:pos + 5], "big")
+    rcode = DNS_RCODES.get(str(control.get("rcode", "NOERROR")).upper(), 2)
+    answers = b""
+    count = 0
+    if rcode == 0 and qtype == 1 and qclass == 1:
+        try:
+            addr = socket.inet_aton(str(control.get("answer") or DNS_DEFAULT_ANSWER))
+        except OSError:
+            addr = socket.inet_aton(DNS_DEFAULT_ANSWER)
+        answers = b"\xc0\x0c" + (1).to_bytes(2, "big") + (1).to_bytes(2, "big") + (60).to_bytes(4, "big") + \
+            (4).to_bytes(2, "big") + addr
+        count = 1
+    rflags = 0x8000 | (flags & 0x7800) | (flags & 0x0100) | 0x0080 | rcode
+    header = qid + rflags.to_bytes(2, "big") + (1).to_bytes(2, "big") + count.to_bytes(2, "big") + b"\x00\x00\x00\x00"
+    return header + question + answers
+
+
+class DnsResponder:
+    def __init__(self, port=DNS_PORT):
+        self.port = port
+        self.sock = None
+        self.failed = False
+
+    def set_serving(self, on):
+        if on and self.sock is None:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                s.bind(("0.0.0.0", self.port))
+            except OSError as e:
+                s.close()
+                if not self.failed:
+                    log("error", "pihole stand-in: cannot listen on udp/%d: %s" % (self.port, e.strerror or e))
+                self.failed = True
+                return
+            s.settimeout(0.5)
+            self.sock = s
+            self.failed = False
+            threading.Thread(target=self._serve, args=(s,), name="dns", daemon=True).start()
+            log("info", "pihole stand-in: answering DNS on udp/%d (a hostNetwork pod with port 53/UDP runs here)"
+                % self.port)
+        elif not on and self.sock is not None:
+            s, self.sock = self.sock, None
+            s.close()
+            log("info", "pihole stand-in: stopped answering DNS on udp/%d (no pod with port 53/UDP here)" % self.port)
+
+    def _serve(self, s):
+        while self.sock is s:
+            try:
+                data, peer = s.recvfrom(2048)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            text = read_text(rp(DNS_CONTROL))
+            try:
+                control = json.loads(text) if text else {}
+            except ValueError:
+                control = {}
+            reply = dns_reply(data, control if isinstance(control, dict) else {})
+            if reply is not None:
+                try:
+                    s.sendto(reply, peer)
+                except OSError:
+                    pass
+
+
+# ---------------------------------------------------------------------------------------------------------
 # k3s server
 
 
@@ -2327,10 +2693,13 @@ def server_main(argv):
                     log("error", "heartbeat: %r" % e)
         threading.Thread(target=heartbeat, name="heartbeat", daemon=True).start()
 
+    scheduler = Scheduler(cluster, DnsResponder())
+
     def controllers():
         while not stop.wait(0.5):
             try:
                 cluster.flux.tick()
+                scheduler.tick()
             except Exception as e:
                 log("error", "stand-in controllers: %r" % e)
     threading.Thread(target=controllers, name="controllers", daemon=True).start()
@@ -2514,7 +2883,8 @@ KUBECTL_BOOL_FLAGS = {"A": "all-namespaces", "all-namespaces": "all-namespaces",
                       "all": "all", "ignore-not-found": "ignore-not-found", "wait": "wait",
                       "no-headers": "no-headers", "show-labels": "show-labels", "client": "client",
                       "w": "watch", "watch": "watch", "insecure-skip-tls-verify": "insecure-skip-tls-verify",
-                      "force": "force", "server-side": "server-side", "h": "help", "help": "help"}
+                      "force": "force", "server-side": "server-side",
+                      "force-conflicts": "force-conflicts", "h": "help", "help": "help"}
 KUBECTL_MULTI = ("from-literal", "from-file", "filename")
 
 
@@ -2723,6 +3093,17 @@ def print_table(res, items, opts, all_ns):
             n = (o.get("spec") or {}).get("replicas", 1)
             rows.append([o["metadata"]["name"], "%s/%s" % (st.get("readyReplicas", 0), n), st.get("updatedReplicas", 0),
                          st.get("availableReplicas", 0), age_of(o)])
+    elif kind == "Pod" and group == "":
+        headers = ["NAME", "READY", "STATUS", "RESTARTS", "AGE"] + (["IP", "NODE"] if wide else [])
+        for o in items:
+            st = o.get("status") or {}
+            cs = st.get("containerStatuses") or []
+            row = [o["metadata"]["name"], "%d/%d" % (sum(1 for c in cs if c.get("ready")),
+                                                     len((o.get("spec") or {}).get("containers") or [])),
+                   st.get("phase", "Pending"), sum(int(c.get("restartCount") or 0) for c in cs), age_of(o)]
+            if wide:
+                row += [st.get("podIP") or "<none>", (o.get("spec") or {}).get("nodeName") or "<none>"]
+            rows.append(row)
     elif kind == "GitRepository":
         headers = ["NAME", "URL", "AGE", "READY", "STATUS"]
         for o in items:
@@ -2911,7 +3292,9 @@ def read_manifests(opts):
 
 def k_apply(kube, opts, args, mode="apply"):
     objs = read_manifests(opts)
-    data = kube.call("apply", {"objects": objs, "namespace": opts.get("namespace"), "mode": mode})
+    server_side = bool(opts.get("server-side")) and mode == "apply"
+    data = kube.call("apply", {"objects": objs, "namespace": opts.get("namespace"), "mode": mode,
+                               "serverSide": server_side})
     rc = 0
     for r in data["results"]:
         if "error" in r:
@@ -2933,7 +3316,8 @@ def k_apply(kube, opts, args, mode="apply"):
             res = {"kind": r["object"]["kind"], "group": split_api_version(r["object"]["apiVersion"])[0]}
             output_objects(dict(res, namespaced=True), [r["object"]], opts, True, False)
         else:
-            sys.stdout.write("%s %s\n" % (r["display"], r["result"]))
+            # server-side apply says the same whether or not anything changed, as kubectl does
+            sys.stdout.write("%s %s\n" % (r["display"], "serverside-applied" if server_side else r["result"]))
     return rc
 
 

@@ -1,0 +1,431 @@
+// apps: after Flux is bootstrapped, make GitOps converge now and prove the apps work, the way the owner checks:
+//   flux reconcile source git flux-system; flux reconcile kustomization flux-system (then the others)
+//   flux get kustomizations -A; flux get helmreleases -A      -> every one Ready (a live count while waiting)
+//   kubectl get clustersecretstores; kubectl get externalsecrets -A  -> 1Password store Ready, secrets synced
+//   where the pinned workloads run (Pi-hole on pi-k3s, Unbound on pi3-worker-1, backups on pi-k3s)
+//   dig @<server> google.com; curl Jellyfin /health, Immich /api/server/ping, ...  -> a table, from the controller
+// Cluster reads run on the server (k3s kubectl, flux: see flux-bootstrap.ts); the probes run on the controller,
+// where the owner stands, through lib/probes.ts.
+
+import { ProvisionError } from '../lib/errors.ts'
+import { hostVars } from '../lib/inventory.ts'
+import { formatAppTable, parseAppChecks, runChecks, verdicts, type AppCheck } from '../lib/probes.ts'
+import type { Role, StepContext } from '../lib/role.ts'
+import { quote } from '../lib/shell.ts'
+import type { Vars } from '../lib/vars.ts'
+import {
+  conditionOf, field, FLUX, HR, isReady, KS, KUBECTL, kubeGetMany, nameOf, waitUntil, type KubeObject,
+} from './flux-bootstrap.ts'
+
+export const SECRET_STORE = 'onepassword'
+const REQUESTED_AT = 'reconcile.fluxcd.io/requestedAt'
+
+// ---------------------------------------------------------------- flux output
+
+/** "✔ fetched revision main@sha1:abc" / "✔ applied revision main@sha1:abc" -> the revision. */
+export function parseRevision(output: string): string | undefined {
+  const m = /(?:fetched|applied) revision (\S+)/.exec(output)
+  return m ? m[1] : undefined
+}
+
+// ---------------------------------------------------------------- readiness of Kustomizations and HelmReleases
+
+export interface FluxItem {
+  kind: 'Kustomization' | 'HelmRelease'
+  name: string
+  ready: boolean
+  suspended: boolean
+  /** The Ready condition's message, or why it does not count yet. */
+  message: string
+}
+
+export interface Readiness {
+  items: FluxItem[]
+  ready: number
+  total: number
+  notReady: FluxItem[]
+}
+
+/**
+ * Ready means: the Ready condition is True, and the object has caught up with what was asked of it: a
+ * Kustomization of GitRepository flux-system has applied `revision` (when known), a reconcile request
+ * (`requestedAt`) has been handled, and a HelmRelease has observed its latest generation.
+ */
+export function readiness(kustomizations: readonly KubeObject[], helmReleases: readonly KubeObject[], opts: { revision?: string; requestedAt?: string } = {}): Readiness {
+  const items: FluxItem[] = []
+  const judge = (o: KubeObject, kind: FluxItem['kind']): FluxItem => {
+    const c = conditionOf(o)
+    const suspended = o.spec?.suspend === true
+    const base = { kind, name: nameOf(o), suspended }
+    if (c?.status !== 'True') return { ...base, ready: false, message: c?.message ?? (c ? `Ready=${c.status}` : 'not reconciled yet') }
+    if (suspended) return { ...base, ready: true, message: 'suspended (last state Ready)' }
+    if (kind === 'Kustomization') {
+      const src = field(o, 'spec', 'sourceRef', 'name')
+      const srcKind = field(o, 'spec', 'sourceRef', 'kind') ?? 'GitRepository'
+      const applied = field(o, 'status', 'lastAppliedRevision')
+      if (opts.revision && srcKind === 'GitRepository' && src === 'flux-system' && applied !== opts.revision)
+        return { ...base, ready: false, message: `still at ${applied ?? 'no revision'}, not ${opts.revision}` }
+      const asked = o.metadata.annotations?.[REQUESTED_AT]
+      if (opts.requestedAt && asked === opts.requestedAt && field(o, 'status', 'lastHandledReconcileAt') !== opts.requestedAt)
+        return { ...base, ready: false, message: 'reconcile requested, not handled yet' }
+    } else {
+      const gen = o.metadata.generation
+      const seen = o.status?.observedGeneration
+      if (typeof gen === 'number' && typeof seen === 'number' && seen < gen) return { ...base, ready: false, message: `generation ${gen} not observed yet (at ${seen})` }
+    }
+    return { ...base, ready: true, message: c.message ?? '' }
+  }
+  for (const o of kustomizations) items.push(judge(o, 'Kustomization'))
+  for (const o of helmReleases) items.push(judge(o, 'HelmRelease'))
+  const notReady = items.filter((i) => !i.ready)
+  return { items, ready: items.length - notReady.length, total: items.length, notReady }
+}
+
+export function describeNotReady(items: readonly FluxItem[], max = items.length): string {
+  const shown = items.slice(0, max).map((i) => `${i.kind} ${i.name}: ${i.message}`)
+  return shown.join('; ') + (items.length > max ? `; and ${items.length - max} more` : '')
+}
+
+// ---------------------------------------------------------------- External Secrets
+
+export interface EsoReport {
+  ok: boolean
+  message: string
+}
+
+export function checkEso(stores: readonly KubeObject[], externalSecrets: readonly KubeObject[]): EsoReport {
+  const store = stores.find((s) => s.metadata.name === SECRET_STORE)
+  const problems: string[] = []
+  if (!store) problems.push(`ClusterSecretStore ${SECRET_STORE} does not exist`)
+  else if (!isReady(store)) problems.push(`ClusterSecretStore ${SECRET_STORE} is not Ready: ${conditionOf(store)?.message ?? 'no Ready condition'}`)
+  const unsynced = externalSecrets.filter((e) => !isReady(e))
+  for (const e of unsynced) {
+    const c = conditionOf(e)
+    problems.push(`ExternalSecret ${nameOf(e)} not synced: ${c?.message ?? c?.reason ?? 'no Ready condition'}`)
+  }
+  const synced = `${externalSecrets.length - unsynced.length}/${externalSecrets.length} ExternalSecrets synced`
+  if (problems.length) return { ok: false, message: `${problems.join('; ')} (${synced})` }
+  return { ok: true, message: `ClusterSecretStore ${SECRET_STORE} Ready; ${synced}` }
+}
+
+// ---------------------------------------------------------------- placement
+
+export interface PlacementRule {
+  /** As written in the inventory: name, namespace/name or namespace/*. */
+  key: string
+  namespace?: string
+  /** A workload name, or '*' for every workload of the namespace. */
+  name: string
+  node: string
+}
+
+export function parsePlacement(raw: unknown): PlacementRule[] {
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new ProvisionError('inventory', 'placement must be a map of workload -> node')
+  return Object.entries(raw).map(([key, node]) => {
+    if (typeof node !== 'string' || node === '') throw new ProvisionError('inventory', `placement ${key}: the node must be a node name, got ${JSON.stringify(node)}`)
+    const parts = key.split('/')
+    const ok = parts.length <= 2 && parts.every((p) => /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$|^\*$/.test(p)) && !(parts.length === 1 && parts[0] === '*')
+    if (!ok) throw new ProvisionError('inventory', `placement key ${JSON.stringify(key)}: expected name, namespace/name or namespace/*`)
+    return parts.length === 2 ? { key, namespace: parts[0], name: parts[1], node } : { key, name: parts[0], node }
+  })
+}
+
+interface Toleration {
+  key?: string
+  operator?: string
+  value?: string
+  effect?: string
+}
+interface Taint {
+  key: string
+  value?: string
+  effect: string
+}
+interface SelectorRequirement {
+  key: string
+  operator: string
+  values?: string[]
+}
+
+function asArray<T>(v: unknown): T[] {
+  return Array.isArray(v) ? (v as T[]) : []
+}
+
+function asRecord(v: unknown): Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : {}
+}
+
+function requirementHolds(labels: Record<string, string>, r: SelectorRequirement): boolean {
+  const has = Object.hasOwn(labels, r.key)
+  const v = labels[r.key]
+  const values = r.values ?? []
+  switch (r.operator) {
+    case 'In':
+      return has && values.includes(v)
+    case 'NotIn':
+      return !has || !values.includes(v)
+    case 'Exists':
+      return has
+    case 'DoesNotExist':
+      return !has
+    case 'Gt':
+      return has && Number(v) > Number(values[0])
+    case 'Lt':
+      return has && Number(v) < Number(values[0])
+    default:
+      return false
+  }
+}
+
+function tolerates(tolerations: readonly Toleration[], t: Taint): boolean {
+  return tolerations.some((tol) => {
+    if (tol.effect && tol.effect !== t.effect) return false
+    if (tol.operator === 'Exists') return !tol.key || tol.key === t.key
+    return tol.key === t.key && (tol.value ?? '') === (t.value ?? '')
+  })
+}
+
+/** The nodes a pod with this spec may be scheduled on: nodeSelector, required node affinity, NoSchedule/NoExecute taints. */
+export function feasibleNodes(podSpec: Record<string, unknown>, nodes: readonly KubeObject[]): string[] {
+  const selector = asRecord(podSpec.nodeSelector)
+  const terms = asArray<{ matchExpressions?: SelectorRequirement[] }>(
+    asRecord(asRecord(asRecord(podSpec.affinity).nodeAffinity).requiredDuringSchedulingIgnoredDuringExecution).nodeSelectorTerms,
+  )
+  const tolerations = asArray<Toleration>(podSpec.tolerations)
+  return nodes
+    .filter((n) => {
+      const labels = n.metadata.labels ?? {}
+      if (n.spec?.unschedulable === true) return false
+      if (!Object.entries(selector).every(([k, v]) => labels[k] === v)) return false
+      if (terms.length && !terms.some((t) => asArray<SelectorRequirement>(t.matchExpressions).every((r) => requirementHolds(labels, r)))) return false
+      return asArray<Taint>(n.spec?.taints).every((t) => (t.effect !== 'NoSchedule' && t.effect !== 'NoExecute') || tolerates(tolerations, t))
+    })
+    .map((n) => n.metadata.name)
+}
+
+const WORKLOAD_KINDS = ['Deployment', 'StatefulSet', 'DaemonSet', 'CronJob'] as const
+
+function podTemplateSpec(w: KubeObject): Record<string, unknown> {
+  const spec = asRecord(w.spec)
+  if (w.kind === 'CronJob') return asRecord(asRecord(asRecord(asRecord(asRecord(spec.jobTemplate).spec).template).spec))
+  return asRecord(asRecord(spec.template).spec)
+}
+
+function matchLabels(w: KubeObject): Record<string, string> {
+  const spec = asRecord(w.spec)
+  const m = asRecord(asRecord(spec.selector).matchLabels)
+  const fromTemplate = asRecord(asRecord(asRecord(spec.template).metadata).labels)
+  const chosen = Object.keys(m).length ? m : fromTemplate
+  return Object.fromEntries(Object.entries(chosen).filter((e): e is [string, string] => typeof e[1] === 'string'))
+}
+
+function podsOf(w: KubeObject, pods: readonly KubeObject[]): KubeObject[] {
+  const ns = w.metadata.namespace
+  const inNs = pods.filter((p) => p.metadata.namespace === ns)
+  if (w.kind === 'CronJob') {
+    // Pods of the Jobs this CronJob started (Job names are <cronjob>-<schedule time>).
+    const prefix = `${w.metadata.name}-`
+    return inNs.filter((p) => (p.metadata.labels?.['job-name'] ?? p.metadata.labels?.['batch.kubernetes.io/job-name'] ?? '').startsWith(prefix))
+  }
+  const sel = matchLabels(w)
+  if (Object.keys(sel).length === 0) return []
+  return inNs.filter((p) => Object.entries(sel).every(([k, v]) => p.metadata.labels?.[k] === v))
+}
+
+export interface PlacementResult {
+  key: string
+  node: string
+  ok: boolean
+  detail: string
+}
+
+/** Each rule against the cluster: the workloads it names have their pods on that node (a CronJob between runs: it is pinned there). */
+export function checkPlacement(rules: readonly PlacementRule[], cluster: { nodes: readonly KubeObject[]; pods: readonly KubeObject[]; workloads: readonly KubeObject[] }): PlacementResult[] {
+  return rules.map((rule): PlacementResult => {
+    const found = cluster.workloads.filter(
+      (w) => (WORKLOAD_KINDS as readonly string[]).includes(w.kind ?? '') && (!rule.namespace || w.metadata.namespace === rule.namespace) && (rule.name === '*' || w.metadata.name === rule.name),
+    )
+    const base = { key: rule.key, node: rule.node }
+    if (!cluster.nodes.some((n) => n.metadata.name === rule.node)) return { ...base, ok: false, detail: `there is no node ${rule.node}` }
+    if (found.length === 0) return { ...base, ok: false, detail: `no Deployment, StatefulSet, DaemonSet or CronJob ${rule.name === '*' ? `in namespace ${rule.namespace}` : rule.key}` }
+    const problems: string[] = []
+    const fine: string[] = []
+    for (const w of found) {
+      const what = `${w.kind} ${nameOf(w)}`
+      const feasible = feasibleNodes(podTemplateSpec(w), cluster.nodes)
+      const pinned = feasible.length === 1 && feasible[0] === rule.node
+      const pods = podsOf(w, cluster.pods)
+      if (pods.length === 0) {
+        if (w.kind !== 'CronJob') {
+          problems.push(`${what} has no pods`)
+          continue
+        }
+        if (pinned) fine.push(`${what} is pinned to ${rule.node} (no run yet)`)
+        else if (feasible.includes(rule.node)) problems.push(`${what} may run on ${feasible.join(', ')}: pin it to ${rule.node} with a nodeSelector`)
+        else problems.push(`${what} cannot run on ${rule.node}: its nodeSelector/affinity allows ${feasible.join(', ') || 'no node'}`)
+        continue
+      }
+      const wrong: string[] = []
+      for (const p of pods) {
+        const node = field(p, 'spec', 'nodeName')
+        if (!node) {
+          const c = conditionOf(p, 'PodScheduled')
+          wrong.push(`pod ${p.metadata.name} is not scheduled${c?.message ? `: ${c.message}` : ''}`)
+        } else if (node !== rule.node) wrong.push(`pod ${p.metadata.name} runs on ${node}`)
+      }
+      if (wrong.length) problems.push(`${what}: ${wrong.join(', ')}`)
+      else fine.push(`${what}: ${pods.length} pod${pods.length > 1 ? 's' : ''} on ${rule.node}${pinned ? '' : ' (not pinned: the scheduler may move it)'}`)
+    }
+    return problems.length ? { ...base, ok: false, detail: problems.join('; ') } : { ...base, ok: true, detail: fine.join('; ') }
+  })
+}
+
+// ---------------------------------------------------------------- the checks from the inventory
+
+/** app_checks with DNS servers resolved: an inventory host name means its address; default the host the role runs on. */
+export function appChecksFor(ctx: Pick<StepContext, 'vars' | 'inventory'>): AppCheck[] {
+  return parseAppChecks(ctx.vars.app_checks, {
+    timeoutSec: ctx.vars.app_check_timeout,
+    defaultServer: ctx.vars.address,
+    resolveServer: (name) => {
+      const host = ctx.inventory.hosts.get(name)
+      return host ? (hostVars(host).address ?? name) : name
+    },
+  })
+}
+
+function validateAppVars(v: Vars): void {
+  parseAppChecks(v.app_checks, { timeoutSec: v.app_check_timeout, defaultServer: v.address ?? 'server' })
+  parsePlacement(v.placement)
+}
+
+// ---------------------------------------------------------------- the role
+
+function checkMode(ctx: StepContext, what: string): { status: 'skipped'; message: string } | undefined {
+  return ctx.check ? { status: 'skipped', message: `check mode: would ${what}` } : undefined
+}
+
+export const apps: Role = {
+  name: 'apps',
+  // No secrets: this validates app_checks and placement before any host is touched (an inventory error, exit 1).
+  secrets: (v) => {
+    validateAppVars(v)
+    return []
+  },
+  steps: [
+    {
+      name: 'Reconcile the GitOps source',
+      async run(ctx) {
+        const skip = checkMode(ctx, 'reconcile GitRepository flux-system')
+        if (skip) return skip
+        const r = await ctx.must(`${FLUX} reconcile source git flux-system -n flux-system --timeout=${ctx.vars.flux_timeout}s`, { what: 'flux reconcile source git flux-system' })
+        const rev = parseRevision(r.stderr + r.stdout)
+        if (rev) ctx.shared.set(`flux-revision:${ctx.host}`, rev)
+        return { status: 'ok', message: `fetched ${rev ?? 'the latest revision'}` }
+      },
+    },
+    {
+      name: 'Reconcile the Kustomizations',
+      async run(ctx) {
+        const skip = checkMode(ctx, 'reconcile the Kustomizations')
+        if (skip) return skip
+        // The root first: it applies the other Kustomizations at the new revision.
+        const r = await ctx.must(`${FLUX} reconcile kustomization flux-system -n flux-system --timeout=${ctx.vars.flux_timeout}s`, { what: 'flux reconcile kustomization flux-system' })
+        const applied = parseRevision(r.stderr + r.stdout)
+        const others = (await kubeGetMany(ctx, { ks: `${KS} -A` })).ks.filter((k) => !(k.metadata.name === 'flux-system' && k.metadata.namespace === 'flux-system'))
+        // What `flux reconcile kustomization X` does, for all of them at once: the wait step then watches them converge.
+        const stamp = new Date().toISOString()
+        if (others.length) {
+          const script = others
+            .map((k) => `${KUBECTL} annotate --overwrite -n ${quote(k.metadata.namespace ?? 'flux-system')} ${KS}/${quote(k.metadata.name)} ${REQUESTED_AT}=${quote(stamp)} >/dev/null`)
+            .join(' && \\\n')
+          await ctx.must(script, { what: 'request reconciliation of the Kustomizations' })
+          ctx.shared.set(`flux-requested-at:${ctx.host}`, stamp)
+        }
+        return { status: 'ok', message: `flux-system applied ${applied ?? 'the latest revision'}; ${others.length} more asked to reconcile` }
+      },
+    },
+    {
+      name: 'Wait until every Kustomization and HelmRelease is Ready',
+      readOnly: true,
+      async run(ctx) {
+        const skip = checkMode(ctx, 'wait for the Kustomizations and HelmReleases')
+        if (skip) return skip
+        const revision = ctx.shared.get(`flux-revision:${ctx.host}`) as string | undefined
+        const requestedAt = ctx.shared.get(`flux-requested-at:${ctx.host}`) as string | undefined
+        let lastCount = ''
+        let lastLog = 0
+        const { value, seconds } = await waitUntil(
+          ctx,
+          { timeoutSec: ctx.vars.apps_timeout, what: 'every Kustomization and HelmRelease to be Ready', intervalMs: 2000 },
+          async () => {
+            const r = await kubeGetMany(ctx, { ks: `${KS} -A`, hr: `${HR} -A` })
+            const st = readiness(r.ks, r.hr, { revision, requestedAt })
+            return { done: st.notReady.length === 0, value: st, waitingFor: `${st.notReady.length} of ${st.total} not Ready: ${describeNotReady(st.notReady)}` }
+          },
+          (st) => {
+            // The live count: a line when it changes, or every 30 s while it does not.
+            const count = `${st.ready}/${st.total}`
+            if (count === lastCount && Date.now() - lastLog < 30_000) return
+            lastCount = count
+            lastLog = Date.now()
+            ctx.log(`flux: ${count} Kustomizations and HelmReleases Ready; waiting for ${describeNotReady(st.notReady, 4)}`)
+          },
+        )
+        return { status: 'ok', message: `${value.ready}/${value.total} Ready${revision ? ` at ${revision}` : ''} after ${seconds.toFixed(1)}s` }
+      },
+    },
+    {
+      name: `Check the ClusterSecretStore ${SECRET_STORE} and the ExternalSecrets`,
+      readOnly: true,
+      async run(ctx) {
+        const skip = checkMode(ctx, 'check External Secrets')
+        if (skip) return skip
+        const r = await kubeGetMany(ctx, { css: 'clustersecretstores.external-secrets.io', es: 'externalsecrets.external-secrets.io -A' })
+        const report = checkEso(r.css, r.es)
+        return { status: report.ok ? 'ok' : 'failed', message: report.message }
+      },
+    },
+    {
+      name: 'Check where the pinned workloads run',
+      readOnly: true,
+      async run(ctx) {
+        const skip = checkMode(ctx, 'check placement')
+        if (skip) return skip
+        const rules = parsePlacement(ctx.vars.placement)
+        if (rules.length === 0) return { status: 'ok', message: 'no placement in the inventory' }
+        const r = await kubeGetMany(ctx, {
+          nodes: 'nodes',
+          pods: 'pods -A',
+          deploy: 'deployments.apps -A',
+          sts: 'statefulsets.apps -A',
+          ds: 'daemonsets.apps -A',
+          cj: 'cronjobs.batch -A',
+        })
+        const kinded = (items: KubeObject[], kind: string): KubeObject[] => items.map((o) => ({ ...o, kind: o.kind ?? kind }))
+        const workloads = [...kinded(r.deploy, 'Deployment'), ...kinded(r.sts, 'StatefulSet'), ...kinded(r.ds, 'DaemonSet'), ...kinded(r.cj, 'CronJob')]
+        const results = checkPlacement(rules, { nodes: r.nodes, pods: r.pods, workloads })
+        const bad = results.filter((x) => !x.ok)
+        if (bad.length) return { status: 'failed', message: bad.map((x) => `${x.key} -> ${x.node}: ${x.detail}`).join('; ') }
+        return { status: 'ok', message: results.map((x) => `${x.key} on ${x.node}`).join(', ') }
+      },
+    },
+    {
+      name: 'Probe the apps from the controller',
+      readOnly: true,
+      async run(ctx) {
+        const skip = checkMode(ctx, 'probe the apps')
+        if (skip) return skip
+        const checks = appChecksFor(ctx)
+        if (checks.length === 0) return { status: 'ok', message: 'no app_checks in the inventory' }
+        const results = await runChecks(checks)
+        ctx.log(['app health (from the controller):', ...formatAppTable(results).map((l) => `  ${l}`)].join('\n'))
+        const vs = verdicts(results)
+        const failing = vs.filter((v) => !v.ok)
+        if (failing.length)
+          return { status: 'failed', message: `${failing.length} of ${vs.length} apps failing: ${failing.map((v) => `${v.app} (${v.reasons.join('; ')})`).join(', ')}` }
+        return { status: 'ok', message: `${vs.length}/${vs.length} apps healthy: ${vs.map((v) => v.app).join(', ')}` }
+      },
+    },
+  ],
+}

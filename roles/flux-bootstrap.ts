@@ -1,0 +1,533 @@
+// flux-bootstrap: what the owner did by hand after k3s came up, in the same order.
+//   kubectl create namespace external-secrets
+//   kubectl -n external-secrets create secret generic onepassword-service-account --from-literal=token=ops_...
+//   flux bootstrap github --owner=mtgibbs --repository=pi-cluster --branch=main --path=clusters/pi-k3s --personal --read-write-key
+// Everything runs ON THE SERVER over SSH, with k3s's own admin kubeconfig (/etc/rancher/k3s/k3s.yaml): the
+// same place `sudo k3s kubectl` works, so the controller needs no kubeconfig, no route to port 6443, and no
+// flux binary of its own. Secrets reach the server on stdin only (never argv, logs or output).
+
+import { randomBytes } from 'node:crypto'
+import { ProvisionError } from '../lib/errors.ts'
+import { defineFact } from '../lib/facts.ts'
+import { registerSecret } from '../lib/mask.ts'
+import type { RunResult } from '../lib/connection.ts'
+import type { Role, StepContext, StepResult } from '../lib/role.ts'
+import { quote } from '../lib/shell.ts'
+import { sleep } from '../lib/connection.ts'
+import type { Vars } from '../lib/vars.ts'
+
+// ---------------------------------------------------------------- the cluster as seen from the server
+
+export const KUBECONFIG = '/etc/rancher/k3s/k3s.yaml'
+export const KUBECTL = `k3s kubectl --kubeconfig ${KUBECONFIG}`
+export const FLUX_BIN = '/usr/local/bin/flux'
+export const FLUX = `${FLUX_BIN} --kubeconfig ${KUBECONFIG}`
+
+export const KS = 'kustomizations.kustomize.toolkit.fluxcd.io'
+export const HR = 'helmreleases.helm.toolkit.fluxcd.io'
+export const GITREPO = 'gitrepositories.source.toolkit.fluxcd.io'
+
+export const ESO_NAMESPACE = 'external-secrets'
+export const ESO_SECRET = 'onepassword-service-account'
+export const ESO_KEY = 'token'
+
+export interface Condition {
+  type: string
+  status: string
+  reason?: string
+  message?: string
+}
+
+export interface KubeObject {
+  apiVersion?: string
+  kind?: string
+  metadata: {
+    name: string
+    namespace?: string
+    uid?: string
+    generation?: number
+    resourceVersion?: string
+    labels?: Record<string, string>
+    annotations?: Record<string, string>
+    ownerReferences?: { kind: string; name: string; uid?: string }[]
+  }
+  spec?: Record<string, unknown>
+  status?: Record<string, unknown>
+  data?: Record<string, string>
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+function isKubeObject(v: unknown): v is KubeObject {
+  return isRecord(v) && isRecord(v.metadata) && typeof v.metadata.name === 'string'
+}
+
+const ABSENT = /\(NotFound\)|doesn't have a resource type|no matches for kind/
+
+/**
+ * `kubectl get ... -o json` (a List or one object): the objects. Nothing found (NotFound, --ignore-not-found,
+ * or a kind whose CRD is not installed yet) is []. Any other failure throws, naming what was asked.
+ */
+export function parseKubeJson(r: RunResult, what: string): KubeObject[] {
+  if (r.code !== 0) {
+    if (ABSENT.test(r.stderr)) return []
+    throw new ProvisionError('step', `kubectl get ${what} failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join(' ')}`)
+  }
+  const text = r.stdout.trim()
+  if (text === '') return []
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text)
+  } catch {
+    throw new ProvisionError('step', `kubectl get ${what}: the answer is not JSON: ${text.slice(0, 120)}`)
+  }
+  if (isRecord(parsed) && Array.isArray(parsed.items)) return parsed.items.filter(isKubeObject)
+  if (isKubeObject(parsed)) return [parsed]
+  throw new ProvisionError('step', `kubectl get ${what}: unexpected answer: ${text.slice(0, 120)}`)
+}
+
+export function conditionOf(obj: KubeObject | undefined, type = 'Ready'): Condition | undefined {
+  const conds = obj?.status?.conditions
+  if (!Array.isArray(conds)) return undefined
+  for (const c of conds) if (isRecord(c) && c.type === type && typeof c.status === 'string') return { type, status: c.status, reason: typeof c.reason === 'string' ? c.reason : undefined, message: typeof c.message === 'string' ? c.message : undefined }
+  return undefined
+}
+
+export function isReady(obj: KubeObject | undefined): boolean {
+  return conditionOf(obj)?.status === 'True'
+}
+
+export function nameOf(obj: KubeObject): string {
+  return obj.metadata.namespace ? `${obj.metadata.namespace}/${obj.metadata.name}` : obj.metadata.name
+}
+
+/** A string field at a path of an object (spec.path, spec.ref.branch, ...). */
+export function field(obj: KubeObject | undefined, ...path: string[]): string | undefined {
+  let cur: unknown = obj
+  for (const p of path) cur = isRecord(cur) ? cur[p] : undefined
+  return typeof cur === 'string' ? cur : typeof cur === 'number' ? String(cur) : undefined
+}
+
+/**
+ * Several `kubectl get -o json` in one round trip: each query's stdout, stderr and exit code kept apart.
+ * Keys name the queries; values are the arguments after `kubectl get` (already quoted).
+ */
+export async function kubeGetMany(ctx: StepContext, queries: Record<string, string>): Promise<Record<string, KubeObject[]>> {
+  const marker = `__KUBE_${randomBytes(6).toString('hex')}__`
+  const keys = Object.keys(queries)
+  const script = [
+    'e=$(mktemp)',
+    `trap 'rm -f "$e"' EXIT`,
+    ...keys.map(
+      (k, i) =>
+        `printf '%s\\n' '${marker} ${i}'; ${KUBECTL} get ${queries[k]} -o json 2>"$e"; rc=$?; printf '\\n%s %d\\n' '${marker}rc' "$rc"; sed 's/^/${marker}err /' "$e"`,
+    ),
+  ].join('\n')
+  const r = await ctx.sh(script)
+  const parts = splitKubeBatch(r.stdout, marker, keys.length)
+  const out: Record<string, KubeObject[]> = {}
+  keys.forEach((k, i) => {
+    const part = parts[i]
+    if (!part) throw new ProvisionError('step', `reading the cluster failed (exit ${r.code}): ${(r.stderr.trim() || 'no output').split('\n').slice(-3).join(' ')}`)
+    out[k] = parseKubeJson(part, queries[k])
+  })
+  return out
+}
+
+export function splitKubeBatch(stdout: string, marker: string, n: number): (RunResult | undefined)[] {
+  const out: (RunResult | undefined)[] = new Array<RunResult | undefined>(n).fill(undefined)
+  let cur = -1
+  let lines: string[] = []
+  let err: string[] = []
+  let code = 255
+  const close = () => {
+    // The newline printed before the rc marker is not the command's.
+    if (lines.length && lines[lines.length - 1] === '') lines.pop()
+    if (cur >= 0 && cur < n) out[cur] = { code, stdout: lines.join('\n'), stderr: err.join('\n') }
+  }
+  for (const line of stdout.split('\n')) {
+    if (line.startsWith(`${marker} `)) {
+      close()
+      cur = Number(line.slice(marker.length + 1))
+      lines = []
+      err = []
+      code = 255
+    } else if (line.startsWith(`${marker}rc `)) code = Number(line.slice(marker.length + 3))
+    else if (line.startsWith(`${marker}err `)) err.push(line.slice(marker.length + 4))
+    else if (cur >= 0) lines.push(line)
+  }
+  close()
+  return out
+}
+
+/** Poll fn until it says done; report progress lines through onProgress; throw a timeout naming what is missing. */
+export async function waitUntil<T>(
+  ctx: StepContext,
+  spec: { timeoutSec: number; intervalMs?: number; what: string },
+  fn: () => Promise<{ done: boolean; value: T; waitingFor: string }>,
+  onProgress?: (value: T, waitingFor: string) => void,
+): Promise<{ value: T; seconds: number }> {
+  const started = Date.now()
+  for (;;) {
+    const r = await fn()
+    if (r.done) return { value: r.value, seconds: (Date.now() - started) / 1000 }
+    onProgress?.(r.value, r.waitingFor)
+    if (Date.now() - started > spec.timeoutSec * 1000)
+      throw new ProvisionError('timeout', `timed out after ${spec.timeoutSec}s waiting for ${spec.what}: ${r.waitingFor}`, { place: { host: ctx.host } })
+    await sleep(spec.intervalMs ?? 2000)
+  }
+}
+
+// ---------------------------------------------------------------- what the inventory asks for
+
+export interface BootstrapWant {
+  version: string
+  owner: string
+  repository: string
+  branch: string
+  path: string
+  host: string
+}
+
+/** "v2.7.3" and "2.7.3" are the same pin. */
+export function normVersion(v: string): string {
+  return v.trim().replace(/^v/, '')
+}
+
+export function bootstrapWant(v: Vars): BootstrapWant {
+  return {
+    version: normVersion(v.flux_version ?? ''),
+    owner: v.github_owner ?? '',
+    repository: v.github_repository ?? '',
+    branch: v.github_branch ?? 'main',
+    path: normPath(v.flux_path ?? ''),
+    host: 'github.com',
+  }
+}
+
+export function repoLabel(w: BootstrapWant): string {
+  return `${w.host}/${w.owner}/${w.repository}@${w.branch}`
+}
+
+/** "./clusters/pi-k3s/", "clusters/pi-k3s" -> "clusters/pi-k3s". */
+export function normPath(p: string): string {
+  return p.trim().replace(/^(\.\/)+/, '').replace(/^\/+|\/+$/g, '')
+}
+
+/** ssh://git@github.com/o/r(.git), https://github.com/o/r(.git), git@github.com:o/r -> github.com/o/r (lower case). */
+export function normRepoUrl(url: string): string {
+  let u = url.trim().replace(/\/+$/, '').replace(/\.git$/, '')
+  const scp = /^(?:ssh:\/\/)?[^@/]+@([^:/]+)[:/](.+)$/.exec(u)
+  if (scp) u = `${scp[1]}/${scp[2]}`
+  else u = u.replace(/^[a-z+]+:\/\//, '').replace(/^[^@/]+@/, '')
+  return u.toLowerCase()
+}
+
+/** Variables flux-bootstrap cannot do without: an inventory error before any host is touched. */
+export function checkFluxVars(v: Vars): void {
+  const missing = (['flux_version', 'flux_url', 'github_owner', 'github_repository', 'flux_path', 'github_token_ref', 'eso_token_ref'] as const).filter((k) => !v[k])
+  if (missing.length)
+    throw new ProvisionError('inventory', `role flux-bootstrap needs ${missing.join(', ')}`, {
+      hint: 'set them in the inventory (all.vars); docs/gitops.md lists them with the owner\'s values',
+    })
+  if (!/^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$/.test(v.flux_version!.trim()))
+    throw new ProvisionError('inventory', `flux_version ${JSON.stringify(v.flux_version)} is not a version like 2.7.3`)
+  if (v.flux_sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(v.flux_sha256.trim()))
+    throw new ProvisionError('inventory', `flux_sha256 must be 64 hex digits (the sha256 of the file flux_url names)`)
+  if (!/^[A-Za-z0-9_.-]+$/.test(v.github_owner!) || !/^[A-Za-z0-9_.-]+$/.test(v.github_repository!))
+    throw new ProvisionError('inventory', 'github_owner and github_repository must be plain GitHub names')
+}
+
+// ---------------------------------------------------------------- the flux CLI
+
+/** `flux --version` -> "2.7.3"; null when there is no flux. */
+export function parseFluxVersion(stdout: string): string | null {
+  const m = /^flux version v?(\S+)/m.exec(stdout)
+  return m ? m[1] : null
+}
+
+export const fluxCliFact = defineFact('flux-cli', `if [ -x ${FLUX_BIN} ]; then ${FLUX_BIN} --version 2>&1 | head -n 1; else echo none; fi`, (r) => parseFluxVersion(r.stdout))
+export const archFact = defineFact('dpkg-arch', 'dpkg --print-architecture 2>/dev/null || uname -m', (r) => r.stdout.trim())
+
+/** Flux's release names for an architecture as dpkg (or uname) reports it. */
+export function fluxArch(arch: string): string {
+  const map: Record<string, string> = { arm64: 'arm64', aarch64: 'arm64', armhf: 'arm', armel: 'arm', armv7l: 'arm', armv6l: 'arm', amd64: 'amd64', x86_64: 'amd64' }
+  return map[arch] ?? arch
+}
+
+/** flux_url with {version} and {arch} filled in. */
+export function fluxDownloadUrl(template: string, version: string, arch: string): string {
+  return template.replaceAll('{version}', normVersion(version)).replaceAll('{arch}', fluxArch(arch))
+}
+
+/**
+ * Download, check (sha256 when pinned; the binary's own --version always) and only then put in place, so a
+ * wrong download never replaces a working flux. A release tarball (.tar.gz) holds the binary `flux`.
+ */
+export function fluxInstallScript(url: string, version: string, sha256?: string): string {
+  const v = normVersion(version)
+  const tarball = /\.(tar\.gz|tgz)(\?.*)?$/.test(new URL(url).pathname + new URL(url).search)
+  const lines = [
+    'set -e',
+    'work=$(mktemp -d)',
+    `trap 'rm -rf "$work"' EXIT`,
+    `curl -sfSL --retry 3 -o "$work/download" ${quote(url)} || { echo ${quote(`cannot download ${url}`)} >&2; exit 1; }`,
+  ]
+  if (sha256) {
+    const want = sha256.trim().toLowerCase()
+    lines.push(
+      `got=$(sha256sum "$work/download" | cut -d' ' -f1)`,
+      `if [ "$got" != ${want} ]; then echo "sha256 of ${url} is $got, not ${want} (flux_sha256)" >&2; exit 1; fi`,
+    )
+  }
+  if (tarball) lines.push(`tar -xzf "$work/download" -C "$work" flux || { echo ${quote(`no file "flux" in ${url}`)} >&2; exit 1; }`)
+  else lines.push('mv "$work/download" "$work/flux"')
+  lines.push(
+    'chmod 0755 "$work/flux"',
+    `got=$("$work/flux" --version 2>&1 | head -n 1) || true`,
+    `if [ "$got" != ${quote(`flux version ${v}`)} ]; then echo "the downloaded flux says \\"$got\\", not \\"flux version ${v}\\" (flux_version)" >&2; exit 1; fi`,
+    `install -m 0755 -o root -g root "$work/flux" ${FLUX_BIN}.new`,
+    `mv -f ${FLUX_BIN}.new ${FLUX_BIN}`,
+  )
+  return lines.join('\n')
+}
+
+// ---------------------------------------------------------------- bootstrap: needed or not
+
+export interface FluxState {
+  namespace?: KubeObject
+  gitRepository?: KubeObject
+  kustomization?: KubeObject
+  controllers: KubeObject[]
+}
+
+export async function readFluxState(ctx: StepContext): Promise<FluxState> {
+  const r = await kubeGetMany(ctx, {
+    ns: 'namespace flux-system --ignore-not-found',
+    gr: `${GITREPO} flux-system -n flux-system --ignore-not-found`,
+    ks: `${KS} flux-system -n flux-system --ignore-not-found`,
+    deps: 'deployments.apps -n flux-system -l app.kubernetes.io/part-of=flux',
+  })
+  return { namespace: r.ns[0], gitRepository: r.gr[0], kustomization: r.ks[0], controllers: r.deps }
+}
+
+/** The Flux version installed in the cluster: the flux-system namespace's version label (flux-v2.7.3 as `flux version` says). */
+export function installedFluxVersion(s: FluxState): string | undefined {
+  const label = s.namespace?.metadata.labels?.['app.kubernetes.io/version']
+  return label ? normVersion(label) : undefined
+}
+
+function replicasReady(d: KubeObject): boolean {
+  const want = Number(d.spec?.replicas ?? 1)
+  const ready = Number(d.status?.readyReplicas ?? 0)
+  return ready >= want
+}
+
+export interface BootstrapDecision {
+  skip: boolean
+  /** Why bootstrap has to run (empty when skipped). */
+  reasons: string[]
+  /** One line: what is there. */
+  summary: string
+}
+
+/** Skip flux bootstrap when flux-system is installed at the pinned version, synced from the right repository, branch and path, and Ready. */
+export function bootstrapDecision(s: FluxState, want: BootstrapWant): BootstrapDecision {
+  const reasons: string[] = []
+  if (!s.namespace) return { skip: false, reasons: ['Flux is not installed (no flux-system namespace)'], summary: '' }
+  const have = installedFluxVersion(s)
+  if (have !== want.version) reasons.push(have ? `Flux ${have} is installed, the pin is ${want.version}` : 'the flux-system namespace has no Flux version label')
+  if (s.controllers.length === 0) reasons.push('no Flux controllers in flux-system')
+  const notReady = s.controllers.filter((d) => !replicasReady(d)).map((d) => d.metadata.name)
+  if (notReady.length) reasons.push(`controller${notReady.length > 1 ? 's' : ''} not ready: ${notReady.join(', ')}`)
+  const gr = s.gitRepository
+  const wantRepo = `${want.host}/${want.owner}/${want.repository}`.toLowerCase()
+  if (!gr) reasons.push('no GitRepository flux-system')
+  else {
+    const url = field(gr, 'spec', 'url') ?? ''
+    if (normRepoUrl(url) !== wantRepo) reasons.push(`GitRepository flux-system syncs ${url || 'nothing'}, not ${wantRepo}`)
+    const branch = field(gr, 'spec', 'ref', 'branch')
+    if (branch !== want.branch) reasons.push(`GitRepository flux-system follows branch ${branch ?? '(none)'}, not ${want.branch}`)
+  }
+  const ks = s.kustomization
+  if (!ks) reasons.push('no Kustomization flux-system')
+  else {
+    const path = normPath(field(ks, 'spec', 'path') ?? '')
+    if (path !== want.path) reasons.push(`Kustomization flux-system applies ./${path}, not ./${want.path}`)
+    if (!isReady(ks)) reasons.push(`Kustomization flux-system is not Ready${conditionOf(ks)?.message ? ` (${conditionOf(ks)?.message})` : ''}`)
+  }
+  const summary = `Flux ${have ?? '?'} with ${s.controllers.length} controllers ready; flux-system Ready on ./${want.path} of ${repoLabel(want)}`
+  return { skip: reasons.length === 0, reasons, summary }
+}
+
+/** The bootstrap command line: no secret in it. GITHUB_TOKEN comes from the env file read from stdin. */
+export function bootstrapCommand(w: BootstrapWant, timeoutSec: number): string {
+  return [
+    FLUX_BIN,
+    'bootstrap github',
+    `--kubeconfig=${KUBECONFIG}`,
+    `--owner=${quote(w.owner)}`,
+    `--repository=${quote(w.repository)}`,
+    `--branch=${quote(w.branch)}`,
+    `--path=${quote(w.path)}`,
+    '--personal',
+    '--read-write-key',
+    `--timeout=${timeoutSec}s`,
+  ].join(' ')
+}
+
+/**
+ * stdin carries `GITHUB_TOKEN='...'`: written to a 0600 file in /run (tmpfs: never on the SD card), sourced,
+ * deleted at once; the token is then only in the flux process's environment, never in argv (ps) or a log.
+ */
+export function bootstrapScript(w: BootstrapWant, timeoutSec: number): string {
+  return [
+    'set -e',
+    'umask 077',
+    'envf=$(mktemp /run/pi-provision-flux.XXXXXX 2>/dev/null || mktemp)',
+    `trap 'rm -f "$envf"' EXIT`,
+    'cat > "$envf"',
+    'set -a',
+    '. "$envf"',
+    'set +a',
+    'rm -f "$envf"',
+    '[ -n "$GITHUB_TOKEN" ] || { echo "no GITHUB_TOKEN on stdin" >&2; exit 1; }',
+    bootstrapCommand(w, timeoutSec),
+  ].join('\n')
+}
+
+// ---------------------------------------------------------------- the ESO bootstrap secret
+
+/** The Secret as applied (server-side apply: no last-applied annotation holding the value a second time). */
+export function esoSecretManifest(tokenBase64: string): string {
+  return JSON.stringify({
+    apiVersion: 'v1',
+    kind: 'Secret',
+    metadata: { name: ESO_SECRET, namespace: ESO_NAMESPACE, labels: { 'app.kubernetes.io/managed-by': 'pi-provision' } },
+    type: 'Opaque',
+    data: { [ESO_KEY]: tokenBase64 },
+  })
+}
+
+/** Compares on the server: stdin is the wanted base64 value; the output is one word, never the value. */
+export const ESO_SECRET_STATE = [
+  'e=$(mktemp)',
+  `trap 'rm -f "$e"' EXIT`,
+  'want=$(cat)',
+  `if ! have=$(${KUBECTL} -n ${ESO_NAMESPACE} get secret ${ESO_SECRET} --ignore-not-found -o 'jsonpath={.metadata.name}{"="}{.data.${ESO_KEY}}' 2>"$e"); then cat "$e" >&2; exit 1; fi`,
+  'case "$have" in',
+  "  '') echo absent ;;",
+  `  "${ESO_SECRET}=$want") echo same ;;`,
+  '  *) echo differs ;;',
+  'esac',
+].join('\n')
+
+export function parseSecretState(r: RunResult): 'absent' | 'same' | 'differs' {
+  const word = r.stdout.trim()
+  if (r.code === 0 && (word === 'absent' || word === 'same' || word === 'differs')) return word
+  throw new ProvisionError('step', `cannot read Secret ${ESO_NAMESPACE}/${ESO_SECRET}: ${(r.stderr.trim() || r.stdout.trim() || `exit ${r.code}`).split('\n').slice(-2).join(' ')}`)
+}
+
+function notInstalledYet(ctx: StepContext, e: unknown, would: string): StepResult {
+  // In check mode on a fresh host there is no k3s to ask: say what a real run would do.
+  if (ctx.check) return { status: 'changed', message: `would ${would} (the cluster cannot be read yet: ${e instanceof Error ? e.message.split('\n')[0] : String(e)})` }
+  throw e
+}
+
+// ---------------------------------------------------------------- the role
+
+export const fluxBootstrap: Role = {
+  name: 'flux-bootstrap',
+  defaults: { github_branch: 'main' },
+  // Checked with the secrets, before any host is touched: missing variables are an inventory error (exit 1).
+  secrets: (v) => {
+    checkFluxVars(v)
+    return [v.eso_token_ref, v.github_token_ref]
+  },
+  steps: [
+    {
+      name: `Create namespace ${ESO_NAMESPACE}`,
+      async run(ctx) {
+        let exists: boolean
+        try {
+          exists = (await kubeGetMany(ctx, { ns: `namespace ${ESO_NAMESPACE} --ignore-not-found` })).ns.length > 0
+        } catch (e) {
+          return notInstalledYet(ctx, e, `create namespace ${ESO_NAMESPACE}`)
+        }
+        if (exists) return { status: 'ok', message: `namespace ${ESO_NAMESPACE} exists` }
+        return ctx.apply({ summary: `create namespace ${ESO_NAMESPACE}`, commands: [{ script: `${KUBECTL} create namespace ${ESO_NAMESPACE}` }] })
+      },
+    },
+    {
+      name: `Put the 1Password service-account token in Secret ${ESO_NAMESPACE}/${ESO_SECRET}`,
+      async run(ctx) {
+        const ref = ctx.vars.eso_token_ref!
+        const value = ctx.secrets.get(ref)
+        const b64 = Buffer.from(value, 'utf8').toString('base64')
+        registerSecret(b64) // the value as the API shows it is as secret as the value
+        let state: 'absent' | 'same' | 'differs'
+        try {
+          state = parseSecretState(await ctx.sh(ESO_SECRET_STATE, { stdin: `${b64}\n` }))
+        } catch (e) {
+          return notInstalledYet(ctx, e, `create Secret ${ESO_NAMESPACE}/${ESO_SECRET} from ${ref}`)
+        }
+        if (state === 'same') return { status: 'ok', message: `key ${ESO_KEY} holds the value of ${ref}` }
+        const summary = state === 'absent' ? `create Secret ${ESO_NAMESPACE}/${ESO_SECRET} from ${ref}` : `update Secret ${ESO_NAMESPACE}/${ESO_SECRET}: its ${ESO_KEY} differs from ${ref}`
+        return ctx.apply({
+          summary,
+          commands: [{ script: `${KUBECTL} apply --server-side --field-manager=pi-provision --force-conflicts -f - >/dev/null`, stdin: esoSecretManifest(b64) }],
+        })
+      },
+    },
+    {
+      name: 'Install the flux CLI at the pinned version',
+      facts: () => [fluxCliFact, archFact],
+      async run(ctx) {
+        const want = normVersion(ctx.vars.flux_version!)
+        const cur = await ctx.facts.get(fluxCliFact)
+        if (cur === want) return { status: 'ok', message: `flux ${want}` }
+        const url = fluxDownloadUrl(ctx.vars.flux_url!, want, await ctx.facts.get(archFact))
+        const what = cur ? `replace flux ${cur} with ${want}` : `install flux ${want}`
+        return ctx.apply({ summary: `${what} from ${url}${ctx.vars.flux_sha256 ? ' (sha256 checked)' : ''}`, commands: [{ script: fluxInstallScript(url, want, ctx.vars.flux_sha256) }] })
+      },
+    },
+    {
+      name: 'Bootstrap Flux from the GitOps repository (skipped when already in place)',
+      async run(ctx) {
+        const want = bootstrapWant(ctx.vars)
+        let decision: BootstrapDecision
+        try {
+          decision = bootstrapDecision(await readFluxState(ctx), want)
+        } catch (e) {
+          return notInstalledYet(ctx, e, `flux bootstrap github ${repoLabel(want)} --path=${want.path}`)
+        }
+        if (decision.skip) return { status: 'skipped', message: `already bootstrapped: ${decision.summary}` }
+        const what = `flux bootstrap github ${repoLabel(want)} --path=${want.path} (${decision.reasons.join('; ')})`
+        if (ctx.check) return { status: 'changed', message: `would run ${what}` }
+        const token = ctx.secrets.get(ctx.vars.github_token_ref!)
+        await ctx.must(bootstrapScript(want, ctx.vars.flux_timeout), { stdin: `GITHUB_TOKEN=${quote(token)}\n`, what: `flux bootstrap github ${repoLabel(want)}` })
+        ctx.facts.invalidate()
+        return { status: 'changed', message: `ran ${what}` }
+      },
+    },
+    {
+      name: 'Wait for the flux-system Kustomization to be Ready',
+      readOnly: true,
+      async run(ctx) {
+        if (ctx.check) return { status: 'skipped', message: 'check mode' }
+        const { value, seconds } = await waitUntil(
+          ctx,
+          { timeoutSec: ctx.vars.flux_timeout, what: 'Kustomization flux-system/flux-system to be Ready' },
+          async () => {
+            const ks = (await kubeGetMany(ctx, { ks: `${KS} flux-system -n flux-system --ignore-not-found` })).ks[0]
+            const c = conditionOf(ks)
+            return { done: isReady(ks), value: ks, waitingFor: ks ? `Ready=${c?.status ?? 'Unknown'}${c?.message ? `: ${c.message}` : ''}` : 'it does not exist' }
+          },
+        )
+        return { status: 'ok', message: `${field(value, 'status', 'lastAppliedRevision') ?? 'Ready'} after ${seconds.toFixed(1)}s` }
+      },
+    },
+  ],
+}
