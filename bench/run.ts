@@ -5,7 +5,7 @@
 //   npm run bench -- --runs 3 --no-12 --no-fresh
 
 import { execFileSync, spawn } from 'node:child_process'
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { cpus, tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -121,6 +121,17 @@ function floorCommand(names: readonly string[]): string {
   return `${names.map(ssh).join('\n')}\nwait`
 }
 
+/** Seconds the slowest host spent in a step, from a --json event file. */
+function slowestStep(file: string, step: string): number {
+  let ms = 0
+  for (const line of readFileSync(file, 'utf8').split('\n')) {
+    if (!line) continue
+    const e = JSON.parse(line) as { kind: string; step?: string; ms?: number }
+    if (e.kind === 'step-end' && e.step === step && (e.ms ?? 0) > ms) ms = e.ms ?? 0
+  }
+  return ms / 1000
+}
+
 function sshAnswers(address: string): Promise<boolean> {
   return new Promise((resolve) => {
     const s = tcpConnect({ host: address, port: 22 })
@@ -156,9 +167,19 @@ if (!flags['no-fresh']) {
   await timed(`zx playbooks/site.mts -i ${inv3}`)
 }
 if (!flags['no-fresh']) {
-  figures.push(await repeat('fresh pi-prep (incl. apt and reboot)', 3, `zx playbooks/pi-prep.mts -i ${inv3}`, Math.min(RUNS, 3), async () => {
+  const events = join(mkdtempSync(join(tmpdir(), 'bench-events-')), 'fresh.jsonl')
+  const apt: Timing[] = []
+  const rebootHandler: Timing[] = []
+  const fresh = await repeat('fresh pi-prep (incl. apt and reboot)', 3, `zx playbooks/pi-prep.mts -i ${inv3} --json ${events}`, Math.min(RUNS, 3), async () => {
+    if (existsSync(events)) {
+      apt.push({ wall: slowestStep(events, 'Install the packages the cluster needs'), user: 0, sys: 0 })
+      rebootHandler.push({ wall: slowestStep(events, 'Reboot'), user: 0, sys: 0 })
+    }
     await labUp(DEFAULT_HOSTS, { fresh: true })
-  }))
+  })
+  apt.push({ wall: slowestStep(events, 'Install the packages the cluster needs'), user: 0, sys: 0 })
+  rebootHandler.push({ wall: slowestStep(events, 'Reboot'), user: 0, sys: 0 })
+  figures.push(fresh, figure('  of which: apt install (slowest host)', 3, apt), figure('  of which: reboot handler (slowest host)', 3, rebootHandler))
   // What the fresh run cannot beat: one host's own reboot, from `systemctl reboot` until SSH answers again.
   const reboots: Timing[] = []
   for (let i = 0; i < Math.min(RUNS, 3); i++) {

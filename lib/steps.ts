@@ -352,7 +352,7 @@ export function rebootHandler(name = 'Reboot'): Handler {
       await ctx.conn.reset()
       const limit = ctx.vars.reboot_timeout * 1000
       const started = Date.now()
-      await sleep(1500)
+      await sleep(1000) // the reboot starts after 1 s (see above): polling earlier only finds the old boot
       let lastError = ''
       while (Date.now() - started < limit) {
         try {
@@ -366,7 +366,7 @@ export function rebootHandler(name = 'Reboot'): Handler {
           lastError = (e as Error).message
           await ctx.conn.reset()
         }
-        await sleep(500)
+        await sleep(250)
       }
       throw new ProvisionError('timeout', `${ctx.host} did not come back from the reboot within ${ctx.vars.reboot_timeout}s${lastError ? ` (last error: ${lastError})` : ''}`, {
         place: { host: ctx.host },

@@ -82,6 +82,28 @@ describe('rebuild after an SD-card failure', () => {
     for (const [h, c] of Object.entries(site.recap)) expect(c.changed, `${h}\n${site.out}`).toBe(0)
   })
 
+  it('server without a backup (-e k3s_restore=none): a fresh server with the same token, Flux again, agents Ready unwiped, apps ok', async () => {
+    const agentBoots = { a1: await labBootId('pi3-worker-1'), a2: await labBootId('pi3-worker-2') }
+    const caHash = (await onHost('pi-k3s', 'sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt')).split(' ')[0]
+    await labWipe('pi-k3s')
+    const run = await runPlaybookCli('rebuild', ['pi-k3s', '-e', 'k3s_restore=none'])
+    expect(run.code, run.out).toBe(0)
+    expect(run.out).not.toContain('restored backup')
+    expect(run.out).toMatch(/changed: \[pi-k3s\] flux-bootstrap \| Bootstrap Flux/)
+    // A new cluster CA: the agents joined with the cluster token, which the secrets store kept, so they rejoin.
+    expect((await onHost('pi-k3s', 'sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt')).split(' ')[0]).not.toBe(caHash)
+    const all = await until('all three nodes Ready', 120_000, async () => {
+      const ns = await nodes()
+      return ns.length === 3 && ns.every(ready) ? ns : undefined
+    })
+    expect(all.find((n) => n.metadata.name === 'pi3-worker-1')?.metadata.labels['workload/dns']).toBe('unbound')
+    expect(await labBootId('pi3-worker-1')).toBe(agentBoots.a1)
+    expect(await labBootId('pi3-worker-2')).toBe(agentBoots.a2)
+    const site = await runPlaybookCli('site', [])
+    expect(site.code, site.out).toBe(0)
+    for (const [h, c] of Object.entries(site.recap)) expect(c.changed, `${h}\n${site.out}`).toBe(0)
+  })
+
   it('a backup taken with another token is refused before k3s starts, saying why', async () => {
     const dir = join(NAS, '2026-11-27', 'k3s')
     await takeBackup('2026-11-27')
