@@ -9,6 +9,9 @@ import { ProvisionError } from '../lib/errors.ts'
 import { quote } from '../lib/shell.ts'
 import { clusterToken, K3S_CONFIG, k3sInstallFact, missingOnNode, NODE_PASSWORD, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, serverOf, type NodeView } from './k3s-common.ts'
 
+/** How long a running agent may stay unknown to the server before it is restarted to rejoin. */
+const REJOIN_AFTER_MS = 15_000
+
 function agentConfig(ctx: StepContext): string {
   return renderK3sConfig({ 'node-name': ctx.vars.hostname, 'node-label': ctx.vars.node_labels, 'node-taint': ctx.vars.node_taints })
 }
@@ -75,17 +78,25 @@ export const k3sAgent: Role = {
     systemdUnit('Keep k3s-agent enabled and running', () => ({ unit: 'k3s-agent.service', enabled: true, active: true }), { when: (ctx) => !ctx.check }),
     flushHandlers('Restart k3s-agent if its config changed'),
     {
-      name: 'Wait until the server reports this node Ready with its labels and taints',
-      readOnly: true,
+      // A server rebuilt without a backup has a new datastore (and CA): it does not know this node, and the
+      // running agent will not register again by itself. Restarting it makes it bootstrap and join afresh.
+      name: 'Wait until the server reports this node Ready with its labels and taints (rejoin if it forgot the node)',
       async run(ctx) {
         if (ctx.check) return { status: 'skipped', message: 'check mode' }
         const started = Date.now()
         const limit = 180_000
+        let rejoined = false
         let last: NodeView | null = null
         for (;;) {
           last = await nodeOnServer(ctx)
           const missing = last.exists ? missingOnNode(last, ctx.vars.node_labels, ctx.vars.node_taints) : []
-          if (last.exists && last.ready && missing.length === 0) return { status: 'ok', message: `Ready after ${((Date.now() - started) / 1000).toFixed(1)}s` }
+          const took = `${((Date.now() - started) / 1000).toFixed(1)}s`
+          if (last.exists && last.ready && missing.length === 0)
+            return rejoined ? { status: 'changed', message: `rejoined the server, which did not know this node; Ready after ${took}` } : { status: 'ok', message: `Ready after ${took}` }
+          if (!last.exists && !rejoined && Date.now() - started > REJOIN_AFTER_MS) {
+            await ctx.must('systemctl restart --no-block k3s-agent', { what: 'restart k3s-agent to rejoin' })
+            rejoined = true
+          }
           if (Date.now() - started > limit) {
             const state = !last.exists ? 'not registered' : !last.ready ? 'NotReady' : `Ready but lacking ${missing.join(', ')}`
             const log = await ctx.sh('journalctl -u k3s-agent -n 5 --no-pager -o cat 2>/dev/null | tail -n 5')
