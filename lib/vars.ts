@@ -36,7 +36,7 @@ export const VAR_SPECS = {
   k3s_api_port: { type: 'int', doc: 'API server port' },
   k3s_disable: { type: 'list', doc: 'packaged components to disable (the owner disables traefik)' },
   k3s_tls_san: { type: 'list', doc: 'extra names/addresses in the API server certificate' },
-  k3s_extra_args: { type: 'list', doc: 'extra k3s flags, passed the same way on every run' },
+  k3s_extra_args: { type: 'list', doc: 'extra k3s flags (--flag=value), written to config.yaml so every run and restart uses them' },
   k3s_kubeconfig_mode: { type: 'string', doc: 'mode of /etc/rancher/k3s/k3s.yaml on the server' },
   node_labels: { type: 'list', doc: 'node labels (key=value), kept in config.yaml so they survive a rejoin' },
   node_taints: { type: 'list', doc: 'node taints (key=value:Effect), kept in config.yaml' },

@@ -58,6 +58,19 @@ export function renderK3sConfig(entries: Record<string, string | readonly string
   return out.join('\n') + '\n'
 }
 
+/** k3s_extra_args ("--flag=value" or "flag=value", repeatable) as config.yaml entries: a repeated flag becomes a list. */
+export function extraConfig(args: readonly string[]): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {}
+  for (const a of args) {
+    const m = /^(?:--)?([a-z0-9][a-z0-9-]*)(?:=(.*))?$/.exec(a.trim())
+    if (!m) throw new ProvisionError('step', `k3s_extra_args: "${a}" is not --flag or --flag=value`)
+    const value = m[2] ?? 'true'
+    const prev = out[m[1]]
+    out[m[1]] = prev === undefined ? value : [...(Array.isArray(prev) ? prev : [prev]), value]
+  }
+  return out
+}
+
 export function nodeName(ctx: Pick<StepContext, 'vars' | 'host'>): string {
   return ctx.vars.hostname ?? ctx.host
 }

@@ -12,7 +12,7 @@ import { flushHandlers, handler, type Role, type StepContext } from '../lib/role
 import { file, pollUntil, systemdUnit } from '../lib/steps.ts'
 import { quote } from '../lib/shell.ts'
 import { restoreDatastore } from './k3s-restore.ts'
-import { clusterToken, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, missingOnNode } from './k3s-common.ts'
+import { clusterToken, extraConfig, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, missingOnNode } from './k3s-common.ts'
 
 function serverConfig(ctx: StepContext): string {
   const v = ctx.vars
@@ -24,6 +24,7 @@ function serverConfig(ctx: StepContext): string {
     disable: v.k3s_disable,
     'node-label': v.node_labels,
     'node-taint': v.node_taints,
+    ...extraConfig(v.k3s_extra_args),
   })
 }
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { parseInventory } from '../../lib/inventory.ts'
-import { missingOnNode, parseK3sInstall, parseNode, renderK3sConfig, serverOf } from '../../roles/k3s-common.ts'
+import { extraConfig, missingOnNode, parseK3sInstall, parseNode, renderK3sConfig, serverOf } from '../../roles/k3s-common.ts'
 import { rewriteKubeconfig } from '../../roles/k3s-server.ts'
 
 describe('k3s facts', () => {
@@ -15,6 +15,15 @@ describe('k3s facts', () => {
     expect(renderK3sConfig({ token: 'a"b', 'node-label': ['hardware=pi3', 'x=y'], 'node-taint': [], 'node-name': undefined })).toBe(
       '# Managed by pi-provision from the inventory: edit the inventory, not this file.\ntoken: "a\\"b"\nnode-label:\n  - "hardware=pi3"\n  - "x=y"\n',
     )
+  })
+
+  it('turns k3s_extra_args into config.yaml entries; a repeated flag becomes a list; nonsense is refused', () => {
+    expect(extraConfig(['--kubelet-arg=max-pods=50', 'flannel-backend=host-gw', '--kubelet-arg=image-gc-high-threshold=80', '--disable-cloud-controller'])).toEqual({
+      'kubelet-arg': ['max-pods=50', 'image-gc-high-threshold=80'],
+      'flannel-backend': 'host-gw',
+      'disable-cloud-controller': 'true',
+    })
+    expect(() => extraConfig(['--Bad Flag'])).toThrow('k3s_extra_args: "--Bad Flag" is not --flag or --flag=value')
   })
 
   it('parses kubectl get node JSON and says which labels and taints are missing', () => {
