@@ -55,7 +55,8 @@ export interface SshTarget {
 
 // sshd's default MaxSessions is 10: stay under it, leaving room for a person's own session.
 const CHANNELS_PER_HOST = 8
-const CONNECT_ATTEMPTS = 3
+// A Pi that is still booting answers on port 22 but refuses logins for a moment (/run/nologin): be patient.
+const CONNECT_ATTEMPTS = 4
 
 export class SshConnection implements Connection {
   readonly host: string

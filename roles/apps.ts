@@ -329,6 +329,14 @@ export const apps: Role = {
       async run(ctx) {
         const skip = checkMode(ctx, 'reconcile the Kustomizations')
         if (skip) return skip
+        // Nothing new from git and everything Ready at that revision: a forced reconcile would only re-apply the
+        // same manifests (Flux does that on its own interval), so a no-op rerun does not wait for it.
+        const revision = ctx.shared.get(`flux-revision:${ctx.host}`) as string | undefined
+        if (revision) {
+          const now = await kubeGetMany(ctx, { ks: `${KS} -A`, hr: `${HR} -A` })
+          const st = readiness(now.ks, now.hr, { revision })
+          if (st.total > 0 && st.notReady.length === 0) return { status: 'ok', message: `all ${st.total} Ready at ${revision}: nothing new to apply` }
+        }
         // The root first: it applies the other Kustomizations at the new revision.
         const r = await ctx.must(`${FLUX} reconcile kustomization flux-system -n flux-system --timeout=${ctx.vars.flux_timeout}s`, { what: 'flux reconcile kustomization flux-system' })
         const applied = parseRevision(r.stderr + r.stdout)

@@ -188,9 +188,19 @@ async function eachHost(names: readonly string[], fn: (name: string) => Promise<
 
 async function awaitSsh(name: string): Promise<void> {
   const address = hostAddress(name)
+  const started = Date.now()
   if (!(await waitForSsh(address, SSH_WAIT_MS))) {
     throw new LabError(`${name} (${address}) did not answer on SSH within ${SSH_WAIT_MS / 1000} s; console: ${hostPaths(name).log}`)
   }
+  // sshd answers before boot is over, but PAM refuses logins while /run/nologin exists ("System is booting up"):
+  // "up" means a person could log in, so wait for that too.
+  while (Date.now() - started < SSH_WAIT_MS) {
+    const [cmd, ...args] = execArgv(name, 'test ! -e /run/nologin')
+    const r = await run(cmd, args, { allowFail: true })
+    if (r.code === 0) return
+    await sleep(100)
+  }
+  throw new LabError(`${name} (${address}) still refuses logins (/run/nologin) after ${SSH_WAIT_MS / 1000} s; console: ${hostPaths(name).log}`)
 }
 
 async function connect(name: string, connected: boolean): Promise<void> {

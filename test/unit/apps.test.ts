@@ -268,9 +268,20 @@ function runApps(conn: FakeConnection, inventory = INV()) {
 }
 
 describe('the apps role', () => {
+  it('nothing new from git and all Ready at that revision: no forced reconcile, no wait (the no-op rerun stays fast)', async () => {
+    jellyfin = { status: 200, body: 'Healthy' }
+    const { conn, annotated } = fakeServer({ lag: 0 })
+    const { rep, run } = runApps(conn)
+    const s = await run
+    expect(s.exitCode, rep.lines.join('\n')).toBe(0)
+    expect(annotated).toEqual([])
+    expect(conn.scripts.some((x) => x.script.includes('reconcile kustomization'))).toBe(false)
+    expect(rep.lines).toContainEqual(expect.stringMatching(/^ok: \[pi-k3s\] apps \| Reconcile the Kustomizations \(all 4 Ready at main@sha1:1f2e3d: nothing new to apply\)$/))
+  })
+
   it('converged: reconciles, waits (with a live count), checks ESO and placement, prints the app table', async () => {
     jellyfin = { status: 200, body: 'Healthy' }
-    const { conn, annotated } = fakeServer({ lag: 2 }) // read 1: the list to annotate; read 2: the first wait
+    const { conn, annotated } = fakeServer({ lag: 3 }) // read 1: is anything not Ready?; read 2: the list to annotate; read 3: the first wait
     const { rep, run } = runApps(conn)
     const s = await run
     expect(s.exitCode, rep.lines.join('\n')).toBe(0)
