@@ -335,7 +335,10 @@ export const apps: Role = {
         if (revision) {
           const now = await kubeGetMany(ctx, { ks: `${KS} -A`, hr: `${HR} -A` })
           const st = readiness(now.ks, now.hr, { revision })
-          if (st.total > 0 && st.notReady.length === 0) return { status: 'ok', message: `all ${st.total} Ready at ${revision}: nothing new to apply` }
+          if (st.total > 0 && st.notReady.length === 0) {
+            ctx.shared.set(`flux-all-ready:${ctx.host}`, `${st.ready}/${st.total} Ready at ${revision}`)
+            return { status: 'ok', message: `all ${st.total} Ready at ${revision}: nothing new to apply` }
+          }
         }
         // The root first: it applies the other Kustomizations at the new revision.
         const r = await ctx.must(`${FLUX} reconcile kustomization flux-system -n flux-system --timeout=${ctx.vars.flux_timeout}s`, { what: 'flux reconcile kustomization flux-system' })
@@ -359,6 +362,8 @@ export const apps: Role = {
       async run(ctx) {
         const skip = checkMode(ctx, 'wait for the Kustomizations and HelmReleases')
         if (skip) return skip
+        const already = ctx.shared.get(`flux-all-ready:${ctx.host}`) as string | undefined
+        if (already) return { status: 'ok', message: `${already} (read just before: nothing to wait for)` }
         const revision = ctx.shared.get(`flux-revision:${ctx.host}`) as string | undefined
         const requestedAt = ctx.shared.get(`flux-requested-at:${ctx.host}`) as string | undefined
         let lastCount = ''

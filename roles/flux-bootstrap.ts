@@ -117,12 +117,15 @@ export function field(obj: KubeObject | undefined, ...path: string[]): string | 
 export async function kubeGetMany(ctx: StepContext, queries: Record<string, string>): Promise<Record<string, KubeObject[]>> {
   const marker = `__KUBE_${randomBytes(6).toString('hex')}__`
   const keys = Object.keys(queries)
+  // The reads run side by side (kubectl's start-up dominates on a Pi), then print in order, each with its exit code.
   const script = [
-    'e=$(mktemp)',
-    `trap 'rm -f "$e"' EXIT`,
+    'd=$(mktemp -d)',
+    `trap 'rm -rf "$d"' EXIT`,
+    ...keys.map((k, i) => `( ${KUBECTL} get ${queries[k]} -o json >"$d/${i}.out" 2>"$d/${i}.err"; echo $? >"$d/${i}.rc" ) &`),
+    'wait',
     ...keys.map(
-      (k, i) =>
-        `printf '%s\\n' '${marker} ${i}'; ${KUBECTL} get ${queries[k]} -o json 2>"$e"; rc=$?; printf '\\n%s %d\\n' '${marker}rc' "$rc"; sed 's/^/${marker}err /' "$e"`,
+      (_k, i) =>
+        `printf '%s\\n' '${marker} ${i}'; cat "$d/${i}.out"; printf '\\n%s %d\\n' '${marker}rc' "$(cat "$d/${i}.rc")"; sed 's/^/${marker}err /' "$d/${i}.err"`,
     ),
   ].join('\n')
   const r = await ctx.sh(script)

@@ -15,11 +15,12 @@ export function answerKubeBatch(script: string, answer: (query: string) => KubeA
   if (!m) return undefined
   const marker = m[1]
   let out = ''
+  // The reads are started in the background (`( ... get QUERY -o json >"$d/N.out" ...) &`), printed in order after `wait`.
   for (const line of script.split('\n')) {
-    const q = new RegExp(`^printf '%s\\\\n' '${marker} (\\d+)'; .* get (.*) -o json 2>"\\$e"`).exec(line)
+    const q = /^\( .* get (.*) -o json >"\$d\/(\d+)\.out"/.exec(line)
     if (!q) continue
-    const a = answer(q[2])
-    out += `${marker} ${q[1]}\n${a.stdout ?? ''}\n${marker}rc ${a.code ?? 0}\n`
+    const a = answer(q[1])
+    out += `${marker} ${q[2]}\n${a.stdout ?? ''}\n${marker}rc ${a.code ?? 0}\n`
     for (const l of (a.stderr ?? '').split('\n').filter(Boolean)) out += `${marker}err ${l}\n`
   }
   return { code: 0, stdout: out }
