@@ -4,51 +4,17 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
-import { createServer as createNetServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { cleanEnv, freePort, run, type RunResult } from './standin-procs.ts'
 
 const STANDINS = resolve(import.meta.dirname, '../standins')
 const K3S = join(STANDINS, 'k3s/k3s-standin.py')
 
-interface RunResult {
-  code: number
-  stdout: string
-  stderr: string
-}
 
-function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {}
-  for (const [k, v] of Object.entries(process.env))
-    if (!/^(K3S_|FLUX_|GITHUB_TOKEN$|KUBECONFIG$|NOTIFY_SOCKET$)/.test(k)) env[k] = v
-  return { ...env, ...extra }
-}
 
-function run(cmd: string, args: readonly string[], env: Record<string, string> = {}, input = ''): Promise<RunResult> {
-  return new Promise((done, fail) => {
-    const p = spawn(cmd, args, { env: cleanEnv(env), stdio: ['pipe', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-    p.on('error', fail)
-    p.on('close', (code) => done({ code: code ?? -1, stdout, stderr }))
-    p.stdin.on("error", () => undefined) // the program may exit without reading its input
-    p.stdin.end(input)
-  })
-}
 
-function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const s = createNetServer()
-    s.on('error', fail)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as AddressInfo
-      s.close(() => done(port))
-    })
-  })
-}
 
 /** Rows of a `flux get` table: cells are padded and end with a tab, as tablewriter prints them. */
 const cells = (stdout: string): string[][] =>

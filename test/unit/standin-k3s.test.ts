@@ -5,10 +5,10 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { lstat, mkdir, mkdtemp, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
-import { createServer as createNetServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { cleanEnv, freePort, run, type RunResult } from './standin-procs.ts'
 
 const STANDINS = resolve(import.meta.dirname, '../standins')
 const VERSION = 'v1.34.3+k3s1'
@@ -16,11 +16,6 @@ const NODE_PASSWORD_TEXT =
   "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server " +
   'node-passwd entry, try enabling a unique node name with the --with-node-id flag'
 
-interface RunResult {
-  code: number
-  stdout: string
-  stderr: string
-}
 
 interface Daemon {
   proc: ChildProcess
@@ -33,27 +28,7 @@ let work = ''
 let artifacts: Server | undefined
 let artifactBase = ''
 
-/** Environment without anything k3s-ish from the caller, so only what a test passes reaches the stand-in. */
-function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {}
-  for (const [k, v] of Object.entries(process.env))
-    if (!/^(K3S_|INSTALL_K3S_|KUBECONFIG$|NOTIFY_SOCKET$|GITHUB_URL$)/.test(k)) env[k] = v
-  return { ...env, ...extra }
-}
 
-function run(cmd: string, args: readonly string[], env: Record<string, string> = {}, input = ''): Promise<RunResult> {
-  return new Promise((done, fail) => {
-    const p = spawn(cmd, args, { env: cleanEnv(env), stdio: ['pipe', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-    p.on('error', fail)
-    p.on('close', (code) => done({ code: code ?? -1, stdout, stderr }))
-    p.stdin.on("error", () => undefined) // the program may exit without reading its input
-    p.stdin.end(input)
-  })
-}
 
 function start(cmd: string, args: readonly string[], env: Record<string, string>): Daemon {
   const proc = spawn(cmd, args, { env: cleanEnv(env), stdio: ['ignore', 'pipe', 'pipe'] })
@@ -90,16 +65,6 @@ async function waitForOutput(d: Daemon, text: string | RegExp, ms = 15_000): Pro
   }, ms)
 }
 
-function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const s = createNetServer()
-    s.on('error', fail)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as AddressInfo
-      s.close(() => done(port))
-    })
-  })
-}
 
 /** Serves test/standins like the lab's artifact server: @@ARTIFACT_BASE@@ becomes the base URL. */
 async function serveArtifacts(): Promise<void> {

@@ -8,10 +8,10 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import type { Server } from 'node:http'
-import { createServer as createNetServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { cleanEnv, freePort, run, type RunResult } from './standin-procs.ts'
 import { probeDns, probeHttp } from '../../lib/probes.ts'
 import { checkEso, checkPlacement, parsePlacement, readiness } from '../../roles/apps.ts'
 import { bootstrapDecision, parseKubeJson, type KubeObject } from '../../roles/flux-bootstrap.ts'
@@ -20,41 +20,9 @@ import { labAppsRoutes, labGitopsRepo, setLabAppHealth } from '../lab/apps.ts'
 
 const STANDINS = resolve(import.meta.dirname, '../standins')
 
-interface RunResult {
-  code: number
-  stdout: string
-  stderr: string
-}
 
-function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {}
-  for (const [k, v] of Object.entries(process.env)) if (!/^(K3S_|FLUX_|GITHUB_TOKEN$|KUBECONFIG$|NOTIFY_SOCKET$)/.test(k)) env[k] = v
-  return { ...env, ...extra }
-}
 
-function run(cmd: string, args: readonly string[], env: Record<string, string> = {}, input = ''): Promise<RunResult> {
-  return new Promise((done, fail) => {
-    const p = spawn(cmd, args, { env: cleanEnv(env), stdio: ['pipe', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-    p.on('error', fail)
-    p.on('close', (code) => done({ code: code ?? -1, stdout, stderr }))
-    p.stdin.end(input)
-  })
-}
 
-function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const s = createNetServer()
-    s.on('error', fail)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as AddressInfo
-      s.close(() => done(port))
-    })
-  })
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 

@@ -1,0 +1,44 @@
+// Running the stand-ins as plain processes on the controller, for their unit tests: a clean environment
+// (nothing k3s- or flux-ish leaks in from the caller), a run-to-completion helper, and a free loopback port.
+
+import { spawn } from 'node:child_process'
+import { createServer as createNetServer, type AddressInfo } from 'node:net'
+
+export interface RunResult {
+  code: number
+  stdout: string
+  stderr: string
+}
+
+/** The caller's environment without anything the stand-ins read, plus what a test passes. */
+export function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {}
+  for (const [k, v] of Object.entries(process.env))
+    if (!/^(K3S_|INSTALL_K3S_|FLUX_|GITHUB_TOKEN$|GITHUB_URL$|KUBECONFIG$|NOTIFY_SOCKET$)/.test(k)) env[k] = v
+  return { ...env, ...extra }
+}
+
+export function run(cmd: string, args: readonly string[], env: Record<string, string> = {}, input = ''): Promise<RunResult> {
+  return new Promise((done, fail) => {
+    const p = spawn(cmd, args, { env: cleanEnv(env), stdio: ['pipe', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
+    p.on('error', fail)
+    p.on('close', (code) => done({ code: code ?? -1, stdout, stderr }))
+    p.stdin.on('error', () => undefined) // the program may exit without reading its input
+    p.stdin.end(input)
+  })
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((done, fail) => {
+    const s = createNetServer()
+    s.on('error', fail)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as AddressInfo
+      s.close(() => done(port))
+    })
+  })
+}
