@@ -347,16 +347,17 @@ export function rebootHandler(name = 'Reboot'): Handler {
     async run(ctx) {
       if (ctx.check) return { status: 'changed', message: 'would reboot' }
       const before = (await ctx.must('cat /proc/sys/kernel/random/boot_id')).stdout.trim()
-      // Detach the reboot so the command returns before sshd goes away.
-      await ctx.sh(`nohup sh -c 'sleep 1; systemctl reboot' >/dev/null 2>&1 &`)
+      // Detached, and a moment later, so this command's exit status reaches us before sshd is stopped.
+      await ctx.sh(`nohup sh -c 'sleep 0.3; systemctl reboot' >/dev/null 2>&1 &`)
       await ctx.conn.reset()
       const limit = ctx.vars.reboot_timeout * 1000
       const started = Date.now()
-      await sleep(1000) // the reboot starts after 1 s (see above): polling earlier only finds the old boot
+      await sleep(300) // polling before the reboot starts only finds the old boot
       let lastError = ''
       while (Date.now() - started < limit) {
         try {
-          const r = await ctx.conn.run('cat /proc/sys/kernel/random/boot_id', { connectWithinMs: limit - (Date.now() - started) })
+          // Short attempts: a SYN sent while the host was down must not hold up noticing it is back.
+          const r = await ctx.conn.run('cat /proc/sys/kernel/random/boot_id', { connectWithinMs: Math.min(3000, limit - (Date.now() - started)) })
           const now = r.stdout.trim()
           if (r.code === 0 && now && now !== before) {
             ctx.facts.invalidate()
