@@ -188,7 +188,7 @@ describe('inventory errors: message and file:line:col', () => {
       col: 20,
     },
     { fixture: 'bad-url.yaml', message: 'k3s_install_url: expected an http(s) URL, got "get.k3s.io"', line: 3, col: 22 },
-    { fixture: 'bad-address-octet.yaml', message: 'address: expected an IPv4/IPv6 address or host name, got "192.168.1.300"', line: 6, col: 20 },
+    { fixture: 'bad-address-octet.yaml', message: 'address: expected an IPv4/IPv6 address or host name, got "203.0.113.300"', line: 6, col: 20 },
     { fixture: 'bad-address-text.yaml', message: 'address: expected an IPv4/IPv6 address or host name, got "not an ip!"', line: 7, col: 20 },
     {
       fixture: 'host-in-no-group.yaml',
@@ -204,7 +204,7 @@ describe('inventory errors: message and file:line:col', () => {
       col: 1,
       hint: 'agents join a server: add one host under children.server.hosts',
     },
-    { fixture: 'same-address.yaml', message: 'hosts "pi3-worker-1" and "pi3-worker-2" have the same address 192.168.1.53', line: 11, col: 9 },
+    { fixture: 'same-address.yaml', message: 'hosts "pi3-worker-1" and "pi3-worker-2" have the same address 203.0.113.53', line: 11, col: 9 },
     { fixture: 'no-address.yaml', message: 'host "pi3-worker-1" has no address', line: 9, col: 9, hint: 'add "address: <ip or name>" under the host' },
     {
       fixture: 'host-vars-twice.yaml',

@@ -135,45 +135,45 @@ describe('checkHostKey', () => {
   })
 
   it('uses [host]:port for other ports', async () => {
-    const k = await kh(`[192.168.1.55]:2222 ${keys.ed1.line}\n192.168.1.55 ${keys.ed2.line}\n`)
-    expect(checkHostKey(k, '192.168.1.55', 2222, keys.ed1.blob)).toEqual({ status: 'match' })
-    expect(checkHostKey(k, '192.168.1.55', 22, keys.ed2.blob)).toEqual({ status: 'match' })
+    const k = await kh(`[203.0.113.55]:2222 ${keys.ed1.line}\n203.0.113.55 ${keys.ed2.line}\n`)
+    expect(checkHostKey(k, '203.0.113.55', 2222, keys.ed1.blob)).toEqual({ status: 'match' })
+    expect(checkHostKey(k, '203.0.113.55', 22, keys.ed2.blob)).toEqual({ status: 'match' })
     // Each port has its own key: ed1 on port 22 is a changed key, not a match.
-    expect(checkHostKey(k, '192.168.1.55', 22, keys.ed1.blob)).toEqual({ status: 'changed', expected: [keys.ed2.sshKeygenFingerprint], got: keys.ed1.sshKeygenFingerprint })
-    expect(checkHostKey(k, '192.168.1.55', 2200, keys.ed1.blob)).toEqual({ status: 'unknown' })
+    expect(checkHostKey(k, '203.0.113.55', 22, keys.ed1.blob)).toEqual({ status: 'changed', expected: [keys.ed2.sshKeygenFingerprint], got: keys.ed1.sshKeygenFingerprint })
+    expect(checkHostKey(k, '203.0.113.55', 2200, keys.ed1.blob)).toEqual({ status: 'unknown' })
   })
 
   it('matches comma-separated host lists', async () => {
-    const k = await kh(`pi-k3s,192.168.1.55,[pi-k3s]:2222 ${keys.ed1.line}\n`)
-    for (const [h, p] of [['pi-k3s', 22], ['192.168.1.55', 22], ['pi-k3s', 2222]] as const) {
+    const k = await kh(`pi-k3s,203.0.113.55,[pi-k3s]:2222 ${keys.ed1.line}\n`)
+    for (const [h, p] of [['pi-k3s', 22], ['203.0.113.55', 22], ['pi-k3s', 2222]] as const) {
       expect(checkHostKey(k, h, p, keys.ed1.blob)).toEqual({ status: 'match' })
     }
-    expect(checkHostKey(k, '192.168.1.5', 22, keys.ed1.blob)).toEqual({ status: 'unknown' })
+    expect(checkHostKey(k, '203.0.113.5', 22, keys.ed1.blob)).toEqual({ status: 'unknown' })
   })
 
   it('supports * and ? wildcards and !negation', async () => {
-    const k = await kh(`*.lan,!evil.lan ${keys.ed1.line}\npi3-worker-? ${keys.ec256.line}\n192.168.1.* ${keys.rsa.line}\n`)
+    const k = await kh(`*.lan,!evil.lan ${keys.ed1.line}\npi3-worker-? ${keys.ec256.line}\n203.0.113.* ${keys.rsa.line}\n`)
     expect(checkHostKey(k, 'pi-k3s.lan', 22, keys.ed1.blob)).toEqual({ status: 'match' })
     expect(checkHostKey(k, 'evil.lan', 22, keys.ed1.blob)).toEqual({ status: 'unknown' })
     expect(checkHostKey(k, 'lan', 22, keys.ed1.blob)).toEqual({ status: 'unknown' })
     expect(checkHostKey(k, 'pi3-worker-1', 22, keys.ec256.blob)).toEqual({ status: 'match' })
     expect(checkHostKey(k, 'pi3-worker-12', 22, keys.ec256.blob)).toEqual({ status: 'unknown' })
-    expect(checkHostKey(k, '192.168.1.53', 22, keys.rsa.blob)).toEqual({ status: 'match' })
+    expect(checkHostKey(k, '203.0.113.53', 22, keys.rsa.blob)).toEqual({ status: 'match' })
     // A pattern without brackets does not cover another port ("[x]:2222" is the name checked).
     expect(checkHostKey(k, 'pi-k3s.lan', 2222, keys.ed1.blob)).toEqual({ status: 'unknown' })
   })
 
   it('matches entries hashed by ssh-keygen -H, and agrees with ssh-keygen -F', async () => {
-    const path = khFile('hashed', `pi-k3s ${keys.ed1.line}\n[pi-k3s]:2222 ${keys.ec256.line}\n192.168.1.53 ${keys.rsa.line}\n`)
+    const path = khFile('hashed', `pi-k3s ${keys.ed1.line}\n[pi-k3s]:2222 ${keys.ec256.line}\n203.0.113.53 ${keys.rsa.line}\n`)
     sh('ssh-keygen', ['-q', '-H', '-f', path])
     const k = await loadKnownHosts(path)
     expect(k.entries).toHaveLength(3)
     expect(k.entries.every((e) => e.hosts.kind === 'hashed' && e.hostField.startsWith('|1|'))).toBe(true)
     expect(checkHostKey(k, 'pi-k3s', 22, keys.ed1.blob)).toEqual({ status: 'match' })
     expect(checkHostKey(k, 'pi-k3s', 2222, keys.ec256.blob)).toEqual({ status: 'match' })
-    expect(checkHostKey(k, '192.168.1.53', 22, keys.rsa.blob)).toEqual({ status: 'match' })
+    expect(checkHostKey(k, '203.0.113.53', 22, keys.rsa.blob)).toEqual({ status: 'match' })
     expect(checkHostKey(k, 'pi-k3s', 22, keys.ed2.blob)).toEqual({ status: 'changed', expected: [keys.ed1.sshKeygenFingerprint], got: keys.ed2.sshKeygenFingerprint })
-    for (const [name, host, port] of [['pi-k3s', 'pi-k3s', 22], ['[pi-k3s]:2222', 'pi-k3s', 2222], ['192.168.1.53', '192.168.1.53', 22], ['pi3', 'pi3', 22]] as const) {
+    for (const [name, host, port] of [['pi-k3s', 'pi-k3s', 22], ['[pi-k3s]:2222', 'pi-k3s', 2222], ['203.0.113.53', '203.0.113.53', 22], ['pi3', 'pi3', 22]] as const) {
       let found = false
       try {
         found = sh('ssh-keygen', ['-F', name, '-f', path]).includes('found')
@@ -231,13 +231,13 @@ describe('addKnownHost', () => {
     const before = `# mine\nold ${keys.rsa.line} no newline at end`
     const path = khFile('append', before, 0o644)
     const inode = statSync(path).ino
-    await addKnownHost(path, '192.168.1.55', 2222, keys.ec256.blob)
+    await addKnownHost(path, '203.0.113.55', 2222, keys.ec256.blob)
     const after = readFileSync(path, 'utf8')
-    expect(after).toBe(`${before}\n[192.168.1.55]:2222 ${keys.ec256.line}\n`)
+    expect(after).toBe(`${before}\n[203.0.113.55]:2222 ${keys.ec256.line}\n`)
     expect(statSync(path).ino).not.toBe(inode) // replaced by rename, never rewritten in place
     expect(statSync(path).mode & 0o777).toBe(0o644)
     expect(readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([])
-    expect(checkHostKey(await loadKnownHosts(path), '192.168.1.55', 2222, keys.ec256.blob)).toEqual({ status: 'match' })
+    expect(checkHostKey(await loadKnownHosts(path), '203.0.113.55', 2222, keys.ec256.blob)).toEqual({ status: 'match' })
   })
 
   it('is a no-op when the key is already known', async () => {
@@ -280,7 +280,7 @@ describe('removeKnownHost', () => {
       `[pi-k3s]:2222 ${keys.ed2.line}`,
       `*.lan ${keys.rsa.line}`,
       `@revoked pi-k3s ${keys.ed2.line}`,
-      `192.168.1.56\t${keys.ed1.line}`,
+      `203.0.113.56\t${keys.ed1.line}`,
     ]
 
   it('removes plain and hashed entries of the host and leaves other lines byte-identical', async () => {
@@ -313,8 +313,8 @@ describe('removeKnownHost', () => {
   })
 
   it('drops only the host from a shared line, so the other hosts stay trusted', async () => {
-    const path = khFile('remove-list', `pi-k3s,192.168.1.55,pi ${keys.ed1.line} c\nx ${keys.ed2.line}`)
-    expect(await removeKnownHost(path, '192.168.1.55')).toBe(1)
+    const path = khFile('remove-list', `pi-k3s,203.0.113.55,pi ${keys.ed1.line} c\nx ${keys.ed2.line}`)
+    expect(await removeKnownHost(path, '203.0.113.55')).toBe(1)
     expect(readFileSync(path, 'utf8')).toBe(`pi-k3s,pi ${keys.ed1.line} c\nx ${keys.ed2.line}`)
     expect(await removeKnownHost(path, 'pi-k3s')).toBe(1)
     expect(await removeKnownHost(path, 'pi')).toBe(1)

@@ -123,7 +123,7 @@ describe('HTTP probes', () => {
     const err = (code: string, message: string): Error => Object.assign(new Error(message), { code })
     expect(describeNetError(err('ENOTFOUND', 'getaddrinfo ENOTFOUND jellyfin.lab.mtgibbs.dev'), 'jellyfin.lab.mtgibbs.dev')).toBe('cannot resolve jellyfin.lab.mtgibbs.dev (ENOTFOUND)')
     expect(describeNetError(err('CERT_HAS_EXPIRED', 'certificate has expired'), 'immich.lab.mtgibbs.dev')).toBe('TLS: certificate has expired (CERT_HAS_EXPIRED)')
-    expect(describeNetError(err('EHOSTUNREACH', 'x'), '192.168.1.55:443')).toBe('192.168.1.55:443 is unreachable (EHOSTUNREACH)')
+    expect(describeNetError(err('EHOSTUNREACH', 'x'), '203.0.113.55:443')).toBe('203.0.113.55:443 is unreachable (EHOSTUNREACH)')
   })
 
   it('judges answers without a network (the pure part)', () => {
@@ -209,7 +209,7 @@ describe('runChecks and the app table', () => {
 })
 
 describe('app_checks from the inventory', () => {
-  const opts = { timeoutSec: 5, defaultServer: '192.168.1.55', resolveServer: (n: string) => (n === 'pi-k3s' ? '192.168.1.55' : n) }
+  const opts = { timeoutSec: 5, defaultServer: '203.0.113.55', resolveServer: (n: string) => (n === 'pi-k3s' ? '203.0.113.55' : n) }
 
   it('reads HTTP and DNS checks, with defaults and inventory host names', () => {
     expect(
@@ -223,8 +223,8 @@ describe('app_checks from the inventory', () => {
         opts,
       ),
     ).toEqual([
-      { kind: 'dns', app: 'pihole', server: '192.168.1.55', port: 53, name: 'google.com', type: 'A', timeoutMs: 5000 },
-      { kind: 'dns', app: 'pihole-2', server: '192.168.1.55', port: 5353, name: 'example.org', type: 'AAAA', timeoutMs: 2000 },
+      { kind: 'dns', app: 'pihole', server: '203.0.113.55', port: 53, name: 'google.com', type: 'A', timeoutMs: 5000 },
+      { kind: 'dns', app: 'pihole-2', server: '203.0.113.55', port: 5353, name: 'example.org', type: 'AAAA', timeoutMs: 2000 },
       { kind: 'http', app: 'jellyfin', url: 'https://jellyfin.lab.mtgibbs.dev/health', expectBody: 'Healthy', timeoutMs: 5000 },
       { kind: 'http', app: 'immich', url: 'https://immich.lab.mtgibbs.dev/api/server/ping', expectJson: { res: 'pong' }, expectStatus: 200, timeoutMs: 500 },
     ])
