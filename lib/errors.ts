@@ -36,9 +36,6 @@ export class ProvisionError extends Error {
   }
 }
 
-export const usageError = (message: string, hint?: string): ProvisionError =>
-  new ProvisionError('usage', message, { hint })
-
 export const isProvisionError = (e: unknown): e is ProvisionError => e instanceof ProvisionError
 
 /** Text of any thrown value, for reports. */

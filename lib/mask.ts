@@ -27,10 +27,6 @@ export function mask(text: string): string {
   return text.replace(pattern, MASK)
 }
 
-export function knownSecretCount(): number {
-  return values.size
-}
-
 /** For tests only: forget every registered secret. */
 export function resetSecretsForTest(): void {
   values.clear()

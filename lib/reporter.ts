@@ -1,7 +1,7 @@
 // Run events and the ways they are shown: a spinner on a TTY (ora), plain lines for CI and pipes,
 // JSON lines for machines (--json FILE), and a recording reporter for tests. Everything passes through mask().
 
-import { appendFileSync, closeSync, openSync, writeSync } from 'node:fs'
+import { closeSync, openSync, writeSync } from 'node:fs'
 import ora, { type Ora } from 'ora'
 import { mask } from './mask.ts'
 import type { StepStatus } from './role.ts'
@@ -206,8 +206,4 @@ export function createReporter(opts: ReporterOptions): Reporter {
   const tty = opts.tty ?? (Boolean(process.stdout.isTTY) && !process.env.CI)
   const main: Reporter = tty ? new TtyReporter(opts) : new PlainReporter(opts)
   return opts.jsonFile ? new FanOut([main, new JsonReporter(opts.jsonFile)]) : main
-}
-
-export function appendLog(file: string, line: string): void {
-  appendFileSync(file, mask(line) + '\n')
 }
