@@ -70,3 +70,14 @@ export function answerBatch(script: string, answer: (sub: string) => Partial<Run
   })
   return { stdout: out, code: 0 }
 }
+
+/** Run fn, require a ProvisionError, return it (so each test can look at kind, place and text). */
+export function thrown(fn: () => unknown): ProvisionError {
+  try {
+    fn()
+  } catch (e) {
+    if (!(e instanceof ProvisionError)) throw new Error(`expected a ProvisionError, got ${String(e)}`)
+    return e
+  }
+  throw new Error('expected a ProvisionError, nothing was thrown')
+}

@@ -3,7 +3,7 @@ import { homedir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
-import { ProvisionError } from '../../lib/errors.ts'
+import { thrown } from './fakes.ts'
 import { expandPath, hostVars, loadInventory, parseExtraVars, parseInventory, type Inventory, type InventoryHost } from '../../lib/inventory.ts'
 import { BUILTIN_DEFAULTS, type Vars } from '../../lib/vars.ts'
 
@@ -12,16 +12,6 @@ const ownerInventory = resolve(here, '../../inventory/hosts.yaml')
 const fixtures = join(here, 'fixtures/inventory')
 const errorFixture = (name: string): string => join(fixtures, 'errors', name)
 
-/** Run fn, require a ProvisionError, return it (so each test can look at kind, place and text). */
-function thrown(fn: () => unknown): ProvisionError {
-  try {
-    fn()
-  } catch (e) {
-    expect(e).toBeInstanceOf(ProvisionError)
-    return e as ProvisionError
-  }
-  throw new Error('expected a ProvisionError, nothing was thrown')
-}
 
 function host(inv: Inventory, name: string): InventoryHost {
   const h = inv.hosts.get(name)

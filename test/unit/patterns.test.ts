@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, describe, expect, it } from 'vitest'
-import { ProvisionError } from '../../lib/errors.ts'
+import { thrown } from './fakes.ts'
 import { loadInventory, parseInventory } from '../../lib/inventory.ts'
 import { selectHosts } from '../../lib/patterns.ts'
 
@@ -15,15 +15,6 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }))
 
 const ALL = ['pi-k3s', 'pi3-worker-1', 'pi3-worker-2']
 
-function thrown(fn: () => unknown): ProvisionError {
-  try {
-    fn()
-  } catch (e) {
-    expect(e).toBeInstanceOf(ProvisionError)
-    return e as ProvisionError
-  }
-  throw new Error('expected a ProvisionError, nothing was thrown')
-}
 
 describe('selectHosts on the owner inventory', () => {
   it('a host name', () => {

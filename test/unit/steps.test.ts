@@ -3,8 +3,8 @@ import { chmodSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync,
 import { tmpdir, userInfo } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { thrown } from './fakes.ts'
 import type { RunResult } from '../../lib/connection.ts'
-import { ProvisionError } from '../../lib/errors.ts'
 import type { Change } from '../../lib/role.ts'
 import {
   addTokens,
@@ -24,15 +24,6 @@ import {
 const STAMP = '20250101T120000'
 const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64')
 
-function thrown(fn: () => unknown): ProvisionError {
-  try {
-    fn()
-  } catch (e) {
-    expect(e).toBeInstanceOf(ProvisionError)
-    return e as ProvisionError
-  }
-  throw new Error('expected a ProvisionError, nothing was thrown')
-}
 
 function must<T>(v: T | null): T {
   expect(v).not.toBeNull()
