@@ -51,7 +51,8 @@ function pollProcesses(host: string): { stop: () => Promise<string[]> } {
   const loop = (async () => {
     while (running) {
       try {
-        const r = await labExec(host, 'ps -eo args')
+        // Bounded: entering a host while it shuts down for its reboot can hang.
+        const r = await labExec(host, 'ps -eo args', { timeoutMs: 5000 })
         for (const line of r.stdout.split('\n')) if (line.trim()) seen.add(line)
       } catch {
         // the host is down for its reboot

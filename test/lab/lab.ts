@@ -135,10 +135,11 @@ export async function labHeal(name: string): Promise<void> {
 }
 
 /** Runs `sh -c command` as root in the host through its namespaces: works without its network. */
-export async function labExec(name: string, command: string, opts: { input?: string } = {}): Promise<ExecResult> {
+export async function labExec(name: string, command: string, opts: { input?: string; timeoutMs?: number } = {}): Promise<ExecResult> {
   await ensureTools(['nsenter'])
   const [cmd, ...args] = execArgv(name, command)
-  return run(cmd, args, { input: opts.input, allowFail: true })
+  // Bounded by default: a command entering a host that is shutting down can hang; no lab command needs 2 minutes.
+  return run(cmd, args, { input: opts.input, allowFail: true, timeoutMs: opts.timeoutMs ?? 120_000 })
 }
 
 export async function labStatus(): Promise<LabStatus> {

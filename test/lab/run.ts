@@ -24,6 +24,8 @@ export interface RunOptions {
   /** Return the result instead of throwing when the exit code is not 0. */
   allowFail?: boolean
   env?: NodeJS.ProcessEnv
+  /** Kill the command (SIGKILL) after this many ms: a command entering a host that is shutting down can hang. */
+  timeoutMs?: number
 }
 
 export function run(cmd: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
@@ -34,7 +36,9 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
     child.stdout.on('data', (b: Buffer) => out.push(b))
     child.stderr.on('data', (b: Buffer) => err.push(b))
     child.on('error', (e) => reject(new LabError(`cannot run ${cmd}: ${e.message}`, { cause: e })))
+    const timer = opts.timeoutMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs)
     child.on('close', (code, signal) => {
+      if (timer) clearTimeout(timer)
       const result = {
         code: code ?? 128 + (signal ? osConstants.signals[signal] : 0),
         stdout: Buffer.concat(out).toString(),
