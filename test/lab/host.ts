@@ -9,7 +9,7 @@ import { IMAGE_DIR, IMAGE_ID, imageDir } from './image.ts'
 import { isMounted, mountOverlay, unmountUnder } from './mounts.ts'
 import { hostAddress } from './network.ts'
 import { LAB_BRIDGE, LAB_BRIDGE_IP, LAB_DIR, LAB_HOSTS_DIR, LAB_KEY, hostPaths } from './paths.ts'
-import { aliveWith, processes, readPidfile, signal, terminate, waitGone } from './procs.ts'
+import { aliveWith, processes, readPidfile, signal, sleep, terminate, waitGone } from './procs.ts'
 import { LabError, run } from './run.ts'
 
 export const HOST_KEY_TYPES = ['ed25519', 'ecdsa', 'rsa'] as const
@@ -84,6 +84,21 @@ export async function stopHost(name: string): Promise<void> {
   await terminate(nspawnPids(paths.root), 3000)
   await unmountUnder(paths.root)
   rmSync(paths.pidfile, { force: true })
+  await removeStaleVeth(name)
+}
+
+/**
+ * The host side of the container's veth ("vb-NAME") can outlive a killed container for a moment, or for good
+ * when a run was killed: the next systemd-nspawn then fails with "Failed to add new veth interfaces ... File
+ * exists". Wait for it to go, then remove it. (Names longer than nspawn's 15-character limit are hashed by
+ * nspawn and not handled here; the lab's host names fit.)
+ */
+async function removeStaleVeth(name: string): Promise<void> {
+  const link = `vb-${name}`
+  if (link.length > 15) return
+  const exists = async () => (await run('ip', ['link', 'show', link], { allowFail: true })).code === 0
+  for (let i = 0; i < 20 && (await exists()); i++) await sleep(100)
+  if (await exists()) await run('ip', ['link', 'delete', link], { allowFail: true })
 }
 
 /** A freshly flashed SD card: the host's own layer is gone, the next start writes new first-boot files. */
