@@ -1,24 +1,14 @@
-import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import type { Connection, RunOptions, RunResult } from '../../lib/connection.ts'
+import { LocalConnection, type Connection, type RunOptions, type RunResult } from '../../lib/connection.ts'
 import { defineFact, FactCache, splitBatch, type Fact } from '../../lib/facts.ts'
 
-/** Runs a script with the controller's real sh (stdin errors ignored: a script may not read it). */
+/** Runs a script with the controller's real sh. */
+const localSh = new LocalConnection()
 function sh(script: string, stdin = ''): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('sh', ['-c', script], { stdio: ['pipe', 'pipe', 'pipe'] })
-    const out: Buffer[] = []
-    const err: Buffer[] = []
-    child.stdout.on('data', (d: Buffer) => out.push(d))
-    child.stderr.on('data', (d: Buffer) => err.push(d))
-    child.stdin.on('error', () => {})
-    child.on('error', reject)
-    child.on('close', (code) => resolve({ code: code ?? 255, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }))
-    child.stdin.end(stdin)
-  })
+  return localSh.run(script, { stdin })
 }
 
 /** A Connection that records every script and answers with a real `sh -c` (or a canned answer). */

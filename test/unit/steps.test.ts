@@ -1,10 +1,10 @@
-import { execFileSync, spawn } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { chmodSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir, userInfo } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { LocalConnection } from '../../lib/connection.ts'
 import { thrown } from './fakes.ts'
-import type { RunResult } from '../../lib/connection.ts'
 import type { Change } from '../../lib/role.ts'
 import {
   addTokens,
@@ -30,26 +30,8 @@ function must<T>(v: T | null): T {
   return v as T
 }
 
-/**
- * The controller's own sh, like lib/connection.ts LocalConnection. (LocalConnection itself is not used: it has
- * no 'error' listener on the child's stdin, so a script that exits before its stdin is written, e.g.
- * `echo ABSENT`, intermittently crashes the process with an uncaught EPIPE; see the report.)
- */
-const local = {
-  run(script: string, opts: { stdin?: string } = {}): Promise<RunResult> {
-    return new Promise((resolve, reject) => {
-      const child = spawn('sh', ['-c', script], { stdio: ['pipe', 'pipe', 'pipe'] })
-      const out: Buffer[] = []
-      const err: Buffer[] = []
-      child.stdout.on('data', (d: Buffer) => out.push(d))
-      child.stderr.on('data', (d: Buffer) => err.push(d))
-      child.stdin.on('error', () => {}) // the script may exit without reading its stdin
-      child.on('error', reject)
-      child.on('close', (code) => resolve({ code: code ?? 255, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }))
-      child.stdin.end(opts.stdin ?? '')
-    })
-  },
-}
+// The controller's own sh, through the same connection class controller-side steps use.
+const local = new LocalConnection()
 
 let dir: string
 beforeAll(() => {
