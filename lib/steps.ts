@@ -206,18 +206,22 @@ export function planPackages(installed: Map<string, boolean>, present: readonly 
 
 // ---------------------------------------------------------------- steps
 
-/** A file with exactly this content, owner and mode. Content may depend on vars (a function). */
-export function file(name: string, spec: (ctx: StepContext) => FileSpec, extra: Partial<Step> = {}): Step {
+/** The common shape of a primitive: one fact about the thing, a pure plan from it, applied by the context. */
+function plannedStep<S, F>(name: string, spec: (ctx: StepContext) => S, fact: (s: S) => Fact<F>, plan: (cur: F, s: S) => Change | null, extra: Partial<Step>): Step {
   return {
     name,
     ...extra,
-    facts: (ctx) => [fileFact(spec(ctx).path)],
+    facts: (ctx) => [fact(spec(ctx))],
     async run(ctx) {
       const s = spec(ctx)
-      const cur = await ctx.facts.get(fileFact(s.path))
-      return ctx.apply(planFile(cur, s, timestamp()))
+      return ctx.apply(plan(await ctx.facts.get(fact(s)), s))
     },
   }
+}
+
+/** A file with exactly this content, owner and mode. Content may depend on vars (a function). */
+export function file(name: string, spec: (ctx: StepContext) => FileSpec, extra: Partial<Step> = {}): Step {
+  return plannedStep(name, spec, (s) => fileFact(s.path), (cur, s) => planFile(cur, s, timestamp()), extra)
 }
 
 /** Tokens (like kernel flags) present in a one-line file such as cmdline.txt; other bytes kept; backup on change. */
@@ -281,15 +285,7 @@ export function directory(name: string, spec: (ctx: StepContext) => { path: stri
 }
 
 export function systemdUnit(name: string, spec: (ctx: StepContext) => UnitSpec, extra: Partial<Step> = {}): Step {
-  return {
-    name,
-    ...extra,
-    facts: (ctx) => [unitFact(spec(ctx).unit)],
-    async run(ctx) {
-      const s = spec(ctx)
-      return ctx.apply(planUnit(await ctx.facts.get(unitFact(s.unit)), s))
-    },
-  }
+  return plannedStep(name, spec, (s) => unitFact(s.unit), planUnit, extra)
 }
 
 export function aptPackages(name: string, spec: (ctx: StepContext) => { present?: readonly string[]; absent?: readonly string[] }, extra: Partial<Step> = {}): Step {
