@@ -51,9 +51,7 @@ export class FactCache {
       return
     }
     const marker = `__FACT_${Math.random().toString(36).slice(2)}__`
-    const script = todo
-      .map((f, i) => `printf '%s\\n' ${quote(`${marker} ${i}`)}; ( ${f.script}\n) 2>/dev/null; printf '\\n%s %d\\n' ${quote(`${marker}rc`)} $?`)
-      .join('\n')
+    const script = batchScript(todo.map((f) => f.script), marker)
     const p = (async () => {
       this.roundTrips++
       const r = await this.conn.run(script)
@@ -79,6 +77,28 @@ export class FactCache {
   invalidate(): void {
     this.values.clear()
   }
+}
+
+/**
+ * The facts of a batch run side by side on the host (a role's cluster reads each start a kubectl, which
+ * dominates on a Pi), each into its own file in RAM (/dev/shm: no SD-card writes), then print in order with
+ * their exit codes. Where no temp dir can be made (a read-only or full disk) they run one after another.
+ */
+export function batchScript(scripts: readonly string[], marker: string): string {
+  const head = (i: number) => `printf '%s\\n' ${quote(`${marker} ${i}`)}`
+  const tail = (rc: string) => `printf '\\n%s %d\\n' ${quote(`${marker}rc`)} ${rc}`
+  return [
+    // Each fact is a function with a subshell body, so its text is sent once whichever way it runs.
+    ...scripts.map((s, i) => `f${i}() (\n${s}\n)`),
+    'if d=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d 2>/dev/null); then',
+    `trap 'rm -rf "$d"' EXIT`,
+    ...scripts.map((_s, i) => `( f${i} >"$d/${i}" 2>/dev/null; echo $? >"$d/${i}.rc" ) &`),
+    'wait',
+    ...scripts.map((_s, i) => `${head(i)}; cat "$d/${i}"; ${tail(`"$(cat "$d/${i}.rc")"`)}`),
+    'else',
+    ...scripts.map((_s, i) => `${head(i)}; f${i} 2>/dev/null; ${tail('$?')}`),
+    'fi',
+  ].join('\n')
 }
 
 function dedupe(facts: Fact<unknown>[]): Fact<unknown>[] {

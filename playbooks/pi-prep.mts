@@ -1,6 +1,7 @@
 #!/usr/bin/env zx
 // Only the preparation of the Pis (cgroups, swap, packages, modules, sysctls, reboot where needed).
-import { main } from '../lib/cli.ts'
-import { piPrep } from '../roles/pi-prep.ts'
+import '../lib/compile-cache.ts' // first: the imports below then load from Node's compile cache
+const { main } = await import('../lib/cli.ts')
+const { piPrep } = await import('../roles/pi-prep.ts')
 
 await main({ name: 'pi-prep', plays: [{ name: 'Prepare the Pis', hosts: 'all', roles: [piPrep] }] })

@@ -6,16 +6,17 @@
 // A server is restored from the newest datastore backup in k3s_backup_dir when there is one (same token,
 // before k3s first starts), otherwise installed fresh with the same token; then every agent must be Ready,
 // Flux is bootstrapped again where needed, and the apps checks must pass.
-import { parseCli, runCli, scriptArgs } from '../lib/cli.ts'
-import { errorText } from '../lib/errors.ts'
-import { expandPath, hostVars, loadInventory } from '../lib/inventory.ts'
-import { removeKnownHost } from '../lib/knownhosts.ts'
 import type { Play } from '../lib/role.ts'
-import { apps } from '../roles/apps.ts'
-import { fluxBootstrap } from '../roles/flux-bootstrap.ts'
-import { k3sAgent } from '../roles/k3s-agent.ts'
-import { k3sServer } from '../roles/k3s-server.ts'
-import { piPrep } from '../roles/pi-prep.ts'
+import '../lib/compile-cache.ts' // first: the imports below then load from Node's compile cache
+const { parseCli, runCli, scriptArgs } = await import('../lib/cli.ts')
+const { errorText } = await import('../lib/errors.ts')
+const { expandPath, hostVars, loadInventory } = await import('../lib/inventory.ts')
+const { removeKnownHost } = await import('../lib/knownhosts.ts')
+const { apps } = await import('../roles/apps.ts')
+const { fluxBootstrap } = await import('../roles/flux-bootstrap.ts')
+const { k3sAgent } = await import('../roles/k3s-agent.ts')
+const { k3sServer } = await import('../roles/k3s-server.ts')
+const { piPrep } = await import('../roles/pi-prep.ts')
 
 async function rebuild(argv: string[]): Promise<number> {
   const o = parseCli(argv, { positionals: true })

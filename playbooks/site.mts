@@ -2,12 +2,13 @@
 // The whole cluster, in the order the owner used to do it by hand:
 // prepare every Pi, install the server, then join the agents (concurrently, within --forks),
 // then Flux on the server (ESO's 1Password secret first) and the apps it reconciles, checked from here.
-import { main } from '../lib/cli.ts'
-import { apps } from '../roles/apps.ts'
-import { fluxBootstrap } from '../roles/flux-bootstrap.ts'
-import { k3sAgent } from '../roles/k3s-agent.ts'
-import { k3sServer } from '../roles/k3s-server.ts'
-import { piPrep } from '../roles/pi-prep.ts'
+import '../lib/compile-cache.ts' // first: the imports below then load from Node's compile cache
+const { main } = await import('../lib/cli.ts')
+const { apps } = await import('../roles/apps.ts')
+const { fluxBootstrap } = await import('../roles/flux-bootstrap.ts')
+const { k3sAgent } = await import('../roles/k3s-agent.ts')
+const { k3sServer } = await import('../roles/k3s-server.ts')
+const { piPrep } = await import('../roles/pi-prep.ts')
 
 await main({
   name: 'site',

@@ -14,7 +14,7 @@ import type { Role, StepContext } from '../lib/role.ts'
 import { quote } from '../lib/shell.ts'
 import type { Vars } from '../lib/vars.ts'
 import {
-  conditionOf, field, FLUX, HR, isReady, KS, KUBECTL, kubeGetMany, nameOf, waitUntil, type KubeObject,
+  conditionOf, field, FLUX, HR, isReady, KS, KUBECTL, kubeFact, kubeGetMany, kubeObjects, nameOf, waitUntil, type KubeObject,
 } from './flux-bootstrap.ts'
 
 export const SECRET_STORE = 'onepassword'
@@ -299,6 +299,14 @@ function validateAppVars(v: Vars): void {
   parsePlacement(v.placement)
 }
 
+// ---------------------------------------------------------------- what the role reads, side by side, before the reconcile
+
+/** Every Kustomization and HelmRelease: when git brings nothing new and all are Ready at its revision, nothing is forced. */
+export const fluxObjectsFact = kubeFact('apps', `${KS},${HR} -A`)
+export const esoObjectsFact = kubeFact('apps', 'clustersecretstores.external-secrets.io,externalsecrets.external-secrets.io -A')
+/** What placement is judged on: the nodes, the pods and the workloads that own them. */
+export const placementObjectsFact = kubeFact('apps', 'nodes,pods,deployments.apps,statefulsets.apps,daemonsets.apps,cronjobs.batch -A')
+
 // ---------------------------------------------------------------- the role
 
 function checkMode(ctx: StepContext, what: string): { status: 'skipped'; message: string } | undefined {
@@ -315,6 +323,9 @@ export const apps: Role = {
   steps: [
     {
       name: 'Reconcile the GitOps source',
+      // The cluster reads of the later steps, in one round trip. When the reconcile brings nothing new they are
+      // as current as reads made after it; when it does, they are dropped and read again after the wait.
+      facts: (ctx) => (ctx.check ? [] : [fluxObjectsFact, esoObjectsFact, ...(parsePlacement(ctx.vars.placement).length ? [placementObjectsFact] : [])]),
       async run(ctx) {
         const skip = checkMode(ctx, 'reconcile GitRepository flux-system')
         if (skip) return skip
@@ -333,13 +344,15 @@ export const apps: Role = {
         // same manifests (Flux does that on its own interval), so a no-op rerun does not wait for it.
         const revision = ctx.shared.get(`flux-revision:${ctx.host}`) as string | undefined
         if (revision) {
-          const now = await kubeGetMany(ctx, { ks: `${KS} -A`, hr: `${HR} -A` })
-          const st = readiness(now.ks, now.hr, { revision })
+          const read = await ctx.facts.get(fluxObjectsFact)
+          const st = readiness(kubeObjects(read, 'Kustomization'), kubeObjects(read, 'HelmRelease'), { revision })
           if (st.total > 0 && st.notReady.length === 0) {
             ctx.shared.set(`flux-all-ready:${ctx.host}`, `${st.ready}/${st.total} Ready at ${revision}`)
             return { status: 'ok', message: `all ${st.total} Ready at ${revision}: nothing new to apply` }
           }
         }
+        // From here on the cluster changes: the later checks read it again.
+        ctx.facts.invalidate()
         // The root first: it applies the other Kustomizations at the new revision.
         const r = await ctx.must(`${FLUX} reconcile kustomization flux-system -n flux-system --timeout=${ctx.vars.flux_timeout}s`, { what: 'flux reconcile kustomization flux-system' })
         const applied = parseRevision(r.stderr + r.stdout)
@@ -394,8 +407,8 @@ export const apps: Role = {
       async run(ctx) {
         const skip = checkMode(ctx, 'check External Secrets')
         if (skip) return skip
-        const r = await kubeGetMany(ctx, { css: 'clustersecretstores.external-secrets.io', es: 'externalsecrets.external-secrets.io -A' })
-        const report = checkEso(r.css, r.es)
+        const read = await ctx.facts.get(esoObjectsFact)
+        const report = checkEso(kubeObjects(read, 'ClusterSecretStore'), kubeObjects(read, 'ExternalSecret'))
         return { status: report.ok ? 'ok' : 'failed', message: report.message }
       },
     },
@@ -407,16 +420,9 @@ export const apps: Role = {
         if (skip) return skip
         const rules = parsePlacement(ctx.vars.placement)
         if (rules.length === 0) return { status: 'ok', message: 'no placement in the inventory' }
-        const r = await kubeGetMany(ctx, {
-          nodes: 'nodes',
-          pods: 'pods -A',
-          deploy: 'deployments.apps -A',
-          sts: 'statefulsets.apps -A',
-          ds: 'daemonsets.apps -A',
-          cj: 'cronjobs.batch -A',
-        })
-        const kinded = (items: KubeObject[], kind: string): KubeObject[] => items.map((o) => ({ ...o, kind: o.kind ?? kind }))
-        const workloads = [...kinded(r.deploy, 'Deployment'), ...kinded(r.sts, 'StatefulSet'), ...kinded(r.ds, 'DaemonSet'), ...kinded(r.cj, 'CronJob')]
+        const read = await ctx.facts.get(placementObjectsFact)
+        const workloads = kubeObjects(read).filter((o) => o.kind !== 'Node' && o.kind !== 'Pod')
+        const r = { nodes: kubeObjects(read, 'Node'), pods: kubeObjects(read, 'Pod') }
         const results = checkPlacement(rules, { nodes: r.nodes, pods: r.pods, workloads })
         const bad = results.filter((x) => !x.ok)
         if (bad.length) return { status: 'failed', message: bad.map((x) => `${x.key} -> ${x.node}: ${x.detail}`).join('; ') }

@@ -6,9 +6,9 @@
 // same place `sudo k3s kubectl` works, so the controller needs no kubeconfig, no route to port 6443, and no
 // flux binary of its own. Secrets reach the server on stdin only (never argv, logs or output).
 
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { ProvisionError } from '../lib/errors.ts'
-import { defineFact } from '../lib/facts.ts'
+import { defineFact, type Fact } from '../lib/facts.ts'
 import { registerSecret } from '../lib/mask.ts'
 import type { RunResult } from '../lib/connection.ts'
 import type { Role, StepContext, StepResult } from '../lib/role.ts'
@@ -137,6 +137,48 @@ export async function kubeGetMany(ctx: StepContext, queries: Record<string, stri
     out[k] = parseKubeJson(part, queries[k])
   })
   return out
+}
+
+/** A cluster read gathered as a fact: the objects, or why they could not be read (thrown when a step uses them). */
+export interface KubeRead {
+  objects: KubeObject[]
+  error?: string
+}
+
+/** Separates kubectl's stdout from its error output in a fact's answer (facts keep stdout only). */
+export const KUBE_STDERR = '@@kubectl-stderr@@'
+
+/**
+ * `kubectl get QUERY -o json` as a fact, so a role's cluster reads travel with its other facts and run side by
+ * side on the server. QUERY may list several types (`a,b,c`): kubectl answers one List whose items carry their
+ * kind. The scope (a role name) keeps one role from reusing another's read: the cluster changes while this host
+ * does not (agents join), and the fact cache is only dropped when this host changes.
+ */
+export function kubeFact(scope: string, query: string): Fact<KubeRead> {
+  const script = [
+    'e=$(mktemp -p /dev/shm 2>/dev/null || mktemp) || exit 125',
+    `${KUBECTL} get ${query} -o json 2>"$e"`,
+    'rc=$?',
+    `[ $rc -eq 0 ] || { printf '\\n%s\\n' '${KUBE_STDERR}'; cat "$e"; }`,
+    'rm -f "$e"',
+    'exit $rc',
+  ].join('\n')
+  return defineFact(`kube:${scope}:${query}`, script, (r) => {
+    const cut = r.stdout.indexOf(`\n${KUBE_STDERR}\n`)
+    const stdout = cut < 0 ? r.stdout : r.stdout.slice(0, cut)
+    const stderr = cut < 0 ? r.stderr : r.stdout.slice(cut + KUBE_STDERR.length + 2)
+    try {
+      return { objects: parseKubeJson({ code: r.code, stdout, stderr }, query) }
+    } catch (e) {
+      return { objects: [], error: e instanceof Error ? e.message : String(e) }
+    }
+  })
+}
+
+/** The objects of a cluster read, optionally of one kind; the read's error is thrown here, where a step needs it. */
+export function kubeObjects(read: KubeRead, kind?: string): KubeObject[] {
+  if (read.error) throw new ProvisionError('step', read.error)
+  return kind ? read.objects.filter((o) => o.kind === kind) : read.objects
 }
 
 export function splitKubeBatch(stdout: string, marker: string, n: number): (RunResult | undefined)[] {
@@ -306,14 +348,24 @@ export interface FluxState {
   controllers: KubeObject[]
 }
 
+/** Every namespace, and flux-system's GitRepository, Kustomizations and Deployments: two reads, side by side. */
+export const namespacesFact = kubeFact('flux-bootstrap', 'namespaces')
+export const fluxSystemFact = kubeFact('flux-bootstrap', `${GITREPO},${KS},deployments.apps -n flux-system`)
+
+/** What bootstrap decides on, from the two reads (no Flux CRDs yet reads as nothing installed). */
+export function fluxStateOf(namespaces: readonly KubeObject[], fluxSystem: readonly KubeObject[]): FluxState {
+  const named = (kind: string) => fluxSystem.find((o) => o.kind === kind && o.metadata.name === 'flux-system')
+  return {
+    namespace: namespaces.find((n) => n.metadata.name === 'flux-system'),
+    gitRepository: named('GitRepository'),
+    kustomization: named('Kustomization'),
+    controllers: fluxSystem.filter((o) => o.kind === 'Deployment' && o.metadata.labels?.['app.kubernetes.io/part-of'] === 'flux'),
+  }
+}
+
 export async function readFluxState(ctx: StepContext): Promise<FluxState> {
-  const r = await kubeGetMany(ctx, {
-    ns: 'namespace flux-system --ignore-not-found',
-    gr: `${GITREPO} flux-system -n flux-system --ignore-not-found`,
-    ks: `${KS} flux-system -n flux-system --ignore-not-found`,
-    deps: 'deployments.apps -n flux-system -l app.kubernetes.io/part-of=flux',
-  })
-  return { namespace: r.ns[0], gitRepository: r.gr[0], kustomization: r.ks[0], controllers: r.deps }
+  const [ns, fs] = await Promise.all([ctx.facts.get(namespacesFact), ctx.facts.get(fluxSystemFact)])
+  return fluxStateOf(kubeObjects(ns), kubeObjects(fs))
 }
 
 /** The Flux version installed in the cluster: the flux-system namespace's version label (flux-v2.7.3 as `flux version` says). */
@@ -414,24 +466,36 @@ export function esoSecretManifest(tokenBase64: string): string {
   })
 }
 
-/** Compares on the server: stdin is the wanted base64 value; the output is one word, never the value. */
-export const ESO_SECRET_STATE = [
-  'e=$(mktemp)',
-  `trap 'rm -f "$e"' EXIT`,
-  'want=$(cat)',
-  `if ! have=$(${KUBECTL} -n ${ESO_NAMESPACE} get secret ${ESO_SECRET} --ignore-not-found -o 'jsonpath={.metadata.name}{"="}{.data.${ESO_KEY}}' 2>"$e"); then cat "$e" >&2; exit 1; fi`,
-  'case "$have" in',
-  "  '') echo absent ;;",
-  `  "${ESO_SECRET}=$want") echo same ;;`,
-  '  *) echo differs ;;',
-  'esac',
-].join('\n')
+/**
+ * Whether the Secret holds the wanted value, read with the role's other facts (which have no stdin): the server
+ * answers "absent" or a sha256 of a per-run random salt + "name=<base64 value>", never the value; the controller
+ * compares it with the same digest of the value it wants.
+ */
+export type SecretState = { state: 'absent' } | { state: 'present'; digest: string } | { state: 'error'; error: string }
 
-export function parseSecretState(r: RunResult): 'absent' | 'same' | 'differs' {
-  const word = r.stdout.trim()
-  if (r.code === 0 && (word === 'absent' || word === 'same' || word === 'differs')) return word
-  throw new ProvisionError('step', `cannot read Secret ${ESO_NAMESPACE}/${ESO_SECRET}: ${(r.stderr.trim() || r.stdout.trim() || `exit ${r.code}`).split('\n').slice(-2).join(' ')}`)
+export function esoSecretDigest(salt: string, tokenBase64: string): string {
+  return createHash('sha256').update(`${salt}${ESO_SECRET}=${tokenBase64}`).digest('hex')
 }
+
+export function esoSecretFact(salt: string): Fact<SecretState> {
+  const script = [
+    'e=$(mktemp -p /dev/shm 2>/dev/null || mktemp) || exit 125',
+    `if ! have=$(${KUBECTL} -n ${ESO_NAMESPACE} get secret ${ESO_SECRET} --ignore-not-found -o 'jsonpath={.metadata.name}{"="}{.data.${ESO_KEY}}' 2>"$e"); then cat "$e"; rm -f "$e"; exit 1; fi`,
+    'rm -f "$e"',
+    // printf is a shell builtin: the value is never in any process's argv.
+    `if [ -z "$have" ]; then echo absent; else printf '%s' "${salt}$have" | sha256sum | cut -d' ' -f1; fi`,
+  ].join('\n')
+  return defineFact(`eso-secret:${salt}`, script, (r): SecretState => {
+    const out = r.stdout.trim()
+    if (r.code === 0 && out === 'absent') return { state: 'absent' }
+    if (r.code === 0 && /^[0-9a-f]{64}$/.test(out)) return { state: 'present', digest: out }
+    return { state: 'error', error: `cannot read Secret ${ESO_NAMESPACE}/${ESO_SECRET}: ${(out || r.stderr.trim() || `exit ${r.code}`).split('\n').slice(-2).join(' ')}` }
+  })
+}
+
+/** One salt per run: a digest seen in one run says nothing in another. */
+const ESO_SALT = randomBytes(16).toString('hex')
+const esoSecret = esoSecretFact(ESO_SALT)
 
 function notInstalledYet(ctx: StepContext, e: unknown, would: string): StepResult {
   // In check mode on a fresh host there is no k3s to ask: say what a real run would do.
@@ -452,10 +516,12 @@ export const fluxBootstrap: Role = {
   steps: [
     {
       name: `Create namespace ${ESO_NAMESPACE}`,
+      // Every read this role makes, in one round trip, side by side on the server.
+      facts: () => [namespacesFact, fluxSystemFact, esoSecret, fluxCliFact, archFact],
       async run(ctx) {
         let exists: boolean
         try {
-          exists = (await kubeGetMany(ctx, { ns: `namespace ${ESO_NAMESPACE} --ignore-not-found` })).ns.length > 0
+          exists = kubeObjects(await ctx.facts.get(namespacesFact)).some((n) => n.metadata.name === ESO_NAMESPACE)
         } catch (e) {
           return notInstalledYet(ctx, e, `create namespace ${ESO_NAMESPACE}`)
         }
@@ -470,14 +536,10 @@ export const fluxBootstrap: Role = {
         const value = ctx.secrets.get(ref)
         const b64 = Buffer.from(value, 'utf8').toString('base64')
         registerSecret(b64) // the value as the API shows it is as secret as the value
-        let state: 'absent' | 'same' | 'differs'
-        try {
-          state = parseSecretState(await ctx.sh(ESO_SECRET_STATE, { stdin: `${b64}\n` }))
-        } catch (e) {
-          return notInstalledYet(ctx, e, `create Secret ${ESO_NAMESPACE}/${ESO_SECRET} from ${ref}`)
-        }
-        if (state === 'same') return { status: 'ok', message: `key ${ESO_KEY} holds the value of ${ref}` }
-        const summary = state === 'absent' ? `create Secret ${ESO_NAMESPACE}/${ESO_SECRET} from ${ref}` : `update Secret ${ESO_NAMESPACE}/${ESO_SECRET}: its ${ESO_KEY} differs from ${ref}`
+        const have = await ctx.facts.get(esoSecret)
+        if (have.state === 'error') return notInstalledYet(ctx, new ProvisionError('step', have.error), `create Secret ${ESO_NAMESPACE}/${ESO_SECRET} from ${ref}`)
+        if (have.state === 'present' && have.digest === esoSecretDigest(ESO_SALT, b64)) return { status: 'ok', message: `key ${ESO_KEY} holds the value of ${ref}` }
+        const summary = have.state === 'absent' ? `create Secret ${ESO_NAMESPACE}/${ESO_SECRET} from ${ref}` : `update Secret ${ESO_NAMESPACE}/${ESO_SECRET}: its ${ESO_KEY} differs from ${ref}`
         return ctx.apply({
           summary,
           commands: [{ script: `${KUBECTL} apply --server-side --field-manager=pi-provision --force-conflicts -f - >/dev/null`, stdin: esoSecretManifest(b64) }],
@@ -520,6 +582,9 @@ export const fluxBootstrap: Role = {
       readOnly: true,
       async run(ctx) {
         if (ctx.check) return { status: 'skipped', message: 'check mode' }
+        // Already Ready in the role's first read (nothing was changed since): nothing to wait for.
+        const first = (await readFluxState(ctx).catch(() => undefined))?.kustomization
+        if (first && isReady(first)) return { status: 'ok', message: `already Ready${field(first, 'status', 'lastAppliedRevision') ? ` at ${field(first, 'status', 'lastAppliedRevision')}` : ''}` }
         const { value, seconds } = await waitUntil(
           ctx,
           { timeoutSec: ctx.vars.flux_timeout, what: 'Kustomization flux-system/flux-system to be Ready' },

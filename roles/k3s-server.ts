@@ -9,7 +9,8 @@ import { dirname } from 'node:path'
 import { parseDocument, stringify } from 'yaml'
 import { ProvisionError } from '../lib/errors.ts'
 import { flushHandlers, handler, type Role, type StepContext } from '../lib/role.ts'
-import { file, pollUntil, systemdUnit } from '../lib/steps.ts'
+import { file, systemdUnit } from '../lib/steps.ts'
+import { sleep } from '../lib/connection.ts'
 import { quote } from '../lib/shell.ts'
 import { restoreDatastore } from './k3s-restore.ts'
 import { clusterToken, extraConfig, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, missingOnNode } from './k3s-common.ts'
@@ -89,8 +90,21 @@ export const k3sServer: Role = {
       readOnly: true,
       async run(ctx) {
         if (ctx.check) return { status: 'skipped', message: 'check mode' }
-        const s = await pollUntil(ctx, { until: 'k3s kubectl get nodes -o json >/dev/null', timeoutSec: 180, what: 'the k3s API server' })
-        return { status: 'ok', message: `API up after ${s.toFixed(1)}s` }
+        // Asking for this node proves the API answers (it knows the node or says NotFound), and on a rerun the
+        // answer is kept for the next step, which then needs no read of its own.
+        const name = nodeName(ctx)
+        const started = Date.now()
+        let last = ''
+        for (;;) {
+          const r = await ctx.sh(`k3s kubectl get node ${quote(name)} -o json`)
+          if (r.code === 0 || /NotFound/.test(r.stderr)) {
+            if (r.code === 0) ctx.shared.set(`k3s-node-json:${ctx.host}`, r.stdout)
+            return { status: 'ok', message: `API up after ${((Date.now() - started) / 1000).toFixed(1)}s` }
+          }
+          last = (r.stderr || r.stdout).trim().split('\n').pop() ?? ''
+          if (Date.now() - started > 180_000) throw new ProvisionError('timeout', `timed out after 180s waiting for the k3s API server${last ? ` (last output: ${last})` : ''}`, { place: { host: ctx.host } })
+          await sleep(1000)
+        }
       },
     },
     {
@@ -99,11 +113,24 @@ export const k3sServer: Role = {
       async run(ctx) {
         if (ctx.check) return { status: 'skipped', message: 'check mode' }
         const name = nodeName(ctx)
-        const s = await pollUntil(ctx, { until: `k3s kubectl wait --for=condition=Ready node/${quote(name)} --timeout=5s >/dev/null`, timeoutSec: 180, what: `node ${name} Ready` })
-        const r = await ctx.sh(`k3s kubectl get node ${quote(name)} -o json`)
-        const missing = missingOnNode(parseNode(r.code, r.stdout, r.stderr), ctx.vars.node_labels, ctx.vars.node_taints)
-        if (missing.length) return { status: 'failed', message: `node ${name} is Ready but lacks ${missing.join(', ')}` }
-        return { status: 'ok', message: `Ready after ${s.toFixed(1)}s` }
+        const started = Date.now()
+        let json = ctx.shared.get(`k3s-node-json:${ctx.host}`) as string | undefined
+        ctx.shared.delete(`k3s-node-json:${ctx.host}`)
+        for (;;) {
+          if (json === undefined) {
+            const r = await ctx.sh(`k3s kubectl get node ${quote(name)} -o json`)
+            if (r.code === 0) json = r.stdout
+          }
+          const node = json === undefined ? undefined : parseNode(0, json, '')
+          if (node?.ready) {
+            const missing = missingOnNode(node, ctx.vars.node_labels, ctx.vars.node_taints)
+            if (missing.length) return { status: 'failed', message: `node ${name} is Ready but lacks ${missing.join(', ')}` }
+            return { status: 'ok', message: `Ready after ${((Date.now() - started) / 1000).toFixed(1)}s` }
+          }
+          if (Date.now() - started > 180_000) throw new ProvisionError('timeout', `timed out after 180s waiting for node ${name} Ready (${node ? 'NotReady' : 'not registered'})`, { place: { host: ctx.host } })
+          json = undefined
+          await sleep(1000)
+        }
       },
     },
     {

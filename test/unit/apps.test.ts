@@ -13,7 +13,7 @@ import { requiredSecrets, runPlaybook } from '../../lib/runner.ts'
 import { appChecksFor, apps, checkEso, checkPlacement, describeNotReady, feasibleNodes, parsePlacement, parseRevision, readiness } from '../../roles/apps.ts'
 import type { KubeObject } from '../../roles/flux-bootstrap.ts'
 import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'
-import { answerKubeBatch, list, notReady, ready } from './fakecluster.ts'
+import { answerKubeBatch, answerKubeFact, list, notReady, ready } from './fakecluster.ts'
 
 beforeEach(() => resetSecretsForTest())
 
@@ -225,33 +225,42 @@ const INV = () => `all:
 function fakeServer(opts: { lag?: number } = {}): { conn: FakeConnection; annotated: string[] } {
   let reads = 0
   const annotated: string[] = []
+  const kss = () => {
+    reads++
+    const late = reads <= (opts.lag ?? 0)
+    return [
+      ks('flux-system', ready('Applied', { lastAppliedRevision: REV })),
+      ks('pihole', late ? notReady('health check failed after 9s: Deployment/pihole/pihole not ready') : ready('Applied', { lastAppliedRevision: REV })),
+      ks('jellyfin', ready('Applied', { lastAppliedRevision: REV })),
+    ]
+  }
+  const hrs = () => [hr('immich', 'immich', ready('Helm install succeeded', { observedGeneration: 1 }))]
+  const kube = (q: string) => {
+    // The role's own reads (several kinds at once, as kubectl lists them) and its polls (one kind).
+    if (q === 'kustomizations.kustomize.toolkit.fluxcd.io,helmreleases.helm.toolkit.fluxcd.io -A') return list([...kss(), ...hrs()])
+    if (q === 'kustomizations.kustomize.toolkit.fluxcd.io -A') return list(kss())
+    if (q === 'helmreleases.helm.toolkit.fluxcd.io -A') return list(hrs())
+    if (q === 'clustersecretstores.external-secrets.io,externalsecrets.external-secrets.io -A')
+      return list([
+        { kind: 'ClusterSecretStore', metadata: { name: 'onepassword' }, status: ready('store validated') },
+        { kind: 'ExternalSecret', metadata: { name: 'pihole-secret', namespace: 'pihole' }, status: ready('Secret was synced') },
+      ])
+    if (q === 'nodes,pods,deployments.apps,statefulsets.apps,daemonsets.apps,cronjobs.batch -A')
+      return list([...NODES, pod('pihole', 'pihole-1', { app: 'pihole' }, 'pi-k3s'), deploy('pihole', 'pihole', { nodeSelector: { 'kubernetes.io/hostname': 'pi-k3s' } })])
+    return list([])
+  }
   const conn = new FakeConnection('pi-k3s', (script) => {
-    const batch = answerBatch(script, () => ({ stdout: '' }))
+    const batch = answerBatch(script, (sub) => answerKubeFact(sub, kube) ?? { stdout: '' })
     if (batch) return batch
+    const single = answerKubeFact(script, kube)
+    if (single) return single
     if (script.includes('reconcile source git flux-system')) return { stderr: `► annotating GitRepository flux-system in flux-system namespace\n✔ fetched revision ${REV}\n` }
     if (script.includes('reconcile kustomization flux-system')) return { stderr: `✔ applied revision ${REV}\n` }
     if (script.includes(' annotate --overwrite')) {
       for (const m of script.matchAll(/kustomizations\.kustomize\.toolkit\.fluxcd\.io\/(\S+) /g)) annotated.push(m[1])
       return { stdout: '' }
     }
-    return answerKubeBatch(script, (q) => {
-      if (q === 'kustomizations.kustomize.toolkit.fluxcd.io -A') {
-        reads++
-        const late = reads <= (opts.lag ?? 0)
-        return list([
-          ks('flux-system', ready('Applied', { lastAppliedRevision: REV })),
-          ks('pihole', late ? notReady('health check failed after 9s: Deployment/pihole/pihole not ready') : ready('Applied', { lastAppliedRevision: REV })),
-          ks('jellyfin', ready('Applied', { lastAppliedRevision: REV })),
-        ])
-      }
-      if (q === 'helmreleases.helm.toolkit.fluxcd.io -A') return list([hr('immich', 'immich', ready('Helm install succeeded', { observedGeneration: 1 }))])
-      if (q === 'clustersecretstores.external-secrets.io') return list([{ kind: 'ClusterSecretStore', metadata: { name: 'onepassword' }, status: ready('store validated') }])
-      if (q === 'externalsecrets.external-secrets.io -A') return list([{ kind: 'ExternalSecret', metadata: { name: 'pihole-secret', namespace: 'pihole' }, status: ready('Secret was synced') }])
-      if (q === 'nodes') return list(NODES)
-      if (q === 'pods -A') return list([pod('pihole', 'pihole-1', { app: 'pihole' }, 'pi-k3s')])
-      if (q === 'deployments.apps -A') return list([deploy('pihole', 'pihole', { nodeSelector: { 'kubernetes.io/hostname': 'pi-k3s' } })])
-      return list([])
-    })
+    return answerKubeBatch(script, kube)
   })
   return { conn, annotated }
 }

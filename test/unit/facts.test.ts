@@ -143,6 +143,32 @@ describe('FactCache.gather', () => {
     expect(r.stdout).toMatch(/^__FACT_\w+__ 0\na\n__FACT_\w+__rc 0\n__FACT_\w+__ 1\nb\n__FACT_\w+__rc 0\n$/)
   })
 
+  it('the facts of a batch run side by side: one waits for a file another creates', async () => {
+    // Run one after another, "waits" would give up (exit 1) before "creates" ever ran.
+    const flag = join(dir, 'side-by-side')
+    const facts = new FactCache(new RecordingConnection())
+    const waits = raw('waits', `i=0; while [ ! -e ${flag} ]; do i=$((i+1)); [ $i -gt 500 ] && exit 1; sleep 0.01; done; printf saw`)
+    const creates = raw('creates', `touch ${flag}; printf made`)
+    await facts.gather([waits, creates])
+    expect(await facts.get(waits)).toEqual({ code: 0, stdout: 'saw', stderr: '' })
+    expect(await facts.get(creates)).toEqual({ code: 0, stdout: 'made', stderr: '' })
+  })
+
+  it('where no temp dir can be made (read-only or full disk), the facts run one after another with the same answers', async () => {
+    const conn = new RecordingConnection((script) => sh(`mktemp() { return 1; }\n${script}`))
+    const facts = new FactCache(conn)
+    const list = Object.entries(batch).map(([k, v]) => raw(k, v.script))
+    await facts.gather(list)
+    for (const [k, v] of Object.entries(batch)) expect({ fact: k, ...(await facts.get(raw(k, 'exit 99'))) }).toEqual({ fact: k, ...v.expected, stderr: '' })
+  })
+
+  it('the text of each fact is sent once, whichever way the batch runs it', async () => {
+    const conn = new RecordingConnection()
+    await new FactCache(conn).gather([raw('a', 'printf unique-a'), raw('b', 'printf unique-b')])
+    expect(conn.scripts[0].match(/unique-a/g)).toHaveLength(1)
+    expect(conn.scripts[0].match(/unique-b/g)).toHaveLength(1)
+  })
+
   it('a fact that exits its shell does not end the batch', async () => {
     const facts = new FactCache(new RecordingConnection())
     await facts.gather([raw('quits', 'exit 5'), raw('next', 'printf next')])

@@ -2,6 +2,7 @@
 // roles/flux-bootstrap.ts (kubeGetMany) answered query by query. Used by the flux-bootstrap and apps unit tests.
 
 import type { RunResult } from '../../lib/connection.ts'
+import { KUBE_STDERR } from '../../roles/flux-bootstrap.ts'
 
 export interface KubeAnswer {
   code?: number
@@ -42,4 +43,18 @@ export function ready(message = 'Applied revision: main@sha1:abc', extra: Record
 
 export function notReady(message: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return { conditions: [{ type: 'Ready', status: 'False', reason: 'ReconciliationFailed', message }], ...extra }
+}
+
+/** Answer one kubeFact script (a fact in a gathered batch): `answer` gets the query, as answerKubeBatch's does. */
+export function answerKubeFact(script: string, answer: (query: string) => KubeAnswer): { stdout: string; code: number } | undefined {
+  const q = /^k3s kubectl --kubeconfig \S+ get (.*) -o json 2>"\$e"$/m.exec(script)
+  if (!q) return undefined
+  const a = answer(q[1])
+  const code = a.code ?? 0
+  return { code, stdout: `${a.stdout ?? ''}${code === 0 ? '' : `\n${KUBE_STDERR}\n${a.stderr ?? ''}`}` }
+}
+
+/** Items with their kind, as kubectl lists several types at once. */
+export function kinded(kind: string, items: readonly Record<string, unknown>[]): Record<string, unknown>[] {
+  return items.map((i) => ({ kind, ...i }))
 }

@@ -61,13 +61,16 @@ export function answerBatch(script: string, answer: (sub: string) => Partial<Run
   const m = /printf '%s\\n' '?(__FACT_\w+__) 0'?;/.exec(script)
   if (!m) return undefined
   const marker = m[1]
-  const parts = script.split(new RegExp(`printf '%s\\\\n' '?${marker} \\d+'?; \\( `)).slice(1)
+  // Each fact is a shell function f<i>() ( ... ) ahead of the code that runs them (see batchScript).
+  const count = [...script.matchAll(new RegExp(`'?${marker} \\d+'?; cat`, 'g'))].length
   let out = ''
-  parts.forEach((p, i) => {
-    const sub = p.slice(0, p.lastIndexOf('\n) 2>/dev/null'))
-    const r = answer(sub)
+  for (let i = 0; i < count; i++) {
+    const open = `f${i}() (\n`
+    const start = script.indexOf(open) + open.length
+    const end = script.indexOf(i + 1 < count ? `\n)\nf${i + 1}() (\n` : '\n)\nif d=$(mktemp', start)
+    const r = answer(script.slice(start, end))
     out += `${marker} ${i}\n${r.stdout ?? ''}\n${marker}rc ${r.code ?? 0}\n`
-  })
+  }
   return { stdout: out, code: 0 }
 }
 

@@ -13,11 +13,11 @@ import { RecordingReporter } from '../../lib/reporter.ts'
 import type { RunOptions } from '../../lib/connection.ts'
 import { requiredSecrets, runPlaybook } from '../../lib/runner.ts'
 import {
-  bootstrapCommand, bootstrapDecision, bootstrapScript, ESO_SECRET_STATE, esoSecretManifest, fluxArch, fluxBootstrap, fluxCliFact, fluxDownloadUrl,
-  fluxInstallScript, normPath, normRepoUrl, parseFluxVersion, parseKubeJson, parseSecretState, splitKubeBatch, archFact, type BootstrapWant, type FluxState, type KubeObject,
+  bootstrapCommand, bootstrapDecision, bootstrapScript, esoSecretDigest, esoSecretFact, esoSecretManifest, fluxArch, fluxBootstrap, fluxCliFact, fluxDownloadUrl,
+  fluxInstallScript, normPath, normRepoUrl, kubeFact, kubeObjects, parseFluxVersion, parseKubeJson, splitKubeBatch, archFact, type BootstrapWant, type FluxState, type KubeObject,
 } from '../../roles/flux-bootstrap.ts'
 import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'
-import { answerKubeBatch, list, NONE, notReady, one, ready } from './fakecluster.ts'
+import { answerKubeBatch, answerKubeFact, list, NONE, notReady, one, ready } from './fakecluster.ts'
 
 const ESO_TOKEN = 'ops_eyJzaWduSW5BZGRyZXNzIjoibXkuMXBhc3N3b3JkLmNvbSJ9x'
 const PAT = 'ghp_0123456789abcdefghijABCDEFGHIJ012345'
@@ -125,22 +125,50 @@ describe('the scripts, run for real under sh', () => {
   const sh = (script: string, input: string, env: Record<string, string> = {}) =>
     spawnSync('sh', ['-c', script], { input, encoding: 'utf8', env: { PATH: `${dir}:${process.env.PATH ?? ''}`, ...env } })
 
-  it('the Secret comparison prints one word and never the value', () => {
+  it('the Secret read answers absent or a salted digest, never the value; the controller compares digests', () => {
     tool('k3s', 'if [ -n "$FAKE_FAIL" ]; then echo "The connection to the server 127.0.0.1:6443 was refused" >&2; exit 1; fi\n[ -n "$FAKE_VALUE" ] && printf "onepassword-service-account=%s" "$FAKE_VALUE"; exit 0')
     const b64 = Buffer.from(ESO_TOKEN).toString('base64')
-    const same = sh(ESO_SECRET_STATE, `${b64}\n`, { FAKE_VALUE: b64 })
-    expect([same.status, same.stdout]).toEqual([0, 'same\n'])
-    expect(sh(ESO_SECRET_STATE, `${b64}\n`, { FAKE_VALUE: 'b3RoZXI=' }).stdout).toBe('differs\n')
-    expect(sh(ESO_SECRET_STATE, `${b64}\n`).stdout).toBe('absent\n')
-    const failed = sh(ESO_SECRET_STATE, `${b64}\n`, { FAKE_FAIL: '1' })
-    expect(failed.status).toBe(1)
-    expect(() => parseSecretState({ code: failed.status ?? 255, stdout: failed.stdout, stderr: failed.stderr })).toThrow(
-      'cannot read Secret external-secrets/onepassword-service-account: The connection to the server 127.0.0.1:6443 was refused',
-    )
-    expect(ESO_SECRET_STATE).not.toContain(b64)
+    const fact = esoSecretFact('5a17')
+    const read = (env: Record<string, string>) => {
+      const r = sh(fact.script, '', env)
+      expect(r.stdout).not.toContain(b64)
+      return fact.parse({ code: r.status ?? 255, stdout: r.stdout, stderr: r.stderr })
+    }
+    expect(read({ FAKE_VALUE: b64 })).toEqual({ state: 'present', digest: esoSecretDigest('5a17', b64) })
+    expect(esoSecretDigest('5a17', b64)).not.toBe(esoSecretDigest('5a18', b64)) // another run, another digest
+    const other = read({ FAKE_VALUE: 'b3RoZXI=' })
+    expect(other.state === 'present' && other.digest !== esoSecretDigest('5a17', b64)).toBe(true)
+    expect(read({})).toEqual({ state: 'absent' })
+    expect(read({ FAKE_FAIL: '1' })).toEqual({
+      state: 'error',
+      error: 'cannot read Secret external-secrets/onepassword-service-account: The connection to the server 127.0.0.1:6443 was refused',
+    })
+    expect(fact.script).not.toContain(b64)
     expect(JSON.parse(esoSecretManifest(b64))).toEqual({
       apiVersion: 'v1', kind: 'Secret', metadata: { name: 'onepassword-service-account', namespace: 'external-secrets', labels: { 'app.kubernetes.io/managed-by': 'pi-provision' } }, type: 'Opaque', data: { token: b64 },
     })
+  })
+
+  it('a cluster read as a fact: the objects of every kind asked, or the error kept for the step that needs them', () => {
+    tool('k3s', [
+      'if [ -n "$FAKE_FAIL" ]; then echo "W1127 a warning" >&2; echo "The connection to the server 127.0.0.1:6443 was refused" >&2; exit 1; fi',
+      'if [ -n "$FAKE_NO_CRD" ]; then echo \'error: the server doesn\'"\'"\'t have a resource type "kustomizations"\' >&2; exit 1; fi',
+      'echo "W1127 deprecation warning" >&2',
+      'printf \'{"kind":"List","items":[{"kind":"Namespace","metadata":{"name":"a"}},{"kind":"Deployment","metadata":{"name":"b"}}]}\\n\'',
+    ].join('\n'))
+    const fact = kubeFact('test', 'namespaces,deployments.apps -A')
+    expect(fact.script).toContain('k3s kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml get namespaces,deployments.apps -A -o json')
+    const read = (env: Record<string, string>) => {
+      const r = sh(fact.script, '', env)
+      return fact.parse({ code: r.status ?? 255, stdout: r.stdout, stderr: '' })
+    }
+    const ok = read({})
+    expect(kubeObjects(ok).map((o) => o.metadata.name)).toEqual(['a', 'b'])
+    expect(kubeObjects(ok, 'Deployment').map((o) => o.metadata.name)).toEqual(['b'])
+    expect(kubeObjects(read({ FAKE_NO_CRD: '1' }))).toEqual([]) // a kind not installed yet reads as none
+    const failed = read({ FAKE_FAIL: '1' })
+    expect(() => kubeObjects(failed)).toThrow('kubectl get namespaces,deployments.apps -A failed (exit 1): W1127 a warning The connection to the server 127.0.0.1:6443 was refused')
+    expect(kubeFact('other', 'namespaces').key).not.toBe(kubeFact('test', 'namespaces').key)
   })
 
   it('bootstrap: GITHUB_TOKEN reaches flux through its environment; argv has none; the env file is gone', () => {
@@ -204,32 +232,34 @@ interface ServerState {
 }
 
 function fakeServer(state: ServerState): FakeConnection {
+  const kube = (q: string) => {
+    if (!state.k3s) return { code: 127, stderr: 'sh: 1: k3s: not found' }
+    const s = bootstrapped()
+    if (q === 'namespaces') return list([...(state.esoNamespace ? [{ kind: 'Namespace', metadata: { name: 'external-secrets' } }] : []), ...(state.bootstrapped ? [s.namespace] : [])])
+    if (q.startsWith('gitrepositories')) {
+      if (!state.bootstrapped) return { code: 1, stderr: 'error: the server doesn\'t have a resource type "gitrepositories"' }
+      return list([s.gitRepository, s.kustomization, ...s.controllers])
+    }
+    if (q.startsWith('kustomizations')) return state.bootstrapped ? one(s.kustomization) : NONE
+    return NONE
+  }
   const factAnswer = (script: string): { stdout: string; code?: number } => {
     if (script === fluxCliFact.script) return { stdout: state.flux ? `flux version ${state.flux}\n` : 'none\n' }
     if (script === archFact.script) return { stdout: 'arm64\n' }
-    return { stdout: '' }
+    const salt = /printf '%s' "([0-9a-f]+)\$have"/.exec(script)
+    if (salt) {
+      if (!state.k3s) return { code: 1, stdout: 'sh: 1: k3s: not found\n' }
+      return { stdout: state.secretB64 === undefined ? 'absent\n' : `${esoSecretDigest(salt[1], state.secretB64)}\n` }
+    }
+    return answerKubeFact(script, kube) ?? { stdout: '' }
   }
   return new FakeConnection('pi-k3s', (script: string, opts: RunOptions) => {
     const batch = answerBatch(script, factAnswer)
     if (batch) return batch
-    if (script === fluxCliFact.script || script === archFact.script) return factAnswer(script)
-    const kube = answerKubeBatch(script, (q) => {
-      if (!state.k3s) return { code: 127, stderr: 'sh: 1: k3s: not found' }
-      if (q.startsWith('namespace external-secrets')) return state.esoNamespace ? one({ kind: 'Namespace', metadata: { name: 'external-secrets' } }) : NONE
-      if (!state.bootstrapped) return q.startsWith('deployments.apps') ? list([]) : NONE
-      const s = bootstrapped()
-      if (q.startsWith('namespace flux-system')) return one(s.namespace)
-      if (q.startsWith('gitrepositories')) return one(s.gitRepository)
-      if (q.startsWith('kustomizations')) return one(s.kustomization)
-      if (q.startsWith('deployments.apps')) return list(s.controllers)
-      return NONE
-    })
-    if (kube) return kube
-    if (script === ESO_SECRET_STATE) {
-      if (!state.k3s) return { code: 1, stderr: 'sh: 1: k3s: not found' }
-      const want = (opts.stdin ?? '').trim()
-      return { stdout: state.secretB64 === undefined ? 'absent\n' : state.secretB64 === want ? 'same\n' : 'differs\n' }
-    }
+    const single = factAnswer(script)
+    if (single.stdout !== '') return single
+    const many = answerKubeBatch(script, kube)
+    if (many) return many
     if (script.includes('create namespace external-secrets')) state.esoNamespace = true
     else if (script.includes('apply --server-side')) {
       const manifest = JSON.parse(opts.stdin ?? '{}') as { data: { token: string } }
@@ -269,7 +299,7 @@ describe('the flux-bootstrap role', () => {
       'changed: [pi-k3s] flux-bootstrap | Install the flux CLI at the pinned version (install flux 2.7.3 from https://github.com/fluxcd/flux2/releases/download/v2.7.3/flux_2.7.3_linux_arm64.tar.gz)',
       'changed: [pi-k3s] flux-bootstrap | Bootstrap Flux from the GitOps repository (skipped when already in place) (ran flux bootstrap github github.com/mtgibbs/pi-cluster@main --path=clusters/pi-k3s (Flux is not installed (no flux-system namespace)))',
       'ok: [pi-k3s] flux-bootstrap | Wait for the flux-system Kustomization to be Ready (main@sha1:abc after 0.0s)',
-    ].map((l) => l.replace('main@sha1:abc after 0.0s', 'Ready after 0.0s')))
+    ].map((l) => l.replace('main@sha1:abc after 0.0s', 'already Ready')))
     expect(state).toMatchObject({ esoNamespace: true, secretB64: Buffer.from(ESO_TOKEN).toString('base64'), flux: '2.7.3', bootstrapped: true, bootstraps: 1 })
     const b64 = Buffer.from(ESO_TOKEN).toString('base64')
     for (const { script } of conn.scripts) for (const secret of [ESO_TOKEN, PAT, b64]) expect(script).not.toContain(secret)
@@ -339,6 +369,6 @@ describe('the flux-bootstrap role', () => {
       const inv = parseInventory(readFileSync(join(import.meta.dirname, '../..', f), 'utf8'), f)
       expect(requiredSecrets(pb, inv, undefined, {}), f).toContain('op://pi-cluster/flux-github-pat/token')
     }
-    expect(execFileSync('sh', ['-n', '-c', ESO_SECRET_STATE]).toString()).toBe('')
+    expect(execFileSync('sh', ['-n', '-c', esoSecretFact('ab').script]).toString()).toBe('')
   })
 })

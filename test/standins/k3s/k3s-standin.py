@@ -3213,8 +3213,8 @@ def split_targets(args):
                 raise KubectlExit(1, "error: mixed resource types are %s" % STANDIN_NOTE)
             names.append(n)
         return res, names
-    if "," in args[0]:
-        raise KubectlExit(1, "error: comma-separated resource types are %s" % STANDIN_NOTE)
+    if "," in args[0] and len(args) > 1:
+        raise KubectlExit(1, "error: names with comma-separated resource types are %s" % STANDIN_NOTE)
     return args[0], args[1:]
 
 
@@ -3226,6 +3226,8 @@ def k_get(kube, opts, args):
         raise KubectlExit(1, "error: kubectl get --watch is %s" % STANDIN_NOTE)
     resource, names = split_targets(args)
     all_ns = bool(opts.get("all-namespaces"))
+    if "," in resource:
+        return k_get_types(kube, opts, [r for r in resource.split(",") if r], all_ns)
     req = {"resource": resource, "names": names, "namespace": opts.get("namespace"), "allNamespaces": all_ns,
            "labelSelector": opts.get("selector")}
     try:
@@ -3247,6 +3249,27 @@ def k_get(kube, opts, args):
                 sys.stderr.write("No resources found\n")
         return 0
     output_objects(res, items, opts, len(names) == 1, all_ns)
+    return 0
+
+
+def k_get_types(kube, opts, resources, all_ns):
+    """kubectl get a,b,c: every type is read before anything is printed (an unknown type prints nothing), and
+    the objects come as one List whose items carry their kind."""
+    fmt = opts.get("output") or ""
+    if fmt not in ("json", "yaml", "name"):
+        raise KubectlExit(1, "error: comma-separated resource types with output %r are %s" % (fmt, STANDIN_NOTE))
+    found = []
+    for resource in resources:
+        req = {"resource": resource, "names": [], "namespace": opts.get("namespace"), "allNamespaces": all_ns,
+               "labelSelector": opts.get("selector")}
+        data = kube.call("get", req)
+        found.append((data["resource"], data["items"]))
+    if fmt == "name":
+        for res, items in found:
+            output_objects(res, items, opts, False, all_ns)
+        return 0
+    items = [o for _, objs in found for o in objs]
+    output_objects(found[0][0], items, opts, False, all_ns)
     return 0
 
 
