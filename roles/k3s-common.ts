@@ -6,6 +6,7 @@ import { ProvisionError } from '../lib/errors.ts'
 import { defineFact } from '../lib/facts.ts'
 import type { Inventory } from '../lib/inventory.ts'
 import { hostVars } from '../lib/inventory.ts'
+import type { RunResult } from '../lib/connection.ts'
 import type { Step, StepContext, StepResult } from '../lib/role.ts'
 import { quote } from '../lib/shell.ts'
 
@@ -129,9 +130,44 @@ export async function runInstaller(ctx: StepContext, spec: InstallSpec): Promise
     'set +a',
     `INSTALL_K3S_VERSION=${quote(version)} INSTALL_K3S_EXEC=${quote(spec.kind)} sh "$work/install.sh"`,
   ].join('\n')
-  const r = await ctx.must(script, { stdin: envFile + '\n', what: `install k3s ${version} (${spec.kind}) with ${ctx.vars.k3s_install_url}` })
+  let r: RunResult = { code: 0, stdout: '', stderr: '' }
+  await startingK3s(ctx, spec.kind === 'server' ? 'k3s' : 'k3s-agent', async () => {
+    r = await ctx.must(script, { stdin: envFile + '\n', what: `install k3s ${version} (${spec.kind}) with ${ctx.vars.k3s_install_url}` })
+  })
   // The install script (re)starts the service itself, unless it found nothing changed: then a queued restart is still owed.
   if (!/No change detected so skipping service start/.test(r.stdout + r.stderr)) ctx.shared.set(`k3s_restarted:${ctx.host}`, true)
+}
+
+/** What k3s itself said when its service would not start, with the way forward for the failures owners meet. */
+const K3S_FAILURES: { text: RegExp; hint: string }[] = [
+  {
+    text: /bootstrap data already found and encrypted with different token/,
+    hint: 'the datastore in /var/lib/rancher/k3s/server was made with another cluster token than the one at k3s_token_ref: put that token back in the secrets store, or restore a backup taken with this one (playbooks/rebuild.mts), or remove the old datastore',
+  },
+  {
+    text: /Node password rejected|duplicate hostname/,
+    hint: 'the server still has the Node of an earlier install of this host: delete it (kubectl delete node NAME) or run playbooks/rebuild.mts for this host',
+  },
+]
+
+/**
+ * Run a command that starts a k3s unit; when it fails, the error carries k3s's own last error lines from the
+ * journal (systemd's "Job for k3s.service failed" says nothing of why) and, when known, what to do about it.
+ */
+export async function startingK3s(ctx: Pick<StepContext, 'sh'>, unit: string, run: () => Promise<unknown>): Promise<void> {
+  try {
+    await run()
+  } catch (e) {
+    if (!(e instanceof ProvisionError) || e.kind !== 'step') throw e
+    // Only the unit's latest start (its invocation), so an old failure is never shown for a new one.
+    const log = await ctx
+      .sh(`id=$(systemctl show -p InvocationID --value ${unit}.service) && [ -n "$id" ] && journalctl _SYSTEMD_INVOCATION_ID="$id" --no-pager -o cat 2>/dev/null | grep -E 'level=(fatal|error)' | tail -n 3`)
+      .catch(() => undefined)
+    const lines = (log?.stdout ?? '').trim().split('\n').filter(Boolean).map((l) => l.replace(/^time="[^"]*" /, ''))
+    if (lines.length === 0) throw e
+    const known = K3S_FAILURES.find((f) => lines.some((l) => f.text.test(l)))
+    throw new ProvisionError('step', `${e.message}\n    ${unit} says: ${lines.join('\n    ')}`, { place: e.place, hint: known?.hint ?? e.hint, cause: e })
+  }
 }
 
 /** Restart handler that does nothing when the installer already restarted the service in this run. */
@@ -141,7 +177,7 @@ export function restartHandlerStep(unit: string): Step {
     async run(ctx): Promise<StepResult> {
       if (ctx.shared.get(`k3s_restarted:${ctx.host}`)) return { status: 'ok', message: 'already restarted by the install script' }
       if (ctx.check) return { status: 'changed', message: `would restart ${unit}` }
-      await ctx.must(`systemctl restart ${unit}`, { what: `restart ${unit}` })
+      await startingK3s(ctx, unit, () => ctx.must(`systemctl restart ${unit}`, { what: `restart ${unit}` }))
       return { status: 'changed' }
     },
   }

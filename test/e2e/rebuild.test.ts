@@ -18,11 +18,11 @@ const nodes = async () => (JSON.parse(await onHost('pi-k3s', 'k3s kubectl get no
 const ready = (n: NodeList['items'][number]) => n.status.conditions.find((c) => c.type === 'Ready')?.status === 'True'
 
 
-/** The owner's 02:15 job: sqlite3 .backup of state.db and a tarball of token, tls and cred, to the NAS under {date}/k3s/. */
+/** The owner's 02:15 job: sqlite3 .backup of state.db (waiting out k3s's own writes, as a live backup must) and a tarball of token, tls and cred, to the NAS under {date}/k3s/. */
 async function takeBackup(date: string): Promise<void> {
   const dir = join(NAS, date, 'k3s')
   mkdirSync(dir, { recursive: true })
-  const db = await onHost('pi-k3s', 'set -e; sqlite3 /var/lib/rancher/k3s/server/db/state.db ".backup /tmp/state-backup.db"; base64 -w0 /tmp/state-backup.db; rm -f /tmp/state-backup.db')
+  const db = await onHost('pi-k3s', 'set -e; sqlite3 -cmd ".timeout 10000" /var/lib/rancher/k3s/server/db/state.db ".backup /tmp/state-backup.db"; base64 -w0 /tmp/state-backup.db; rm -f /tmp/state-backup.db')
   writeFileSync(join(dir, 'state.db'), Buffer.from(db, 'base64'))
   const tar = await onHost('pi-k3s', 'tar -czf - -C /var/lib/rancher/k3s/server token tls cred | base64 -w0')
   writeFileSync(join(dir, 'server-token-tls-cred.tar.gz'), Buffer.from(tar, 'base64'))

@@ -119,4 +119,15 @@ describe('site.mts on a fresh lab', () => {
     expect(again.code, again.out).toBe(0)
     for (const [h, c] of Object.entries(again.recap)) expect(c.changed, `${h}\n${again.out}`).toBe(0)
   })
+
+  it('a server given another cluster token: the error says what k3s said and what to do; the right token brings it back', async () => {
+    // As an owner who pointed k3s_token_ref at the wrong 1Password item: a new token is made there and written to config.yaml.
+    const wrong = await runPlaybookCli('site', ['--limit', 'pi-k3s', '-e', 'k3s_token_ref=op://pi-cluster/k3s-other-token/token'])
+    expect(wrong.code, wrong.out).toBe(2)
+    expect(wrong.out).toContain('k3s says: level=fatal msg="starting kubernetes: preparing server: bootstrap data already found and encrypted with different token"')
+    expect(wrong.out).toContain('hint: the datastore in /var/lib/rancher/k3s/server was made with another cluster token than the one at k3s_token_ref')
+    const back = await runPlaybookCli('site', [])
+    expect(back.code, back.out).toBe(0)
+    expect((await nodes()).filter((n) => n.status.conditions.find((c) => c.type === 'Ready')?.status === 'True').map((n) => n.metadata.name).sort()).toEqual([...DEFAULT_HOSTS].sort())
+  })
 })

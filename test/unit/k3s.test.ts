@@ -1,6 +1,9 @@
 import { describe, expect, it } from 'vitest'
 import { parseInventory } from '../../lib/inventory.ts'
-import { extraConfig, missingOnNode, parseK3sInstall, parseNode, renderK3sConfig, serverOf } from '../../roles/k3s-common.ts'
+import { ProvisionError } from '../../lib/errors.ts'
+import type { RunResult } from '../../lib/connection.ts'
+import { extraConfig, missingOnNode, parseK3sInstall, parseNode, renderK3sConfig, serverOf, startingK3s } from '../../roles/k3s-common.ts'
+import { thrown } from './fakes.ts'
 import { rewriteKubeconfig } from '../../roles/k3s-server.ts'
 
 describe('k3s facts', () => {
@@ -70,5 +73,50 @@ users:
     expect(out).toContain('current-context: pi-k3s')
     expect(out).not.toContain('default')
     expect(out).toContain('client-certificate-data: Q0VSVA==')
+  })
+})
+
+describe('a k3s service that will not start', () => {
+  const failedRestart = () => Promise.reject(new ProvisionError('step', 'restart k3s (exit 1):\n    Job for k3s.service failed because the control process exited with error code.', { place: { host: 'pi-k3s' } }))
+  const journal = (stdout: string) => {
+    const asked: string[] = []
+    const ctx = { sh: async (script: string): Promise<RunResult> => (asked.push(script), { code: 0, stdout, stderr: '' }) }
+    return { ctx, asked }
+  }
+  const caught = async (p: Promise<unknown>): Promise<ProvisionError> => {
+    try {
+      await p
+    } catch (e) {
+      return thrown(() => {
+        throw e
+      })
+    }
+    throw new Error('expected the start to fail')
+  }
+
+  it("says what k3s said at its latest start, and what to do about a datastore made with another token", async () => {
+    const { ctx, asked } = journal('time="2026-11-27T14:15:19Z" level=fatal msg="starting kubernetes: preparing server: bootstrap data already found and encrypted with different token"\n')
+    const e = await caught(startingK3s(ctx, 'k3s', failedRestart))
+    expect(e.describe()).toBe(
+      'pi-k3s: restart k3s (exit 1):\n    Job for k3s.service failed because the control process exited with error code.\n' +
+        '    k3s says: level=fatal msg="starting kubernetes: preparing server: bootstrap data already found and encrypted with different token"\n' +
+        '  hint: the datastore in /var/lib/rancher/k3s/server was made with another cluster token than the one at k3s_token_ref: put that token back in the secrets store, or restore a backup taken with this one (playbooks/rebuild.mts), or remove the old datastore',
+    )
+    // Only the unit's latest start is read: an old failure is never shown for a new one.
+    expect(asked[0]).toContain('systemctl show -p InvocationID --value k3s.service')
+    expect(asked[0]).toContain('journalctl _SYSTEMD_INVOCATION_ID="$id"')
+  })
+
+  it('an agent the server refuses gets the way forward; nothing in the journal leaves the error as it was', async () => {
+    const agent = await caught(startingK3s(journal('level=error msg="Node password rejected, duplicate hostname or contents of \'/etc/rancher/node/password\' may not match server node-passwd entry"\n').ctx, 'k3s-agent', failedRestart))
+    expect(agent.hint).toContain('delete it (kubectl delete node NAME) or run playbooks/rebuild.mts')
+    const quiet = await caught(startingK3s(journal('').ctx, 'k3s', failedRestart))
+    expect(quiet.message).toBe('restart k3s (exit 1):\n    Job for k3s.service failed because the control process exited with error code.')
+  })
+
+  it('a start that works reads no journal', async () => {
+    const { ctx, asked } = journal('level=fatal msg="old"')
+    await startingK3s(ctx, 'k3s', async () => undefined)
+    expect(asked).toEqual([])
   })
 })
