@@ -62,7 +62,7 @@ export function answerBatch(script: string, answer: (sub: string) => Partial<Run
   if (!m) return undefined
   const marker = m[1]
   // Each fact is a shell function f<i>() ( ... ) ahead of the code that runs them (see batchScript).
-  const count = [...script.matchAll(new RegExp(`'?${marker} \\d+'?; cat`, 'g'))].length
+  const count = [...script.matchAll(/^f\d+\(\) \($/gm)].length
   let out = ''
   for (let i = 0; i < count; i++) {
     const open = `f${i}() (\n`
