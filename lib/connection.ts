@@ -35,6 +35,8 @@ export interface Connection {
   /** Drop the connection (if any) so the next run() connects again, e.g. after a reboot. */
   reset(): Promise<void>
   close(): Promise<void>
+  /** Resolve true once the host's sshd greets again, false at the deadline (epoch ms); absent where there is no sshd. */
+  sshAnswers?(deadline: number): Promise<boolean>
 }
 
 export interface SshTarget {
@@ -68,6 +70,10 @@ export class SshConnection implements Connection {
   constructor(target: SshTarget) {
     this.host = target.host
     this.target = target
+  }
+
+  sshAnswers(deadline: number): Promise<boolean> {
+    return waitForSshBanner(this.target.address, this.target.port, deadline)
   }
 
   async run(script: string, opts: RunOptions = {}): Promise<RunResult> {
@@ -187,6 +193,49 @@ export class SshConnection implements Connection {
     this.ssh = ssh
     return ssh
   }
+}
+
+/**
+ * Resolves true once something at host:port greets like sshd ("SSH-"), false at the deadline (epoch ms). The
+ * probes overlap, a new one every intervalMs, each living up to probeMs: a SYN sent while a rebooting host was
+ * down is lost, and waiting for its retransmit (1 s, then 3 s) would add that much to every reboot.
+ */
+export function waitForSshBanner(host: string, port: number, deadline: number, opts: { intervalMs?: number; probeMs?: number } = {}): Promise<boolean> {
+  const intervalMs = opts.intervalMs ?? 200
+  const probeMs = opts.probeMs ?? 2000
+  return new Promise((resolve) => {
+    const open = new Set<Socket>()
+    let done = false
+    const finish = (ok: boolean) => {
+      if (done) return
+      done = true
+      clearInterval(every)
+      clearTimeout(end)
+      for (const s of open) s.destroy()
+      resolve(ok)
+    }
+    const probe = () => {
+      const s = tcpConnect({ host, port, noDelay: true })
+      open.add(s)
+      const giveUp = setTimeout(() => s.destroy(), probeMs)
+      s.once('data', (d: Buffer) => {
+        if (!d.toString('latin1').startsWith('SSH-')) return s.destroy()
+        // Greet back before leaving: sshd then logs a plain closed connection, not a scanner that never spoke
+        // (which fail2ban's aggressive mode and sshguard count against the address).
+        s.end('SSH-2.0-pi-provision-probe\r\n')
+        open.delete(s)
+        finish(true)
+      })
+      s.on('error', () => undefined) // refused or unreachable: the next probe tries again
+      s.once('close', () => {
+        clearTimeout(giveUp)
+        open.delete(s)
+      })
+    }
+    const every = setInterval(probe, intervalMs)
+    const end = setTimeout(() => finish(false), Math.max(0, deadline - Date.now()))
+    probe()
+  })
 }
 
 /**

@@ -352,8 +352,9 @@ export function rebootHandler(name = 'Reboot'): Handler {
       let lastError = ''
       while (Date.now() - started < limit) {
         try {
-          // Short attempts: a SYN sent while the host was down must not hold up noticing it is back.
-          const r = await ctx.conn.run('cat /proc/sys/kernel/random/boot_id', { connectWithinMs: Math.min(3000, limit - (Date.now() - started)) })
+          // Log in only once sshd greets again (overlapping probes notice that within ~0.2 s); then a short attempt.
+          await ctx.conn.sshAnswers?.(started + limit)
+          const r = await ctx.conn.run('cat /proc/sys/kernel/random/boot_id', { connectWithinMs: Math.min(3000, Math.max(500, limit - (Date.now() - started))) })
           const now = r.stdout.trim()
           if (r.code === 0 && now && now !== before) {
             ctx.facts.invalidate()
