@@ -23,3 +23,13 @@ export function asRoot(script: string, loginUser: string): string {
 export function writeFromStdin(path: string): string {
   return `cat > ${quote(path)}`
 }
+
+/**
+ * A command that may block (a Type=notify unit with TimeoutStartSec=0, as k3s's, waits for ever for a k3s that
+ * never gets ready), bounded on the host: after `seconds` it is stopped and the script fails with a line saying
+ * what did not finish and which variable sets the bound. Exit 124, as timeout(1).
+ */
+export function bounded(command: string, seconds: number, what: string, setting: string): string {
+  const said = quote(`${what} did not finish within ${seconds}s (${setting})`)
+  return `( timeout -k 10 ${seconds} ${command}; rc=$?; if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo ${said} >&2; exit 124; fi; exit $rc )`
+}

@@ -5,7 +5,7 @@ import { defineFact, type Fact } from './facts.ts'
 import { unifiedDiff } from './diff.ts'
 import type { Change, Command, Handler, Step, StepContext, StepResult } from './role.ts'
 import { handler } from './role.ts'
-import { quote } from './shell.ts'
+import { bounded, quote } from './shell.ts'
 import { sleep } from './connection.ts'
 import { ProvisionError } from './errors.ts'
 
@@ -143,6 +143,8 @@ export interface UnitSpec {
   masked?: boolean
   enabled?: boolean
   active?: boolean
+  /** Bound on `systemctl start` (a unit that never reports ready would block the run): seconds, and the variable that sets it. */
+  startTimeout?: { seconds: number; setting: string }
 }
 
 export function planUnit(cur: UnitState, spec: UnitSpec): Change | null {
@@ -172,7 +174,7 @@ export function planUnit(cur: UnitState, spec: UnitSpec): Change | null {
   }
   const running = cur.active === 'active' || cur.active === 'activating' || cur.active === 'reloading'
   if (spec.active === true && !running) {
-    cmds.push(`systemctl start ${u}`)
+    cmds.push(spec.startTimeout ? bounded(`systemctl start ${u}`, spec.startTimeout.seconds, `starting ${spec.unit}`, spec.startTimeout.setting) : `systemctl start ${u}`)
     what.push('start')
   }
   if ((spec.active === false || spec.masked === true) && running) {

@@ -75,7 +75,7 @@ export const k3sAgent: Role = {
         return { status: 'changed', message: why.join(', ') }
       },
     },
-    systemdUnit('Keep k3s-agent enabled and running', () => ({ unit: 'k3s-agent.service', enabled: true, active: true }), { when: (ctx) => !ctx.check }),
+    systemdUnit('Keep k3s-agent enabled and running', (ctx) => ({ unit: 'k3s-agent.service', enabled: true, active: true, startTimeout: { seconds: ctx.vars.k3s_start_timeout, setting: 'k3s_start_timeout' } }), { when: (ctx) => !ctx.check }),
     flushHandlers('Restart k3s-agent if its config changed'),
     {
       // A server rebuilt without a backup has a new datastore (and CA): it does not know this node, and the

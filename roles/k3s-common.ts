@@ -8,7 +8,7 @@ import type { Inventory } from '../lib/inventory.ts'
 import { hostVars } from '../lib/inventory.ts'
 import type { RunResult } from '../lib/connection.ts'
 import type { Step, StepContext, StepResult } from '../lib/role.ts'
-import { quote } from '../lib/shell.ts'
+import { bounded, quote } from '../lib/shell.ts'
 
 export const K3S_CONFIG = '/etc/rancher/k3s/config.yaml'
 export const NODE_PASSWORD = '/etc/rancher/node/password'
@@ -128,7 +128,7 @@ export async function runInstaller(ctx: StepContext, spec: InstallSpec): Promise
     'set -a',
     '. "$work/env"',
     'set +a',
-    `INSTALL_K3S_VERSION=${quote(version)} INSTALL_K3S_EXEC=${quote(spec.kind)} sh "$work/install.sh"`,
+    bounded(`env INSTALL_K3S_VERSION=${quote(version)} INSTALL_K3S_EXEC=${quote(spec.kind)} sh "$work/install.sh"`, ctx.vars.k3s_start_timeout, 'the k3s install script', 'k3s_start_timeout'),
   ].join('\n')
   let r: RunResult = { code: 0, stdout: '', stderr: '' }
   await startingK3s(ctx, spec.kind === 'server' ? 'k3s' : 'k3s-agent', async () => {
@@ -177,7 +177,7 @@ export function restartHandlerStep(unit: string): Step {
     async run(ctx): Promise<StepResult> {
       if (ctx.shared.get(`k3s_restarted:${ctx.host}`)) return { status: 'ok', message: 'already restarted by the install script' }
       if (ctx.check) return { status: 'changed', message: `would restart ${unit}` }
-      await startingK3s(ctx, unit, () => ctx.must(`systemctl restart ${unit}`, { what: `restart ${unit}` }))
+      await startingK3s(ctx, unit, () => ctx.must(bounded(`systemctl restart ${unit}`, ctx.vars.k3s_start_timeout, `restarting ${unit}`, 'k3s_start_timeout'), { what: `restart ${unit}` }))
       return { status: 'changed' }
     },
   }

@@ -83,7 +83,7 @@ export const k3sServer: Role = {
         return { status: 'changed', message: what }
       },
     },
-    systemdUnit('Keep k3s enabled and running', () => ({ unit: 'k3s.service', enabled: true, active: true }), { when: (ctx) => !ctx.check }),
+    systemdUnit('Keep k3s enabled and running', (ctx) => ({ unit: 'k3s.service', enabled: true, active: true, startTimeout: { seconds: ctx.vars.k3s_start_timeout, setting: 'k3s_start_timeout' } }), { when: (ctx) => !ctx.check }),
     flushHandlers('Restart k3s if its config changed'),
     {
       name: 'Wait for the API server',

@@ -130,4 +130,20 @@ describe('site.mts on a fresh lab', () => {
     expect(back.code, back.out).toBe(0)
     expect((await nodes()).filter((n) => n.status.conditions.find((c) => c.type === 'Ready')?.status === 'True').map((n) => n.metadata.name).sort()).toEqual([...DEFAULT_HOSTS].sort())
   })
+
+  it('a k3s that never gets ready does not hang the run: the restart is bounded by k3s_start_timeout and says so', async () => {
+    // k3s's unit waits for ever (Type=notify, TimeoutStartSec=0); the stand-in holds back readiness while the marker exists.
+    await onHost('pi-k3s', 'mkdir -p /etc/k3s-standin && touch /etc/k3s-standin/hang-before-ready && echo "# edited by hand" >> /etc/rancher/k3s/config.yaml')
+    try {
+      const stuck = await runPlaybookCli('site', ['--limit', 'pi-k3s', '-e', 'k3s_start_timeout=3'])
+      expect(stuck.code, stuck.out).toBe(2)
+      expect(stuck.out).toContain('restarting k3s did not finish within 3s (k3s_start_timeout)')
+      expect(stuck.out).toContain('k3s says: level=error msg="stand-in fault: not reporting ready while /etc/k3s-standin/hang-before-ready exists"')
+    } finally {
+      await onHost('pi-k3s', 'rm -f /etc/k3s-standin/hang-before-ready')
+    }
+    const back = await runPlaybookCli('site', [])
+    expect(back.code, back.out).toBe(0)
+    expect((await onHost('pi-k3s', 'systemctl is-active k3s')).trim()).toBe('active')
+  })
 })

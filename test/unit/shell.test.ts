@@ -3,7 +3,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync 
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { asRoot, commandLine, quote, writeFromStdin } from '../../lib/shell.ts'
+import { asRoot, bounded, commandLine, quote, writeFromStdin } from '../../lib/shell.ts'
 
 // Each word goes through a real shell (dash as /bin/sh on Debian, and bash: the login shell that runs an
 // SSH command line may be either) and must come out byte for byte.
@@ -175,5 +175,21 @@ describe('writeFromStdin', () => {
     const r = run('/bin/sh', line, content)
     expect(r.status).toBe(0)
     expect(readFileSync(path, 'utf8')).toBe(content)
+  })
+})
+
+describe('bounded: a command that may block, stopped on the host after a bound', () => {
+  const run = (script: string) => spawnSync('sh', ['-c', script], { encoding: 'utf8' })
+
+  it('a command past its bound is stopped: exit 124 and a line naming what and the setting', () => {
+    const r = run(bounded('sleep 30', 1, 'restarting k3s', 'k3s_start_timeout'))
+    expect([r.status, r.stderr]).toEqual([124, 'restarting k3s did not finish within 1s (k3s_start_timeout)\n'])
+  })
+
+  it('within its bound a command keeps its own exit code and output', () => {
+    expect(run(bounded("printf 'done'", 5, 'x', 'y'))).toMatchObject({ status: 0, stdout: 'done', stderr: '' })
+    expect(run(bounded("sh -c 'echo nope >&2; exit 3'", 5, 'x', 'y'))).toMatchObject({ status: 3, stderr: 'nope\n' })
+    // In a `set -e` script a failure still stops the script.
+    expect(run(`set -e; ${bounded('false', 5, 'x', 'y')}; echo after`)).toMatchObject({ status: 1, stdout: '' })
   })
 })

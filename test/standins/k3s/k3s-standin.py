@@ -2704,6 +2704,12 @@ def server_main(argv):
                 log("error", "stand-in controllers: %r" % e)
     threading.Thread(target=controllers, name="controllers", daemon=True).start()
 
+    # Test fault: a k3s that never gets ready (its unit, Type=notify with TimeoutStartSec=0, then never finishes
+    # starting). Held while the marker file exists; the tests remove it to let the start complete.
+    hang = ROOT + "/etc/k3s-standin/hang-before-ready"
+    while os.path.exists(hang) and not stop.is_set():
+        log("error", "stand-in fault: not reporting ready while %s exists" % hang)
+        stop.wait(1)
     log("info", "k3s is up and running")
     sd_notify("READY=1")
     stop.wait()
