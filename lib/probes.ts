@@ -1,6 +1,7 @@
 // App health probes run from the controller, the way the owner checks by hand: an HTTP GET whose status
 // and body are judged (Jellyfin /health -> Healthy, Immich /api/server/ping -> {"res":"pong"}, ...) and a DNS
-// question put to Pi-hole at the server's address (dig @192.168.1.55 google.com). Only Node's own
+// question put to Pi-hole at the server's address (dig @192.168.1.55 google.com), and Pi-hole v6's API
+// (log in, is blocking enabled?, log out: its sessions are few, so one is never left open). Only Node's own
 // libraries: node:http/https and node:dns's Resolver pointed at one server. Every probe has a timeout and
 // ends with a reason a person can act on; the apps role turns the results into the final table.
 
@@ -8,6 +9,7 @@ import { Resolver } from 'node:dns/promises'
 import * as http from 'node:http'
 import * as https from 'node:https'
 import { ProvisionError } from './errors.ts'
+import { registerSecret } from './mask.ts'
 
 export interface HttpCheck {
   kind: 'http'
@@ -34,7 +36,17 @@ export interface DnsCheck {
   timeoutMs: number
 }
 
-export type AppCheck = HttpCheck | DnsCheck
+export interface PiholeCheck {
+  kind: 'pihole'
+  app: string
+  /** Pi-hole v6's API base, e.g. http://192.168.1.55/api */
+  api: string
+  /** Secret reference of the web interface / API password (resolved once, before any host is touched). */
+  passwordRef: string
+  timeoutMs: number
+}
+
+export type AppCheck = HttpCheck | DnsCheck | PiholeCheck
 
 export interface ProbeResult {
   app: string
@@ -46,7 +58,7 @@ export interface ProbeResult {
   ms: number
 }
 
-const KEYS = ['app', 'url', 'expect', 'expect_status', 'expect_json', 'dns', 'server', 'port', 'type', 'timeout'] as const
+const KEYS = ['app', 'url', 'expect', 'expect_status', 'expect_json', 'dns', 'server', 'port', 'type', 'pihole_api', 'password_ref', 'timeout'] as const
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
@@ -62,7 +74,7 @@ export function parseAppChecks(
 ): AppCheck[] {
   const bad = (i: number, what: string): ProvisionError =>
     new ProvisionError('inventory', `app_checks[${i}]: ${what}`, {
-      hint: 'each entry is {app, url, expect?, expect_json?, expect_status?, timeout?} or {app, dns: NAME, server?, port?, type?, timeout?} (see docs/gitops.md)',
+      hint: 'each entry is {app, url, expect?, expect_json?, expect_status?, timeout?}, {app, dns: NAME, server?, port?, type?, timeout?} or {app, pihole_api: URL, password_ref, timeout?} (see docs/gitops.md)',
     })
   return raw.map((entry, i): AppCheck => {
     if (!isRecord(entry)) throw bad(i, 'expected a map')
@@ -73,7 +85,22 @@ export function parseAppChecks(
     const timeout = entry.timeout ?? opts.timeoutSec
     if (typeof timeout !== 'number' || !(timeout > 0)) throw bad(i, `${app}: timeout must be a number of seconds`)
     const timeoutMs = Math.round(timeout * 1000)
-    if (entry.url !== undefined && entry.dns !== undefined) throw bad(i, `${app}: either url or dns, not both`)
+    const kinds = (['url', 'dns', 'pihole_api'] as const).filter((k) => entry[k] !== undefined)
+    if (kinds.length > 1) throw bad(i, `${app}: one of url, dns or pihole_api, not ${kinds.join(' and ')}`)
+    if (entry.password_ref !== undefined && entry.pihole_api === undefined) throw bad(i, `${app}: password_ref is for pihole_api checks`)
+    if (entry.pihole_api !== undefined) {
+      for (const k of ['expect', 'expect_status', 'expect_json', 'server', 'port', 'type'] as const) if (entry[k] !== undefined) throw bad(i, `${app}: ${k} is not for pihole_api checks`)
+      let api: URL
+      try {
+        api = new URL(String(entry.pihole_api))
+      } catch {
+        throw bad(i, `${app}: pihole_api ${JSON.stringify(entry.pihole_api)} is not a URL (e.g. http://192.168.1.55/api)`)
+      }
+      if (typeof entry.pihole_api !== 'string' || (api.protocol !== 'http:' && api.protocol !== 'https:')) throw bad(i, `${app}: pihole_api must be an http:// or https:// URL`)
+      if (typeof entry.password_ref !== 'string' || !/^op:\/\/[^/]+\/[^/]+\/.+/.test(entry.password_ref))
+        throw bad(i, `${app}: pihole_api needs password_ref, the password's secret reference (op://vault/item/field)`)
+      return { kind: 'pihole', app, api: api.href.replace(/\/+$/, ''), passwordRef: entry.password_ref, timeoutMs }
+    }
     if (typeof entry.url === 'string') {
       for (const k of ['server', 'port', 'type'] as const) if (entry[k] !== undefined) throw bad(i, `${app}: ${k} is for dns checks`)
       let url: URL
@@ -110,12 +137,13 @@ export function parseAppChecks(
       if (server === undefined) throw bad(i, `${app}: no server to ask`)
       return { kind: 'dns', app, server, port, name: entry.dns, type, timeoutMs }
     }
-    throw bad(i, `${app}: needs url (an HTTP check) or dns (a name to resolve)`)
+    throw bad(i, `${app}: needs url (an HTTP check), dns (a name to resolve) or pihole_api (Pi-hole's API)`)
   })
 }
 
 export function describeCheck(c: AppCheck): string {
   if (c.kind === 'http') return `GET ${c.url}`
+  if (c.kind === 'pihole') return `Pi-hole API ${c.api}: login, blocking, logout`
   const at = c.server.includes(':') ? `[${c.server}]` : c.server
   return `DNS ${c.type} ${c.name} @${at}:${c.port}`
 }
@@ -187,46 +215,111 @@ export function describeNetError(e: unknown, host: string): string {
   }
 }
 
-export function probeHttp(c: HttpCheck): Promise<ProbeResult> {
-  const started = Date.now()
-  const check = describeCheck(c)
-  return new Promise((resolve) => {
-    const url = new URL(c.url)
-    const host = url.host
+export interface HttpAnswer {
+  status: number
+  body: string
+  location?: string
+}
+
+/** One HTTP request with a deadline; rejects with a reason a person can act on (refused, no answer, TLS, ...). */
+export function request(url: URL, opts: { method?: string; headers?: Record<string, string>; body?: string; timeoutMs: number }): Promise<HttpAnswer> {
+  const host = url.host
+  return new Promise((resolve, reject) => {
     let settled = false
     let req: http.ClientRequest | undefined
-    const finish = (reason: string | undefined, detail: string): void => {
+    const finish = (answer: HttpAnswer | undefined, reason?: string): void => {
       if (settled) return
       settled = true
       clearTimeout(timer)
       req?.destroy()
-      resolve({ app: c.app, check, ok: reason === undefined, detail: reason ?? detail, ms: Date.now() - started })
+      if (answer) resolve(answer)
+      else reject(new Error(reason))
     }
-    const timer = setTimeout(() => finish(`no answer within ${seconds(c.timeoutMs)}`, ''), c.timeoutMs)
+    const timer = setTimeout(() => finish(undefined, `no answer within ${seconds(opts.timeoutMs)}`), opts.timeoutMs)
     const mod = url.protocol === 'https:' ? https : http
+    const headers: Record<string, string> = { 'user-agent': 'pi-provision health check', accept: '*/*', ...opts.headers }
+    if (opts.body !== undefined) headers['content-length'] = String(Buffer.byteLength(opts.body))
     try {
-      req = mod.request(url, { method: 'GET', agent: false, headers: { 'user-agent': 'pi-provision health check', accept: '*/*' } }, (res) => {
+      req = mod.request(url, { method: opts.method ?? 'GET', agent: false, headers }, (res) => {
         const chunks: Buffer[] = []
         let size = 0
         res.on('data', (d: Buffer) => {
           if (size < MAX_BODY) chunks.push(d)
           size += d.length
         })
-        res.on('error', (e: unknown) => finish(describeNetError(e, host), ''))
+        res.on('error', (e: unknown) => finish(undefined, describeNetError(e, host)))
         res.on('end', () => {
           const body = Buffer.concat(chunks).toString('utf8').slice(0, MAX_BODY)
-          const status = res.statusCode ?? 0
-          const reason = judgeHttp(c, status, body, typeof res.headers.location === 'string' ? res.headers.location : undefined)
-          finish(reason, `HTTP ${status}${body.trim() ? ` ${snippet(body, 60)}` : ''}`)
+          finish({ status: res.statusCode ?? 0, body, location: typeof res.headers.location === 'string' ? res.headers.location : undefined })
         })
       })
     } catch (e) {
-      finish(describeNetError(e, host), '')
+      finish(undefined, describeNetError(e, host))
       return
     }
-    req.on('error', (e: unknown) => finish(describeNetError(e, host), ''))
-    req.end()
+    req.on('error', (e: unknown) => finish(undefined, describeNetError(e, host)))
+    req.end(opts.body)
   })
+}
+
+export async function probeHttp(c: HttpCheck): Promise<ProbeResult> {
+  const started = Date.now()
+  const result = (ok: boolean, detail: string): ProbeResult => ({ app: c.app, check: describeCheck(c), ok, detail, ms: Date.now() - started })
+  let a: HttpAnswer
+  try {
+    a = await request(new URL(c.url), { timeoutMs: c.timeoutMs })
+  } catch (e) {
+    return result(false, (e as Error).message)
+  }
+  const reason = judgeHttp(c, a.status, a.body, a.location)
+  return reason ? result(false, reason) : result(true, `HTTP ${a.status}${a.body.trim() ? ` ${snippet(a.body, 60)}` : ''}`)
+}
+
+function parseJson(body: string): unknown {
+  try {
+    return JSON.parse(body)
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Pi-hole v6, as the owner checks it: POST /api/auth with the password, GET /api/dns/blocking with the session
+ * id (X-FTL-SID), then DELETE /api/auth, whatever happened in between (Pi-hole keeps few sessions). The password
+ * travels only in the login body; the session id is masked in every output like a secret.
+ */
+export async function probePihole(c: PiholeCheck, password: string): Promise<ProbeResult> {
+  const started = Date.now()
+  const result = (ok: boolean, detail: string): ProbeResult => ({ app: c.app, check: describeCheck(c), ok, detail, ms: Date.now() - started })
+  const left = () => Math.max(250, c.timeoutMs - (Date.now() - started))
+  let login: HttpAnswer
+  try {
+    login = await request(new URL(`${c.api}/auth`), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ password }), timeoutMs: left() })
+  } catch (e) {
+    return result(false, `login: ${(e as Error).message}`)
+  }
+  const session = (parseJson(login.body) as { session?: { valid?: boolean; sid?: string | null; message?: string } } | undefined)?.session
+  if (login.status === 401) return result(false, `the password at ${c.passwordRef} was refused (HTTP 401${session?.message ? `: ${session.message}` : ''})`)
+  if (login.status !== 200 || !session?.valid) return result(false, `login: HTTP ${login.status}${login.body.trim() ? `: ${snippet(login.body)}` : ''}`)
+  const sid = typeof session.sid === 'string' && session.sid !== '' ? session.sid : undefined
+  if (sid) registerSecret(sid)
+  const withSid = sid ? { 'X-FTL-SID': sid } : undefined
+  let verdict: ProbeResult
+  try {
+    const a = await request(new URL(`${c.api}/dns/blocking`), { headers: withSid, timeoutMs: left() })
+    const b = parseJson(a.body) as { blocking?: string; timer?: number | null } | undefined
+    if (a.status !== 200 || typeof b?.blocking !== 'string') verdict = result(false, `blocking status: HTTP ${a.status}${a.body.trim() ? `: ${snippet(a.body)}` : ''}`)
+    else if (b.blocking === 'enabled') verdict = result(true, 'blocking enabled')
+    else verdict = result(false, `blocking is ${b.blocking}${typeof b.timer === 'number' ? ` (for ${Math.round(b.timer)} s more)` : ''}`)
+  } catch (e) {
+    verdict = result(false, `blocking status: ${(e as Error).message}`)
+  }
+  if (sid) {
+    const out = await request(new URL(`${c.api}/auth`), { method: 'DELETE', headers: withSid, timeoutMs: Math.max(1000, left()) }).catch((e: unknown) => (e as Error).message)
+    const loggedOut = typeof out !== 'string' && (out.status === 204 || out.status === 200 || out.status === 410)
+    if (!loggedOut) verdict = { ...verdict, detail: `${verdict.detail}; logout failed (${typeof out === 'string' ? out : `HTTP ${out.status}`}): the session stays until it expires` }
+  }
+  return { ...verdict, ms: Date.now() - started }
 }
 
 const DNS_REASONS: Readonly<Record<string, string>> = {
@@ -264,19 +357,30 @@ export async function probeDns(c: DnsCheck): Promise<ProbeResult> {
   }
 }
 
-export function probe(c: AppCheck): Promise<ProbeResult> {
-  return c.kind === 'http' ? probeHttp(c) : probeDns(c)
+/** Secret references the checks need (Pi-hole passwords), to resolve before any host is touched. */
+export function checkSecretRefs(checks: readonly AppCheck[]): string[] {
+  return [...new Set(checks.flatMap((c) => (c.kind === 'pihole' ? [c.passwordRef] : [])))]
+}
+
+export function probe(c: AppCheck, secret: (ref: string) => string = noSecrets): Promise<ProbeResult> {
+  if (c.kind === 'http') return probeHttp(c)
+  if (c.kind === 'pihole') return probePihole(c, secret(c.passwordRef))
+  return probeDns(c)
+}
+
+function noSecrets(ref: string): string {
+  throw new ProvisionError('secrets', `no secrets store to read ${ref} from`)
 }
 
 /** Every check at once; a failing one is asked again (attempts in all) after a pause, since a pod may be just starting. */
-export async function runChecks(checks: readonly AppCheck[], opts: { attempts?: number; retryDelayMs?: number } = {}): Promise<ProbeResult[]> {
+export async function runChecks(checks: readonly AppCheck[], opts: { attempts?: number; retryDelayMs?: number; secret?: (ref: string) => string } = {}): Promise<ProbeResult[]> {
   const attempts = Math.max(1, opts.attempts ?? 2)
   return Promise.all(
     checks.map(async (c) => {
-      let r = await probe(c)
+      let r = await probe(c, opts.secret)
       for (let n = 1; n < attempts && !r.ok; n++) {
         await new Promise((done) => setTimeout(done, opts.retryDelayMs ?? 1000))
-        r = await probe(c)
+        r = await probe(c, opts.secret)
       }
       return r
     }),

@@ -9,7 +9,7 @@
 
 import { ProvisionError } from '../lib/errors.ts'
 import { hostVars } from '../lib/inventory.ts'
-import { formatAppTable, parseAppChecks, runChecks, verdicts, type AppCheck } from '../lib/probes.ts'
+import { checkSecretRefs, formatAppTable, parseAppChecks, runChecks, verdicts, type AppCheck } from '../lib/probes.ts'
 import type { Role, StepContext } from '../lib/role.ts'
 import { quote } from '../lib/shell.ts'
 import type { Vars } from '../lib/vars.ts'
@@ -294,9 +294,11 @@ export function appChecksFor(ctx: Pick<StepContext, 'vars' | 'inventory'>): AppC
   })
 }
 
-function validateAppVars(v: Vars): void {
-  parseAppChecks(v.app_checks, { timeoutSec: v.app_check_timeout, defaultServer: v.address ?? 'server' })
+/** Checks app_checks and placement; returns the secrets the checks need (Pi-hole's password). */
+function validateAppVars(v: Vars): string[] {
+  const checks = parseAppChecks(v.app_checks, { timeoutSec: v.app_check_timeout, defaultServer: v.address ?? 'server' })
   parsePlacement(v.placement)
+  return checkSecretRefs(checks)
 }
 
 // ---------------------------------------------------------------- what the role reads, side by side, before the reconcile
@@ -315,11 +317,9 @@ function checkMode(ctx: StepContext, what: string): { status: 'skipped'; message
 
 export const apps: Role = {
   name: 'apps',
-  // No secrets: this validates app_checks and placement before any host is touched (an inventory error, exit 1).
-  secrets: (v) => {
-    validateAppVars(v)
-    return []
-  },
+  // Validates app_checks and placement before any host is touched (an inventory error, exit 1), and names the
+  // passwords the Pi-hole checks need, resolved with the run's other secrets.
+  secrets: (v) => validateAppVars(v),
   steps: [
     {
       name: 'Reconcile the GitOps source',
@@ -437,7 +437,7 @@ export const apps: Role = {
         if (skip) return skip
         const checks = appChecksFor(ctx)
         if (checks.length === 0) return { status: 'ok', message: 'no app_checks in the inventory' }
-        const results = await runChecks(checks)
+        const results = await runChecks(checks, { secret: (ref) => ctx.secrets.get(ref) })
         ctx.log(['app health (from the controller):', ...formatAppTable(results).map((l) => `  ${l}`)].join('\n'))
         const vs = verdicts(results)
         const failing = vs.filter((v) => !v.ok)

@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { parse } from 'yaml'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DEFAULT_HOSTS, LAB_ARTIFACT_BASE, LAB_SECRETS_FILE, labDown, labExec, labUp } from '../lab/lab.ts'
-import { LAB_APPS, labGitopsRepo, setLabAppHealth } from '../lab/apps.ts'
+import { LAB_APPS, labGitopsRepo, setLabAppHealth, setLabPiholeBlocking } from '../lab/apps.ts'
 import { onHost, runPlaybookCli, type PlaybookRun } from './helpers.ts'
 
 const KUBECTL = 'k3s kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml'
@@ -19,12 +19,19 @@ const FLUX = '/usr/local/bin/flux --kubeconfig /etc/rancher/k3s/k3s.yaml'
 
 let esoToken = ''
 let pat = ''
+let piholePassword = ''
 const work = mkdtempSync(join(tmpdir(), 'gitops-e2e-'))
 const timings: Record<string, number> = {}
 
 /** Every form of a secret that must not leak: the value, and the base64 the Kubernetes API shows. */
 function secretForms(): string[] {
-  return [esoToken, pat, Buffer.from(esoToken).toString('base64'), Buffer.from(pat).toString('base64')]
+  return [esoToken, pat, piholePassword, Buffer.from(esoToken).toString('base64'), Buffer.from(pat).toString('base64')]
+}
+
+/** Sessions the Pi-hole API stand-in still has open (each check must log out). */
+async function piholeSessionsOpen(): Promise<number> {
+  const r = await fetch(`${LAB_ARTIFACT_BASE}/apps/pihole/api/_standin/sessions`)
+  return ((await r.json()) as { open: number }).open
 }
 
 function expectNoSecret(text: string, where: string): void {
@@ -84,6 +91,9 @@ beforeAll(async () => {
   const secrets = parse(readFileSync(LAB_SECRETS_FILE, 'utf8')) as Record<string, Record<string, Record<string, string>>>
   esoToken = secrets['pi-cluster']['onepassword-service-account'].token
   pat = secrets['pi-cluster']['flux-github-pat'].token
+  piholePassword = secrets['pi-cluster'].pihole.password
+  expect(piholePassword.length).toBeGreaterThan(10)
+  setLabPiholeBlocking(null)
   expect(esoToken).toMatch(/^ops_/)
   expect(pat).toMatch(/^ghp_/)
 }, 900_000)
@@ -143,6 +153,9 @@ describe('site.mts with Flux and the apps', () => {
     // every app ok, in the final table
     for (const app of ['pihole', 'jellyfin', 'immich', 'homepage', 'uptime-kuma']) expect(run.out).toMatch(new RegExp(`\\n {2}${app} +ok +`))
     expect(run.out).toContain('ok: [pi-k3s] apps | Probe the apps from the controller (5/5 apps healthy: pihole, jellyfin, immich, homepage, uptime-kuma)')
+    // Pi-hole's API as the owner checks it: logged in with the password from the secrets store, logged out again
+    expect(run.out).toMatch(/\n {2}pihole +ok +Pi-hole API http:\/\/10\.199\.55\.1:8780\/apps\/pihole\/api: login, blocking, logout +blocking enabled \(\d+ ms\)\n/)
+    expect(await piholeSessionsOpen()).toBe(0)
     expect(run.out).toContain('ok: [pi-k3s] apps | Check where the pinned workloads run (pihole/pihole on pi-k3s, pihole/unbound on pi3-worker-1, backup-jobs/* on pi-k3s)')
     expect(run.out).toContain('ok: [pi-k3s] apps | Check the ClusterSecretStore onepassword and the ExternalSecrets (ClusterSecretStore onepassword Ready; 5/5 ExternalSecrets synced)')
     expect(run.out).toMatch(/\[pi-k3s\] flux: \d+\/\d+ Kustomizations and HelmReleases Ready|ok: \[pi-k3s\] apps \| Wait until every Kustomization and HelmRelease is Ready \(19\/19 Ready/)
@@ -233,16 +246,19 @@ describe('site.mts with Flux and the apps', () => {
   it('an unhealthy app (and a Pi-hole that fails DNS) fail the run with exit 2, each named with its reason', async () => {
     setLabAppHealth('jellyfin', { status: 503, body: 'Unhealthy' })
     await onHost('pi-k3s', `echo '{"rcode": "SERVFAIL"}' > /var/lib/flux-standin/dns.json`)
+    setLabPiholeBlocking({ blocking: 'disabled', timer: 300 })
     try {
       const run = await timed('unhealthy', () => runPlaybookCli('site', ['--limit', 'pi-k3s', '--tags', 'apps']))
       expect(run.code, run.out).toBe(2)
-      expect(run.out).toContain('FAILED: [pi-k3s] apps | Probe the apps from the controller (2 of 5 apps failing: pihole (the server failed to answer (SERVFAIL)), jellyfin (HTTP 503 (expected 2xx): Unhealthy))')
+      expect(run.out).toContain('FAILED: [pi-k3s] apps | Probe the apps from the controller (2 of 5 apps failing: pihole (the server failed to answer (SERVFAIL); blocking is disabled (for 300 s more)), jellyfin (HTTP 503 (expected 2xx): Unhealthy))')
+      expect(await piholeSessionsOpen()).toBe(0) // logged out after the failing check too
       expect(run.out).toMatch(/\n {2}jellyfin +FAILING +GET http:\/\/10\.199\.55\.1:8780\/apps\/jellyfin\/health +HTTP 503 \(expected 2xx\): Unhealthy\n/)
       expect(run.out).toMatch(/\n {2}pihole +FAILING +DNS A google\.com @10\.199\.55\.55:53 +the server failed to answer \(SERVFAIL\)\n/)
       expect(run.out).toMatch(/\n {2}immich +ok +/)
       expect(run.recap['pi-k3s'].failed).toBe(1)
     } finally {
       setLabAppHealth('jellyfin', null)
+      setLabPiholeBlocking(null)
       await onHost('pi-k3s', 'rm -f /var/lib/flux-standin/dns.json')
     }
     const healed = await timed('healed', () => runPlaybookCli('site', ['--limit', 'pi-k3s', '--tags', 'apps']))

@@ -10,15 +10,19 @@
 //       an app unhealthy with setLabAppHealth (a JSON file in the lab state dir that the server reads per request).
 //   GET /flux/releases/download/v<V>/flux_<V>_linux_<arch>.tar.gz (and flux_<V>_checksums.txt): GitHub's
 //       release layout, the tarball holding the flux stand-in stamped with version V.
-// DNS (Pi-hole) is not here: the k3s stand-in answers it on the server host's address (see its README).
+//   /apps/pihole/api/...   a stand-in for Pi-hole v6's API: POST auth (the password in the lab secrets file,
+//       op://pi-cluster/pihole/password), GET dns/blocking with X-FTL-SID, DELETE auth; a test sets the blocking
+//       state with setLabPiholeBlocking and counts sessions left open at GET /apps/pihole/api/_standin/sessions.
+// Pi-hole's DNS is not here: the k3s stand-in answers it on the server host's address (see its README).
 
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
-import type { ServerResponse } from 'node:http'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import { join } from 'node:path'
 import { gzipSync } from 'node:zlib'
 import type { Route } from './artifacts.ts'
+import { parse as parseYaml } from 'yaml'
 import { LAB_DIR } from './paths.ts'
 
 // ---------------------------------------------------------------- app health endpoints
@@ -92,6 +96,86 @@ export function appRoutes(labDir: string): Route[] {
         send(res, h.status ?? 200, h.body ?? ep.body, h.contentType ?? ep.contentType)
       },
     },
+  ]
+}
+
+// ---------------------------------------------------------------- Pi-hole v6's API (stand-in)
+
+export interface PiholeBlocking {
+  blocking: 'enabled' | 'disabled'
+  timer: number | null
+}
+
+function blockingFile(labDir: string): string {
+  return join(labDir, 'apps', 'pihole-api.json')
+}
+
+/** Steer the stand-in's blocking status (null: enabled again). Read on every request. */
+export function setLabPiholeBlocking(state: PiholeBlocking | null, labDir = LAB_DIR): void {
+  if (state === null) return rmSync(blockingFile(labDir), { force: true })
+  mkdirSync(join(labDir, 'apps'), { recursive: true })
+  writeFileSync(blockingFile(labDir), JSON.stringify(state))
+}
+
+function labPiholePassword(labDir: string): string | undefined {
+  try {
+    const doc = parseYaml(readFileSync(join(labDir, 'secrets.yaml'), 'utf8')) as Record<string, Record<string, Record<string, unknown>>>
+    const v = doc['pi-cluster']?.pihole?.password
+    return typeof v === 'string' ? v : undefined
+  } catch {
+    return undefined
+  }
+}
+
+function piholeRoutes(labDir: string): Route[] {
+  const sessions = new Set<string>()
+  const json = (res: ServerResponse, status: number, v: unknown) => send(res, status, JSON.stringify(v), 'application/json')
+  const sidOf = (req: IncomingMessage) => (typeof req.headers['x-ftl-sid'] === 'string' ? req.headers['x-ftl-sid'] : '')
+  const unauthorized = (res: ServerResponse) => json(res, 401, { error: { key: 'unauthorized', message: 'Unauthorized', hint: null }, took: 0 })
+  return [
+    {
+      method: 'POST',
+      path: '/apps/pihole/api/auth',
+      handle: async (req, res) => {
+        let body = ''
+        for await (const chunk of req) body += String(chunk)
+        let given: unknown
+        try {
+          given = (JSON.parse(body) as { password?: unknown }).password
+        } catch {
+          return json(res, 400, { error: { key: 'bad_request', message: 'Invalid JSON' }, took: 0 })
+        }
+        const want = labPiholePassword(labDir)
+        if (want === undefined || given !== want) return json(res, 401, { session: { valid: false, totp: false, sid: null, validity: -1, message: 'password incorrect' }, took: 0 })
+        const sid = randomBytes(18).toString('base64')
+        sessions.add(sid)
+        json(res, 200, { session: { valid: true, totp: false, sid, csrf: randomBytes(12).toString('base64'), validity: 1800, message: 'password correct' }, took: 0 })
+      },
+    },
+    {
+      method: 'GET',
+      path: '/apps/pihole/api/dns/blocking',
+      handle: (req, res) => {
+        if (!sessions.has(sidOf(req))) return unauthorized(res)
+        let state: PiholeBlocking = { blocking: 'enabled', timer: null }
+        try {
+          state = JSON.parse(readFileSync(blockingFile(labDir), 'utf8')) as PiholeBlocking
+        } catch {
+          // no file: enabled
+        }
+        json(res, 200, { ...state, took: 0 })
+      },
+    },
+    {
+      method: 'DELETE',
+      path: '/apps/pihole/api/auth',
+      handle: (req, res) => {
+        if (!sessions.delete(sidOf(req))) return unauthorized(res)
+        res.writeHead(204)
+        res.end()
+      },
+    },
+    { method: 'GET', path: '/apps/pihole/api/_standin/sessions', handle: (_req, res) => json(res, 200, { open: sessions.size }) },
   ]
 }
 
@@ -265,5 +349,5 @@ export function fluxReleaseRoute(root: string, base: string): Route {
 
 /** Every route of this file, for the artifact server. */
 export function labAppsRoutes(opts: { labDir: string; root: string; base: string }): Route[] {
-  return [...appRoutes(opts.labDir), gitopsRoute, fluxReleaseRoute(opts.root, opts.base)]
+  return [...piholeRoutes(opts.labDir), ...appRoutes(opts.labDir), gitopsRoute, fluxReleaseRoute(opts.root, opts.base)]
 }

@@ -1,7 +1,8 @@
 // The lab's credentials: the login key every host trusts, the known_hosts file written by `up`, and the
 // file-backed stand-in for the 1Password vault. Secret values are generated here and never printed.
 import { randomInt, randomBytes } from 'node:crypto'
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { parse as parseYaml, stringify as stringifyYaml } from 'yaml'
 import { LAB_DIR, LAB_KEY, LAB_KNOWN_HOSTS, LAB_SECRETS_FILE, LAB_SSH_DIR } from './paths.ts'
 import { run } from './run.ts'
 
@@ -32,15 +33,23 @@ function randomAlnum(length: number): string {
  * needs other values edits the file, and a re-run of `up` keeps them.
  */
 export function ensureSecrets(): void {
-  if (existsSync(LAB_SECRETS_FILE)) return
   mkdirSync(LAB_DIR, { recursive: true })
-  const text = [
-    'pi-cluster:',
-    '  onepassword-service-account:',
-    `    token: ops_${randomBytes(48).toString('base64url')}`,
-    '  flux-github-pat:',
-    `    token: ghp_${randomAlnum(36)}`,
-    '',
-  ].join('\n')
-  writeFileSync(LAB_SECRETS_FILE, text, { mode: 0o600, flag: 'wx' })
+  if (!existsSync(LAB_SECRETS_FILE)) {
+    const text = [
+      'pi-cluster:',
+      '  onepassword-service-account:',
+      `    token: ops_${randomBytes(48).toString('base64url')}`,
+      '  flux-github-pat:',
+      `    token: ghp_${randomAlnum(36)}`,
+      '',
+    ].join('\n')
+    writeFileSync(LAB_SECRETS_FILE, text, { mode: 0o600, flag: 'wx' })
+  }
+  // Items added since a lab's file was made are appended, so an older lab keeps its values and gains the new ones.
+  const doc = (parseYaml(readFileSync(LAB_SECRETS_FILE, 'utf8')) ?? {}) as Record<string, Record<string, unknown>>
+  if (doc['pi-cluster']?.pihole === undefined) {
+    doc['pi-cluster'] = { ...doc['pi-cluster'], pihole: { password: randomAlnum(24) } }
+    writeFileSync(`${LAB_SECRETS_FILE}.new`, stringifyYaml(doc), { mode: 0o600 })
+    renameSync(`${LAB_SECRETS_FILE}.new`, LAB_SECRETS_FILE)
+  }
 }

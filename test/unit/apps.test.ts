@@ -2,7 +2,9 @@
 // against nodes/pods/workloads as kubectl shows them, and the role against a fake server with app endpoints on
 // 127.0.0.1: a healthy run, an unhealthy app failing the run with its name and reason, and bad inventory values
 // refused before any host is touched.
+import { readFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
+import { join } from 'node:path'
 import type { AddressInfo } from 'node:net'
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { ProvisionError } from '../../lib/errors.ts'
@@ -342,6 +344,16 @@ describe('the apps role', () => {
     expect(err({ app_checks: [{ app: 'jellyfin', url: 'http://x/', expct: 'Healthy' }] }).message).toBe('app_checks[0]: unknown key expct')
     expect(err({ placement: { 'a/b/c': 'pi-k3s' } }).kind).toBe('inventory')
     const vars = hostVars(inv.hosts.get('pi-k3s')!, {}, { app_checks: [{ app: 'pihole', dns: 'google.com' }, { app: 'unbound', dns: 'example.org', server: 'pi3-worker-1', port: 5335 }] })
-    expect(appChecksFor({ vars, inventory: inv }).map((c) => (c.kind === 'dns' ? `${c.server}:${c.port}` : c.url))).toEqual(['127.0.0.55:53', '127.0.0.53:5335'])
+    expect(appChecksFor({ vars, inventory: inv }).map((c) => (c.kind === 'dns' ? `${c.server}:${c.port}` : c.kind))).toEqual(['127.0.0.55:53', '127.0.0.53:5335'])
+  })
+})
+
+describe('secrets the apps role needs', () => {
+  it("the Pi-hole API checks' passwords are resolved up front with the run's other secrets (the lab's and the owner's inventories)", () => {
+    const pb = { name: 'apps', plays: [{ name: 'Check the apps', hosts: 'server', roles: [apps] }] }
+    for (const f of ['inventory/hosts.yaml', 'inventory/lab.yaml']) {
+      const inv = parseInventory(readFileSync(join(import.meta.dirname, '../..', f), 'utf8'), f)
+      expect(requiredSecrets(pb, inv, undefined, {}), f).toEqual(['op://pi-cluster/pihole/password'])
+    }
   })
 })

@@ -5,7 +5,8 @@ import { createServer, type Server } from 'node:http'
 import { createServer as createNetServer, type AddressInfo } from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ProvisionError } from '../../lib/errors.ts'
-import { describeNetError, formatAppTable, judgeHttp, jsonContains, parseAppChecks, probeDns, probeHttp, runChecks, verdicts, type DnsCheck, type HttpCheck, type ProbeResult } from '../../lib/probes.ts'
+import { mask } from '../../lib/mask.ts'
+import { checkSecretRefs, describeNetError, formatAppTable, judgeHttp, jsonContains, parseAppChecks, probeDns, probeHttp, probePihole, runChecks, verdicts, type DnsCheck, type HttpCheck, type PiholeCheck, type ProbeResult } from '../../lib/probes.ts'
 
 function freePort(): Promise<number> {
   return new Promise((done, fail) => {
@@ -243,8 +244,16 @@ describe('app_checks from the inventory', () => {
     }
     expect(err('jellyfin')).toBe('app_checks[0]: expected a map')
     expect(err({ url: 'http://x/' })).toBe('app_checks[0]: needs app: the name shown in the table')
-    expect(err({ app: 'a' })).toBe('app_checks[0]: a: needs url (an HTTP check) or dns (a name to resolve)')
-    expect(err({ app: 'a', url: 'http://x/', dns: 'x' })).toBe('app_checks[0]: a: either url or dns, not both')
+    expect(err({ app: 'a' })).toBe("app_checks[0]: a: needs url (an HTTP check), dns (a name to resolve) or pihole_api (Pi-hole's API)")
+    expect(err({ app: 'a', url: 'http://x/', dns: 'x' })).toBe('app_checks[0]: a: one of url, dns or pihole_api, not url and dns')
+    expect(err({ app: 'p', pihole_api: 'http://x/api' })).toBe('app_checks[0]: p: pihole_api needs password_ref, the password\'s secret reference (op://vault/item/field)')
+    expect(err({ app: 'p', pihole_api: 'http://x/api', password_ref: 'hunter2' })).toBe('app_checks[0]: p: pihole_api needs password_ref, the password\'s secret reference (op://vault/item/field)')
+    expect(err({ app: 'p', pihole_api: 'x', password_ref: 'op://v/i/f' })).toBe('app_checks[0]: p: pihole_api "x" is not a URL (e.g. http://192.168.1.55/api)')
+    expect(err({ app: 'p', pihole_api: 'http://x/api', password_ref: 'op://v/i/f', expect: 'y' })).toBe('app_checks[0]: p: expect is not for pihole_api checks')
+    expect(err({ app: 'p', url: 'http://x/', password_ref: 'op://v/i/f' })).toBe('app_checks[0]: p: password_ref is for pihole_api checks')
+    expect(parseAppChecks([{ app: 'pihole', pihole_api: 'http://192.168.1.55/api/', password_ref: 'op://pi-cluster/pihole/password' }], opts)).toEqual([
+      { kind: 'pihole', app: 'pihole', api: 'http://192.168.1.55/api', passwordRef: 'op://pi-cluster/pihole/password', timeoutMs: 5000 },
+    ])
     expect(err({ app: 'a', url: 'not a url' })).toBe('app_checks[0]: a: url "not a url" is not a URL')
     expect(err({ app: 'a', url: 'ftp://x/' })).toBe('app_checks[0]: a: url must be http:// or https://')
     expect(err({ app: 'a', url: 'http://x/', expect_status: '200' })).toBe('app_checks[0]: a: expect_status must be a status code')
@@ -256,5 +265,100 @@ describe('app_checks from the inventory', () => {
     expect(err({ app: 'a', dns: 'x', timeout: 0 })).toBe('app_checks[0]: a: timeout must be a number of seconds')
     expect(err({ app: 'a', url: 'http://x/', expct: 'typo' })).toBe('app_checks[0]: unknown key expct')
     expect(() => parseAppChecks([{ app: 'a', dns: 'x' }], { timeoutSec: 5 })).toThrow('app_checks[0]: a: no server to ask')
+  })
+})
+
+describe('Pi-hole v6 API probe', () => {
+  // A Pi-hole v6 API as the owner's answers: sessions by X-FTL-SID, the real shapes of /api/auth and /api/dns/blocking.
+  const PASSWORD = 'correct horse battery staple'
+  const seen: string[] = []
+  const sessions = new Set<string>()
+  let blocking: { blocking: string; timer: number | null } | 'error' = { blocking: 'enabled', timer: null }
+  let server: Server
+  let api = ''
+  let n = 0
+  beforeAll(async () => {
+    server = createServer((req, res) => {
+      let body = ''
+      req.on('data', (d: Buffer) => (body += d.toString()))
+      req.on('end', () => {
+        const sid = typeof req.headers['x-ftl-sid'] === 'string' ? req.headers['x-ftl-sid'] : ''
+        seen.push(`${req.method} ${req.url}${sid ? ` sid=${sid}` : ''}${body ? ` ${body}` : ''}`)
+        const json = (status: number, v: unknown) => {
+          res.writeHead(status, { 'content-type': 'application/json' })
+          res.end(JSON.stringify(v))
+        }
+        if (req.method === 'POST' && req.url === '/api/auth') {
+          if ((JSON.parse(body) as { password?: string }).password !== PASSWORD)
+            return json(401, { session: { valid: false, totp: false, sid: null, validity: -1, message: 'password incorrect' }, took: 0.001 })
+          const id = `sid-${++n}-Zm9vYmFy`
+          sessions.add(id)
+          return json(200, { session: { valid: true, totp: false, sid: id, csrf: 'x', validity: 300, message: 'password correct' }, took: 0.01 })
+        }
+        if (!sessions.has(sid)) return json(401, { error: { key: 'unauthorized', message: 'Unauthorized', hint: null }, took: 0 })
+        if (req.method === 'GET' && req.url === '/api/dns/blocking') return blocking === 'error' ? json(500, { error: { key: 'ftl', message: 'FTL not ready' } }) : json(200, { ...blocking, took: 0 })
+        if (req.method === 'DELETE' && req.url === '/api/auth') {
+          sessions.delete(sid)
+          res.writeHead(204)
+          return res.end()
+        }
+        json(404, { error: { key: 'not_found' } })
+      })
+    })
+    await new Promise<void>((done) => server.listen(0, '127.0.0.1', done))
+    api = `http://127.0.0.1:${(server.address() as AddressInfo).port}/api`
+  })
+  afterAll(() => new Promise<void>((done) => server.close(() => done())))
+
+  const check = (): PiholeCheck => ({ kind: 'pihole', app: 'pihole', api, passwordRef: 'op://pi-cluster/pihole/password', timeoutMs: 2000 })
+  const run = async (password: string) => {
+    seen.length = 0
+    const r = await probePihole(check(), password)
+    return { r, requests: [...seen] }
+  }
+
+  it('logs in, reads the blocking status with the session, logs out; the password and the session id show nowhere', async () => {
+    blocking = { blocking: 'enabled', timer: null }
+    const { r, requests } = await run(PASSWORD)
+    expect(r).toMatchObject({ app: 'pihole', ok: true, detail: 'blocking enabled', check: `Pi-hole API ${api}: login, blocking, logout` })
+    const sid = /sid=(\S+)/.exec(requests[1])![1]
+    expect(requests).toEqual([`POST /api/auth {"password":"${PASSWORD}"}`, `GET /api/dns/blocking sid=${sid}`, `DELETE /api/auth sid=${sid}`])
+    expect(sessions.size).toBe(0)
+    const shown = JSON.stringify(r) + formatAppTable([r]).join('\n')
+    expect(shown).not.toContain(PASSWORD)
+    expect(shown).not.toContain(sid)
+    expect(mask(`X-FTL-SID: ${sid}`)).not.toContain(sid) // the session id is masked like a secret wherever it might be printed
+  })
+
+  it('a refused password names its reference; no session is left behind', async () => {
+    const { r, requests } = await run('wrong')
+    expect(r).toMatchObject({ ok: false, detail: 'the password at op://pi-cluster/pihole/password was refused (HTTP 401: password incorrect)' })
+    expect(requests).toEqual(['POST /api/auth {"password":"wrong"}'])
+  })
+
+  it('blocking disabled (for a while) or an API error fails the check, and the session is still closed', async () => {
+    blocking = { blocking: 'disabled', timer: 299.6 }
+    expect((await run(PASSWORD)).r).toMatchObject({ ok: false, detail: 'blocking is disabled (for 300 s more)' })
+    expect(sessions.size).toBe(0)
+    blocking = 'error'
+    const { r, requests } = await run(PASSWORD)
+    expect(r).toMatchObject({ ok: false, detail: 'blocking status: HTTP 500: {"error":{"key":"ftl","message":"FTL not ready"}}' })
+    expect(requests.at(-1)).toMatch(/^DELETE \/api\/auth sid=/)
+    expect(sessions.size).toBe(0)
+    blocking = { blocking: 'enabled', timer: null }
+  })
+
+  it('nothing listening: a login reason, not a hang', async () => {
+    const r = await probePihole({ ...check(), api: `http://127.0.0.1:${await freePort()}/api` }, PASSWORD)
+    expect(r.ok).toBe(false)
+    expect(r.detail).toMatch(/^login: connection refused by 127\.0\.0\.1:\d+$/)
+  })
+
+  it('runChecks reads the password from the secrets store by its reference, once per probe; the refs are listed for resolving up front', async () => {
+    const asked: string[] = []
+    const [r] = await runChecks([check()], { secret: (ref) => (asked.push(ref), PASSWORD) })
+    expect(r.ok).toBe(true)
+    expect(asked).toEqual(['op://pi-cluster/pihole/password'])
+    expect(checkSecretRefs([check(), check(), { kind: 'http', app: 'x', url: 'http://x/', timeoutMs: 1 }])).toEqual(['op://pi-cluster/pihole/password'])
   })
 })
