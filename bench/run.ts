@@ -179,7 +179,14 @@ if (!flags['no-fresh']) {
   })
   apt.push({ wall: slowestStep(events, 'Install the packages the cluster needs'), user: 0, sys: 0 })
   rebootHandler.push({ wall: slowestStep(events, 'Reboot'), user: 0, sys: 0 })
-  figures.push(fresh, figure('  of which: apt install (slowest host)', 3, apt), figure('  of which: reboot handler (slowest host)', 3, rebootHandler))
+  // The fresh target is "the reboot + 2 s"; apt (mirror download + dpkg) is not the runner's to speed up, so show the rest too.
+  const withoutApt = fresh.runs.map((r, i) => ({ wall: r.wall - (apt[i]?.wall ?? 0), user: 0, sys: 0 }))
+  figures.push(
+    fresh,
+    figure('  of which: apt install (slowest host)', 3, apt),
+    figure('  of which: reboot handler (slowest host)', 3, rebootHandler),
+    figure('  the rest (run minus slowest apt)', 3, withoutApt),
+  )
   // What the fresh run cannot beat: one host's own reboot, from `systemctl reboot` until SSH answers again.
   const reboots: Timing[] = []
   for (let i = 0; i < Math.min(RUNS, 3); i++) {

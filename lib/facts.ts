@@ -23,8 +23,20 @@ export class FactCache {
   /** Number of round trips made for facts (for tests and benchmarks). */
   roundTrips = 0
 
-  constructor(conn: Connection) {
+  /** Told of every round trip: which facts, the exit code, how long (for -v and --json; never their answers). */
+  private readonly onRun?: (keys: string[], code: number, ms: number) => void
+
+  constructor(conn: Connection, onRun?: (keys: string[], code: number, ms: number) => void) {
     this.conn = conn
+    this.onRun = onRun
+  }
+
+  private async run(keys: string[], script: string): Promise<RunResult> {
+    this.roundTrips++
+    const t0 = Date.now()
+    const r = await this.conn.run(script)
+    this.onRun?.(keys, r.code, Date.now() - t0)
+    return r
   }
 
   async get<T>(fact: Fact<T>): Promise<T> {
@@ -32,8 +44,7 @@ export class FactCache {
     const inflight = this.pending.get(fact.key)
     if (inflight) return inflight as Promise<T>
     const p = (async () => {
-      this.roundTrips++
-      const r = await this.conn.run(fact.script)
+      const r = await this.run([fact.key], fact.script)
       const v = fact.parse(r)
       this.values.set(fact.key, v)
       return v
@@ -53,8 +64,7 @@ export class FactCache {
     const marker = `__FACT_${Math.random().toString(36).slice(2)}__`
     const script = batchScript(todo.map((f) => f.script), marker)
     const p = (async () => {
-      this.roundTrips++
-      const r = await this.conn.run(script)
+      const r = await this.run(todo.map((f) => f.key), script)
       const parts = splitBatch(r.stdout, marker, todo.length)
       todo.forEach((f, i) => {
         const part = parts[i] ?? { stdout: '', code: 255 }

@@ -21,6 +21,8 @@ export type RunEvent =
   | { kind: 'step-end'; host: string; role: string; step: string; handler: boolean; status: StepStatus; message?: string; diff?: string; ms: number }
   | { kind: 'unreachable'; host: string; message: string }
   | { kind: 'command'; host: string; script: string; code: number; stdout: string; stderr: string; ms: number }
+  /** A round trip reading facts: their names only (their answers may hold file contents, secrets among them). */
+  | { kind: 'facts'; host: string; keys: string[]; code: number; ms: number }
   | { kind: 'warning'; message: string; host?: string }
   | { kind: 'info'; message: string; host: string }
   | { kind: 'recap'; hosts: Record<string, HostCounts>; seconds: number; exitCode: number; retryFile?: string }
@@ -101,6 +103,8 @@ function renderPlain(e: RunEvent, opts: ReporterOptions): string[] {
       }
       return out
     }
+    case 'facts':
+      return opts.verbosity < 1 ? [] : [`  [${e.host}] read ${e.keys.length} fact${e.keys.length === 1 ? '' : 's'} in one round trip: ${e.keys.join(', ')}  -> exit ${e.code} (${e.ms} ms)`]
     case 'warning':
       return [`WARNING: ${e.host ? `[${e.host}] ` : ''}${e.message}`]
     case 'info': {

@@ -137,7 +137,7 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
       if (!host) throw new ProvisionError('usage', `no host "${name}" in the inventory`)
       const vars = hostVars(host, {}, extra)
       const conn = connect(host, vars)
-      rt = { name, host, vars, conn, facts: new FactCache(conn), counts: { ok: 0, changed: 0, unreachable: 0, failed: 0, skipped: 0 }, state: 'ok' }
+      rt = { name, host, vars, conn, facts: new FactCache(conn, (keys, code, ms) => rep.emit({ kind: 'facts', host: name, keys, code, ms })), counts: { ok: 0, changed: 0, unreachable: 0, failed: 0, skipped: 0 }, state: 'ok' }
       runtimes.set(name, rt)
     }
     return rt

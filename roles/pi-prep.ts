@@ -4,7 +4,7 @@
 
 import { defineFact } from '../lib/facts.ts'
 import { flushHandlers, handler, type Role, type StepContext } from '../lib/role.ts'
-import { aptPackages, command, file, fileFact, packagesFact, planFile, rebootHandler, systemdUnit, tokensInFile } from '../lib/steps.ts'
+import { aptPackages, command, file, fileFact, packagesFact, planFile, rebootHandler, systemdReloadHandler, systemdUnit, tokensInFile } from '../lib/steps.ts'
 import { ProvisionError } from '../lib/errors.ts'
 
 // Bookworm keeps the boot partition at /boot/firmware; older Pi OS at /boot.
@@ -108,7 +108,8 @@ export const piPrep: Role = {
       facts: () => [cmdlinePathFact],
     }),
     command('Turn swap off now', () => ({ script: 'swapoff -a', unless: `[ "$(wc -l < /proc/swaps)" -le 1 ]`, summary: 'swapoff -a' })),
-    systemdUnit('Stop and disable dphys-swapfile', () => ({ unit: 'dphys-swapfile.service', enabled: false, active: false }), {
+    systemdUnit('Stop and disable dphys-swapfile', () => ({ unit: 'dphys-swapfile.service', enabled: false, active: false, deferReload: true }), {
+      notify: ['Reload systemd units'],
       when: async (ctx) => (await ctx.facts.get(packagesFact(['dphys-swapfile']))).get('dphys-swapfile') === true,
       facts: () => [packagesFact(['dphys-swapfile']), fileFact('/var/swap')],
     }),
@@ -117,7 +118,7 @@ export const piPrep: Role = {
       unless: '[ ! -e /var/swap ]',
       summary: 'remove /var/swap',
     })),
-    ...SWAP_UNITS.map((unit) => systemdUnit(`Mask ${unit}`, () => ({ unit, masked: true }))),
+    ...SWAP_UNITS.map((unit) => systemdUnit(`Mask ${unit}`, () => ({ unit, masked: true, deferReload: true }), { notify: ['Reload systemd units'] })),
     aptPackages('Install the packages the cluster needs', (ctx) => ({ present: [...BASE_PACKAGES, ...ctx.vars.extra_packages] })),
     file('Load the kernel modules k3s needs at boot', () => ({ path: '/etc/modules-load.d/k3s.conf', content: K3S_MODULES.join('\n') + '\n' }), {
       notify: ['Load the kernel modules'],
@@ -179,6 +180,7 @@ export const piPrep: Role = {
         return { status: 'changed' }
       },
     }),
+    systemdReloadHandler('Reload systemd units'),
     rebootHandler('Reboot'),
   ],
 }

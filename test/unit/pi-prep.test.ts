@@ -47,7 +47,11 @@ describe('pi-prep planning (facts in, commands out)', () => {
     expect(cmdlineWrite?.stdin).toBe('console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait cgroup_memory=1 cgroup_enable=memory cgroup_enable=cpuset\n')
     expect(cmdlineWrite?.script).toMatch(/cp -p \/boot\/firmware\/cmdline.txt \/boot\/firmware\/cmdline.txt\.\d{8}T\d{6}\.bak/)
     expect(pi.changes.some((c) => c.includes('apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends iptables nfs-common') || c.includes('nfs-common'))).toBe(true)
-    expect(pi.changes).toContain('systemctl disable dphys-swapfile.service && systemctl stop dphys-swapfile.service')
+    // Mask and disable skip systemd's implicit reload; one daemon-reload runs as a handler, after all of them.
+    expect(pi.changes).toContain('systemctl disable --no-reload dphys-swapfile.service && systemctl stop dphys-swapfile.service')
+    expect(pi.changes).toContain('systemctl mask --no-reload rpi-swap.service')
+    expect(pi.changes.filter((c) => c === 'systemctl daemon-reload')).toHaveLength(1)
+    expect(pi.changes.indexOf('systemctl daemon-reload')).toBeGreaterThan(pi.changes.indexOf('systemctl mask --no-reload rpi-swap.service'))
     expect(s.counts['pi-k3s'].failed).toBe(0)
     expect(state.reboots).toBe(1)
   })

@@ -9,7 +9,8 @@ import { resetSecretsForTest } from '../../lib/mask.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import { flushHandlers, handler, type Playbook, type Role, type Step } from '../../lib/role.ts'
 import { pendingHandlersFact, runPlaybook, type RunnerOptions } from '../../lib/runner.ts'
-import { FakeConnection, MemorySecrets } from './fakes.ts'
+import { defineFact } from '../../lib/facts.ts'
+import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'
 
 const INV = `all:
   vars:
@@ -357,3 +358,24 @@ function writeInv(dir: string): string {
   writeFileSync(f, INV)
   return f
 }
+
+describe('fact round trips in the output', () => {
+  it('-v names the facts each round trip read, never their answers (a file fact may hold a secret)', async () => {
+    const conf = defineFact('file:/etc/app.conf', 'cat /etc/app.conf', (r) => r.stdout)
+    const arch = defineFact('arch', 'uname -m', (r) => r.stdout.trim())
+    const role: Role = {
+      name: 'r',
+      steps: [
+        { name: 'read', facts: () => [conf, arch], async run(ctx) { return { status: 'ok', message: `${(await ctx.facts.get(arch))}` } } },
+      ],
+    }
+    const conns = new Map([['s1', new FakeConnection('s1', (script) => answerBatch(script, (sub) => ({ stdout: sub === 'uname -m' ? 'aarch64\n' : 'token: planted-secret-value\n' })))]])
+    const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, {}, conns)
+    expect((await run()).exitCode).toBe(0)
+    const lines = rep.lines.filter((l) => l.includes('read 3 facts'))
+    expect(lines).toHaveLength(1)
+    expect(lines[0]).toMatch(/^ {2}\[s1\] read 3 facts in one round trip: pending-handlers:r, file:\/etc\/app\.conf, arch {2}-> exit 0 \(\d+ ms\)$/)
+    expect(rep.events.filter((e) => e.kind === 'facts')).toHaveLength(1)
+    expect(JSON.stringify(rep.events) + rep.lines.join('\n')).not.toContain('planted-secret-value')
+  })
+})

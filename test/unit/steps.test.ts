@@ -389,6 +389,13 @@ describe('parseUnitState and planUnit', () => {
     expect(planUnit({ load: 'loaded', fileState: 'masked', active: 'inactive' }, { unit: u, masked: true })).toBeNull()
   })
 
+  it('deferReload: mask and disable skip the implicit daemon-reload; unmask and enable never do (a start follows)', () => {
+    const script = (show: string, spec: Omit<UnitSpec, 'unit'>) => must(planUnit(parseUnitState(show), { unit: u, deferReload: true, ...spec })).commands[0].script
+    expect(script(SHOW.disabledStopped, { masked: true })).toBe(`systemctl mask --no-reload ${u}`)
+    expect(script(SHOW.enabledRunning, { enabled: false, active: false })).toBe(`systemctl disable --no-reload ${u} && systemctl stop ${u}`)
+    expect(script(SHOW.disabledStopped, { enabled: true, active: true })).toBe(`systemctl enable ${u} && systemctl start ${u}`)
+  })
+
   it('enabling a unit that is not there is a step error naming it', () => {
     const e = thrown(() => planUnit(parseUnitState(SHOW.notFound), { unit: 'k3s-agent.service', enabled: true, active: true }))
     expect(e.kind).toBe('step')
