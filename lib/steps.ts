@@ -418,6 +418,24 @@ export function waitFor(name: string, spec: (ctx: StepContext) => WaitSpec, extr
   }
 }
 
+/** Poll fn until it says done; report progress lines through onProgress; throw a timeout naming what is missing. */
+export async function waitUntil<T>(
+  ctx: StepContext,
+  spec: { timeoutSec: number; intervalMs?: number; what: string },
+  fn: () => Promise<{ done: boolean; value: T; waitingFor: string }>,
+  onProgress?: (value: T, waitingFor: string) => void,
+): Promise<{ value: T; seconds: number }> {
+  const started = Date.now()
+  for (;;) {
+    const r = await fn()
+    if (r.done) return { value: r.value, seconds: (Date.now() - started) / 1000 }
+    onProgress?.(r.value, r.waitingFor)
+    if (Date.now() - started > spec.timeoutSec * 1000)
+      throw new ProvisionError('timeout', `timed out after ${spec.timeoutSec}s waiting for ${spec.what}: ${r.waitingFor}`, { place: { host: ctx.host } })
+    await sleep(spec.intervalMs ?? 2000)
+  }
+}
+
 /** Returns seconds waited; throws a timeout error naming the host and what it waited for. */
 export async function pollUntil(ctx: StepContext, s: WaitSpec): Promise<number> {
   const started = Date.now()

@@ -12,9 +12,10 @@ import { hostVars } from '../lib/inventory.ts'
 import { checkSecretRefs, formatAppTable, parseAppChecks, runChecks, verdicts, type AppCheck } from '../lib/probes.ts'
 import type { Role, StepContext } from '../lib/role.ts'
 import { quote } from '../lib/shell.ts'
+import { waitUntil } from '../lib/steps.ts'
 import type { Vars } from '../lib/vars.ts'
 import {
-  conditionOf, field, FLUX, HR, isReady, KS, KUBECTL, kubeFact, kubeGetMany, kubeObjects, nameOf, waitUntil, type KubeObject,
+  conditionOf, field, FLUX, HR, isReady, KS, KUBECTL, kubeFact, kubeGetMany, kubeObjects, nameOf, type KubeObject,
 } from './flux-bootstrap.ts'
 
 export const SECRET_STORE = 'onepassword'

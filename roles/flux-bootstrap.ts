@@ -13,7 +13,7 @@ import { registerSecret } from '../lib/mask.ts'
 import type { RunResult } from '../lib/connection.ts'
 import type { Role, StepContext, StepResult } from '../lib/role.ts'
 import { quote } from '../lib/shell.ts'
-import { sleep } from '../lib/connection.ts'
+import { waitUntil } from '../lib/steps.ts'
 import type { Vars } from '../lib/vars.ts'
 
 // ---------------------------------------------------------------- the cluster as seen from the server
@@ -205,24 +205,6 @@ export function splitKubeBatch(stdout: string, marker: string, n: number): (RunR
   }
   close()
   return out
-}
-
-/** Poll fn until it says done; report progress lines through onProgress; throw a timeout naming what is missing. */
-export async function waitUntil<T>(
-  ctx: StepContext,
-  spec: { timeoutSec: number; intervalMs?: number; what: string },
-  fn: () => Promise<{ done: boolean; value: T; waitingFor: string }>,
-  onProgress?: (value: T, waitingFor: string) => void,
-): Promise<{ value: T; seconds: number }> {
-  const started = Date.now()
-  for (;;) {
-    const r = await fn()
-    if (r.done) return { value: r.value, seconds: (Date.now() - started) / 1000 }
-    onProgress?.(r.value, r.waitingFor)
-    if (Date.now() - started > spec.timeoutSec * 1000)
-      throw new ProvisionError('timeout', `timed out after ${spec.timeoutSec}s waiting for ${spec.what}: ${r.waitingFor}`, { place: { host: ctx.host } })
-    await sleep(spec.intervalMs ?? 2000)
-  }
 }
 
 // ---------------------------------------------------------------- what the inventory asks for

@@ -9,8 +9,7 @@ import { dirname } from 'node:path'
 import { parseDocument, stringify } from 'yaml'
 import { ProvisionError } from '../lib/errors.ts'
 import { flushHandlers, handler, type Role, type StepContext } from '../lib/role.ts'
-import { file, systemdUnit } from '../lib/steps.ts'
-import { sleep } from '../lib/connection.ts'
+import { file, systemdUnit, waitUntil } from '../lib/steps.ts'
 import { quote } from '../lib/shell.ts'
 import { restoreDatastore } from './k3s-restore.ts'
 import { clusterToken, extraConfig, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, missingOnNode } from './k3s-common.ts'
@@ -93,18 +92,13 @@ export const k3sServer: Role = {
         // Asking for this node proves the API answers (it knows the node or says NotFound), and on a rerun the
         // answer is kept for the next step, which then needs no read of its own.
         const name = nodeName(ctx)
-        const started = Date.now()
-        let last = ''
-        for (;;) {
+        const { seconds } = await waitUntil(ctx, { timeoutSec: 180, intervalMs: 1000, what: 'the k3s API server' }, async () => {
           const r = await ctx.sh(`k3s kubectl get node ${quote(name)} -o json`)
-          if (r.code === 0 || /NotFound/.test(r.stderr)) {
-            if (r.code === 0) ctx.shared.set(`k3s-node-json:${ctx.host}`, r.stdout)
-            return { status: 'ok', message: `API up after ${((Date.now() - started) / 1000).toFixed(1)}s` }
-          }
-          last = (r.stderr || r.stdout).trim().split('\n').pop() ?? ''
-          if (Date.now() - started > 180_000) throw new ProvisionError('timeout', `timed out after 180s waiting for the k3s API server${last ? ` (last output: ${last})` : ''}`, { place: { host: ctx.host } })
-          await sleep(1000)
-        }
+          const up = r.code === 0 || /NotFound/.test(r.stderr)
+          if (r.code === 0) ctx.shared.set(`k3s-node-json:${ctx.host}`, r.stdout)
+          return { done: up, value: null, waitingFor: `last output: ${(r.stderr || r.stdout).trim().split('\n').pop() ?? ''}` }
+        })
+        return { status: 'ok', message: `API up after ${seconds.toFixed(1)}s` }
       },
     },
     {
@@ -113,24 +107,20 @@ export const k3sServer: Role = {
       async run(ctx) {
         if (ctx.check) return { status: 'skipped', message: 'check mode' }
         const name = nodeName(ctx)
-        const started = Date.now()
         let json = ctx.shared.get(`k3s-node-json:${ctx.host}`) as string | undefined
         ctx.shared.delete(`k3s-node-json:${ctx.host}`)
-        for (;;) {
+        const { value: node, seconds } = await waitUntil(ctx, { timeoutSec: 180, intervalMs: 1000, what: `node ${name} Ready` }, async () => {
           if (json === undefined) {
             const r = await ctx.sh(`k3s kubectl get node ${quote(name)} -o json`)
             if (r.code === 0) json = r.stdout
           }
-          const node = json === undefined ? undefined : parseNode(0, json, '')
-          if (node?.ready) {
-            const missing = missingOnNode(node, ctx.vars.node_labels, ctx.vars.node_taints)
-            if (missing.length) return { status: 'failed', message: `node ${name} is Ready but lacks ${missing.join(', ')}` }
-            return { status: 'ok', message: `Ready after ${((Date.now() - started) / 1000).toFixed(1)}s` }
-          }
-          if (Date.now() - started > 180_000) throw new ProvisionError('timeout', `timed out after 180s waiting for node ${name} Ready (${node ? 'NotReady' : 'not registered'})`, { place: { host: ctx.host } })
-          json = undefined
-          await sleep(1000)
-        }
+          const seen = json === undefined ? undefined : parseNode(0, json, '')
+          json = undefined // the next poll reads again
+          return { done: seen?.ready === true, value: seen, waitingFor: seen ? 'it is NotReady' : 'it is not registered' }
+        })
+        const missing = node ? missingOnNode(node, ctx.vars.node_labels, ctx.vars.node_taints) : []
+        if (missing.length) return { status: 'failed', message: `node ${name} is Ready but lacks ${missing.join(', ')}` }
+        return { status: 'ok', message: `Ready after ${seconds.toFixed(1)}s` }
       },
     },
     {
