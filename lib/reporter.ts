@@ -41,6 +41,8 @@ export interface ReporterOptions {
   jsonFile?: string
   /** Where plain lines go (stdout by default). */
   write?: (line: string) => void
+  /** The terminal the live spinner draws on (stdout by default). */
+  terminal?: NodeJS.WriteStream
 }
 
 const STATUS_WORD: Record<StepStatus, string> = { ok: 'ok', changed: 'changed', failed: 'FAILED', skipped: 'skipping' }
@@ -124,9 +126,12 @@ export class TtyReporter implements Reporter {
   private readonly opts: ReporterOptions
   private readonly spinner: Ora
   private readonly active = new Map<string, string>()
+  private readonly out: NodeJS.WriteStream
   constructor(opts: ReporterOptions) {
     this.opts = opts
-    this.spinner = ora({ stream: process.stdout, discardStdin: false })
+    this.out = opts.terminal ?? process.stdout
+    // Chosen only for a terminal outside CI (createReporter), so the spinner is always drawn.
+    this.spinner = ora({ stream: this.out, discardStdin: false, isEnabled: true })
   }
   emit(e: RunEvent): void {
     if (e.kind === 'step-start') {
@@ -148,7 +153,7 @@ export class TtyReporter implements Reporter {
   private persist(lines: string[]): void {
     const wasSpinning = this.spinner.isSpinning
     this.spinner.stop()
-    for (const l of lines) process.stdout.write(mask(l) + '\n')
+    for (const l of lines) this.out.write(mask(l) + '\n')
     if (wasSpinning && this.active.size > 0) this.spinner.start()
   }
   private refresh(): void {
@@ -156,12 +161,18 @@ export class TtyReporter implements Reporter {
       this.spinner.stop()
       return
     }
-    this.spinner.text = mask([...this.active].map(([h, s]) => `[${h}] ${s}`).join('\n  '))
+    // One line per host, cut to the terminal's width: a wrapped line would leave the redraw a line short.
+    const width = Math.max(20, (this.out.columns ?? 80) - 4)
+    this.spinner.text = [...this.active].map(([h, s]) => cut(mask(`[${h}] ${s}`), width)).join('\n  ')
     if (!this.spinner.isSpinning) this.spinner.start()
   }
   close(): void {
     this.spinner.stop()
   }
+}
+
+function cut(line: string, width: number): string {
+  return line.length > width ? `${line.slice(0, width - 1)}…` : line
 }
 
 /** One JSON object per line, for CI and tools. */
@@ -206,8 +217,16 @@ export class FanOut implements Reporter {
   }
 }
 
+/**
+ * The live spinner needs a terminal that knows its width: a pseudo-terminal without a size (`script` run without
+ * one, some CI runners, `ssh -t` from a pipe) reports 0 columns, and redrawing on it never ends.
+ */
+export function canDrawSpinner(out: Pick<NodeJS.WriteStream, 'isTTY' | 'columns'>, env: Record<string, string | undefined> = process.env): boolean {
+  return Boolean(out.isTTY) && !env.CI && (out.columns ?? 0) >= 20
+}
+
 export function createReporter(opts: ReporterOptions): Reporter {
-  const tty = opts.tty ?? (Boolean(process.stdout.isTTY) && !process.env.CI)
+  const tty = opts.tty ?? canDrawSpinner(process.stdout)
   const main: Reporter = tty ? new TtyReporter(opts) : new PlainReporter(opts)
   return opts.jsonFile ? new FanOut([main, new JsonReporter(opts.jsonFile)]) : main
 }
