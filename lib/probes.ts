@@ -94,7 +94,7 @@ export function parseAppChecks(
       try {
         api = new URL(String(entry.pihole_api))
       } catch {
-        throw bad(i, `${app}: pihole_api ${JSON.stringify(entry.pihole_api)} is not a URL (e.g. http://192.168.1.55/api)`)
+        throw bad(i, `${app}: pihole_api ${JSON.stringify(entry.pihole_api)} is not a URL (e.g. http://<Pi-hole's address>/api)`)
       }
       if (typeof entry.pihole_api !== 'string' || (api.protocol !== 'http:' && api.protocol !== 'https:')) throw bad(i, `${app}: pihole_api must be an http:// or https:// URL`)
       if (typeof entry.password_ref !== 'string' || !/^op:\/\/[^/]+\/[^/]+\/.+/.test(entry.password_ref))

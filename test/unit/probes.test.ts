@@ -248,11 +248,11 @@ describe('app_checks from the inventory', () => {
     expect(err({ app: 'a', url: 'http://x/', dns: 'x' })).toBe('app_checks[0]: a: one of url, dns or pihole_api, not url and dns')
     expect(err({ app: 'p', pihole_api: 'http://x/api' })).toBe('app_checks[0]: p: pihole_api needs password_ref, the password\'s secret reference (op://vault/item/field)')
     expect(err({ app: 'p', pihole_api: 'http://x/api', password_ref: 'hunter2' })).toBe('app_checks[0]: p: pihole_api needs password_ref, the password\'s secret reference (op://vault/item/field)')
-    expect(err({ app: 'p', pihole_api: 'x', password_ref: 'op://v/i/f' })).toBe('app_checks[0]: p: pihole_api "x" is not a URL (e.g. http://192.168.1.55/api)')
+    expect(err({ app: 'p', pihole_api: 'x', password_ref: 'op://v/i/f' })).toBe('app_checks[0]: p: pihole_api "x" is not a URL (e.g. http://<Pi-hole\'s address>/api)')
     expect(err({ app: 'p', pihole_api: 'http://x/api', password_ref: 'op://v/i/f', expect: 'y' })).toBe('app_checks[0]: p: expect is not for pihole_api checks')
     expect(err({ app: 'p', url: 'http://x/', password_ref: 'op://v/i/f' })).toBe('app_checks[0]: p: password_ref is for pihole_api checks')
-    expect(parseAppChecks([{ app: 'pihole', pihole_api: 'http://192.168.1.55/api/', password_ref: 'op://pi-cluster/pihole/password' }], opts)).toEqual([
-      { kind: 'pihole', app: 'pihole', api: 'http://192.168.1.55/api', passwordRef: 'op://pi-cluster/pihole/password', timeoutMs: 5000 },
+    expect(parseAppChecks([{ app: 'pihole', pihole_api: 'http://203.0.113.55/api/', password_ref: 'op://pi-cluster/pihole/password' }], opts)).toEqual([
+      { kind: 'pihole', app: 'pihole', api: 'http://203.0.113.55/api', passwordRef: 'op://pi-cluster/pihole/password', timeoutMs: 5000 },
     ])
     expect(err({ app: 'a', url: 'not a url' })).toBe('app_checks[0]: a: url "not a url" is not a URL')
     expect(err({ app: 'a', url: 'ftp://x/' })).toBe('app_checks[0]: a: url must be http:// or https://')
