@@ -15,7 +15,7 @@ import { quote } from '../lib/shell.ts'
 import { waitUntil } from '../lib/steps.ts'
 import type { Vars } from '../lib/vars.ts'
 import {
-  conditionOf, field, FLUX, HR, isReady, KS, KUBECTL, kubeFact, kubeGetMany, kubeObjects, nameOf, type KubeObject,
+  conditionOf, field, FLUX, HR, isReady, KS, KUBECTL, kubeFact, kubeGet, kubeObjects, nameOf, type KubeObject,
 } from './flux-bootstrap.ts'
 
 export const SECRET_STORE = 'onepassword'
@@ -357,7 +357,7 @@ export const apps: Role = {
         // The root first: it applies the other Kustomizations at the new revision.
         const r = await ctx.must(`${FLUX} reconcile kustomization flux-system -n flux-system --timeout=${ctx.vars.flux_timeout}s`, { what: 'flux reconcile kustomization flux-system' })
         const applied = parseRevision(r.stderr + r.stdout)
-        const others = (await kubeGetMany(ctx, { ks: `${KS} -A` })).ks.filter((k) => !(k.metadata.name === 'flux-system' && k.metadata.namespace === 'flux-system'))
+        const others = (await kubeGet(ctx, `${KS} -A`)).filter((k) => !(k.metadata.name === 'flux-system' && k.metadata.namespace === 'flux-system'))
         // What `flux reconcile kustomization X` does, for all of them at once: the wait step then watches them converge.
         const stamp = new Date().toISOString()
         if (others.length) {
@@ -386,8 +386,8 @@ export const apps: Role = {
           ctx,
           { timeoutSec: ctx.vars.apps_timeout, what: 'every Kustomization and HelmRelease to be Ready', intervalMs: 2000 },
           async () => {
-            const r = await kubeGetMany(ctx, { ks: `${KS} -A`, hr: `${HR} -A` })
-            const st = readiness(r.ks, r.hr, { revision, requestedAt })
+            const both = await kubeGet(ctx, `${KS},${HR} -A`)
+            const st = readiness(both.filter((o) => o.kind === 'Kustomization'), both.filter((o) => o.kind === 'HelmRelease'), { revision, requestedAt })
             return { done: st.notReady.length === 0, value: st, waitingFor: `${st.notReady.length} of ${st.total} not Ready: ${describeNotReady(st.notReady)}` }
           },
           (st) => {

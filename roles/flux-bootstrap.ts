@@ -110,35 +110,6 @@ export function field(obj: KubeObject | undefined, ...path: string[]): string | 
   return typeof cur === 'string' ? cur : typeof cur === 'number' ? String(cur) : undefined
 }
 
-/**
- * Several `kubectl get -o json` in one round trip: each query's stdout, stderr and exit code kept apart.
- * Keys name the queries; values are the arguments after `kubectl get` (already quoted).
- */
-export async function kubeGetMany(ctx: StepContext, queries: Record<string, string>): Promise<Record<string, KubeObject[]>> {
-  const marker = `__KUBE_${randomBytes(6).toString('hex')}__`
-  const keys = Object.keys(queries)
-  // The reads run side by side (kubectl's start-up dominates on a Pi), then print in order, each with its exit code.
-  const script = [
-    'd=$(mktemp -d)',
-    `trap 'rm -rf "$d"' EXIT`,
-    ...keys.map((k, i) => `( ${KUBECTL} get ${queries[k]} -o json >"$d/${i}.out" 2>"$d/${i}.err"; echo $? >"$d/${i}.rc" ) &`),
-    'wait',
-    ...keys.map(
-      (_k, i) =>
-        `printf '%s\\n' '${marker} ${i}'; cat "$d/${i}.out"; printf '\\n%s %d\\n' '${marker}rc' "$(cat "$d/${i}.rc")"; sed 's/^/${marker}err /' "$d/${i}.err"`,
-    ),
-  ].join('\n')
-  const r = await ctx.sh(script)
-  const parts = splitKubeBatch(r.stdout, marker, keys.length)
-  const out: Record<string, KubeObject[]> = {}
-  keys.forEach((k, i) => {
-    const part = parts[i]
-    if (!part) throw new ProvisionError('step', `reading the cluster failed (exit ${r.code}): ${(r.stderr.trim() || 'no output').split('\n').slice(-3).join(' ')}`)
-    out[k] = parseKubeJson(part, queries[k])
-  })
-  return out
-}
-
 /** A cluster read gathered as a fact: the objects, or why they could not be read (thrown when a step uses them). */
 export interface KubeRead {
   objects: KubeObject[]
@@ -175,36 +146,16 @@ export function kubeFact(scope: string, query: string): Fact<KubeRead> {
   })
 }
 
+/** A cluster read now, outside the fact cache (polls): the same script and parser as kubeFact, errors thrown. */
+export async function kubeGet(ctx: StepContext, query: string, kind?: string): Promise<KubeObject[]> {
+  const read = kubeFact('now', query)
+  return kubeObjects(read.parse(await ctx.sh(read.script)), kind)
+}
+
 /** The objects of a cluster read, optionally of one kind; the read's error is thrown here, where a step needs it. */
 export function kubeObjects(read: KubeRead, kind?: string): KubeObject[] {
   if (read.error) throw new ProvisionError('step', read.error)
   return kind ? read.objects.filter((o) => o.kind === kind) : read.objects
-}
-
-export function splitKubeBatch(stdout: string, marker: string, n: number): (RunResult | undefined)[] {
-  const out: (RunResult | undefined)[] = new Array<RunResult | undefined>(n).fill(undefined)
-  let cur = -1
-  let lines: string[] = []
-  let err: string[] = []
-  let code = 255
-  const close = () => {
-    // The newline printed before the rc marker is not the command's.
-    if (lines.length && lines[lines.length - 1] === '') lines.pop()
-    if (cur >= 0 && cur < n) out[cur] = { code, stdout: lines.join('\n'), stderr: err.join('\n') }
-  }
-  for (const line of stdout.split('\n')) {
-    if (line.startsWith(`${marker} `)) {
-      close()
-      cur = Number(line.slice(marker.length + 1))
-      lines = []
-      err = []
-      code = 255
-    } else if (line.startsWith(`${marker}rc `)) code = Number(line.slice(marker.length + 3))
-    else if (line.startsWith(`${marker}err `)) err.push(line.slice(marker.length + 4))
-    else if (cur >= 0) lines.push(line)
-  }
-  close()
-  return out
 }
 
 // ---------------------------------------------------------------- what the inventory asks for
@@ -571,7 +522,7 @@ export const fluxBootstrap: Role = {
           ctx,
           { timeoutSec: ctx.vars.flux_timeout, what: 'Kustomization flux-system/flux-system to be Ready' },
           async () => {
-            const ks = (await kubeGetMany(ctx, { ks: `${KS} flux-system -n flux-system --ignore-not-found` })).ks[0]
+            const ks = (await kubeGet(ctx, `${KS} flux-system -n flux-system --ignore-not-found`))[0]
             const c = conditionOf(ks)
             return { done: isReady(ks), value: ks, waitingFor: ks ? `Ready=${c?.status ?? 'Unknown'}${c?.message ? `: ${c.message}` : ''}` : 'it does not exist' }
           },

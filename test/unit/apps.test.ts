@@ -15,7 +15,7 @@ import { requiredSecrets, runPlaybook } from '../../lib/runner.ts'
 import { appChecksFor, apps, checkEso, checkPlacement, describeNotReady, feasibleNodes, parsePlacement, parseRevision, readiness } from '../../roles/apps.ts'
 import type { KubeObject } from '../../roles/flux-bootstrap.ts'
 import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'
-import { answerKubeBatch, answerKubeFact, list, notReady, ready } from './fakecluster.ts'
+import { answerKubeFact, list, notReady, ready } from './fakecluster.ts'
 
 beforeEach(() => resetSecretsForTest())
 
@@ -262,7 +262,7 @@ function fakeServer(opts: { lag?: number } = {}): { conn: FakeConnection; annota
       for (const m of script.matchAll(/kustomizations\.kustomize\.toolkit\.fluxcd\.io\/(\S+) /g)) annotated.push(m[1])
       return { stdout: '' }
     }
-    return answerKubeBatch(script, kube)
+    return undefined
   })
   return { conn, annotated }
 }

@@ -14,10 +14,10 @@ import type { RunOptions } from '../../lib/connection.ts'
 import { requiredSecrets, runPlaybook } from '../../lib/runner.ts'
 import {
   bootstrapCommand, bootstrapDecision, bootstrapScript, esoSecretDigest, esoSecretFact, esoSecretManifest, fluxArch, fluxBootstrap, fluxCliFact, fluxDownloadUrl,
-  fluxInstallScript, normPath, normRepoUrl, kubeFact, kubeObjects, parseFluxVersion, parseKubeJson, splitKubeBatch, archFact, type BootstrapWant, type FluxState, type KubeObject,
+  fluxInstallScript, normPath, normRepoUrl, kubeFact, kubeObjects, parseFluxVersion, parseKubeJson, archFact, type BootstrapWant, type FluxState, type KubeObject,
 } from '../../roles/flux-bootstrap.ts'
 import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'
-import { answerKubeBatch, answerKubeFact, list, NONE, notReady, one, ready } from './fakecluster.ts'
+import { answerKubeFact, list, NONE, notReady, one, ready } from './fakecluster.ts'
 
 const ESO_TOKEN = 'ops_eyJzaWduSW5BZGRyZXNzIjoibXkuMXBhc3N3b3JkLmNvbSJ9x'
 const PAT = 'ghp_0123456789abcdefghijABCDEFGHIJ012345'
@@ -37,16 +37,6 @@ describe('kubectl output', () => {
       'kubectl get ns failed (exit 1): The connection to the server 127.0.0.1:6443 was refused - did you specify the right host or port?',
     )
     expect(() => parseKubeJson({ code: 0, stdout: 'NAME STATUS', stderr: '' }, 'ns')).toThrow('kubectl get ns: the answer is not JSON: NAME STATUS')
-  })
-
-  it('splits a batch of kubectl answers by marker, keeping each exit code and stderr apart', () => {
-    const M = '__KUBE_ab12__'
-    const out = `${M} 0\n{"kind":"List","items":[]}\n\n${M}rc 0\n${M} 1\n\n${M}rc 1\n${M}err Error from server (NotFound): x\n`
-    expect(splitKubeBatch(out, M, 3)).toEqual([
-      { code: 0, stdout: '{"kind":"List","items":[]}', stderr: '' },
-      { code: 1, stdout: '', stderr: 'Error from server (NotFound): x' },
-      undefined,
-    ])
   })
 })
 
@@ -256,10 +246,10 @@ function fakeServer(state: ServerState): FakeConnection {
   return new FakeConnection('pi-k3s', (script: string, opts: RunOptions) => {
     const batch = answerBatch(script, factAnswer)
     if (batch) return batch
+    const read = answerKubeFact(script, kube) // a poll: the same script as a cluster-read fact, run on its own
+    if (read) return read
     const single = factAnswer(script)
     if (single.stdout !== '') return single
-    const many = answerKubeBatch(script, kube)
-    if (many) return many
     if (script.includes('create namespace external-secrets')) state.esoNamespace = true
     else if (script.includes('apply --server-side')) {
       const manifest = JSON.parse(opts.stdin ?? '{}') as { data: { token: string } }
