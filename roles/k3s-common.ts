@@ -6,7 +6,6 @@ import { ProvisionError } from '../lib/errors.ts'
 import { defineFact } from '../lib/facts.ts'
 import type { Inventory } from '../lib/inventory.ts'
 import { hostVars } from '../lib/inventory.ts'
-import type { RunResult } from '../lib/connection.ts'
 import type { Step, StepContext, StepResult } from '../lib/role.ts'
 import { bounded, quote } from '../lib/shell.ts'
 
@@ -130,10 +129,9 @@ export async function runInstaller(ctx: StepContext, spec: InstallSpec): Promise
     'set +a',
     bounded(`env INSTALL_K3S_VERSION=${quote(version)} INSTALL_K3S_EXEC=${quote(spec.kind)} sh "$work/install.sh"`, ctx.vars.k3s_start_timeout, 'the k3s install script', 'k3s_start_timeout'),
   ].join('\n')
-  let r: RunResult = { code: 0, stdout: '', stderr: '' }
-  await startingK3s(ctx, spec.kind === 'server' ? 'k3s' : 'k3s-agent', async () => {
-    r = await ctx.must(script, { stdin: envFile + '\n', what: `install k3s ${version} (${spec.kind}) with ${ctx.vars.k3s_install_url}` })
-  })
+  const r = await startingK3s(ctx, spec.kind === 'server' ? 'k3s' : 'k3s-agent', () =>
+    ctx.must(script, { stdin: envFile + '\n', what: `install k3s ${version} (${spec.kind}) with ${ctx.vars.k3s_install_url}` }),
+  )
   // The install script (re)starts the service itself, unless it found nothing changed: then a queued restart is still owed.
   if (!/No change detected so skipping service start/.test(r.stdout + r.stderr)) ctx.shared.set(`k3s_restarted:${ctx.host}`, true)
 }
@@ -154,9 +152,9 @@ const K3S_FAILURES: { text: RegExp; hint: string }[] = [
  * Run a command that starts a k3s unit; when it fails, the error carries k3s's own last error lines from the
  * journal (systemd's "Job for k3s.service failed" says nothing of why) and, when known, what to do about it.
  */
-export async function startingK3s(ctx: Pick<StepContext, 'sh'>, unit: string, run: () => Promise<unknown>): Promise<void> {
+export async function startingK3s<T>(ctx: Pick<StepContext, 'sh'>, unit: string, run: () => Promise<T>): Promise<T> {
   try {
-    await run()
+    return await run()
   } catch (e) {
     if (!(e instanceof ProvisionError) || e.kind !== 'step') throw e
     // Only the unit's latest start (its invocation), so an old failure is never shown for a new one.
