@@ -1,6 +1,7 @@
 // Test doubles for the runner: a connection that records every script and answers from rules,
-// and an in-memory secrets store. Used only by unit tests.
+// an in-memory secrets store, and a free loopback port. Used only by unit tests.
 
+import { createServer, type AddressInfo } from 'node:net'
 import type { Connection, RunOptions, RunResult } from '../../lib/connection.ts'
 import { ProvisionError } from '../../lib/errors.ts'
 import { registerSecret } from '../../lib/mask.ts'
@@ -83,4 +84,16 @@ export function thrown(fn: () => unknown): ProvisionError {
     return e
   }
   throw new Error('expected a ProvisionError, nothing was thrown')
+}
+
+/** A free loopback port: listen on port 0, note the port, close. */
+export function freePort(): Promise<number> {
+  return new Promise((done, fail) => {
+    const s = createServer()
+    s.on('error', fail)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as AddressInfo
+      s.close(() => done(port))
+    })
+  })
 }

@@ -2,22 +2,12 @@
 // a reason a person can act on, timeouts that hold; the app_checks parser; the final table.
 import { createSocket, type Socket } from 'node:dgram'
 import { createServer, type Server } from 'node:http'
-import { createServer as createNetServer, type AddressInfo } from 'node:net'
+import type { AddressInfo } from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ProvisionError } from '../../lib/errors.ts'
 import { mask } from '../../lib/mask.ts'
+import { freePort } from './fakes.ts'
 import { checkSecretRefs, describeNetError, formatAppTable, judgeHttp, jsonContains, parseAppChecks, probeDns, probeHttp, probePihole, runChecks, verdicts, type DnsCheck, type HttpCheck, type PiholeCheck, type ProbeResult } from '../../lib/probes.ts'
-
-function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const s = createNetServer()
-    s.on('error', fail)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as AddressInfo
-      s.close(() => done(port))
-    })
-  })
-}
 
 let http: Server
 let base = ''

@@ -3,6 +3,7 @@ import { createServer, type Server } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import { waitForSshBanner } from '../../lib/connection.ts'
+import { freePort } from './fakes.ts'
 
 const servers: Server[] = []
 afterEach(async () => {
@@ -18,15 +19,6 @@ async function greeter(greeting: string, port = 0): Promise<number> {
   servers.push(s)
   await new Promise<void>((done) => s.listen(port, '127.0.0.1', done))
   return (s.address() as AddressInfo).port
-}
-
-/** A free port: listen, note it, close. */
-async function freePort(): Promise<number> {
-  const s = createServer()
-  await new Promise<void>((done) => s.listen(0, '127.0.0.1', done))
-  const port = (s.address() as AddressInfo).port
-  await new Promise<void>((done) => s.close(() => done()))
-  return port
 }
 
 describe('waiting for sshd to greet again', () => {

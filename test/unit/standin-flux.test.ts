@@ -7,7 +7,8 @@ import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { cleanEnv, freePort, run, type RunResult } from './standin-procs.ts'
+import { freePort } from './fakes.ts'
+import { cleanEnv, run, type RunResult } from './standin-procs.ts'
 
 const STANDINS = resolve(import.meta.dirname, '../standins')
 const K3S = join(STANDINS, 'k3s/k3s-standin.py')

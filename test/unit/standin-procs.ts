@@ -1,8 +1,7 @@
 // Running the stand-ins as plain processes on the controller, for their unit tests: a clean environment
-// (nothing k3s- or flux-ish leaks in from the caller), a run-to-completion helper, and a free loopback port.
+// (nothing k3s- or flux-ish leaks in from the caller) and a run-to-completion helper.
 
 import { spawn } from 'node:child_process'
-import { createServer as createNetServer, type AddressInfo } from 'node:net'
 
 export interface RunResult {
   code: number
@@ -29,16 +28,5 @@ export function run(cmd: string, args: readonly string[], env: Record<string, st
     p.on('close', (code) => done({ code: code ?? -1, stdout, stderr }))
     p.stdin.on('error', () => undefined) // the program may exit without reading its input
     p.stdin.end(input)
-  })
-}
-
-export function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const s = createNetServer()
-    s.on('error', fail)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as AddressInfo
-      s.close(() => done(port))
-    })
   })
 }
