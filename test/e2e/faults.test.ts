@@ -70,6 +70,33 @@ function expectOthersFinished(run: PlaybookRun, hit: string): void {
   }
 }
 
+/**
+ * pi-prep runs until pi3-worker-2 is in the middle of its package install (apt-get running on the host), then
+ * `fault` strikes it; `undo` brings it back once the run has ended, and its files are checked for half-writes.
+ */
+async function faultMidInstall(fault: () => Promise<unknown>, undo: () => Promise<unknown>, after: string): Promise<{ res: PlaybookRun; retry: string; broken: string[] }> {
+  const json = join(dir, 'events.json')
+  const retry = join(dir, 'r.retry')
+  const run = start('pi-prep', ['--json', json, '--retry-file', retry, '-e', 'connect_timeout=3'])
+  await waitForEvent(run, json, `step-start of "${INSTALL}" on pi3-worker-2`, isStepStart('pi3-worker-2', INSTALL), 60_000)
+  await untilOnHost('pi3-worker-2', 'pgrep -x apt-get', 'apt-get running', 30_000)
+  await fault()
+  const res = await finished(run, after, 120_000)
+  await undo()
+  return { res, retry, broken: await halfWrittenOn(DEFAULT_HOSTS) }
+}
+
+/** What the user sees when pi3-worker-2 went away mid-install: that step failed (not unreachable), the others finished. */
+function expectWentAwayMidInstall(res: PlaybookRun, retry: string, broken: string[]): void {
+  expect.soft(res.code, res.out).toBe(2)
+  expect.soft(recapOf(res, 'pi3-worker-2'), recapLine(res.out, 'pi3-worker-2')).toMatchObject({ failed: 1, unreachable: 0 })
+  // The host went away, not that a command of the step failed on its own.
+  expect.soft(res.out).toMatch(new RegExp(`FAILED: \\[pi3-worker-2\\] pi-prep \\| ${INSTALL} \\(pi3-worker-2: the host went away mid-run`))
+  expectOthersFinished(res, 'pi3-worker-2')
+  expect.soft(existsSync(retry) && readFileSync(retry, 'utf8'), 'the retry file').toBe('pi3-worker-2\n')
+  expect(broken).toEqual([])
+}
+
 beforeEach(async () => {
   dir = mkdtempSync(join(tmpdir(), 'faults-'))
   await labUp(DEFAULT_HOSTS, { fresh: true })
@@ -123,47 +150,17 @@ describe('faults of a real homelab', () => {
   })
 
   it('a host that loses power mid-step: its step fails (failed=1, not unreachable), the others finish, exit 2', async () => {
-    const json = join(dir, 'events.json')
-    const retry = join(dir, 'r.retry')
-    const run = start('pi-prep', ['--json', json, '--retry-file', retry, '-e', 'connect_timeout=3'])
-    await waitForEvent(run, json, `step-start of "${INSTALL}" on pi3-worker-2`, isStepStart('pi3-worker-2', INSTALL), 60_000)
-    // The step's command is running on the host: pull the cord now.
-    await untilOnHost('pi3-worker-2', 'pgrep -x apt-get', 'apt-get running', 30_000)
-    await labStop('pi3-worker-2')
-    const res = await finished(run, 'after pi3-worker-2 lost power', 120_000)
-    // Powered on again: what its disk kept must be whole.
-    await labStart('pi3-worker-2')
-    const broken = await halfWrittenOn(DEFAULT_HOSTS)
-
-    expect.soft(res.code, res.out).toBe(2)
-    expect.soft(recapOf(res, 'pi3-worker-2'), recapLine(res.out, 'pi3-worker-2')).toMatchObject({ failed: 1, unreachable: 0 })
-    // What the user reads: the host went away, not that a command of the step failed on its own.
-    expect.soft(res.out).toMatch(new RegExp(`FAILED: \\[pi3-worker-2\\] pi-prep \\| ${INSTALL} \\(pi3-worker-2: the host went away mid-run`))
-    expectOthersFinished(res, 'pi3-worker-2')
-    expect.soft(existsSync(retry) && readFileSync(retry, 'utf8'), 'the retry file').toBe('pi3-worker-2\n')
-    expect(broken).toEqual([])
+    // Pull the cord; powered on again, what its disk kept must be whole.
+    const { res, retry, broken } = await faultMidInstall(() => labStop('pi3-worker-2'), () => labStart('pi3-worker-2'), 'after pi3-worker-2 lost power')
+    expectWentAwayMidInstall(res, retry, broken)
   })
 
   it('a host whose cable is pulled mid-step (no FIN, as a dead Pi): its step fails, the others finish, exit 2, the recap is printed', async () => {
-    const json = join(dir, 'events.json')
-    const retry = join(dir, 'r.retry')
-    const run = start('pi-prep', ['--json', json, '--retry-file', retry, '-e', 'connect_timeout=3'])
-    await waitForEvent(run, json, `step-start of "${INSTALL}" on pi3-worker-2`, isStepStart('pi3-worker-2', INSTALL), 60_000)
-    await untilOnHost('pi3-worker-2', 'pgrep -x apt-get', 'apt-get running', 30_000)
-    await labCut('pi3-worker-2')
     // ssh2's keepalive (3 x 5 s) notices, then the reconnect attempts (3 x 3 s) fail.
-    const res = await finished(run, 'after pi3-worker-2 was cut', 120_000)
-    await labHeal('pi3-worker-2')
-    const broken = await halfWrittenOn(DEFAULT_HOSTS)
-
+    const { res, retry, broken } = await faultMidInstall(() => labCut('pi3-worker-2'), () => labHeal('pi3-worker-2'), 'after pi3-worker-2 was cut')
     expect.soft(res.out, 'the runner crashed').not.toContain("Unhandled 'error' event")
     expect.soft(res.out).toContain('PLAY RECAP')
-    expect.soft(res.code, res.out).toBe(2)
-    expect.soft(recapOf(res, 'pi3-worker-2'), recapLine(res.out, 'pi3-worker-2')).toMatchObject({ failed: 1, unreachable: 0 })
-    expect.soft(res.out).toMatch(new RegExp(`FAILED: \\[pi3-worker-2\\] pi-prep \\| ${INSTALL} \\(pi3-worker-2: the host went away mid-run`))
-    expectOthersFinished(res, 'pi3-worker-2')
-    expect.soft(existsSync(retry) && readFileSync(retry, 'utf8'), 'the retry file').toBe('pi3-worker-2\n')
-    expect(broken).toEqual([])
+    expectWentAwayMidInstall(res, retry, broken)
   })
 
   it('a reboot that never comes back: a bounded wait, a message naming the host and the time, the others finish, exit 2', async () => {
