@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { freePort } from './fakes.ts'
-import { cleanEnv, run, type RunResult } from './standin-procs.ts'
+import { cleanEnv, run, stopProcess, type RunResult } from './standin-procs.ts'
 
 const STANDINS = resolve(import.meta.dirname, '../standins')
 const K3S = join(STANDINS, 'k3s/k3s-standin.py')
@@ -105,11 +105,7 @@ describe('flux stand-in (test fixture imitating the flux CLI)', { timeout: 60_00
   }, 30_000)
 
   afterAll(async () => {
-    if (server && server.exitCode === null) {
-      const exited = new Promise((done) => server?.on('exit', done))
-      server.kill('SIGTERM')
-      await exited
-    }
+    await stopProcess(server)
     await new Promise<void>((done) => (artifacts ? artifacts.close(() => done()) : done()))
     if (work) await rm(work, { recursive: true, force: true })
   }, 30_000)

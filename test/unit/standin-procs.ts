@@ -1,7 +1,7 @@
 // Running the stand-ins as plain processes on the controller, for their unit tests: a clean environment
-// (nothing k3s- or flux-ish leaks in from the caller) and a run-to-completion helper.
+// (nothing k3s- or flux-ish leaks in from the caller), a run-to-completion helper, and a stop for servers.
 
-import { spawn } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 
 export interface RunResult {
   code: number
@@ -29,4 +29,12 @@ export function run(cmd: string, args: readonly string[], env: Record<string, st
     p.stdin.on('error', () => undefined) // the program may exit without reading its input
     p.stdin.end(input)
   })
+}
+
+/** Stop a stand-in server started for a test file (if it still runs) and wait until it has exited. */
+export async function stopProcess(p: ChildProcess | undefined): Promise<void> {
+  if (!p || p.exitCode !== null) return
+  const exited = new Promise((done) => p.on('exit', done))
+  p.kill('SIGTERM')
+  await exited
 }

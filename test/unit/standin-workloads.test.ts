@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { freePort } from './fakes.ts'
-import { cleanEnv, run, type RunResult } from './standin-procs.ts'
+import { cleanEnv, run, stopProcess, type RunResult } from './standin-procs.ts'
 import { probeDns, probeHttp } from '../../lib/probes.ts'
 import { checkEso, checkPlacement, parsePlacement, readiness } from '../../roles/apps.ts'
 import { bootstrapDecision, parseKubeJson, type KubeObject } from '../../roles/flux-bootstrap.ts'
@@ -85,11 +85,7 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
   }, 30_000)
 
   afterAll(async () => {
-    if (server && server.exitCode === null) {
-      const exited = new Promise((done) => server?.on('exit', done))
-      server.kill('SIGTERM')
-      await exited
-    }
+    await stopProcess(server)
     await new Promise<void>((done) => (artifacts ? artifacts.close(() => done()) : done()))
     if (work) rmSync(work, { recursive: true, force: true })
   }, 30_000)
