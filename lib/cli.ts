@@ -149,14 +149,6 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
   const printErr = hooks.write ?? ((l: string) => process.stderr.write(mask(l) + '\n'))
   let summary: RunSummary | undefined
   const abort = new AbortController()
-  let sigints = 0
-  const onSigint = () => {
-    sigints++
-    if (sigints === 1) {
-      printErr('interrupted: finishing the steps in flight, then the recap (Ctrl-C again to quit at once)')
-      abort.abort()
-    } else process.exit(EXIT.interrupted)
-  }
   try {
     const o = parseCli(argv)
     if (o.help) {
@@ -176,6 +168,14 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
     const secrets = hooks.secrets ?? (await openStoreFor(inv, extra))
     await hooks.before?.(inv, o)
     const reporter = createReporter({ verbosity: o.verbosity, showDiff: o.diff, jsonFile: o.json, write: hooks.write })
+    // The first Ctrl-C lets the steps in flight finish (a half-run apt or a cut-off file is worse than waiting);
+    // the second quits at once.
+    let sigints = 0
+    const onSigint = () => {
+      if (++sigints > 1) process.exit(EXIT.interrupted)
+      reporter.emit({ kind: 'interrupted', message: 'finishing the steps in flight, then the recap (Ctrl-C again to quit at once)' })
+      abort.abort()
+    }
     process.on('SIGINT', onSigint)
     try {
       summary = await runPlaybook(pb, {

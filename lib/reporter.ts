@@ -27,6 +27,8 @@ export type RunEvent =
   | { kind: 'info'; message: string; host: string }
   | { kind: 'recap'; hosts: Record<string, HostCounts>; seconds: number; exitCode: number; retryFile?: string }
   | { kind: 'error'; message: string }
+  /** Ctrl-C came: no new step starts from here on (in --json, what follows it happened after the signal). */
+  | { kind: 'interrupted'; message: string }
 
 export interface Reporter {
   emit(event: RunEvent): void
@@ -116,6 +118,8 @@ function renderPlain(e: RunEvent, opts: ReporterOptions): string[] {
     }
     case 'error':
       return [`ERROR: ${e.message}`]
+    case 'interrupted':
+      return [`interrupted: ${e.message}`]
     case 'recap':
       return formatRecap(e)
   }

@@ -17,6 +17,7 @@ export type JsonEvent =
   | { time: string; kind: 'warning'; host?: string; message: string }
   | { time: string; kind: 'play-start'; play: string; hosts: string[] }
   | { time: string; kind: 'recap'; exitCode: number; retryFile?: string }
+  | { time: string; kind: 'interrupted'; message: string }
   | { time: string; kind: 'run-start' | 'error' }
 
 /** Every complete line of a --json file (a line being written is left for the next read). */

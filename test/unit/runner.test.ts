@@ -351,6 +351,44 @@ describe('command line', () => {
     expect(await runCli(pb, ['-i', bad, '--list-hosts'], { write: (l) => lines.push(l) })).toBe(1)
     expect(lines.join('\n')).toContain(`ERROR: ${bad}:6:11: unknown variable "adress" in host "s1"\n  hint: did you mean "address"?`)
   })
+
+  it('Ctrl-C (SIGINT) mid-step: says so, lets the step finish, starts no other, exit 130; --json marks the moment', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cli-'))
+    const json = join(dir, 'events.jsonl')
+    const order: string[] = []
+    const role: Role = {
+      name: 'r',
+      steps: [
+        {
+          name: 'long',
+          async run(ctx) {
+            process.emit('SIGINT')
+            order.push(`${ctx.host}:long`)
+            return { status: 'ok' }
+          },
+        },
+        stub('next', 'ok', {}, order),
+      ],
+    }
+    const lines: string[] = []
+    const before = process.listenerCount('SIGINT')
+    const code = await runCli({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, ['-i', writeInv(dir), '--json', json, '--retry-file', join(dir, 'r.retry')], {
+      secrets: new MemorySecrets(),
+      connect: (h) => new FakeConnection(h.name),
+      write: (l) => lines.push(l),
+    })
+    expect(code).toBe(130)
+    expect(order).toEqual(['s1:long'])
+    expect(lines).toContain('interrupted: finishing the steps in flight, then the recap (Ctrl-C again to quit at once)')
+    expect(lines.some((l) => l.startsWith('PLAY RECAP'))).toBe(true)
+    const kinds = readFileSync(json, 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { kind: string; step?: string }))
+    const mark = kinds.findIndex((e) => e.kind === 'interrupted')
+    // Between the step's start and its end: the step in flight ends after the mark, and nothing else starts.
+    expect(kinds.slice(0, mark).map((e) => e.kind + (e.step ? `:${e.step}` : ''))).toContain('step-start:long')
+    expect(kinds.slice(mark + 1).map((e) => e.kind + (e.step ? `:${e.step}` : ''))).toEqual(['step-end:long', 'recap'])
+    // The handler is gone with the run: a later Ctrl-C in the same process is not swallowed.
+    expect(process.listenerCount('SIGINT')).toBe(before)
+  })
 })
 
 function writeInv(dir: string): string {
