@@ -60,6 +60,8 @@ export interface StepContext {
   /** Carry out a planned change (or, in check mode, only report it). Drops this host's facts after changing it. */
   apply(change: Change | null, okMessage?: string): Promise<StepResult>
   log(text: string): void
+  /** Something the owner should act on that does not fail the step (printed as WARNING). */
+  warn(text: string): void
 }
 
 export interface Step {

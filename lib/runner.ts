@@ -324,6 +324,7 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
         return { status: 'changed', message: change.summary, diff: change.diff }
       },
       log: (text) => rep.emit({ kind: 'info', host: rt.name, message: text }),
+      warn: (text) => rep.emit({ kind: 'warning', host: rt.name, message: text }),
     }
     return ctx
   }

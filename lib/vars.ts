@@ -32,6 +32,7 @@ export const VAR_SPECS = {
   // k3s
   k3s_version: { type: 'string', doc: 'pinned k3s version, e.g. v1.34.3+k3s1' },
   k3s_install_url: { type: 'url', doc: 'URL of the k3s install script' },
+  k3s_drain_timeout: { type: 'int', doc: 'seconds kubectl drain may take to evict the pods of a node being retired (playbooks/retire.mts)' },
   k3s_start_timeout: { type: 'int', doc: 'seconds the k3s install script, or a start or restart of k3s, may take (its units wait for ever for a k3s that never gets ready)' },
   k3s_token_ref: { type: 'secret-ref', doc: 'cluster token in the secrets store (generated and stored on first run)' },
   k3s_api_port: { type: 'int', doc: 'API server port' },
@@ -83,6 +84,7 @@ export interface Vars {
   k3s_version?: string
   k3s_install_url: string
   k3s_token_ref?: string
+  k3s_drain_timeout: number
   k3s_start_timeout: number
   k3s_api_port: number
   k3s_disable: string[]
@@ -125,6 +127,7 @@ export const BUILTIN_DEFAULTS: Vars = {
   reboot_timeout: 300,
   k3s_install_url: 'https://get.k3s.io',
   k3s_api_port: 6443,
+  k3s_drain_timeout: 300,
   k3s_start_timeout: 600,
   k3s_disable: [],
   k3s_tls_san: [],

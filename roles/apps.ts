@@ -2,13 +2,14 @@
 //   flux reconcile source git flux-system; flux reconcile kustomization flux-system (then the others)
 //   flux get kustomizations -A; flux get helmreleases -A      -> every one Ready (a live count while waiting)
 //   kubectl get clustersecretstores; kubectl get externalsecrets -A  -> 1Password store Ready, secrets synced
+//   kubectl get nodes                                          -> a Node the inventory does not name is a warning
 //   where the pinned workloads run (Pi-hole on pi-k3s, Unbound on pi3-worker-1, backups on pi-k3s)
 //   dig @<server> google.com; curl Jellyfin /health, Immich /api/server/ping, ...  -> a table, from the controller
 // Cluster reads run on the server (k3s kubectl, flux: see flux-bootstrap.ts); the probes run on the controller,
 // where the owner stands, through lib/probes.ts.
 
 import { ProvisionError } from '../lib/errors.ts'
-import { hostVars } from '../lib/inventory.ts'
+import { hostVars, type Inventory } from '../lib/inventory.ts'
 import { checkSecretRefs, formatAppTable, parseAppChecks, runChecks, verdicts, type AppCheck } from '../lib/probes.ts'
 import type { Role, StepContext } from '../lib/role.ts'
 import { quote } from '../lib/shell.ts'
@@ -312,6 +313,17 @@ export const placementObjectsFact = kubeFact('apps', 'nodes,pods,deployments.app
 
 // ---------------------------------------------------------------- the role
 
+/** Nodes no server or agent of the inventory names: a Pi retired without playbooks/retire.mts, or joined by hand. */
+export function strayNodes(nodes: readonly KubeObject[], inv: Inventory): KubeObject[] {
+  const known = new Set<string>()
+  for (const group of ['server', 'agent'])
+    for (const name of inv.groups.get(group) ?? []) {
+      const host = inv.hosts.get(name)
+      if (host) known.add(hostVars(host).hostname ?? name)
+    }
+  return nodes.filter((n) => !known.has(n.metadata.name))
+}
+
 function checkMode(ctx: StepContext, what: string): { status: 'skipped'; message: string } | undefined {
   return ctx.check ? { status: 'skipped', message: `check mode: would ${what}` } : undefined
 }
@@ -326,7 +338,7 @@ export const apps: Role = {
       name: 'Reconcile the GitOps source',
       // The cluster reads of the later steps, in one round trip. When the reconcile brings nothing new they are
       // as current as reads made after it; when it does, they are dropped and read again after the wait.
-      facts: (ctx) => (ctx.check ? [] : [fluxObjectsFact, esoObjectsFact, ...(parsePlacement(ctx.vars.placement).length ? [placementObjectsFact] : [])]),
+      facts: (ctx) => (ctx.check ? [] : [fluxObjectsFact, esoObjectsFact, placementObjectsFact]),
       async run(ctx) {
         const skip = checkMode(ctx, 'reconcile GitRepository flux-system')
         if (skip) return skip
@@ -411,6 +423,22 @@ export const apps: Role = {
         const read = await ctx.facts.get(esoObjectsFact)
         const report = checkEso(kubeObjects(read, 'ClusterSecretStore'), kubeObjects(read, 'ExternalSecret'))
         return { status: report.ok ? 'ok' : 'failed', message: report.message }
+      },
+    },
+    {
+      // The owner's `kubectl get nodes` by eye: a Node the inventory does not know is a warning, not a failure
+      // (the cluster works), with the way to end it.
+      name: 'Check every Node of the cluster is in the inventory',
+      readOnly: true,
+      async run(ctx) {
+        const skip = checkMode(ctx, 'compare the Nodes with the inventory')
+        if (skip) return skip
+        const nodes = kubeObjects(await ctx.facts.get(placementObjectsFact), 'Node')
+        const strays = strayNodes(nodes, ctx.inventory)
+        for (const n of strays)
+          ctx.warn(`Node ${n.metadata.name} (${isReady(n) ? 'Ready' : 'NotReady'}) is in the cluster but not in ${ctx.inventory.file}: retire it with \`npx zx playbooks/retire.mts ${n.metadata.name}\`, or add it to the inventory`)
+        if (strays.length) return { status: 'ok', message: `${strays.length} of ${nodes.length} Nodes not in the inventory: ${strays.map((n) => n.metadata.name).join(', ')}` }
+        return { status: 'ok', message: `${nodes.length} Nodes, all in the inventory` }
       },
     },
     {

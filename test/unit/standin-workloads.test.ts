@@ -211,4 +211,36 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
     expect(jp.stdout).toBe(`onepassword-service-account=${Buffer.from('ops_second').toString('base64')}`)
     expect((await kubectl(['get', 'secret', 'nope', '--ignore-not-found', '-o', 'jsonpath={.metadata.name}{"="}{.data.token}'])).stdout).toBe('')
   })
+  it('kubectl cordon / drain / uncordon as the retire playbook uses them: DaemonSet pods need --ignore-daemonsets and stay; the rest are evicted', async () => {
+    const ds = { apiVersion: 'apps/v1', kind: 'DaemonSet', metadata: { name: 'node-agent', namespace: 'default' }, spec: { selector: { matchLabels: { app: 'node-agent' } }, template: { metadata: { labels: { app: 'node-agent' } }, spec: { containers: [{ name: 'c', image: 'x' }] } } } }
+    expect((await kubectl(['apply', '-f', '-'], JSON.stringify(ds))).code).toBe(0)
+    const podsOn = async (ns: string) => (await get(`pods -n ${ns}`)).filter((p) => (p.spec as { nodeName?: string } | undefined)?.nodeName === 'pi-k3s').map((p) => p.metadata.name)
+    const daemon = await until('the DaemonSet pod', async () => (await podsOn('default')).find((n) => n.startsWith('node-agent-')))
+    await until('homepage bound', async () => ((await podsOn('homepage')).length ? true : undefined))
+
+    expect(await kubectl(['cordon', 'pi-k3s'])).toMatchObject({ code: 0, stdout: 'node/pi-k3s cordoned\n' })
+    expect(await kubectl(['cordon', 'pi-k3s'])).toMatchObject({ code: 0, stdout: 'node/pi-k3s already cordoned\n' })
+    expect((await kubectl(['get', 'nodes'])).stdout).toMatch(/^pi-k3s +Ready,SchedulingDisabled /m)
+
+    const refused = await kubectl(['drain', 'pi-k3s', '--timeout=60s'])
+    expect(refused.code).toBe(1)
+    expect(refused.stderr).toContain(`cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore): default/${daemon}`)
+    expect((await podsOn('homepage')).length, 'a refused drain evicts nothing').toBeGreaterThan(0)
+
+    const drained = await kubectl(['drain', 'pi-k3s', '--ignore-daemonsets', '--delete-emptydir-data', '--timeout=60s'])
+    expect(drained.code, drained.stderr).toBe(0)
+    expect(drained.stdout).toMatch(/^node\/pi-k3s already cordoned\nevicting pod /)
+    expect(drained.stdout).toMatch(/^evicting pod homepage\/homepage-/m)
+    expect(drained.stdout).toMatch(/node\/pi-k3s drained\n$/)
+    expect(drained.stderr).toBe(`Warning: ignoring DaemonSet-managed Pods: default/${daemon}\n`)
+    // One node, cordoned: the evicted workloads come back Pending; the DaemonSet pod stays (it tolerates the cordon).
+    const pending = await until('homepage Pending', async () => (await get('pods -n homepage')).find((p) => p.metadata.name.startsWith('homepage-') && (p.status as { phase?: string }).phase === 'Pending'))
+    expect(JSON.stringify(pending.status)).toContain('node(s) were unschedulable')
+    expect(await podsOn('default')).toEqual([daemon])
+
+    expect(await kubectl(['uncordon', 'pi-k3s'])).toMatchObject({ code: 0, stdout: 'node/pi-k3s uncordoned\n' })
+    await until('homepage bound again', async () => ((await podsOn('homepage')).some((n) => n.startsWith('homepage-')) ? true : undefined))
+    expect((await kubectl(['delete', 'daemonset', 'node-agent'])).code).toBe(0)
+    await until('its pod gone', async () => ((await podsOn('default')).length === 0 ? true : undefined))
+  })
 })

@@ -2169,12 +2169,13 @@ def _tolerated(tolerations, taint):
     return False
 
 
-def pod_fits(spec, node, ready):
-    """(True, None) or (False, the scheduler's reason for this node)."""
+def pod_fits(spec, node, ready, daemon=False):
+    """(True, None) or (False, the scheduler's reason for this node). DaemonSet pods tolerate a cordoned node, as
+    the DaemonSet controller's pods do on a real cluster."""
     labels = node["metadata"].get("labels") or {}
     if not ready:
         return False, "node(s) had untolerated taint {node.kubernetes.io/unreachable: }"
-    if (node.get("spec") or {}).get("unschedulable"):
+    if (node.get("spec") or {}).get("unschedulable") and not daemon:
         return False, "node(s) were unschedulable"
     for k, v in ((spec.get("nodeSelector") or {}).items()):
         if labels.get(k) != v:
@@ -2221,10 +2222,14 @@ class Scheduler:
                     continue
                 owners.add(w["metadata"].get("uid"))
                 self._reconcile(w, kind, tmpl, nodes, ready, pods)
+        names = {n["metadata"]["name"] for n in nodes}
         for p in self.store.list("", "Pod"):
             md = p["metadata"]
+            bound = (p.get("spec") or {}).get("nodeName")
+            # the pod garbage collector: pods of a workload that is gone, or bound to a Node that was deleted
             if (md.get("annotations") or {}).get(SCHEDULED_BY) and \
-                    not any(r.get("uid") in owners for r in md.get("ownerReferences") or []):
+                    (not any(r.get("uid") in owners for r in md.get("ownerReferences") or []) or
+                     (bound and bound not in names)):
                 with self.store.txn():
                     self.store.delete("", "Pod", md.get("namespace", ""), md["name"])
         if self.dns is not None:
@@ -2319,7 +2324,7 @@ class Scheduler:
         spec = tmpl.get("spec") or {}
         create = []
         if kind == "DaemonSet":
-            targets = [n for n in nodes if pod_fits(spec, n, ready.get(n["metadata"]["name"]))[0]]
+            targets = [n for n in nodes if pod_fits(spec, n, ready.get(n["metadata"]["name"]), daemon=True)[0]]
             names = {n["metadata"]["name"] for n in targets}
             drop += [p for p in keep if (p.get("spec") or {}).get("nodeName") not in names]
             keep = [p for p in keep if (p.get("spec") or {}).get("nodeName") in names]
@@ -2889,7 +2894,8 @@ KUBECTL_BOOL_FLAGS = {"A": "all-namespaces", "all-namespaces": "all-namespaces",
                       "all": "all", "ignore-not-found": "ignore-not-found", "wait": "wait",
                       "no-headers": "no-headers", "show-labels": "show-labels", "client": "client",
                       "w": "watch", "watch": "watch", "insecure-skip-tls-verify": "insecure-skip-tls-verify",
-                      "force": "force", "server-side": "server-side",
+                      "force": "force", "server-side": "server-side", "ignore-daemonsets": "ignore-daemonsets",
+                      "delete-emptydir-data": "delete-emptydir-data",
                       "force-conflicts": "force-conflicts", "h": "help", "help": "help"}
 KUBECTL_MULTI = ("from-literal", "from-file", "filename")
 
@@ -3539,6 +3545,78 @@ def k_taint(kube, opts, args):
     raise KubectlExit(1, "error: too many conflicts updating node/%s" % name)
 
 
+def _set_unschedulable(kube, name, value):
+    """kubectl cordon / uncordon: spec.unschedulable, with kubectl's words; returns True when it changed."""
+    for _ in range(5):
+        _, obj = _get_one(kube, "nodes", name, None)
+        spec = obj.setdefault("spec", {})
+        if bool(spec.get("unschedulable")) == value:
+            sys.stdout.write("node/%s already %s\n" % (name, "cordoned" if value else "uncordoned"))
+            return False
+        if value:
+            spec["unschedulable"] = True
+        else:
+            spec.pop("unschedulable", None)
+        try:
+            _update(kube, obj, None)
+        except KubectlExit as e:
+            if e.message and "(Conflict)" in e.message:
+                continue
+            raise
+        sys.stdout.write("node/%s %s\n" % (name, "cordoned" if value else "uncordoned"))
+        return True
+    raise KubectlExit(1, "error: too many conflicts updating node/%s" % name)
+
+
+def k_cordon(kube, opts, args, value):
+    if len(args) != 1:
+        raise KubectlExit(1, "error: USAGE: %s NODE [flags]" % ("cordon" if value else "uncordon"))
+    _set_unschedulable(kube, args[0], value)
+    return 0
+
+
+def k_drain(kube, opts, args):
+    """kubectl drain NODE: cordon, then evict the node's pods (deleted here: the stand-in has no eviction API and no
+    PodDisruptionBudgets), refusing as kubectl does when DaemonSet pods, emptyDir pods or pods without a controller
+    are there and the flag that allows them is missing. The workloads' pods come back on other nodes."""
+    if len(args) != 1:
+        raise KubectlExit(1, "error: USAGE: drain NODE [flags]")
+    name = args[0]
+    _set_unschedulable(kube, name, True)
+    pods = [p for p in kube.call("get", {"resource": "pods", "names": [], "allNamespaces": True})["items"]
+            if (p.get("spec") or {}).get("nodeName") == name]
+    evict, daemons, problems = [], [], {}
+
+    def ref(p):
+        return "%s/%s" % (p["metadata"].get("namespace", ""), p["metadata"]["name"])
+
+    for p in pods:
+        owners = [r for r in p["metadata"].get("ownerReferences") or [] if r.get("controller")]
+        if any(r.get("kind") == "DaemonSet" for r in owners):
+            if not opts.get("ignore-daemonsets"):
+                problems.setdefault("cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore)", []).append(ref(p))
+            daemons.append(ref(p))
+            continue
+        if not owners and not opts.get("force"):
+            problems.setdefault("cannot delete Pods that declare no controller (use --force to override)", []).append(ref(p))
+        if any("emptyDir" in v for v in (p.get("spec") or {}).get("volumes") or []) and not opts.get("delete-emptydir-data"):
+            problems.setdefault("cannot delete Pods with local storage (use --delete-emptydir-data to override)", []).append(ref(p))
+        evict.append(p)
+    if problems:
+        why = ", ".join("%s: %s" % (k, ", ".join(v)) for k, v in problems.items())
+        raise KubectlExit(1, "error: unable to drain node %r due to error: %s, continuing command...\n"
+                             "There are pending nodes to be drained:\n %s\n%s" % (name, why, name, why))
+    if daemons:
+        sys.stderr.write("Warning: ignoring DaemonSet-managed Pods: %s\n" % ", ".join(daemons))
+    for p in evict:
+        sys.stdout.write("evicting pod %s\n" % ref(p))
+    for p in evict:
+        kube.call("delete", {"resource": "pods", "name": p["metadata"]["name"], "namespace": p["metadata"].get("namespace")})
+        sys.stdout.write("pod/%s evicted\n" % p["metadata"]["name"])
+    sys.stdout.write("node/%s drained\n" % name)
+    return 0
+
+
 def k_wait(kube, opts, args):
     cond = opts.get("for")
     if not cond:
@@ -3606,7 +3684,7 @@ def kubectl_main(argv):
         opts, args = parse_kubectl(argv)
         if opts.get("help") or not args:
             sys.stdout.write("kubectl (k3s stand-in): get, apply -f, create namespace|secret generic, delete, label, "
-                             "annotate, taint, wait, version, cluster-info\n")
+                             "annotate, taint, cordon, uncordon, drain, wait, version, cluster-info\n")
             return 0
         cmd, rest = args[0], args[1:]
         if cmd == "version":
@@ -3636,6 +3714,10 @@ def kubectl_main(argv):
             return k_taint(kube, opts, rest)
         if cmd == "wait":
             return k_wait(kube, opts, rest)
+        if cmd in ("cordon", "uncordon"):
+            return k_cordon(kube, opts, rest, cmd == "cordon")
+        if cmd == "drain":
+            return k_drain(kube, opts, rest)
         if cmd == "cluster-info":
             kube.raw_get("/readyz")
             sys.stdout.write("Kubernetes control plane is running at https://%s\n" % kube.hostport)

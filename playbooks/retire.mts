@@ -1,0 +1,48 @@
+#!/usr/bin/env zx
+// Take an agent out of the cluster for good (a Pi retired, or replaced by another):
+//   npx zx playbooks/retire.mts NODE [-i inventory] [--check] [other flags]
+// On the server: cordon NODE and drain its pods (skipped when it is NotReady: a dead Pi cannot confirm an
+// eviction). On NODE itself, when the inventory still has it: stop and uninstall k3s-agent. On the server,
+// last: delete the Node. Then remove NODE from the inventory; a later site run warns about Nodes it does not know.
+import type { Play } from '../lib/role.ts'
+import '../lib/compile-cache.ts' // first: the imports below then load from Node's compile cache
+const { parseCli, runCli, scriptArgs } = await import('../lib/cli.ts')
+const { errorText } = await import('../lib/errors.ts')
+const { loadInventory } = await import('../lib/inventory.ts')
+const { deleteNodeRole, drainNodeRole, uninstallAgentRole } = await import('../roles/k3s-retire.ts')
+const { serverOf } = await import('../roles/k3s-common.ts')
+
+const USAGE = 'usage: npx zx playbooks/retire.mts NODE [-i inventory] [--check] [flags of site.mts]  (one node at a time)\n'
+
+async function retire(argv: string[]): Promise<number> {
+  const o = parseCli(argv, { positionals: true })
+  if (o.help) {
+    process.stdout.write(USAGE)
+    return runCli({ name: 'retire', plays: [] }, ['--help'])
+  }
+  const [node, ...more] = o.positionals
+  if (!node || more.length > 0) {
+    process.stderr.write(USAGE)
+    return 1
+  }
+  const at = argv.indexOf(node)
+  const rest = [...argv.slice(0, at), ...argv.slice(at + 1)]
+  const inv = loadInventory(o.inventoryFile)
+  const server = serverOf(inv).name
+  if (node === server || inv.groups.get('server')?.includes(node)) {
+    process.stderr.write(`ERROR: ${node} is the k3s server of ${inv.file}: retiring it would end the cluster; to replace its Pi, use playbooks/rebuild.mts ${node}\n`)
+    return 1
+  }
+  const inInventory = inv.hosts.has(node)
+  const plays: Play[] = [{ name: `Drain ${node}`, hosts: server, roles: [drainNodeRole(node)], anyErrorsFatal: true }]
+  if (inInventory) plays.push({ name: `Uninstall k3s from ${node}`, hosts: node, roles: [uninstallAgentRole] })
+  else process.stdout.write(`retire: ${node} is not in ${inv.file}: only its Node is removed from the cluster; the Pi itself is not touched\n`)
+  plays.push({ name: `Remove ${node} from the cluster`, hosts: server, roles: [deleteNodeRole(node, inInventory)] })
+  return runCli({ name: 'retire', plays }, rest)
+}
+
+const code = await retire(scriptArgs()).catch((e: unknown) => {
+  process.stderr.write(`ERROR: ${errorText(e)}\n`)
+  return 1
+})
+process.exit(code)

@@ -1,0 +1,130 @@
+// k3s-retire: take an agent out of the cluster for good (a Pi being retired or replaced by another), the way
+// it is done by hand: cordon and drain it so its pods move while it still runs, stop and uninstall k3s-agent on
+// it so it cannot register again, then delete its Node (k3s drops the node-password secret with it).
+// A node that is already NotReady (the Pi is off or dead) is not drained: nothing on it can confirm an eviction,
+// and kubectl drain would wait for pods that never go. Deleting its Node lets its pods start elsewhere.
+
+import { ProvisionError } from '../lib/errors.ts'
+import type { Role, StepContext } from '../lib/role.ts'
+import { bounded, quote } from '../lib/shell.ts'
+import { isReady, KUBECTL, kubeFact, kubeObjects, nameOf, type KubeObject } from './flux-bootstrap.ts'
+import { k3sInstallFact } from './k3s-common.ts'
+
+const AGENT_UNINSTALL = '/usr/local/bin/k3s-agent-uninstall.sh'
+/** Set by the uninstall role (run-wide), read when the Node is deleted: was the host itself cleaned up? */
+const uninstalledKey = (node: string) => `k3s-retire:uninstalled:${node}`
+
+const nodeFact = (node: string) => kubeFact('k3s-retire', `node ${quote(node)}`)
+/** One read for the drain decision: every node and pod (a homelab's cluster is small). */
+const nodesAndPodsFact = kubeFact('k3s-retire', 'nodes,pods -A')
+
+interface Pod extends KubeObject {
+  spec?: { nodeName?: string; volumes?: unknown[] }
+  status?: { phase?: string }
+}
+
+/** The pods a drain evicts from a node: not DaemonSet pods (they stay), not static pods, not finished ones. */
+export function podsToEvict(pods: readonly KubeObject[], node: string): string[] {
+  return (pods as readonly Pod[])
+    .filter((p) => p.spec?.nodeName === node)
+    .filter((p) => !(p.metadata.ownerReferences ?? []).some((r) => r.kind === 'DaemonSet'))
+    .filter((p) => !p.metadata.annotations?.['kubernetes.io/config.mirror'])
+    .filter((p) => p.status?.phase !== 'Succeeded' && p.status?.phase !== 'Failed')
+    .map(nameOf)
+    .sort()
+}
+
+function list(names: readonly string[]): string {
+  return names.length <= 5 ? names.join(', ') : `${names.slice(0, 5).join(', ')} and ${names.length - 5} more`
+}
+
+/** Run on the k3s server: cordon the node and evict its pods. */
+export function drainNodeRole(node: string): Role {
+  return {
+    name: 'k3s-retire',
+    steps: [
+      {
+        name: `Cordon ${node} and drain its pods (DaemonSet pods stay)`,
+        facts: () => [nodesAndPodsFact],
+        async run(ctx) {
+          const read = kubeObjects(await ctx.facts.get(nodesAndPodsFact))
+          const found = read.find((o) => o.kind === 'Node' && o.metadata.name === node)
+          if (!found) return { status: 'ok', message: `no Node ${node} in the cluster: nothing to drain` }
+          if (!isReady(found))
+            return { status: 'skipped', message: `${node} is NotReady (the Pi is off or gone?): nothing can be evicted from it; its pods start elsewhere once its Node is deleted` }
+          const evict = podsToEvict(read.filter((o) => o.kind === 'Pod'), node)
+          const cordoned = found.spec?.unschedulable === true
+          if (cordoned && evict.length === 0) return { status: 'ok', message: 'cordoned, no pods left on it but DaemonSet pods' }
+          const what = evict.length ? `evict ${evict.length} pod${evict.length === 1 ? '' : 's'} (${list(evict)})` : 'nothing to evict'
+          if (ctx.check) return { status: 'changed', message: `would cordon ${node} and ${what}` }
+          await drain(ctx, node)
+          ctx.facts.invalidate()
+          return { status: 'changed', message: `cordoned ${node}; ${evict.length ? what.replace(/^evict/, 'evicted') : 'nothing to evict'}` }
+        },
+      },
+    ],
+  }
+}
+
+async function drain(ctx: StepContext, node: string): Promise<void> {
+  const seconds = ctx.vars.k3s_drain_timeout
+  const cmd = `${KUBECTL} drain ${quote(node)} --ignore-daemonsets --delete-emptydir-data --timeout=${seconds}s`
+  // kubectl's own timeout ends the drain; the outer bound only catches a kubectl that hangs past it.
+  const r = await ctx.sh(bounded(cmd, seconds + 30, `kubectl drain ${node}`, 'k3s_drain_timeout'))
+  if (r.code === 0) return
+  const said = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-4).join('\n    ')
+  throw new ProvisionError('step', `kubectl drain ${node} failed (exit ${r.code}); it stays cordoned, nothing was uninstalled:\n    ${said}`, {
+    hint: 'a PodDisruptionBudget that allows no eviction, or a pod without a controller (kubectl drain --force would delete it for good), keeps a drain from finishing; deal with that pod, then run retire again (k3s_drain_timeout gives a slow eviction more time)',
+  })
+}
+
+/** Run on the retired host itself: stop k3s-agent and remove it, so it cannot register again. */
+export const uninstallAgentRole: Role = {
+  name: 'k3s-retire',
+  steps: [
+    {
+      name: 'Stop and uninstall k3s-agent (k3s-agent-uninstall.sh)',
+      facts: () => [k3sInstallFact],
+      async run(ctx) {
+        const cur = await ctx.facts.get(k3sInstallFact)
+        if (cur.serverUnit) return { status: 'failed', message: 'this host runs a k3s server: retire removes agents only' }
+        const done = () => ctx.shared.set(uninstalledKey(ctx.host), true)
+        if (!cur.agentUnit && !cur.version) {
+          done()
+          return { status: 'ok', message: 'no k3s on this host' }
+        }
+        if (ctx.check) return { status: 'changed', message: `would run ${AGENT_UNINSTALL}` }
+        const script = `[ -x ${AGENT_UNINSTALL} ] || { echo "k3s-agent is installed but ${AGENT_UNINSTALL} is missing: remove it by hand" >&2; exit 3; }\n${bounded(AGENT_UNINSTALL, ctx.vars.k3s_start_timeout, AGENT_UNINSTALL, 'k3s_start_timeout')}`
+        await ctx.must(script, { what: 'uninstall k3s-agent' })
+        ctx.facts.invalidate()
+        const after = await ctx.facts.get(k3sInstallFact)
+        if (after.agentUnit || after.version) return { status: 'failed', message: `${AGENT_UNINSTALL} ran but k3s is still there (unit ${after.agentUnit ? 'present' : 'gone'}, binary ${after.version ?? 'gone'})` }
+        done()
+        return { status: 'changed', message: `uninstalled k3s-agent ${cur.version ?? ''}`.trim() }
+      },
+    },
+  ],
+}
+
+/** Run on the k3s server, last: delete the Node object. */
+export function deleteNodeRole(node: string, inInventory: boolean): Role {
+  return {
+    name: 'k3s-retire',
+    steps: [
+      {
+        name: `Delete the Node ${node}`,
+        facts: () => [nodeFact(node)],
+        async run(ctx) {
+          const found = kubeObjects(await ctx.facts.get(nodeFact(node))).length > 0
+          if (!found) return { status: 'ok', message: `no Node ${node} in the cluster` }
+          if (ctx.check) return { status: 'changed', message: `would delete the Node ${node}` }
+          await ctx.must(`${KUBECTL} delete node ${quote(node)}`, { what: `delete the Node ${node}` })
+          ctx.facts.invalidate()
+          if (!inInventory) ctx.warn(`${node} is not in the inventory, so its disk was not touched: if that Pi comes back with k3s-agent on it, it joins again`)
+          else if (!ctx.shared.get(uninstalledKey(node))) ctx.warn(`k3s-agent could not be uninstalled on ${node}: if that Pi comes back, it joins again; run retire again then`)
+          return { status: 'changed', message: `deleted the Node ${node} (and its node-password secret)` }
+        },
+      },
+    ],
+  }
+}
