@@ -25,7 +25,7 @@ export type RunEvent =
   | { kind: 'facts'; host: string; keys: string[]; code: number; ms: number }
   | { kind: 'warning'; message: string; host?: string }
   | { kind: 'info'; message: string; host: string }
-  | { kind: 'recap'; hosts: Record<string, HostCounts>; seconds: number; exitCode: number; retryFile?: string }
+  | { kind: 'recap'; hosts: Record<string, HostCounts>; seconds: number; exitCode: number; retryFile?: string; rerun?: string }
   | { kind: 'error'; message: string }
   /** Ctrl-C came: no new step starts from here on (in --json, what follows it happened after the signal). */
   | { kind: 'interrupted'; message: string }
@@ -65,6 +65,7 @@ export function formatRecap(e: Extract<RunEvent, { kind: 'recap' }>): string[] {
   }
   lines.push('', `finished in ${e.seconds.toFixed(2)}s, exit ${e.exitCode}`)
   if (e.retryFile) lines.push(`retry the failed and unreachable hosts with: --limit @${e.retryFile}`)
+  if (e.rerun) lines.push(`once the failed and unreachable hosts are fixed, run it again: ${e.rerun}`)
   return lines
 }
 

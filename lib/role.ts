@@ -111,6 +111,11 @@ export interface Play {
 export interface Playbook {
   name: string
   plays: Play[]
+  /**
+   * How to finish the job after a failed or unreachable host, when `--limit @retry-file` cannot: a playbook about
+   * one named host whose plays also run on others (retire, rebuild) is run again whole. No retry file is written.
+   */
+  rerun?: string
 }
 
 /** Run the handlers notified so far before the next step (e.g. reboot, then verify). */

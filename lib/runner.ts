@@ -338,12 +338,13 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
   const wasInterrupted = interrupted()
   const exitCode = wasInterrupted ? EXIT.interrupted : failed.length ? EXIT.failed : unreachable.length ? EXIT.unreachable : EXIT.ok
   let retryFile: string | undefined
-  if (opts.retryFile && (failed.length || unreachable.length)) {
+  const rerun = failed.length || unreachable.length ? pb.rerun : undefined
+  if (opts.retryFile && !pb.rerun && (failed.length || unreachable.length)) {
     writeFileSync(opts.retryFile, mask([...failed, ...unreachable].join('\n') + '\n'))
     retryFile = opts.retryFile
   }
   const seconds = (Date.now() - started) / 1000
-  rep.emit({ kind: 'recap', hosts: counts, seconds, exitCode, retryFile })
+  rep.emit({ kind: 'recap', hosts: counts, seconds, exitCode, retryFile, rerun })
   return { exitCode, counts, failed, unreachable, interrupted: wasInterrupted, seconds }
 }
 

@@ -10,6 +10,7 @@ import type { Play } from '../lib/role.ts'
 import '../lib/compile-cache.ts' // first: the imports below then load from Node's compile cache
 const { parseCli, runCli, scriptArgs } = await import('../lib/cli.ts')
 const { errorText } = await import('../lib/errors.ts')
+const { quote } = await import('../lib/shell.ts')
 const { expandPath, hostVars, loadInventory } = await import('../lib/inventory.ts')
 const { removeKnownHost } = await import('../lib/knownhosts.ts')
 const { apps } = await import('../roles/apps.ts')
@@ -43,7 +44,8 @@ async function rebuild(argv: string[]): Promise<number> {
   } else {
     plays.push({ name: `Rejoin ${host}`, hosts: host, roles: [k3sAgent] })
   }
-  return runCli({ name: 'rebuild', plays }, rest, {
+  const rerun = ['npx zx playbooks/rebuild.mts', host, ...rest].map((a, i) => (i === 0 ? a : quote(a))).join(' ')
+  return runCli({ name: 'rebuild', plays, rerun }, rest, {
     trustHosts: [host],
     async before(_inv, o) {
       if (o.check) return

@@ -8,6 +8,7 @@ import type { Play } from '../lib/role.ts'
 import '../lib/compile-cache.ts' // first: the imports below then load from Node's compile cache
 const { parseCli, runCli, scriptArgs } = await import('../lib/cli.ts')
 const { errorText } = await import('../lib/errors.ts')
+const { quote } = await import('../lib/shell.ts')
 const { loadInventory } = await import('../lib/inventory.ts')
 const { deleteNodeRole, drainNodeRole, uninstallAgentRole } = await import('../roles/k3s-retire.ts')
 const { serverOf } = await import('../roles/k3s-common.ts')
@@ -38,7 +39,8 @@ async function retire(argv: string[]): Promise<number> {
   if (inInventory) plays.push({ name: `Uninstall k3s from ${node}`, hosts: node, roles: [uninstallAgentRole] })
   else process.stdout.write(`retire: ${node} is not in ${inv.file}: only its Node is removed from the cluster; the Pi itself is not touched\n`)
   plays.push({ name: `Remove ${node} from the cluster`, hosts: server, roles: [deleteNodeRole(node, inInventory)] })
-  return runCli({ name: 'retire', plays }, rest)
+  const rerun = ['npx zx playbooks/retire.mts', node, ...rest].map((a, i) => (i === 0 ? a : quote(a))).join(' ')
+  return runCli({ name: 'retire', plays, rerun }, rest)
 }
 
 const code = await retire(scriptArgs()).catch((e: unknown) => {

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { beforeEach, describe, expect, it } from 'vitest'
@@ -192,6 +192,25 @@ describe('recap and exit codes', () => {
     const s2 = await second.run()
     expect(Object.keys(s2.counts)).toEqual(['a2'])
     expect(s2.exitCode).toBe(0)
+  })
+
+  it('a playbook that names how to run it again (retire, rebuild) says so instead of writing a retry file', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'runner-'))
+    const down = new FakeConnection('a2')
+    down.unreachable = true
+    const role: Role = { name: 'r', steps: [{ name: 'touch host', async run(ctx) { await ctx.sh('true'); return { status: 'ok' } } }] }
+    const pb: Playbook = { name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }], rerun: 'npx zx playbooks/retire.mts a2' }
+    const retry = join(dir, 'p.retry')
+    const { rep, run } = setup(pb, { retryFile: retry }, new Map([['a2', down]]))
+    expect((await run()).exitCode).toBe(4)
+    expect(rep.lines).toContain('once the failed and unreachable hosts are fixed, run it again: npx zx playbooks/retire.mts a2')
+    expect(rep.lines.some((l) => l.includes('--limit @'))).toBe(false)
+    expect(existsSync(retry)).toBe(false)
+    // All well: nothing to say.
+    down.unreachable = false
+    const ok = setup(pb, { retryFile: retry }, new Map([['a2', down]]))
+    expect((await ok.run()).exitCode).toBe(0)
+    expect(ok.rep.lines.some((l) => l.includes('run it again'))).toBe(false)
   })
 
   it('failed and unreachable together give exit 2', async () => {
