@@ -3,7 +3,7 @@
 
 import { spawn } from 'node:child_process'
 import { resolve } from 'node:path'
-import { labExec } from '../lab/lab.ts'
+import { DEFAULT_HOSTS, labExec, labUp } from '../lab/lab.ts'
 
 export const REPO = resolve(import.meta.dirname, '../..')
 export const LAB_INVENTORY = resolve(REPO, 'inventory/lab.yaml')
@@ -30,6 +30,13 @@ export function runPlaybookCli(name: string, args: string[], opts: { onSpawn?: (
     child.on('error', reject)
     child.on('close', (code) => resolveRun({ code: code ?? 255, out, recap: parseRecap(out) }))
   })
+}
+
+/** A freshly flashed lab brought to a converged cluster by site.mts (the starting point of several test files). */
+export async function convergedLab(): Promise<void> {
+  await labUp(DEFAULT_HOSTS, { fresh: true })
+  const run = await runPlaybookCli('site', [])
+  if (run.code !== 0) throw new Error(`site did not converge:\n${run.out}`)
 }
 
 export function parseRecap(out: string): Record<string, Record<string, number>> {

@@ -5,8 +5,8 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { DEFAULT_HOSTS, LAB_DIR, labBootId, labDown, labUp, labWipe } from '../lab/lab.ts'
-import { onHost, runPlaybookCli, until } from './helpers.ts'
+import { DEFAULT_HOSTS, LAB_DIR, labBootId, labDown, labWipe } from '../lab/lab.ts'
+import { convergedLab, onHost, runPlaybookCli, until } from './helpers.ts'
 
 // Must match k3s_backup_dir in inventory/lab.yaml.
 const NAS = join(LAB_DIR, 'nas', 'k3s-backups')
@@ -30,9 +30,7 @@ async function takeBackup(date: string): Promise<void> {
 
 beforeAll(async () => {
   rmSync(join(LAB_DIR, 'nas'), { recursive: true, force: true })
-  await labUp(DEFAULT_HOSTS, { fresh: true })
-  const run = await runPlaybookCli('site', [])
-  if (run.code !== 0) throw new Error(`site did not converge:\n${run.out}`)
+  await convergedLab()
 }, 900_000)
 
 afterAll(async () => {

@@ -7,8 +7,8 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { DEFAULT_HOSTS, labDown, labExec, labStart, labStop, labUp } from '../lab/lab.ts'
-import { LAB_INVENTORY, onHost, runPlaybookCli, until } from './helpers.ts'
+import { labDown, labExec, labStart, labStop } from '../lab/lab.ts'
+import { convergedLab, LAB_INVENTORY, onHost, runPlaybookCli, until } from './helpers.ts'
 
 interface Obj {
   metadata: { name: string; namespace?: string; ownerReferences?: { kind: string }[] }
@@ -42,9 +42,7 @@ function inventoryWithout(host: string): string {
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'retire-'))
-  await labUp(DEFAULT_HOSTS, { fresh: true })
-  const run = await runPlaybookCli('site', [])
-  if (run.code !== 0) throw new Error(`site did not converge:\n${run.out}`)
+  await convergedLab()
 }, 900_000)
 
 afterAll(async () => {

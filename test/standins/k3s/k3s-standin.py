@@ -3498,14 +3498,32 @@ def k_label(kube, opts, args, field="labels"):
     raise KubectlExit(1, "error: too many conflicts updating %s/%s" % (resource, name))
 
 
+def _edit_node(kube, name, edit):
+    """Read the Node, let edit(obj) change it (it returns the line to print and whether anything changed), write it
+    back; a write that lost a race with the agent's heartbeat (Conflict) is done again on a fresh read."""
+    for _ in range(5):
+        _, obj = _get_one(kube, "nodes", name, None)
+        line, changed = edit(obj)
+        if changed:
+            try:
+                _update(kube, obj, None)
+            except KubectlExit as e:
+                if e.message and "(Conflict)" in e.message:
+                    continue
+                raise
+        sys.stdout.write(line + "\n")
+        return changed
+    raise KubectlExit(1, "error: too many conflicts updating node/%s" % name)
+
+
 def k_taint(kube, opts, args):
     if len(args) < 3:
         raise KubectlExit(1, "error: at least one taint update is required")
     resource, name = args[0], args[1]
     if resource not in ("node", "nodes", "no"):
         raise KubectlExit(1, "error: invalid resource type %s, only node types are supported" % resource)
-    for _ in range(5):
-        res, obj = _get_one(kube, "nodes", name, None)
+
+    def edit(obj):
         taints = list((obj.get("spec") or {}).get("taints") or [])
         added = removed = False
         for ch in args[2:]:
@@ -3534,38 +3552,27 @@ def k_taint(kube, opts, args):
         obj.setdefault("spec", {})["taints"] = taints
         if not taints:
             obj["spec"].pop("taints")
-        try:
-            _update(kube, obj, None)
-        except KubectlExit as e:
-            if e.message and "(Conflict)" in e.message:
-                continue
-            raise
-        sys.stdout.write("node/%s %s\n" % (name, "tainted" if added or not removed else "untainted"))
-        return 0
-    raise KubectlExit(1, "error: too many conflicts updating node/%s" % name)
+        return "node/%s %s" % (name, "tainted" if added or not removed else "untainted"), True
+
+    _edit_node(kube, name, edit)
+    return 0
 
 
 def _set_unschedulable(kube, name, value):
     """kubectl cordon / uncordon: spec.unschedulable, with kubectl's words; returns True when it changed."""
-    for _ in range(5):
-        _, obj = _get_one(kube, "nodes", name, None)
+    word = "cordoned" if value else "uncordoned"
+
+    def edit(obj):
         spec = obj.setdefault("spec", {})
         if bool(spec.get("unschedulable")) == value:
-            sys.stdout.write("node/%s already %s\n" % (name, "cordoned" if value else "uncordoned"))
-            return False
+            return "node/%s already %s" % (name, word), False
         if value:
             spec["unschedulable"] = True
         else:
             spec.pop("unschedulable", None)
-        try:
-            _update(kube, obj, None)
-        except KubectlExit as e:
-            if e.message and "(Conflict)" in e.message:
-                continue
-            raise
-        sys.stdout.write("node/%s %s\n" % (name, "cordoned" if value else "uncordoned"))
-        return True
-    raise KubectlExit(1, "error: too many conflicts updating node/%s" % name)
+        return "node/%s %s" % (name, word), True
+
+    return _edit_node(kube, name, edit)
 
 
 def k_cordon(kube, opts, args, value):
