@@ -29,6 +29,9 @@ export const VAR_SPECS = {
   cmdline_flags: { type: 'list', doc: 'kernel flags that must be in cmdline.txt' },
   extra_packages: { type: 'list', doc: 'apt packages to install on every host of the group' },
   reboot_timeout: { type: 'int', doc: 'seconds to wait for a host to come back from a reboot' },
+  apt_cache_valid_time: { type: 'int', doc: 'playbooks/update.mts: seconds the package lists are trusted before apt-get update runs again' },
+  apt_upgrade_timeout: { type: 'int', doc: 'playbooks/update.mts: seconds apt-get full-upgrade may take on one host' },
+  update_drain: { type: 'bool', doc: 'playbooks/update.mts: drain an agent before updating it and uncordon it after (the server is never drained)' },
   // k3s
   k3s_version: { type: 'string', doc: 'pinned k3s version, e.g. v1.34.3+k3s1' },
   k3s_install_url: { type: 'url', doc: 'URL of the k3s install script' },
@@ -85,6 +88,9 @@ export interface Vars {
   k3s_install_url: string
   k3s_token_ref?: string
   k3s_drain_timeout: number
+  apt_cache_valid_time: number
+  apt_upgrade_timeout: number
+  update_drain: boolean
   k3s_start_timeout: number
   k3s_api_port: number
   k3s_disable: string[]
@@ -128,6 +134,9 @@ export const BUILTIN_DEFAULTS: Vars = {
   k3s_install_url: 'https://get.k3s.io',
   k3s_api_port: 6443,
   k3s_drain_timeout: 300,
+  apt_cache_valid_time: 3600,
+  apt_upgrade_timeout: 1800,
+  update_drain: true,
   k3s_start_timeout: 600,
   k3s_disable: [],
   k3s_tls_san: [],

@@ -7,20 +7,13 @@ import { flushHandlers, handler, type Role, type StepContext } from '../lib/role
 import { file, fileFact, systemdUnit } from '../lib/steps.ts'
 import { ProvisionError } from '../lib/errors.ts'
 import { quote } from '../lib/shell.ts'
-import { clusterToken, extraConfig, K3S_CONFIG, k3sInstallFact, missingOnNode, NODE_PASSWORD, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, serverOf, type NodeView } from './k3s-common.ts'
+import { clusterToken, extraConfig, K3S_CONFIG, k3sInstallFact, missingOnNode, NODE_PASSWORD, nodeName, nodeOnServer, renderK3sConfig, restartHandlerStep, runInstaller, serverOf, type NodeView } from './k3s-common.ts'
 
 /** How long a running agent may stay unknown to the server before it is restarted to rejoin. */
 const REJOIN_AFTER_MS = 15_000
 
 function agentConfig(ctx: StepContext): string {
   return renderK3sConfig({ 'node-name': ctx.vars.hostname, 'node-label': ctx.vars.node_labels, 'node-taint': ctx.vars.node_taints, ...extraConfig(ctx.vars.k3s_extra_args) })
-}
-
-/** The server's view of this node, read over the server's own connection (read-only). */
-async function nodeOnServer(ctx: StepContext): Promise<NodeView> {
-  const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
-  const r = await server.conn.run(`k3s kubectl get node ${quote(nodeName(ctx))} -o json`)
-  return parseNode(r.code, r.stdout, r.stderr)
 }
 
 export const k3sAgent: Role = {

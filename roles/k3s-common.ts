@@ -184,23 +184,35 @@ export function restartHandlerStep(unit: string): Step {
 export interface NodeView {
   exists: boolean
   ready: boolean
+  /** Cordoned (kubectl cordon / drain). */
+  unschedulable: boolean
   labels: Record<string, string>
+  annotations: Record<string, string>
   taints: { key: string; value?: string; effect: string }[]
 }
+
+const NO_NODE: NodeView = { exists: false, ready: false, unschedulable: false, labels: {}, annotations: {}, taints: [] }
 
 /** Parse `kubectl get node NAME -o json` (exit 1 + NotFound means no such node). */
 export function parseNode(code: number, stdout: string, stderr: string): NodeView {
   if (code !== 0) {
-    if (/NotFound|not found/.test(stderr)) return { exists: false, ready: false, labels: {}, taints: [] }
+    if (/NotFound|not found/.test(stderr)) return { ...NO_NODE }
     throw new ProvisionError('step', `kubectl get node failed: ${stderr.trim() || stdout.trim()}`)
   }
   const j = JSON.parse(stdout) as {
-    metadata?: { labels?: Record<string, string> }
-    spec?: { taints?: { key: string; value?: string; effect: string }[] }
+    metadata?: { labels?: Record<string, string>; annotations?: Record<string, string> }
+    spec?: { taints?: { key: string; value?: string; effect: string }[]; unschedulable?: boolean }
     status?: { conditions?: { type: string; status: string }[] }
   }
   const ready = (j.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True')
-  return { exists: true, ready, labels: j.metadata?.labels ?? {}, taints: j.spec?.taints ?? [] }
+  return { exists: true, ready, unschedulable: j.spec?.unschedulable === true, labels: j.metadata?.labels ?? {}, annotations: j.metadata?.annotations ?? {}, taints: j.spec?.taints ?? [] }
+}
+
+/** A Node as the server sees it, read over the server's own connection (read-only); this host's by default. */
+export async function nodeOnServer(ctx: StepContext, name = nodeName(ctx)): Promise<NodeView> {
+  const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
+  const r = await server.conn.run(`k3s kubectl get node ${quote(name)} -o json`)
+  return parseNode(r.code, r.stdout, r.stderr)
 }
 
 /** Labels ("k=v") and taints ("k=v:Effect") the inventory wants that the node does not have. */

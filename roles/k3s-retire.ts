@@ -5,7 +5,8 @@
 // and kubectl drain would wait for pods that never go. Deleting its Node lets its pods start elsewhere.
 
 import { ProvisionError } from '../lib/errors.ts'
-import type { Role, StepContext } from '../lib/role.ts'
+import type { RunResult } from '../lib/connection.ts'
+import type { Role } from '../lib/role.ts'
 import { bounded, quote } from '../lib/shell.ts'
 import { isReady, KUBECTL, kubeFact, kubeObjects, nameOf, type KubeObject } from './flux-bootstrap.ts'
 import { k3sInstallFact } from './k3s-common.ts'
@@ -57,7 +58,7 @@ export function drainNodeRole(node: string): Role {
           if (cordoned && evict.length === 0) return { status: 'ok', message: 'cordoned, no pods left on it but DaemonSet pods' }
           const what = evict.length ? `evict ${evict.length} pod${evict.length === 1 ? '' : 's'} (${list(evict)})` : 'nothing to evict'
           if (ctx.check) return { status: 'changed', message: `would cordon ${node} and ${what}` }
-          await drain(ctx, node)
+          await drainNode((script) => ctx.sh(script), node, ctx.vars.k3s_drain_timeout, 'it stays cordoned, nothing was uninstalled')
           ctx.facts.invalidate()
           return { status: 'changed', message: `cordoned ${node}; ${evict.length ? what.replace(/^evict/, 'evicted') : 'nothing to evict'}` }
         },
@@ -66,15 +67,18 @@ export function drainNodeRole(node: string): Role {
   }
 }
 
-async function drain(ctx: StepContext, node: string): Promise<void> {
-  const seconds = ctx.vars.k3s_drain_timeout
+/**
+ * kubectl drain NODE on the server (`run` runs a script there as root), bounded by k3s_drain_timeout. On failure
+ * the error shows kubectl's last lines; `left` says what state that leaves behind and how to go on.
+ */
+export async function drainNode(run: (script: string) => Promise<RunResult>, node: string, seconds: number, left: string): Promise<void> {
   const cmd = `${KUBECTL} drain ${quote(node)} --ignore-daemonsets --delete-emptydir-data --timeout=${seconds}s`
   // kubectl's own timeout ends the drain; the outer bound only catches a kubectl that hangs past it.
-  const r = await ctx.sh(bounded(cmd, seconds + 30, `kubectl drain ${node}`, 'k3s_drain_timeout'))
+  const r = await run(bounded(cmd, seconds + 30, `kubectl drain ${node}`, 'k3s_drain_timeout'))
   if (r.code === 0) return
   const said = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-4).join('\n    ')
-  throw new ProvisionError('step', `kubectl drain ${node} failed (exit ${r.code}); it stays cordoned, nothing was uninstalled:\n    ${said}`, {
-    hint: 'a PodDisruptionBudget that allows no eviction, or a pod without a controller (kubectl drain --force would delete it for good), keeps a drain from finishing; deal with that pod, then run retire again (k3s_drain_timeout gives a slow eviction more time)',
+  throw new ProvisionError('step', `kubectl drain ${node} failed (exit ${r.code}); ${left}:\n    ${said}`, {
+    hint: 'a PodDisruptionBudget that allows no eviction, or a pod without a controller (kubectl drain --force would delete it for good), keeps a drain from finishing; deal with that pod, then run again (k3s_drain_timeout gives a slow eviction more time)',
   })
 }
 

@@ -32,6 +32,36 @@ arm_64bit=1
 [all]
 `
 
+const BOOT_RETRY = `#!/bin/sh
+# pi-lab (not part of a Pi): start again the units that exited 219/CGROUP during this boot.
+for attempt in 1 2 3 4 5; do
+  again=
+  for u in $(systemctl list-units --failed --plain --no-legend --type=service | awk '{print $1}'); do
+    [ "$(systemctl show -p ExecMainStatus --value "$u")" = 219 ] && again="$again $u"
+  done
+  [ -z "$again" ] && exit 0
+  echo "pi-lab: started again after 219/CGROUP:$again"
+  systemctl reset-failed $again
+  systemctl restart $again || true
+  sleep 1
+done
+exit 1
+`
+
+const BOOT_RETRY_UNIT = `[Unit]
+Description=pi-lab: start again units that failed at boot with 219/CGROUP (a lab artifact, not a Pi's)
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/pi-lab-boot-retry
+Restart=on-failure
+RestartSec=1
+
+[Install]
+WantedBy=multi-user.target
+`
+
 /** Everything that decides the image's content. Its hash names the cached image. */
 const RECIPE = {
   suite: 'bookworm',
@@ -46,6 +76,11 @@ const RECIPE = {
     { path: '/boot/firmware/config.txt', mode: 0o755, content: CONFIG_TXT },
     { path: '/etc/sudoers.d/010_pi-nopasswd', mode: 0o440, content: 'pi ALL=(ALL) NOPASSWD: ALL\n' },
     { path: '/etc/ssh/sshd_config.d/10-pi-lab.conf', mode: 0o644, content: 'UseDNS no\nPasswordAuthentication no\n' },
+    // Lab only, not a Pi's: on this machine's hybrid cgroups, a unit started during a container's boot now and then
+    // exits 219/CGROUP before it runs (seen: systemd-user-sessions, which then refuses every login, systemd-sysctl,
+    // systemd-update-utmp; about one boot in 30). Such units are started again once the boot is done.
+    { path: '/usr/local/sbin/pi-lab-boot-retry', mode: 0o755, content: BOOT_RETRY },
+    { path: '/etc/systemd/system/pi-lab-boot-retry.service', mode: 0o644, content: BOOT_RETRY_UNIT },
   ],
   // Runs in a chroot of the new root after the files are written.
   script: `set -eu
@@ -56,7 +91,7 @@ install -d -m 0700 -o pi -g pi /home/pi/.ssh
 # dphys-swapfile cannot swapon in a container, yet would still write a 2 GB file on every host.
 sed -i 's/^#\\?CONF_SWAPSIZE=.*/CONF_SWAPSIZE=16/' /etc/dphys-swapfile
 grep -qx 'CONF_SWAPSIZE=16' /etc/dphys-swapfile
-systemctl enable ssh.service systemd-networkd.service dphys-swapfile.service
+systemctl enable ssh.service systemd-networkd.service dphys-swapfile.service pi-lab-boot-retry.service
 # Per-host identity is made at first boot: no host keys, no machine id in the image. debootstrap copied
 # the controller's hostname and resolv.conf (with the controller's modes): replace them with Pi OS's.
 rm -f /etc/ssh/ssh_host_* /var/lib/dbus/machine-id /etc/resolv.conf

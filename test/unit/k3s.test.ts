@@ -39,7 +39,9 @@ describe('k3s facts', () => {
     expect(node.ready).toBe(true)
     expect(missingOnNode(node, ['hardware=pi3'], ['hardware=pi3:PreferNoSchedule'])).toEqual([])
     expect(missingOnNode(node, ['hardware=pi5', 'workload/dns=unbound'], ['dedicated=dns:NoSchedule'])).toEqual(['label hardware=pi5', 'label workload/dns=unbound', 'taint dedicated=dns:NoSchedule'])
-    expect(parseNode(1, '', 'Error from server (NotFound): nodes "w1" not found\n')).toEqual({ exists: false, ready: false, labels: {}, taints: [] })
+    expect(node).toMatchObject({ exists: true, unschedulable: false, annotations: {} })
+    expect(parseNode(0, JSON.stringify({ metadata: { name: 'w1', annotations: { a: 'b' } }, spec: { unschedulable: true } }, null, 0), '')).toMatchObject({ ready: false, unschedulable: true, annotations: { a: 'b' } })
+    expect(parseNode(1, '', 'Error from server (NotFound): nodes "w1" not found\n')).toEqual({ exists: false, ready: false, unschedulable: false, labels: {}, annotations: {}, taints: [] })
     expect(() => parseNode(1, '', 'The connection to the server 127.0.0.1:6443 was refused')).toThrow('kubectl get node failed: The connection to the server 127.0.0.1:6443 was refused')
   })
 
