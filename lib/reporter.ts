@@ -65,7 +65,7 @@ export function formatRecap(e: Extract<RunEvent, { kind: 'recap' }>): string[] {
   }
   lines.push('', `finished in ${e.seconds.toFixed(2)}s, exit ${e.exitCode}`)
   if (e.retryFile) lines.push(`retry the failed and unreachable hosts with: --limit @${e.retryFile}`)
-  if (e.rerun) lines.push(`once the failed and unreachable hosts are fixed, run it again: ${e.rerun}`)
+  if (e.rerun) lines.push(e.exitCode === 130 ? `to finish the job, run it again: ${e.rerun}` : `once the failed and unreachable hosts are fixed, run it again: ${e.rerun}`)
   return lines
 }
 

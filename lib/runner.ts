@@ -338,7 +338,8 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
   const wasInterrupted = interrupted()
   const exitCode = wasInterrupted ? EXIT.interrupted : failed.length ? EXIT.failed : unreachable.length ? EXIT.unreachable : EXIT.ok
   let retryFile: string | undefined
-  const rerun = failed.length || unreachable.length ? pb.rerun : undefined
+  // A retire or rebuild cut short by Ctrl-C is finished the same way as one with a failed host.
+  const rerun = failed.length || unreachable.length || interrupted() ? pb.rerun : undefined
   if (opts.retryFile && !pb.rerun && (failed.length || unreachable.length)) {
     writeFileSync(opts.retryFile, mask([...failed, ...unreachable].join('\n') + '\n'))
     retryFile = opts.retryFile

@@ -9,7 +9,7 @@ import '../lib/compile-cache.ts' // first: the imports below then load from Node
 const { parseCli, runCli, scriptArgs } = await import('../lib/cli.ts')
 const { errorText } = await import('../lib/errors.ts')
 const { quote } = await import('../lib/shell.ts')
-const { loadInventory } = await import('../lib/inventory.ts')
+const { hostVars, loadInventory } = await import('../lib/inventory.ts')
 const { deleteNodeRole, drainNodeRole, uninstallAgentRole } = await import('../roles/k3s-retire.ts')
 const { serverOf } = await import('../roles/k3s-common.ts')
 
@@ -21,25 +21,29 @@ async function retire(argv: string[]): Promise<number> {
     process.stdout.write(USAGE)
     return runCli({ name: 'retire', plays: [] }, ['--help'])
   }
-  const [node, ...more] = o.positionals
-  if (!node || more.length > 0) {
+  const [arg, ...more] = o.positionals
+  if (!arg || more.length > 0) {
     process.stderr.write(USAGE)
     return 1
   }
-  const at = argv.indexOf(node)
+  const at = argv.indexOf(arg)
   const rest = [...argv.slice(0, at), ...argv.slice(at + 1)]
   const inv = loadInventory(o.inventoryFile)
+  // NODE may be the inventory name or the Node name (the host's hostname var, when it differs).
+  const nodeOf = (h: string) => hostVars(inv.hosts.get(h)!).hostname ?? h
+  const host = inv.hosts.has(arg) ? arg : [...inv.hosts.keys()].find((h) => nodeOf(h) === arg)
+  const node = host ? nodeOf(host) : arg
   const server = serverOf(inv).name
-  if (node === server || inv.groups.get('server')?.includes(node)) {
-    process.stderr.write(`ERROR: ${node} is the k3s server of ${inv.file}: retiring it would end the cluster; to replace its Pi, use playbooks/rebuild.mts ${node}\n`)
+  if (host === server || (host && inv.groups.get('server')?.includes(host)) || node === nodeOf(server)) {
+    process.stderr.write(`ERROR: ${arg} is the k3s server of ${inv.file}: retiring it would end the cluster; to replace its Pi, use playbooks/rebuild.mts ${host ?? server}\n`)
     return 1
   }
-  const inInventory = inv.hosts.has(node)
+  const inInventory = host !== undefined
   const plays: Play[] = [{ name: `Drain ${node}`, hosts: server, roles: [drainNodeRole(node)], anyErrorsFatal: true }]
-  if (inInventory) plays.push({ name: `Uninstall k3s from ${node}`, hosts: node, roles: [uninstallAgentRole] })
+  if (host) plays.push({ name: `Uninstall k3s from ${host}`, hosts: host, roles: [uninstallAgentRole] })
   else process.stdout.write(`retire: ${node} is not in ${inv.file}: only its Node is removed from the cluster; the Pi itself is not touched\n`)
   plays.push({ name: `Remove ${node} from the cluster`, hosts: server, roles: [deleteNodeRole(node, inInventory)] })
-  const rerun = ['npx zx playbooks/retire.mts', node, ...rest].map((a, i) => (i === 0 ? a : quote(a))).join(' ')
+  const rerun = ['npx zx playbooks/retire.mts', arg, ...rest].map((a, i) => (i === 0 ? a : quote(a))).join(' ')
   return runCli({ name: 'retire', plays, rerun }, rest)
 }
 

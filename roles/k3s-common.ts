@@ -186,6 +186,8 @@ export interface NodeView {
   ready: boolean
   /** Cordoned (kubectl cordon / drain). */
   unschedulable: boolean
+  /** The boot the kubelet last reported (status.nodeInfo.bootID): tells a fresh Ready from one left over. */
+  bootID?: string
   labels: Record<string, string>
   annotations: Record<string, string>
   taints: { key: string; value?: string; effect: string }[]
@@ -202,10 +204,10 @@ export function parseNode(code: number, stdout: string, stderr: string): NodeVie
   const j = JSON.parse(stdout) as {
     metadata?: { labels?: Record<string, string>; annotations?: Record<string, string> }
     spec?: { taints?: { key: string; value?: string; effect: string }[]; unschedulable?: boolean }
-    status?: { conditions?: { type: string; status: string }[] }
+    status?: { conditions?: { type: string; status: string }[]; nodeInfo?: { bootID?: string } }
   }
   const ready = (j.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True')
-  return { exists: true, ready, unschedulable: j.spec?.unschedulable === true, labels: j.metadata?.labels ?? {}, annotations: j.metadata?.annotations ?? {}, taints: j.spec?.taints ?? [] }
+  return { exists: true, ready, unschedulable: j.spec?.unschedulable === true, bootID: j.status?.nodeInfo?.bootID, labels: j.metadata?.labels ?? {}, annotations: j.metadata?.annotations ?? {}, taints: j.spec?.taints ?? [] }
 }
 
 /** A Node as the server sees it, read over the server's own connection (read-only); this host's by default. */

@@ -9,7 +9,7 @@ import type { RunResult } from '../lib/connection.ts'
 import type { Role } from '../lib/role.ts'
 import { bounded, quote } from '../lib/shell.ts'
 import { isReady, KUBECTL, kubeFact, kubeObjects, nameOf, type KubeObject } from './flux-bootstrap.ts'
-import { k3sInstallFact } from './k3s-common.ts'
+import { k3sInstallFact, nodeName } from './k3s-common.ts'
 
 const AGENT_UNINSTALL = '/usr/local/bin/k3s-agent-uninstall.sh'
 /** Set by the uninstall role (run-wide), read when the Node is deleted: was the host itself cleaned up? */
@@ -51,6 +51,9 @@ export function drainNodeRole(node: string): Role {
           const read = kubeObjects(await ctx.facts.get(nodesAndPodsFact))
           const found = read.find((o) => o.kind === 'Node' && o.metadata.name === node)
           if (!found) return { status: 'ok', message: `no Node ${node} in the cluster: nothing to drain` }
+          // A server's Node (the inventory may not say so, e.g. a server joined by hand): never drained away here.
+          if (found.metadata.labels?.['node-role.kubernetes.io/control-plane'] === 'true')
+            return { status: 'failed', message: `${node} is a k3s server (control-plane): retire removes agents only` }
           if (!isReady(found))
             return { status: 'skipped', message: `${node} is NotReady (the Pi is off or gone?): nothing can be evicted from it; its pods start elsewhere once its Node is deleted` }
           const evict = podsToEvict(read.filter((o) => o.kind === 'Pod'), node)
@@ -92,7 +95,7 @@ export const uninstallAgentRole: Role = {
       async run(ctx) {
         const cur = await ctx.facts.get(k3sInstallFact)
         if (cur.serverUnit) return { status: 'failed', message: 'this host runs a k3s server: retire removes agents only' }
-        const done = () => ctx.shared.set(uninstalledKey(ctx.host), true)
+        const done = () => ctx.shared.set(uninstalledKey(nodeName(ctx)), true)
         if (!cur.agentUnit && !cur.version) {
           done()
           return { status: 'ok', message: 'no k3s on this host' }

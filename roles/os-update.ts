@@ -7,13 +7,15 @@
 // The drain marks the Node with an annotation, and only a Node this role drained is uncordoned: a node the owner
 // cordoned by hand stays cordoned, and a run that failed after the drain is finished by the next one.
 
+import { dirname } from 'node:path'
 import { ProvisionError } from '../lib/errors.ts'
 import { defineFact } from '../lib/facts.ts'
 import { flushHandlers, type Role, type StepContext } from '../lib/role.ts'
 import { bounded, quote } from '../lib/shell.ts'
 import { rebootHandler, waitUntil } from '../lib/steps.ts'
 import { nodeName, nodeOnServer, serverOf, type NodeView } from './k3s-common.ts'
-import { drainNode } from './k3s-retire.ts'
+import { parseKubeJson } from './flux-bootstrap.ts'
+import { drainNode, podsToEvict } from './k3s-retire.ts'
 
 /** On a Node this role drained: it may uncordon it. */
 export const DRAINED_MARK = 'pi-provision/drained-for'
@@ -35,29 +37,55 @@ export function parsePendingUpgrades(stdout: string): PendingUpgrade[] {
 }
 
 export const pendingUpgradesFact = defineFact('apt:pending-upgrades', 'LC_ALL=C apt-get -s -q -o Debug::NoLocking=1 full-upgrade 2>&1', (r) => {
-  if (r.code !== 0) return { upgrades: [] as PendingUpgrade[], error: `apt-get -s full-upgrade failed (exit ${r.code}): ${r.stdout.trim().split('\n').slice(-3).join(' ')}` }
-  return { upgrades: parsePendingUpgrades(r.stdout) }
+  // A dpkg run that was cut off (power, a timeout) blocks apt until `dpkg --configure -a` finishes it.
+  if (r.code !== 0 && /dpkg was interrupted/.test(r.stdout)) return { upgrades: [] as PendingUpgrade[], interrupted: true }
+  if (r.code !== 0) return { upgrades: [] as PendingUpgrade[], interrupted: false, error: `apt-get -s full-upgrade failed (exit ${r.code}): ${r.stdout.trim().split('\n').slice(-3).join(' ')}` }
+  return { upgrades: parsePendingUpgrades(r.stdout), interrupted: false }
 })
 
-/** Seconds since the package lists were last fetched (Infinity when there are none). */
-export const listsAgeFact = defineFact(
-  'apt:lists-age',
-  `echo "$(date +%s) $(find /var/lib/apt/lists -maxdepth 1 -type f -name '*Release' -printf '%T@\\n' 2>/dev/null | sort -n | tail -n 1)"`,
+/**
+ * When this role last fetched the package lists: a stamp of its own, since apt gives a list file the mirror's
+ * Last-Modified time, not the time it was fetched.
+ */
+const LISTS_STAMP = '/var/lib/pi-provision/apt-lists-updated'
+
+/** Seconds since the package lists were last fetched by this role (Infinity: never). */
+export const listsAgeFact = defineFact('apt:lists-age', `echo "$(date +%s) $(stat -c %Y ${LISTS_STAMP} 2>/dev/null)"`, (r) => {
+  const [now, stamp] = r.stdout.trim().split(/\s+/).map(Number)
+  return stamp > 0 ? Math.max(0, now - stamp) : Infinity
+})
+
+/**
+ * Is a reboot owed: /var/run/reboot-required (with the packages that asked), or a newer kernel of the running
+ * one's flavour in /lib/modules than the one running (installed by this role, by hand, or by a run cut off).
+ */
+export const rebootRequiredFact = defineFact(
+  'reboot-required',
+  [
+    `[ -e ${REBOOT_REQUIRED} ] && { echo R; sed 's/^/P /' ${REBOOT_REQUIRED}.pkgs 2>/dev/null | sort -u; }`,
+    'r=$(uname -r); s=$(printf %s "$r" | sed -E "s/^[0-9.]+(-[0-9]+)?//")',
+    `n=$(ls -1 /lib/modules 2>/dev/null | awk -v s="$s" 'substr($0, length($0) - length(s) + 1) == s' | sort -V | tail -n 1)`,
+    '[ -n "$n" ] && [ "$n" != "$r" ] && echo "K $n $r"',
+    'true',
+  ].join('\n'),
   (r) => {
-    const [now, newest] = r.stdout.trim().split(/\s+/).map(Number)
-    return newest > 0 ? Math.max(0, now - newest) : Infinity
+    const lines = r.stdout.split('\n')
+    const kernel = lines.find((l) => l.startsWith('K '))?.split(' ')
+    return {
+      required: lines.includes('R') || kernel !== undefined,
+      packages: lines.filter((l) => l.startsWith('P ')).map((l) => l.slice(2)),
+      kernel: kernel ? { installed: kernel[1], running: kernel[2] } : undefined,
+    }
   },
 )
 
-export const rebootRequiredFact = defineFact('file:reboot-required', `if [ -e ${REBOOT_REQUIRED} ]; then echo yes; sort -u ${REBOOT_REQUIRED}.pkgs 2>/dev/null; fi; true`, (r) => {
-  const [flag, ...pkgs] = r.stdout.trim().split('\n')
-  return { required: flag === 'yes', packages: pkgs.filter(Boolean) }
-})
+/** Packages whose new version only counts after a reboot, where no package says so (Pi OS's firmware and kernel). */
+const BOOT_PACKAGES = /^(linux-image-|raspberrypi-kernel|raspberrypi-bootloader|raspi-firmware)/
 
-async function pending(ctx: StepContext): Promise<PendingUpgrade[]> {
+async function pending(ctx: StepContext): Promise<{ upgrades: PendingUpgrade[]; interrupted: boolean }> {
   const p = await ctx.facts.get(pendingUpgradesFact)
   if (p.error) throw new ProvisionError('step', p.error)
-  return p.upgrades
+  return p
 }
 
 function names(upgrades: readonly PendingUpgrade[]): string {
@@ -70,6 +98,13 @@ async function onServer(ctx: StepContext, script: string, what: string): Promise
   const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
   const r = await server.conn.run(script)
   if (r.code !== 0) throw new ProvisionError('step', `${what} on the server failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join(' ')}`)
+}
+
+/** The pods a drain of this node would still evict (kubectl on the server). */
+async function podsLeftOn(ctx: StepContext, name: string): Promise<string[]> {
+  const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
+  const r = await server.conn.run(`k3s kubectl get pods -A --field-selector ${quote(`spec.nodeName=${name}`)} -o json`)
+  return podsToEvict(parseKubeJson(r, `pods on ${name}`), name)
 }
 
 /** The Node, or undefined while the API cannot answer (the server itself rebooting). */
@@ -94,7 +129,7 @@ export const osUpdate: Role = {
         if (age < limit) return { status: 'ok', message: `fetched ${Math.round(age / 60)} min ago (apt_cache_valid_time ${limit}s)` }
         return ctx.apply({
           summary: Number.isFinite(age) ? `apt-get update (lists ${Math.round(age / 60)} min old)` : 'apt-get update (no lists yet)',
-          commands: [{ script: bounded(`apt-get -o DPkg::Lock::Timeout=${APT_LOCK_WAIT} update -q`, 600, 'apt-get update', 'fixed 600s') }],
+          commands: [{ script: `${bounded(`apt-get -o DPkg::Lock::Timeout=${APT_LOCK_WAIT} update -q`, 600, 'apt-get update', 'fixed 600s')} && mkdir -p ${dirname(LISTS_STAMP)} && touch ${LISTS_STAMP}` }],
         })
       },
     },
@@ -103,66 +138,79 @@ export const osUpdate: Role = {
       when: (ctx) => ctx.vars.update_drain && ctx.groups.includes('agent'),
       facts: () => [pendingUpgradesFact, rebootRequiredFact],
       async run(ctx) {
-        const upgrades = await pending(ctx)
+        const { upgrades, interrupted } = await pending(ctx)
         const reboot = (await ctx.facts.get(rebootRequiredFact)).required
-        if (upgrades.length === 0 && !reboot) return { status: 'ok', message: 'nothing to install, no reboot owed: no drain' }
+        if (upgrades.length === 0 && !interrupted && !reboot) return { status: 'ok', message: 'nothing to install, no reboot owed: no drain' }
         const node = await nodeOnServer(ctx)
         const name = nodeName(ctx)
         if (!node.exists) return { status: 'skipped', message: `no Node ${name} in the cluster` }
-        if (node.unschedulable && node.annotations[DRAINED_MARK]) return { status: 'ok', message: 'drained by an earlier run that did not finish' }
         if (!node.ready) return { status: 'skipped', message: `${name} is NotReady: nothing can be evicted from it; updating it without a drain` }
-        if (ctx.check) return { status: 'changed', message: `would drain ${name}` }
+        const marked = Boolean(node.annotations[DRAINED_MARK])
+        // Cordoned by the owner: drained all the same, but not marked, so it stays cordoned afterwards.
+        const byHand = node.unschedulable && !marked
+        const left = await podsLeftOn(ctx, name)
+        if (node.unschedulable && left.length === 0)
+          return { status: 'ok', message: marked ? 'drained by an earlier run that did not finish' : 'cordoned by hand, no pods left to evict (it stays cordoned)' }
+        const what = left.length ? `evict ${left.length} pod${left.length === 1 ? '' : 's'}` : 'cordon it'
+        if (ctx.check) return { status: 'changed', message: `would drain ${name} (${what})` }
         // Marked first: a run cut off mid-drain leaves a Node the next run knows it may uncordon.
-        await onServer(ctx, `k3s kubectl annotate --overwrite node ${quote(name)} ${DRAINED_MARK}=update`, `mark the Node ${name}`)
+        if (!byHand && !marked) await onServer(ctx, `k3s kubectl annotate --overwrite node ${quote(name)} ${DRAINED_MARK}=update`, `mark the Node ${name}`)
         const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
-        await drainNode((script) => server.conn.run(script), name, ctx.vars.k3s_drain_timeout, 'the node stays cordoned and nothing was installed; the next run goes on from there')
-        return { status: 'changed', message: `drained ${name}` }
+        await drainNode((script) => server.conn.run(script), name, ctx.vars.k3s_drain_timeout, 'the node stays cordoned and nothing was installed; the next run drains it again')
+        return { status: 'changed', message: `drained ${name} (${what.replace(/^evict/, 'evicted').replace(/^cordon it/, 'cordoned')})${byHand ? '; cordoned by hand, it stays cordoned' : ''}` }
       },
     },
     {
       name: 'Install the updates (apt-get full-upgrade)',
       facts: () => [pendingUpgradesFact],
       async run(ctx) {
-        const upgrades = await pending(ctx)
-        if (upgrades.length === 0) return { status: 'ok', message: 'up to date' }
-        const what = `${upgrades.length} package${upgrades.length === 1 ? '' : 's'}: ${names(upgrades)}`
-        if (ctx.check) return { status: 'changed', message: `would upgrade ${what}` }
+        const { upgrades, interrupted } = await pending(ctx)
+        if (upgrades.length === 0 && !interrupted) return { status: 'ok', message: 'up to date' }
+        const what = interrupted ? 'an interrupted dpkg run, then the updates' : `${upgrades.length} package${upgrades.length === 1 ? '' : 's'}: ${names(upgrades)}`
+        if (ctx.check) return { status: 'changed', message: `would ${interrupted ? 'finish' : 'upgrade'} ${what}` }
         const apt = `apt-get -o DPkg::Lock::Timeout=${APT_LOCK_WAIT} -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold -y -q full-upgrade`
-        // A kernel that changed under the running one asks for a reboot even where no package says so (Pi OS).
+        const boot = upgrades.map((u) => u.name).filter((n) => BOOT_PACKAGES.test(n))
         const script = [
           'set -e',
           'export DEBIAN_FRONTEND=noninteractive',
-          'kernels() { ls -1 /lib/modules 2>/dev/null | tr "\\n" " "; }',
-          'before=$(kernels)',
+          // Finishes what a cut-off run left half configured (nothing to do otherwise).
+          `dpkg --configure -a --force-confdef --force-confold`,
           bounded(apt, ctx.vars.apt_upgrade_timeout, 'apt-get full-upgrade', 'apt_upgrade_timeout'),
-          `if [ "$before" != "$(kernels)" ]; then touch ${REBOOT_REQUIRED}; echo kernel >> ${REBOOT_REQUIRED}.pkgs; fi`,
+          // Pi OS's kernel and firmware packages do not ask for the reboot they need: ask for them.
+          ...(boot.length ? [`printf '%s\\n' ${boot.map(quote).join(' ')} >> ${REBOOT_REQUIRED}.pkgs`, `touch ${REBOOT_REQUIRED}`] : []),
         ].join('\n')
         await ctx.must(script, { what: 'apt-get full-upgrade' })
         ctx.facts.invalidate()
-        return { status: 'changed', message: `upgraded ${what}` }
+        return { status: 'changed', message: interrupted ? `finished ${what}` : `upgraded ${what}` }
       },
     },
     {
-      name: `Reboot when an update asks for it (${REBOOT_REQUIRED})`,
+      name: `Reboot when an update asks for it (${REBOOT_REQUIRED}, or a newer kernel)`,
       facts: () => [rebootRequiredFact],
       notify: ['Reboot'],
       async run(ctx) {
         const r = await ctx.facts.get(rebootRequiredFact)
         if (!r.required) return { status: 'ok', message: 'no reboot asked for' }
-        return { status: 'changed', message: `reboot asked for${r.packages.length ? ` by ${r.packages.join(', ')}` : ''}` }
+        const why = [...(r.packages.length ? [`asked for by ${r.packages.join(', ')}`] : []), ...(r.kernel ? [`kernel ${r.kernel.installed} installed, ${r.kernel.running} running`] : [])]
+        return { status: 'changed', message: `reboot ${why.join('; ') || 'asked for'}` }
       },
     },
     flushHandlers('Reboot now if it is owed'),
     {
+      // After a reboot the server may still show the Ready of the last boot for a while: the kubelet of this boot
+      // must have reported (status.nodeInfo.bootID is this host's boot_id) before the node counts as back.
       name: 'Wait until the server reports this node Ready',
       async run(ctx) {
         if (ctx.check) return { status: 'skipped', message: 'check mode' }
+        const boot = (await ctx.must('cat /proc/sys/kernel/random/boot_id', { what: 'read the boot id' })).stdout.trim()
+        const back = (n: NodeView | undefined) => n !== undefined && (!n.exists || (n.ready && (n.bootID === undefined || n.bootID === boot)))
         const first = await nodeIfAnswering(ctx)
         if (first && !first.exists) return { status: 'ok', message: 'not a node of the cluster' }
-        if (first?.ready) return { status: 'ok', message: 'Ready' }
+        if (back(first)) return { status: 'ok', message: 'Ready' }
         const { seconds } = await waitUntil(ctx, { timeoutSec: ctx.vars.k3s_start_timeout, intervalMs: 1000, what: `node ${nodeName(ctx)} Ready (k3s_start_timeout)` }, async () => {
           const n = await nodeIfAnswering(ctx)
-          return { done: n?.ready === true || n?.exists === false, value: n, waitingFor: n === undefined ? 'the API server does not answer yet' : n.exists ? 'NotReady' : 'gone' }
+          const waitingFor = n === undefined ? 'the API server does not answer yet' : !n.ready ? 'NotReady' : 'the server still shows the boot before the reboot'
+          return { done: back(n), value: n, waitingFor }
         })
         return { status: 'ok', message: `Ready after ${seconds.toFixed(1)}s` }
       },

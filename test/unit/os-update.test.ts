@@ -36,17 +36,21 @@ Conf libssl3 (3.0.16-1~deb12u1 Debian-Security:12/stable-security [arm64])
 interface AgentState {
   listsAge: number
   simulation: string
+  simulationCode?: number
   /** What full-upgrade leaves: a reboot asked for by these packages (or none). */
   asksReboot?: string[]
   rebootRequired: string[] | null
+  /** A kernel newer than the running one in /lib/modules (until a reboot boots it). */
+  newerKernel?: string
   bootId: number
 }
 
 function fakeAgent(state: AgentState) {
   const fact = (sub: string) => {
-    if (sub.startsWith('echo "$(date +%s) $(find /var/lib/apt/lists')) return { stdout: `1000000 ${state.listsAge === Infinity ? '' : 1000000 - state.listsAge}\n` }
-    if (sub.startsWith('LC_ALL=C apt-get -s')) return { stdout: state.simulation }
-    if (sub.startsWith('if [ -e /var/run/reboot-required ]')) return { stdout: state.rebootRequired ? ['yes', ...state.rebootRequired].join('\n') + '\n' : '' }
+    if (sub.startsWith('echo "$(date +%s) $(stat -c %Y /var/lib/pi-provision/apt-lists-updated')) return { stdout: `1000000 ${state.listsAge === Infinity ? '' : 1000000 - state.listsAge}\n` }
+    if (sub.startsWith('LC_ALL=C apt-get -s')) return { stdout: state.simulation, code: state.simulationCode ?? 0 }
+    if (sub.startsWith('[ -e /var/run/reboot-required ]'))
+      return { stdout: [...(state.rebootRequired ? ['R', ...state.rebootRequired.map((p) => `P ${p}`)] : []), ...(state.newerKernel ? [`K ${state.newerKernel} 6.6.51+rpt-rpi-v8`] : [])].map((l) => `${l}\n`).join('') }
     return undefined
   }
   const changes: string[] = []
@@ -60,11 +64,13 @@ function fakeAgent(state: AgentState) {
     if (script.includes(' update -q')) state.listsAge = 0
     if (script.includes('full-upgrade')) {
       state.simulation = 'Reading package lists...\n0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\n'
+      state.simulationCode = 0
       if (state.asksReboot) state.rebootRequired = state.asksReboot
     }
     if (script.includes('systemctl reboot')) {
       state.bootId++
       state.rebootRequired = null
+      state.newerKernel = undefined
     }
     return { code: 0 }
   })
@@ -72,26 +78,35 @@ function fakeAgent(state: AgentState) {
 }
 
 interface NodeState {
+  /** The boot the kubelet last reported; the agent's boot_id is boot-<n>. */
+  bootID?: string
   ready: boolean
   unschedulable: boolean
   annotations: Record<string, string>
 }
 
-function fakeServer(node: NodeState) {
+function fakeServer(node: NodeState, opts: { podsWhileCordoned?: boolean; onGet?: () => void } = {}) {
   const writes: string[] = []
+  let drained = false
   const conn = new FakeConnection('pi-k3s', (script) => {
     const get = /k3s kubectl get node '?([\w-]+)'? -o json/.exec(script)
+    if (get) opts.onGet?.()
     if (get)
       return {
         stdout: JSON.stringify({
           metadata: { name: get[1], annotations: node.annotations },
           spec: node.unschedulable ? { unschedulable: true } : {},
-          status: { conditions: [{ type: 'Ready', status: node.ready ? 'True' : 'False' }] },
+          status: { conditions: [{ type: 'Ready', status: node.ready ? 'True' : 'False' }], nodeInfo: node.bootID ? { bootID: node.bootID } : {} },
         }),
       }
+    if (/k3s kubectl get pods -A --field-selector '?spec\.nodeName=pi3-worker-1'? -o json/.test(script))
+      return { stdout: JSON.stringify({ kind: 'List', items: drained || (node.unschedulable && !opts.podsWhileCordoned) ? [] : [{ metadata: { name: 'homepage-1', namespace: 'homepage', ownerReferences: [{ kind: 'Deployment', name: 'homepage' }] }, spec: { nodeName: 'pi3-worker-1' }, status: { phase: 'Running' } }] }) }
     writes.push(script)
     if (script.includes(`annotate --overwrite node`)) node.annotations = { ...node.annotations, [DRAINED_MARK]: 'update' }
-    if (script.includes(' drain ')) node.unschedulable = true
+    if (script.includes(' drain ')) {
+      node.unschedulable = true
+      drained = true
+    }
     if (script.includes(' uncordon ')) node.unschedulable = false
     if (script.includes(`${DRAINED_MARK}-`)) {
       const { [DRAINED_MARK]: _gone, ...rest } = node.annotations
@@ -136,9 +151,9 @@ describe('the os-update role on an agent', () => {
     expect(first.s.exitCode, first.lines.join('\n')).toBe(0)
     expect(first.lines).toEqual([
       'changed: Refresh the package lists (when older than apt_cache_valid_time) (apt-get update (lists 120 min old))',
-      'changed: Drain this node from the server before updating it (agents, update_drain) (drained pi3-worker-1)',
+      'changed: Drain this node from the server before updating it (agents, update_drain) (drained pi3-worker-1 (evicted 1 pod))',
       'changed: Install the updates (apt-get full-upgrade) (upgraded 3 packages: libssl3 3.0.15-1~deb12u1 -> 3.0.16-1~deb12u1, openssl 3.0.15-1~deb12u1 -> 3.0.16-1~deb12u1, linux-image-6.6.74+rpt-rpi-v8 1:6.6.74-1+rpt1 (new))',
-      'changed: Reboot when an update asks for it (/var/run/reboot-required) (reboot asked for by libssl3)',
+      'changed: Reboot when an update asks for it (/var/run/reboot-required, or a newer kernel) (reboot asked for by libssl3)',
       expect.stringMatching(/^changed: handler: Reboot \(rebooted in [\d.]+s\)$/),
       'ok: Wait until the server reports this node Ready (Ready)',
       'changed: Uncordon this node (only when this playbook drained it) (uncordoned pi3-worker-1)',
@@ -148,7 +163,9 @@ describe('the os-update role on an agent', () => {
     expect(node).toEqual(readyNode())
     const upgrade = agent.changes.find((c) => c.includes('full-upgrade'))!
     expect(upgrade).toContain('-o Dpkg::Options::=--force-confold -y -q full-upgrade')
-    expect(upgrade).toContain('touch /var/run/reboot-required') // a changed kernel asks for a reboot
+    // Pi OS's kernel packages do not ask for their reboot: the role asks for them.
+    expect(upgrade).toContain("printf '%s\\n' linux-image-6.6.74+rpt-rpi-v8 >> /var/run/reboot-required.pkgs")
+    expect(upgrade.indexOf('dpkg --configure -a')).toBeLessThan(upgrade.indexOf('full-upgrade'))
     expect(agent.changes.filter((c) => c.includes('systemctl reboot'))).toHaveLength(1)
 
     agent.changes.length = 0
@@ -166,7 +183,7 @@ describe('the os-update role on an agent', () => {
     const { s, lines } = await update(agent.conn, server.conn, true)
     expect(s.exitCode).toBe(0)
     expect(lines).toContain('changed: Refresh the package lists (when older than apt_cache_valid_time) (would apt-get update (no lists yet))')
-    expect(lines).toContain('changed: Drain this node from the server before updating it (agents, update_drain) (would drain pi3-worker-1)')
+    expect(lines).toContain('changed: Drain this node from the server before updating it (agents, update_drain) (would drain pi3-worker-1 (evict 1 pod))')
     expect(lines).toContainEqual(expect.stringMatching(/^changed: Install the updates \(apt-get full-upgrade\) \(would upgrade 3 packages: libssl3/))
     expect([...agent.changes, ...server.writes]).toEqual([])
   })
@@ -199,5 +216,59 @@ describe('the os-update role on an agent', () => {
     expect(rep.lines).toContainEqual(expect.stringMatching(/^skipping: \[pi3-worker-1\] os-update \| Drain this node/))
     expect(server.writes).toEqual([])
     expect(agent.changes.some((c) => c.includes('full-upgrade'))).toBe(true)
+  })
+  it('a node cordoned by hand with work to do is drained but not marked, and stays cordoned after the update', async () => {
+    const agent = fakeAgent({ listsAge: 60, simulation: APT_SIMULATION, rebootRequired: null, bootId: 1 })
+    const node: NodeState = { ready: true, unschedulable: true, annotations: {} }
+    // Cordoned, yet a pod still runs there (the fake lists pods only while schedulable: make it list one).
+    const server = fakeServer(node, { podsWhileCordoned: true })
+    const { s, lines } = await update(agent.conn, server.conn)
+    expect(s.exitCode, lines.join('\n')).toBe(0)
+    expect(lines).toContain('changed: Drain this node from the server before updating it (agents, update_drain) (drained pi3-worker-1 (evicted 1 pod); cordoned by hand, it stays cordoned)')
+    expect(server.writes.some((w) => w.includes('annotate'))).toBe(false)
+    expect(lines).toContain('ok: Uncordon this node (only when this playbook drained it) (cordoned, but not by this playbook: left so)')
+    expect(node.unschedulable).toBe(true)
+  })
+
+  it('a drain that failed in an earlier run (marked, cordoned, pods left) is done again before anything is installed', async () => {
+    const agent = fakeAgent({ listsAge: 60, simulation: APT_SIMULATION, rebootRequired: null, bootId: 1 })
+    const node: NodeState = { ready: true, unschedulable: true, annotations: { [DRAINED_MARK]: 'update' } }
+    const server = fakeServer(node, { podsWhileCordoned: true })
+    const { lines } = await update(agent.conn, server.conn)
+    expect(lines).toContain('changed: Drain this node from the server before updating it (agents, update_drain) (drained pi3-worker-1 (evicted 1 pod))')
+    expect(server.writes.filter((w) => w.includes(' drain '))).toHaveLength(1)
+    expect(lines).toContain('changed: Uncordon this node (only when this playbook drained it) (uncordoned pi3-worker-1)')
+  })
+
+  it('a newer kernel in /lib/modules than the one running is a reboot owed, even with nothing to install', async () => {
+    const agent = fakeAgent({ listsAge: 60, simulation: '0 upgraded\n', rebootRequired: null, newerKernel: '6.6.74+rpt-rpi-v8', bootId: 1 })
+    const server = fakeServer(readyNode())
+    const { s, lines } = await update(agent.conn, server.conn)
+    expect(s.exitCode, lines.join('\n')).toBe(0)
+    expect(lines).toContain('changed: Drain this node from the server before updating it (agents, update_drain) (drained pi3-worker-1 (evicted 1 pod))')
+    expect(lines).toContain('changed: Reboot when an update asks for it (/var/run/reboot-required, or a newer kernel) (reboot kernel 6.6.74+rpt-rpi-v8 installed, 6.6.51+rpt-rpi-v8 running)')
+    expect(agent.changes.filter((c) => c.includes('systemctl reboot'))).toHaveLength(1)
+  })
+
+  it('after a reboot the node counts as back only once the server has heard from this boot (not the Ready of the last one)', async () => {
+    const state = { listsAge: 60, simulation: '0 upgraded\n', rebootRequired: ['libc6'], bootId: 1 }
+    const agent = fakeAgent(state)
+    // The server keeps showing the old boot, Ready, for three more reads after the reboot.
+    let stale = 3
+    const node: NodeState = { ready: true, unschedulable: false, annotations: {}, bootID: 'boot-1' }
+    const server = fakeServer(node, { onGet: () => { if (state.bootId > 1 && stale-- <= 0) node.bootID = `boot-${state.bootId}` } })
+    const { s, lines } = await update(agent.conn, server.conn)
+    expect(s.exitCode, lines.join('\n')).toBe(0)
+    expect(lines).toContainEqual(expect.stringMatching(/^ok: Wait until the server reports this node Ready \(Ready after [\d.]+s\)$/))
+    expect(node.bootID).toBe('boot-2')
+  })
+
+  it('a dpkg run that was cut off (apt refuses to simulate) is finished with dpkg --configure -a, then the updates', async () => {
+    const agent = fakeAgent({ listsAge: 60, simulation: "E: dpkg was interrupted, you must manually run 'dpkg --configure -a' to correct the problem.\n", simulationCode: 100, rebootRequired: null, bootId: 1 })
+    const server = fakeServer(readyNode())
+    const { s, lines } = await update(agent.conn, server.conn)
+    expect(s.exitCode, lines.join('\n')).toBe(0)
+    expect(lines).toContain('changed: Install the updates (apt-get full-upgrade) (finished an interrupted dpkg run, then the updates)')
+    expect(agent.changes.find((c) => c.includes('full-upgrade'))).toContain('dpkg --configure -a')
   })
 })

@@ -1,5 +1,9 @@
 // playbooks/retire.mts's roles against a fake server and a fake agent: what is drained, uninstalled and deleted,
 // what --check says, and what the owner is told when the Pi itself could not be cleaned up.
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { parseInventory } from '../../lib/inventory.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
@@ -177,6 +181,15 @@ describe('the retire roles', () => {
     expect(lines).toContain('WARNING: [pi-k3s] pi4-old is not in the inventory, so its disk was not touched: if that Pi comes back with k3s-agent on it, it joins again')
   })
 
+  it('a Node labelled control-plane is refused, whatever the inventory says of it', async () => {
+    const server = fakeServer({ nodes: [node('pi-k3s', READY), { ...node('pi3-worker-2', READY), metadata: { name: 'pi3-worker-2', labels: { 'node-role.kubernetes.io/control-plane': 'true' } } }] })
+    const agent = fakeAgent({ installed: true })
+    const { s, lines } = await retire(server, agent)
+    expect(s.exitCode).toBe(2)
+    expect(lines).toContain('FAILED: [pi-k3s] k3s-retire | Cordon pi3-worker-2 and drain its pods (DaemonSet pods stay) (pi3-worker-2 is a k3s server (control-plane): retire removes agents only)')
+    expect([...agent.scripts, ...ran(server, ' drain '), ...ran(server, ' delete node ')]).toEqual([])
+  })
+
   it('a drain kubectl cannot finish fails the run before anything is uninstalled or deleted, with what kubectl said', async () => {
     const server = fakeServer({
       nodes: [node('pi-k3s', READY), node('pi3-worker-2', READY)],
@@ -202,3 +215,36 @@ describe('the retire roles', () => {
     expect(lines).toContain('WARNING: [pi-k3s] k3s-agent could not be uninstalled on pi3-worker-2: if that Pi comes back, it joins again; run retire again then')
   })
 })
+
+describe('retire.mts on the command line (no connection: --list-tasks and refusals)', () => {
+  const repo = resolve(import.meta.dirname, '../..')
+  const inv = join(mkdtempSync(join(tmpdir(), 'retire-cli-')), 'inv.yaml')
+  writeFileSync(inv, INV.replace('        pi-k3s: { address: 127.0.0.55 }', '        pi-k3s: { address: 127.0.0.55, hostname: k3s-main }').replace('        pi3-worker-2: { address: 127.0.0.51 }', '        pi3-worker-2: { address: 127.0.0.51, hostname: worker-b }'))
+  const retireCli = (...args: string[]) => {
+    const r = spawnSync(join(repo, 'node_modules/.bin/zx'), ['playbooks/retire.mts', ...args, '-i', inv], { cwd: repo, encoding: 'utf8', env: { ...process.env, CI: '1' } })
+    return { code: r.status, out: r.stdout + r.stderr }
+  }
+
+  it('an agent whose Node name (hostname var) differs from its inventory name is found by either', () => {
+    for (const name of ['pi3-worker-2', 'worker-b']) {
+      const r = retireCli(name, '--list-tasks')
+      expect(r.code, r.out).toBe(0)
+      expect(r.out).toContain('play #1 (pi-k3s): Drain worker-b  HOSTS: pi-k3s')
+      expect(r.out).toContain('play #2 (pi3-worker-2): Uninstall k3s from pi3-worker-2  HOSTS: pi3-worker-2')
+      expect(r.out).toContain('    k3s-retire | Delete the Node worker-b')
+    }
+  })
+
+  it('the server is refused by its inventory name and by its Node name; a name nobody knows only touches the cluster', () => {
+    for (const name of ['pi-k3s', 'k3s-main']) {
+      const r = retireCli(name)
+      expect(r.code).toBe(1)
+      expect(r.out).toContain(`ERROR: ${name} is the k3s server of ${inv}: retiring it would end the cluster; to replace its Pi, use playbooks/rebuild.mts pi-k3s`)
+    }
+    const gone = retireCli('pi4-old', '--list-tasks')
+    expect(gone.code, gone.out).toBe(0)
+    expect(gone.out).toContain(`retire: pi4-old is not in ${inv}: only its Node is removed from the cluster; the Pi itself is not touched`)
+    expect(gone.out).not.toContain('Uninstall k3s')
+  })
+})
+
