@@ -128,7 +128,7 @@ export const osUpdate: Role = {
         const limit = ctx.vars.apt_cache_valid_time
         if (age < limit) return { status: 'ok', message: `fetched ${Math.round(age / 60)} min ago (apt_cache_valid_time ${limit}s)` }
         return ctx.apply({
-          summary: Number.isFinite(age) ? `apt-get update (lists ${Math.round(age / 60)} min old)` : 'apt-get update (no lists yet)',
+          summary: Number.isFinite(age) ? `apt-get update (last run by this playbook ${Math.round(age / 60)} min ago)` : 'apt-get update (never run by this playbook on this host)',
           commands: [{ script: `${bounded(`apt-get -o DPkg::Lock::Timeout=${APT_LOCK_WAIT} update -q`, 600, 'apt-get update', 'fixed 600s')} && mkdir -p ${dirname(LISTS_STAMP)} && touch ${LISTS_STAMP}` }],
         })
       },

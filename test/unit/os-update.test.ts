@@ -150,7 +150,7 @@ describe('the os-update role on an agent', () => {
     const first = await update(agent.conn, server.conn)
     expect(first.s.exitCode, first.lines.join('\n')).toBe(0)
     expect(first.lines).toEqual([
-      'changed: Refresh the package lists (when older than apt_cache_valid_time) (apt-get update (lists 120 min old))',
+      'changed: Refresh the package lists (when older than apt_cache_valid_time) (apt-get update (last run by this playbook 120 min ago))',
       'changed: Drain this node from the server before updating it (agents, update_drain) (drained pi3-worker-1 (evicted 1 pod))',
       'changed: Install the updates (apt-get full-upgrade) (upgraded 3 packages: libssl3 3.0.15-1~deb12u1 -> 3.0.16-1~deb12u1, openssl 3.0.15-1~deb12u1 -> 3.0.16-1~deb12u1, linux-image-6.6.74+rpt-rpi-v8 1:6.6.74-1+rpt1 (new))',
       'changed: Reboot when an update asks for it (/var/run/reboot-required, or a newer kernel) (reboot asked for by libssl3)',
@@ -182,7 +182,7 @@ describe('the os-update role on an agent', () => {
     const server = fakeServer(readyNode())
     const { s, lines } = await update(agent.conn, server.conn, true)
     expect(s.exitCode).toBe(0)
-    expect(lines).toContain('changed: Refresh the package lists (when older than apt_cache_valid_time) (would apt-get update (no lists yet))')
+    expect(lines).toContain('changed: Refresh the package lists (when older than apt_cache_valid_time) (would apt-get update (never run by this playbook on this host))')
     expect(lines).toContain('changed: Drain this node from the server before updating it (agents, update_drain) (would drain pi3-worker-1 (evict 1 pod))')
     expect(lines).toContainEqual(expect.stringMatching(/^changed: Install the updates \(apt-get full-upgrade\) \(would upgrade 3 packages: libssl3/))
     expect([...agent.changes, ...server.writes]).toEqual([])
