@@ -37,6 +37,8 @@ export interface HostHandle {
   vars: Vars
   conn: Connection
   facts: FactCache
+  /** Run a script there (as root unless sudo:false), shown at -v under that host's name like the step's own. */
+  sh(script: string, opts?: RunOptions): Promise<RunResult>
 }
 
 export interface StepContext {

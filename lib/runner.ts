@@ -62,7 +62,7 @@ const STEP_RECONNECT_RETRIES = 2
 
 export const EXIT = { ok: 0, usage: 1, failed: 2, unreachable: 4, interrupted: 130 } as const
 
-interface HostRuntime extends HostHandle {
+interface HostRuntime extends Omit<HostHandle, 'sh'> {
   host: InventoryHost
   counts: HostCounts
   state: 'ok' | 'failed' | 'unreachable'
@@ -284,13 +284,16 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
     return false
   }
 
+  /** A command on a host, shown at -v (output at -vv) under that host's name. */
+  async function logged(rt: HostRuntime, script: string, o: ConnRunOptions = {}): Promise<RunResult> {
+    const t0 = Date.now()
+    const r = await rt.conn.run(script, o)
+    rep.emit({ kind: 'command', host: rt.name, script, code: r.code, stdout: r.stdout, stderr: r.stderr, ms: Date.now() - t0 })
+    return r
+  }
+
   function makeContext(rt: HostRuntime, vars: Vars): StepContext {
-    const sh = async (script: string, o: ConnRunOptions = {}): Promise<RunResult> => {
-      const t0 = Date.now()
-      const r = await rt.conn.run(script, o)
-      rep.emit({ kind: 'command', host: rt.name, script, code: r.code, stdout: r.stdout, stderr: r.stderr, ms: Date.now() - t0 })
-      return r
-    }
+    const sh = (script: string, o: ConnRunOptions = {}): Promise<RunResult> => logged(rt, script, o)
     const must = async (script: string, o: ConnRunOptions & { what?: string } = {}): Promise<RunResult> => {
       const r = await sh(script, o)
       if (r.code !== 0) {
@@ -310,7 +313,10 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
       facts: rt.facts,
       secrets: opts.secrets,
       shared,
-      hostHandle: async (name) => runtime(name),
+      hostHandle: async (name) => {
+        const other = runtime(name)
+        return { name, vars: other.vars, conn: other.conn, facts: other.facts, sh: (script, o) => logged(other, script, o) }
+      },
       sh,
       must,
       async apply(change: Change | null, okMessage?: string): Promise<StepResult> {

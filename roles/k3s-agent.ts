@@ -39,7 +39,7 @@ export const k3sAgent: Role = {
         const name = nodeName(ctx)
         if (ctx.check) return { status: 'changed', message: `would delete the stale Node ${name} on the server` }
         const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
-        const r = await server.conn.run(`k3s kubectl delete node ${quote(name)}`)
+        const r = await server.sh(`k3s kubectl delete node ${quote(name)}`)
         if (r.code !== 0) throw new ProvisionError('step', `could not delete the stale Node ${name} on the server: ${r.stderr.trim()}`, { place: { host: ctx.host } })
         return { status: 'changed', message: `deleted the stale Node ${name} (and its node-password secret) on the server` }
       },

@@ -213,7 +213,7 @@ export function parseNode(code: number, stdout: string, stderr: string): NodeVie
 /** A Node as the server sees it, read over the server's own connection (read-only); this host's by default. */
 export async function nodeOnServer(ctx: StepContext, name = nodeName(ctx)): Promise<NodeView> {
   const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
-  const r = await server.conn.run(`k3s kubectl get node ${quote(name)} -o json`)
+  const r = await server.sh(`k3s kubectl get node ${quote(name)} -o json`)
   return parseNode(r.code, r.stdout, r.stderr)
 }
 

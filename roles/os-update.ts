@@ -96,14 +96,14 @@ function names(upgrades: readonly PendingUpgrade[]): string {
 /** kubectl on the server, for this host's Node. */
 async function onServer(ctx: StepContext, script: string, what: string): Promise<void> {
   const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
-  const r = await server.conn.run(script)
+  const r = await server.sh(script)
   if (r.code !== 0) throw new ProvisionError('step', `${what} on the server failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join(' ')}`)
 }
 
 /** The pods a drain of this node would still evict (kubectl on the server). */
 async function podsLeftOn(ctx: StepContext, name: string): Promise<string[]> {
   const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
-  const r = await server.conn.run(`k3s kubectl get pods -A --field-selector ${quote(`spec.nodeName=${name}`)} -o json`)
+  const r = await server.sh(`k3s kubectl get pods -A --field-selector ${quote(`spec.nodeName=${name}`)} -o json`)
   return podsToEvict(parseKubeJson(r, `pods on ${name}`), name)
 }
 
@@ -156,7 +156,7 @@ export const osUpdate: Role = {
         // Marked first: a run cut off mid-drain leaves a Node the next run knows it may uncordon.
         if (!byHand && !marked) await onServer(ctx, `k3s kubectl annotate --overwrite node ${quote(name)} ${DRAINED_MARK}=update`, `mark the Node ${name}`)
         const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
-        await drainNode((script) => server.conn.run(script), name, ctx.vars.k3s_drain_timeout, 'the node stays cordoned and nothing was installed; the next run drains it again')
+        await drainNode((script) => server.sh(script), name, ctx.vars.k3s_drain_timeout, 'the node stays cordoned and nothing was installed; the next run drains it again')
         return { status: 'changed', message: `drained ${name} (${what.replace(/^evict/, 'evicted').replace(/^cordon it/, 'cordoned')})${byHand ? '; cordoned by hand, it stays cordoned' : ''}` }
       },
     },

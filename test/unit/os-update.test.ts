@@ -126,7 +126,7 @@ async function update(agent: FakeConnection, server: FakeConnection, check = fal
     connect: (h) => (h.name === 'pi-k3s' ? server : agent),
     check,
   })
-  return { s, lines: rep.lines.filter((l) => /^(ok|changed|skipping|FAILED): /.test(l)).map((l) => l.replace(/^(\w+): \[pi3-worker-1\] os-update \| /, '$1: ')) }
+  return { s, all: rep.lines, lines: rep.lines.filter((l) => /^(ok|changed|skipping|FAILED): /.test(l)).map((l) => l.replace(/^(\w+): \[pi3-worker-1\] os-update \| /, '$1: ')) }
 }
 
 const readyNode = (): NodeState => ({ ready: true, unschedulable: false, annotations: {} })
@@ -161,6 +161,8 @@ describe('the os-update role on an agent', () => {
     expect(server.writes.map((w) => w.replace(/^.*?k3s kubectl( --kubeconfig \S+)? /, '').split(' ').slice(0, 2).join(' '))).toEqual(['annotate --overwrite', 'drain pi3-worker-1', 'uncordon pi3-worker-1'])
     expect(server.writes[1]).toMatch(/drain pi3-worker-1 --ignore-daemonsets --delete-emptydir-data --timeout=300s/)
     expect(node).toEqual(readyNode())
+    // At -v the commands run on the server for this node are shown under the server's name.
+    expect(first.all).toContainEqual(expect.stringMatching(/^ {2}\[pi-k3s\] \$ .*k3s kubectl .*drain pi3-worker-1 .* -> exit 0 \(\d+ ms\)$/))
     const upgrade = agent.changes.find((c) => c.includes('full-upgrade'))!
     expect(upgrade).toContain('-o Dpkg::Options::=--force-confold -y -q full-upgrade')
     // Pi OS's kernel packages do not ask for their reboot: the role asks for them.
