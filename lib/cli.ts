@@ -51,6 +51,8 @@ export interface CliOptions {
   help: boolean
   /** Words that are not flags (only playbooks that take them, like rebuild.mts HOST). */
   positionals: string[]
+  /** argv without the positionals: the flags, to pass on to runCli. */
+  flags: string[]
 }
 
 export function parseCli(argv: string[], opts: { positionals?: boolean } = {}): CliOptions {
@@ -60,6 +62,7 @@ export function parseCli(argv: string[], opts: { positionals?: boolean } = {}): 
       args: argv,
       allowPositionals: opts.positionals ?? false,
       strict: true,
+      tokens: true,
       options: {
         inventory: { type: 'string', short: 'i' },
         limit: { type: 'string', short: 'l' },
@@ -102,6 +105,8 @@ export function parseCli(argv: string[], opts: { positionals?: boolean } = {}): 
     verbosity: (v.verbose ?? []).length,
     help: v.help ?? false,
     positionals: parsed.positionals,
+    // By position, not by value: a flag's value may equal a positional (-l pi3-worker-1 pi3-worker-1).
+    flags: argv.filter((_, i) => !parsed.tokens.some((t) => t.kind === 'positional' && t.index === i)),
   }
 }
 

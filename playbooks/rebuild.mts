@@ -26,8 +26,7 @@ async function rebuild(argv: string[]): Promise<number> {
     process.stderr.write('usage: npx zx playbooks/rebuild.mts HOST [-i inventory] [flags of site.mts]  (one host at a time)\n')
     return 1
   }
-  const at = argv.indexOf(host)
-  const rest = [...argv.slice(0, at), ...argv.slice(at + 1)]
+  const rest = o.flags
   const inv = loadInventory(o.inventoryFile)
   const h = inv.hosts.get(host)
   if (!h) {

@@ -26,8 +26,7 @@ async function retire(argv: string[]): Promise<number> {
     process.stderr.write(USAGE)
     return 1
   }
-  const at = argv.indexOf(arg)
-  const rest = [...argv.slice(0, at), ...argv.slice(at + 1)]
+  const rest = o.flags
   const inv = loadInventory(o.inventoryFile)
   // NODE may be the inventory name or the Node name (the host's hostname var, when it differs).
   const nodeOf = (h: string) => hostVars(inv.hosts.get(h)!).hostname ?? h

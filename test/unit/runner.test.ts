@@ -2,7 +2,7 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { beforeEach, describe, expect, it } from 'vitest'
-import { runCli } from '../../lib/cli.ts'
+import { parseCli, runCli } from '../../lib/cli.ts'
 import { ProvisionError } from '../../lib/errors.ts'
 import { parseInventory } from '../../lib/inventory.ts'
 import { resetSecretsForTest } from '../../lib/mask.ts'
@@ -356,6 +356,13 @@ describe('command line', () => {
     lines.length = 0
     expect(await runCli(pb, ['-i', writeInv(dir), '--list-tasks', '-l', 'a2'], { connect: refuse, write: (l) => lines.push(l) })).toBe(0)
     expect(lines).toEqual(['play #1 (agent): Prepare  HOSTS: a2', '    r | Do the thing  TAGS: [t1]', '    r | handler: Restart'])
+  })
+
+  it('a playbook that takes a host name (rebuild, retire) gets it apart from the flags, even when a flag value is the same word', () => {
+    const o = parseCli(['-l', 'pi3-worker-1', 'pi3-worker-1', '-e', 'k=v', '--json=out.json'], { positionals: true })
+    expect(o.positionals).toEqual(['pi3-worker-1'])
+    expect(o.flags).toEqual(['-l', 'pi3-worker-1', '-e', 'k=v', '--json=out.json'])
+    expect(parseCli(['pi3-worker-1', '-i', 'inv.yaml'], { positionals: true }).flags).toEqual(['-i', 'inv.yaml'])
   })
 
   it('bad flags and bad inventories exit 1 with a message saying what and where', async () => {
