@@ -82,6 +82,23 @@ export const rebootRequiredFact = defineFact(
 /** Packages whose new version only counts after a reboot, where no package says so (Pi OS's firmware and kernel). */
 const BOOT_PACKAGES = /^(linux-image-|raspberrypi-kernel|raspberrypi-bootloader|raspi-firmware)/
 
+/**
+ * apt-get update that waits for the lists lock instead of failing at once: right after a boot, apt-daily.service
+ * often holds it, and DPkg::Lock::Timeout covers dpkg's lock, not the lists lock. Each attempt is bounded.
+ */
+export function aptUpdateScript(waitSeconds: number, pauseSeconds = 5): string {
+  const attempts = Math.max(1, Math.ceil(waitSeconds / pauseSeconds))
+  const attempt = bounded(`apt-get -o DPkg::Lock::Timeout=${waitSeconds} update -q`, 600, 'apt-get update', 'fixed 600s')
+  return [
+    'n=0',
+    // "$( (" and not "$((": the bounded command is a subshell, not arithmetic.
+    `while ! out=$( ${attempt} 2>&1); do`,
+    `  case "$out" in *"Could not get lock"*) n=$((n + 1)); [ $n -lt ${attempts} ] && { sleep ${pauseSeconds}; continue; } ;; esac`,
+    '  printf \'%s\\n\' "$out" >&2; exit 1',
+    'done',
+  ].join('\n')
+}
+
 async function pending(ctx: StepContext): Promise<{ upgrades: PendingUpgrade[]; interrupted: boolean }> {
   const p = await ctx.facts.get(pendingUpgradesFact)
   if (p.error) throw new ProvisionError('step', p.error)
@@ -129,7 +146,7 @@ export const osUpdate: Role = {
         if (age < limit) return { status: 'ok', message: `fetched ${Math.round(age / 60)} min ago (apt_cache_valid_time ${limit}s)` }
         return ctx.apply({
           summary: Number.isFinite(age) ? `apt-get update (last run by this playbook ${Math.round(age / 60)} min ago)` : 'apt-get update (never run by this playbook on this host)',
-          commands: [{ script: `${bounded(`apt-get -o DPkg::Lock::Timeout=${APT_LOCK_WAIT} update -q`, 600, 'apt-get update', 'fixed 600s')} && mkdir -p ${dirname(LISTS_STAMP)} && touch ${LISTS_STAMP}` }],
+          commands: [{ script: `${aptUpdateScript(APT_LOCK_WAIT)} && mkdir -p ${dirname(LISTS_STAMP)} && touch ${LISTS_STAMP}` }],
         })
       },
     },

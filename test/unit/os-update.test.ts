@@ -1,10 +1,14 @@
 // The os-update role (playbooks/update.mts) against a fake agent and a fake server: what is drained, installed,
 // rebooted and uncordoned, in which order, what --check says, and what is left alone.
+import { spawnSync } from 'node:child_process'
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { parseInventory } from '../../lib/inventory.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import { runPlaybook } from '../../lib/runner.ts'
-import { DRAINED_MARK, osUpdate, parsePendingUpgrades } from '../../roles/os-update.ts'
+import { aptUpdateScript, DRAINED_MARK, osUpdate, parsePendingUpgrades } from '../../roles/os-update.ts'
 import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'
 
 const INV = `all:
@@ -274,3 +278,36 @@ describe('the os-update role on an agent', () => {
     expect(agent.changes.find((c) => c.includes('full-upgrade'))).toContain('dpkg --configure -a')
   })
 })
+
+describe('apt-get update while another apt holds the lists lock (apt-daily right after a boot)', () => {
+  /** Runs the script under sh with apt-get and sleep replaced: apt-get fails `locked` times with apt's lock error. */
+  function runWithLock(locked: number, other = '') {
+    const dir = mkdtempSync(join(tmpdir(), 'apt-lock-'))
+    writeFileSync(join(dir, 'count'), '0')
+    writeFileSync(join(dir, 'apt-get'), `#!/bin/sh
+n=$(cat ${dir}/count); echo $((n + 1)) > ${dir}/count
+${other ? `echo '${other}' >&2; exit 100` : ''}
+if [ "$n" -lt ${locked} ]; then echo 'E: Could not get lock /var/lib/apt/lists/lock. It is held by process 812 (apt-get)' >&2; exit 100; fi
+echo 'Reading package lists...'
+`)
+    writeFileSync(join(dir, 'sleep'), '#!/bin/sh\nexit 0\n')
+    chmodSync(join(dir, 'apt-get'), 0o755)
+    chmodSync(join(dir, 'sleep'), 0o755)
+    const r = spawnSync('sh', ['-c', aptUpdateScript(15)], { encoding: 'utf8', env: { PATH: `${dir}:/usr/bin:/bin` } })
+    return { code: r.status, stderr: r.stderr, attempts: Number(readFileSync(join(dir, 'count'), 'utf8')) }
+  }
+
+  it('waits and tries again until the lock is free', () => {
+    expect(runWithLock(2)).toMatchObject({ code: 0, attempts: 3 })
+  })
+
+  it('gives up after the wait, with apt\'s own message; any other error fails at once', () => {
+    const held = runWithLock(99)
+    expect(held).toMatchObject({ code: 1, attempts: 3 })
+    expect(held.stderr).toContain('Could not get lock /var/lib/apt/lists/lock')
+    const broken = runWithLock(0, 'E: The repository http://example.invalid bookworm Release does not have a Release file.')
+    expect(broken).toMatchObject({ code: 1, attempts: 1 })
+    expect(broken.stderr).toContain('does not have a Release file')
+  })
+})
+
