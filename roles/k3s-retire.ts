@@ -8,6 +8,7 @@ import { ProvisionError } from '../lib/errors.ts'
 import type { RunResult } from '../lib/connection.ts'
 import type { Role } from '../lib/role.ts'
 import { bounded, quote } from '../lib/shell.ts'
+import { feasibleNodes } from './apps.ts'
 import { isReady, KUBECTL, kubeFact, kubeObjects, nameOf, type KubeObject } from './flux-bootstrap.ts'
 import { k3sInstallFact, nodeName } from './k3s-common.ts'
 
@@ -31,6 +32,20 @@ export function podsToEvict(pods: readonly KubeObject[], node: string): string[]
     .filter((p) => !(p.metadata.ownerReferences ?? []).some((r) => r.kind === 'DaemonSet'))
     .filter((p) => !p.metadata.annotations?.['kubernetes.io/config.mirror'])
     .filter((p) => p.status?.phase !== 'Succeeded' && p.status?.phase !== 'Failed')
+    .map(nameOf)
+    .sort()
+}
+
+/**
+ * The pods a drain of `node` evicts that no other Ready, schedulable node can take (their nodeSelector, required
+ * affinity or the taints elsewhere tie them to it): they wait Pending until it is back (or for good, when retired).
+ */
+export function podsWithNowhereElse(objects: readonly KubeObject[], node: string): string[] {
+  const others = objects.filter((o) => o.kind === 'Node' && o.metadata.name !== node && isReady(o))
+  const evicted = new Set(podsToEvict(objects.filter((o) => o.kind === 'Pod'), node))
+  return (objects as readonly Pod[])
+    .filter((p) => p.kind === 'Pod' && evicted.has(nameOf(p)))
+    .filter((p) => feasibleNodes((p.spec ?? {}) as Record<string, unknown>, others).length === 0)
     .map(nameOf)
     .sort()
 }
@@ -60,6 +75,8 @@ export function drainNodeRole(node: string): Role {
           const cordoned = found.spec?.unschedulable === true
           if (cordoned && evict.length === 0) return { status: 'ok', message: 'cordoned, no pods left on it but DaemonSet pods' }
           const what = evict.length ? `evict ${evict.length} pod${evict.length === 1 ? '' : 's'} (${list(evict)})` : 'nothing to evict'
+          const stuck = podsWithNowhereElse(read, node)
+          if (stuck.length) ctx.warn(`${stuck.length} pod${stuck.length === 1 ? '' : 's'} on ${node} fit${stuck.length === 1 ? 's' : ''} no other node and will stay Pending once evicted: ${list(stuck)} (their nodeSelector, affinity or the other nodes' taints): give them another node first`)
           if (ctx.check) return { status: 'changed', message: `would cordon ${node} and ${what}` }
           await drainNode((script) => ctx.sh(script), node, ctx.vars.k3s_drain_timeout, 'it stays cordoned, nothing was uninstalled')
           ctx.facts.invalidate()

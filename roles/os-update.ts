@@ -15,7 +15,7 @@ import { bounded, quote } from '../lib/shell.ts'
 import { rebootHandler, waitUntil } from '../lib/steps.ts'
 import { nodeName, nodeOnServer, serverOf, type NodeView } from './k3s-common.ts'
 import { parseKubeJson } from './flux-bootstrap.ts'
-import { drainNode, podsToEvict } from './k3s-retire.ts'
+import { drainNode, podsToEvict, podsWithNowhereElse } from './k3s-retire.ts'
 
 /** On a Node this role drained: it may uncordon it. */
 export const DRAINED_MARK = 'pi-provision/drained-for'
@@ -117,11 +117,11 @@ async function onServer(ctx: StepContext, script: string, what: string): Promise
   if (r.code !== 0) throw new ProvisionError('step', `${what} on the server failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join(' ')}`)
 }
 
-/** The pods a drain of this node would still evict (kubectl on the server). */
-async function podsLeftOn(ctx: StepContext, name: string): Promise<string[]> {
+/** What a drain of this node would do: the pods it would still evict, and those no other node can take. */
+async function drainOutlook(ctx: StepContext, name: string): Promise<{ left: string[]; stuck: string[] }> {
   const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
-  const r = await server.sh(`k3s kubectl get pods -A --field-selector ${quote(`spec.nodeName=${name}`)} -o json`)
-  return podsToEvict(parseKubeJson(r, `pods on ${name}`), name)
+  const objects = parseKubeJson(await server.sh('k3s kubectl get nodes,pods -A -o json'), 'nodes,pods -A')
+  return { left: podsToEvict(objects.filter((o) => o.kind === 'Pod'), name), stuck: podsWithNowhereElse(objects, name) }
 }
 
 /** The Node, or undefined while the API cannot answer (the server itself rebooting). */
@@ -165,10 +165,12 @@ export const osUpdate: Role = {
         const marked = Boolean(node.annotations[DRAINED_MARK])
         // Cordoned by the owner: drained all the same, but not marked, so it stays cordoned afterwards.
         const byHand = node.unschedulable && !marked
-        const left = await podsLeftOn(ctx, name)
+        const { left, stuck } = await drainOutlook(ctx, name)
         if (node.unschedulable && left.length === 0)
           return { status: 'ok', message: marked ? 'drained by an earlier run that did not finish' : 'cordoned by hand, no pods left to evict (it stays cordoned)' }
         const what = left.length ? `evict ${left.length} pod${left.length === 1 ? '' : 's'}` : 'cordon it'
+        // Pinned to this node (Unbound on its DNS node, say): down until the node is back. Said, not refused.
+        if (stuck.length) ctx.warn(`${stuck.length} pod${stuck.length === 1 ? '' : 's'} fit${stuck.length === 1 ? 's' : ''} no other node and will wait Pending until ${name} is back: ${stuck.join(', ')}`)
         if (ctx.check) return { status: 'changed', message: `would drain ${name} (${what})` }
         // Marked first: a run cut off mid-drain leaves a Node the next run knows it may uncordon.
         if (!byHand && !marked) await onServer(ctx, `k3s kubectl annotate --overwrite node ${quote(name)} ${DRAINED_MARK}=update`, `mark the Node ${name}`)

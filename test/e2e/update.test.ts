@@ -84,6 +84,8 @@ describe('update.mts: Debian updates, one node at a time', () => {
     expect(run.code, run.out).toBe(0)
 
     expect(run.out).toMatch(/changed: \[pi3-worker-1\] os-update \| Drain this node from the server before updating it \(agents, update_drain\) \(drained pi3-worker-1 \((evicted \d+ pods?|cordoned)\)\)/)
+    // Unbound is pinned to pi3-worker-1 (nodeSelector workload/dns=unbound): the owner is told it waits for the node.
+    expect(run.out).toMatch(/WARNING: \[pi3-worker-1\] 1 pod fits no other node and will wait Pending until pi3-worker-1 is back: pihole\/unbound-\S+/)
     expect(run.out).toContain('changed: [pi3-worker-1] os-update | Install the updates (apt-get full-upgrade) (upgraded 1 package: lab-probe 1.0 -> 1.1)')
     expect(run.out).toContain('changed: [pi3-worker-1] os-update | Reboot when an update asks for it (/var/run/reboot-required, or a newer kernel) (reboot asked for by lab-probe)')
     expect(run.out).toMatch(/changed: \[pi3-worker-1\] os-update \| handler: Reboot \(rebooted in [\d.]+s\)/)

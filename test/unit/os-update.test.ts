@@ -89,7 +89,7 @@ interface NodeState {
   annotations: Record<string, string>
 }
 
-function fakeServer(node: NodeState, opts: { podsWhileCordoned?: boolean; onGet?: () => void } = {}) {
+function fakeServer(node: NodeState, opts: { podsWhileCordoned?: boolean; onGet?: () => void; pinnedPod?: boolean } = {}) {
   const writes: string[] = []
   let drained = false
   const conn = new FakeConnection('pi-k3s', (script) => {
@@ -103,8 +103,15 @@ function fakeServer(node: NodeState, opts: { podsWhileCordoned?: boolean; onGet?
           status: { conditions: [{ type: 'Ready', status: node.ready ? 'True' : 'False' }], nodeInfo: node.bootID ? { bootID: node.bootID } : {} },
         }),
       }
-    if (/k3s kubectl get pods -A --field-selector '?spec\.nodeName=pi3-worker-1'? -o json/.test(script))
-      return { stdout: JSON.stringify({ kind: 'List', items: drained || (node.unschedulable && !opts.podsWhileCordoned) ? [] : [{ metadata: { name: 'homepage-1', namespace: 'homepage', ownerReferences: [{ kind: 'Deployment', name: 'homepage' }] }, spec: { nodeName: 'pi3-worker-1' }, status: { phase: 'Running' } }] }) }
+    if (script.includes('k3s kubectl get nodes,pods -A -o json')) {
+      const here = { kind: 'Node', metadata: { name: 'pi3-worker-1', labels: { 'kubernetes.io/hostname': 'pi3-worker-1' } }, spec: node.unschedulable ? { unschedulable: true } : {}, status: { conditions: [{ type: 'Ready', status: node.ready ? 'True' : 'False' }] } }
+      const other = { kind: 'Node', metadata: { name: 'pi-k3s', labels: { 'kubernetes.io/hostname': 'pi-k3s' } }, spec: {}, status: { conditions: [{ type: 'Ready', status: 'True' }] } }
+      const pods = drained || (node.unschedulable && !opts.podsWhileCordoned) ? [] : [
+        { kind: 'Pod', metadata: { name: 'homepage-1', namespace: 'homepage', ownerReferences: [{ kind: 'Deployment', name: 'homepage' }] }, spec: { nodeName: 'pi3-worker-1' }, status: { phase: 'Running' } },
+        ...(opts.pinnedPod ? [{ kind: 'Pod', metadata: { name: 'unbound-1', namespace: 'pihole', ownerReferences: [{ kind: 'Deployment', name: 'unbound' }] }, spec: { nodeName: 'pi3-worker-1', nodeSelector: { 'kubernetes.io/hostname': 'pi3-worker-1' } }, status: { phase: 'Running' } }] : []),
+      ]
+      return { stdout: JSON.stringify({ kind: 'List', items: [here, other, ...pods] }) }
+    }
     writes.push(script)
     if (script.includes(`annotate --overwrite node`)) node.annotations = { ...node.annotations, [DRAINED_MARK]: 'update' }
     if (script.includes(' drain ')) {
@@ -276,6 +283,17 @@ describe('the os-update role on an agent', () => {
     expect(s.exitCode, lines.join('\n')).toBe(0)
     expect(lines).toContain('changed: Install the updates (apt-get full-upgrade) (finished an interrupted dpkg run, then the updates)')
     expect(agent.changes.find((c) => c.includes('full-upgrade'))).toContain('dpkg --configure -a')
+  })
+  it('pods that fit no other node are named before the drain: they wait Pending until this node is back', async () => {
+    const agent = fakeAgent({ listsAge: 60, simulation: APT_SIMULATION, rebootRequired: null, bootId: 1 })
+    const server = fakeServer(readyNode(), { pinnedPod: true })
+    const rep = new RecordingReporter(0)
+    const s = await runPlaybook({ name: 'update', plays: [{ name: 'p', hosts: 'agent', roles: [osUpdate] }] }, {
+      inventory: parseInventory(INV, '/tmp/inv.yaml'), reporter: rep, secrets: new MemorySecrets(), connect: (h) => (h.name === 'pi-k3s' ? server.conn : agent.conn),
+    })
+    expect(s.exitCode, rep.lines.join('\n')).toBe(0)
+    expect(rep.lines).toContain('WARNING: [pi3-worker-1] 1 pod fits no other node and will wait Pending until pi3-worker-1 is back: pihole/unbound-1')
+    expect(rep.lines).toContain('changed: [pi3-worker-1] os-update | Drain this node from the server before updating it (agents, update_drain) (drained pi3-worker-1 (evicted 2 pods))')
   })
 })
 

@@ -181,6 +181,15 @@ describe('the retire roles', () => {
     expect(lines).toContain('WARNING: [pi-k3s] pi4-old is not in the inventory, so its disk was not touched: if that Pi comes back with k3s-agent on it, it joins again')
   })
 
+  it('pods that fit no other node are named before the drain (they would stay Pending for good)', async () => {
+    const pinned = pod('pihole', 'unbound-1', 'pi3-worker-2', 'Deployment')
+    ;(pinned.spec as Record<string, unknown>).nodeSelector = { 'workload/dns': 'unbound' }
+    const server = fakeServer({ nodes: [node('pi-k3s', READY), node('pi3-worker-2', READY)], pods: [...PODS, pinned] })
+    const { s, lines } = await retire(server, fakeAgent({ installed: true }))
+    expect(s.exitCode).toBe(0)
+    expect(lines).toContain('WARNING: [pi-k3s] 1 pod on pi3-worker-2 fits no other node and will stay Pending once evicted: pihole/unbound-1 (their nodeSelector, affinity or the other nodes\' taints): give them another node first')
+  })
+
   it('a Node labelled control-plane is refused, whatever the inventory says of it', async () => {
     const server = fakeServer({ nodes: [node('pi-k3s', READY), { ...node('pi3-worker-2', READY), metadata: { name: 'pi3-worker-2', labels: { 'node-role.kubernetes.io/control-plane': 'true' } } }] })
     const agent = fakeAgent({ installed: true })
