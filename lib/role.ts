@@ -39,6 +39,8 @@ export interface HostHandle {
   facts: FactCache
   /** Run a script there (as root unless sudo:false), shown at -v under that host's name like the step's own. */
   sh(script: string, opts?: RunOptions): Promise<RunResult>
+  /** Like sh, but a non-zero exit fails the step with the command's error output, naming that host. */
+  must(script: string, opts?: RunOptions & { what?: string }): Promise<RunResult>
 }
 
 export interface StepContext {

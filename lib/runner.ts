@@ -62,7 +62,7 @@ const STEP_RECONNECT_RETRIES = 2
 
 export const EXIT = { ok: 0, usage: 1, failed: 2, unreachable: 4, interrupted: 130 } as const
 
-interface HostRuntime extends Omit<HostHandle, 'sh'> {
+interface HostRuntime extends Omit<HostHandle, 'sh' | 'must'> {
   host: InventoryHost
   counts: HostCounts
   state: 'ok' | 'failed' | 'unreachable'
@@ -292,16 +292,19 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
     return r
   }
 
+  /** Like logged, but a non-zero exit fails the step with the command's last error lines, naming the host. */
+  async function mustOn(rt: HostRuntime, script: string, o: ConnRunOptions & { what?: string } = {}): Promise<RunResult> {
+    const r = await logged(rt, script, o)
+    if (r.code !== 0) {
+      const out = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-6).join('\n    ')
+      throw new ProvisionError('step', `${o.what ?? `command failed`} (exit ${r.code})${out ? `:\n    ${out}` : ''}`, { place: { host: rt.name } })
+    }
+    return r
+  }
+
   function makeContext(rt: HostRuntime, vars: Vars): StepContext {
     const sh = (script: string, o: ConnRunOptions = {}): Promise<RunResult> => logged(rt, script, o)
-    const must = async (script: string, o: ConnRunOptions & { what?: string } = {}): Promise<RunResult> => {
-      const r = await sh(script, o)
-      if (r.code !== 0) {
-        const out = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-6).join('\n    ')
-        throw new ProvisionError('step', `${o.what ?? `command failed`} (exit ${r.code})${out ? `:\n    ${out}` : ''}`, { place: { host: rt.name } })
-      }
-      return r
-    }
+    const must = (script: string, o: ConnRunOptions & { what?: string } = {}): Promise<RunResult> => mustOn(rt, script, o)
     const ctx: StepContext = {
       host: rt.name,
       vars,
@@ -315,7 +318,7 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
       shared,
       hostHandle: async (name) => {
         const other = runtime(name)
-        return { name, vars: other.vars, conn: other.conn, facts: other.facts, sh: (script, o) => logged(other, script, o) }
+        return { name, vars: other.vars, conn: other.conn, facts: other.facts, sh: (script, o) => logged(other, script, o), must: (script, o) => mustOn(other, script, o) }
       },
       sh,
       must,
@@ -345,7 +348,7 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
   const exitCode = wasInterrupted ? EXIT.interrupted : failed.length ? EXIT.failed : unreachable.length ? EXIT.unreachable : EXIT.ok
   let retryFile: string | undefined
   // A retire or rebuild cut short by Ctrl-C is finished the same way as one with a failed host.
-  const rerun = failed.length || unreachable.length || interrupted() ? pb.rerun : undefined
+  const rerun = failed.length || unreachable.length || wasInterrupted ? pb.rerun : undefined
   if (opts.retryFile && !pb.rerun && (failed.length || unreachable.length)) {
     writeFileSync(opts.retryFile, mask([...failed, ...unreachable].join('\n') + '\n'))
     retryFile = opts.retryFile

@@ -7,7 +7,7 @@ import { flushHandlers, handler, type Role, type StepContext } from '../lib/role
 import { file, fileFact, systemdUnit } from '../lib/steps.ts'
 import { ProvisionError } from '../lib/errors.ts'
 import { quote } from '../lib/shell.ts'
-import { clusterToken, extraConfig, K3S_CONFIG, k3sInstallFact, missingOnNode, NODE_PASSWORD, nodeName, nodeOnServer, renderK3sConfig, restartHandlerStep, runInstaller, serverOf, type NodeView } from './k3s-common.ts'
+import { clusterToken, extraConfig, K3S_CONFIG, k3sInstallFact, missingOnNode, NODE_PASSWORD, nodeName, nodeOnServer, renderK3sConfig, restartHandlerStep, runInstaller, serverHandle, serverOf, type NodeView } from './k3s-common.ts'
 
 /** How long a running agent may stay unknown to the server before it is restarted to rejoin. */
 const REJOIN_AFTER_MS = 15_000
@@ -38,9 +38,7 @@ export const k3sAgent: Role = {
         if (!node.exists) return { status: 'ok', message: 'no Node of this name on the server' }
         const name = nodeName(ctx)
         if (ctx.check) return { status: 'changed', message: `would delete the stale Node ${name} on the server` }
-        const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
-        const r = await server.sh(`k3s kubectl delete node ${quote(name)}`)
-        if (r.code !== 0) throw new ProvisionError('step', `could not delete the stale Node ${name} on the server: ${r.stderr.trim()}`, { place: { host: ctx.host } })
+        await (await serverHandle(ctx)).must(`k3s kubectl delete node ${quote(name)}`, { what: `delete the stale Node ${name} on the server` })
         return { status: 'changed', message: `deleted the stale Node ${name} (and its node-password secret) on the server` }
       },
     },

@@ -6,7 +6,7 @@ import { ProvisionError } from '../lib/errors.ts'
 import { defineFact } from '../lib/facts.ts'
 import type { Inventory } from '../lib/inventory.ts'
 import { hostVars } from '../lib/inventory.ts'
-import type { Step, StepContext, StepResult } from '../lib/role.ts'
+import type { HostHandle, Step, StepContext, StepResult } from '../lib/role.ts'
 import { bounded, quote } from '../lib/shell.ts'
 
 export const K3S_CONFIG = '/etc/rancher/k3s/config.yaml'
@@ -210,10 +210,14 @@ export function parseNode(code: number, stdout: string, stderr: string): NodeVie
   return { exists: true, ready, unschedulable: j.spec?.unschedulable === true, bootID: j.status?.nodeInfo?.bootID, labels: j.metadata?.labels ?? {}, annotations: j.metadata?.annotations ?? {}, taints: j.spec?.taints ?? [] }
 }
 
+/** The k3s server's own connection (its kubectl), from a step on any host; its commands show under its name at -v. */
+export function serverHandle(ctx: Pick<StepContext, 'hostHandle' | 'inventory'>): Promise<HostHandle> {
+  return ctx.hostHandle(serverOf(ctx.inventory).name)
+}
+
 /** A Node as the server sees it, read over the server's own connection (read-only); this host's by default. */
 export async function nodeOnServer(ctx: StepContext, name = nodeName(ctx)): Promise<NodeView> {
-  const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
-  const r = await server.sh(`k3s kubectl get node ${quote(name)} -o json`)
+  const r = await (await serverHandle(ctx)).sh(`k3s kubectl get node ${quote(name)} -o json`)
   return parseNode(r.code, r.stdout, r.stderr)
 }
 

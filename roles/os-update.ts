@@ -13,7 +13,7 @@ import { defineFact } from '../lib/facts.ts'
 import { flushHandlers, type Role, type StepContext } from '../lib/role.ts'
 import { bounded, quote } from '../lib/shell.ts'
 import { rebootHandler, waitUntil } from '../lib/steps.ts'
-import { nodeName, nodeOnServer, serverOf, type NodeView } from './k3s-common.ts'
+import { nodeName, nodeOnServer, serverHandle, type NodeView } from './k3s-common.ts'
 import { parseKubeJson } from './flux-bootstrap.ts'
 import { drainNode, podsToEvict, podsWithNowhereElse } from './k3s-retire.ts'
 
@@ -110,17 +110,9 @@ function names(upgrades: readonly PendingUpgrade[]): string {
   return upgrades.length > 8 ? `${shown.join(', ')} and ${upgrades.length - 8} more` : shown.join(', ')
 }
 
-/** kubectl on the server, for this host's Node. */
-async function onServer(ctx: StepContext, script: string, what: string): Promise<void> {
-  const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
-  const r = await server.sh(script)
-  if (r.code !== 0) throw new ProvisionError('step', `${what} on the server failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join(' ')}`)
-}
-
 /** What a drain of this node would do: the pods it would still evict, and those no other node can take. */
 async function drainOutlook(ctx: StepContext, name: string): Promise<{ left: string[]; stuck: string[] }> {
-  const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
-  const objects = parseKubeJson(await server.sh('k3s kubectl get nodes,pods -A -o json'), 'nodes,pods -A')
+  const objects = parseKubeJson(await (await serverHandle(ctx)).sh('k3s kubectl get nodes,pods -A -o json'), 'nodes,pods -A')
   return { left: podsToEvict(objects.filter((o) => o.kind === 'Pod'), name), stuck: podsWithNowhereElse(objects, name) }
 }
 
@@ -173,8 +165,8 @@ export const osUpdate: Role = {
         if (stuck.length) ctx.warn(`${stuck.length} pod${stuck.length === 1 ? '' : 's'} fit${stuck.length === 1 ? 's' : ''} no other node and will wait Pending until ${name} is back: ${stuck.join(', ')}`)
         if (ctx.check) return { status: 'changed', message: `would drain ${name} (${what})` }
         // Marked first: a run cut off mid-drain leaves a Node the next run knows it may uncordon.
-        if (!byHand && !marked) await onServer(ctx, `k3s kubectl annotate --overwrite node ${quote(name)} ${DRAINED_MARK}=update`, `mark the Node ${name}`)
-        const server = await ctx.hostHandle(serverOf(ctx.inventory).name)
+        const server = await serverHandle(ctx)
+        if (!byHand && !marked) await server.must(`k3s kubectl annotate --overwrite node ${quote(name)} ${DRAINED_MARK}=update`, { what: `mark the Node ${name}` })
         await drainNode((script) => server.sh(script), name, ctx.vars.k3s_drain_timeout, 'the node stays cordoned and nothing was installed; the next run drains it again')
         return { status: 'changed', message: `drained ${name} (${what.replace(/^evict/, 'evicted').replace(/^cordon it/, 'cordoned')})${byHand ? '; cordoned by hand, it stays cordoned' : ''}` }
       },
@@ -242,7 +234,7 @@ export const osUpdate: Role = {
         const name = nodeName(ctx)
         if (!node.exists || !node.annotations[DRAINED_MARK]) return { status: 'ok', message: node.unschedulable ? 'cordoned, but not by this playbook: left so' : 'schedulable' }
         if (ctx.check) return { status: 'changed', message: `would uncordon ${name}` }
-        await onServer(ctx, `k3s kubectl uncordon ${quote(name)} && k3s kubectl annotate node ${quote(name)} ${DRAINED_MARK}-`, `uncordon ${name}`)
+        await (await serverHandle(ctx)).must(`k3s kubectl uncordon ${quote(name)} && k3s kubectl annotate node ${quote(name)} ${DRAINED_MARK}-`, { what: `uncordon ${name}` })
         return { status: 'changed', message: `uncordoned ${name}` }
       },
     },
