@@ -21,19 +21,25 @@ const nodeFact = (node: string) => kubeFact('k3s-retire', `node ${quote(node)}`)
 const nodesAndPodsFact = kubeFact('k3s-retire', 'nodes,pods -A')
 
 interface Pod extends KubeObject {
-  spec?: { nodeName?: string; volumes?: unknown[] }
+  spec?: { nodeName?: string }
   status?: { phase?: string }
 }
 
-/** The pods a drain evicts from a node: not DaemonSet pods (they stay), not static pods, not finished ones. */
+/** A pod a drain of `node` evicts: on it, not a DaemonSet pod (they stay), not a static pod, not finished. */
+function evicted(o: KubeObject, node: string): o is Pod {
+  const p = o as Pod
+  return (
+    p.spec?.nodeName === node &&
+    !(p.metadata.ownerReferences ?? []).some((r) => r.kind === 'DaemonSet') &&
+    !p.metadata.annotations?.['kubernetes.io/config.mirror'] &&
+    p.status?.phase !== 'Succeeded' &&
+    p.status?.phase !== 'Failed'
+  )
+}
+
+/** The pods a drain evicts from a node, by namespace/name. */
 export function podsToEvict(pods: readonly KubeObject[], node: string): string[] {
-  return (pods as readonly Pod[])
-    .filter((p) => p.spec?.nodeName === node)
-    .filter((p) => !(p.metadata.ownerReferences ?? []).some((r) => r.kind === 'DaemonSet'))
-    .filter((p) => !p.metadata.annotations?.['kubernetes.io/config.mirror'])
-    .filter((p) => p.status?.phase !== 'Succeeded' && p.status?.phase !== 'Failed')
-    .map(nameOf)
-    .sort()
+  return pods.filter((p) => evicted(p, node)).map(nameOf).sort()
 }
 
 /**
@@ -42,9 +48,8 @@ export function podsToEvict(pods: readonly KubeObject[], node: string): string[]
  */
 export function podsWithNowhereElse(objects: readonly KubeObject[], node: string): string[] {
   const others = objects.filter((o) => o.kind === 'Node' && o.metadata.name !== node && isReady(o))
-  const evicted = new Set(podsToEvict(objects.filter((o) => o.kind === 'Pod'), node))
-  return (objects as readonly Pod[])
-    .filter((p) => p.kind === 'Pod' && evicted.has(nameOf(p)))
+  return objects
+    .filter((o) => o.kind === 'Pod' && evicted(o, node))
     .filter((p) => feasibleNodes((p.spec ?? {}) as Record<string, unknown>, others).length === 0)
     .map(nameOf)
     .sort()
