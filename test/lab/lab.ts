@@ -195,22 +195,12 @@ async function awaitSsh(name: string): Promise<void> {
   }
   // sshd answers before boot is over, but PAM refuses logins while /run/nologin exists ("System is booting up"):
   // "up" means a person could log in, so wait for that too.
-  let retries = 0
-  let checked = Date.now()
+  // A systemd-user-sessions that exited 219/CGROUP (this machine's cgroups, now and then) is started again by the
+  // image's pi-lab-boot-retry.service, after every boot, not only this one.
   while (Date.now() - started < SSH_WAIT_MS) {
     const [cmd, ...args] = execArgv(name, 'test ! -e /run/nologin')
     const r = await run(cmd, args, { allowFail: true })
     if (r.code === 0) return
-    // Seen once while 15 hosts booted at once on 2 cores: systemd-user-sessions failed with 219/CGROUP (its
-    // cgroup could not be set up), leaving /run/nologin for good. Starting it again is what a person would do.
-    if (retries < 3 && Date.now() - checked > 2000) {
-      checked = Date.now()
-      const [fcmd, ...fargs] = execArgv(name, 'systemctl is-failed --quiet systemd-user-sessions.service && systemctl restart systemd-user-sessions.service')
-      if ((await run(fcmd, fargs, { allowFail: true })).code === 0) {
-        retries++
-        say(`${name}: systemd-user-sessions had failed at boot (logins refused); started it again`)
-      }
-    }
     await sleep(100)
   }
   throw new LabError(`${name} (${address}) still refuses logins (/run/nologin) after ${SSH_WAIT_MS / 1000} s; console: ${hostPaths(name).log}`)
