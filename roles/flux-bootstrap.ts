@@ -146,10 +146,13 @@ export function kubeFact(scope: string, query: string): Fact<KubeRead> {
   })
 }
 
-/** A cluster read now, outside the fact cache (polls): the same script and parser as kubeFact, errors thrown. */
-export async function kubeGet(ctx: StepContext, query: string, kind?: string): Promise<KubeObject[]> {
+/**
+ * A cluster read now, outside the fact cache (polls): the same script and parser as kubeFact, errors thrown.
+ * `on` is the step's context, or the server's HostHandle for a read made from another host's step.
+ */
+export async function kubeGet(on: Pick<StepContext, 'sh'>, query: string, kind?: string): Promise<KubeObject[]> {
   const read = kubeFact('now', query)
-  return kubeObjects(read.parse(await ctx.sh(read.script)), kind)
+  return kubeObjects(read.parse(await on.sh(read.script)), kind)
 }
 
 /** The objects of a cluster read, optionally of one kind; the read's error is thrown here, where a step needs it. */

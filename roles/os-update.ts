@@ -14,7 +14,7 @@ import { flushHandlers, type Role, type StepContext } from '../lib/role.ts'
 import { bounded, quote } from '../lib/shell.ts'
 import { rebootHandler, waitUntil } from '../lib/steps.ts'
 import { nodeName, nodeOnServer, serverHandle, type NodeView } from './k3s-common.ts'
-import { parseKubeJson } from './flux-bootstrap.ts'
+import { kubeGet } from './flux-bootstrap.ts'
 import { drainNode, podsToEvict, podsWithNowhereElse } from './k3s-retire.ts'
 
 /** On a Node this role drained: it may uncordon it. */
@@ -112,7 +112,7 @@ function names(upgrades: readonly PendingUpgrade[]): string {
 
 /** What a drain of this node would do: the pods it would still evict, and those no other node can take. */
 async function drainOutlook(ctx: StepContext, name: string): Promise<{ left: string[]; stuck: string[] }> {
-  const objects = parseKubeJson(await (await serverHandle(ctx)).sh('k3s kubectl get nodes,pods -A -o json'), 'nodes,pods -A')
+  const objects = await kubeGet(await serverHandle(ctx), 'nodes,pods -A')
   return { left: podsToEvict(objects.filter((o) => o.kind === 'Pod'), name), stuck: podsWithNowhereElse(objects, name) }
 }
 

@@ -9,6 +9,7 @@ import { parseInventory } from '../../lib/inventory.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import { runPlaybook } from '../../lib/runner.ts'
 import { aptUpdateScript, DRAINED_MARK, osUpdate, parsePendingUpgrades } from '../../roles/os-update.ts'
+import { answerKubeFact } from './fakecluster.ts'
 import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'
 
 const INV = `all:
@@ -92,10 +93,20 @@ interface NodeState {
 function fakeServer(node: NodeState, opts: { podsWhileCordoned?: boolean; onGet?: () => void; pinnedPod?: boolean } = {}) {
   const writes: string[] = []
   let drained = false
+  /** The drain's read: this node, the server, and the pods on this node (none once drained). */
+  const nodesAndPods = (): string => {
+    const here = { kind: 'Node', metadata: { name: 'pi3-worker-1', labels: { 'kubernetes.io/hostname': 'pi3-worker-1' } }, spec: node.unschedulable ? { unschedulable: true } : {}, status: { conditions: [{ type: 'Ready', status: node.ready ? 'True' : 'False' }] } }
+    const other = { kind: 'Node', metadata: { name: 'pi-k3s', labels: { 'kubernetes.io/hostname': 'pi-k3s' } }, spec: {}, status: { conditions: [{ type: 'Ready', status: 'True' }] } }
+    const pods = drained || (node.unschedulable && !opts.podsWhileCordoned) ? [] : [
+      { kind: 'Pod', metadata: { name: 'homepage-1', namespace: 'homepage', ownerReferences: [{ kind: 'Deployment', name: 'homepage' }] }, spec: { nodeName: 'pi3-worker-1' }, status: { phase: 'Running' } },
+      ...(opts.pinnedPod ? [{ kind: 'Pod', metadata: { name: 'unbound-1', namespace: 'pihole', ownerReferences: [{ kind: 'Deployment', name: 'unbound' }] }, spec: { nodeName: 'pi3-worker-1', nodeSelector: { 'kubernetes.io/hostname': 'pi3-worker-1' } }, status: { phase: 'Running' } }] : []),
+    ]
+    return JSON.stringify({ kind: 'List', items: [here, other, ...pods] })
+  }
   const conn = new FakeConnection('pi-k3s', (script) => {
     const get = /k3s kubectl get node '?([\w-]+)'? -o json/.exec(script)
-    if (get) opts.onGet?.()
-    if (get)
+    if (get) {
+      opts.onGet?.()
       return {
         stdout: JSON.stringify({
           metadata: { name: get[1], annotations: node.annotations },
@@ -103,15 +114,9 @@ function fakeServer(node: NodeState, opts: { podsWhileCordoned?: boolean; onGet?
           status: { conditions: [{ type: 'Ready', status: node.ready ? 'True' : 'False' }], nodeInfo: node.bootID ? { bootID: node.bootID } : {} },
         }),
       }
-    if (script.includes('k3s kubectl get nodes,pods -A -o json')) {
-      const here = { kind: 'Node', metadata: { name: 'pi3-worker-1', labels: { 'kubernetes.io/hostname': 'pi3-worker-1' } }, spec: node.unschedulable ? { unschedulable: true } : {}, status: { conditions: [{ type: 'Ready', status: node.ready ? 'True' : 'False' }] } }
-      const other = { kind: 'Node', metadata: { name: 'pi-k3s', labels: { 'kubernetes.io/hostname': 'pi-k3s' } }, spec: {}, status: { conditions: [{ type: 'Ready', status: 'True' }] } }
-      const pods = drained || (node.unschedulable && !opts.podsWhileCordoned) ? [] : [
-        { kind: 'Pod', metadata: { name: 'homepage-1', namespace: 'homepage', ownerReferences: [{ kind: 'Deployment', name: 'homepage' }] }, spec: { nodeName: 'pi3-worker-1' }, status: { phase: 'Running' } },
-        ...(opts.pinnedPod ? [{ kind: 'Pod', metadata: { name: 'unbound-1', namespace: 'pihole', ownerReferences: [{ kind: 'Deployment', name: 'unbound' }] }, spec: { nodeName: 'pi3-worker-1', nodeSelector: { 'kubernetes.io/hostname': 'pi3-worker-1' } }, status: { phase: 'Running' } }] : []),
-      ]
-      return { stdout: JSON.stringify({ kind: 'List', items: [here, other, ...pods] }) }
     }
+    const read = answerKubeFact(script, (q) => (q === 'nodes,pods -A' ? { stdout: nodesAndPods() } : { code: 1, stderr: `unexpected read ${q}` }))
+    if (read) return read
     writes.push(script)
     if (script.includes(`annotate --overwrite node`)) node.annotations = { ...node.annotations, [DRAINED_MARK]: 'update' }
     if (script.includes(' drain ')) {
