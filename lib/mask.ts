@@ -17,6 +17,19 @@ export function registerSecret(value: string): void {
   pattern = null
 }
 
+/**
+ * A credential that travels base64-encoded (a kubeconfig's client-key-data): masked as written, decoded, and line
+ * by line as decoded (a PEM key printed or logged one line at a time is still the key).
+ */
+export function registerEncodedSecret(encoded: string): void {
+  registerSecret(encoded)
+  const decoded = Buffer.from(encoded, 'base64').toString('utf8')
+  if (decoded.length < 4 || Buffer.from(decoded, 'utf8').toString('base64').replace(/=+$/, '') !== encoded.replace(/\s/g, '').replace(/=+$/, '')) return
+  registerSecret(decoded)
+  // PEM armour lines ("-----BEGIN ... KEY-----") are not secret; the base64 body lines are.
+  for (const line of decoded.split('\n')) if (!line.startsWith('-----') && line.trim().length >= 16) registerSecret(line.trim())
+}
+
 export function mask(text: string): string {
   if (values.size === 0 || !text) return text
   if (!pattern) {

@@ -1,7 +1,7 @@
 // Run events and the ways they are shown: a spinner on a TTY (ora), plain lines for CI and pipes,
 // JSON lines for machines (--json FILE), and a recording reporter for tests. Everything passes through mask().
 
-import { closeSync, openSync, writeSync } from 'node:fs'
+import { closeSync, constants, fchmodSync, openSync, writeSync } from 'node:fs'
 import ora, { type Ora } from 'ora'
 import { mask } from './mask.ts'
 import type { StepStatus } from './role.ts'
@@ -180,18 +180,34 @@ function cut(line: string, width: number): string {
   return line.length > width ? `${line.slice(0, width - 1)}…` : line
 }
 
-/** One JSON object per line, for CI and tools. */
+/**
+ * One JSON object per line, for CI and tools. It follows the terminal's verbosity rules: commands and fact round
+ * trips only from -v, command output only from -vv (a CI log of --json is read by more people than the run's own
+ * terminal). The file is the owner's only (0600, also when it existed with another mode) and never reached through
+ * a symlink planted at its name.
+ */
 export class JsonReporter implements Reporter {
   private readonly fd: number
-  constructor(file: string) {
-    this.fd = openSync(file, 'w', 0o600)
+  private readonly verbosity: number
+  constructor(file: string, verbosity = 0) {
+    this.verbosity = verbosity
+    this.fd = openSync(file, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o600)
+    fchmodSync(this.fd, 0o600)
   }
   emit(e: RunEvent): void {
-    writeSync(this.fd, mask(JSON.stringify({ time: new Date().toISOString(), ...e })) + '\n')
+    const shown = jsonView(e, this.verbosity)
+    if (shown) writeSync(this.fd, mask(JSON.stringify({ time: new Date().toISOString(), ...shown })) + '\n')
   }
   close(): void {
     closeSync(this.fd)
   }
+}
+
+/** An event as --json shows it at this verbosity, or null when that verbosity shows nothing of it. */
+export function jsonView(e: RunEvent, verbosity: number): RunEvent | null {
+  if ((e.kind === 'command' || e.kind === 'facts') && verbosity < 1) return null
+  if (e.kind === 'command' && verbosity < 2) return { ...e, stdout: '', stderr: '' }
+  return e
 }
 
 /** Keeps events (masked) for tests. */
@@ -233,5 +249,5 @@ export function canDrawSpinner(out: Pick<NodeJS.WriteStream, 'isTTY' | 'columns'
 export function createReporter(opts: ReporterOptions): Reporter {
   const tty = opts.tty ?? canDrawSpinner(process.stdout)
   const main: Reporter = tty ? new TtyReporter(opts) : new PlainReporter(opts)
-  return opts.jsonFile ? new FanOut([main, new JsonReporter(opts.jsonFile)]) : main
+  return opts.jsonFile ? new FanOut([main, new JsonReporter(opts.jsonFile, opts.verbosity)]) : main
 }

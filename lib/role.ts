@@ -8,6 +8,20 @@ import type { Vars } from './vars.ts'
 
 export type StepStatus = 'ok' | 'changed' | 'failed' | 'skipped'
 
+/** How a step runs a command: the connection's options, and whether its output is a credential. */
+export interface ShOptions extends RunOptions {
+  /**
+   * The command prints a credential (a kubeconfig, a token, a key, a backup): its stdout reaches the step and
+   * nothing else, at any verbosity; no reporter, no --json file and no error message ever carries it.
+   */
+  secretOutput?: boolean
+}
+
+/** Like ShOptions, with the words a failure starts with ("restart k3s", "read the token"). */
+export interface MustOptions extends ShOptions {
+  what?: string
+}
+
 export interface StepResult {
   status: StepStatus
   /** One line for people: what was (or would be) done, or why it failed / was skipped. */
@@ -38,9 +52,9 @@ export interface HostHandle {
   conn: Connection
   facts: FactCache
   /** Run a script there (as root unless sudo:false), shown at -v under that host's name like the step's own. */
-  sh(script: string, opts?: RunOptions): Promise<RunResult>
+  sh(script: string, opts?: ShOptions): Promise<RunResult>
   /** Like sh, but a non-zero exit fails the step with the command's error output, naming that host. */
-  must(script: string, opts?: RunOptions & { what?: string }): Promise<RunResult>
+  must(script: string, opts?: MustOptions): Promise<RunResult>
 }
 
 export interface StepContext {
@@ -58,9 +72,9 @@ export interface StepContext {
   /** Another host of the inventory (connects on first use; strict host keys as always). */
   hostHandle(name: string): Promise<HostHandle>
   /** Run a script (as root unless sudo:false); logged at -v, output at -vv, secrets masked. */
-  sh(script: string, opts?: RunOptions): Promise<RunResult>
+  sh(script: string, opts?: ShOptions): Promise<RunResult>
   /** Like sh, but a non-zero exit fails the step with the command's error output. */
-  must(script: string, opts?: RunOptions & { what?: string }): Promise<RunResult>
+  must(script: string, opts?: MustOptions): Promise<RunResult>
   /** Carry out a planned change (or, in check mode, only report it). Drops this host's facts after changing it. */
   apply(change: Change | null, okMessage?: string): Promise<StepResult>
   log(text: string): void

@@ -2,17 +2,17 @@
 // goes through its roles' steps in order, then the handlers its steps notified. A failing host stops
 // alone; the recap and the exit code say what happened to each.
 
-import { writeFileSync } from 'node:fs'
 import pLimit from 'p-limit'
-import { SshConnection, type Connection, type RunOptions as ConnRunOptions, type RunResult } from './connection.ts'
+import { SshConnection, type Connection, type RunResult } from './connection.ts'
 import { errorText, ProvisionError } from './errors.ts'
+import { writeFileAtomic } from './fsutil.ts'
 import { defineFact, FactCache, type Fact } from './facts.ts'
 import { quote } from './shell.ts'
 import { hostVars, type Inventory, type InventoryHost, type VarLayer } from './inventory.ts'
 import { mask } from './mask.ts'
 import { selectHosts } from './patterns.ts'
 import type { HostCounts, Reporter } from './reporter.ts'
-import type { Change, HostHandle, Play, Playbook, Role, Step, StepContext, StepResult } from './role.ts'
+import type { Change, HostHandle, MustOptions, Play, Playbook, Role, ShOptions, Step, StepContext, StepResult } from './role.ts'
 import type { SecretStore } from './secrets.ts'
 import type { Vars } from './vars.ts'
 
@@ -284,27 +284,33 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
     return false
   }
 
-  /** A command on a host, shown at -v (output at -vv) under that host's name. */
-  async function logged(rt: HostRuntime, script: string, o: ConnRunOptions = {}): Promise<RunResult> {
+  /**
+   * A command on a host, shown at -v (output at -vv) under that host's name. A credential's output (secretOutput)
+   * is replaced by its size before any reporter sees the event.
+   */
+  async function logged(rt: HostRuntime, script: string, o: ShOptions = {}): Promise<RunResult> {
+    const { secretOutput, ...run } = o
     const t0 = Date.now()
-    const r = await rt.conn.run(script, o)
-    rep.emit({ kind: 'command', host: rt.name, script, code: r.code, stdout: r.stdout, stderr: r.stderr, ms: Date.now() - t0 })
+    const r = await rt.conn.run(script, run)
+    const stdout = secretOutput && r.stdout ? withheld(r.stdout) : r.stdout
+    rep.emit({ kind: 'command', host: rt.name, script, code: r.code, stdout, stderr: r.stderr, ms: Date.now() - t0 })
     return r
   }
 
   /** Like logged, but a non-zero exit fails the step with the command's last error lines, naming the host. */
-  async function mustOn(rt: HostRuntime, script: string, o: ConnRunOptions & { what?: string } = {}): Promise<RunResult> {
+  async function mustOn(rt: HostRuntime, script: string, o: MustOptions = {}): Promise<RunResult> {
     const r = await logged(rt, script, o)
     if (r.code !== 0) {
-      const out = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-6).join('\n    ')
+      // A credential's stdout never becomes an error message; its stderr (what went wrong) still may.
+      const out = (r.stderr.trim() || (o.secretOutput ? '' : r.stdout.trim())).split('\n').slice(-6).join('\n    ')
       throw new ProvisionError('step', `${o.what ?? `command failed`} (exit ${r.code})${out ? `:\n    ${out}` : ''}`, { place: { host: rt.name } })
     }
     return r
   }
 
   function makeContext(rt: HostRuntime, vars: Vars): StepContext {
-    const sh = (script: string, o: ConnRunOptions = {}): Promise<RunResult> => logged(rt, script, o)
-    const must = (script: string, o: ConnRunOptions & { what?: string } = {}): Promise<RunResult> => mustOn(rt, script, o)
+    const sh = (script: string, o: ShOptions = {}): Promise<RunResult> => logged(rt, script, o)
+    const must = (script: string, o: MustOptions = {}): Promise<RunResult> => mustOn(rt, script, o)
     const ctx: StepContext = {
       host: rt.name,
       vars,
@@ -349,13 +355,19 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
   let retryFile: string | undefined
   // A retire or rebuild cut short by Ctrl-C is finished the same way as one with a failed host.
   const rerun = failed.length || unreachable.length || wasInterrupted ? pb.rerun : undefined
-  if (opts.retryFile && !pb.rerun && (failed.length || unreachable.length)) {
-    writeFileSync(opts.retryFile, mask([...failed, ...unreachable].join('\n') + '\n'))
+  // --check writes nothing anywhere, the retry file included; otherwise it is the owner's only and never half written.
+  if (opts.retryFile && !check && !pb.rerun && (failed.length || unreachable.length)) {
+    await writeFileAtomic(opts.retryFile, mask([...failed, ...unreachable].join('\n') + '\n'), 0o600)
     retryFile = opts.retryFile
   }
   const seconds = (Date.now() - started) / 1000
   rep.emit({ kind: 'recap', hosts: counts, seconds, exitCode, retryFile, rerun })
   return { exitCode, counts, failed, unreachable, interrupted: wasInterrupted, seconds }
+}
+
+/** What a reporter is told of a credential's output: its size, never its bytes. */
+export function withheld(output: string): string {
+  return `(${Buffer.byteLength(output)} bytes of credential output not shown)\n`
 }
 
 export function batches<T>(items: readonly T[], serial: number | string | undefined): T[][] {

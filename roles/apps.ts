@@ -15,9 +15,8 @@ import type { Role, StepContext } from '../lib/role.ts'
 import { quote } from '../lib/shell.ts'
 import { waitUntil } from '../lib/steps.ts'
 import type { Vars } from '../lib/vars.ts'
-import {
-  conditionOf, field, FLUX, HR, isReady, KS, KUBECTL, kubeFact, kubeGet, kubeObjects, nameOf, type KubeObject,
-} from './flux-bootstrap.ts'
+import { FLUX } from './flux-bootstrap.ts'
+import { conditionOf, field, HR, isReady, KS, kubectl, kubeFact, kubeGet, kubeObjects, nameOf, type KubeObject } from '../lib/kube.ts'
 
 export const SECRET_STORE = 'onepassword'
 const REQUESTED_AT = 'reconcile.fluxcd.io/requestedAt'
@@ -374,7 +373,7 @@ export const apps: Role = {
         const stamp = new Date().toISOString()
         if (others.length) {
           const script = others
-            .map((k) => `${KUBECTL} annotate --overwrite -n ${quote(k.metadata.namespace ?? 'flux-system')} ${KS}/${quote(k.metadata.name)} ${REQUESTED_AT}=${quote(stamp)} >/dev/null`)
+            .map((k) => `${kubectl(`annotate --overwrite -n ${quote(k.metadata.namespace ?? 'flux-system')}`, `${KS}/${k.metadata.name}`, `${REQUESTED_AT}=${stamp}`)} >/dev/null`)
             .join(' && \\\n')
           await ctx.must(script, { what: 'request reconciliation of the Kustomizations' })
           ctx.shared.set(`flux-requested-at:${ctx.host}`, stamp)

@@ -9,157 +9,12 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { ProvisionError } from '../lib/errors.ts'
 import { defineFact, type Fact } from '../lib/facts.ts'
+import { conditionOf, field, GITREPO, isReady, KS, KUBECONFIG, KUBECTL, kubeFact, kubeGet, kubeObjects, type KubeObject } from '../lib/kube.ts'
 import { registerSecret } from '../lib/mask.ts'
-import type { RunResult } from '../lib/connection.ts'
 import type { Role, StepContext, StepResult } from '../lib/role.ts'
 import { quote } from '../lib/shell.ts'
 import { waitUntil } from '../lib/steps.ts'
 import type { Vars } from '../lib/vars.ts'
-
-// ---------------------------------------------------------------- the cluster as seen from the server
-
-export const KUBECONFIG = '/etc/rancher/k3s/k3s.yaml'
-export const KUBECTL = `k3s kubectl --kubeconfig ${KUBECONFIG}`
-export const FLUX_BIN = '/usr/local/bin/flux'
-export const FLUX = `${FLUX_BIN} --kubeconfig ${KUBECONFIG}`
-
-export const KS = 'kustomizations.kustomize.toolkit.fluxcd.io'
-export const HR = 'helmreleases.helm.toolkit.fluxcd.io'
-export const GITREPO = 'gitrepositories.source.toolkit.fluxcd.io'
-
-export const ESO_NAMESPACE = 'external-secrets'
-export const ESO_SECRET = 'onepassword-service-account'
-export const ESO_KEY = 'token'
-
-export interface Condition {
-  type: string
-  status: string
-  reason?: string
-  message?: string
-}
-
-export interface KubeObject {
-  apiVersion?: string
-  kind?: string
-  metadata: {
-    name: string
-    namespace?: string
-    uid?: string
-    generation?: number
-    resourceVersion?: string
-    labels?: Record<string, string>
-    annotations?: Record<string, string>
-    ownerReferences?: { kind: string; name: string; uid?: string }[]
-  }
-  spec?: Record<string, unknown>
-  status?: Record<string, unknown>
-  data?: Record<string, string>
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
-}
-
-function isKubeObject(v: unknown): v is KubeObject {
-  return isRecord(v) && isRecord(v.metadata) && typeof v.metadata.name === 'string'
-}
-
-const ABSENT = /\(NotFound\)|doesn't have a resource type|no matches for kind/
-
-/**
- * `kubectl get ... -o json` (a List or one object): the objects. Nothing found (NotFound, --ignore-not-found,
- * or a kind whose CRD is not installed yet) is []. Any other failure throws, naming what was asked.
- */
-export function parseKubeJson(r: RunResult, what: string): KubeObject[] {
-  if (r.code !== 0) {
-    if (ABSENT.test(r.stderr)) return []
-    throw new ProvisionError('step', `kubectl get ${what} failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join(' ')}`)
-  }
-  const text = r.stdout.trim()
-  if (text === '') return []
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(text)
-  } catch {
-    throw new ProvisionError('step', `kubectl get ${what}: the answer is not JSON: ${text.slice(0, 120)}`)
-  }
-  if (isRecord(parsed) && Array.isArray(parsed.items)) return parsed.items.filter(isKubeObject)
-  if (isKubeObject(parsed)) return [parsed]
-  throw new ProvisionError('step', `kubectl get ${what}: unexpected answer: ${text.slice(0, 120)}`)
-}
-
-export function conditionOf(obj: KubeObject | undefined, type = 'Ready'): Condition | undefined {
-  const conds = obj?.status?.conditions
-  if (!Array.isArray(conds)) return undefined
-  for (const c of conds) if (isRecord(c) && c.type === type && typeof c.status === 'string') return { type, status: c.status, reason: typeof c.reason === 'string' ? c.reason : undefined, message: typeof c.message === 'string' ? c.message : undefined }
-  return undefined
-}
-
-export function isReady(obj: KubeObject | undefined): boolean {
-  return conditionOf(obj)?.status === 'True'
-}
-
-export function nameOf(obj: KubeObject): string {
-  return obj.metadata.namespace ? `${obj.metadata.namespace}/${obj.metadata.name}` : obj.metadata.name
-}
-
-/** A string field at a path of an object (spec.path, spec.ref.branch, ...). */
-export function field(obj: KubeObject | undefined, ...path: string[]): string | undefined {
-  let cur: unknown = obj
-  for (const p of path) cur = isRecord(cur) ? cur[p] : undefined
-  return typeof cur === 'string' ? cur : typeof cur === 'number' ? String(cur) : undefined
-}
-
-/** A cluster read gathered as a fact: the objects, or why they could not be read (thrown when a step uses them). */
-export interface KubeRead {
-  objects: KubeObject[]
-  error?: string
-}
-
-/** Separates kubectl's stdout from its error output in a fact's answer (facts keep stdout only). */
-export const KUBE_STDERR = '@@kubectl-stderr@@'
-
-/**
- * `kubectl get QUERY -o json` as a fact, so a role's cluster reads travel with its other facts and run side by
- * side on the server. QUERY may list several types (`a,b,c`): kubectl answers one List whose items carry their
- * kind. The scope (a role name) keeps one role from reusing another's read: the cluster changes while this host
- * does not (agents join), and the fact cache is only dropped when this host changes.
- */
-export function kubeFact(scope: string, query: string): Fact<KubeRead> {
-  const script = [
-    'e=$(mktemp -p /dev/shm 2>/dev/null || mktemp) || exit 125',
-    `${KUBECTL} get ${query} -o json 2>"$e"`,
-    'rc=$?',
-    `[ $rc -eq 0 ] || { printf '\\n%s\\n' '${KUBE_STDERR}'; cat "$e"; }`,
-    'rm -f "$e"',
-    'exit $rc',
-  ].join('\n')
-  return defineFact(`kube:${scope}:${query}`, script, (r) => {
-    const cut = r.stdout.indexOf(`\n${KUBE_STDERR}\n`)
-    const stdout = cut < 0 ? r.stdout : r.stdout.slice(0, cut)
-    const stderr = cut < 0 ? r.stderr : r.stdout.slice(cut + KUBE_STDERR.length + 2)
-    try {
-      return { objects: parseKubeJson({ code: r.code, stdout, stderr }, query) }
-    } catch (e) {
-      return { objects: [], error: e instanceof Error ? e.message : String(e) }
-    }
-  })
-}
-
-/**
- * A cluster read now, outside the fact cache (polls): the same script and parser as kubeFact, errors thrown.
- * `on` is the step's context, or the server's HostHandle for a read made from another host's step.
- */
-export async function kubeGet(on: Pick<StepContext, 'sh'>, query: string, kind?: string): Promise<KubeObject[]> {
-  const read = kubeFact('now', query)
-  return kubeObjects(read.parse(await on.sh(read.script)), kind)
-}
-
-/** The objects of a cluster read, optionally of one kind; the read's error is thrown here, where a step needs it. */
-export function kubeObjects(read: KubeRead, kind?: string): KubeObject[] {
-  if (read.error) throw new ProvisionError('step', read.error)
-  return kind ? read.objects.filter((o) => o.kind === kind) : read.objects
-}
 
 // ---------------------------------------------------------------- what the inventory asks for
 
@@ -222,6 +77,14 @@ export function checkFluxVars(v: Vars): void {
 }
 
 // ---------------------------------------------------------------- the flux CLI
+
+export const FLUX_BIN = '/usr/local/bin/flux'
+export const FLUX = `${FLUX_BIN} --kubeconfig ${KUBECONFIG}`
+
+export const ESO_NAMESPACE = 'external-secrets'
+export const ESO_SECRET = 'onepassword-service-account'
+export const ESO_KEY = 'token'
+
 
 /** `flux --version` -> "2.7.3"; null when there is no flux. */
 export function parseFluxVersion(stdout: string): string | null {

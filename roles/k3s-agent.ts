@@ -6,7 +6,7 @@
 import { flushHandlers, handler, type Role, type StepContext } from '../lib/role.ts'
 import { file, fileFact, systemdUnit } from '../lib/steps.ts'
 import { ProvisionError } from '../lib/errors.ts'
-import { quote } from '../lib/shell.ts'
+import { kubectl } from '../lib/kube.ts'
 import { clusterToken, extraConfig, K3S_CONFIG, k3sInstallFact, missingOnNode, NODE_PASSWORD, nodeName, nodeOnServer, renderK3sConfig, restartHandlerStep, runInstaller, serverHandle, serverOf, type NodeView } from './k3s-common.ts'
 
 /** How long a running agent may stay unknown to the server before it is restarted to rejoin. */
@@ -38,7 +38,7 @@ export const k3sAgent: Role = {
         if (!node.exists) return { status: 'ok', message: 'no Node of this name on the server' }
         const name = nodeName(ctx)
         if (ctx.check) return { status: 'changed', message: `would delete the stale Node ${name} on the server` }
-        await (await serverHandle(ctx)).must(`k3s kubectl delete node ${quote(name)}`, { what: `delete the stale Node ${name} on the server` })
+        await (await serverHandle(ctx)).must(kubectl('delete node', name), { what: `delete the stale Node ${name} on the server` })
         return { status: 'changed', message: `deleted the stale Node ${name} (and its node-password secret) on the server` }
       },
     },

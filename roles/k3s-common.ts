@@ -8,6 +8,7 @@ import type { Inventory } from '../lib/inventory.ts'
 import { hostVars } from '../lib/inventory.ts'
 import type { HostHandle, Step, StepContext, StepResult } from '../lib/role.ts'
 import { bounded, quote } from '../lib/shell.ts'
+import { kubectl } from '../lib/kube.ts'
 
 export const K3S_CONFIG = '/etc/rancher/k3s/config.yaml'
 export const NODE_PASSWORD = '/etc/rancher/node/password'
@@ -217,7 +218,7 @@ export function serverHandle(ctx: Pick<StepContext, 'hostHandle' | 'inventory'>)
 
 /** A Node as the server sees it, read over the server's own connection (read-only); this host's by default. */
 export async function nodeOnServer(ctx: StepContext, name = nodeName(ctx)): Promise<NodeView> {
-  const r = await (await serverHandle(ctx)).sh(`k3s kubectl get node ${quote(name)} -o json`)
+  const r = await (await serverHandle(ctx)).sh(kubectl('get node -o json', name))
   return parseNode(r.code, r.stdout, r.stderr)
 }
 

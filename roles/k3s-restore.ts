@@ -5,6 +5,7 @@
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { ProvisionError } from '../lib/errors.ts'
+import { registerSecret } from '../lib/mask.ts'
 import type { Step } from '../lib/role.ts'
 import { fileFact } from '../lib/steps.ts'
 import { clusterToken } from './k3s-common.ts'
@@ -63,7 +64,8 @@ export const restoreDatastore: Step = {
     )
     await ctx.must(`set -e; base64 -d | tar -xzf - -C ${SERVER_DIR}`, { stdin: readFileSync(backup.tarball).toString('base64'), what: `restore ${backup.tarball}` })
     // The datastore is sealed with the token: a mismatch would only show as a k3s crash loop later.
-    const saved = (await ctx.must(`cat ${SERVER_DIR}/token`, { what: 'read the restored token' })).stdout.trim()
+    const saved = (await ctx.must(`cat ${SERVER_DIR}/token`, { what: 'read the restored token', secretOutput: true })).stdout.trim()
+    registerSecret(saved)
     if (tokenSecret(saved) !== tokenSecret(token))
       throw new ProvisionError('step', `backup ${backup.name} was taken with another cluster token than the one at ${ctx.vars.k3s_token_ref}: k3s would refuse it ("bootstrap data already found and encrypted with different token")`, {
         hint: 'restore the token that was in use when the backup was taken into the secrets store, or rebuild with -e k3s_restore=none',

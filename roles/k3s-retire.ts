@@ -7,16 +7,16 @@
 import { ProvisionError } from '../lib/errors.ts'
 import type { RunResult } from '../lib/connection.ts'
 import type { Role } from '../lib/role.ts'
-import { bounded, quote } from '../lib/shell.ts'
+import { bounded } from '../lib/shell.ts'
 import { feasibleNodes } from './apps.ts'
-import { isReady, KUBECTL, kubeFact, kubeObjects, nameOf, type KubeObject } from './flux-bootstrap.ts'
+import { isReady, kubectl, kubeFact, kubeObjects, nameOf, type KubeObject } from '../lib/kube.ts'
 import { k3sInstallFact, nodeName } from './k3s-common.ts'
 
 const AGENT_UNINSTALL = '/usr/local/bin/k3s-agent-uninstall.sh'
 /** Set by the uninstall role (run-wide), read when the Node is deleted: was the host itself cleaned up? */
 const uninstalledKey = (node: string) => `k3s-retire:uninstalled:${node}`
 
-const nodeFact = (node: string) => kubeFact('k3s-retire', `node ${quote(node)}`)
+const nodeFact = (node: string) => kubeFact('k3s-retire', 'node', node)
 /** One read for the drain decision: every node and pod (a homelab's cluster is small). */
 const nodesAndPodsFact = kubeFact('k3s-retire', 'nodes,pods -A')
 
@@ -97,7 +97,7 @@ export function drainNodeRole(node: string): Role {
  * the error shows kubectl's last lines; `left` says what state that leaves behind and how to go on.
  */
 export async function drainNode(run: (script: string) => Promise<RunResult>, node: string, seconds: number, left: string): Promise<void> {
-  const cmd = `${KUBECTL} drain ${quote(node)} --ignore-daemonsets --delete-emptydir-data --timeout=${seconds}s`
+  const cmd = kubectl(`drain --ignore-daemonsets --delete-emptydir-data --timeout=${seconds}s`, node)
   // kubectl's own timeout ends the drain; the outer bound only catches a kubectl that hangs past it.
   const r = await run(bounded(cmd, seconds + 30, `kubectl drain ${node}`, 'k3s_drain_timeout'))
   if (r.code === 0) return
@@ -147,7 +147,7 @@ export function deleteNodeRole(node: string, inInventory: boolean): Role {
           const found = kubeObjects(await ctx.facts.get(nodeFact(node))).length > 0
           if (!found) return { status: 'ok', message: `no Node ${node} in the cluster` }
           if (ctx.check) return { status: 'changed', message: `would delete the Node ${node}` }
-          await ctx.must(`${KUBECTL} delete node ${quote(node)}`, { what: `delete the Node ${node}` })
+          await ctx.must(kubectl('delete node', node), { what: `delete the Node ${node}` })
           ctx.facts.invalidate()
           if (!inInventory) ctx.warn(`${node} is not in the inventory, so its disk was not touched: if that Pi comes back with k3s-agent on it, it joins again`)
           else if (!ctx.shared.get(uninstalledKey(node))) ctx.warn(`k3s-agent could not be uninstalled on ${node}: if that Pi comes back, it joins again; run retire again then`)

@@ -3,14 +3,15 @@
 // different, a restart only when config or binary changed, then the API and the node Ready, and the
 // kubeconfig on the controller.
 
-import { mkdirSync, readFileSync } from 'node:fs'
+import { chmodSync, lstatSync, mkdirSync, readFileSync } from 'node:fs'
 import { writeFileAtomic } from '../lib/fsutil.ts'
 import { dirname } from 'node:path'
 import { parseDocument, stringify } from 'yaml'
 import { ProvisionError } from '../lib/errors.ts'
+import { registerEncodedSecret, registerSecret } from '../lib/mask.ts'
 import { flushHandlers, handler, type Role, type StepContext } from '../lib/role.ts'
 import { file, systemdUnit, waitUntil } from '../lib/steps.ts'
-import { quote } from '../lib/shell.ts'
+import { kubectl } from '../lib/kube.ts'
 import { restoreDatastore } from './k3s-restore.ts'
 import { clusterToken, extraConfig, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, missingOnNode } from './k3s-common.ts'
 
@@ -26,6 +27,17 @@ function serverConfig(ctx: StepContext): string {
     'node-taint': v.node_taints,
     ...extraConfig(v.k3s_extra_args),
   })
+}
+
+/** Every credential in a kubeconfig is masked from here on: client key and certificate data, tokens, passwords. */
+export function registerKubeconfigSecrets(text: string): void {
+  const users = (parseDocument(text).toJS() as { users?: { user?: Record<string, unknown> }[] } | null)?.users ?? []
+  for (const u of users)
+    for (const [k, v] of Object.entries(u.user ?? {})) {
+      if (typeof v !== 'string') continue
+      if (k.endsWith('-data')) registerEncodedSecret(v)
+      else if (k === 'token' || k === 'password') registerSecret(v)
+    }
 }
 
 /** k3s.yaml as the controller needs it: the server's address instead of 127.0.0.1, and a named context. */
@@ -49,6 +61,17 @@ export function rewriteKubeconfig(text: string, serverUrl: string, context: stri
   for (const u of json.users ?? []) u.name = context
   json['current-context'] = context
   return stringify(json)
+}
+
+/** A controller file's text and mode, or null when there is none (a symlink counts as none: it is replaced, not followed). */
+function readController(path: string): { text: string; mode: number } | null {
+  try {
+    const st = lstatSync(path)
+    if (!st.isFile()) return null
+    return { text: readFileSync(path, 'utf8'), mode: st.mode }
+  } catch {
+    return null
+  }
 }
 
 export const k3sServer: Role = {
@@ -93,7 +116,7 @@ export const k3sServer: Role = {
         // answer is kept for the next step, which then needs no read of its own.
         const name = nodeName(ctx)
         const { seconds } = await waitUntil(ctx, { timeoutSec: 180, intervalMs: 1000, what: 'the k3s API server' }, async () => {
-          const r = await ctx.sh(`k3s kubectl get node ${quote(name)} -o json`)
+          const r = await ctx.sh(kubectl('get node -o json', name))
           const up = r.code === 0 || /NotFound/.test(r.stderr)
           if (r.code === 0) ctx.shared.set(`k3s-node-json:${ctx.host}`, r.stdout)
           return { done: up, value: null, waitingFor: `last output: ${(r.stderr || r.stdout).trim().split('\n').pop() ?? ''}` }
@@ -111,7 +134,7 @@ export const k3sServer: Role = {
         ctx.shared.delete(`k3s-node-json:${ctx.host}`)
         const { value: node, seconds } = await waitUntil(ctx, { timeoutSec: 180, intervalMs: 1000, what: `node ${name} Ready` }, async () => {
           if (json === undefined) {
-            const r = await ctx.sh(`k3s kubectl get node ${quote(name)} -o json`)
+            const r = await ctx.sh(kubectl('get node -o json', name))
             if (r.code === 0) json = r.stdout
           }
           const seen = json === undefined ? undefined : parseNode(0, json, '')
@@ -128,22 +151,26 @@ export const k3sServer: Role = {
       when: (ctx) => Boolean(ctx.vars.kubeconfig_path),
       async run(ctx) {
         const path = ctx.vars.kubeconfig_path!
-        const r = await ctx.sh('cat /etc/rancher/k3s/k3s.yaml')
+        // The admin credential: read so that its bytes reach this step and no reporter, and masked from now on.
+        const r = await ctx.sh('cat /etc/rancher/k3s/k3s.yaml', { secretOutput: true })
         if (r.code !== 0) {
           if (ctx.check) return { status: 'skipped', message: 'check mode: no kubeconfig on the server yet' }
           throw new ProvisionError('step', `cannot read /etc/rancher/k3s/k3s.yaml: ${r.stderr.trim()}`)
         }
+        registerKubeconfigSecrets(r.stdout)
         const addr = ctx.vars.address!.includes(':') ? `[${ctx.vars.address}]` : ctx.vars.address!
         const want = rewriteKubeconfig(r.stdout, `https://${addr}:${ctx.vars.k3s_api_port}`, ctx.vars.kubeconfig_context ?? ctx.host)
-        let cur: string | null = null
-        try {
-          cur = readFileSync(path, 'utf8')
-        } catch {
-          cur = null
+        const cur = readController(path)
+        if (cur?.text === want) {
+          // Same content, but readable by others (a copy made by hand, an older tool): the owner's only, as written.
+          if ((cur.mode & 0o077) === 0) return { status: 'ok', message: path }
+          if (ctx.check) return { status: 'changed', message: `would make ${path} 0600 (it is ${(cur.mode & 0o777).toString(8)})` }
+          chmodSync(path, 0o600)
+          return { status: 'changed', message: `made ${path} 0600 (it was ${(cur.mode & 0o777).toString(8)})` }
         }
-        if (cur === want) return { status: 'ok', message: path }
         if (ctx.check) return { status: 'changed', message: `would write ${path}` }
         mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
+        // A temp file made with exclusive create, then renamed over the name: never written through a symlink.
         await writeFileAtomic(path, want, 0o600)
         return { status: 'changed', message: `wrote ${path} (context ${ctx.vars.kubeconfig_context ?? ctx.host})` }
       },

@@ -14,7 +14,7 @@ import { flushHandlers, type Role, type StepContext } from '../lib/role.ts'
 import { bounded, quote } from '../lib/shell.ts'
 import { rebootHandler, waitUntil } from '../lib/steps.ts'
 import { nodeName, nodeOnServer, serverHandle, type NodeView } from './k3s-common.ts'
-import { kubeGet } from './flux-bootstrap.ts'
+import { kubeGet, kubectl } from '../lib/kube.ts'
 import { drainNode, podsToEvict, podsWithNowhereElse } from './k3s-retire.ts'
 
 /** On a Node this role drained: it may uncordon it. */
@@ -166,7 +166,7 @@ export const osUpdate: Role = {
         if (ctx.check) return { status: 'changed', message: `would drain ${name} (${what})` }
         // Marked first: a run cut off mid-drain leaves a Node the next run knows it may uncordon.
         const server = await serverHandle(ctx)
-        if (!byHand && !marked) await server.must(`k3s kubectl annotate --overwrite node ${quote(name)} ${DRAINED_MARK}=update`, { what: `mark the Node ${name}` })
+        if (!byHand && !marked) await server.must(kubectl('annotate --overwrite node', name, `${DRAINED_MARK}=update`), { what: `mark the Node ${name}` })
         await drainNode((script) => server.sh(script), name, ctx.vars.k3s_drain_timeout, 'the node stays cordoned and nothing was installed; the next run drains it again')
         return { status: 'changed', message: `drained ${name} (${what.replace(/^evict/, 'evicted').replace(/^cordon it/, 'cordoned')})${byHand ? '; cordoned by hand, it stays cordoned' : ''}` }
       },
@@ -234,7 +234,7 @@ export const osUpdate: Role = {
         const name = nodeName(ctx)
         if (!node.exists || !node.annotations[DRAINED_MARK]) return { status: 'ok', message: node.unschedulable ? 'cordoned, but not by this playbook: left so' : 'schedulable' }
         if (ctx.check) return { status: 'changed', message: `would uncordon ${name}` }
-        await (await serverHandle(ctx)).must(`k3s kubectl uncordon ${quote(name)} && k3s kubectl annotate node ${quote(name)} ${DRAINED_MARK}-`, { what: `uncordon ${name}` })
+        await (await serverHandle(ctx)).must(`${kubectl('uncordon', name)} && ${kubectl('annotate node', name, `${DRAINED_MARK}-`)}`, { what: `uncordon ${name}` })
         return { status: 'changed', message: `uncordoned ${name}` }
       },
     },

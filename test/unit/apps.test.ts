@@ -13,7 +13,7 @@ import { resetSecretsForTest } from '../../lib/mask.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import { requiredSecrets, runPlaybook } from '../../lib/runner.ts'
 import { appChecksFor, apps, checkEso, checkPlacement, describeNotReady, feasibleNodes, parsePlacement, parseRevision, readiness } from '../../roles/apps.ts'
-import type { KubeObject } from '../../roles/flux-bootstrap.ts'
+import type { KubeObject } from '../../lib/kube.ts'
 import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'
 import { answerKubeFact, list, notReady, ready } from './fakecluster.ts'
 

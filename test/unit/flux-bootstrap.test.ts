@@ -12,10 +12,8 @@ import { resetSecretsForTest } from '../../lib/mask.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import type { RunOptions } from '../../lib/connection.ts'
 import { requiredSecrets, runPlaybook } from '../../lib/runner.ts'
-import {
-  bootstrapCommand, bootstrapDecision, bootstrapScript, esoSecretDigest, esoSecretFact, esoSecretManifest, fluxArch, fluxBootstrap, fluxCliFact, fluxDownloadUrl,
-  fluxInstallScript, normPath, normRepoUrl, kubeFact, kubeObjects, parseFluxVersion, parseKubeJson, archFact, type BootstrapWant, type FluxState, type KubeObject,
-} from '../../roles/flux-bootstrap.ts'
+import { bootstrapCommand, bootstrapDecision, bootstrapScript, esoSecretDigest, esoSecretFact, esoSecretManifest, fluxArch, fluxBootstrap, fluxCliFact, fluxDownloadUrl, fluxInstallScript, normPath, normRepoUrl, parseFluxVersion, archFact, type BootstrapWant, type FluxState } from '../../roles/flux-bootstrap.ts'
+import { kubeFact, kubeObjects, parseKubeJson, type KubeObject } from '../../lib/kube.ts'
 import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'
 import { answerKubeFact, list, NONE, notReady, one, ready } from './fakecluster.ts'
 

@@ -104,7 +104,7 @@ function fakeServer(node: NodeState, opts: { podsWhileCordoned?: boolean; onGet?
     return JSON.stringify({ kind: 'List', items: [here, other, ...pods] })
   }
   const conn = new FakeConnection('pi-k3s', (script) => {
-    const get = /k3s kubectl get node '?([\w-]+)'? -o json/.exec(script)
+    const get = /k3s kubectl --kubeconfig \S+ get node -o json -- '?([\w-]+)'?/.exec(script)
     if (get) {
       opts.onGet?.()
       return {
@@ -174,11 +174,11 @@ describe('the os-update role on an agent', () => {
       'ok: Wait until the server reports this node Ready (Ready)',
       'changed: Uncordon this node (only when this playbook drained it) (uncordoned pi3-worker-1)',
     ])
-    expect(server.writes.map((w) => w.replace(/^.*?k3s kubectl( --kubeconfig \S+)? /, '').split(' ').slice(0, 2).join(' '))).toEqual(['annotate --overwrite', 'drain pi3-worker-1', 'uncordon pi3-worker-1'])
-    expect(server.writes[1]).toMatch(/drain pi3-worker-1 --ignore-daemonsets --delete-emptydir-data --timeout=300s/)
+    expect(server.writes.map((w) => w.replace(/^.*?k3s kubectl( --kubeconfig \S+)? /, '').split(' ').slice(0, 2).join(' '))).toEqual(['annotate --overwrite', 'drain --ignore-daemonsets', 'uncordon --'])
+    expect(server.writes[1]).toMatch(/drain --ignore-daemonsets --delete-emptydir-data --timeout=300s -- pi3-worker-1;/)
     expect(node).toEqual(readyNode())
     // At -v the commands run on the server for this node are shown under the server's name.
-    expect(first.all).toContainEqual(expect.stringMatching(/^ {2}\[pi-k3s\] \$ .*k3s kubectl .*drain pi3-worker-1 .* -> exit 0 \(\d+ ms\)$/))
+    expect(first.all).toContainEqual(expect.stringMatching(/^ {2}\[pi-k3s\] \$ .*k3s kubectl .*drain .* -- pi3-worker-1;.* -> exit 0 \(\d+ ms\)$/))
     const upgrade = agent.changes.find((c) => c.includes('full-upgrade'))!
     expect(upgrade).toContain('-o Dpkg::Options::=--force-confold -y -q full-upgrade')
     // Pi OS's kernel packages do not ask for their reboot: the role asks for them.

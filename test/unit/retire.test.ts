@@ -9,7 +9,7 @@ import { parseInventory } from '../../lib/inventory.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import type { Play } from '../../lib/role.ts'
 import { runPlaybook } from '../../lib/runner.ts'
-import type { KubeObject } from '../../roles/flux-bootstrap.ts'
+import type { KubeObject } from '../../lib/kube.ts'
 import { deleteNodeRole, drainNodeRole, podsToEvict, uninstallAgentRole } from '../../roles/k3s-retire.ts'
 import { answerKubeFact, kinded, list, type KubeAnswer } from './fakecluster.ts'
 import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'
@@ -129,7 +129,7 @@ describe('the retire roles', () => {
     expect(first.lines).toContain('changed: [pi-k3s] k3s-retire | Delete the Node pi3-worker-2 (deleted the Node pi3-worker-2 (and its node-password secret))')
     expect(first.lines.filter((l) => l.startsWith('WARNING'))).toEqual([])
     const [drain] = ran(server, ' drain ')
-    expect(drain.script).toMatch(/timeout -k 10 330 k3s kubectl --kubeconfig \S+ drain '?pi3-worker-2'? --ignore-daemonsets --delete-emptydir-data --timeout=300s/)
+    expect(drain.script).toMatch(/timeout -k 10 330 k3s kubectl --kubeconfig \S+ drain --ignore-daemonsets --delete-emptydir-data --timeout=300s -- pi3-worker-2;/)
     // The order that keeps a node from coming back: drain (server), uninstall (agent), delete (server).
     expect(server.scripts.findIndex((x) => x.script.includes(' delete node '))).toBeGreaterThan(server.scripts.indexOf(drain))
     expect(ran(agent, 'k3s-agent-uninstall.sh')).toHaveLength(1)

@@ -1,0 +1,163 @@
+// The one client for the cluster: `k3s kubectl` on the server, over the server's own SSH connection (the same place
+// `sudo k3s kubectl` works by hand, so the controller needs no kubeconfig and no route to :6443). Command lines are
+// built here, with every name an operand after `--`, so no value from an inventory, a flag or the cluster can become
+// an option of kubectl. Reads are facts (batched with a role's other facts) or polls; both parse the same way.
+
+import { ProvisionError } from './errors.ts'
+import { defineFact, type Fact } from './facts.ts'
+import type { RunResult } from './connection.ts'
+import type { StepContext } from './role.ts'
+import { quote } from './shell.ts'
+
+export const KUBECONFIG = '/etc/rancher/k3s/k3s.yaml'
+export const KUBECTL = `k3s kubectl --kubeconfig ${KUBECONFIG}`
+
+/**
+ * A kubectl command line: the verb and the tool's own flags as written, then `--` and the operands, each quoted.
+ * `kubectl('delete node', name)` -> k3s kubectl ... delete node -- 'name'. Flags after `--` would be operands, so
+ * every flag goes in `verb`.
+ */
+export function kubectl(verb: string, ...operands: string[]): string {
+  return operands.length ? `${KUBECTL} ${verb} -- ${operands.map(quoteOperand).join(' ')}` : `${KUBECTL} ${verb}`
+}
+
+/** quote(), and a word starting with "-" quoted too, so a reader sees it is data (after `--` kubectl takes it as such). */
+function quoteOperand(word: string): string {
+  const q = quote(word)
+  return q.startsWith('-') ? `'${q}'` : q
+}
+
+export const KS = 'kustomizations.kustomize.toolkit.fluxcd.io'
+export const HR = 'helmreleases.helm.toolkit.fluxcd.io'
+export const GITREPO = 'gitrepositories.source.toolkit.fluxcd.io'
+
+
+export interface Condition {
+  type: string
+  status: string
+  reason?: string
+  message?: string
+}
+
+export interface KubeObject {
+  apiVersion?: string
+  kind?: string
+  metadata: {
+    name: string
+    namespace?: string
+    uid?: string
+    generation?: number
+    resourceVersion?: string
+    labels?: Record<string, string>
+    annotations?: Record<string, string>
+    ownerReferences?: { kind: string; name: string; uid?: string }[]
+  }
+  spec?: Record<string, unknown>
+  status?: Record<string, unknown>
+  data?: Record<string, string>
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+function isKubeObject(v: unknown): v is KubeObject {
+  return isRecord(v) && isRecord(v.metadata) && typeof v.metadata.name === 'string'
+}
+
+const ABSENT = /\(NotFound\)|doesn't have a resource type|no matches for kind/
+
+/**
+ * `kubectl get ... -o json` (a List or one object): the objects. Nothing found (NotFound, --ignore-not-found,
+ * or a kind whose CRD is not installed yet) is []. Any other failure throws, naming what was asked.
+ */
+export function parseKubeJson(r: RunResult, what: string): KubeObject[] {
+  if (r.code !== 0) {
+    if (ABSENT.test(r.stderr)) return []
+    throw new ProvisionError('step', `kubectl get ${what} failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join(' ')}`)
+  }
+  const text = r.stdout.trim()
+  if (text === '') return []
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text)
+  } catch {
+    throw new ProvisionError('step', `kubectl get ${what}: the answer is not JSON: ${text.slice(0, 120)}`)
+  }
+  if (isRecord(parsed) && Array.isArray(parsed.items)) return parsed.items.filter(isKubeObject)
+  if (isKubeObject(parsed)) return [parsed]
+  throw new ProvisionError('step', `kubectl get ${what}: unexpected answer: ${text.slice(0, 120)}`)
+}
+
+export function conditionOf(obj: KubeObject | undefined, type = 'Ready'): Condition | undefined {
+  const conds = obj?.status?.conditions
+  if (!Array.isArray(conds)) return undefined
+  for (const c of conds) if (isRecord(c) && c.type === type && typeof c.status === 'string') return { type, status: c.status, reason: typeof c.reason === 'string' ? c.reason : undefined, message: typeof c.message === 'string' ? c.message : undefined }
+  return undefined
+}
+
+export function isReady(obj: KubeObject | undefined): boolean {
+  return conditionOf(obj)?.status === 'True'
+}
+
+export function nameOf(obj: KubeObject): string {
+  return obj.metadata.namespace ? `${obj.metadata.namespace}/${obj.metadata.name}` : obj.metadata.name
+}
+
+/** A string field at a path of an object (spec.path, spec.ref.branch, ...). */
+export function field(obj: KubeObject | undefined, ...path: string[]): string | undefined {
+  let cur: unknown = obj
+  for (const p of path) cur = isRecord(cur) ? cur[p] : undefined
+  return typeof cur === 'string' ? cur : typeof cur === 'number' ? String(cur) : undefined
+}
+
+/** A cluster read gathered as a fact: the objects, or why they could not be read (thrown when a step uses them). */
+export interface KubeRead {
+  objects: KubeObject[]
+  error?: string
+}
+
+/** Separates kubectl's stdout from its error output in a fact's answer (facts keep stdout only). */
+export const KUBE_STDERR = '@@kubectl-stderr@@'
+
+/**
+ * `kubectl get QUERY -o json` as a fact, so a role's cluster reads travel with its other facts and run side by
+ * side on the server. QUERY may list several types (`a,b,c`): kubectl answers one List whose items carry their
+ * kind. The scope (a role name) keeps one role from reusing another's read: the cluster changes while this host
+ * does not (agents join), and the fact cache is only dropped when this host changes.
+ */
+export function kubeFact(scope: string, query: string, ...names: string[]): Fact<KubeRead> {
+  const script = [
+    'e=$(mktemp -p /dev/shm 2>/dev/null || mktemp) || exit 125',
+    `${kubectl(`get ${query} -o json`, ...names)} 2>"$e"`,
+    'rc=$?',
+    `[ $rc -eq 0 ] || { printf '\\n%s\\n' '${KUBE_STDERR}'; cat "$e"; }`,
+    'rm -f "$e"',
+    'exit $rc',
+  ].join('\n')
+  return defineFact(`kube:${scope}:${[query, ...names].join(' ')}`, script, (r) => {
+    const cut = r.stdout.indexOf(`\n${KUBE_STDERR}\n`)
+    const stdout = cut < 0 ? r.stdout : r.stdout.slice(0, cut)
+    const stderr = cut < 0 ? r.stderr : r.stdout.slice(cut + KUBE_STDERR.length + 2)
+    try {
+      return { objects: parseKubeJson({ code: r.code, stdout, stderr }, [query, ...names].join(' ')) }
+    } catch (e) {
+      return { objects: [], error: e instanceof Error ? e.message : String(e) }
+    }
+  })
+}
+
+/**
+ * A cluster read now, outside the fact cache (polls): the same script and parser as kubeFact, errors thrown.
+ * `on` is the step's context, or the server's HostHandle for a read made from another host's step.
+ */
+export async function kubeGet(on: Pick<StepContext, 'sh'>, query: string, kind?: string, ...names: string[]): Promise<KubeObject[]> {
+  const read = kubeFact('now', query, ...names)
+  return kubeObjects(read.parse(await on.sh(read.script)), kind)
+}
+
+/** The objects of a cluster read, optionally of one kind; the read's error is thrown here, where a step needs it. */
+export function kubeObjects(read: KubeRead, kind?: string): KubeObject[] {
+  if (read.error) throw new ProvisionError('step', read.error)
+  return kind ? read.objects.filter((o) => o.kind === kind) : read.objects
+}
