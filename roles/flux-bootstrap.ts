@@ -123,7 +123,7 @@ export function fluxInstallScript(url: string, version: string, sha256?: string)
     const want = sha256.trim().toLowerCase()
     lines.push(
       `got=$(sha256sum "$work/download" | cut -d' ' -f1)`,
-      `if [ "$got" != ${want} ]; then echo "sha256 of ${url} is $got, not ${want} (flux_sha256)" >&2; exit 1; fi`,
+      `if [ "$got" != ${quote(want)} ]; then echo ${quote(`sha256 of ${url} is`)} "$got," ${quote(`not ${want} (flux_sha256)`)} >&2; exit 1; fi`,
     )
   }
   if (tarball) lines.push(`tar -xzf "$work/download" -C "$work" flux || { echo ${quote(`no file "flux" in ${url}`)} >&2; exit 1; }`)
@@ -131,7 +131,7 @@ export function fluxInstallScript(url: string, version: string, sha256?: string)
   lines.push(
     'chmod 0755 "$work/flux"',
     `got=$("$work/flux" --version 2>&1 | head -n 1) || true`,
-    `if [ "$got" != ${quote(`flux version ${v}`)} ]; then echo "the downloaded flux says \\"$got\\", not \\"flux version ${v}\\" (flux_version)" >&2; exit 1; fi`,
+    `if [ "$got" != ${quote(`flux version ${v}`)} ]; then echo 'the downloaded flux says' "\\"$got\\"," ${quote(`not "flux version ${v}" (flux_version)`)} >&2; exit 1; fi`,
     `install -m 0755 -o root -g root "$work/flux" ${FLUX_BIN}.new`,
     `mv -f ${FLUX_BIN}.new ${FLUX_BIN}`,
   )
@@ -282,7 +282,7 @@ export function esoSecretFact(salt: string): Fact<SecretState> {
     `if ! have=$(${KUBECTL} -n ${ESO_NAMESPACE} get secret ${ESO_SECRET} --ignore-not-found -o 'jsonpath={.metadata.name}{"="}{.data.${ESO_KEY}}' 2>"$e"); then cat "$e"; rm -f "$e"; exit 1; fi`,
     'rm -f "$e"',
     // printf is a shell builtin: the value is never in any process's argv.
-    `if [ -z "$have" ]; then echo absent; else printf '%s' "${salt}$have" | sha256sum | cut -d' ' -f1; fi`,
+    `if [ -z "$have" ]; then echo absent; else printf '%s' ${quote(salt)}"$have" | sha256sum | cut -d' ' -f1; fi`,
   ].join('\n')
   return defineFact(`eso-secret:${salt}`, script, (r): SecretState => {
     const out = r.stdout.trim()

@@ -234,7 +234,7 @@ function fakeServer(state: ServerState): FakeConnection {
   const factAnswer = (script: string): { stdout: string; code?: number } => {
     if (script === fluxCliFact.script) return { stdout: state.flux ? `flux version ${state.flux}\n` : 'none\n' }
     if (script === archFact.script) return { stdout: 'arm64\n' }
-    const salt = /printf '%s' "([0-9a-f]+)\$have"/.exec(script)
+    const salt = /printf '%s' ([0-9a-f]+)"\$have"/.exec(script)
     if (salt) {
       if (!state.k3s) return { code: 1, stdout: 'sh: 1: k3s: not found\n' }
       return { stdout: state.secretB64 === undefined ? 'absent\n' : `${esoSecretDigest(salt[1], state.secretB64)}\n` }
