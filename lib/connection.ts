@@ -10,7 +10,7 @@ import type { ServerHostKeyAlgorithm } from 'ssh2'
 import pLimit from 'p-limit'
 import { ProvisionError } from './errors.ts'
 import { expandPath } from './inventory.ts'
-import { addKnownHost, checkHostKey, fingerprint, knownKeyTypes, loadKnownHosts, type HostKeyVerdict } from './knownhosts.ts'
+import { addKnownHost, checkHostKey, fingerprint, knownKeyTypes, loadKnownHosts, withSessionKey, type HostKeyVerdict, type KnownHosts } from './knownhosts.ts'
 import { asRoot } from './shell.ts'
 
 export interface RunOptions {
@@ -50,9 +50,44 @@ export interface SshTarget {
   knownHostsFile: string
   /** Accept and record the key of a host that is not in known_hosts yet (never a changed key). */
   trustNewHostKeys: boolean
+  /**
+   * Whether a key accepted under trustNewHostKeys is written to known_hosts. Default true. False
+   * (check mode: nothing is written on the controller either): the key is accepted without
+   * touching the file or its directory, and this SshConnection remembers it in memory, so its
+   * reconnects must meet the same key (another one is refused as changed).
+   */
+  recordNewHostKeys?: boolean
   connectTimeoutSec: number
-  /** Told the fingerprint of a key recorded for a host seen for the first time. */
-  onNewHostKey?: (fingerprint: string) => void
+  /**
+   * Told the fingerprint of a key accepted for a host seen for the first time (once per
+   * SshConnection), and whether it was written to known_hosts (false: recordNewHostKeys is off).
+   */
+  onNewHostKey?: (fingerprint: string, recorded: boolean) => void
+  /**
+   * Told of each malformed known_hosts line, which is skipped (as OpenSSH does) while the rest of
+   * the file still counts: "/path/known_hosts:7: skipped a malformed line (bad base64 in the key)".
+   * At most once per file, line and reason in this process, however many hosts share the file
+   * and however often they connect (resetKnownHostsWarnings starts over).
+   */
+  onKnownHostsWarning?: (message: string) => void
+}
+
+// Which malformed known_hosts lines were already reported in this process (path, line, reason).
+const reportedKnownHostsWarnings = new Set<string>()
+
+/** Forget which known_hosts warnings were reported, so they are reported again (for tests). */
+export function resetKnownHostsWarnings(): void {
+  reportedKnownHostsWarnings.clear()
+}
+
+function reportKnownHostsWarnings(known: KnownHosts, report: ((message: string) => void) | undefined): void {
+  if (!report) return // unreported: a later target with a listener still hears of it
+  for (const w of known.warnings) {
+    const id = JSON.stringify([known.path, w.line, w.reason])
+    if (reportedKnownHostsWarnings.has(id)) continue
+    reportedKnownHostsWarnings.add(id)
+    report(`${known.path}:${w.line}: skipped a malformed line (${w.reason})`)
+  }
 }
 
 // sshd's default MaxSessions is 10: stay under it, leaving room for a person's own session.
@@ -66,6 +101,8 @@ export class SshConnection implements Connection {
   private ssh: NodeSSH | null = null
   private connecting: Promise<NodeSSH> | null = null
   private readonly channels = pLimit(CHANNELS_PER_HOST)
+  /** A key accepted for first use but not recorded (recordNewHostKeys false): later connects must meet it again. */
+  private unrecordedKey: Buffer | null = null
 
   constructor(target: SshTarget) {
     this.host = target.host
@@ -144,7 +181,10 @@ export class SshConnection implements Connection {
   private async connectOnce(timeoutMs = this.target.connectTimeoutSec * 1000): Promise<NodeSSH> {
     const t = this.target
     const khPath = expandPath(t.knownHostsFile, process.cwd())
-    const known = await loadKnownHosts(khPath)
+    const fromFile = await loadKnownHosts(khPath)
+    reportKnownHostsWarnings(fromFile, t.onKnownHostsWarning)
+    const pinned = this.unrecordedKey
+    const known = pinned ? withSessionKey(fromFile, t.address, t.port, pinned) : fromFile
     let verdict: HostKeyVerdict | null = null
     let presented: Buffer | null = null
     const preferred = knownKeyTypes(known, t.address, t.port)
@@ -174,13 +214,23 @@ export class SshConnection implements Connection {
     } catch (e) {
       ssh.dispose()
       const v = verdict as HostKeyVerdict | null
-      if (v && v.status !== 'match' && !(v.status === 'unknown' && !v.knownTypes?.length && t.trustNewHostKeys)) throw hostKeyError(t, khPath, v, presented!)
+      if (v && v.status !== 'match' && !(v.status === 'unknown' && !v.knownTypes?.length && t.trustNewHostKeys))
+        throw hostKeyError(t, khPath, v, presented!, pinned ? fingerprint(pinned) : undefined)
       throw unreachable(t, e)
     }
     const v = verdict as HostKeyVerdict | null
     if (v?.status === 'unknown' && presented) {
-      await addKnownHost(khPath, t.address, t.port, presented)
-      t.onNewHostKey?.(fingerprint(presented))
+      const key: Buffer = presented
+      const record = t.recordNewHostKeys ?? true
+      if (record) {
+        try {
+          await addKnownHost(khPath, t.address, t.port, key)
+        } catch (e) {
+          ssh.dispose()
+          throw e
+        }
+      } else this.unrecordedKey = key
+      t.onNewHostKey?.(fingerprint(key), record)
     }
     // After the handshake nobody else listens for errors (a keepalive timeout when a Pi loses power or Wi-Fi):
     // unhandled, one would end the whole run. Forget the connection; the next command reports or reconnects.
@@ -270,9 +320,15 @@ function orderHostKeyAlgorithms(known: string[]): ServerHostKeyAlgorithm[] {
   return [...all.filter((a) => wanted.has(a)), ...all.filter((a) => !wanted.has(a))]
 }
 
-function hostKeyError(t: SshTarget, khPath: string, v: HostKeyVerdict, key: Buffer): ProvisionError {
+/** `unrecorded`: the fingerprint of a key this connection accepted earlier in the run without recording it. */
+function hostKeyError(t: SshTarget, khPath: string, v: HostKeyVerdict, key: Buffer, unrecorded?: string): ProvisionError {
   const got = fingerprint(key)
   const who = `${t.host} (${t.address}${t.port === 22 ? '' : `:${t.port}`})`
+  if (v.status === 'changed' && unrecorded !== undefined && v.expected.includes(unrecorded))
+    return new ProvisionError('hostkey', `HOST KEY CHANGED for ${who} during this run: it presented ${unrecorded} (accepted, not recorded), now ${got}. Refusing to connect.`, {
+      place: { host: t.host },
+      hint: 'treat this as an attack unless the host was reflashed during the run',
+    })
   if (v.status === 'changed')
     return new ProvisionError('hostkey', `HOST KEY CHANGED for ${who}: known_hosts has ${v.expected.join(', ')}, the host now presents ${got}. Refusing to connect.`, {
       place: { host: t.host },

@@ -5,10 +5,13 @@
 // "[host]:port" for ports other than 22, hashed names "|1|base64 salt|base64 HMAC-SHA1",
 // wildcards "*" and "?", negation "!pattern", the markers @revoked and @cert-authority,
 // comments and blank lines. Host names and patterns match case-insensitively, as in OpenSSH.
+// A malformed line is skipped and reported (KnownHosts.warnings), as OpenSSH skips it: it never
+// stops the other lines, nor any host.
 
+import { isUtf8 } from 'node:buffer'
 import { createHash, createHmac, randomBytes } from 'node:crypto'
-import { mkdir, readFile, realpath, stat } from 'node:fs/promises'
-import { dirname } from 'node:path'
+import { lstat, mkdir, readFile, readlink, realpath, stat } from 'node:fs/promises'
+import { dirname, resolve } from 'node:path'
 import { writeFileAtomic } from './fsutil.ts'
 import { ProvisionError } from './errors.ts'
 
@@ -38,9 +41,22 @@ export interface KnownHostEntry {
   comment: string
 }
 
+/**
+ * A line that could not be read. Like OpenSSH, such a line is skipped and every other line still
+ * counts. `reason` says what is wrong in a few words and never quotes the line (it might hold a
+ * key, or a private key pasted into the wrong file).
+ */
+export interface KnownHostsWarning {
+  /** 1-based line number in the file. */
+  line: number
+  reason: string
+}
+
 export interface KnownHosts {
   path: string
   entries: KnownHostEntry[]
+  /** Malformed lines, skipped. */
+  warnings: KnownHostsWarning[]
 }
 
 /**
@@ -60,17 +76,29 @@ export type HostKeyVerdict =
 
 /** The key type at the start of a host key blob, e.g. 'ssh-ed25519'. */
 export function keyType(blob: Buffer): string {
-  const fail = (why: string): never => {
-    throw new ProvisionError('hostkey', `malformed SSH public key: ${why}`)
-  }
-  if (!Buffer.isBuffer(blob) || blob.length < 4) return fail('shorter than its length field')
+  const t = blobType(blob)
+  if (t.ok) return t.type
+  throw new ProvisionError('hostkey', `malformed SSH public key: ${t.why}`)
+}
+
+/** The key type of a blob, or why it is not an SSH public key (the reason never quotes the blob). */
+function blobType(blob: Buffer): { ok: true; type: string } | { ok: false; why: string } {
+  if (!Buffer.isBuffer(blob) || blob.length < 4) return { ok: false, why: 'shorter than its length field' }
   const n = blob.readUInt32BE(0)
-  if (n === 0 || n > 64) return fail(`implausible key type length ${n}`)
-  if (4 + n > blob.length) return fail('truncated key type')
+  if (n === 0 || n > 64) return { ok: false, why: `implausible key type length ${n}` }
+  if (4 + n > blob.length) return { ok: false, why: 'truncated key type' }
   const type = blob.toString('latin1', 4, 4 + n)
-  if (!/^[\x21-\x7e]+$/.test(type)) return fail('the key type is not printable text')
-  if (4 + n === blob.length) return fail(`no key data after the type ${type}`)
-  return type
+  if (!/^[\x21-\x7e]+$/.test(type)) return { ok: false, why: 'the key type is not printable text' }
+  if (4 + n === blob.length) return { ok: false, why: `no key data after the type ${printable(type)}` }
+  return { ok: true, type }
+}
+
+/**
+ * A name from the file, shown in a warning only when it looks like a key type or a marker
+ * (short, lowercase, punctuation of those names only): anything else might be key material.
+ */
+function printable(name: string): string {
+  return /^@?[a-z][a-z0-9.-]{0,47}(@[a-z0-9.-]{1,32})?$/.test(name) ? name : '(an unreadable name)'
 }
 
 /** 'SHA256:' + unpadded base64 of the blob's SHA-256, as printed by ssh-keygen -l. */
@@ -81,24 +109,27 @@ export function fingerprint(blob: Buffer): string {
 // ---------------------------------------------------------------------------------------------
 // Reading
 
+/**
+ * Read a known_hosts file (a missing file is empty). A malformed line does not fail the load:
+ * like OpenSSH it is skipped, listed in `warnings`, and every other line is kept. Only a file
+ * that cannot be read at all (permissions, a directory) is an error.
+ */
 export async function loadKnownHosts(path: string): Promise<KnownHosts> {
-  return parseKnownHosts(path, (await readIfExists(path)) ?? '')
+  const bytes = await readIfExists(path)
+  // Bytes that are not UTF-8 decode to U+FFFD: such a line then fails to parse or names no host.
+  return parseKnownHosts(path, bytes === undefined ? '' : bytes.toString('utf8'))
 }
 
 function parseKnownHosts(path: string, text: string): KnownHosts {
   const entries: KnownHostEntry[] = []
+  const warnings: KnownHostsWarning[] = []
   splitLines(text).forEach((raw, i) => {
     const parsed = parseLine(raw, i + 1)
     if (parsed === null) return
-    if (typeof parsed === 'string') {
-      throw new ProvisionError('hostkey', `malformed known_hosts line: ${parsed}`, {
-        place: { file: path, line: i + 1 },
-        hint: `fix or delete line ${i + 1} of ${path}`,
-      })
-    }
-    entries.push(parsed.entry)
+    if (typeof parsed === 'string') warnings.push({ line: i + 1, reason: parsed })
+    else entries.push(parsed.entry)
   })
-  return { path, entries }
+  return { path, entries, warnings }
 }
 
 interface ParsedLine {
@@ -108,7 +139,10 @@ interface ParsedLine {
   hostEnd: number
 }
 
-/** null for blank and comment lines, a reason string for a malformed line. */
+/**
+ * null for blank and comment lines, a reason for a malformed line. Each line is read on its own:
+ * nothing carries over from one line to the next, so a bad line cannot spoil its neighbours.
+ */
 function parseLine(raw: string, line: number): ParsedLine | string | null {
   const text = raw.endsWith('\r') ? raw.slice(0, -1) : raw
   const fields: Array<{ text: string; start: number; end: number }> = []
@@ -121,10 +155,11 @@ function parseLine(raw: string, line: number): ParsedLine | string | null {
   if (fields[0].text.startsWith('@')) {
     if (fields[0].text === '@revoked') marker = 'revoked'
     else if (fields[0].text === '@cert-authority') marker = 'cert-authority'
-    else return `unknown marker ${fields[0].text} (expected @revoked or @cert-authority)`
+    else return `unknown marker ${printable(fields[0].text)} (expected @revoked or @cert-authority)`
     at = 1
   }
-  if (fields.length < at + 3) return 'expected [marker] hosts keytype base64-key [comment]'
+  const missing = ['the host names, key type and key', 'the key type and key', 'the key']
+  if (fields.length < at + 3) return `missing ${missing[fields.length - at]}`
   const hostField = fields[at]
   const typeField = fields[at + 1].text
   const keyField = fields[at + 2].text
@@ -133,22 +168,20 @@ function parseLine(raw: string, line: number): ParsedLine | string | null {
   const hosts = parseHostField(hostField.text)
   if (typeof hosts === 'string') return hosts
 
-  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(keyField) || keyField.length % 4 !== 0) return `the key of type ${typeField} is not valid base64`
-  const key = Buffer.from(keyField, 'base64')
-  let type: string
-  try {
-    type = keyType(key)
-  } catch (e) {
-    return e instanceof Error ? e.message : String(e)
-  }
-  if (type !== typeField) return `the line says ${typeField} but the key is ${type}`
-  return { entry: { line, marker, hostField: hostField.text, hosts, keyType: type, key, comment }, hostStart: hostField.start, hostEnd: hostField.end }
+  // "host bits exponent modulus": an SSH-1 RSA key, which OpenSSH no longer reads either.
+  if (/^\d+$/.test(typeField)) return 'an SSH-1 key (not supported)'
+  const key = decodeBase64(keyField)
+  if (key === null) return 'bad base64 in the key'
+  const type = blobType(key)
+  if (!type.ok) return `the key is not an SSH public key (${type.why})`
+  if (type.type !== typeField) return `the line says ${printable(typeField)} but the key is ${printable(type.type)}`
+  return { entry: { line, marker, hostField: hostField.text, hosts, keyType: type.type, key, comment }, hostStart: hostField.start, hostEnd: hostField.end }
 }
 
 function parseHostField(field: string): HostSpec | string {
   if (field.startsWith('|')) {
     const parts = field.split('|')
-    if (parts.length !== 4 || parts[1] !== '1') return `unsupported hashed host name ${field} (expected |1|salt|hash)`
+    if (parts.length !== 4 || parts[1] !== '1') return 'unsupported hashed host name (expected |1|salt|hash)'
     const salt = decodeBase64(parts[2])
     const hash = decodeBase64(parts[3])
     if (!salt || !hash || salt.length !== 20 || hash.length !== 20) return 'malformed hashed host name (salt and hash must be 20 bytes of base64 each)'
@@ -158,7 +191,7 @@ function parseHostField(field: string): HostSpec | string {
   for (const item of field.split(',')) {
     const negated = item.startsWith('!')
     const pattern = (negated ? item.slice(1) : item).toLowerCase()
-    if (pattern === '') return `empty host pattern in "${field}"`
+    if (pattern === '') return 'an empty name in the host list'
     patterns.push({ negated, pattern })
   }
   return { kind: 'patterns', patterns }
@@ -249,6 +282,23 @@ export function knownKeyTypes(kh: KnownHosts, host: string, port: number): strin
   )
 }
 
+/**
+ * kh plus a key for host:port that is not in the file (its line is 0): a key accepted for this
+ * run only, which later connections must then find again (a different key is 'changed').
+ */
+export function withSessionKey(kh: KnownHosts, host: string, port: number, blob: Buffer): KnownHosts {
+  const name = knownHostName(host, port)
+  const entry: KnownHostEntry = {
+    line: 0,
+    hostField: name,
+    hosts: { kind: 'patterns', patterns: [{ negated: false, pattern: name }] },
+    keyType: keyType(blob),
+    key: blob,
+    comment: 'accepted for this run, not recorded',
+  }
+  return { ...kh, entries: [...kh.entries, entry] }
+}
+
 function unique(list: string[]): string[] {
   return [...new Set(list)]
 }
@@ -262,15 +312,18 @@ export interface AddKnownHostOptions {
 }
 
 /**
- * Record host:port's key. Atomic (temp file + rename; the file is created 0600 and its
- * directory 0700 when missing). No-op when the key is already recorded for that host; refuses
- * to add a key that checkHostKey reports as changed or revoked (that would silently trust it).
+ * Record host:port's key. Atomic (temp file + rename, see writeFileAtomic): a new file is made
+ * 0600 and its missing directories 0700, an existing file keeps its mode. When the path is a
+ * symlink (dotfile managers), its target is written and the link stays. No-op when the key is
+ * already recorded for that host; refuses to add a key that checkHostKey reports as changed or
+ * revoked (that would silently trust it). Malformed lines are kept as they are.
  */
 export async function addKnownHost(path: string, host: string, port: number, blob: Buffer, opts: AddKnownHostOptions = {}): Promise<void> {
   const type = keyType(blob)
-  await serialize(path, async () => {
-    const target = await resolveLink(path)
-    const text = (await readIfExists(target)) ?? ''
+  const target = await resolveLink(path)
+  await serialize(target, async () => {
+    const bytes = await readIfExists(target)
+    const text = bytes?.toString('utf8') ?? ''
     const verdict = checkHostKey(parseKnownHosts(path, text), host, port, blob)
     if (verdict.status === 'match') return
     if (verdict.status === 'changed' || verdict.status === 'revoked') {
@@ -285,14 +338,16 @@ export async function addKnownHost(path: string, host: string, port: number, blo
       const salt = randomBytes(20)
       hostField = `|1|${salt.toString('base64')}|${hashHostName(name, salt).toString('base64')}`
     }
+    // A last line without its newline (malformed or not) gets one, so the new entry is a line of its own.
     const sep = text === '' || text.endsWith('\n') ? '' : '\n'
     const content = `${text}${sep}${hostField} ${type} ${blob.toString('base64')}\n`
+    assertRewritable(path, bytes)
     try {
       await mkdir(dirname(target), { recursive: true, mode: 0o700 })
     } catch (e) {
       throw new ProvisionError('hostkey', `cannot create the directory of ${path}: ${errnoCode(e) ?? String(e)}`, { place: { file: path }, cause: e })
     }
-    await writeKnownHostsFile(target, content, await modeOr(target, 0o600))
+    await writeKnownHostsFile(path, target, content, await modeOr(target, 0o600))
   })
 }
 
@@ -305,10 +360,11 @@ export async function addKnownHost(path: string, host: string, port: number, blo
  * is left byte-identical; lines this code cannot parse are kept as they are.
  */
 export async function removeKnownHost(path: string, host: string, port: number = 22): Promise<number> {
-  return serialize(path, async () => {
-    const target = await resolveLink(path)
-    const text = await readIfExists(target)
-    if (text === undefined) return 0
+  const target = await resolveLink(path)
+  return serialize(target, async () => {
+    const bytes = await readIfExists(target)
+    if (bytes === undefined) return 0
+    const text = bytes.toString('utf8')
     const name = knownHostName(host, port)
     const lines = splitLines(text)
     const out: string[] = []
@@ -335,8 +391,9 @@ export async function removeKnownHost(path: string, host: string, port: number =
       if (kept.some((item) => !item.startsWith('!'))) out.push(raw.slice(0, parsed.hostStart) + kept.join(',') + raw.slice(parsed.hostEnd))
     })
     if (removed === 0) return 0
+    assertRewritable(path, bytes)
     // splitLines keeps a final '' when the text ends with a newline: join restores it.
-    await writeKnownHostsFile(target, out.join('\n'), await modeOr(target, 0o600))
+    await writeKnownHostsFile(path, target, out.join('\n'), await modeOr(target, 0o600))
     return removed
   })
 }
@@ -349,9 +406,9 @@ function splitLines(text: string): string[] {
   return text.split('\n')
 }
 
-async function readIfExists(path: string): Promise<string | undefined> {
+async function readIfExists(path: string): Promise<Buffer | undefined> {
   try {
-    return await readFile(path, 'utf8')
+    return await readFile(path)
   } catch (e) {
     const code = errnoCode(e)
     if (code === 'ENOENT') return undefined
@@ -359,9 +416,44 @@ async function readIfExists(path: string): Promise<string | undefined> {
   }
 }
 
-/** Write through a symlink to its target, so the link survives the rename. */
+/**
+ * A rewrite must give back every line it does not change byte for byte. Bytes that are not
+ * UTF-8 would not survive decoding and encoding again: refuse, naming the line, rather than
+ * alter it.
+ */
+function assertRewritable(path: string, bytes: Buffer | undefined): void {
+  if (bytes === undefined || isUtf8(bytes)) return
+  let line = 1
+  for (let start = 0; start <= bytes.length; line++) {
+    const nl = bytes.indexOf(0x0a, start)
+    const end = nl === -1 ? bytes.length : nl
+    if (!isUtf8(bytes.subarray(start, end))) break
+    start = end + 1
+  }
+  throw new ProvisionError('hostkey', `line ${line} of ${path} is not UTF-8 text: refusing to rewrite the file (that line would change)`, {
+    place: { file: path, line },
+    hint: `fix or delete line ${line} of ${path}`,
+  })
+}
+
+/**
+ * The file to write for `path`: its final target when it is a symlink (relative links resolve
+ * from the link's own directory; a link to a file that does not exist yet gives that file), so
+ * the link survives the rename of the new file over its target.
+ */
 async function resolveLink(path: string): Promise<string> {
-  return realpath(path).catch(() => path)
+  let at = path
+  for (let hops = 0; hops < 40; hops++) {
+    try {
+      if (!(await lstat(at)).isSymbolicLink()) return at
+      at = resolve(await realpath(dirname(at)), await readlink(at))
+    } catch (e) {
+      const code = errnoCode(e)
+      if (code === 'ENOENT') return at
+      throw new ProvisionError('hostkey', `cannot resolve known_hosts file ${path}: ${code ?? String(e)}`, { place: { file: path }, cause: e })
+    }
+  }
+  throw new ProvisionError('hostkey', `cannot resolve known_hosts file ${path}: too many levels of symbolic links`, { place: { file: path } })
 }
 
 async function modeOr(path: string, fallback: number): Promise<number> {
@@ -377,7 +469,8 @@ function errnoCode(e: unknown): string | undefined {
 }
 
 // Parallel connections in this process add hosts concurrently: one read-modify-write per file
-// at a time, or one worker's rename would drop another's line.
+// (keyed by the resolved target, so two links to one file share a queue) at a time, or one
+// worker's rename would drop another's line. Other processes are not coordinated with.
 const queues = new Map<string, Promise<unknown>>()
 
 function serialize<T>(path: string, work: () => Promise<T>): Promise<T> {
@@ -391,11 +484,15 @@ function serialize<T>(path: string, work: () => Promise<T>): Promise<T> {
   return run
 }
 
-
-async function writeKnownHostsFile(path: string, content: string, mode: number): Promise<void> {
+/**
+ * writeFileAtomic creates its temp file (random name, next to the target) with O_EXCL, so a
+ * symlink or file planted at that name makes the write fail instead of writing through it.
+ */
+async function writeKnownHostsFile(path: string, target: string, content: string, mode: number): Promise<void> {
   try {
-    await writeFileAtomic(path, content, mode)
+    await writeFileAtomic(target, content, mode)
   } catch (e) {
-    throw new ProvisionError('hostkey', `cannot write known_hosts file ${path}: ${errnoCode(e) ?? String(e)}`, { place: { file: path }, cause: e })
+    const where = target === path ? path : `${path} (-> ${target})`
+    throw new ProvisionError('hostkey', `cannot write known_hosts file ${where}: ${errnoCode(e) ?? String(e)}`, { place: { file: path }, cause: e })
   }
 }

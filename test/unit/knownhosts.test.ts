@@ -1,8 +1,8 @@
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs'
+import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { ProvisionError } from '../../lib/errors.ts'
 import {
   addKnownHost,
@@ -12,8 +12,25 @@ import {
   knownKeyTypes,
   loadKnownHosts,
   removeKnownHost,
+  withSessionKey,
   type KnownHosts,
 } from '../../lib/knownhosts.ts'
+
+// writeFileAtomic names its temp file with randomBytes(6): a test can make the next name known in
+// advance, to plant something there first. Every other call gets real random bytes.
+const nextTempBytes = vi.hoisted(() => ({ value: null as Buffer | null }))
+vi.mock('node:crypto', async (importOriginal) => {
+  const real = await importOriginal<typeof import('node:crypto')>()
+  const randomBytes = (size: number): Buffer => {
+    const fixed = nextTempBytes.value
+    if (size === 6 && fixed) {
+      nextTempBytes.value = null
+      return Buffer.from(fixed)
+    }
+    return real.randomBytes(size)
+  }
+  return { ...real, randomBytes }
+})
 
 // Real keys from ssh-keygen; the blob is what ssh2's hostVerifier receives: the .pub base64 decoded.
 interface TestKey {
@@ -105,23 +122,99 @@ describe('loadKnownHosts', () => {
     ])
   })
 
-  it.each([
-    ['too few fields', `pi ssh-ed25519\n`],
-    ['an unknown marker', `@trusted pi ${'KEY'}\n`],
-    ['bad base64', `pi ssh-ed25519 AAAA!!!!\n`],
-    ['a key type that disagrees with the key', `pi ssh-rsa KEY\n`],
-    ['a broken hashed name', `|1|abc|def ssh-ed25519 KEY\n`],
-  ])('names path:line for %s', async (_what, badLine) => {
-    const path = khFile(`bad-${Math.random().toString(36).slice(2)}`, `# ok\npi ${keys.ed1.line}\n${badLine.replace('KEY', keys.ed1.line.split(' ')[1])}`)
-    const err = await loadKnownHosts(path).then(
-      () => null,
-      (e: unknown) => e,
-    )
+  // Each kind of malformed line, between two good ones: it is skipped with a reason, and both
+  // neighbours still count (with their own line numbers).
+  const b64 = () => keys.ed1.line.split(' ')[1]
+  const malformed: Array<[string, () => string, RegExp]> = [
+    ['a lone word (garbage)', () => 'garbage', /^missing the key type and key$/],
+    ['a missing key field', () => 'pi ssh-ed25519', /^missing the key$/],
+    ['a marker and nothing else', () => '@revoked', /^missing the host names, key type and key$/],
+    ['a marker with a missing key', () => '@revoked pi ssh-ed25519', /^missing the key$/],
+    ['an unknown marker', () => `@trusted pi ${keys.ed1.line}`, /^unknown marker @trusted \(expected @revoked or @cert-authority\)$/],
+    ['an unknown marker that could be anything', () => `@${b64()} pi ${keys.ed1.line}`, /^unknown marker \(an unreadable name\)/],
+    ['bad base64 (bad characters)', () => 'pi ssh-ed25519 AAAA!!!!', /^bad base64 in the key$/],
+    ['bad base64 (cut short)', () => `pi ssh-ed25519 ${b64().slice(0, -3)}`, /^bad base64 in the key$/],
+    ['base64 that is no SSH key', () => `pi ssh-ed25519 ${Buffer.from('hello, world').toString('base64')}`, /^the key is not an SSH public key \(implausible key type length \d+\)$/],
+    // 4-byte length + 'ssh-ed25519' and nothing after it.
+    ['a key cut after its type', () => `pi ssh-ed25519 ${keys.ed1.blob.subarray(0, 15).toString('base64')}`, /^the key is not an SSH public key \(no key data after the type ssh-ed25519\)$/],
+    ['a key type that disagrees with the key', () => `pi ssh-rsa ${b64()}`, /^the line says ssh-rsa but the key is ssh-ed25519$/],
+    ['the key pasted where the type goes', () => `pi ${b64()} ${b64()}`, /^the line says \(an unreadable name\) but the key is ssh-ed25519$/],
+    ['a broken hashed name', () => `|1|abc|def ${keys.ed1.line}`, /^malformed hashed host name/],
+    ['an unknown hash kind', () => `|2|${'A'.repeat(28)}|${'A'.repeat(28)} ${keys.ed1.line}`, /^unsupported hashed host name/],
+    ['an empty name in the host list', () => `pi,,other ${keys.ed1.line}`, /^an empty name in the host list$/],
+    ['an SSH-1 RSA key', () => 'pi 2048 35 1234567890123456789', /^an SSH-1 key \(not supported\)$/],
+    ['a private key pasted by mistake', () => '-----BEGIN OPENSSH PRIVATE KEY-----', /^bad base64 in the key$/],
+    ['binary junk', () => '\u0000\u0001\u0002 \u00ff\ufffd \u0007', /^bad base64 in the key$/],
+  ]
+
+  it.each(malformed)('skips %s with a reason, keeping both neighbours', async (_what, badLine, reason) => {
+    const bad = badLine()
+    const k = await kh(`before ${keys.ed2.line}\n${bad}\nafter ${keys.ec256.line}\n`)
+    expect(k.entries.map((e) => [e.line, e.hostField])).toEqual([
+      [1, 'before'],
+      [3, 'after'],
+    ])
+    expect(k.warnings).toHaveLength(1)
+    expect(k.warnings[0].line).toBe(2)
+    expect(k.warnings[0].reason).toMatch(reason)
+    // The reason never quotes key material (nor the line).
+    expect(k.warnings[0].reason).not.toContain(b64().slice(0, 16))
+    expect(k.warnings[0].reason).not.toContain('BEGIN')
+    expect(checkHostKey(k, 'before', 22, keys.ed2.blob)).toEqual({ status: 'match' })
+    expect(checkHostKey(k, 'after', 22, keys.ec256.blob)).toEqual({ status: 'match' })
+  })
+
+  it('keeps going after many bad lines, CRLF lines and a bad last line without a newline', async () => {
+    const lines = [`a ${keys.ed1.line}\r`, 'x', `b ${keys.ed2.line}`, `@nope b ${keys.ed2.line}\r`, '', `c ${keys.rsa.line}`, `pi ssh-ed25519 AAAA!!!!`]
+    const k = await kh(lines.join('\n'))
+    expect(k.entries.map((e) => [e.line, e.hostField])).toEqual([
+      [1, 'a'],
+      [3, 'b'],
+      [6, 'c'],
+    ])
+    expect(k.warnings.map((w) => w.line)).toEqual([2, 4, 7])
+  })
+
+  it('still fails for a file it cannot read at all', async () => {
+    await expect(loadKnownHosts(dir)).rejects.toMatchObject({ kind: 'hostkey' })
+  })
+})
+
+describe('writing a file with malformed lines', () => {
+  it('addKnownHost appends on a line of its own and keeps the bad lines byte for byte', async () => {
+    const before = `pi-a ${keys.ed1.line}\n@bogus\r\nlast line without newline !!!`
+    const path = khFile('add-malformed', before)
+    await addKnownHost(path, 'pi-b', 22, keys.ed2.blob)
+    expect(readFileSync(path, 'utf8')).toBe(`${before}\npi-b ${keys.ed2.line}\n`)
+    const k = await loadKnownHosts(path)
+    expect(k.warnings.map((w) => w.line)).toEqual([2, 3])
+    expect(checkHostKey(k, 'pi-b', 22, keys.ed2.blob)).toEqual({ status: 'match' })
+    expect(checkHostKey(k, 'pi-a', 22, keys.ed1.blob)).toEqual({ status: 'match' })
+  })
+
+  it('addKnownHost still refuses a changed key when a bad line sits next to the known one', async () => {
+    const path = khFile('add-malformed-changed', `garbage\npi ${keys.ed1.line}\ngarbage too\n`)
+    await expect(addKnownHost(path, 'pi', 22, keys.ed2.blob)).rejects.toMatchObject({ kind: 'hostkey' })
+  })
+
+  it('bytes that are not UTF-8: loading skips the line; a rewrite refuses (naming the line) rather than alter it', async () => {
+    const junk = Buffer.from([0x70, 0x69, 0x20, 0xff, 0xfe, 0x20, 0x80, 0x0a]) // "pi \xff\xfe \x80\n"
+    const good = Buffer.from(`pi-a ${keys.ed1.line}\n`)
+    const path = join(dir, 'not-utf8')
+    const content = Buffer.concat([good, junk, good])
+    writeFileSync(path, content)
+    const k = await loadKnownHosts(path)
+    expect(k.entries.map((e) => e.line)).toEqual([1, 3])
+    expect(k.warnings).toEqual([{ line: 2, reason: 'bad base64 in the key' }])
+    // A no-op add and a remove that finds nothing write nothing, so they are fine.
+    await addKnownHost(path, 'pi-a', 22, keys.ed1.blob)
+    expect(await removeKnownHost(path, 'nobody')).toBe(0)
+    // A real rewrite is refused and the file stays as it was.
+    const err = await addKnownHost(path, 'pi-b', 22, keys.ed2.blob).catch((e: unknown) => e)
     expect(err).toBeInstanceOf(ProvisionError)
-    const pe = err as ProvisionError
-    expect(pe.kind).toBe('hostkey')
-    expect(pe.place).toMatchObject({ file: path, line: 3 })
-    expect(pe.describe()).toContain(`${path}:3`)
+    expect((err as ProvisionError).place).toMatchObject({ file: path, line: 2 })
+    await expect(removeKnownHost(path, 'pi-a')).rejects.toMatchObject({ kind: 'hostkey', place: { line: 2 } })
+    expect(readFileSync(path).equals(content)).toBe(true)
   })
 })
 
@@ -340,5 +433,148 @@ describe('removeKnownHost', () => {
     expect(statSync(path).ino).toBe(inode)
     expect(readFileSync(path, 'utf8')).toBe(o.join('\n'))
     expect(await removeKnownHost(join(dir, 'missing', 'known_hosts'), 'pi')).toBe(0)
+  })
+})
+
+describe('withSessionKey (a key accepted for this run, not recorded)', () => {
+  it('counts as known for that host and port only, without changing the loaded file', async () => {
+    const k = await kh(`other ${keys.ed2.line}\n`)
+    const s = withSessionKey(k, '203.0.113.9', 2222, keys.ed1.blob)
+    expect(k.entries).toHaveLength(1)
+    expect(checkHostKey(s, '203.0.113.9', 2222, keys.ed1.blob)).toEqual({ status: 'match' })
+    expect(checkHostKey(s, '203.0.113.9', 2222, keys.ed2.blob)).toEqual({ status: 'changed', expected: [keys.ed1.sshKeygenFingerprint], got: keys.ed2.sshKeygenFingerprint })
+    expect(checkHostKey(s, '203.0.113.9', 2222, keys.rsa.blob)).toEqual({ status: 'unknown', knownTypes: ['ssh-ed25519'] })
+    expect(checkHostKey(s, '203.0.113.9', 22, keys.ed1.blob)).toEqual({ status: 'unknown' })
+    expect(checkHostKey(s, '203.0.113.90', 2222, keys.ed1.blob)).toEqual({ status: 'unknown' })
+    expect(knownKeyTypes(s, '203.0.113.9', 2222)).toEqual(['ssh-ed25519'])
+  })
+})
+
+describe('known_hosts writes', () => {
+  const isLink = (p: string) => lstatSync(p).isSymbolicLink()
+  const tmpFiles = (d: string) => readdirSync(d).filter((f) => f.endsWith('.tmp'))
+
+  it('writes the target of a symlinked known_hosts (add and remove); the link stays a link and the target keeps its mode', async () => {
+    const base = mkdtempSync(join(dir, 'link-'))
+    mkdirSync(join(base, 'dotfiles', 'ssh'), { recursive: true })
+    mkdirSync(join(base, 'home', '.ssh'), { recursive: true })
+    const real = join(base, 'dotfiles', 'ssh', 'known_hosts')
+    writeFileSync(real, `old ${keys.rsa.line}\n`)
+    chmodSync(real, 0o644)
+    const link = join(base, 'home', '.ssh', 'known_hosts')
+    symlinkSync('../../dotfiles/ssh/known_hosts', link) // relative, as stow makes them
+
+    await addKnownHost(link, 'pi', 22, keys.ed1.blob)
+    expect(isLink(link)).toBe(true)
+    expect(readlinkSync(link)).toBe('../../dotfiles/ssh/known_hosts')
+    expect(readFileSync(real, 'utf8')).toBe(`old ${keys.rsa.line}\npi ${keys.ed1.line}\n`)
+    expect(statSync(real).mode & 0o777).toBe(0o644)
+
+    expect(await removeKnownHost(link, 'old')).toBe(1)
+    expect(isLink(link)).toBe(true)
+    expect(readFileSync(real, 'utf8')).toBe(`pi ${keys.ed1.line}\n`)
+    expect(statSync(real).mode & 0o777).toBe(0o644)
+    expect(tmpFiles(join(base, 'dotfiles', 'ssh'))).toEqual([])
+    expect(tmpFiles(join(base, 'home', '.ssh'))).toEqual([])
+  })
+
+  it('follows a chain of links, a relative one resolved from its real directory (not the path it was reached by)', async () => {
+    const base = mkdtempSync(join(dir, 'chain-'))
+    mkdirSync(join(base, 'dotfiles', 'ssh'), { recursive: true })
+    mkdirSync(join(base, 'dotfiles', 'shared'), { recursive: true })
+    mkdirSync(join(base, 'home'))
+    const real = join(base, 'dotfiles', 'shared', 'known_hosts')
+    writeFileSync(real, '')
+    symlinkSync('../dotfiles/ssh', join(base, 'home', '.ssh')) // a symlinked directory
+    symlinkSync('../shared/kh-link', join(base, 'dotfiles', 'ssh', 'known_hosts')) // "../" from dotfiles/ssh, not home/.ssh
+    symlinkSync('known_hosts', join(base, 'dotfiles', 'shared', 'kh-link'))
+
+    await addKnownHost(join(base, 'home', '.ssh', 'known_hosts'), 'pi', 22, keys.ed1.blob)
+    expect(readFileSync(real, 'utf8')).toBe(`pi ${keys.ed1.line}\n`)
+    expect(isLink(join(base, 'dotfiles', 'ssh', 'known_hosts'))).toBe(true)
+    expect(isLink(join(base, 'dotfiles', 'shared', 'kh-link'))).toBe(true)
+    expect(existsSync(join(base, 'shared'))).toBe(false)
+  })
+
+  it('a link to a file that does not exist yet: creates that file 0600 in a new 0700 directory, and keeps the link', async () => {
+    const base = mkdtempSync(join(dir, 'dangling-'))
+    const link = join(base, 'known_hosts')
+    symlinkSync('dotfiles/ssh/known_hosts', link)
+    await addKnownHost(link, 'pi', 22, keys.ed1.blob)
+    expect(isLink(link)).toBe(true)
+    const real = join(base, 'dotfiles', 'ssh', 'known_hosts')
+    expect(readFileSync(real, 'utf8')).toBe(`pi ${keys.ed1.line}\n`)
+    expect(statSync(real).mode & 0o777).toBe(0o600)
+    expect(statSync(join(base, 'dotfiles')).mode & 0o777).toBe(0o700)
+    expect(statSync(join(base, 'dotfiles', 'ssh')).mode & 0o777).toBe(0o700)
+  })
+
+  it('a symlink loop is an error, not a hang, and writes nothing', async () => {
+    const base = mkdtempSync(join(dir, 'loop-'))
+    symlinkSync('b', join(base, 'a'))
+    symlinkSync('a', join(base, 'b'))
+    await expect(addKnownHost(join(base, 'a'), 'pi', 22, keys.ed1.blob)).rejects.toMatchObject({ kind: 'hostkey', message: expect.stringContaining('symbolic links') })
+    await expect(removeKnownHost(join(base, 'a'), 'pi')).rejects.toMatchObject({ kind: 'hostkey' })
+    expect(readdirSync(base).sort()).toEqual(['a', 'b'])
+  })
+
+  it.each([
+    ['an existing file', true],
+    ['a file that does not exist yet', false],
+  ])('does not write through a symlink planted at its temp path (to %s)', async (_what, victimExists) => {
+    const base = mkdtempSync(join(dir, 'plant-'))
+    const path = khFile(`plant-${victimExists}`, `pi-a ${keys.ed1.line}\n`, 0o644)
+    const before = readFileSync(path)
+    const victim = join(base, 'victim')
+    if (victimExists) writeFileSync(victim, 'precious\n')
+    const bytes = Buffer.from('0123456789ab', 'hex')
+    const tmp = join(dir, `.plant-${victimExists}.${process.pid}.${bytes.toString('hex')}.tmp`)
+    symlinkSync(victim, tmp)
+    nextTempBytes.value = bytes
+
+    await expect(addKnownHost(path, 'pi-b', 22, keys.ed2.blob)).rejects.toMatchObject({ kind: 'hostkey', message: expect.stringContaining('EEXIST') })
+    expect(nextTempBytes.value).toBe(null) // the planted name was the one tried
+    if (victimExists) expect(readFileSync(victim, 'utf8')).toBe('precious\n')
+    else expect(existsSync(victim)).toBe(false)
+    expect(readFileSync(path).equals(before)).toBe(true)
+    expect(statSync(path).mode & 0o777).toBe(0o644)
+    // The next write takes a fresh random name and succeeds.
+    await addKnownHost(path, 'pi-b', 22, keys.ed2.blob)
+    expect(readFileSync(path, 'utf8')).toBe(`pi-a ${keys.ed1.line}\npi-b ${keys.ed2.line}\n`)
+  })
+
+  it.each([0, 0o077])('creates the file 0600 and its directory 0700 whatever the umask (%o)', async (mask) => {
+    const old = process.umask(mask)
+    try {
+      const path = join(dir, `umask-${mask}`, 'known_hosts')
+      await addKnownHost(path, 'pi', 22, keys.ed1.blob)
+      expect(statSync(path).mode & 0o777).toBe(0o600)
+      expect(statSync(join(dir, `umask-${mask}`)).mode & 0o777).toBe(0o700)
+    } finally {
+      process.umask(old)
+    }
+  })
+
+  it('a reader never sees a partial file while writes go on (each write replaces the file whole)', async () => {
+    const path = join(dir, 'readers', 'known_hosts')
+    let writing = true
+    const seen: number[] = []
+    const reader = (async () => {
+      while (writing) {
+        const text = existsSync(path) ? readFileSync(path, 'utf8') : ''
+        const k = await loadKnownHosts(path)
+        expect(k.warnings).toEqual([])
+        expect(text === '' || text.endsWith('\n')).toBe(true)
+        seen.push(k.entries.length)
+        await new Promise((r) => setImmediate(r))
+      }
+    })()
+    for (let i = 0; i < 40; i++) await addKnownHost(path, `pi-${i}`, 22, keys.ed1.blob)
+    writing = false
+    await reader
+    expect(seen.length).toBeGreaterThan(5)
+    // Never fewer entries than a read before it saw: no moment where the file was cut short.
+    expect(seen.every((n, i) => i === 0 || n >= seen[i - 1])).toBe(true)
+    expect((await loadKnownHosts(path)).entries).toHaveLength(40)
   })
 })
