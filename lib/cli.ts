@@ -10,7 +10,7 @@ import { createReporter } from './reporter.ts'
 import type { Connection } from './connection.ts'
 import type { InventoryHost } from './inventory.ts'
 import type { Playbook } from './role.ts'
-import { EXIT, planHosts, runPlaybook, stepSelected, type RunSummary } from './runner.ts'
+import { EXIT, planHosts, requiredSecrets, runPlaybook, stepSelected, type RunSummary } from './runner.ts'
 import { openSecretStore, type SecretStore } from './secrets.ts'
 import type { Vars } from './vars.ts'
 
@@ -171,6 +171,9 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
       return EXIT.ok
     }
     const secrets = hooks.secrets ?? (await openStoreFor(inv, extra))
+    // Every secret the run needs, resolved (once; the runner's own call is then answered from the cache) before
+    // anything is touched: a before-hook changes local state (rebuild drops known_hosts entries).
+    await secrets.resolveAll(requiredSecrets(pb, inv, o.limit, extra))
     await hooks.before?.(inv, o)
     const reporter = createReporter({ verbosity: o.verbosity, showDiff: o.diff, jsonFile: o.json, write: hooks.write })
     // The first Ctrl-C lets the steps in flight finish (a half-run apt or a cut-off file is worse than waiting);

@@ -3,7 +3,7 @@
 // alone; the recap and the exit code say what happened to each.
 
 import pLimit from 'p-limit'
-import { SshConnection, type Connection, type RunResult } from './connection.ts'
+import { SshConnection, type Connection, type RunResult, type SshTarget } from './connection.ts'
 import { errorText, ProvisionError } from './errors.ts'
 import { writeFileAtomic } from './fsutil.ts'
 import { defineFact, FactCache, type Fact } from './facts.ts'
@@ -127,9 +127,15 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
   const connect =
     opts.connect ??
     ((host, vars) =>
-      sshFor(host, vars, trusts(host.name), opts.secrets, (fp) =>
-        rep.emit({ kind: 'warning', host: host.name, message: `recorded its new host key ${fp} in ${vars.known_hosts_file}` }),
-      ))
+      sshFor(host, vars, {
+        trustNewHostKeys: trusts(host.name),
+        // --check writes nothing anywhere: a first-seen key is accepted for this run only.
+        recordNewHostKeys: !check,
+        secrets: opts.secrets,
+        onNewHostKey: (fp, recorded) =>
+          rep.emit({ kind: 'warning', host: host.name, message: `${recorded ? 'recorded' : 'check mode: accepted for this run, would record'} its new host key ${fp} in ${vars.known_hosts_file}` }),
+        onKnownHostsWarning: (message) => rep.emit({ kind: 'warning', message }),
+      }))
   const runtime = (name: string): HostRuntime => {
     let rt = runtimes.get(name)
     if (!rt) {
@@ -379,17 +385,23 @@ export function batches<T>(items: readonly T[], serial: number | string | undefi
   return out
 }
 
-function sshFor(host: InventoryHost, vars: Vars, trustNewHostKeys: boolean, secrets: SecretStore, onNewHostKey: (fingerprint: string) => void): Connection {
+function sshFor(
+  host: InventoryHost,
+  vars: Vars,
+  o: Pick<SshTarget, 'trustNewHostKeys' | 'recordNewHostKeys' | 'onNewHostKey' | 'onKnownHostsWarning'> & { secrets: SecretStore },
+): Connection {
   return new SshConnection({
     host: host.name,
     address: vars.address!,
     port: vars.ssh_port,
     user: vars.ssh_user,
     keyFile: vars.ssh_key_file,
-    keyText: vars.ssh_key_ref ? secrets.get(vars.ssh_key_ref) : undefined,
+    keyText: vars.ssh_key_ref ? o.secrets.get(vars.ssh_key_ref) : undefined,
     knownHostsFile: vars.known_hosts_file,
-    trustNewHostKeys,
-    onNewHostKey,
+    trustNewHostKeys: o.trustNewHostKeys,
+    recordNewHostKeys: o.recordNewHostKeys,
+    onNewHostKey: o.onNewHostKey,
+    onKnownHostsWarning: o.onKnownHostsWarning,
     connectTimeoutSec: vars.connect_timeout,
   })
 }
