@@ -1,12 +1,29 @@
 // Inventory: Ansible-shaped YAML (all / children / hosts / vars), validated with positions so
-// every error reads "file:line:col: what was wrong, what was expected".
+// every error reads "file:line:col: what was wrong, what was expected", and every error of a file is
+// reported at once. Ansible's conventions are taken as they are: top-level keys other than "all" are groups
+// (children of "all", which may be left out), and ansible_host / ansible_user / ansible_port /
+// ansible_ssh_private_key_file / ansible_become_password name this tool's variables.
 
 import { readFileSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { dirname, isAbsolute, resolve } from 'node:path'
-import { isMap, isScalar, LineCounter, parseDocument, type Node as YamlNode, type Pair, type YAMLMap } from 'yaml'
+import { isAlias, isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode, type Pair, type YAMLMap } from 'yaml'
 import { ProvisionError } from './errors.ts'
-import { BUILTIN_DEFAULTS, checkVar, isVarName, suggestVar, VAR_SPECS, type VarName, type Vars } from './vars.ts'
+import { isDnsSubdomain } from './grammar.ts'
+import {
+  BUILTIN_DEFAULTS,
+  canonicalVar,
+  checkVarAll,
+  isSecretName,
+  suggestVar,
+  synonymNote,
+  unknownVarHint,
+  VAR_SPECS,
+  type VarName,
+  type VarProblem,
+  type VarSpec,
+  type Vars,
+} from './vars.ts'
 
 export type VarLayer = Partial<Record<VarName, unknown>>
 
@@ -29,14 +46,32 @@ export interface Inventory {
 
 const GROUP_KEYS = new Set(['hosts', 'children', 'vars'])
 const PATH_VARS: VarName[] = ['ssh_key_file', 'known_hosts_file', 'secrets_file', 'kubeconfig_path', 'k3s_backup_dir']
+/** Deeper than this, a group tree is a mistake (or an alias loop). */
+const MAX_GROUP_DEPTH = 32
+/** An inventory key: letters, digits, ".", "_", "-", starting with a letter or digit. */
+const HOST_KEY = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
+
+type Place = { line: number; col: number }
+
+interface Layer {
+  vars: VarLayer
+  /** Variables that were set here but refused: later checks do not pile more errors on them. */
+  failed: Set<VarName>
+}
 
 interface GroupDef {
   name: string
-  parent?: string
   depth: number
-  vars: VarLayer
+  layer: Layer
   hostNames: string[]
   children: string[]
+  at: Place
+}
+
+interface HostDef {
+  layer: Layer
+  at: Place
+  group: string
 }
 
 export function loadInventory(file: string): Inventory {
@@ -55,108 +90,225 @@ export function loadInventory(file: string): Inventory {
 export function parseInventory(text: string, file: string): Inventory {
   const lines = new LineCounter()
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false })
-  const at = (node: YamlNode | Pair | null | undefined): { line: number; col: number } => {
-    const range = node && 'range' in node ? node.range : node && 'key' in node && node.key && typeof node.key === 'object' && 'range' in node.key ? (node.key as YamlNode).range : undefined
+  const problems: ProvisionError[] = []
+  const at = (node: unknown): Place => {
+    const range = isNode(node) ? node.range : isPairLike(node) && isNode(node.key) ? node.key.range : undefined
     return range ? lines.linePos(range[0]) : { line: 1, col: 1 }
   }
-  const fail = (message: string, node?: YamlNode | Pair | null, hint?: string): never => {
-    const { line, col } = at(node)
-    throw new ProvisionError('inventory', message, { place: { file, line, col }, hint })
+  const reportAt = (message: string, place: Place, hint?: string): void => {
+    problems.push(new ProvisionError('inventory', message, { place: { file, line: place.line, col: place.col }, hint }))
+  }
+  const report = (message: string, node?: unknown, hint?: string): void => reportAt(message, at(node), hint)
+  const finish = (): void => {
+    if (problems.length === 0) return
+    const sorted = problems
+      .map((p, i) => ({ p, i }))
+      .sort((a, b) => (a.p.place.line ?? 0) - (b.p.place.line ?? 0) || (a.p.place.col ?? 0) - (b.p.place.col ?? 0) || a.i - b.i)
+      .map((x) => x.p)
+    throw ProvisionError.all(sorted, `${file}: ${sorted.length} problems`, 'inventory')
   }
 
+  // YAML syntax: nothing below can be trusted, so these are reported alone.
   if (doc.errors.length > 0) {
-    const err = doc.errors[0]
-    const pos = err.linePos?.[0] ?? lines.linePos(err.pos[0])
-    const msg = err.code === 'DUPLICATE_KEY' ? 'duplicate key (a host or group is defined twice in the same map)' : err.message.split('\n')[0]
-    throw new ProvisionError('inventory', msg, { place: { file, line: pos.line, col: pos.col } })
+    for (const err of doc.errors) {
+      const pos = err.linePos?.[0] ?? lines.linePos(err.pos[0])
+      const msg = err.code === 'DUPLICATE_KEY' ? 'duplicate key (a host or group is defined twice in the same map)' : err.message.split('\n')[0]
+      reportAt(msg, pos)
+    }
+    finish()
   }
+
+  /** The node an alias stands for (positions then point at the anchor's node). */
+  const resolved = (node: unknown): unknown => (isAlias(node) ? node.resolve(doc) : node)
+  const deref = (node: unknown): unknown => {
+    const target = resolved(node)
+    if (isAlias(node) && target === undefined) report(`unresolved alias *${node.source}: no anchor &${node.source} before it`, node)
+    return target
+  }
+  /** A YAML value as plain data; aliases resolved (bounded), problems reported at the node. */
+  const jsOf = (node: unknown, where: string): { ok: true; value: unknown } | { ok: false } => {
+    if (!isNode(node)) return { ok: true, value: node ?? null }
+    try {
+      return { ok: true, value: node.toJS(doc, { maxAliasCount: 1000 }) }
+    } catch (e) {
+      report(`${where}: ${e instanceof Error ? e.message.split('\n')[0] : String(e)}`, node)
+      return { ok: false }
+    }
+  }
+
   const root = doc.contents
-  if (!isMap(root)) fail('expected a map with a top-level "all:" key', root)
+  if (!isMap(root) || root.items.length === 0) {
+    report('expected a map with a top-level "all:" key', root)
+    finish()
+  }
   const rootMap = root as YAMLMap
-  const allPair = rootMap.items.find((p) => keyOf(p) === 'all')
-  for (const p of rootMap.items) if (keyOf(p) !== 'all') fail(`unknown top-level key "${keyOf(p)}": everything goes under "all:"`, p)
-  if (!allPair) fail('expected a top-level "all:" key', root)
 
   const baseDir = dirname(resolve(file))
   const groups = new Map<string, GroupDef>()
-  const hostDefs = new Map<string, { vars: VarLayer; node: Pair; group: string }>()
+  const hostDefs = new Map<string, HostDef>()
   const hostOrder: string[] = []
 
-  const readVars = (node: unknown, where: string, isHost: boolean): VarLayer => {
-    if (node === null || node === undefined || (isScalar(node) && node.value === null)) return {}
-    if (!isMap(node)) return fail(`${where}: expected a map of variables`, node as YamlNode)
-    const out: VarLayer = {}
+  const readVars = (raw: unknown, where: string, isHost: boolean): Layer => {
+    const layer: Layer = { vars: {}, failed: new Set() }
+    const node = deref(raw)
+    if (isNull(node)) return layer
+    if (!isMap(node)) {
+      report(`${where}: expected a map of variables`, node)
+      return layer
+    }
+    const setBy = new Map<VarName, string>()
     for (const pair of node.items) {
       const key = keyOf(pair)
-      if (!isVarName(key)) {
-        const guess = suggestVar(key)
-        fail(`unknown variable "${key}" in ${where}`, pair, guess ? `did you mean "${guess}"?` : `known variables: see README "Inventory variables"`)
+      if (key === undefined) {
+        report(`${where}: expected a variable name here`, pair)
         continue
       }
-      if ((VAR_SPECS[key] as { hostOnly?: boolean }).hostOnly && !isHost) fail(`"${key}" is per host; it cannot be set in ${where}`, pair)
-      const raw = pair.value && typeof pair.value === 'object' && 'toJSON' in pair.value ? (pair.value as YamlNode).toJSON() : (pair.value as unknown)
-      const checked = checkVar(key, raw)
-      if (checked.error) fail(`${key}: ${checked.error}`, (pair.value as YamlNode) ?? pair)
-      out[key] = PATH_VARS.includes(key) ? expandPath(String(checked.value), baseDir) : checked.value
+      const name = canonicalVar(key)
+      if (!name) {
+        report(`unknown variable "${key}" in ${where}`, pair, unknownVarHint(key) ?? `known variables: see README "Inventory variables"`)
+        // A misspelt name is most likely the variable it is close to: no "has no address" on top of "adress".
+        const meant = canonicalVar(suggestVar(key) ?? '')
+        if (meant) layer.failed.add(meant)
+        continue
+      }
+      const spec: VarSpec = VAR_SPECS[name]
+      const label = key === name ? `"${key}"` : `"${key}" (${name})`
+      const other = setBy.get(name)
+      if (other !== undefined) {
+        report(`"${key}" and "${other}" both set ${name} in ${where}`, pair, `keep one of them (${key === name ? other : key} is Ansible's name for ${name})`)
+        layer.failed.add(name)
+        continue
+      }
+      setBy.set(name, key)
+      if (spec.hostOnly && !isHost) {
+        report(`${label} is per host; it cannot be set in ${where}`, pair)
+        layer.failed.add(name)
+        continue
+      }
+      const js = jsOf(pair.value, key)
+      if (!js.ok) {
+        layer.failed.add(name)
+        continue
+      }
+      const checked = checkVarAll(name, js.value)
+      if (checked.problems.length > 0) {
+        layer.failed.add(name)
+        const hint = synonymNote(key) ?? (typeof js.value === 'string' && js.value.includes('{{') ? 'templates ("{{ ... }}") are not expanded here: write the value itself' : undefined)
+        for (const p of checked.problems) report(`${key}: ${p.message}`, problemNode(pair, p), hint)
+        continue
+      }
+      layer.vars[name] = PATH_VARS.includes(name) ? expandPath(String(checked.value), baseDir) : checked.value
     }
-    return out
+    return layer
   }
 
-  const readGroup = (name: string, node: unknown, parent: string | undefined, depth: number, pairNode: Pair): void => {
-    if (groups.has(name)) fail(`group "${name}" is defined twice`, pairNode)
-    const def: GroupDef = { name, parent, depth, vars: {}, hostNames: [], children: [] }
+  /** The node a variable's problem is in: the list item, the map key or value, else the value. */
+  const problemNode = (pair: Pair, p: VarProblem): unknown => {
+    const value = resolved(pair.value) ?? pair
+    if (p.index !== undefined && isSeq(value)) return value.items[p.index] ?? value
+    if (p.key !== undefined && isMap(value)) {
+      const entry = value.items.find((e) => keyOf(e) === p.key)
+      if (entry) return p.inKey ? entry : (entry.value ?? entry)
+    }
+    return value
+  }
+
+  const newGroup = (name: string, depth: number, node: unknown): GroupDef => {
+    const def: GroupDef = { name, depth, layer: { vars: {}, failed: new Set() }, hostNames: [], children: [], at: at(node) }
     groups.set(name, def)
-    if (node === null || node === undefined || (isScalar(node) && node.value === null)) return
-    if (!isMap(node)) return fail(`group "${name}": expected a map with hosts, children or vars`, node as YamlNode)
+    return def
+  }
+
+  const readHosts = (def: GroupDef, raw: unknown): void => {
+    const node = deref(raw)
+    if (isNull(node)) return
+    if (!isMap(node)) return report(`hosts of group "${def.name}": expected a map of host names`, node)
+    for (const hp of node.items) {
+      const host = keyOf(hp)
+      if (host === undefined) {
+        report(`hosts of group "${def.name}": expected a host name here`, hp)
+        continue
+      }
+      const layer = readVars(hp.value, `host "${host}"`, true)
+      // A refused host still counts as a member of its group: no "agent without server" on top of its error.
+      if (!HOST_KEY.test(host) || host.length > 253) {
+        report(`bad host name "${host}": expected letters, digits, ".", "_" and "-", starting with a letter or digit (at most 253)`, hp)
+        if (!def.hostNames.includes(host)) def.hostNames.push(host)
+        continue
+      }
+      if (groups.has(host) && host !== def.name) {
+        report(`"${host}" is both a group and a host`, hp)
+        if (!def.hostNames.includes(host)) def.hostNames.push(host)
+        continue
+      }
+      const prev = hostDefs.get(host)
+      const hasVars = Object.keys(layer.vars).length > 0 || layer.failed.size > 0
+      if (prev) {
+        const prevHasVars = Object.keys(prev.layer.vars).length > 0 || prev.layer.failed.size > 0
+        if (hasVars && prevHasVars)
+          report(`host "${host}" is defined with variables in both "${prev.group}" and "${def.name}"`, hp, `define a host's variables once; list it with no body in other groups`)
+        else if (hasVars) hostDefs.set(host, { layer, at: at(hp), group: def.name })
+      } else {
+        hostDefs.set(host, { layer, at: at(hp), group: def.name })
+        hostOrder.push(host)
+      }
+      if (!def.hostNames.includes(host)) def.hostNames.push(host)
+    }
+  }
+
+  const readGroupBody = (def: GroupDef, raw: unknown): void => {
+    const node = deref(raw)
+    if (isNull(node)) return
+    if (!isMap(node)) return report(`group "${def.name}": expected a map with hosts, children or vars`, node)
     for (const pair of node.items) {
       const key = keyOf(pair)
-      if (!GROUP_KEYS.has(key)) {
-        const hint = isVarName(key) ? `variables go under "vars:" of the group` : `a group has only hosts:, children: and vars:`
-        fail(`unknown key "${key}" in group "${name}"`, pair, hint)
+      if (key === undefined || !GROUP_KEYS.has(key)) {
+        const hint = key !== undefined && canonicalVar(key) ? `variables go under "vars:" of the group` : `a group has only hosts:, children: and vars:`
+        report(`unknown key "${key ?? ''}" in group "${def.name}"`, pair, hint)
+        continue
       }
-      if (key === 'vars') def.vars = readVars(pair.value, `vars of group "${name}"`, false)
-      if (key === 'hosts') {
-        if (pair.value === null || (isScalar(pair.value) && pair.value.value === null)) continue
-        if (!isMap(pair.value)) fail(`hosts of group "${name}": expected a map of host names`, pair.value as YamlNode)
-        for (const hp of (pair.value as YAMLMap).items) {
-          const host = keyOf(hp)
-          if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(host)) fail(`bad host name "${host}": letters, digits, ".", "_" and "-" only`, hp)
-          if (groups.has(host) && host !== name) fail(`"${host}" is both a group and a host`, hp)
-          const vars = readVars(hp.value, `host "${host}"`, true)
-          const prev = hostDefs.get(host)
-          if (prev) {
-            const hasVars = Object.keys(vars).length > 0
-            if (hasVars && Object.keys(prev.vars).length > 0)
-              fail(`host "${host}" is defined with variables in both "${prev.group}" and "${name}"`, hp, `define a host's variables once; list it with no body in other groups`)
-            if (hasVars) hostDefs.set(host, { vars, node: hp, group: name })
-          } else {
-            hostDefs.set(host, { vars, node: hp, group: name })
-            hostOrder.push(host)
-          }
-          if (!def.hostNames.includes(host)) def.hostNames.push(host)
-        }
-      }
+      if (key === 'vars') def.layer = readVars(pair.value, `vars of group "${def.name}"`, false)
+      if (key === 'hosts') readHosts(def, pair.value)
       if (key === 'children') {
-        if (pair.value === null || (isScalar(pair.value) && pair.value.value === null)) continue
-        if (!isMap(pair.value)) fail(`children of group "${name}": expected a map of group names`, pair.value as YamlNode)
-        for (const cp of (pair.value as YAMLMap).items) {
-          const child = keyOf(cp)
-          def.children.push(child)
-          readGroup(child, cp.value, name, depth + 1, cp)
+        const children = deref(pair.value)
+        if (isNull(children)) continue
+        if (!isMap(children)) {
+          report(`children of group "${def.name}": expected a map of group names`, children)
+          continue
         }
+        for (const cp of children.items) readChild(def, cp)
       }
     }
   }
-  readGroup('all', allPair!.value, undefined, 0, allPair!)
 
-  for (const host of hostOrder)
-    if (groups.has(host)) fail(`"${host}" is both a group and a host`, hostDefs.get(host)!.node)
+  const readChild = (parent: GroupDef, pair: Pair): void => {
+    const name = keyOf(pair)
+    if (name === undefined) return report(`children of group "${parent.name}": expected a group name here`, pair)
+    if (groups.has(name)) return report(`group "${name}" is defined twice`, pair)
+    if (parent.depth + 1 > MAX_GROUP_DEPTH) return report(`group "${name}" is nested deeper than ${MAX_GROUP_DEPTH} groups`, pair)
+    const def = newGroup(name, parent.depth + 1, pair)
+    parent.children.push(name)
+    readGroupBody(def, pair.value)
+  }
+
+  // The top level: "all:" (optional), and any other key a group under "all", as in Ansible's YAML inventories.
+  const allPair = rootMap.items.find((p) => keyOf(p) === 'all')
+  const allDef = newGroup('all', 0, allPair ?? rootMap)
+  for (const pair of rootMap.items) {
+    const key = keyOf(pair)
+    if (key === 'all') readGroupBody(allDef, pair.value)
+    else if (key !== undefined && GROUP_KEYS.has(key))
+      report(`"${key}" at the top level: the top level holds groups only ("all:" and others)`, pair, `put ${key}: under "all:" or under a group`)
+    else readChild(allDef, pair)
+  }
+
+  for (const host of hostOrder) if (groups.has(host)) reportAt(`"${host}" is both a group and a host`, hostDefs.get(host)!.at)
 
   // Every host must be reached through a group other than "all": a host in no group gets no role.
-  const allDef = groups.get('all')!
   for (const host of allDef.hostNames) {
+    if (!hostDefs.has(host)) continue
     const inGroup = [...groups.values()].some((g) => g.name !== 'all' && g.hostNames.includes(host))
-    if (!inGroup) fail(`host "${host}" is in no group`, hostDefs.get(host)!.node, `list it under a group in all.children (e.g. server or agent)`)
+    if (!inGroup) reportAt(`host "${host}" is in no group`, hostDefs.get(host)!.at, `list it under a group in all.children (e.g. server or agent)`)
   }
 
   const members = new Map<string, string[]>()
@@ -164,7 +316,10 @@ export function parseInventory(text: string, file: string): Inventory {
     const cached = members.get(g.name)
     if (cached) return cached
     const out = [...g.hostNames]
-    for (const c of g.children) for (const h of collect(groups.get(c)!)) if (!out.includes(h)) out.push(h)
+    for (const c of g.children) {
+      const child = groups.get(c)
+      if (child && child.depth > g.depth) for (const h of collect(child)) if (!out.includes(h)) out.push(h)
+    }
     members.set(g.name, out)
     return out
   }
@@ -172,34 +327,165 @@ export function parseInventory(text: string, file: string): Inventory {
   members.set('all', hostOrder.slice())
 
   const hosts = new Map<string, InventoryHost>()
+  /** Hosts whose address or node name were refused or missing: no duplicate checks on them. */
+  const skipAddress = new Set<string>()
+  const skipNode = new Set<string>()
   for (const name of hostOrder) {
     const def = hostDefs.get(name)!
     const hostGroups = [...groups.values()].filter((g) => members.get(g.name)!.includes(name))
     // Ansible's order: shallower groups first, then by name; the host's own vars win over all.
     hostGroups.sort((a, b) => a.depth - b.depth || a.name.localeCompare(b.name))
     const vars: VarLayer = {}
-    for (const g of hostGroups) Object.assign(vars, g.vars)
-    Object.assign(vars, def.vars)
-    if (vars.address === undefined) fail(`host "${name}" has no address`, def.node, `add "address: <ip or name>" under the host`)
-    const { line, col } = at(def.node)
-    hosts.set(name, { name, groups: hostGroups.map((g) => g.name), vars, line, col })
+    const failed = new Set<VarName>()
+    for (const layer of [...hostGroups.map((g) => g.layer), def.layer]) {
+      for (const f of layer.failed) failed.add(f)
+      Object.assign(vars, layer.vars)
+    }
+    if (vars.address === undefined) {
+      skipAddress.add(name)
+      if (!failed.has('address')) reportAt(`host "${name}" has no address`, def.at, `add "address: <ip or name>" (or ansible_host) under the host`)
+    }
+    if (failed.has('ssh_port')) skipAddress.add(name)
+    if (failed.has('hostname')) skipNode.add(name)
+    hosts.set(name, { name, groups: hostGroups.map((g) => g.name), vars, line: def.at.line, col: def.at.col })
   }
 
-  // The same address twice is a copy-paste error that would make two "hosts" one machine.
-  const byAddress = new Map<string, string>()
-  for (const h of hosts.values()) {
-    const addr = `${String(h.vars.address)}:${String(h.vars.ssh_port ?? 22)}`
-    const other = byAddress.get(addr)
-    if (other) fail(`hosts "${other}" and "${h.name}" have the same address ${String(h.vars.address)}`, hostDefs.get(h.name)!.node)
-    byAddress.set(addr, h.name)
-  }
+  const inv: Inventory = { file, hosts, groups: members }
+  problems.push(...hostProblems(inv, {}, [...hosts.keys()], { skipAddress, skipNode }))
 
   const agents = members.get('agent') ?? []
   const servers = members.get('server') ?? []
   if (agents.length > 0 && servers.length === 0)
-    fail(`group "agent" has hosts but no host is in group "server"`, allPair, `agents join a server: add one host under children.server.hosts`)
+    reportAt(
+      `group "agent" has hosts but no host is in group "server"`,
+      allPair ? at(allPair) : (groups.get('agent')?.at ?? allDef.at),
+      `agents join a server: add one host under children.server.hosts`,
+    )
 
-  return { file, hosts, groups: members }
+  finish()
+  return inv
+}
+
+/** A host's Kubernetes node name: its hostname var (from -e first), else its inventory name. */
+export function nodeNameOf(host: InventoryHost, extra: VarLayer = {}): string {
+  const v = extra.hostname ?? host.vars.hostname
+  return typeof v === 'string' ? v : host.name
+}
+
+/**
+ * The final values of the hosts (after -e) checked across hosts, before any connection: node names that are
+ * RFC 1123 subdomains, no two hosts with one address and port, no two with one node name. Every problem at once;
+ * one caused by -e names the flag. `only`: the hosts the run takes (--limit), default all.
+ */
+export function checkHosts(inv: Inventory, extra: VarLayer, only?: Iterable<string>): void {
+  const names = only ? [...only].filter((n) => inv.hosts.has(n)) : [...inv.hosts.keys()]
+  const problems = hostProblems(inv, extra, names, {})
+  if (problems.length === 0) return
+  const kind = problems.every((p) => p.kind === 'usage') ? 'usage' : 'inventory'
+  throw ProvisionError.all(problems, `${problems.length} problems with the hosts${Object.keys(extra).length ? ' (with -e)' : ''}`, kind)
+}
+
+/** The checks across hosts, shared by parseInventory (no -e) and checkHosts. */
+function hostProblems(
+  inv: Inventory,
+  extra: VarLayer,
+  names: readonly string[],
+  skip: { skipAddress?: ReadonlySet<string>; skipNode?: ReadonlySet<string> },
+): ProvisionError[] {
+  const problems: ProvisionError[] = []
+  const atHost = (h: InventoryHost, message: string, hint?: string): void => {
+    problems.push(new ProvisionError('inventory', message, { place: { file: inv.file, line: h.line, col: h.col }, hint }))
+  }
+  /** A problem -e caused: named by the flags as written; `hint` gets the flags' names ("-e ansible_host"). */
+  const byFlag = (vars: VarName[], message: string, hint: (flagNames: string) => string): void => {
+    const flags = vars.filter((n) => extra[n] !== undefined).map((n) => flagOf(extra, n))
+    const flagNames = flags.map((f) => f.slice(0, f.indexOf('=') < 0 ? undefined : f.indexOf('='))).join(' and ')
+    problems.push(new ProvisionError('usage', `${flags.join(' ')}: ${message}`, { hint: hint(flagNames) }))
+  }
+  const list = (hs: string[]): string => {
+    const q = hs.map((h) => `"${h}"`)
+    return q.length <= 2 ? q.join(' and ') : `${q.slice(0, -1).join(', ')} and ${q[q.length - 1]}`
+  }
+  const hosts = names.map((n) => inv.hosts.get(n)!).filter(Boolean)
+
+  // Node names: RFC 1123 subdomains.
+  for (const h of hosts) {
+    if (skip.skipNode?.has(h.name)) continue
+    const node = nodeNameOf(h, extra)
+    if (isDnsSubdomain(node)) continue
+    const grammar = 'an RFC 1123 subdomain (lowercase letters, digits, "-" and ".", each dot-separated part 1-63 characters starting and ending with a letter or digit, at most 253 in all)'
+    if (extra.hostname !== undefined) {
+      const message = `the node name must be ${grammar}`
+      if (!problems.some((p) => p.message.endsWith(message))) byFlag(['hostname'], message, () => 'a node name is lowercase: letters, digits, "-" and "."')
+    } else if (h.vars.hostname !== undefined) atHost(h, `host "${h.name}": hostname ${JSON.stringify(node)} is its Kubernetes node name and must be ${grammar}`)
+    else {
+      const better = suggestNodeName(h.name)
+      atHost(
+        h,
+        `host "${h.name}": its name is its Kubernetes node name and must be ${grammar}`,
+        better ? `rename the host (e.g. "${better}"), or keep the name and set hostname: ${better}` : 'rename the host, or set hostname: under it',
+      )
+    }
+  }
+
+  // One node name, one host: two hosts with one name would be one Node, each overwriting the other.
+  const nodeExtra = extra.hostname !== undefined
+  const byNode = new Map<string, InventoryHost[]>()
+  for (const h of hosts) {
+    if (skip.skipNode?.has(h.name)) continue
+    const node = nodeNameOf(h, extra)
+    byNode.set(node, [...(byNode.get(node) ?? []), h])
+  }
+  for (const [node, hs] of byNode) {
+    if (hs.length < 2) continue
+    if (nodeExtra)
+      byFlag(['hostname'], `hosts ${list(hs.map((h) => h.name))} would all be the node "${node}"`, (f) => `${f} sets the node name of every host the run takes: use it with --limit to one host`)
+    else
+      for (const h of hs.slice(1))
+        atHost(
+          h,
+          `hosts "${hs[0].name}" and "${h.name}" have the same node name "${node}"`,
+          `each host is one Kubernetes Node: set another hostname on one of them (a node name is the hostname var, else the inventory name)`,
+        )
+  }
+
+  // The same address twice is a copy-paste error that would make two "hosts" one machine.
+  const addrExtra: VarName[] = (['address', 'ssh_port'] as const).filter((n) => extra[n] !== undefined)
+  const byAddress = new Map<string, InventoryHost[]>()
+  for (const h of hosts) {
+    if (skip.skipAddress?.has(h.name)) continue
+    const address = extra.address ?? h.vars.address
+    if (address === undefined) {
+      atHost(h, `host "${h.name}" has no address`, `add "address: <ip or name>" (or ansible_host) under the host`)
+      continue
+    }
+    const key = `${String(address)}:${String(extra.ssh_port ?? h.vars.ssh_port ?? 22)}`
+    byAddress.set(key, [...(byAddress.get(key) ?? []), h])
+  }
+  for (const hs of byAddress.values()) {
+    if (hs.length < 2) continue
+    const address = String(extra.address ?? hs[0].vars.address)
+    if (addrExtra.length > 0)
+      byFlag(
+        addrExtra,
+        `hosts ${list(hs.map((h) => h.name))} would all be reached at ${address} port ${String(extra.ssh_port ?? hs[0].vars.ssh_port ?? 22)}`,
+        (f) => `${f} applies to every host the run takes: use it with --limit to one host`,
+      )
+    else for (const h of hs.slice(1)) atHost(h, `hosts "${hs[0].name}" and "${h.name}" have the same address ${address}`)
+  }
+  return problems
+}
+
+/** A node name close to an inventory name that is not one: lowercase, other characters as "-". */
+function suggestNodeName(name: string): string | undefined {
+  const s = name
+    .toLowerCase()
+    .replace(/[^a-z0-9.-]+/g, '-')
+    .split('.')
+    .map((l) => l.replace(/^-+|-+$/g, '').slice(0, 63).replace(/-+$/, ''))
+    .filter(Boolean)
+    .join('.')
+  return isDnsSubdomain(s) ? s : undefined
 }
 
 /** Final variables of a host: built-in defaults < role defaults < inventory < extra vars (-e). */
@@ -207,30 +493,74 @@ export function hostVars(host: InventoryHost, roleDefaults: Partial<Vars> = {}, 
   return { ...BUILTIN_DEFAULTS, ...roleDefaults, ...(host.vars as Partial<Vars>), ...(extra as Partial<Vars>) }
 }
 
-/** Parse `-e key=value` pairs, validated like inventory variables. */
+/** The -e flags as written, for the layers parseExtraVars made (messages name the flag). */
+const extraFlags = new WeakMap<VarLayer, Map<VarName, string>>()
+
+/** `-e key=value` as the user wrote it; a value that may be a secret is not shown. */
+function flagText(key: string, raw: string): string {
+  if (isSecretName(key) && !raw.startsWith('op:')) return `-e ${key}=********`
+  const shown = raw.length > 200 ? `${raw.slice(0, 200)}…` : raw
+  return `-e ${key}=${/[\x00-\x1f\x7f]/.test(shown) ? JSON.stringify(shown) : shown}`
+}
+
+function flagOf(extra: VarLayer, name: VarName): string {
+  const written = extraFlags.get(extra)?.get(name)
+  if (written) return written
+  const value = extra[name]
+  return flagText(name, typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean' ? String(value) : JSON.stringify(value) ?? '')
+}
+
+/**
+ * Parse `-e key=value` pairs, validated like inventory variables (Ansible's names accepted too). Every bad flag is
+ * reported at once, each naming the flag.
+ */
 export function parseExtraVars(pairs: readonly string[]): VarLayer {
   const out: VarLayer = {}
+  const flags = new Map<VarName, string>()
+  const setBy = new Map<VarName, string>()
+  const problems: ProvisionError[] = []
+  const usage = (flag: string, message: string, hint?: string): void => {
+    problems.push(new ProvisionError('usage', `${flag}: ${message}`, { hint }))
+  }
   for (const pair of pairs) {
     const eq = pair.indexOf('=')
-    if (eq <= 0) throw new ProvisionError('usage', `-e ${pair}: expected key=value`)
+    if (eq <= 0) {
+      usage(`-e ${pair}`, 'expected key=value')
+      continue
+    }
     const key = pair.slice(0, eq)
     const raw = pair.slice(eq + 1)
-    if (!isVarName(key)) {
-      const guess = suggestVar(key)
-      throw new ProvisionError('usage', `-e ${key}: unknown variable`, { hint: guess ? `did you mean "${guess}"?` : undefined })
+    const flag = flagText(key, raw)
+    const name = canonicalVar(key)
+    if (!name) {
+      usage(flag, 'unknown variable', unknownVarHint(key))
+      continue
     }
+    const other = setBy.get(name)
+    if (other !== undefined && other !== key) {
+      usage(flag, `${key} and ${other} both set ${name}`, 'give one of them')
+      continue
+    }
+    setBy.set(name, key)
     let value: unknown = raw
     if (raw.startsWith('[') || raw.startsWith('{')) {
       try {
         value = JSON.parse(raw)
       } catch {
-        throw new ProvisionError('usage', `-e ${key}: value starts like JSON but does not parse`)
+        usage(flag, 'value starts like JSON but does not parse')
+        continue
       }
     }
-    const checked = checkVar(key, value)
-    if (checked.error) throw new ProvisionError('usage', `-e ${key}: ${checked.error}`)
-    out[key] = PATH_VARS.includes(key) ? expandPath(String(checked.value), process.cwd()) : checked.value
+    const checked = checkVarAll(name, value)
+    if (checked.problems.length > 0) {
+      for (const p of checked.problems) usage(flag, p.message, synonymNote(key))
+      continue
+    }
+    out[name] = PATH_VARS.includes(name) ? expandPath(String(checked.value), process.cwd()) : checked.value
+    flags.set(name, flag)
   }
+  if (problems.length > 0) throw ProvisionError.all(problems, `-e: ${problems.length} problems`, 'usage')
+  extraFlags.set(out, flags)
   return out
 }
 
@@ -239,8 +569,18 @@ export function expandPath(p: string, baseDir: string): string {
   return isAbsolute(p) ? p : resolve(baseDir, p)
 }
 
-function keyOf(pair: Pair): string {
+/** A map key as text; undefined for a missing, null or non-scalar key. */
+function keyOf(pair: Pair): string | undefined {
   const k = pair.key
-  if (isScalar(k)) return String(k.value)
+  if (isScalar(k)) return k.value === null || k.value === undefined ? undefined : String(k.value)
+  if (k === null || k === undefined || isNode(k)) return undefined
   return String(k)
+}
+
+function isNull(node: unknown): boolean {
+  return node === null || node === undefined || (isScalar(node) && node.value === null)
+}
+
+function isPairLike(x: unknown): x is Pair {
+  return typeof x === 'object' && x !== null && 'key' in x && 'value' in x
 }

@@ -1,5 +1,9 @@
 // The one typed place for every variable an inventory, a role default or `-e` may set.
 // Validation of inventories and of `-e` uses this table; README's variable list is made from it.
+// Each variable has its grammar (lib/grammar.ts): of the value, of each item of a list, of a map's keys and values.
+
+import * as g from './grammar.ts'
+import type { Grammar } from './grammar.ts'
 
 export type VarType = 'string' | 'int' | 'bool' | 'list' | 'map' | 'secret-ref' | 'address' | 'path' | 'url'
 
@@ -9,61 +13,69 @@ export interface VarSpec {
   /** Only meaningful per host (e.g. address), not in group vars. */
   hostOnly?: boolean
   choices?: readonly string[]
+  /** Grammar of the value; of each item for a list. */
+  grammar?: Grammar<unknown>
+  /** Grammars of a map's keys and values. */
+  keys?: Grammar
+  values?: Grammar
+  /** Values are secrets, or may be one written by mistake: never shown in messages. */
+  secret?: boolean
 }
 
 export const VAR_SPECS = {
   // connection
-  address: { type: 'address', doc: 'IP address or DNS name the controller connects to', hostOnly: true },
-  ssh_user: { type: 'string', doc: 'login user (passwordless sudo when not root)' },
-  ssh_port: { type: 'int', doc: 'SSH port' },
-  ssh_key_file: { type: 'path', doc: 'private key file for SSH (relative to the inventory file)' },
-  ssh_key_ref: { type: 'secret-ref', doc: 'private key from the secrets store instead of a file (op://vault/item/field)' },
-  known_hosts_file: { type: 'path', doc: 'known_hosts used for strict host-key checking' },
-  connect_timeout: { type: 'int', doc: 'seconds to wait for an SSH connection' },
+  address: { type: 'address', doc: 'IP address or DNS name the controller connects to', hostOnly: true, grammar: g.Address },
+  ssh_user: { type: 'string', doc: 'login user (passwordless sudo when not root)', grammar: g.UserName },
+  ssh_port: { type: 'int', doc: 'SSH port', grammar: g.Port },
+  ssh_key_file: { type: 'path', doc: 'private key file for SSH (relative to the inventory file)', grammar: g.FilePath },
+  ssh_key_ref: { type: 'secret-ref', doc: 'private key from the secrets store instead of a file (op://vault/item/field)', grammar: g.SecretRef, secret: true },
+  become_password_ref: { type: 'secret-ref', doc: 'sudo password from the secrets store, for hosts without a NOPASSWD rule', grammar: g.SecretRef, secret: true },
+  known_hosts_file: { type: 'path', doc: 'known_hosts used for strict host-key checking', grammar: g.FilePath },
+  connect_timeout: { type: 'int', doc: 'seconds to wait for an SSH connection', grammar: g.Duration },
   // secrets
   secrets_backend: { type: 'string', doc: 'where secrets live', choices: ['onepassword', 'file'] },
-  secrets_file: { type: 'path', doc: 'YAML secrets file (0600) for the file backend' },
+  secrets_file: { type: 'path', doc: 'YAML secrets file (0600) for the file backend', grammar: g.FilePath },
   // hardware and OS
   hardware: { type: 'string', doc: 'board model, for people and for facts the lab cannot read', choices: ['pi5', 'pi4', 'pi3', 'pi-zero-2', 'generic'] },
-  hostname: { type: 'string', doc: 'hostname to set (default: the inventory name)' },
-  cmdline_flags: { type: 'list', doc: 'kernel flags that must be in cmdline.txt' },
-  extra_packages: { type: 'list', doc: 'apt packages to install on every host of the group' },
-  reboot_timeout: { type: 'int', doc: 'seconds to wait for a host to come back from a reboot' },
-  apt_cache_valid_time: { type: 'int', doc: 'playbooks/update.mts: seconds the package lists are trusted before apt-get update runs again' },
-  apt_upgrade_timeout: { type: 'int', doc: 'playbooks/update.mts: seconds apt-get full-upgrade may take on one host' },
+  hostname: { type: 'string', doc: 'hostname to set and Kubernetes node name, an RFC 1123 subdomain (default: the inventory name)', grammar: g.NodeName },
+  cmdline_flags: { type: 'list', doc: 'kernel flags that must be in cmdline.txt', grammar: g.CmdlineFlag },
+  extra_packages: { type: 'list', doc: 'apt packages to install on every host of the group', grammar: g.DebPackage },
+  reboot_timeout: { type: 'int', doc: 'seconds to wait for a host to come back from a reboot', grammar: g.Duration },
+  apt_cache_valid_time: { type: 'int', doc: 'playbooks/update.mts: seconds the package lists are trusted before apt-get update runs again', grammar: g.DurationOrZero },
+  apt_upgrade_timeout: { type: 'int', doc: 'playbooks/update.mts: seconds apt-get full-upgrade may take on one host', grammar: g.Duration },
   update_drain: { type: 'bool', doc: 'playbooks/update.mts: drain an agent before updating it and uncordon it after (the server is never drained)' },
   // k3s
-  k3s_version: { type: 'string', doc: 'pinned k3s version, e.g. v1.34.3+k3s1' },
-  k3s_install_url: { type: 'url', doc: 'URL of the k3s install script' },
-  k3s_drain_timeout: { type: 'int', doc: 'seconds kubectl drain may take to evict the pods of a node being retired (playbooks/retire.mts)' },
-  k3s_start_timeout: { type: 'int', doc: 'seconds the k3s install script, or a start or restart of k3s, may take (its units wait for ever for a k3s that never gets ready)' },
-  k3s_token_ref: { type: 'secret-ref', doc: 'cluster token in the secrets store (generated and stored on first run)' },
-  k3s_api_port: { type: 'int', doc: 'API server port' },
-  k3s_disable: { type: 'list', doc: 'packaged components to disable (the owner disables traefik)' },
-  k3s_tls_san: { type: 'list', doc: 'extra names/addresses in the API server certificate' },
-  k3s_extra_args: { type: 'list', doc: 'extra k3s flags (--flag=value), written to config.yaml so every run and restart uses them' },
-  k3s_kubeconfig_mode: { type: 'string', doc: 'mode of /etc/rancher/k3s/k3s.yaml on the server' },
-  node_labels: { type: 'list', doc: 'node labels (key=value), kept in config.yaml so they survive a rejoin' },
-  node_taints: { type: 'list', doc: 'node taints (key=value:Effect), kept in config.yaml' },
-  k3s_backup_dir: { type: 'path', doc: 'where the k3s datastore backups are, as the controller sees it (e.g. the NAS share mounted): {date}/k3s/*.db and *.tar.gz' },
-  k3s_restore: { type: 'string', doc: 'rebuild only: restore the server datastore from "latest" backup, a named {date} folder, or "none"' },
-  kubeconfig_path: { type: 'path', doc: 'where the controller keeps the fetched kubeconfig (0600)' },
-  kubeconfig_context: { type: 'string', doc: 'context name in the fetched kubeconfig' },
+  k3s_version: { type: 'string', doc: 'pinned k3s version, e.g. v1.34.3+k3s1', grammar: g.K3sVersion },
+  k3s_install_url: { type: 'url', doc: 'URL of the k3s install script', grammar: g.HttpUrl },
+  k3s_drain_timeout: { type: 'int', doc: 'seconds kubectl drain may take to evict the pods of a node being retired (playbooks/retire.mts)', grammar: g.Duration },
+  k3s_start_timeout: { type: 'int', doc: 'seconds the k3s install script, or a start or restart of k3s, may take (its units wait for ever for a k3s that never gets ready)', grammar: g.Duration },
+  k3s_token_ref: { type: 'secret-ref', doc: 'cluster token in the secrets store (generated and stored on first run)', grammar: g.SecretRef, secret: true },
+  k3s_api_port: { type: 'int', doc: 'API server port', grammar: g.Port },
+  k3s_disable: { type: 'list', doc: 'packaged components to disable (the owner disables traefik)', grammar: g.K3sComponent },
+  k3s_tls_san: { type: 'list', doc: 'extra names/addresses in the API server certificate', grammar: g.Address },
+  k3s_extra_args: { type: 'list', doc: 'extra k3s flags (--flag=value), written to config.yaml so every run and restart uses them; not the ones the roles write from other variables', grammar: g.K3sFlag },
+  k3s_kubeconfig_mode: { type: 'string', doc: 'mode of /etc/rancher/k3s/k3s.yaml on the server', grammar: g.FileMode },
+  node_labels: { type: 'list', doc: 'node labels (key=value), kept in config.yaml so they survive a rejoin', grammar: g.NodeLabel },
+  node_taints: { type: 'list', doc: 'node taints (key=value:Effect), kept in config.yaml', grammar: g.Taint },
+  k3s_backup_dir: { type: 'path', doc: 'where the k3s datastore backups are, as the controller sees it (e.g. the NAS share mounted): {date}/k3s/*.db and *.tar.gz', grammar: g.FilePath },
+  k3s_restore: { type: 'string', doc: 'rebuild only: restore the server datastore from "latest" backup, a named {date} folder, or "none"', grammar: g.RestoreName },
+  kubeconfig_path: { type: 'path', doc: 'where the controller keeps the fetched kubeconfig (0600)', grammar: g.FilePath },
+  kubeconfig_context: { type: 'string', doc: 'context name in the fetched kubeconfig', grammar: g.ContextName },
   // flux and apps (docs/gitops.md)
-  flux_version: { type: 'string', doc: 'pinned flux CLI version, e.g. 2.7.3; flux bootstrap installs the same Flux version' },
-  flux_url: { type: 'url', doc: 'download URL of the flux CLI release tarball (.tar.gz) or binary; {version} and {arch} (dpkg arch: arm64, arm, amd64) are filled in' },
-  flux_sha256: { type: 'string', doc: 'expected sha256 of the flux download (checked when set)' },
-  flux_timeout: { type: 'int', doc: 'seconds flux bootstrap, and the wait for the flux-system Kustomization, may take' },
-  github_owner: { type: 'string', doc: 'GitOps repository owner' },
-  github_repository: { type: 'string', doc: 'GitOps repository name' },
-  github_branch: { type: 'string', doc: 'GitOps branch' },
-  flux_path: { type: 'string', doc: 'path of the cluster in the GitOps repository' },
-  github_token_ref: { type: 'secret-ref', doc: 'GitHub PAT for flux bootstrap' },
-  eso_token_ref: { type: 'secret-ref', doc: '1Password service-account token for External Secrets' },
-  apps_timeout: { type: 'int', doc: 'seconds to wait for every Kustomization and HelmRelease to be Ready' },
+  flux_version: { type: 'string', doc: 'pinned flux CLI version, e.g. 2.7.3; flux bootstrap installs the same Flux version', grammar: g.FluxVersion },
+  flux_url: { type: 'url', doc: 'download URL of the flux CLI release tarball (.tar.gz) or binary; {version} and {arch} (dpkg arch: arm64, arm, amd64) are filled in', grammar: g.FluxUrl },
+  flux_sha256: { type: 'string', doc: 'expected sha256 of the flux download (checked when set)', grammar: g.Sha256 },
+  flux_timeout: { type: 'int', doc: 'seconds flux bootstrap, and the wait for the flux-system Kustomization, may take', grammar: g.Duration },
+  github_owner: { type: 'string', doc: 'GitOps repository owner', grammar: g.GitHubOwner },
+  github_repository: { type: 'string', doc: 'GitOps repository name', grammar: g.GitHubRepo },
+  github_branch: { type: 'string', doc: 'GitOps branch', grammar: g.GitBranch },
+  flux_path: { type: 'string', doc: 'path of the cluster in the GitOps repository', grammar: g.RepoPath },
+  github_token_ref: { type: 'secret-ref', doc: 'GitHub PAT for flux bootstrap', grammar: g.SecretRef, secret: true },
+  eso_token_ref: { type: 'secret-ref', doc: '1Password service-account token for External Secrets', grammar: g.SecretRef, secret: true },
+  apps_timeout: { type: 'int', doc: 'seconds to wait for every Kustomization and HelmRelease to be Ready', grammar: g.Duration },
   app_checks: { type: 'list', doc: 'health checks run from the controller after GitOps converged: {app, url, expect?, expect_json?, expect_status?} or {app, dns, server?, port?, type?}, each with an optional timeout' },
-  app_check_timeout: { type: 'int', doc: 'seconds one app health probe may take (default for app_checks entries without timeout)' },
-  placement: { type: 'map', doc: 'workload ([namespace/]name or namespace/*) -> node it must run on, checked by the apps role' },
+  app_check_timeout: { type: 'int', doc: 'seconds one app health probe may take (default for app_checks entries without timeout)', grammar: g.Duration },
+  placement: { type: 'map', doc: 'workload ([namespace/]name or namespace/*) -> node it must run on, checked by the apps role', keys: g.Workload, values: g.NodeName },
 } as const satisfies Record<string, VarSpec>
 
 export type VarName = keyof typeof VAR_SPECS
@@ -75,6 +87,8 @@ export interface Vars {
   ssh_port: number
   ssh_key_file?: string
   ssh_key_ref?: string
+  /** sudo password from the secrets store (op://...), for hosts without a NOPASSWD sudo rule. */
+  become_password_ref?: string
   known_hosts_file: string
   connect_timeout: number
   secrets_backend: 'onepassword' | 'file'
@@ -155,11 +169,77 @@ export function isVarName(key: string): key is VarName {
   return Object.hasOwn(VAR_SPECS, key)
 }
 
-/** Closest known name, for "did you mean" in errors. */
+/** Ansible's names for this tool's variables, accepted in the inventory and with -e (most k3s inventories were written for Ansible). */
+export const VAR_SYNONYMS = {
+  ansible_host: 'address',
+  ansible_user: 'ssh_user',
+  ansible_port: 'ssh_port',
+  ansible_ssh_private_key_file: 'ssh_key_file',
+  ansible_become_password: 'become_password_ref',
+  ansible_become_pass: 'become_password_ref',
+} as const satisfies Record<string, VarName>
+
+export type VarSynonym = keyof typeof VAR_SYNONYMS
+
+/** The variable a key names: its own name or an Ansible synonym; undefined for anything else. */
+export function canonicalVar(key: string): VarName | undefined {
+  if (isVarName(key)) return key
+  return Object.hasOwn(VAR_SYNONYMS, key) ? VAR_SYNONYMS[key as VarSynonym] : undefined
+}
+
+/** Extra words for a synonym's errors: ansible_become_password takes a reference, never the password. */
+export function synonymNote(key: string): string | undefined {
+  if (key === 'ansible_become_password' || key === 'ansible_become_pass')
+    return 'only a secret reference (op://vault/item/field) to the sudo password is accepted here, never the password itself'
+  return undefined
+}
+
+/**
+ * Variables of k3s-ansible and Ansible that this tool does not take, with what to use instead. Their values are
+ * never shown (k3s-ansible's `token` is the cluster token itself).
+ */
+export const FOREIGN_VARS: Readonly<Record<string, string>> = {
+  token:
+    'k3s-ansible\'s "token" is k3s_token_ref here: a secret reference (op://vault/item/field) to the cluster token in the secrets store, not the token itself (the server role makes and stores one when it is missing)',
+  api_port: 'k3s-ansible\'s "api_port" is k3s_api_port here',
+  extra_server_args: 'k3s-ansible\'s "extra_server_args" is k3s_extra_args here, in the vars of group "server": a list of --flag=value',
+  extra_agent_args: 'k3s-ansible\'s "extra_agent_args" is k3s_extra_args here, in the vars of group "agent": a list of --flag=value',
+  extra_args: 'k3s-ansible\'s "extra_args" is k3s_extra_args here: a list of --flag=value',
+  api_endpoint: 'k3s-ansible\'s "api_endpoint" is the server host\'s address here: agents join the address of the first host of group "server"; remove it',
+  cluster_context: 'k3s-ansible\'s "cluster_context" is kubeconfig_context here',
+  user_kubectl: 'k3s-ansible\'s "user_kubectl" has no switch here: the kubeconfig is fetched to this machine, at kubeconfig_path',
+  kubeconfig: 'k3s-ansible\'s "kubeconfig" is kubeconfig_path here',
+  k3s_server_location: 'k3s-ansible\'s "k3s_server_location" has no counterpart: k3s keeps its default /var/lib/rancher/k3s (backups and restore rely on it)',
+  server_config_yaml: 'k3s-ansible\'s "server_config_yaml" has no counterpart: config.yaml is written from node_labels, node_taints, k3s_disable, k3s_tls_san and k3s_extra_args',
+  agent_config_yaml: 'k3s-ansible\'s "agent_config_yaml" has no counterpart: config.yaml is written from node_labels, node_taints and k3s_extra_args',
+  extra_manifests: 'k3s-ansible\'s "extra_manifests" has no counterpart: manifests reach the cluster through Flux (docs/gitops.md)',
+  ansible_connection: 'Ansible\'s "ansible_connection" has no counterpart: the connection is always SSH',
+  ansible_python_interpreter: 'Ansible\'s "ansible_python_interpreter" is not needed: nothing runs Python on the hosts',
+  ansible_become: 'Ansible\'s "ansible_become" is not needed: steps run as root through sudo when ssh_user is not root',
+  ansible_become_method: 'Ansible\'s "ansible_become_method" is not needed: steps run as root through sudo when ssh_user is not root',
+  ansible_become_user: 'Ansible\'s "ansible_become_user" is not needed: steps run as root through sudo when ssh_user is not root',
+}
+
+/** What to say about an unknown variable: its counterpart here, else the closest known name. */
+export function unknownVarHint(key: string): string | undefined {
+  if (Object.hasOwn(FOREIGN_VARS, key)) return FOREIGN_VARS[key]
+  const guess = suggestVar(key)
+  return guess ? `did you mean "${guess}"?` : undefined
+}
+
+/** Names whose values may be secrets: never shown in messages. */
+export function isSecretName(key: string): boolean {
+  const name = canonicalVar(key)
+  if (name) return (VAR_SPECS[name] as VarSpec).secret === true
+  return key === 'token' || /pass|token|secret/i.test(key)
+}
+
+/** Closest known name (or Ansible synonym), for "did you mean" in errors. */
 export function suggestVar(key: string): string | undefined {
   let best: string | undefined
   let bestDist = 4
-  for (const name of Object.keys(VAR_SPECS)) {
+  if (key.length > 64) return undefined
+  for (const name of [...Object.keys(VAR_SPECS), ...Object.keys(VAR_SYNONYMS)]) {
     const d = editDistance(key, name)
     if (d < bestDist) {
       best = name
@@ -178,66 +258,99 @@ function editDistance(a: string, b: string): number {
   return dp[a.length][b.length]
 }
 
-const SECRET_REF = /^op:\/\/[^/\s]+\/[^/\s]+\/[^/\s]+$/
-const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/
-const HOSTNAME = /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/
+/** IPv4, IPv6 or a DNS host name (lib/grammar.ts). */
+export const isAddress = g.isAddress
 
-export function isAddress(s: string): boolean {
-  if (IPV4.test(s)) return true
-  if (/^\d+(\.\d+)*$/.test(s)) return false // looks numeric but is not a valid IPv4
-  if (s.includes(':')) return /^[0-9A-Fa-f:]+$/.test(s) && s.split(':').length <= 8
-  return HOSTNAME.test(s)
+/** One thing wrong with a value; for a list or map, which item or entry. */
+export interface VarProblem {
+  /** "expected ..., got ..." for a whole value; `what "item": expected ...` for an item or entry. */
+  message: string
+  /** The list item the problem is in. */
+  index?: number
+  /** The map entry the problem is in. */
+  key?: string
+  /** The problem is the map key itself, not its value. */
+  inKey?: boolean
 }
 
-/** Check one value against its spec; returns an error text ("expected ...") or undefined. Converts `-e` strings. */
-export function checkVar(name: VarName, value: unknown): { value?: unknown; error?: string } {
+/**
+ * Check one value against its spec and grammar: the value as the roles get it (`-e` strings converted), and every
+ * problem (every bad item of a list, every bad key and value of a map).
+ */
+export function checkVarAll(name: VarName, value: unknown): { value?: unknown; problems: VarProblem[] } {
   const spec: VarSpec = VAR_SPECS[name]
+  const bad = (message: string) => ({ problems: [{ message }] })
+  const got = (x: unknown): string => (spec.secret ? secretShown(x) : g.shown(x))
+  const whole = (x: unknown, grammar: Grammar<unknown> | undefined) => {
+    if (!grammar) return { value: x, problems: [] }
+    const r = g.verdict(grammar, x)
+    return r.ok ? { value: r.value, problems: [] } : bad(`${r.expected}, got ${got(value)}`)
+  }
   switch (spec.type) {
     case 'int': {
       const n = typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value
-      if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) return { error: `expected a whole number, got ${show(value)}` }
-      return { value: n }
+      if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) return bad(`expected a whole number, got ${g.shown(value)}`)
+      return whole(n, spec.grammar)
     }
     case 'bool': {
-      if (value === 'true' || value === 'false') return { value: value === 'true' }
-      if (typeof value !== 'boolean') return { error: `expected true or false, got ${show(value)}` }
-      return { value }
+      if (value === 'true' || value === 'false') return { value: value === 'true', problems: [] }
+      if (typeof value !== 'boolean') return bad(`expected true or false, got ${g.shown(value)}`)
+      return { value, problems: [] }
     }
     case 'list': {
-      if (typeof value === 'string') return { value: value.split(',').map((s) => s.trim()).filter(Boolean) }
-      if (!Array.isArray(value)) return { error: `expected a list, got ${show(value)}` }
-      return { value }
+      const items: unknown[] | undefined =
+        typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter(Boolean) : Array.isArray(value) ? value : undefined
+      if (!items) return bad(`expected a list, got ${g.shown(value)}`)
+      const grammar = spec.grammar
+      if (!grammar) return { value: items, problems: [] }
+      const out: unknown[] = []
+      const problems: VarProblem[] = []
+      items.forEach((item, index) => {
+        const x = typeof item === 'number' ? String(item) : item
+        if (typeof x !== 'string') return problems.push({ index, message: `${grammar.what}: expected a string, got ${g.shown(item)}` })
+        const r = g.verdict(grammar, x)
+        if (r.ok) out.push(r.value)
+        else problems.push({ index, message: `${grammar.what} ${JSON.stringify(x)}: ${r.expected}` })
+      })
+      return problems.length ? { problems } : { value: out, problems }
     }
     case 'map': {
-      if (value === null || typeof value !== 'object' || Array.isArray(value)) return { error: `expected a map, got ${show(value)}` }
-      return { value }
+      if (value === null || typeof value !== 'object' || Array.isArray(value)) return bad(`expected a map, got ${g.shown(value)}`)
+      const entries: [string, unknown][] = []
+      const problems: VarProblem[] = []
+      for (const [key, raw] of Object.entries(value)) {
+        const keyBad = spec.keys && g.complaint(spec.keys, key)
+        if (keyBad) problems.push({ key, inKey: true, message: keyBad })
+        const x = typeof raw === 'number' ? String(raw) : raw
+        const valueBad = spec.values && g.complaint(spec.values, x)
+        if (valueBad) problems.push({ key, message: `${JSON.stringify(key)} -> ${valueBad}` })
+        entries.push([key, x])
+      }
+      return problems.length ? { problems } : { value: Object.fromEntries(entries), problems }
     }
-    case 'secret-ref': {
-      if (typeof value !== 'string' || !SECRET_REF.test(value))
-        return { error: `expected a secret reference like op://vault/item/field, got ${show(value)}` }
-      return { value }
-    }
-    case 'address': {
-      if (typeof value !== 'string' || !isAddress(value)) return { error: `expected an IPv4/IPv6 address or host name, got ${show(value)}` }
-      return { value }
-    }
+    case 'secret-ref':
+    case 'address':
     case 'url': {
-      if (typeof value !== 'string' || !/^https?:\/\/[^\s]+$/.test(value)) return { error: `expected an http(s) URL, got ${show(value)}` }
-      return { value }
+      const s = typeof value === 'number' ? String(value) : value
+      return whole(s, spec.grammar)
     }
     default: {
-      const v = typeof value === 'number' ? String(value) : value
-      if (typeof v !== 'string' || v === '') return { error: `expected a non-empty string, got ${show(value)}` }
-      if (spec.choices && !spec.choices.includes(v)) return { error: `expected one of ${spec.choices.join(', ')}, got ${show(value)}` }
-      return { value: v }
+      const s = typeof value === 'number' ? String(value) : value
+      if (typeof s !== 'string' || s === '') return bad(`expected a non-empty string, got ${got(value)}`)
+      if (spec.choices && !spec.choices.includes(s)) return bad(`expected one of ${spec.choices.join(', ')}, got ${got(value)}`)
+      return whole(s, spec.grammar)
     }
   }
 }
 
-function show(v: unknown): string {
-  if (v === null || v === undefined) return 'nothing'
-  if (typeof v === 'string') return JSON.stringify(v)
-  if (Array.isArray(v)) return 'a list'
-  if (typeof v === 'object') return 'a map'
-  return String(v)
+/** Check one value against its spec; returns an error text ("expected ...", the first problem) or the value. Converts `-e` strings. */
+export function checkVar(name: VarName, value: unknown): { value?: unknown; error?: string } {
+  const r = checkVarAll(name, value)
+  return r.problems.length ? { error: r.problems[0].message } : { value: r.value }
+}
+
+/** A value that should have been a secret reference: shown only when it looks like one (op:...), never a pasted secret. */
+export function secretShown(x: unknown): string {
+  if (typeof x === 'string' && !x.startsWith('op:')) return 'a value that is not one (not shown: it may be the secret itself)'
+  return g.shown(x)
 }

@@ -4,7 +4,7 @@ import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
 import { thrown } from './fakes.ts'
-import { expandPath, hostVars, loadInventory, parseExtraVars, parseInventory, type Inventory, type InventoryHost } from '../../lib/inventory.ts'
+import { checkHosts, expandPath, hostVars, loadInventory, nodeNameOf, parseExtraVars, parseInventory, type Inventory, type InventoryHost } from '../../lib/inventory.ts'
 import { BUILTIN_DEFAULTS, type Vars } from '../../lib/vars.ts'
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -104,8 +104,8 @@ describe('variable precedence (fixtures/inventory/precedence.yaml)', () => {
     expect(hostVars(host(inv, 'srv'), roleDefaults).reboot_timeout).toBe(200) // server
     expect(hostVars(host(inv, 'ag-plain'), roleDefaults).reboot_timeout).toBe(300) // agent
     expect(hostVars(host(inv, 'ag-pi3'), roleDefaults).reboot_timeout).toBe(400) // pi3, child of agent
-    expect(hostVars(host(inv, 'ag-pi3'), roleDefaults).k3s_disable).toEqual(['from-agent']) // inherited from parent
-    expect(hostVars(host(inv, 'srv'), roleDefaults).k3s_disable).toEqual(['from-all'])
+    expect(hostVars(host(inv, 'ag-pi3'), roleDefaults).k3s_disable).toEqual(['servicelb']) // inherited from parent
+    expect(hostVars(host(inv, 'srv'), roleDefaults).k3s_disable).toEqual(['traefik'])
   })
 
   it('group vars < host vars < -e extra vars', () => {
@@ -164,7 +164,13 @@ describe('inventory errors: message and file:line:col', () => {
     hint?: string
   }
   const cases: Case[] = [
-    { fixture: 'unknown-top-level.yaml', message: 'unknown top-level key "servers": everything goes under "all:"', line: 9, col: 1 },
+    {
+      fixture: 'unknown-top-level.yaml',
+      message: '"vars" at the top level: the top level holds groups only ("all:" and others)',
+      line: 9,
+      col: 1,
+      hint: 'put vars: under "all:" or under a group',
+    },
     {
       fixture: 'unknown-variable.yaml',
       message: 'unknown variable "k3s_verison" in vars of group "all"',
@@ -177,20 +183,14 @@ describe('inventory errors: message and file:line:col', () => {
     { fixture: 'bad-list.yaml', message: 'k3s_disable: expected a list, got a map', line: 6, col: 11 },
     {
       fixture: 'bad-secret-ref.yaml',
-      message: 'k3s_token_ref: expected a secret reference like op://vault/item/field, got "pi-cluster/k3s-node-token/token"',
+      // Not shown: a value that is not a reference may be the secret itself.
+      message: 'k3s_token_ref: expected a secret reference like op://vault/item/field, got a value that is not one (not shown: it may be the secret itself)',
       line: 3,
       col: 20,
     },
     { fixture: 'bad-url.yaml', message: 'k3s_install_url: expected an http(s) URL, got "get.k3s.io"', line: 3, col: 22 },
     { fixture: 'bad-address-octet.yaml', message: 'address: expected an IPv4/IPv6 address or host name, got "203.0.113.300"', line: 6, col: 20 },
     { fixture: 'bad-address-text.yaml', message: 'address: expected an IPv4/IPv6 address or host name, got "not an ip!"', line: 7, col: 20 },
-    {
-      fixture: 'host-in-no-group.yaml',
-      message: 'host "pi-k3s" is in no group',
-      line: 4,
-      col: 5,
-      hint: 'list it under a group in all.children (e.g. server or agent)',
-    },
     {
       fixture: 'agent-without-server.yaml',
       message: 'group "agent" has hosts but no host is in group "server"',
@@ -199,7 +199,13 @@ describe('inventory errors: message and file:line:col', () => {
       hint: 'agents join a server: add one host under children.server.hosts',
     },
     { fixture: 'same-address.yaml', message: 'hosts "pi3-worker-1" and "pi3-worker-2" have the same address 203.0.113.53', line: 11, col: 9 },
-    { fixture: 'no-address.yaml', message: 'host "pi3-worker-1" has no address', line: 9, col: 9, hint: 'add "address: <ip or name>" under the host' },
+    {
+      fixture: 'no-address.yaml',
+      message: 'host "pi3-worker-1" has no address',
+      line: 9,
+      col: 9,
+      hint: 'add "address: <ip or name>" (or ansible_host) under the host',
+    },
     {
       fixture: 'host-vars-twice.yaml',
       message: 'host "pi-k3s" is defined with variables in both "server" and "monitoring"',
@@ -388,9 +394,325 @@ describe('inventory errors: message and file:line:col', () => {
   })
 })
 
+describe('every error of a file at once (fixtures/inventory/errors/many-errors.yaml)', () => {
+  const file = errorFixture('many-errors.yaml')
+  const e = thrown(() => loadInventory(file))
+  const NODE_NAME =
+    'an RFC 1123 subdomain (lowercase letters, digits, "-" and ".", each dot-separated part 1-63 characters starting and ending with a letter or digit, at most 253 in all)'
+  const expected: { line: number; col: number; message: string; hint?: string }[] = [
+    { line: 4, col: 5, message: 'unknown variable "k3s_verison" in vars of group "all"', hint: 'did you mean "k3s_version"?' },
+    {
+      line: 5,
+      col: 34,
+      message:
+        'extra_packages: package "-oAPT::Get::Assume-Yes=false": expected a Debian package name (2 or more of a-z, 0-9, "+", "-", ".", starting with a letter or digit), optionally =version (a digit first, then letters, digits and ".+~-:")',
+    },
+    {
+      line: 9,
+      col: 9,
+      message: `host "Pi_K3s": its name is its Kubernetes node name and must be ${NODE_NAME}`,
+      hint: 'rename the host (e.g. "pi-k3s"), or keep the name and set hostname: pi-k3s',
+    },
+    {
+      line: 13,
+      col: 15,
+      message:
+        'node_labels: node label "-lfoo": expected key=value, key in Kubernetes label grammar ([prefix/]name: name 1-63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit; prefix a DNS subdomain), value empty or 1-63 of the same characters',
+    },
+    { line: 16, col: 9, message: 'bad host name "-lfoo": expected letters, digits, ".", "_" and "-", starting with a letter or digit (at most 253)' },
+    { line: 20, col: 21, message: `hostname: expected a Kubernetes node name, ${NODE_NAME}, got "Pi3 Worker"` },
+    {
+      line: 21,
+      col: 28,
+      message:
+        'k3s_extra_args: k3s flag "--node-label=x=y": expected a flag the roles do not write themselves: "node-label" comes from the inventory variable node_labels; set that instead',
+    },
+    { line: 24, col: 21, message: 'ssh_port: expected a port number 1-65535, got 0' },
+  ]
+
+  it('is one inventory error listing every problem with its file:line:col, in file order', () => {
+    expect(e.kind).toBe('inventory')
+    expect(e.problems.map((p) => ({ line: p.place.line, col: p.place.col, message: p.message, hint: p.hint }))).toEqual(expected)
+    for (const p of e.problems) expect(p.place.file).toBe(file)
+  })
+
+  it('describe() is a summary line, then each problem as file:line:col: message and its hint', () => {
+    const lines = [`${file}: ${expected.length} problems`]
+    for (const x of expected) {
+      lines.push(`${file}:${x.line}:${x.col}: ${x.message}`)
+      if (x.hint) lines.push(`  hint: ${x.hint}`)
+    }
+    expect(e.describe()).toBe(lines.join('\n'))
+  })
+
+  it("the error's own place is the first problem's, so a caller that reads one place still points somewhere real", () => {
+    expect(e.place).toEqual({ file, line: 4, col: 5 })
+  })
+
+  it('a refused value causes no second error: pi3-worker-3 (bad port) is not also "the same address" as pi3-worker-2', () => {
+    expect(e.problems.some((p) => p.message.includes('same address'))).toBe(false)
+  })
+
+  it('a single problem is still a plain error: problems lists itself', () => {
+    const one = thrown(() => loadInventory(errorFixture('bad-int.yaml')))
+    expect(one.problems).toEqual([one])
+  })
+
+  it('a host in no group, and the agent group without a server, together (host-in-no-group.yaml)', () => {
+    const f = errorFixture('host-in-no-group.yaml')
+    const both = thrown(() => loadInventory(f))
+    expect(both.describe()).toBe(
+      [
+        `${f}: 2 problems`,
+        `${f}:2:1: group "agent" has hosts but no host is in group "server"`,
+        '  hint: agents join a server: add one host under children.server.hosts',
+        `${f}:4:5: host "pi-k3s" is in no group`,
+        '  hint: list it under a group in all.children (e.g. server or agent)',
+      ].join('\n'),
+    )
+  })
+
+  it('a misspelt variable is one error, not also "has no address"', () => {
+    const one = thrown(() => parseInventory('all:\n  children:\n    server:\n      hosts:\n        a:\n          adress: 10.0.0.1\n', 'i.yaml'))
+    expect(one.describe()).toBe('i.yaml:6:11: unknown variable "adress" in host "a"\n  hint: did you mean "address"?')
+  })
+})
+
+describe('node names', () => {
+  it('bad-node-name.yaml: an inventory name that is not an RFC 1123 subdomain, at its key', () => {
+    const file = errorFixture('bad-node-name.yaml')
+    const e = thrown(() => loadInventory(file))
+    expect(e.place).toEqual({ file, line: 6, col: 9 })
+    expect(e.message).toMatch(/^host "Pi_K3s": its name is its Kubernetes node name and must be an RFC 1123 subdomain/)
+    expect(e.hint).toBe('rename the host (e.g. "pi-k3s"), or keep the name and set hostname: pi-k3s')
+  })
+
+  it('the same inventory name is fine with a hostname that is a node name', () => {
+    const inv = parseInventory('all:\n  children:\n    server:\n      hosts:\n        Pi_K3s: {address: 10.0.0.1, hostname: pi-k3s}\n', 'i.yaml')
+    expect(nodeNameOf(host(inv, 'Pi_K3s'))).toBe('pi-k3s')
+  })
+
+  it('same-node-name.yaml: two hosts whose hostname gives one Node are refused at the second', () => {
+    const file = errorFixture('same-node-name.yaml')
+    const e = thrown(() => loadInventory(file))
+    expect(e.describe()).toBe(
+      `${file}:13:9: hosts "pi3-worker-1" and "pi3-worker-2" have the same node name "worker-1"\n` +
+        '  hint: each host is one Kubernetes Node: set another hostname on one of them (a node name is the hostname var, else the inventory name)',
+    )
+  })
+
+  it("a hostname equal to another host's inventory name is the same Node too", () => {
+    const e = thrown(() =>
+      parseInventory('all:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1, hostname: b}\n        b: {address: 10.0.0.2}\n', 'i.yaml'),
+    )
+    expect(e.message).toBe('hosts "a" and "b" have the same node name "b"')
+    expect(e.place).toEqual({ file: 'i.yaml', line: 6, col: 9 })
+  })
+
+  it('nodeNameOf: -e hostname, else the hostname var, else the inventory name', () => {
+    const inv = parseInventory('all:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1, hostname: node-a}\n        b: {address: 10.0.0.2}\n', 'i.yaml')
+    expect(nodeNameOf(host(inv, 'a'))).toBe('node-a')
+    expect(nodeNameOf(host(inv, 'b'))).toBe('b')
+    expect(nodeNameOf(host(inv, 'b'), parseExtraVars(['hostname=other']))).toBe('other')
+  })
+
+  it('a host name starting with "-" is refused at its key (it would read as an option)', () => {
+    const e = thrown(() => parseInventory('all:\n  children:\n    server:\n      hosts:\n        -lfoo: {address: 10.0.0.1}\n', 'i.yaml'))
+    expect(e.describe()).toBe('i.yaml:5:9: bad host name "-lfoo": expected letters, digits, ".", "_" and "-", starting with a letter or digit (at most 253)')
+  })
+})
+
+describe('value grammars in the inventory point at the value, the list item or the map entry', () => {
+  const one = (vars: string): string =>
+    thrown(() => parseInventory(`all:\n  vars:\n${vars}\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n`, 'i.yaml')).describe()
+
+  it('a bad list item, at the item', () => {
+    expect(one('    node_taints:\n      - hardware=pi3:PreferNoSchedule\n      - hardware=pi3:Sometimes')).toMatch(
+      /^i\.yaml:5:9: node_taints: node taint "hardware=pi3:Sometimes": expected key\[=value\]:Effect with Effect one of NoSchedule, PreferNoSchedule, NoExecute/,
+    )
+  })
+
+  it('a flow list item, at the item', () => {
+    expect(one('    k3s_disable: [traefik, traefic]')).toBe('i.yaml:3:28: k3s_disable: k3s component "traefic": expected one of coredns, servicelb, traefik, local-storage, metrics-server, runtimes')
+  })
+
+  it('cmdline flags with a space (one string holding two flags) are refused: cmdline.txt would change on every run', () => {
+    expect(one('    cmdline_flags: ["cgroup_memory=1 cgroup_enable=memory"]')).toMatch(
+      /^i\.yaml:3:21: cmdline_flags: kernel flag "cgroup_memory=1 cgroup_enable=memory": expected one kernel flag like cgroup_enable=memory/,
+    )
+  })
+
+  it('placement: a bad key at the key, a bad node at the value', () => {
+    const d = one('    placement:\n      "pihole pihole": pi-k3s\n      pihole/unbound: Pi3_Worker')
+    expect(d.split('\n')).toEqual([
+      'i.yaml: 2 problems',
+      'i.yaml:4:7: placement: workload "pihole pihole": expected name, namespace/name or namespace/* (namespace an RFC 1123 label, name an RFC 1123 subdomain)',
+      'i.yaml:5:23: placement: "pihole/unbound" -> node name "Pi3_Worker": expected a Kubernetes node name, an RFC 1123 subdomain (lowercase letters, digits, "-" and ".", each dot-separated part 1-63 characters starting and ending with a letter or digit, at most 253 in all)',
+    ])
+  })
+
+  it('k3s_extra_args refuses what the roles write themselves, naming the variable to use', () => {
+    expect(one('    k3s_extra_args: ["--tls-san=x.lan"]')).toBe(
+      'i.yaml:3:22: k3s_extra_args: k3s flag "--tls-san=x.lan": expected a flag the roles do not write themselves: "tls-san" comes from the inventory variable k3s_tls_san; set that instead',
+    )
+  })
+
+  it('versions, ports and durations', () => {
+    expect(one('    k3s_version: 1.34.3')).toBe('i.yaml:3:18: k3s_version: expected a k3s version like v1.34.3+k3s1 (or v1.34.3-rc1+k3s1), got "1.34.3"')
+    expect(one('    k3s_api_port: 70000')).toBe('i.yaml:3:19: k3s_api_port: expected a port number 1-65535, got 70000')
+    expect(one('    reboot_timeout: 0')).toBe('i.yaml:3:21: reboot_timeout: expected a number of seconds, 1 to 2147483, got 0')
+  })
+
+  it('a template is not expanded: the hint says so', () => {
+    expect(one('    flux_version: "{{ flux_release }}"')).toBe(
+      'i.yaml:3:19: flux_version: expected a flux version like 2.7.3, got "{{ flux_release }}"\n  hint: templates ("{{ ... }}") are not expanded here: write the value itself',
+    )
+  })
+
+  it("the owner's and the lab's inventories pass every grammar", () => {
+    for (const f of ['inventory/hosts.yaml', 'inventory/lab.yaml']) expect(() => loadInventory(resolve(here, '../..', f))).not.toThrow()
+  })
+})
+
+describe('cluster shapes', () => {
+  it('a server with no agents loads (a single-node cluster)', () => {
+    const inv = parseInventory('all:\n  children:\n    server:\n      hosts:\n        pi-k3s: {address: 10.0.0.1}\n    agent:\n      hosts:\n', 'i.yaml')
+    expect([...inv.hosts.keys()]).toEqual(['pi-k3s'])
+    expect(inv.groups.get('server')).toEqual(['pi-k3s'])
+    expect(inv.groups.get('agent')).toEqual([])
+  })
+
+  it('top-level groups are children of all, with or without "all:"', () => {
+    const noAll = parseInventory('server:\n  hosts:\n    a: {address: 10.0.0.1}\nagent:\n  hosts:\n    b: {address: 10.0.0.2}\n', 'i.yaml')
+    expect(noAll.groups.get('all')).toEqual(['a', 'b'])
+    expect(host(noAll, 'b').groups).toEqual(['all', 'agent'])
+    const withAll = parseInventory('all:\n  vars: {ssh_user: debian}\ncluster:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n', 'i.yaml')
+    expect(host(withAll, 'a').groups).toEqual(['all', 'cluster', 'server'])
+    expect(host(withAll, 'a').vars.ssh_user).toBe('debian')
+  })
+
+  it('a top-level group defined again under all is refused at the second definition', () => {
+    const e = thrown(() => parseInventory('server:\n  hosts:\n    a: {address: 10.0.0.1}\nall:\n  children:\n    server:\n', 'i.yaml'))
+    expect(e.describe()).toBe('i.yaml:6:5: group "server" is defined twice')
+  })
+})
+
+describe("Ansible's names for this tool's variables", () => {
+  const inv = parseInventory(
+    [
+      'all:',
+      '  vars:',
+      '    ansible_user: debian',
+      '    ansible_ssh_private_key_file: keys/id',
+      '    ansible_become_password: op://pi-cluster/sudo/password',
+      '  children:',
+      '    server:',
+      '      hosts:',
+      '        a: {ansible_host: 10.0.0.1, ansible_port: 2222}',
+      '',
+    ].join('\n'),
+    '/inv/i.yaml',
+  )
+
+  it('ansible_host, ansible_user, ansible_port, ansible_ssh_private_key_file and ansible_become_password set their counterparts', () => {
+    expect(host(inv, 'a').vars).toEqual({
+      address: '10.0.0.1',
+      ssh_port: 2222,
+      ssh_user: 'debian',
+      ssh_key_file: '/inv/keys/id',
+      become_password_ref: 'op://pi-cluster/sudo/password',
+    })
+  })
+
+  it('ansible_become_password takes a secret reference only, and never shows the value', () => {
+    const e = thrown(() => parseInventory('all:\n  vars:\n    ansible_become_password: hunter2\n', 'i.yaml'))
+    expect(e.describe()).toBe(
+      'i.yaml:3:30: ansible_become_password: expected a secret reference like op://vault/item/field, got a value that is not one (not shown: it may be the secret itself)\n' +
+        '  hint: only a secret reference (op://vault/item/field) to the sudo password is accepted here, never the password itself',
+    )
+    expect(e.describe()).not.toContain('hunter2')
+  })
+
+  it('a synonym goes through the same grammar', () => {
+    expect(thrown(() => parseInventory('all:\n  vars:\n    ansible_port: 0\n', 'i.yaml')).describe()).toBe('i.yaml:3:19: ansible_port: expected a port number 1-65535, got 0')
+    expect(thrown(() => parseInventory('all:\n  vars:\n    ansible_user: -oProxyCommand\n', 'i.yaml')).message).toMatch(/^ansible_user: expected a login name/)
+  })
+
+  it('a synonym and its counterpart in one place is an error; in two places, precedence decides', () => {
+    const e = thrown(() => parseInventory('all:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1, ansible_host: 10.0.0.2}\n', 'i.yaml'))
+    expect(e.describe()).toBe('i.yaml:5:32: "ansible_host" and "address" both set address in host "a"\n  hint: keep one of them (ansible_host is Ansible\'s name for address)')
+    const two = parseInventory('all:\n  vars: {ansible_user: debian}\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1, ssh_user: pi}\n', 'i.yaml')
+    expect(host(two, 'a').vars.ssh_user).toBe('pi')
+  })
+
+  it('ansible_host is per host like address', () => {
+    const e = thrown(() => parseInventory('all:\n  vars:\n    ansible_host: 10.0.0.1\n', 'i.yaml'))
+    expect(e.describe()).toBe('i.yaml:3:5: "ansible_host" (address) is per host; it cannot be set in vars of group "all"')
+  })
+
+  it('a near miss of a synonym gets "did you mean"', () => {
+    const e = thrown(() => parseInventory('all:\n  vars:\n    ansible_usr: pi\n', 'i.yaml'))
+    expect(e.hint).toBe('did you mean "ansible_user"?')
+  })
+})
+
+describe('checkHosts: the final values after -e, before any connection', () => {
+  const inv = parseInventory(
+    'all:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n    agent:\n      hosts:\n        b: {address: 10.0.0.2}\n        c: {address: 10.0.0.3}\n',
+    'i.yaml',
+  )
+
+  it('passes a loaded inventory without -e', () => {
+    expect(() => checkHosts(inv, {})).not.toThrow()
+    expect(() => checkHosts(inv, parseExtraVars(['ssh_user=debian', 'reboot_timeout=90']))).not.toThrow()
+  })
+
+  it('-e address for several hosts: one usage error naming the flag as written, and every problem together', () => {
+    const e = thrown(() => checkHosts(inv, parseExtraVars(['ansible_host=10.0.0.9', 'hostname=one'])))
+    expect(e.kind).toBe('usage')
+    expect(e.describe()).toBe(
+      [
+        '2 problems with the hosts (with -e)',
+        '-e hostname=one: hosts "a", "b" and "c" would all be the node "one"',
+        '  hint: -e hostname sets the node name of every host the run takes: use it with --limit to one host',
+        '-e ansible_host=10.0.0.9: hosts "a", "b" and "c" would all be reached at 10.0.0.9 port 22',
+        '  hint: -e ansible_host applies to every host the run takes: use it with --limit to one host',
+      ].join('\n'),
+    )
+  })
+
+  it('-e for the one host the run takes (--limit) is fine', () => {
+    expect(() => checkHosts(inv, parseExtraVars(['address=10.0.0.9', 'hostname=one']), ['b'])).not.toThrow()
+  })
+
+  it('-e ssh_port that makes two hosts on one address meet', () => {
+    const same = parseInventory('all:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n        b: {address: 10.0.0.1, ssh_port: 2222}\n', 'i.yaml')
+    expect(thrown(() => checkHosts(same, parseExtraVars(['ssh_port=22']))).describe()).toBe(
+      '-e ssh_port=22: hosts "a" and "b" would all be reached at 10.0.0.1 port 22\n  hint: -e ssh_port applies to every host the run takes: use it with --limit to one host',
+    )
+  })
+
+  it('an inventory built by hand is held to the same rules, at the hosts\' places', () => {
+    const made: Inventory = {
+      file: 'made.yaml',
+      hosts: new Map([
+        ['Bad_Name', { name: 'Bad_Name', groups: ['all', 'server'], vars: { address: '10.0.0.1' }, line: 3, col: 5 }],
+        ['x', { name: 'x', groups: ['all', 'server'], vars: { address: '10.0.0.1' }, line: 4, col: 5 }],
+      ]),
+      groups: new Map([['server', ['Bad_Name', 'x']], ['all', ['Bad_Name', 'x']]]),
+    }
+    const e = thrown(() => checkHosts(made, {}))
+    expect(e.kind).toBe('inventory')
+    expect(e.problems.map((p) => [p.place, p.message])).toEqual([
+      [{ file: 'made.yaml', line: 3, col: 5 }, expect.stringMatching(/^host "Bad_Name": its name is its Kubernetes node name and must be an RFC 1123 subdomain/)],
+      [{ file: 'made.yaml', line: 4, col: 5 }, 'hosts "Bad_Name" and "x" have the same address 10.0.0.1'],
+    ])
+  })
+})
+
 describe('-e extra vars', () => {
-  it('k3s_version=v1 is a string', () => {
-    expect(parseExtraVars(['k3s_version=v1'])).toEqual({ k3s_version: 'v1' })
+  it('k3s_version=v1.34.3+k3s1 is a string', () => {
+    expect(parseExtraVars(['k3s_version=v1.34.3+k3s1'])).toEqual({ k3s_version: 'v1.34.3+k3s1' })
   })
 
   it('ints are converted; the last -e of a name wins', () => {
@@ -407,7 +729,7 @@ describe('-e extra vars', () => {
   })
 
   it('a value with "=" in it keeps everything after the first "="', () => {
-    expect(parseExtraVars(['k3s_version=v1.34.3+k3s1=x'])).toEqual({ k3s_version: 'v1.34.3+k3s1=x' })
+    expect(parseExtraVars(['k3s_extra_args=--kubelet-arg=max-pods=50'])).toEqual({ k3s_extra_args: ['--kubelet-arg=max-pods=50'] })
   })
 
   it('relative paths are relative to the current directory', () => {
@@ -418,28 +740,55 @@ describe('-e extra vars', () => {
   it('an unknown key is a usage error with a did-you-mean hint', () => {
     const e = thrown(() => parseExtraVars(['k3s_verison=v1']))
     expect(e.kind).toBe('usage')
-    expect(e.describe()).toBe('-e k3s_verison: unknown variable\n  hint: did you mean "k3s_version"?')
+    expect(e.describe()).toBe('-e k3s_verison=v1: unknown variable\n  hint: did you mean "k3s_version"?')
   })
 
   it('an unknown key with no near name has no hint', () => {
     const e = thrown(() => parseExtraVars(['completely_unrelated_name=1']))
-    expect(e.describe()).toBe('-e completely_unrelated_name: unknown variable')
+    expect(e.describe()).toBe('-e completely_unrelated_name=1: unknown variable')
   })
 
   it('bad values are usage errors naming the variable', () => {
-    expect(thrown(() => parseExtraVars(['ssh_port=abc'])).describe()).toBe('-e ssh_port: expected a whole number, got "abc"')
-    expect(thrown(() => parseExtraVars(['k3s_version='])).describe()).toBe('-e k3s_version: expected a non-empty string, got ""')
-    expect(thrown(() => parseExtraVars(['k3s_install_url=ftp://x'])).describe()).toBe('-e k3s_install_url: expected an http(s) URL, got "ftp://x"')
-    expect(thrown(() => parseExtraVars(['k3s_token_ref=token'])).describe()).toBe(
-      '-e k3s_token_ref: expected a secret reference like op://vault/item/field, got "token"',
+    expect(thrown(() => parseExtraVars(['ssh_port=abc'])).describe()).toBe('-e ssh_port=abc: expected a whole number, got "abc"')
+    expect(thrown(() => parseExtraVars(['k3s_version='])).describe()).toBe('-e k3s_version=: expected a non-empty string, got ""')
+    expect(thrown(() => parseExtraVars(['k3s_install_url=ftp://x'])).describe()).toBe('-e k3s_install_url=ftp://x: expected an http(s) URL, got "ftp://x"')
+    // A value where a secret reference belongs may be the secret itself: neither the flag nor the message shows it.
+    expect(thrown(() => parseExtraVars(['k3s_token_ref=K10abc::server:s3cr3t'])).describe()).toBe(
+      '-e k3s_token_ref=********: expected a secret reference like op://vault/item/field, got a value that is not one (not shown: it may be the secret itself)',
     )
-    expect(thrown(() => parseExtraVars(['placement=["a"]'])).describe()).toBe('-e placement: expected a map, got a list')
+    expect(thrown(() => parseExtraVars(['placement=["a"]'])).describe()).toBe('-e placement=["a"]: expected a map, got a list')
+  })
+
+  it("Ansible's names work with -e too, through the same grammar", () => {
+    expect(parseExtraVars(['ansible_host=10.0.0.9', 'ansible_user=debian', 'ansible_port=2222'])).toEqual({ address: '10.0.0.9', ssh_user: 'debian', ssh_port: 2222 })
+    expect(thrown(() => parseExtraVars(['ansible_host=-oProxyCommand=x'])).describe()).toBe(
+      '-e ansible_host=-oProxyCommand=x: expected an IPv4/IPv6 address or host name, got "-oProxyCommand=x"',
+    )
+    expect(thrown(() => parseExtraVars(['ansible_user=a', 'ssh_user=b'])).describe()).toBe('-e ssh_user=b: ssh_user and ansible_user both set ssh_user\n  hint: give one of them')
+  })
+
+  it('every bad -e at once, each naming its flag; secrets are not shown', () => {
+    const e = thrown(() => parseExtraVars(['ssh_port=0', 'token=K10secret', 'node_labels=hardware=pi3,-lfoo', 'nonsense']))
+    expect(e.kind).toBe('usage')
+    expect(e.problems.map((p) => p.message)).toEqual([
+      '-e ssh_port=0: expected a port number 1-65535, got "0"',
+      '-e token=********: unknown variable',
+      expect.stringMatching(/^-e node_labels=hardware=pi3,-lfoo: node label "-lfoo": expected key=value/),
+      '-e nonsense: expected key=value',
+    ])
+    expect(e.problems[1].hint).toMatch(/^k3s-ansible's "token" is k3s_token_ref here: a secret reference/)
+    expect(e.describe()).toMatch(/^-e: 4 problems\n-e ssh_port=0: /)
+    expect(e.describe()).not.toContain('K10secret')
+  })
+
+  it('a control character in a value is shown escaped, not as a line break', () => {
+    expect(thrown(() => parseExtraVars(['k3s_restore=a\nb'])).message).toMatch(/^-e k3s_restore="a\\nb": expected "latest", "none" or a backup folder name/)
   })
 
   it('broken JSON and a missing "=" are usage errors', () => {
     const json = thrown(() => parseExtraVars(['k3s_disable=[traefik']))
     expect(json.kind).toBe('usage')
-    expect(json.message).toBe('-e k3s_disable: value starts like JSON but does not parse')
+    expect(json.message).toBe('-e k3s_disable=[traefik: value starts like JSON but does not parse')
     expect(thrown(() => parseExtraVars(['k3s_version'])).message).toBe('-e k3s_version: expected key=value')
     expect(thrown(() => parseExtraVars(['=v1'])).message).toBe('-e =v1: expected key=value')
   })
