@@ -71,6 +71,8 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
     k3s = join(work, 'k3s')
     writeFileSync(k3s, await bin.text())
     chmodSync(k3s, 0o755)
+    // and its module (the Kubernetes API over TLS), next to it, where the k3s stand-in also looks for it
+    writeFileSync(join(work, 'kubeapi.py'), await (await fetch(`${base}/k3s/kubeapi.py`)).text())
 
     mkdirSync(join(root, 'etc/rancher/k3s'), { recursive: true })
     writeFileSync(join(root, 'etc/rancher/k3s/config.yaml'), 'token: workloads-test\nnode-name: pi-k3s\nnode-label:\n  - hardware=pi5\n  - workload/dns=unbound\n')

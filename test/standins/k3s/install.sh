@@ -4,7 +4,9 @@
 # A test fixture imitating the k3s install script (https://get.k3s.io) for what a provisioning tool uses.
 # The lab's artifact server serves it with @@ARTIFACT_BASE@@ replaced by its base URL; it installs the
 # Python stand-in binary (test/standins/k3s/k3s-standin.py) as /usr/local/bin/k3s with the requested version
-# stamped into it. Written from scratch for the lab; see test/standins/README.md.
+# stamped into it, and its module kubeapi.py (the Kubernetes API over TLS) as /usr/local/lib/k3s-standin/kubeapi.py
+# (the real k3s is one binary; the stand-in is two files, counted as one install: both are hashed for "No change
+# detected"). Written from scratch for the lab; see test/standins/README.md.
 #
 # Honoured like the real script: INSTALL_K3S_VERSION (required: the stand-in cannot resolve a channel),
 # INSTALL_K3S_EXEC and script arguments ("server"/"agent" + flags), K3S_URL, K3S_TOKEN, K3S_TOKEN_FILE
@@ -98,6 +100,8 @@ setup_env() {
 
     SYSTEMD_TYPE=${INSTALL_K3S_TYPE:-notify}
     BIN_DIR=${INSTALL_K3S_BIN_DIR:-/usr/local/bin}
+    # where k3s-standin.py looks for its module: ../lib/k3s-standin of the binary's directory
+    LIB_DIR=$(dirname "${BIN_DIR}")/lib/k3s-standin
     SYSTEMD_DIR=${INSTALL_K3S_SYSTEMD_DIR:-/etc/systemd/system}
 
     SERVICE_K3S=${SYSTEM_NAME}.service
@@ -111,7 +115,7 @@ setup_env() {
 }
 
 get_installed_hashes() {
-    sha256sum "${ROOT}${BIN_DIR}/k3s" "${ROOT}${FILE_K3S_SERVICE}" "${ROOT}${FILE_K3S_ENV}" 2>&1 || true
+    sha256sum "${ROOT}${BIN_DIR}/k3s" "${ROOT}${LIB_DIR}/kubeapi.py" "${ROOT}${FILE_K3S_SERVICE}" "${ROOT}${FILE_K3S_ENV}" 2>&1 || true
 }
 
 can_skip_download_binary() {
@@ -157,6 +161,7 @@ download_and_verify() {
     if can_skip_download_binary; then
         info 'Skipping k3s download and verify'
         [ -x "${ROOT}${BIN_DIR}/k3s" ] || fatal "Executable k3s binary not found at ${BIN_DIR}/k3s"
+        [ -f "${ROOT}${LIB_DIR}/kubeapi.py" ] || fatal "The k3s stand-in's module not found at ${LIB_DIR}/kubeapi.py"
         return
     fi
     setup_verify_arch
@@ -164,11 +169,13 @@ download_and_verify() {
     get_release_version
     if [ -n "${GITHUB_URL}" ]; then
         BIN_URL=${GITHUB_URL}/download/${VERSION_K3S}/k3s${SUFFIX}
+        MODULE_URL=${GITHUB_URL}/download/${VERSION_K3S}/kubeapi.py
     else
         case "${ARTIFACT_BASE}" in
             @@*) fatal "this stand-in install script must be served by the lab artifact server (its base URL was not filled in); set GITHUB_URL or INSTALL_K3S_SKIP_DOWNLOAD=true" ;;
         esac
         BIN_URL=${ARTIFACT_BASE}/k3s/k3s-standin.py
+        MODULE_URL=${ARTIFACT_BASE}/k3s/kubeapi.py
     fi
     TMP_DIR=$(mktemp -d -t k3s-install.XXXXXXXXXX)
     trap 'rm -rf "${TMP_DIR}"' EXIT INT
@@ -176,6 +183,16 @@ download_and_verify() {
     download "${TMP_DIR}/k3s.download" "${BIN_URL}"
     head -n 5 "${TMP_DIR}/k3s.download" | grep -q 'STAND-IN for k3s' ||
         fatal "Downloaded file from ${BIN_URL} is not the k3s stand-in"
+    download "${TMP_DIR}/kubeapi.py" "${MODULE_URL}"
+    head -n 2 "${TMP_DIR}/kubeapi.py" | grep -q 'STAND-IN for k3s' ||
+        fatal "Downloaded file from ${MODULE_URL} is not the k3s stand-in's module"
+    if ! cmp -s "${TMP_DIR}/kubeapi.py" "${ROOT}${LIB_DIR}/kubeapi.py"; then
+        info "Installing the stand-in's module to ${LIB_DIR}/kubeapi.py"
+        mkdir -p "${ROOT}${LIB_DIR}"
+        chmod 644 "${TMP_DIR}/kubeapi.py"
+        [ -n "${ROOT}" ] || chown root:root "${TMP_DIR}/kubeapi.py"
+        mv -f "${TMP_DIR}/kubeapi.py" "${ROOT}${LIB_DIR}/kubeapi.py"
+    fi
     # stamp the requested version into the stand-in, as a real release binary carries its version
     sed "s/^STANDIN_STAMPED_VERSION = \"\"/STANDIN_STAMPED_VERSION = \"${VERSION_K3S}\"/" \
         "${TMP_DIR}/k3s.download" >"${TMP_DIR}/k3s.bin"
@@ -265,6 +282,7 @@ rm -rf "\$R/run/k3s"
 rm -rf "\$R/var/lib/rancher/k3s"
 rm -rf "\$R/var/lib/kubelet"
 rm -f "\$R${BIN_DIR}/k3s"
+rm -rf "\$R${LIB_DIR}"
 rm -f "\$R${KILLALL_K3S_SH}"
 EOF
     chmod 755 "${ROOT}${UNINSTALL_K3S_SH}"

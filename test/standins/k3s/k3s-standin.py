@@ -5,8 +5,10 @@
 # stand-in install script (test/standins/k3s/install.sh). It imitates what a provisioning tool sees of k3s
 # from the outside: `k3s --version`, a `k3s server` with a SQLite datastore, token files, CA, kubeconfig and
 # node registration, `k3s agent` joining with the node-password and CA-hash rules, and a `kubectl` subset
-# whose output is shaped like real kubectl's. It runs no containers, speaks plain HTTP (not TLS) on the API
-# port even though URLs say https://, and schedules nothing. See test/standins/README.md.
+# whose output is shaped like real kubectl's. It runs no containers and schedules nothing. The API port speaks
+# two protocols: a TLS connection gets the part of the Kubernetes REST API the real kubectl needs (kubeapi.py,
+# a module installed next to this file), a plain-HTTP one the stand-in's own JSON RPC that its agents, its
+# kubectl imitation and the flux stand-in use. See test/standins/README.md.
 #
 # Every file path is prefixed with $K3S_STANDIN_ROOT (default empty) so the unit tests can run a server and
 # agents as plain processes in temp dirs; $K3S_STANDIN_PORT (default 6443) sets the API port.
@@ -25,6 +27,7 @@ import secrets
 import signal
 import socket
 import sqlite3
+import ssl
 import sys
 import threading
 import time
@@ -154,13 +157,6 @@ def read_text(path):
             return f.read()
     except FileNotFoundError:
         return None
-
-
-def fake_pem(label, nbytes=420):
-    """PEM-shaped random content: the stand-in has no real X.509 (nothing here speaks TLS)."""
-    b = base64.b64encode(secrets.token_bytes(nbytes)).decode()
-    body = "\n".join(b[i:i + 64] for i in range(0, len(b), 64))
-    return "-----BEGIN %s-----\n%s\n-----END %s-----\n" % (label, body, label)
 
 
 def sd_notify(msg):
@@ -1015,6 +1011,7 @@ BUILTIN = [
     Res("Role", "rbac.authorization.k8s.io", "v1", "roles", True),
     Res("RoleBinding", "rbac.authorization.k8s.io", "v1", "rolebindings", True),
     Res("Lease", "coordination.k8s.io", "v1", "leases", True),
+    Res("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets", True, ["pdb"]),
     Res("HelmChart", "helm.cattle.io", "v1", "helmcharts", True),
     Res("HelmChartConfig", "helm.cattle.io", "v1", "helmchartconfigs", True),
     Res("Addon", "k3s.cattle.io", "v1", "addons", True),
@@ -1635,6 +1632,40 @@ class Cluster:
         return {"ok": True}
 
 
+class ApiServer(ThreadingHTTPServer):
+    """One port, two protocols: a connection whose first byte is a TLS handshake is served over TLS (the Kubernetes
+    REST API for the real kubectl), any other as plain HTTP (the stand-in's own RPC)."""
+    daemon_threads = True
+    tls_context = None
+    kubeapi = None
+
+    def finish_request(self, request, client_address):
+        conn = request
+        try:
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # headers and body are separate writes
+        except OSError:
+            pass
+        if self.tls_context is not None:
+            try:
+                request.settimeout(10)
+                first = request.recv(1, socket.MSG_PEEK)
+                if first == b"\x16":
+                    conn = self.tls_context.wrap_socket(request, server_side=True)
+                conn.settimeout(300)
+            except (OSError, ssl.SSLError) as e:
+                log("info", "http: TLS handshake error from %s:%d: %s" % (client_address[0], client_address[1],
+                                                                          getattr(e, "reason", None) or e))
+                return
+        try:
+            self.RequestHandlerClass(conn, client_address, self)
+        finally:
+            if conn is not request:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+
+
 class ApiHandler(BaseHTTPRequestHandler):
     server_version = "k3s-standin"
     sys_version = ""
@@ -1667,15 +1698,38 @@ class ApiHandler(BaseHTTPRequestHandler):
             return "node" if hmac.compare_digest(pw, cluster.token_secret) else None
         return None
 
+    def setup(self):
+        super().setup()
+        self.tls = isinstance(self.connection, ssl.SSLSocket)
+        if self.tls:
+            self.protocol_version = "HTTP/1.1"  # kubectl keeps its connections
+
     def do_GET(self):
         self._handle("GET")
 
     def do_POST(self):
         self._handle("POST")
 
+    def do_PUT(self):
+        self._handle("PUT")
+
+    def do_PATCH(self):
+        self._handle("PATCH")
+
+    def do_DELETE(self):
+        self._handle("DELETE")
+
     def _handle(self, method):
         cluster = self.server.cluster
         path = self.path.split("?", 1)[0]
+        if self.tls and not path.startswith(("/cacerts", "/v1-k3s/", "/standin/")):
+            try:
+                code, body, ctype = self.server.kubeapi.handle(self, method)
+            except Exception as e:  # keep serving; report like an apiserver would
+                log("error", "stand-in API error on %s %s: %r" % (method, path, e))
+                code, body, ctype = 500, ApiError(500, "InternalError", "an error on the server (%s) has prevented "
+                                                  "the request from succeeding" % e).status(), "application/json"
+            return self._send(code, body, ctype)
         try:
             if method == "GET":
                 if path == "/ping":
@@ -2566,18 +2620,37 @@ def install_signal_handlers(stop):
     signal.signal(signal.SIGINT, handler)
 
 
+def load_kubeapi():
+    """kubeapi.py, the stand-in's Kubernetes REST API: installed in ../lib/k3s-standin/ of the k3s binary's own
+    directory (/usr/local/lib/k3s-standin/ for /usr/local/bin/k3s), or next to this file (the repository)."""
+    here = os.path.dirname(os.path.realpath(__file__))
+    for d in (os.path.join(os.path.dirname(here), "lib", "k3s-standin"), here):
+        if os.path.exists(os.path.join(d, "kubeapi.py")):
+            if d not in sys.path:
+                sys.path.insert(0, d)
+            break
+    sys.dont_write_bytecode = True  # no __pycache__ left in the repository or in /usr/local/lib
+    try:
+        import kubeapi
+    except ImportError as e:
+        fatal("the k3s stand-in's kubeapi.py module is missing (%s): install it with the stand-in install script" % e)
+    kubeapi.bind(sys.modules[__name__])
+    return kubeapi
+
+
 def server_main(argv):
     set_process_name("k3s-server")
     cfg = effective_config(argv)
     version = k3s_version()
     log("info", "Starting k3s %s (%s)" % (version, short_commit(version)))
-    log("info", "This is the k3s STAND-IN used by the lab tests, not the real k3s: no containers, no TLS "
-                "(the API port speaks plain HTTP), no scheduling")
+    log("info", "This is the k3s STAND-IN used by the lab tests, not the real k3s: no containers, a small part of "
+                "the Kubernetes API over TLS (enough for kubectl), no real scheduling")
     if cfg.str("server"):
         fatal("Error: joining a server to an existing cluster (--server / K3S_URL on a server) is %s" % STANDIN_NOTE)
     if cfg.bool("cluster-init"):
         log("warning", "--cluster-init is ignored by the k3s stand-in: the datastore is always SQLite")
     memory_cgroup_check()
+    kubeapi = load_kubeapi()
     data_dir = rp(cfg.str("data-dir", "/var/lib/rancher/k3s"))
     server_dir = os.path.join(data_dir, "server")
     tls_dir = os.path.join(server_dir, "tls")
@@ -2609,21 +2682,26 @@ def server_main(argv):
             store.close()
             fatal("starting kubernetes: preparing server: %s" % BOOTSTRAP_TEXT)
         boot = json.loads(plain)
+        boot, made = kubeapi.complete_bootstrap_certs(boot)
+        if made:
+            log("warning", "Bootstrap data held placeholder certificates of an older k3s stand-in: made %s again "
+                "(the cluster CA, and with it the token's CA hash, changed)" % ", ".join(made))
+            salt, tag, data = seal(secret, json.dumps(boot).encode())
+            with store.txn():
+                store.db.execute("UPDATE bootstrap SET salt=?, tag=?, data=? WHERE id=1", (salt, tag, data))
         log("info", "Reconciling bootstrap data between datastore and disk")
         for f in tls_files:
             p = os.path.join(tls_dir, f)
             if read_text(p) != boot[f]:
                 write_file(p, boot[f], 0o600 if f.endswith(".key") else 0o644)
     else:
-        boot = {}
+        on_disk = {f: read_text(os.path.join(tls_dir, f)) for f in tls_files}
+        boot, made = kubeapi.complete_bootstrap_certs(on_disk)
+        if made:
+            log("info", "Generated certificates: %s" % ", ".join(made))
         for f in tls_files:
-            p = os.path.join(tls_dir, f)
-            cur = read_text(p)
-            if cur is None:
-                label = "EC PRIVATE KEY" if f.endswith(".key") else "CERTIFICATE"
-                cur = fake_pem(label, 121 if f.endswith(".key") else 420)
-                write_file(p, cur, 0o600 if f.endswith(".key") else 0o644)
-            boot[f] = cur
+            if boot[f] != on_disk[f]:
+                write_file(os.path.join(tls_dir, f), boot[f], 0o600 if f.endswith(".key") else 0o644)
         salt, tag, data = seal(secret, json.dumps(boot).encode())
         with store.txn():
             store.db.execute("INSERT INTO bootstrap (id, salt, tag, data) VALUES (1, ?, ?, ?)", (salt, tag, data))
@@ -2645,16 +2723,26 @@ def server_main(argv):
     cluster = Cluster(store, version, boot["client-admin.key"], secret, name)
     cluster.ca_pem = ca_pem
 
+    kubeapi.attach(cluster)
+    node_ips = cfg.list("node-ip")
+    sans = kubeapi.serving_sans(name, socket.gethostname(), node_ips + [local_ipv4()], cfg.list("tls-san"))
+    crt_p, key_p, renewed = kubeapi.ensure_serving_cert(tls_dir, ca_pem, boot["server-ca.key"], sans, write_file,
+                                                        read_text)
+    if renewed:
+        log("info", "Updated the API's serving certificate for %s" % ",".join(sans))
+
     bind = cfg.str("bind-address", "0.0.0.0")
     try:
-        httpd = ThreadingHTTPServer((bind, port), ApiHandler)
+        httpd = ApiServer((bind, port), ApiHandler)
     except OSError as e:
         store.close()
         fatal("starting kubernetes: preparing server: listen tcp %s:%d: bind: %s" % (bind, port, e.strerror or e))
-    httpd.daemon_threads = True
     httpd.cluster = cluster
+    httpd.kubeapi = kubeapi
+    httpd.tls_context = kubeapi.server_context(crt_p, key_p, boot["client-ca.crt"])
     threading.Thread(target=httpd.serve_forever, name="api", daemon=True).start()
-    log("info", "Running kube-apiserver stand-in on %s:%d (plain HTTP; URLs say https://)" % (bind, port))
+    log("info", "Running kube-apiserver stand-in on %s:%d (TLS: the Kubernetes API for kubectl; plain HTTP: the "
+                "stand-in's own RPC)" % (bind, port))
 
     mode_txt = cfg.str("write-kubeconfig-mode", "0600")
     try:
@@ -2668,8 +2756,6 @@ def server_main(argv):
     ensure_namespaces(store)
     disabled = set(cfg.list("disable"))
     ensure_addons(cluster, disabled)
-    if cfg.list("tls-san"):
-        log("info", "tls-san accepted (no certificates are made by the stand-in): %s" % ",".join(cfg.list("tls-san")))
 
     stop = threading.Event()
     install_signal_handlers(stop)
@@ -2682,7 +2768,6 @@ def server_main(argv):
             if pt is None:
                 fatal("Error: invalid taint %r: expected key=value:Effect" % t)
             taints.append(pt)
-        node_ips = cfg.list("node-ip")
         body = {"name": name, "password": node_pw, "labels": labels, "taints": taints, "role": "server",
                 "version": version, "nodeInfo": node_info(version), "hostname": socket.gethostname(),
                 "internalIP": node_ips[0] if node_ips else (local_ipv4() if not ROOT else "127.0.0.1"),
