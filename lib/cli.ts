@@ -4,7 +4,7 @@
 import { basename } from 'node:path'
 import { parseArgs } from 'node:util'
 import { errorText, isProvisionError, ProvisionError } from './errors.ts'
-import { hostVars, loadInventory, parseExtraVars, type Inventory } from './inventory.ts'
+import { checkHosts, hostVars, loadInventory, parseExtraVars, type Inventory } from './inventory.ts'
 import { mask } from './mask.ts'
 import { createReporter } from './reporter.ts'
 import type { Connection } from './connection.ts'
@@ -162,6 +162,8 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
     }
     const inv = loadInventory(o.inventoryFile)
     const extra = parseExtraVars(o.extra)
+    // The hosts' final values (after -e) across hosts: node names, no address or node name twice.
+    checkHosts(inv, extra, new Set(planHosts(pb, inv, o.limit).flatMap((p) => p.hosts)))
     if (o.listHosts) {
       listHosts(pb, inv, o.limit).forEach((l) => print(l))
       return EXIT.ok

@@ -11,7 +11,7 @@ import '../lib/compile-cache.ts' // first: the imports below then load from Node
 const { parseCli, runCli, scriptArgs } = await import('../lib/cli.ts')
 const { errorText } = await import('../lib/errors.ts')
 const { quote } = await import('../lib/shell.ts')
-const { expandPath, hostVars, loadInventory } = await import('../lib/inventory.ts')
+const { expandPath, hostVars, loadInventory, parseExtraVars } = await import('../lib/inventory.ts')
 const { removeKnownHost } = await import('../lib/knownhosts.ts')
 const { apps } = await import('../roles/apps.ts')
 const { fluxBootstrap } = await import('../roles/flux-bootstrap.ts')
@@ -48,7 +48,8 @@ async function rebuild(argv: string[]): Promise<number> {
     trustHosts: [host],
     async before(_inv, o) {
       if (o.check) return
-      const v = hostVars(h)
+      // The address this run connects to, -e included (checked like the inventory's by runCli before this hook).
+      const v = hostVars(h, {}, parseExtraVars(o.extra))
       const removed = await removeKnownHost(expandPath(v.known_hosts_file, process.cwd()), v.address!, v.ssh_port)
       process.stdout.write(`rebuild: dropped ${removed} old known_hosts entr${removed === 1 ? 'y' : 'ies'} of ${host} (${v.address}); its new key is recorded on first contact\n`)
     },

@@ -9,7 +9,8 @@ import '../lib/compile-cache.ts' // first: the imports below then load from Node
 const { parseCli, runCli, scriptArgs } = await import('../lib/cli.ts')
 const { errorText } = await import('../lib/errors.ts')
 const { quote } = await import('../lib/shell.ts')
-const { hostVars, loadInventory } = await import('../lib/inventory.ts')
+const { loadInventory, nodeNameOf } = await import('../lib/inventory.ts')
+const { isDnsSubdomain } = await import('../lib/grammar.ts')
 const { deleteNodeRole, drainNodeRole, uninstallAgentRole } = await import('../roles/k3s-retire.ts')
 const { serverOf } = await import('../roles/k3s-common.ts')
 
@@ -29,8 +30,14 @@ async function retire(argv: string[]): Promise<number> {
   const rest = o.flags
   const inv = loadInventory(o.inventoryFile)
   // NODE may be the inventory name or the Node name (the host's hostname var, when it differs).
-  const nodeOf = (h: string) => hostVars(inv.hosts.get(h)!).hostname ?? h
+  const nodeOf = (h: string) => nodeNameOf(inv.hosts.get(h)!)
   const host = inv.hosts.has(arg) ? arg : [...inv.hosts.keys()].find((h) => nodeOf(h) === arg)
+  // A Node the inventory no longer names can still be removed; its name must then be one Kubernetes could have
+  // given a Node, so nothing else ("-l...", a selector, a path) ever reaches kubectl, and no host is contacted.
+  if (!host && !isDnsSubdomain(arg)) {
+    process.stderr.write(`ERROR: retire.mts NODE: ${JSON.stringify(arg)} is no host of ${inv.file} (hosts: ${[...inv.hosts.keys()].join(', ')}) and no Kubernetes node name (an RFC 1123 name: lowercase letters, digits, "-" and ".")\n`)
+    return 1
+  }
   const node = host ? nodeOf(host) : arg
   const server = serverOf(inv).name
   if (host === server || (host && inv.groups.get('server')?.includes(host)) || node === nodeOf(server)) {
