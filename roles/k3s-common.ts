@@ -86,6 +86,11 @@ export function serverOf(inv: Inventory, extra: Record<string, unknown> = {}): {
   return { name, address, url: `https://${host}:${v.k3s_api_port}` }
 }
 
+/** A k3s token as k3s makes and accepts them (K10<hex>::server:<hex>, or a plain secret): nothing a shell or YAML reads specially. */
+export function isClusterToken(s: string): boolean {
+  return s.length >= 1 && s.length <= 512 && /^[A-Za-z0-9._~:+=/@%^,-]+$/.test(s) && !s.startsWith('-')
+}
+
 /** The token of the cluster, from the secrets store; the server role creates it on first run. */
 export async function clusterToken(ctx: StepContext, create: boolean): Promise<{ token: string; created: boolean }> {
   const ref = ctx.vars.k3s_token_ref
@@ -94,6 +99,13 @@ export async function clusterToken(ctx: StepContext, create: boolean): Promise<{
   if (cached) return { token: cached, created: false }
   const found = await ctx.secrets.lookup(ref)
   if (found) {
+    // The token goes into config.yaml and the agents' env files: a value that is no k3s token (a line break, a
+    // quote, a leading "-") is refused here, before any host sees it.
+    if (!isClusterToken(found))
+      throw new ProvisionError('step', `the cluster token at ${ref} is not a k3s token: expected 1-512 printable characters without spaces, quotes, "\\", "$" or "\`", not starting with "-"`, {
+        place: { host: ctx.host },
+        hint: 'put the token k3s gave the cluster (server/token on the server, K10...::server:...) or the secret part of it at that reference',
+      })
     ctx.shared.set('k3s_token', found)
     return { token: found, created: false }
   }

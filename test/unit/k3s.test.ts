@@ -122,3 +122,11 @@ describe('a k3s service that will not start', () => {
     expect(asked).toEqual([])
   })
 })
+
+describe('the cluster token from the secrets store', () => {
+  it('is a k3s token: what k3s makes passes, anything a shell or YAML reads specially does not', async () => {
+    const { isClusterToken } = await import('../../roles/k3s-common.ts')
+    for (const ok of ['K10' + 'a'.repeat(64) + '::server:' + 'b'.repeat(32), 'c0ffee'.repeat(8), 'abc/def+ghi=']) expect(isClusterToken(ok), ok).toBe(true)
+    for (const bad of ['', 'a b', "a'b", 'a"b', 'a\nb', '-lfoo', 'a$(id)', 'a`id`', 'a\\b', 'x'.repeat(513)]) expect(isClusterToken(bad), JSON.stringify(bad)).toBe(false)
+  })
+})
