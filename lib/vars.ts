@@ -131,7 +131,7 @@ export interface Vars {
   /** Entries are validated by the apps role (lib/probes.ts parseAppChecks) before any host is touched. */
   app_checks: unknown[]
   app_check_timeout: number
-  /** Values are validated by the apps role (parsePlacement) before any host is touched. */
+  /** Keys (workloads) and values (node names) are checked by their grammars with the inventory; the apps role parses them (parsePlacement). */
   placement: Record<string, string>
 }
 
