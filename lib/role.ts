@@ -39,11 +39,30 @@ export interface Command {
   sudo?: boolean
 }
 
-/** What a step would change: nothing (null), or commands with a one-line summary and maybe a diff. */
+/**
+ * What a step would change. The runner carries it out (its commands, then `apply`), or under --check only shows it
+ * ("would <summary>") and carries out nothing: a step never needs to know which.
+ */
 export interface Change {
+  /** What is done, as a verb phrase: "create /etc/foo.conf", "upgrade k3s v1.33 -> v1.34". */
   summary: string
-  commands: Command[]
+  /** Commands run on the step's host, in order; a non-zero exit fails the step with `summary` in the message. */
+  commands?: Command[]
+  /**
+   * Work that is not a list of commands on this host: a file on the controller, the secrets store, a command on the
+   * server for an agent's step, a wait for what the commands started. Runs after the commands, only for real. What
+   * it returns replaces `summary` in the report ("rebooted in 1.2s").
+   */
+  apply?: (ctx: StepContext) => Promise<string | void>
+  /** Unified diff of a file edit (shown with --diff, also under --check). */
   diff?: string
+}
+
+/** What a step's plan says: nothing to do (null), a change, or a verdict (ok with a message, skipped, failed). */
+export type Plan = Change | null | { status: 'ok' | 'skipped' | 'failed'; message?: string }
+
+export function isChange(p: Plan): p is Change {
+  return p !== null && 'summary' in p
 }
 
 export interface HostHandle {
@@ -62,7 +81,6 @@ export interface StepContext {
   vars: Vars
   groups: readonly string[]
   inventory: Inventory
-  check: boolean
   diff: boolean
   conn: Connection
   facts: FactCache
@@ -75,8 +93,6 @@ export interface StepContext {
   sh(script: string, opts?: ShOptions): Promise<RunResult>
   /** Like sh, but a non-zero exit fails the step with the command's error output. */
   must(script: string, opts?: MustOptions): Promise<RunResult>
-  /** Carry out a planned change (or, in check mode, only report it). Drops this host's facts after changing it. */
-  apply(change: Change | null, okMessage?: string): Promise<StepResult>
   log(text: string): void
   /** Something the owner should act on that does not fail the step (printed as WARNING). */
   warn(text: string): void
@@ -92,11 +108,15 @@ export interface Step {
   when?: (ctx: StepContext) => boolean | Promise<boolean>
   /** Facts this step will read, so the role's facts can be gathered in one round trip. */
   facts?: (ctx: StepContext) => Fact<unknown>[]
-  /** When true, the step still runs in check mode (it must only read). */
-  readOnly?: boolean
+  /**
+   * A step that cannot plan without what earlier steps do for real (a wait for the API an install starts, a check
+   * after a reboot): under --check it is skipped with this reason instead of planned.
+   */
+  onlyForReal?: string
   /** A marker step: run the handlers notified so far, now (Ansible's flush_handlers). */
   flushHandlers?: boolean
-  run(ctx: StepContext): Promise<StepResult>
+  /** Read (facts, the cluster) and say what would change. Changes nothing itself: the runner applies the plan. */
+  plan(ctx: StepContext): Promise<Plan>
 }
 
 export interface Handler extends Step {
@@ -138,7 +158,7 @@ export interface Playbook {
 
 /** Run the handlers notified so far before the next step (e.g. reboot, then verify). */
 export function flushHandlers(name = 'Run notified handlers now'): Step {
-  return { name, flushHandlers: true, async run() { return { status: 'ok' } } }
+  return { name, flushHandlers: true, async plan() { return null } }
 }
 
 export function handler(step: Step): Handler {

@@ -12,7 +12,7 @@ import { hostVars, type Inventory, type InventoryHost, type VarLayer } from './i
 import { mask } from './mask.ts'
 import { selectHosts } from './patterns.ts'
 import type { HostCounts, Reporter } from './reporter.ts'
-import type { Change, HostHandle, MustOptions, Play, Playbook, Role, ShOptions, Step, StepContext, StepResult } from './role.ts'
+import { isChange, type HostHandle, type MustOptions, type Play, type Playbook, type Role, type ShOptions, type Step, type StepContext, type StepResult } from './role.ts'
 import type { SecretStore } from './secrets.ts'
 import type { Vars } from './vars.ts'
 
@@ -257,7 +257,7 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
   async function runWithReconnect(rt: HostRuntime, step: Step, ctx: StepContext): Promise<StepResult> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await step.run(ctx)
+        return await carryOut(rt, step, ctx)
       } catch (e) {
         const lost = e instanceof ProvisionError && e.kind === 'unreachable' && /connection lost/.test(e.message)
         if (!lost) throw e
@@ -272,6 +272,26 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
         }
       }
     }
+  }
+
+  /**
+   * A step's plan, carried out: its commands on the host, then its apply. Under --check nothing is carried out: the
+   * change is reported as what would be done, and a step that cannot plan without real changes before it is skipped.
+   */
+  async function carryOut(rt: HostRuntime, step: Step, ctx: StepContext): Promise<StepResult> {
+    if (check && step.onlyForReal) return { status: 'skipped', message: `check mode: ${step.onlyForReal}` }
+    const plan = await step.plan(ctx)
+    if (!isChange(plan)) return plan ?? { status: 'ok' }
+    if (check) return { status: 'changed', message: `would ${plan.summary}`, diff: plan.diff }
+    let said: string | void
+    try {
+      for (const c of plan.commands ?? []) await mustOn(rt, c.script, { stdin: c.stdin, sudo: c.sudo, what: plan.summary })
+      said = await plan.apply?.(ctx)
+    } finally {
+      // The host changed (or may have, if a command failed half-way): what was read of it is stale.
+      rt.facts.invalidate()
+    }
+    return { status: 'changed', message: said || plan.summary, diff: plan.diff }
   }
 
   /** Count an error against the host; returns false (the host stops). */
@@ -322,7 +342,6 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
       vars,
       groups: rt.host.groups,
       inventory: inv,
-      check,
       diff: opts.diff ?? false,
       conn: rt.conn,
       facts: rt.facts,
@@ -334,16 +353,6 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
       },
       sh,
       must,
-      async apply(change: Change | null, okMessage?: string): Promise<StepResult> {
-        if (!change) return { status: 'ok', message: okMessage }
-        if (check) return { status: 'changed', message: `would ${change.summary}`, diff: change.diff }
-        try {
-          for (const c of change.commands) await must(c.script, { stdin: c.stdin, sudo: c.sudo, what: change.summary })
-        } finally {
-          rt.facts.invalidate()
-        }
-        return { status: 'changed', message: change.summary, diff: change.diff }
-      },
       log: (text) => rep.emit({ kind: 'info', host: rt.name, message: text }),
       warn: (text) => rep.emit({ kind: 'warning', host: rt.name, message: text }),
     }

@@ -79,6 +79,9 @@ export const bootIdFact = defineFact('boot_id', 'cat /proc/sys/kernel/random/boo
 
 // ---------------------------------------------------------------- planners (pure)
 
+/** A change made of commands on the host only: what the pure planners return (tests run them as they are). */
+export type CommandChange = Change & { commands: Command[] }
+
 export interface FileSpec {
   path: string
   content: string
@@ -92,7 +95,7 @@ export interface FileSpec {
 }
 
 /** Plan writing a file atomically: temp file in the same directory, owner/mode set, then rename over. */
-export function planFile(cur: FileState, spec: FileSpec, stamp: string): Change | null {
+export function planFile(cur: FileState, spec: FileSpec, stamp: string): CommandChange | null {
   const mode = normMode(spec.mode ?? '0644')
   const owner = spec.owner ?? 'root'
   const group = spec.group ?? owner
@@ -154,7 +157,7 @@ export interface UnitSpec {
   deferReload?: boolean
 }
 
-export function planUnit(cur: UnitState, spec: UnitSpec): Change | null {
+export function planUnit(cur: UnitState, spec: UnitSpec): CommandChange | null {
   const cmds: string[] = []
   const what: string[] = []
   const u = quote(spec.unit)
@@ -196,7 +199,7 @@ export function planUnit(cur: UnitState, spec: UnitSpec): Change | null {
 /** Seconds apt waits for another apt/dpkg run to let go of its lock. */
 const APT_LOCK_WAIT = 300
 
-export function planPackages(installed: Map<string, boolean>, present: readonly string[], absent: readonly string[] = []): Change | null {
+export function planPackages(installed: Map<string, boolean>, present: readonly string[], absent: readonly string[] = []): CommandChange | null {
   const toInstall = present.filter((p) => !installed.get(p))
   const toRemove = absent.filter((p) => installed.get(p))
   if (toInstall.length === 0 && toRemove.length === 0) return null
@@ -222,9 +225,9 @@ function plannedStep<S, F>(name: string, spec: (ctx: StepContext) => S, fact: (s
     name,
     ...extra,
     facts: (ctx) => [fact(spec(ctx))],
-    async run(ctx) {
+    async plan(ctx) {
       const s = spec(ctx)
-      return ctx.apply(plan(await ctx.facts.get(fact(s)), s))
+      return plan(await ctx.facts.get(fact(s)), s)
     },
   }
 }
@@ -239,14 +242,14 @@ export function tokensInFile(name: string, path: (ctx: StepContext) => string | 
   return {
     name,
     ...extra,
-    async run(ctx) {
+    async plan(ctx) {
       const p = await path(ctx)
       const cur = await ctx.facts.get(fileFact(p))
       if (!cur.exists) return { status: 'failed', message: `${p} does not exist` }
       const { content, added } = addTokens(cur.content ?? '', tokens(ctx))
       if (added.length === 0) return { status: 'ok', message: `${p} has ${tokens(ctx).join(' ')}` }
       const change = planFile(cur, { path: p, content, mode: cur.mode, owner: cur.owner, group: cur.group, backup: true }, timestamp())
-      return ctx.apply(change && { ...change, summary: `add ${added.join(' ')} to ${p}` })
+      return change && { ...change, summary: `add ${added.join(' ')} to ${p}` }
     },
   }
 }
@@ -257,7 +260,7 @@ export function lineInFile(name: string, spec: (ctx: StepContext) => { path: str
     name,
     ...extra,
     facts: (ctx) => [fileFact(spec(ctx).path)],
-    async run(ctx) {
+    async plan(ctx) {
       const s = spec(ctx)
       const cur = await ctx.facts.get(fileFact(s.path))
       const text = cur.content ?? ''
@@ -267,7 +270,7 @@ export function lineInFile(name: string, spec: (ctx: StepContext) => { path: str
       if (idx >= 0) lines[idx] = s.line
       else lines.push(s.line)
       const change = planFile(cur, { path: s.path, content: lines.join('\n') + '\n', mode: s.mode ?? cur.mode ?? '0644', owner: cur.owner, group: cur.group }, timestamp())
-      return ctx.apply(change)
+      return change
     },
   }
 }
@@ -277,7 +280,7 @@ export function directory(name: string, spec: (ctx: StepContext) => { path: stri
     name,
     ...extra,
     facts: (ctx) => [fileFact(spec(ctx).path)],
-    async run(ctx) {
+    async plan(ctx) {
       const s = spec(ctx)
       const cur = await ctx.facts.get(fileFact(s.path))
       const mode = normMode(s.mode ?? '0755')
@@ -286,10 +289,10 @@ export function directory(name: string, spec: (ctx: StepContext) => { path: stri
       const p = quote(s.path)
       if (cur.exists && cur.kind !== 'directory') return { status: 'failed', message: `${s.path} exists and is not a directory` }
       if (cur.exists && normMode(cur.mode ?? '') === mode && cur.owner === owner && cur.group === group) return { status: 'ok' }
-      return ctx.apply({
+      return {
         summary: cur.exists ? `${s.path}: set mode/owner` : `create ${s.path}`,
         commands: [{ script: `mkdir -p ${p} && chown ${quote(`${owner}:${group}`)} ${p} && chmod ${mode} ${p}` }],
-      })
+      }
     },
   }
 }
@@ -307,11 +310,11 @@ export function aptPackages(name: string, spec: (ctx: StepContext) => { present?
     name,
     ...extra,
     facts: (ctx) => (names(ctx).length ? [packagesFact(names(ctx))] : []),
-    async run(ctx) {
+    async plan(ctx) {
       const s = spec(ctx)
       if (names(ctx).length === 0) return { status: 'ok', message: 'no packages listed' }
       const installed = await ctx.facts.get(packagesFact(names(ctx)))
-      return ctx.apply(planPackages(installed, s.present ?? [], s.absent ?? []))
+      return planPackages(installed, s.present ?? [], s.absent ?? [])
     },
   }
 }
@@ -331,7 +334,7 @@ export function command(name: string, spec: (ctx: StepContext) => CommandSpec | 
   return {
     name,
     ...extra,
-    async run(ctx) {
+    async plan(ctx) {
       const s = await spec(ctx)
       if (s.creates) {
         const st = await ctx.facts.get(fileFact(s.creates))
@@ -341,7 +344,7 @@ export function command(name: string, spec: (ctx: StepContext) => CommandSpec | 
         const r = await ctx.sh(s.unless)
         if (r.code === 0) return { status: 'ok' }
       }
-      return ctx.apply({ summary: s.summary ?? name, commands: [{ script: s.script, stdin: s.stdin }] })
+      return { summary: s.summary ?? name, commands: [{ script: s.script, stdin: s.stdin }] }
     },
   }
 }
@@ -350,10 +353,8 @@ export function command(name: string, spec: (ctx: StepContext) => CommandSpec | 
 export function systemdReloadHandler(name = 'Reload systemd units'): Handler {
   return handler({
     name,
-    async run(ctx) {
-      if (ctx.check) return { status: 'changed', message: 'would run systemctl daemon-reload' }
-      await ctx.must('systemctl daemon-reload', { what: 'reload systemd units' })
-      return { status: 'changed' }
+    async plan() {
+      return { summary: 'run systemctl daemon-reload', commands: [{ script: 'systemctl daemon-reload' }] }
     },
   })
 }
@@ -362,37 +363,41 @@ export function systemdReloadHandler(name = 'Reload systemd units'): Handler {
 export function rebootHandler(name = 'Reboot'): Handler {
   return handler({
     name,
-    async run(ctx) {
-      if (ctx.check) return { status: 'changed', message: 'would reboot' }
-      const before = (await ctx.must('cat /proc/sys/kernel/random/boot_id')).stdout.trim()
-      // Detached, and a moment later, so this command's exit status reaches us before sshd is stopped.
-      await ctx.sh(`nohup sh -c 'sleep 0.3; systemctl reboot' >/dev/null 2>&1 &`)
-      await ctx.conn.reset()
-      const limit = ctx.vars.reboot_timeout * 1000
-      const started = Date.now()
-      await sleep(300) // polling before the reboot starts only finds the old boot
-      let lastError = ''
-      while (Date.now() - started < limit) {
-        try {
-          // Log in only once sshd greets again (overlapping probes notice that within ~0.2 s); then a short attempt.
-          await ctx.conn.sshAnswers?.(started + limit)
-          const r = await ctx.conn.run('cat /proc/sys/kernel/random/boot_id', { connectWithinMs: Math.min(3000, Math.max(500, limit - (Date.now() - started))) })
-          const now = r.stdout.trim()
-          if (r.code === 0 && now && now !== before) {
-            ctx.facts.invalidate()
-            return { status: 'changed', message: `rebooted in ${((Date.now() - started) / 1000).toFixed(1)}s` }
-          }
-        } catch (e) {
-          lastError = (e as Error).message
-          await ctx.conn.reset()
-        }
-        await sleep(250)
-      }
-      throw new ProvisionError('timeout', `${ctx.host} did not come back from the reboot within ${ctx.vars.reboot_timeout}s${lastError ? ` (last error: ${lastError})` : ''}`, {
-        place: { host: ctx.host },
-        hint: 'check the host console; raise reboot_timeout for slow boots (Pi 3 with an SD card: 60-90 s)',
-      })
+    async plan() {
+      return { summary: 'reboot', apply: rebootAndWait }
     },
+  })
+}
+
+/** Reboot the host and wait for it to come back (a new boot_id); returns what to report. */
+async function rebootAndWait(ctx: StepContext): Promise<string> {
+  const before = (await ctx.must('cat /proc/sys/kernel/random/boot_id')).stdout.trim()
+  // Detached, and a moment later, so this command's exit status reaches us before sshd is stopped.
+  await ctx.sh(`nohup sh -c 'sleep 0.3; systemctl reboot' >/dev/null 2>&1 &`)
+  await ctx.conn.reset()
+  const limit = ctx.vars.reboot_timeout * 1000
+  const started = Date.now()
+  await sleep(300) // polling before the reboot starts only finds the old boot
+  let lastError = ''
+  while (Date.now() - started < limit) {
+    try {
+      // Log in only once sshd greets again (overlapping probes notice that within ~0.2 s); then a short attempt.
+      await ctx.conn.sshAnswers?.(started + limit)
+      const r = await ctx.conn.run('cat /proc/sys/kernel/random/boot_id', { connectWithinMs: Math.min(3000, Math.max(500, limit - (Date.now() - started))) })
+      const now = r.stdout.trim()
+      if (r.code === 0 && now && now !== before) {
+        ctx.facts.invalidate()
+        return `rebooted in ${((Date.now() - started) / 1000).toFixed(1)}s`
+      }
+    } catch (e) {
+      lastError = (e as Error).message
+      await ctx.conn.reset()
+    }
+    await sleep(250)
+  }
+  throw new ProvisionError('timeout', `${ctx.host} did not come back from the reboot within ${ctx.vars.reboot_timeout}s${lastError ? ` (last error: ${lastError})` : ''}`, {
+    place: { host: ctx.host },
+    hint: 'check the host console; raise reboot_timeout for slow boots (Pi 3 with an SD card: 60-90 s)',
   })
 }
 
@@ -409,10 +414,9 @@ export function waitFor(name: string, spec: (ctx: StepContext) => WaitSpec, extr
   return {
     name,
     ...extra,
-    readOnly: true,
-    async run(ctx) {
+    onlyForReal: 'it waits for what the steps before it do',
+    async plan(ctx) {
       const s = spec(ctx)
-      if (ctx.check) return { status: 'skipped', message: `check mode: would wait for ${s.what}` }
       const r = await pollUntil(ctx, s)
       return { status: 'ok', message: `${s.what} after ${r.toFixed(1)}s` }
     },

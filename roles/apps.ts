@@ -323,10 +323,6 @@ export function strayNodes(nodes: readonly KubeObject[], inv: Inventory): KubeOb
   return nodes.filter((n) => !known.has(n.metadata.name))
 }
 
-function checkMode(ctx: StepContext, what: string): { status: 'skipped'; message: string } | undefined {
-  return ctx.check ? { status: 'skipped', message: `check mode: would ${what}` } : undefined
-}
-
 export const apps: Role = {
   name: 'apps',
   // Validates app_checks and placement before any host is touched (an inventory error, exit 1), and names the
@@ -337,10 +333,9 @@ export const apps: Role = {
       name: 'Reconcile the GitOps source',
       // The cluster reads of the later steps, in one round trip. When the reconcile brings nothing new they are
       // as current as reads made after it; when it does, they are dropped and read again after the wait.
-      facts: (ctx) => (ctx.check ? [] : [fluxObjectsFact, esoObjectsFact, placementObjectsFact]),
-      async run(ctx) {
-        const skip = checkMode(ctx, 'reconcile GitRepository flux-system')
-        if (skip) return skip
+      facts: () => [fluxObjectsFact, esoObjectsFact, placementObjectsFact],
+      onlyForReal: 'would reconcile GitRepository flux-system: it reads the cluster a real run converged',
+      async plan(ctx) {
         const r = await ctx.must(`${FLUX} reconcile source git flux-system -n flux-system --timeout=${ctx.vars.flux_timeout}s`, { what: 'flux reconcile source git flux-system' })
         const rev = parseRevision(r.stderr + r.stdout)
         if (rev) ctx.shared.set(`flux-revision:${ctx.host}`, rev)
@@ -349,9 +344,8 @@ export const apps: Role = {
     },
     {
       name: 'Reconcile the Kustomizations',
-      async run(ctx) {
-        const skip = checkMode(ctx, 'reconcile the Kustomizations')
-        if (skip) return skip
+      onlyForReal: 'would reconcile the Kustomizations: it reads the cluster a real run converged',
+      async plan(ctx) {
         // Nothing new from git and everything Ready at that revision: a forced reconcile would only re-apply the
         // same manifests (Flux does that on its own interval), so a no-op rerun does not wait for it.
         const revision = ctx.shared.get(`flux-revision:${ctx.host}`) as string | undefined
@@ -383,10 +377,8 @@ export const apps: Role = {
     },
     {
       name: 'Wait until every Kustomization and HelmRelease is Ready',
-      readOnly: true,
-      async run(ctx) {
-        const skip = checkMode(ctx, 'wait for the Kustomizations and HelmReleases')
-        if (skip) return skip
+      onlyForReal: 'would wait for the Kustomizations and HelmReleases: it reads the cluster a real run converged',
+      async plan(ctx) {
         const already = ctx.shared.get(`flux-all-ready:${ctx.host}`) as string | undefined
         if (already) return { status: 'ok', message: `${already} (read just before: nothing to wait for)` }
         const revision = ctx.shared.get(`flux-revision:${ctx.host}`) as string | undefined
@@ -415,10 +407,8 @@ export const apps: Role = {
     },
     {
       name: `Check the ClusterSecretStore ${SECRET_STORE} and the ExternalSecrets`,
-      readOnly: true,
-      async run(ctx) {
-        const skip = checkMode(ctx, 'check External Secrets')
-        if (skip) return skip
+      onlyForReal: 'would check External Secrets: it reads the cluster a real run converged',
+      async plan(ctx) {
         const read = await ctx.facts.get(esoObjectsFact)
         const report = checkEso(kubeObjects(read, 'ClusterSecretStore'), kubeObjects(read, 'ExternalSecret'))
         return { status: report.ok ? 'ok' : 'failed', message: report.message }
@@ -428,10 +418,8 @@ export const apps: Role = {
       // The owner's `kubectl get nodes` by eye: a Node the inventory does not know is a warning, not a failure
       // (the cluster works), with the way to end it.
       name: 'Check every Node of the cluster is in the inventory',
-      readOnly: true,
-      async run(ctx) {
-        const skip = checkMode(ctx, 'compare the Nodes with the inventory')
-        if (skip) return skip
+      onlyForReal: 'would compare the Nodes with the inventory: it reads the cluster a real run converged',
+      async plan(ctx) {
         const nodes = kubeObjects(await ctx.facts.get(placementObjectsFact), 'Node')
         const strays = strayNodes(nodes, ctx.inventory)
         for (const n of strays)
@@ -442,10 +430,8 @@ export const apps: Role = {
     },
     {
       name: 'Check where the pinned workloads run',
-      readOnly: true,
-      async run(ctx) {
-        const skip = checkMode(ctx, 'check placement')
-        if (skip) return skip
+      onlyForReal: 'would check placement: it reads the cluster a real run converged',
+      async plan(ctx) {
         const rules = parsePlacement(ctx.vars.placement)
         if (rules.length === 0) return { status: 'ok', message: 'no placement in the inventory' }
         const read = await ctx.facts.get(placementObjectsFact)
@@ -459,10 +445,8 @@ export const apps: Role = {
     },
     {
       name: 'Probe the apps from the controller',
-      readOnly: true,
-      async run(ctx) {
-        const skip = checkMode(ctx, 'probe the apps')
-        if (skip) return skip
+      onlyForReal: 'would probe the apps: it reads the cluster a real run converged',
+      async plan(ctx) {
         const checks = appChecksFor(ctx)
         if (checks.length === 0) return { status: 'ok', message: 'no app_checks in the inventory' }
         const results = await runChecks(checks, { secret: (ref) => ctx.secrets.get(ref) })

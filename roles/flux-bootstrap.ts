@@ -11,7 +11,7 @@ import { ProvisionError } from '../lib/errors.ts'
 import { defineFact, type Fact } from '../lib/facts.ts'
 import { conditionOf, field, GITREPO, isReady, KS, KUBECONFIG, KUBECTL, kubeFact, kubeGet, kubeObjects, type KubeObject } from '../lib/kube.ts'
 import { registerSecret } from '../lib/mask.ts'
-import type { Role, StepContext, StepResult } from '../lib/role.ts'
+import type { Change, Role, StepContext } from '../lib/role.ts'
 import { quote } from '../lib/shell.ts'
 import { waitUntil } from '../lib/steps.ts'
 import type { Vars } from '../lib/vars.ts'
@@ -296,10 +296,12 @@ export function esoSecretFact(salt: string): Fact<SecretState> {
 const ESO_SALT = randomBytes(16).toString('hex')
 const esoSecret = esoSecretFact(ESO_SALT)
 
-function notInstalledYet(ctx: StepContext, e: unknown, would: string): StepResult {
-  // In check mode on a fresh host there is no k3s to ask: say what a real run would do.
-  if (ctx.check) return { status: 'changed', message: `would ${would} (the cluster cannot be read yet: ${e instanceof Error ? e.message.split('\n')[0] : String(e)})` }
-  throw e
+/**
+ * The cluster could not be read. Under --check of a fresh Pi that is expected (no k3s yet): the plan says what a
+ * real run would do. For real, k3s is up by now, so carrying it out fails with the read's own error.
+ */
+function notInstalledYet(e: unknown, would: string): Change {
+  return { summary: `${would} (the cluster cannot be read yet: ${e instanceof Error ? e.message.split('\n')[0] : String(e)})`, apply: () => Promise.reject(e) }
 }
 
 // ---------------------------------------------------------------- the role
@@ -317,70 +319,66 @@ export const fluxBootstrap: Role = {
       name: `Create namespace ${ESO_NAMESPACE}`,
       // Every read this role makes, in one round trip, side by side on the server.
       facts: () => [namespacesFact, fluxSystemFact, esoSecret, fluxCliFact, archFact],
-      async run(ctx) {
+      async plan(ctx) {
         let exists: boolean
         try {
           exists = kubeObjects(await ctx.facts.get(namespacesFact)).some((n) => n.metadata.name === ESO_NAMESPACE)
         } catch (e) {
-          return notInstalledYet(ctx, e, `create namespace ${ESO_NAMESPACE}`)
+          return notInstalledYet(e, `create namespace ${ESO_NAMESPACE}`)
         }
         if (exists) return { status: 'ok', message: `namespace ${ESO_NAMESPACE} exists` }
-        return ctx.apply({ summary: `create namespace ${ESO_NAMESPACE}`, commands: [{ script: `${KUBECTL} create namespace ${ESO_NAMESPACE}` }] })
+        return { summary: `create namespace ${ESO_NAMESPACE}`, commands: [{ script: `${KUBECTL} create namespace ${ESO_NAMESPACE}` }] }
       },
     },
     {
       name: `Put the 1Password service-account token in Secret ${ESO_NAMESPACE}/${ESO_SECRET}`,
-      async run(ctx) {
+      async plan(ctx) {
         const ref = ctx.vars.eso_token_ref!
         const value = ctx.secrets.get(ref)
         const b64 = Buffer.from(value, 'utf8').toString('base64')
         registerSecret(b64) // the value as the API shows it is as secret as the value
         const have = await ctx.facts.get(esoSecret)
-        if (have.state === 'error') return notInstalledYet(ctx, new ProvisionError('step', have.error), `create Secret ${ESO_NAMESPACE}/${ESO_SECRET} from ${ref}`)
+        if (have.state === 'error') return notInstalledYet(new ProvisionError('step', have.error), `create Secret ${ESO_NAMESPACE}/${ESO_SECRET} from ${ref}`)
         if (have.state === 'present' && have.digest === esoSecretDigest(ESO_SALT, b64)) return { status: 'ok', message: `key ${ESO_KEY} holds the value of ${ref}` }
         const summary = have.state === 'absent' ? `create Secret ${ESO_NAMESPACE}/${ESO_SECRET} from ${ref}` : `update Secret ${ESO_NAMESPACE}/${ESO_SECRET}: its ${ESO_KEY} differs from ${ref}`
-        return ctx.apply({
+        return {
           summary,
           commands: [{ script: `${KUBECTL} apply --server-side --field-manager=pi-provision --force-conflicts -f - >/dev/null`, stdin: esoSecretManifest(b64) }],
-        })
+        }
       },
     },
     {
       name: 'Install the flux CLI at the pinned version',
       facts: () => [fluxCliFact, archFact],
-      async run(ctx) {
+      async plan(ctx) {
         const want = normVersion(ctx.vars.flux_version!)
         const cur = await ctx.facts.get(fluxCliFact)
         if (cur === want) return { status: 'ok', message: `flux ${want}` }
         const url = fluxDownloadUrl(ctx.vars.flux_url!, want, await ctx.facts.get(archFact))
         const what = cur ? `replace flux ${cur} with ${want}` : `install flux ${want}`
-        return ctx.apply({ summary: `${what} from ${url}${ctx.vars.flux_sha256 ? ' (sha256 checked)' : ''}`, commands: [{ script: fluxInstallScript(url, want, ctx.vars.flux_sha256) }] })
+        return { summary: `${what} from ${url}${ctx.vars.flux_sha256 ? ' (sha256 checked)' : ''}`, commands: [{ script: fluxInstallScript(url, want, ctx.vars.flux_sha256) }] }
       },
     },
     {
       name: 'Bootstrap Flux from the GitOps repository (skipped when already in place)',
-      async run(ctx) {
+      async plan(ctx) {
         const want = bootstrapWant(ctx.vars)
         let decision: BootstrapDecision
         try {
           decision = bootstrapDecision(await readFluxState(ctx), want)
         } catch (e) {
-          return notInstalledYet(ctx, e, `flux bootstrap github ${repoLabel(want)} --path=${want.path}`)
+          return notInstalledYet(e, `run flux bootstrap github ${repoLabel(want)} --path=${want.path}`)
         }
         if (decision.skip) return { status: 'skipped', message: `already bootstrapped: ${decision.summary}` }
         const what = `flux bootstrap github ${repoLabel(want)} --path=${want.path} (${decision.reasons.join('; ')})`
-        if (ctx.check) return { status: 'changed', message: `would run ${what}` }
         const token = ctx.secrets.get(ctx.vars.github_token_ref!)
-        await ctx.must(bootstrapScript(want, ctx.vars.flux_timeout), { stdin: `GITHUB_TOKEN=${quote(token)}\n`, what: `flux bootstrap github ${repoLabel(want)}` })
-        ctx.facts.invalidate()
-        return { status: 'changed', message: `ran ${what}` }
+        return { summary: `run ${what}`, commands: [{ script: bootstrapScript(want, ctx.vars.flux_timeout), stdin: `GITHUB_TOKEN=${quote(token)}\n` }], apply: async () => `ran ${what}` }
       },
     },
     {
       name: 'Wait for the flux-system Kustomization to be Ready',
-      readOnly: true,
-      async run(ctx) {
-        if (ctx.check) return { status: 'skipped', message: 'check mode' }
+      onlyForReal: 'it waits for the Flux the steps above bootstrap',
+      async plan(ctx) {
         // Already Ready in the role's first read (nothing was changed since): nothing to wait for.
         const first = (await readFluxState(ctx).catch(() => undefined))?.kustomization
         if (first && isReady(first)) return { status: 'ok', message: `already Ready${field(first, 'status', 'lastAppliedRevision') ? ` at ${field(first, 'status', 'lastAppliedRevision')}` : ''}` }

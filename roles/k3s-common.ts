@@ -110,8 +110,8 @@ export async function clusterToken(ctx: StepContext, create: boolean): Promise<{
     return { token: found, created: false }
   }
   if (!create) throw new ProvisionError('step', `no cluster token at ${ref}: run the k3s-server role first (it creates the token)`, { place: { host: ctx.host } })
+  // Made here and kept for this run; the step that asked for it (create) stores it when the run is for real.
   const token = randomBytes(24).toString('hex')
-  if (!ctx.check) await ctx.secrets.upsert(ref, token)
   ctx.shared.set('k3s_token', token)
   return { token, created: true }
 }
@@ -185,11 +185,12 @@ export async function startingK3s<T>(ctx: Pick<StepContext, 'sh'>, unit: string,
 export function restartHandlerStep(unit: string): Step {
   return {
     name: `Restart ${unit}`,
-    async run(ctx): Promise<StepResult> {
+    async plan(ctx) {
       if (ctx.shared.get(`k3s_restarted:${ctx.host}`)) return { status: 'ok', message: 'already restarted by the install script' }
-      if (ctx.check) return { status: 'changed', message: `would restart ${unit}` }
-      await startingK3s(ctx, unit, () => ctx.must(bounded(`systemctl restart ${unit}`, ctx.vars.k3s_start_timeout, `restarting ${unit}`, 'k3s_start_timeout'), { what: `restart ${unit}` }))
-      return { status: 'changed' }
+      return {
+        summary: `restart ${unit}`,
+        apply: async () => void (await startingK3s(ctx, unit, () => ctx.must(bounded(`systemctl restart ${unit}`, ctx.vars.k3s_start_timeout, `restarting ${unit}`, 'k3s_start_timeout'), { what: `restart ${unit}` }))),
+      }
     },
   }
 }

@@ -44,34 +44,36 @@ export const restoreDatastore: Step = {
   name: 'Restore the datastore from the latest NAS backup (rebuild only, before k3s first starts)',
   when: (ctx) => Boolean(ctx.vars.k3s_restore && ctx.vars.k3s_restore !== 'none'),
   facts: () => [fileFact(`${SERVER_DIR}/db/state.db`)],
-  async run(ctx) {
+  async plan(ctx) {
     const present = await ctx.facts.get(fileFact(`${SERVER_DIR}/db/state.db`))
     if (present.exists) return { status: 'ok', message: 'the server has a datastore: nothing to restore' }
     if (!ctx.vars.k3s_backup_dir) throw new ProvisionError('step', 'k3s_restore is set but k3s_backup_dir is not: say where the backups are')
     const backup = findBackup(ctx.vars.k3s_backup_dir, ctx.vars.k3s_restore!)
     if (!backup) return { status: 'ok', message: `no backup in ${ctx.vars.k3s_backup_dir}: the server starts with a fresh datastore` }
-    if (ctx.check) return { status: 'changed', message: `would restore backup ${backup.name}` }
-    const { token } = await clusterToken(ctx, false)
-    // Both files travel on stdin (base64), land in temp names, and are renamed into place only when complete.
-    await ctx.must(
-      [
-        'set -e',
-        `mkdir -p -m 0700 ${SERVER_DIR}/db`,
-        `base64 -d > ${SERVER_DIR}/db/.state.db.restore`,
-        `mv -f ${SERVER_DIR}/db/.state.db.restore ${SERVER_DIR}/db/state.db`,
-      ].join('\n'),
-      { stdin: readFileSync(backup.db).toString('base64'), what: `restore ${backup.db}` },
-    )
-    await ctx.must(`set -e; base64 -d | tar -xzf - -C ${SERVER_DIR}`, { stdin: readFileSync(backup.tarball).toString('base64'), what: `restore ${backup.tarball}` })
-    // The datastore is sealed with the token: a mismatch would only show as a k3s crash loop later.
-    const saved = (await ctx.must(`cat ${SERVER_DIR}/token`, { what: 'read the restored token', secretOutput: true })).stdout.trim()
-    registerSecret(saved)
-    if (tokenSecret(saved) !== tokenSecret(token))
-      throw new ProvisionError('step', `backup ${backup.name} was taken with another cluster token than the one at ${ctx.vars.k3s_token_ref}: k3s would refuse it ("bootstrap data already found and encrypted with different token")`, {
-        hint: 'restore the token that was in use when the backup was taken into the secrets store, or rebuild with -e k3s_restore=none',
-      })
-    ctx.facts.invalidate()
-    return { status: 'changed', message: `restored backup ${backup.name} (datastore, token, tls, cred)` }
+    return {
+      summary: `restore backup ${backup.name} (datastore, token, tls, cred)`,
+      async apply() {
+        const { token } = await clusterToken(ctx, false)
+        // Both files travel on stdin (base64), land in temp names, and are renamed into place only when complete.
+        await ctx.must(
+          [
+            'set -e',
+            `mkdir -p -m 0700 ${SERVER_DIR}/db`,
+            `base64 -d > ${SERVER_DIR}/db/.state.db.restore`,
+            `mv -f ${SERVER_DIR}/db/.state.db.restore ${SERVER_DIR}/db/state.db`,
+          ].join('\n'),
+          { stdin: readFileSync(backup.db).toString('base64'), what: `restore ${backup.db}` },
+        )
+        await ctx.must(`set -e; base64 -d | tar -xzf - -C ${SERVER_DIR}`, { stdin: readFileSync(backup.tarball).toString('base64'), what: `restore ${backup.tarball}` })
+        // The datastore is sealed with the token: a mismatch would only show as a k3s crash loop later.
+        const saved = (await ctx.must(`cat ${SERVER_DIR}/token`, { what: 'read the restored token', secretOutput: true })).stdout.trim()
+        registerSecret(saved)
+        if (tokenSecret(saved) !== tokenSecret(token))
+          throw new ProvisionError('step', `backup ${backup.name} was taken with another cluster token than the one at ${ctx.vars.k3s_token_ref}: k3s would refuse it ("bootstrap data already found and encrypted with different token")`, {
+            hint: 'restore the token that was in use when the backup was taken into the secrets store, or rebuild with -e k3s_restore=none',
+          })
+      },
+    }
   },
 }
 

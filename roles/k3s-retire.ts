@@ -67,7 +67,7 @@ export function drainNodeRole(node: string): Role {
       {
         name: `Cordon ${node} and drain its pods (DaemonSet pods stay)`,
         facts: () => [nodesAndPodsFact],
-        async run(ctx) {
+        async plan(ctx) {
           const read = kubeObjects(await ctx.facts.get(nodesAndPodsFact))
           const found = read.find((o) => o.kind === 'Node' && o.metadata.name === node)
           if (!found) return { status: 'ok', message: `no Node ${node} in the cluster: nothing to drain` }
@@ -82,10 +82,13 @@ export function drainNodeRole(node: string): Role {
           const what = evict.length ? `evict ${evict.length} pod${evict.length === 1 ? '' : 's'} (${list(evict)})` : 'nothing to evict'
           const stuck = podsWithNowhereElse(read, node)
           if (stuck.length) ctx.warn(`${stuck.length} pod${stuck.length === 1 ? '' : 's'} on ${node} fit${stuck.length === 1 ? 's' : ''} no other node and will stay Pending once evicted: ${list(stuck)} (their nodeSelector, affinity or the other nodes' taints): give them another node first`)
-          if (ctx.check) return { status: 'changed', message: `would cordon ${node} and ${what}` }
-          await drainNode((script) => ctx.sh(script), node, ctx.vars.k3s_drain_timeout, 'it stays cordoned, nothing was uninstalled')
-          ctx.facts.invalidate()
-          return { status: 'changed', message: `cordoned ${node}; ${evict.length ? what.replace(/^evict/, 'evicted') : 'nothing to evict'}` }
+          return {
+            summary: `cordon ${node} and ${what}`,
+            async apply() {
+              await drainNode((script) => ctx.sh(script), node, ctx.vars.k3s_drain_timeout, 'it stays cordoned, nothing was uninstalled')
+              return `cordoned ${node}; ${evict.length ? what.replace(/^evict/, 'evicted') : 'nothing to evict'}`
+            },
+          }
         },
       },
     ],
@@ -114,7 +117,7 @@ export const uninstallAgentRole: Role = {
     {
       name: 'Stop and uninstall k3s-agent (k3s-agent-uninstall.sh)',
       facts: () => [k3sInstallFact],
-      async run(ctx) {
+      async plan(ctx) {
         const cur = await ctx.facts.get(k3sInstallFact)
         if (cur.serverUnit) return { status: 'failed', message: 'this host runs a k3s server: retire removes agents only' }
         const done = () => ctx.shared.set(uninstalledKey(nodeName(ctx)), true)
@@ -122,14 +125,19 @@ export const uninstallAgentRole: Role = {
           done()
           return { status: 'ok', message: 'no k3s on this host' }
         }
-        if (ctx.check) return { status: 'changed', message: `would run ${AGENT_UNINSTALL}` }
         const script = `[ -x ${AGENT_UNINSTALL} ] || { echo "k3s-agent is installed but ${AGENT_UNINSTALL} is missing: remove it by hand" >&2; exit 3; }\n${bounded(AGENT_UNINSTALL, ctx.vars.k3s_start_timeout, AGENT_UNINSTALL, 'k3s_start_timeout')}`
-        await ctx.must(script, { what: 'uninstall k3s-agent' })
-        ctx.facts.invalidate()
-        const after = await ctx.facts.get(k3sInstallFact)
-        if (after.agentUnit || after.version) return { status: 'failed', message: `${AGENT_UNINSTALL} ran but k3s is still there (unit ${after.agentUnit ? 'present' : 'gone'}, binary ${after.version ?? 'gone'})` }
-        done()
-        return { status: 'changed', message: `uninstalled k3s-agent ${cur.version ?? ''}`.trim() }
+        return {
+          summary: `run ${AGENT_UNINSTALL}`,
+          commands: [{ script }],
+          async apply() {
+            ctx.facts.invalidate()
+            const after = await ctx.facts.get(k3sInstallFact)
+            if (after.agentUnit || after.version)
+              throw new ProvisionError('step', `${AGENT_UNINSTALL} ran but k3s is still there (unit ${after.agentUnit ? 'present' : 'gone'}, binary ${after.version ?? 'gone'})`)
+            done()
+            return `uninstalled k3s-agent ${cur.version ?? ''}`.trim()
+          },
+        }
       },
     },
   ],
@@ -143,15 +151,19 @@ export function deleteNodeRole(node: string, inInventory: boolean): Role {
       {
         name: `Delete the Node ${node}`,
         facts: () => [nodeFact(node)],
-        async run(ctx) {
+        async plan(ctx) {
           const found = kubeObjects(await ctx.facts.get(nodeFact(node))).length > 0
           if (!found) return { status: 'ok', message: `no Node ${node} in the cluster` }
-          if (ctx.check) return { status: 'changed', message: `would delete the Node ${node}` }
-          await ctx.must(kubectl('delete node', node), { what: `delete the Node ${node}` })
-          ctx.facts.invalidate()
-          if (!inInventory) ctx.warn(`${node} is not in the inventory, so its disk was not touched: if that Pi comes back with k3s-agent on it, it joins again`)
-          else if (!ctx.shared.get(uninstalledKey(node))) ctx.warn(`k3s-agent could not be uninstalled on ${node}: if that Pi comes back, it joins again; run retire again then`)
-          return { status: 'changed', message: `deleted the Node ${node} (and its node-password secret)` }
+          return {
+            summary: `delete the Node ${node}`,
+            commands: [{ script: kubectl('delete node', node) }],
+            async apply() {
+              const done = `deleted the Node ${node} (and its node-password secret)`
+              if (!inInventory) ctx.warn(`${node} is not in the inventory, so its disk was not touched: if that Pi comes back with k3s-agent on it, it joins again`)
+              else if (!ctx.shared.get(uninstalledKey(node))) ctx.warn(`k3s-agent could not be uninstalled on ${node}: if that Pi comes back, it joins again; run retire again then`)
+              return done
+            },
+          }
         },
       },
     ],

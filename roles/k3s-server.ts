@@ -79,10 +79,11 @@ export const k3sServer: Role = {
   steps: [
     {
       name: 'Get the cluster token from the secrets store (create it on first run)',
-      async run(ctx) {
-        const { created } = await clusterToken(ctx, true)
+      async plan(ctx) {
+        const { token, created } = await clusterToken(ctx, true)
         if (!created) return { status: 'ok', message: `token at ${ctx.vars.k3s_token_ref}` }
-        return { status: 'changed', message: `${ctx.check ? 'would create' : 'created'} a new cluster token at ${ctx.vars.k3s_token_ref}` }
+        // Made now, so config.yaml below can be planned with it; stored only when the run is for real.
+        return { summary: `create a new cluster token at ${ctx.vars.k3s_token_ref}`, apply: () => ctx.secrets.upsert(ctx.vars.k3s_token_ref!, token) }
       },
     },
     file('Write /etc/rancher/k3s/config.yaml', (ctx) => ({ path: K3S_CONFIG, content: serverConfig(ctx), mode: '0600', secret: true, backup: true }), {
@@ -92,26 +93,22 @@ export const k3sServer: Role = {
     {
       name: 'Install k3s (only when missing or another version)',
       facts: () => [k3sInstallFact],
-      async run(ctx) {
+      async plan(ctx) {
         const cur = await ctx.facts.get(k3sInstallFact)
         const want = ctx.vars.k3s_version
         if (cur.version === want && cur.serverUnit) return { status: 'ok', message: `k3s ${want}` }
         if (cur.agentUnit && !cur.serverUnit)
           return { status: 'failed', message: 'this host runs a k3s agent; uninstall it (k3s-agent-uninstall.sh) before making it the server' }
         const what = cur.version ? `upgrade k3s ${cur.version} -> ${want}` : `install k3s ${want} (server)`
-        if (ctx.check) return { status: 'changed', message: `would ${what}` }
-        await runInstaller(ctx, { kind: 'server' })
-        ctx.facts.invalidate()
-        return { status: 'changed', message: what }
+        return { summary: what, apply: () => runInstaller(ctx, { kind: 'server' }) }
       },
     },
-    systemdUnit('Keep k3s enabled and running', (ctx) => ({ unit: 'k3s.service', enabled: true, active: true, startTimeout: { seconds: ctx.vars.k3s_start_timeout, setting: 'k3s_start_timeout' } }), { when: (ctx) => !ctx.check }),
+    systemdUnit('Keep k3s enabled and running', (ctx) => ({ unit: 'k3s.service', enabled: true, active: true, startTimeout: { seconds: ctx.vars.k3s_start_timeout, setting: 'k3s_start_timeout' } }), { onlyForReal: 'k3s is installed only for real' }),
     flushHandlers('Restart k3s if its config changed'),
     {
       name: 'Wait for the API server',
-      readOnly: true,
-      async run(ctx) {
-        if (ctx.check) return { status: 'skipped', message: 'check mode' }
+      onlyForReal: 'it waits for the k3s the steps above install and start',
+      async plan(ctx) {
         // Asking for this node proves the API answers (it knows the node or says NotFound), and on a rerun the
         // answer is kept for the next step, which then needs no read of its own.
         const name = nodeName(ctx)
@@ -126,9 +123,8 @@ export const k3sServer: Role = {
     },
     {
       name: 'Wait for the server node to be Ready with its labels and taints',
-      readOnly: true,
-      async run(ctx) {
-        if (ctx.check) return { status: 'skipped', message: 'check mode' }
+      onlyForReal: 'it waits for the k3s the steps above install and start',
+      async plan(ctx) {
         const name = nodeName(ctx)
         let json = ctx.shared.get(`k3s-node-json:${ctx.host}`) as string | undefined
         ctx.shared.delete(`k3s-node-json:${ctx.host}`)
@@ -149,13 +145,14 @@ export const k3sServer: Role = {
     {
       name: 'Fetch the kubeconfig to the controller',
       when: (ctx) => Boolean(ctx.vars.kubeconfig_path),
-      async run(ctx) {
+      async plan(ctx) {
         const path = ctx.vars.kubeconfig_path!
         // The admin credential: read so that its bytes reach this step and no reporter, and masked from now on.
         const r = await ctx.sh('cat /etc/rancher/k3s/k3s.yaml', { secretOutput: true })
         if (r.code !== 0) {
-          if (ctx.check) return { status: 'skipped', message: 'check mode: no kubeconfig on the server yet' }
-          throw new ProvisionError('step', `cannot read /etc/rancher/k3s/k3s.yaml: ${r.stderr.trim()}`)
+          // Only a k3s that is not there yet (a --check of a fresh Pi) has none: for real, the waits above saw it up.
+          const why = `cannot read /etc/rancher/k3s/k3s.yaml: ${r.stderr.trim()}`
+          return { summary: `fetch /etc/rancher/k3s/k3s.yaml to ${path} once k3s wrote it`, apply: () => Promise.reject(new ProvisionError('step', why)) }
         }
         registerKubeconfigSecrets(r.stdout)
         const addr = ctx.vars.address!.includes(':') ? `[${ctx.vars.address}]` : ctx.vars.address!
@@ -164,15 +161,16 @@ export const k3sServer: Role = {
         if (cur?.text === want) {
           // Same content, but readable by others (a copy made by hand, an older tool): the owner's only, as written.
           if ((cur.mode & 0o077) === 0) return { status: 'ok', message: path }
-          if (ctx.check) return { status: 'changed', message: `would make ${path} 0600 (it is ${(cur.mode & 0o777).toString(8)})` }
-          chmodSync(path, 0o600)
-          return { status: 'changed', message: `made ${path} 0600 (it was ${(cur.mode & 0o777).toString(8)})` }
+          return { summary: `make ${path} 0600 (it is ${(cur.mode & 0o777).toString(8)})`, apply: async () => chmodSync(path, 0o600) }
         }
-        if (ctx.check) return { status: 'changed', message: `would write ${path}` }
-        mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
-        // A temp file made with exclusive create, then renamed over the name: never written through a symlink.
-        await writeFileAtomic(path, want, 0o600)
-        return { status: 'changed', message: `wrote ${path} (context ${ctx.vars.kubeconfig_context ?? ctx.host})` }
+        return {
+          summary: `write ${path} (context ${ctx.vars.kubeconfig_context ?? ctx.host})`,
+          async apply() {
+            mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
+            // A temp file made with exclusive create, then renamed over the name: never written through a symlink.
+            await writeFileAtomic(path, want, 0o600)
+          },
+        }
       },
     },
   ],

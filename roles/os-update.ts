@@ -132,21 +132,21 @@ export const osUpdate: Role = {
     {
       name: 'Refresh the package lists (when older than apt_cache_valid_time)',
       facts: () => [listsAgeFact],
-      async run(ctx) {
+      async plan(ctx) {
         const age = await ctx.facts.get(listsAgeFact)
         const limit = ctx.vars.apt_cache_valid_time
         if (age < limit) return { status: 'ok', message: `fetched ${Math.round(age / 60)} min ago (apt_cache_valid_time ${limit}s)` }
-        return ctx.apply({
+        return {
           summary: Number.isFinite(age) ? `apt-get update (last run by this playbook ${Math.round(age / 60)} min ago)` : 'apt-get update (never run by this playbook on this host)',
           commands: [{ script: `${aptUpdateScript(APT_LOCK_WAIT)} && mkdir -p ${dirname(LISTS_STAMP)} && touch ${LISTS_STAMP}` }],
-        })
+        }
       },
     },
     {
       name: 'Drain this node from the server before updating it (agents, update_drain)',
       when: (ctx) => ctx.vars.update_drain && ctx.groups.includes('agent'),
       facts: () => [pendingUpgradesFact, rebootRequiredFact],
-      async run(ctx) {
+      async plan(ctx) {
         const { upgrades, interrupted } = await pending(ctx)
         const reboot = (await ctx.facts.get(rebootRequiredFact)).required
         if (upgrades.length === 0 && !interrupted && !reboot) return { status: 'ok', message: 'nothing to install, no reboot owed: no drain' }
@@ -163,22 +163,25 @@ export const osUpdate: Role = {
         const what = left.length ? `evict ${left.length} pod${left.length === 1 ? '' : 's'}` : 'cordon it'
         // Pinned to this node (Unbound on its DNS node, say): down until the node is back. Said, not refused.
         if (stuck.length) ctx.warn(`${stuck.length} pod${stuck.length === 1 ? '' : 's'} fit${stuck.length === 1 ? 's' : ''} no other node and will wait Pending until ${name} is back: ${stuck.join(', ')}`)
-        if (ctx.check) return { status: 'changed', message: `would drain ${name} (${what})` }
-        // Marked first: a run cut off mid-drain leaves a Node the next run knows it may uncordon.
-        const server = await serverHandle(ctx)
-        if (!byHand && !marked) await server.must(kubectl('annotate --overwrite node', name, `${DRAINED_MARK}=update`), { what: `mark the Node ${name}` })
-        await drainNode((script) => server.sh(script), name, ctx.vars.k3s_drain_timeout, 'the node stays cordoned and nothing was installed; the next run drains it again')
-        return { status: 'changed', message: `drained ${name} (${what.replace(/^evict/, 'evicted').replace(/^cordon it/, 'cordoned')})${byHand ? '; cordoned by hand, it stays cordoned' : ''}` }
+        return {
+          summary: `drain ${name} (${what})`,
+          async apply() {
+            // Marked first: a run cut off mid-drain leaves a Node the next run knows it may uncordon.
+            const server = await serverHandle(ctx)
+            if (!byHand && !marked) await server.must(kubectl('annotate --overwrite node', name, `${DRAINED_MARK}=update`), { what: `mark the Node ${name}` })
+            await drainNode((script) => server.sh(script), name, ctx.vars.k3s_drain_timeout, 'the node stays cordoned and nothing was installed; the next run drains it again')
+            return `drained ${name} (${what.replace(/^evict/, 'evicted').replace(/^cordon it/, 'cordoned')})${byHand ? '; cordoned by hand, it stays cordoned' : ''}`
+          },
+        }
       },
     },
     {
       name: 'Install the updates (apt-get full-upgrade)',
       facts: () => [pendingUpgradesFact],
-      async run(ctx) {
+      async plan(ctx) {
         const { upgrades, interrupted } = await pending(ctx)
         if (upgrades.length === 0 && !interrupted) return { status: 'ok', message: 'up to date' }
         const what = interrupted ? 'an interrupted dpkg run, then the updates' : `${upgrades.length} package${upgrades.length === 1 ? '' : 's'}: ${names(upgrades)}`
-        if (ctx.check) return { status: 'changed', message: `would ${interrupted ? 'finish' : 'upgrade'} ${what}` }
         const apt = `apt-get -o DPkg::Lock::Timeout=${APT_LOCK_WAIT} -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold -y -q full-upgrade`
         const boot = upgrades.map((u) => u.name).filter((n) => BOOT_PACKAGES.test(n))
         const script = [
@@ -190,20 +193,19 @@ export const osUpdate: Role = {
           // Pi OS's kernel and firmware packages do not ask for the reboot they need: ask for them.
           ...(boot.length ? [`printf '%s\\n' ${boot.map(quote).join(' ')} >> ${REBOOT_REQUIRED}.pkgs`, `touch ${REBOOT_REQUIRED}`] : []),
         ].join('\n')
-        await ctx.must(script, { what: 'apt-get full-upgrade' })
-        ctx.facts.invalidate()
-        return { status: 'changed', message: interrupted ? `finished ${what}` : `upgraded ${what}` }
+        return { summary: `${interrupted ? 'finish' : 'upgrade'} ${what}`, commands: [{ script }], apply: async () => (interrupted ? `finished ${what}` : `upgraded ${what}`) }
       },
     },
     {
       name: `Reboot when an update asks for it (${REBOOT_REQUIRED}, or a newer kernel)`,
       facts: () => [rebootRequiredFact],
       notify: ['Reboot'],
-      async run(ctx) {
+      async plan(ctx) {
         const r = await ctx.facts.get(rebootRequiredFact)
         if (!r.required) return { status: 'ok', message: 'no reboot asked for' }
         const why = [...(r.packages.length ? [`asked for by ${r.packages.join(', ')}`] : []), ...(r.kernel ? [`kernel ${r.kernel.installed} installed, ${r.kernel.running} running`] : [])]
-        return { status: 'changed', message: `reboot ${why.join('; ') || 'asked for'}` }
+        // Nothing to run here: the change is the reboot this notifies, carried out by the handler.
+        return { summary: `reboot ${why.join('; ') || 'asked for'}` }
       },
     },
     flushHandlers('Reboot now if it is owed'),
@@ -211,8 +213,8 @@ export const osUpdate: Role = {
       // After a reboot the server may still show the Ready of the last boot for a while: the kubelet of this boot
       // must have reported (status.nodeInfo.bootID is this host's boot_id) before the node counts as back.
       name: 'Wait until the server reports this node Ready',
-      async run(ctx) {
-        if (ctx.check) return { status: 'skipped', message: 'check mode' }
+      onlyForReal: 'it waits for the node the steps above updated and rebooted',
+      async plan(ctx) {
         const boot = (await ctx.must('cat /proc/sys/kernel/random/boot_id', { what: 'read the boot id' })).stdout.trim()
         const back = (n: NodeView | undefined) => n !== undefined && (!n.exists || (n.ready && (n.bootID === undefined || n.bootID === boot)))
         const first = await nodeIfAnswering(ctx)
@@ -229,13 +231,17 @@ export const osUpdate: Role = {
     {
       name: 'Uncordon this node (only when this playbook drained it)',
       when: (ctx) => ctx.groups.includes('agent'),
-      async run(ctx) {
+      async plan(ctx) {
         const node = await nodeOnServer(ctx)
         const name = nodeName(ctx)
         if (!node.exists || !node.annotations[DRAINED_MARK]) return { status: 'ok', message: node.unschedulable ? 'cordoned, but not by this playbook: left so' : 'schedulable' }
-        if (ctx.check) return { status: 'changed', message: `would uncordon ${name}` }
-        await (await serverHandle(ctx)).must(`${kubectl('uncordon', name)} && ${kubectl('annotate node', name, `${DRAINED_MARK}-`)}`, { what: `uncordon ${name}` })
-        return { status: 'changed', message: `uncordoned ${name}` }
+        return {
+          summary: `uncordon ${name}`,
+          async apply() {
+            await (await serverHandle(ctx)).must(`${kubectl('uncordon', name)} && ${kubectl('annotate node', name, `${DRAINED_MARK}-`)}`, { what: `uncordon ${name}` })
+            return `uncordoned ${name}`
+          },
+        }
       },
     },
   ],

@@ -80,9 +80,8 @@ export const piPrep: Role = {
   steps: [
     {
       name: 'Record the CPU architecture k3s needs',
-      readOnly: true,
       facts: () => [archFact],
-      async run(ctx) {
+      async plan(ctx) {
         const a = await ctx.facts.get(archFact)
         ctx.shared.set(`k3s_arch:${ctx.host}`, a.k3sArch)
         return { status: 'ok', message: `${a.k3sArch}${a.mixed ? ` (32-bit userland on a 64-bit ${a.kernel} kernel)` : ''}` }
@@ -92,7 +91,7 @@ export const piPrep: Role = {
     {
       name: 'Map the hostname in /etc/hosts',
       facts: () => [fileFact('/etc/hosts')],
-      async run(ctx) {
+      async plan(ctx) {
         const cur = await ctx.facts.get(fileFact('/etc/hosts'))
         const want = `127.0.1.1\t${hostnameOf(ctx)}`
         const lines = (cur.content ?? '').replace(/\n$/, '').split('\n')
@@ -100,7 +99,7 @@ export const piPrep: Role = {
         if (idx >= 0 && lines[idx].split(/\s+/)[1] === hostnameOf(ctx)) return { status: 'ok' }
         if (idx >= 0) lines[idx] = want
         else lines.push(want)
-        return ctx.apply(planFile(cur, { path: '/etc/hosts', content: lines.join('\n') + '\n', mode: '0644' }, ''))
+        return planFile(cur, { path: '/etc/hosts', content: lines.join('\n') + '\n', mode: '0644' }, '')
       },
     },
     tokensInFile('Add the cgroup flags to cmdline.txt', cmdlinePath, (ctx) => ctx.vars.cmdline_flags, {
@@ -131,9 +130,8 @@ export const piPrep: Role = {
     flushHandlers('Reboot where cmdline.txt changed, then verify'),
     {
       name: 'Check swap is off',
-      readOnly: true,
-      when: (ctx) => !ctx.check,
-      async run(ctx) {
+      onlyForReal: 'it checks what the swap steps and the reboot did',
+      async plan(ctx) {
         const r = await ctx.must('tail -n +2 /proc/swaps')
         if (r.stdout.trim()) return { status: 'failed', message: `swap is still on:\n${r.stdout.trim()}` }
         return { status: 'ok', message: 'no swap' }
@@ -141,9 +139,8 @@ export const piPrep: Role = {
     },
     {
       name: 'Check the memory cgroup is available',
-      readOnly: true,
-      when: (ctx) => !ctx.check,
-      async run(ctx) {
+      onlyForReal: 'it checks what the reboot for cmdline.txt did',
+      async plan(ctx) {
         const r = await ctx.must(MEMORY_CGROUP_PROBE)
         const verdict = parseMemoryCgroup(r.stdout)
         if (verdict.ok) return { status: 'ok', message: verdict.detail }
@@ -157,27 +154,21 @@ export const piPrep: Role = {
   handlers: [
     handler({
       name: 'Apply the hostname',
-      async run(ctx) {
-        if (ctx.check) return { status: 'changed', message: 'would apply the hostname' }
-        await ctx.must(`hostname -F /etc/hostname`, { what: 'set the running hostname' })
-        return { status: 'changed' }
+      async plan() {
+        return { summary: 'apply the hostname', commands: [{ script: 'hostname -F /etc/hostname' }] }
       },
     }),
     handler({
       name: 'Load the kernel modules',
-      async run(ctx) {
-        if (ctx.check) return { status: 'changed', message: 'would modprobe ' + K3S_MODULES.join(' ') }
+      async plan() {
         // Ask for what k3s needs, not for a module file: built into the kernel, a module may not exist at all.
-        for (const m of K3S_MODULES) await ctx.must(`${MODULE_PRESENT[m]} || modprobe ${m}`, { what: `load module ${m}` })
-        return { status: 'changed' }
+        return { summary: 'modprobe ' + K3S_MODULES.join(' '), commands: K3S_MODULES.map((m) => ({ script: `${MODULE_PRESENT[m]} || modprobe ${m}` })) }
       },
     }),
     handler({
       name: 'Apply the sysctls',
-      async run(ctx) {
-        if (ctx.check) return { status: 'changed', message: 'would apply /etc/sysctl.d/90-k3s.conf' }
-        await ctx.must('sysctl -q -p /etc/sysctl.d/90-k3s.conf', { what: 'apply sysctls' })
-        return { status: 'changed' }
+      async plan() {
+        return { summary: 'apply /etc/sysctl.d/90-k3s.conf', commands: [{ script: 'sysctl -q -p /etc/sysctl.d/90-k3s.conf' }] }
       },
     }),
     systemdReloadHandler('Reload systemd units'),

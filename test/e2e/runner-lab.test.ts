@@ -23,7 +23,7 @@ function sshTo(name: string): SshConnection {
 
 const whoami: Playbook = {
   name: 'whoami',
-  plays: [{ name: 'Who is there', hosts: 'all', roles: [{ name: 'probe', steps: [{ name: 'Read the hostname', readOnly: true, async run(ctx) { const r = await ctx.must('hostname'); return { status: 'ok', message: r.stdout.trim() } } }] }] }],
+  plays: [{ name: 'Who is there', hosts: 'all', roles: [{ name: 'probe', steps: [{ name: 'Read the hostname', async plan(ctx) { const r = await ctx.must('hostname'); return { status: 'ok', message: r.stdout.trim() } } }] }] }],
 }
 
 async function runWhoami(args: string[] = []) {
@@ -65,7 +65,7 @@ describe('the runner on real lab hosts', () => {
     const before = await labBootId('pi3-worker-1')
     const pb: Playbook = {
       name: 'reboot',
-      plays: [{ name: 'Reboot one', hosts: 'pi3-worker-1', roles: [{ name: 'r', steps: [{ name: 'Ask for a reboot', notify: ['Reboot'], async run() { return { status: 'changed' } } }], handlers: [rebootHandler('Reboot')] }] }],
+      plays: [{ name: 'Reboot one', hosts: 'pi3-worker-1', roles: [{ name: 'r', steps: [{ name: 'Ask for a reboot', notify: ['Reboot'], async plan() { return { summary: 'ask for a reboot' } } }], handlers: [rebootHandler('Reboot')] }] }],
     }
     resetSecretsForTest()
     const lines: string[] = []

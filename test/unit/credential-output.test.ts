@@ -78,7 +78,7 @@ describe('a credential read off a host', () => {
               steps: [
                 {
                   name: 'Read the kubeconfig',
-                  async run(ctx) {
+                  async plan(ctx) {
                     const r = fail
                       ? await ctx.must('cat /etc/rancher/k3s/k3s.yaml', { secretOutput, what: 'read it' })
                       : await ctx.sh('cat /etc/rancher/k3s/k3s.yaml', { secretOutput })
@@ -202,7 +202,7 @@ describe('kubectl command lines', () => {
 })
 
 describe('the retry file', () => {
-  const pb: Playbook = { name: 'p', plays: [{ name: 'x', hosts: 'all', roles: [{ name: 'r', steps: [{ name: 'Fail', async run() { return { status: 'failed', message: 'no' } } }] }] }] }
+  const pb: Playbook = { name: 'p', plays: [{ name: 'x', hosts: 'all', roles: [{ name: 'r', steps: [{ name: 'Fail', async plan() { return { status: 'failed', message: 'no' } } }] }] }] }
   const runWith = async (check: boolean) => {
     const dir = mkdtempSync(join(tmpdir(), 'retry-'))
     const retryFile = join(dir, 'p.retry')

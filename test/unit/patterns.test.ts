@@ -39,7 +39,7 @@ describe('selectHosts on the owner inventory', () => {
   })
 
   it('a glob treats "." literally', () => {
-    const dotted = parseInventory('all:\n  children:\n    server:\n      hosts:\n        a.lan: {address: 10.0.0.1}\n        aXlan: {address: 10.0.0.2}\n', 'i.yaml')
+    const dotted = parseInventory('all:\n  children:\n    server:\n      hosts:\n        a.lan: {address: 10.0.0.1}\n        axlan: {address: 10.0.0.2}\n', 'i.yaml')
     expect(selectHosts(dotted, 'a.l*')).toEqual(['a.lan'])
   })
 

@@ -33,9 +33,9 @@ function stub(name: string, status: 'ok' | 'changed' | 'failed' | 'skipped', ext
   return {
     name,
     ...extra,
-    async run(ctx) {
+    async plan(ctx) {
       order?.push(`${ctx.host}:${name}`)
-      if (status === 'changed') return ctx.apply({ summary: `do ${name}`, commands: [{ script: `echo ${name}` }] })
+      if (status === 'changed') return { summary: `do ${name}`, commands: [{ script: `echo ${name}` }] }
       return { status, message: status === 'failed' ? `${name} broke` : undefined }
     },
   }
@@ -94,8 +94,8 @@ describe('handlers', () => {
     const role: Role = {
       name: 'r',
       steps: [
-        { name: 'edit cmdline', notify: ['Reboot'], async run(ctx) { order.push('edit'); return ++edits === 1 ? ctx.apply({ summary: 'edit', commands: [{ script: 'true' }] }) : { status: 'ok' } } },
-        { name: 'then fail', async run() { order.push('fail?'); return failLater ? { status: 'failed' } : { status: 'ok' } } },
+        { name: 'edit cmdline', notify: ['Reboot'], async plan(ctx) { order.push('edit'); return ++edits === 1 ? { summary: 'edit', commands: [{ script: 'true' }] } : { status: 'ok' } } },
+        { name: 'then fail', async plan() { order.push('fail?'); return failLater ? { status: 'failed' } : { status: 'ok' } } },
       ],
       handlers: [handler(stub('Reboot', 'changed', {}, order))],
     }
@@ -157,7 +157,7 @@ describe('recap and exit codes', () => {
     const role: Role = {
       name: 'r',
       steps: [
-        { name: 'maybe fail', async run(ctx) { order.push(`${ctx.host}:1`); return ctx.host === 'a1' ? { status: 'failed', message: 'disk full' } : { status: 'ok' } } },
+        { name: 'maybe fail', async plan(ctx) { order.push(`${ctx.host}:1`); return ctx.host === 'a1' ? { status: 'failed', message: 'disk full' } : { status: 'ok' } } },
         stub('after', 'ok', {}, order),
       ],
     }
@@ -178,7 +178,7 @@ describe('recap and exit codes', () => {
     const down = new FakeConnection('a2')
     down.unreachable = true
     conns.set('a2', down)
-    const role: Role = { name: 'r', steps: [{ name: 'touch host', async run(ctx) { await ctx.sh('true'); return { status: 'ok' } } }] }
+    const role: Role = { name: 'r', steps: [{ name: 'touch host', async plan(ctx) { await ctx.sh('true'); return { status: 'ok' } } }] }
     const pb: Playbook = { name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] }
     const retry = join(dir, 'p.retry')
     const { rep, run } = setup(pb, { retryFile: retry }, conns)
@@ -198,7 +198,7 @@ describe('recap and exit codes', () => {
     const dir = mkdtempSync(join(tmpdir(), 'runner-'))
     const down = new FakeConnection('a2')
     down.unreachable = true
-    const role: Role = { name: 'r', steps: [{ name: 'touch host', async run(ctx) { await ctx.sh('true'); return { status: 'ok' } } }] }
+    const role: Role = { name: 'r', steps: [{ name: 'touch host', async plan(ctx) { await ctx.sh('true'); return { status: 'ok' } } }] }
     const pb: Playbook = { name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }], rerun: 'npx zx playbooks/retire.mts a2' }
     const retry = join(dir, 'p.retry')
     const { rep, run } = setup(pb, { retryFile: retry }, new Map([['a2', down]]))
@@ -218,14 +218,14 @@ describe('recap and exit codes', () => {
     const down = new FakeConnection('a2')
     down.unreachable = true
     conns.set('a2', down)
-    const role: Role = { name: 'r', steps: [{ name: 's', async run(ctx) { await ctx.sh('true'); return ctx.host === 'a1' ? { status: 'failed' } : { status: 'ok' } } }] }
+    const role: Role = { name: 'r', steps: [{ name: 's', async plan(ctx) { await ctx.sh('true'); return ctx.host === 'a1' ? { status: 'failed' } : { status: 'ok' } } }] }
     const s = await setup({ name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] }, {}, conns).run()
     expect(s.exitCode).toBe(2)
   })
 
   it('a thrown error fails the step with its message, and a failing command names its output', async () => {
     const conns = new Map([['s1', new FakeConnection('s1', () => ({ code: 3, stderr: 'E: Unable to locate package nfs-common\n' }))]])
-    const role: Role = { name: 'r', steps: [{ name: 'install', async run(ctx) { await ctx.must('apt-get install -y nfs-common', { what: 'install nfs-common' }); return { status: 'ok' } } }] }
+    const role: Role = { name: 'r', steps: [{ name: 'install', async plan(ctx) { await ctx.must('apt-get install -y nfs-common', { what: 'install nfs-common' }); return { status: 'ok' } } }] }
     const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, {}, conns)
     const s = await run()
     expect(s.exitCode).toBe(2)
@@ -239,7 +239,7 @@ describe('recap and exit codes', () => {
       return { stdout: 'done\n' }
     })
     let runs = 0
-    const role: Role = { name: 'r', steps: [{ name: 'work', async run(ctx) { runs++; const r = await ctx.must('do-it'); return { status: 'ok', message: r.stdout.trim() } } }] }
+    const role: Role = { name: 'r', steps: [{ name: 'work', async plan(ctx) { runs++; const r = await ctx.must('do-it'); return { status: 'ok', message: r.stdout.trim() } } }] }
     const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, {}, new Map([['s1', flaky]]))
     const s = await run()
     expect(s.exitCode).toBe(0)
@@ -262,7 +262,7 @@ describe('recap and exit codes', () => {
     const order: string[] = []
     const role: Role = {
       name: 'r',
-      steps: [{ name: 'first', async run(ctx) { order.push(`${ctx.host}:first`); abort.abort(); return { status: 'ok' } } }, stub('second', 'ok', {}, order)],
+      steps: [{ name: 'first', async plan(ctx) { order.push(`${ctx.host}:first`); abort.abort(); return { status: 'ok' } } }, stub('second', 'ok', {}, order)],
     }
     const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, { signal: abort.signal })
     const s = await run()
@@ -275,7 +275,7 @@ describe('recap and exit codes', () => {
 describe('plays', () => {
   it('serial runs rolling batches and max_fail_percentage stops the rest', async () => {
     const order: string[] = []
-    const role: Role = { name: 'r', steps: [{ name: 's', async run(ctx) { order.push(ctx.host); return ctx.host === 's1' ? { status: 'failed' } : { status: 'ok' } } }] }
+    const role: Role = { name: 'r', steps: [{ name: 's', async plan(ctx) { order.push(ctx.host); return ctx.host === 's1' ? { status: 'failed' } : { status: 'ok' } } }] }
     const s = await setup({ name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role], serial: 1, maxFailPercentage: 0 }] }).run()
     expect(order).toEqual(['s1'])
     expect(s.exitCode).toBe(2)
@@ -283,7 +283,7 @@ describe('plays', () => {
 
   it('any_errors_fatal stops later plays; failed hosts skip later plays otherwise', async () => {
     const order: string[] = []
-    const failS1: Role = { name: 'r1', steps: [{ name: 's', async run(ctx) { return ctx.host === 's1' ? { status: 'failed' } : { status: 'ok' } } }] }
+    const failS1: Role = { name: 'r1', steps: [{ name: 's', async plan(ctx) { return ctx.host === 's1' ? { status: 'failed' } : { status: 'ok' } } }] }
     const second: Role = { name: 'r2', steps: [stub('later', 'ok', {}, order)] }
     await setup({ name: 'p', plays: [{ name: 'one', hosts: 'all', roles: [failS1] }, { name: 'two', hosts: 'all', roles: [second] }] }).run()
     expect(order.sort()).toEqual(['a1:later', 'a2:later'])
@@ -322,8 +322,8 @@ describe('masking', () => {
       name: 'r',
       secrets: () => ['op://v/i/f'],
       steps: [
-        { name: 'show', async run(ctx) { const v = ctx.secrets.get('op://v/i/f'); await ctx.sh(`echo ${v}`, { stdin: v }); return { status: 'changed', message: `set ${v}`, diff: `+token: ${v}\n` } } },
-        { name: 'fail', async run(ctx) { await ctx.must('false'); return { status: 'ok' } } },
+        { name: 'show', async plan(ctx) { const v = ctx.secrets.get('op://v/i/f'); await ctx.sh(`echo ${v}`, { stdin: v }); return { summary: `set ${v}`, diff: `+token: ${v}\n` } } },
+        { name: 'fail', async plan(ctx) { await ctx.must('false'); return { status: 'ok' } } },
       ],
     }
     const json = join(dir, 'events.jsonl')
@@ -387,7 +387,7 @@ describe('command line', () => {
       steps: [
         {
           name: 'long',
-          async run(ctx) {
+          async plan(ctx) {
             process.emit('SIGINT')
             order.push(`${ctx.host}:long`)
             return { status: 'ok' }
@@ -430,7 +430,7 @@ describe('fact round trips in the output', () => {
     const role: Role = {
       name: 'r',
       steps: [
-        { name: 'read', facts: () => [conf, arch], async run(ctx) { return { status: 'ok', message: `${(await ctx.facts.get(arch))}` } } },
+        { name: 'read', facts: () => [conf, arch], async plan(ctx) { return { status: 'ok', message: `${(await ctx.facts.get(arch))}` } } },
       ],
     }
     const conns = new Map([['s1', new FakeConnection('s1', (script) => answerBatch(script, (sub) => ({ stdout: sub === 'uname -m' ? 'aarch64\n' : 'token: planted-secret-value\n' })))]])

@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { LocalConnection } from '../../lib/connection.ts'
 import { thrown } from './fakes.ts'
-import type { Change } from '../../lib/role.ts'
+import type { CommandChange } from '../../lib/steps.ts'
 import {
   addTokens,
   fileFact,
@@ -191,7 +191,7 @@ describe('planFile scripts run for real (sh, temp dir, the current user instead 
     group = execFileSync('id', ['-gn'], { encoding: 'utf8' }).trim()
   })
 
-  async function apply(change: Change | null): Promise<void> {
+  async function apply(change: CommandChange | null): Promise<void> {
     for (const cmd of must(change).commands) {
       const r = await local.run(cmd.script, { stdin: cmd.stdin })
       expect(r.stderr).toBe('')
