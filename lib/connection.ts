@@ -47,6 +47,8 @@ export interface SshTarget {
   keyFile?: string
   /** Key text from the secrets store, when the inventory names ssh_key_ref. */
   keyText?: string
+  /** sudo's password from the secrets store (become_password_ref), for a login user without a NOPASSWD rule. */
+  sudoPassword?: string
   knownHostsFile: string
   /** Accept and record the key of a host that is not in known_hosts yet (never a changed key). */
   trustNewHostKeys: boolean
@@ -114,7 +116,10 @@ export class SshConnection implements Connection {
   }
 
   async run(script: string, opts: RunOptions = {}): Promise<RunResult> {
-    const line = opts.sudo === false ? script : asRoot(script, this.target.user)
+    const password = opts.sudo !== false && this.target.user !== 'root' ? this.target.sudoPassword : undefined
+    const line = opts.sudo === false ? script : asRoot(script, this.target.user, { password: password !== undefined })
+    // The sudo password goes first on stdin, one line (asRoot reads exactly that line); the command's own stdin follows.
+    const stdin = password !== undefined ? `${password}\n${opts.stdin ?? ''}` : opts.stdin
     return this.channels(async () => {
       const ssh = opts.connectWithinMs === undefined ? await this.connect() : await this.connectQuick(opts.connectWithinMs)
       const lost = (why: string, cause?: unknown) => {
@@ -124,7 +129,7 @@ export class SshConnection implements Connection {
       }
       let r
       try {
-        r = await ssh.execCommand(line, { stdin: opts.stdin, noTrim: true })
+        r = await ssh.execCommand(line, { stdin, noTrim: true })
       } catch (e) {
         throw lost((e as Error).message, e)
       }

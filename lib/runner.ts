@@ -90,6 +90,7 @@ export function requiredSecrets(pb: Playbook, inv: Inventory, limit: string | un
       for (const role of play.roles) {
         const vars = hostVars(inv.hosts.get(name)!, role.defaults, extra)
         if (vars.ssh_key_ref) refs.add(vars.ssh_key_ref)
+        if (vars.become_password_ref) refs.add(vars.become_password_ref)
         for (const r of role.secrets?.(vars) ?? []) if (r) refs.add(r)
       }
   return [...refs]
@@ -406,6 +407,7 @@ function sshFor(
     user: vars.ssh_user,
     keyFile: vars.ssh_key_file,
     keyText: vars.ssh_key_ref ? o.secrets.get(vars.ssh_key_ref) : undefined,
+    sudoPassword: vars.become_password_ref ? o.secrets.get(vars.become_password_ref) : undefined,
     knownHostsFile: vars.known_hosts_file,
     trustNewHostKeys: o.trustNewHostKeys,
     recordNewHostKeys: o.recordNewHostKeys,

@@ -13,10 +13,21 @@ export function commandLine(argv: readonly string[]): string {
   return argv.map(quote).join(' ')
 }
 
-/** Wrap a script so it runs as root: `sudo -n sh -c '<script>'`; -n so a missing NOPASSWD rule fails instead of hanging on a prompt. */
-export function asRoot(script: string, loginUser: string): string {
+/**
+ * Wrap a script so it runs as root: `sudo -n sh -c '<script>'`; -n so a missing NOPASSWD rule fails instead of
+ * hanging on a prompt. With `password` (a host whose sudo asks for one: become_password_ref), the first line of
+ * stdin is the password: the shell reads that one line (the rest stays the script's stdin), hands it to
+ * `sudo -S -v` through the printf builtin (never argv), and the script then runs on sudo's fresh timestamp.
+ */
+export function asRoot(script: string, loginUser: string, opts: { password?: boolean } = {}): string {
   if (loginUser === 'root') return `sh -c ${quote(script)}`
-  return `sudo -n sh -c ${quote(script)}`
+  if (!opts.password) return `sudo -n sh -c ${quote(script)}`
+  return [
+    'IFS= read -r pi_provision_pw',
+    `printf '%s\\n' "$pi_provision_pw" | sudo -S -p '' -v 2>/dev/null || { unset pi_provision_pw; echo 'sudo did not take the password from become_password_ref' >&2; exit 126; }`,
+    'unset pi_provision_pw',
+    `sudo -n sh -c ${quote(script)}`,
+  ].join('; ')
 }
 
 /** A heredoc-free way to put text in a file: the content travels on stdin, never in argv. */

@@ -166,6 +166,56 @@ describe('asRoot', () => {
   })
 })
 
+describe('asRoot with a sudo password (become_password_ref)', () => {
+  let binDir: string
+  let logFile: string
+  const PASSWORD = "pa ss'w$(id)rd"
+  beforeAll(() => {
+    binDir = join(dir, 'pwbin')
+    mkdirSync(binDir)
+    logFile = join(dir, 'sudo-pw-argv')
+    // Not sudo: `-S -p '' -v` reads one line from stdin and, when it is the password, leaves a timestamp file;
+    // `-n sh -c SCRIPT` runs only with that timestamp (as sudo does). Every argv is logged, NUL-separated.
+    writeFileSync(
+      join(binDir, 'sudo'),
+      [
+        '#!/bin/sh',
+        `printf '%s\\0' "$@" >> "$SUDO_LOG"; printf '\\n' >> "$SUDO_LOG"`,
+        'if [ "$1" = -S ]; then IFS= read -r got; [ "$got" = "$WANT" ] && touch "$SUDO_LOG.ts" && exit 0; echo "Sorry, try again." >&2; exit 1; fi',
+        '[ "$1" = -n ] || exit 99',
+        '[ -e "$SUDO_LOG.ts" ] || { echo "sudo: a password is required" >&2; exit 1; }',
+        'shift; exec "$@"',
+        '',
+      ].join('\n'),
+    )
+    chmodSync(join(binDir, 'sudo'), 0o755)
+  })
+  const runWith = (want: string, stdin: string) => {
+    rmSync(`${logFile}.ts`, { force: true })
+    rmSync(logFile, { force: true })
+    return spawnSync('/bin/sh', ['-c', asRoot('cat; echo done', 'owner', { password: true })], {
+      input: stdin,
+      encoding: 'utf8',
+      env: { ...process.env, PATH: `${binDir}:${process.env.PATH ?? ''}`, SUDO_LOG: logFile, WANT: want },
+    })
+  }
+
+  it('takes the first stdin line as the password, never in argv, and the script keeps the rest of stdin', () => {
+    const r = runWith(PASSWORD, `${PASSWORD}\nline one\nline two\n`)
+    expect(r.stderr).toBe('')
+    expect(r.status).toBe(0)
+    expect(r.stdout).toBe('line one\nline two\ndone\n')
+    expect(readFileSync(logFile, 'utf8')).not.toContain('pa ss')
+  })
+
+  it('a wrong password stops before the script, saying which secret sudo did not take', () => {
+    const r = runWith(PASSWORD, 'wrong\nline one\n')
+    expect(r.status).toBe(126)
+    expect(r.stdout).toBe('')
+    expect(r.stderr).toContain('sudo did not take the password from become_password_ref')
+  })
+})
+
 describe('writeFromStdin', () => {
   it('writes stdin to a path with spaces and quotes, content not in the command line', () => {
     const path = join(dir, "my file's.conf")
