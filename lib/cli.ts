@@ -26,8 +26,9 @@ export const USAGE = `usage: npx zx playbooks/<playbook>.mts [options]
   -f, --forks N           hosts in parallel (default 10)
       --list-hosts        print the hosts each play would touch, then exit (no connection)
       --list-tasks        print the steps each play would run, then exit (no connection)
-      --json FILE         write one JSON event per line to FILE
-      --trust-new-host-keys  record the key of a host not yet in known_hosts (a changed key is always refused)
+      --json FILE         write one JSON event per line to FILE (0600; commands from -v, their output from -vv)
+      --trust-new-host-keys  record the key of a host not yet in known_hosts (a changed key is always refused;
+                             under --check it is accepted for that run only)
       --retry-file FILE   where failed/unreachable hosts are listed (default <playbook>.retry)
   -v, -vv                 show commands (-v) and their output (-vv); secrets are masked
   -h, --help              this text
