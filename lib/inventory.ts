@@ -368,8 +368,12 @@ export function parseInventory(text: string, file: string): Inventory {
 
 /** A host's Kubernetes node name: its hostname var (from -e first), else its inventory name. */
 export function nodeNameOf(host: InventoryHost, extra: VarLayer = {}): string {
-  const v = extra.hostname ?? host.vars.hostname
-  return typeof v === 'string' ? v : host.name
+  return nodeNameFrom({ hostname: extra.hostname ?? host.vars.hostname }, host.name)
+}
+
+/** The node-name rule itself, for a host's final variables (a step's ctx.vars): hostname, else the inventory name. */
+export function nodeNameFrom(vars: { hostname?: unknown }, hostName: string): string {
+  return typeof vars.hostname === 'string' ? vars.hostname : hostName
 }
 
 /**

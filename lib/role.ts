@@ -65,6 +65,38 @@ export function isChange(p: Plan): p is Change {
   return p !== null && 'summary' in p
 }
 
+/**
+ * A slot of the run's shared state (what one step or role learns that another needs: the cluster token, whether
+ * the installer already restarted k3s on a host), declared with its type by the module that owns the value.
+ */
+export interface RunKey<T> {
+  readonly name: string
+  /** Never set: carries T, so get() and set() are typed by the key. */
+  readonly type?: T
+}
+
+export function runKey<T>(name: string): RunKey<T> {
+  return { name }
+}
+
+/** The run's shared state, typed by its keys; a value may be run-wide or one host's (`host`). */
+export interface RunState {
+  get<T>(key: RunKey<T>, host?: string): T | undefined
+  set<T>(key: RunKey<T>, value: T, host?: string): void
+  delete<T>(key: RunKey<T>, host?: string): void
+}
+
+/** A RunState in memory (one per run). */
+export function runState(): RunState {
+  const values = new Map<string, unknown>()
+  const at = (key: RunKey<unknown>, host?: string) => (host === undefined ? key.name : `${key.name}@${host}`)
+  return {
+    get: <T>(key: RunKey<T>, host?: string) => values.get(at(key, host)) as T | undefined,
+    set: (key, value, host) => void values.set(at(key, host), value),
+    delete: (key, host) => void values.delete(at(key, host)),
+  }
+}
+
 export interface HostHandle {
   name: string
   vars: Vars
@@ -85,8 +117,8 @@ export interface StepContext {
   conn: Connection
   facts: FactCache
   secrets: SecretStore
-  /** Run-wide values roles hand to each other (e.g. the cluster token once known). */
-  shared: Map<string, unknown>
+  /** Run-wide values steps and roles hand to each other, typed by their keys (e.g. the cluster token once known). */
+  state: RunState
   /** Another host of the inventory (connects on first use; strict host keys as always). */
   hostHandle(name: string): Promise<HostHandle>
   /** Run a script (as root unless sudo:false); logged at -v, output at -vv, secrets masked. */

@@ -12,7 +12,7 @@ import { hostVars, type Inventory, type InventoryHost, type VarLayer } from './i
 import { mask } from './mask.ts'
 import { selectHosts } from './patterns.ts'
 import type { HostCounts, Reporter } from './reporter.ts'
-import { isChange, type HostHandle, type MustOptions, type Play, type Playbook, type Role, type ShOptions, type Step, type StepContext, type StepResult } from './role.ts'
+import { isChange, runState, type HostHandle, type MustOptions, type Play, type Playbook, type Role, type ShOptions, type Step, type StepContext, type StepResult } from './role.ts'
 import type { SecretStore } from './secrets.ts'
 import type { Vars } from './vars.ts'
 
@@ -123,7 +123,7 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
   await opts.secrets.resolveAll(requiredSecrets(pb, inv, opts.limit, extra))
 
   const runtimes = new Map<string, HostRuntime>()
-  const shared = new Map<string, unknown>()
+  const state = runState()
   const trusts = (name: string) => (Array.isArray(opts.trustNewHostKeys) ? opts.trustNewHostKeys.includes(name) : opts.trustNewHostKeys === true)
   const connect =
     opts.connect ??
@@ -347,7 +347,7 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
       conn: rt.conn,
       facts: rt.facts,
       secrets: opts.secrets,
-      shared,
+      state,
       hostHandle: async (name) => {
         const other = runtime(name)
         return { name, vars: other.vars, conn: other.conn, facts: other.facts, sh: (script, o) => logged(other, script, o), must: (script, o) => mustOn(other, script, o) }

@@ -8,11 +8,6 @@ export function quote(word: string): string {
   return `'${word.replace(/'/g, `'\\''`)}'`
 }
 
-/** Join argv into one command line, each word quoted. */
-export function commandLine(argv: readonly string[]): string {
-  return argv.map(quote).join(' ')
-}
-
 /**
  * Wrap a script so it runs as root: `sudo -n sh -c '<script>'`; -n so a missing NOPASSWD rule fails instead of
  * hanging on a prompt. With `password` (a host whose sudo asks for one: become_password_ref), the first line of
@@ -28,11 +23,6 @@ export function asRoot(script: string, loginUser: string, opts: { password?: boo
     'unset pi_provision_pw',
     `sudo -n sh -c ${quote(script)}`,
   ].join('; ')
-}
-
-/** A heredoc-free way to put text in a file: the content travels on stdin, never in argv. */
-export function writeFromStdin(path: string): string {
-  return `cat > ${quote(path)}`
 }
 
 /**

@@ -75,8 +75,6 @@ export function parsePackages(stdout: string, names: readonly string[]): Map<str
   return installed
 }
 
-export const bootIdFact = defineFact('boot_id', 'cat /proc/sys/kernel/random/boot_id', (r) => r.stdout.trim())
-
 // ---------------------------------------------------------------- planners (pure)
 
 /** A change made of commands on the host only: what the pure planners return (tests run them as they are). */

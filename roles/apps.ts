@@ -9,9 +9,9 @@
 // where the owner stands, through lib/probes.ts.
 
 import { ProvisionError } from '../lib/errors.ts'
-import { hostVars, type Inventory } from '../lib/inventory.ts'
+import { hostVars, nodeNameOf, type Inventory } from '../lib/inventory.ts'
 import { checkSecretRefs, formatAppTable, parseAppChecks, runChecks, verdicts, type AppCheck } from '../lib/probes.ts'
-import type { Role, StepContext } from '../lib/role.ts'
+import { runKey, type Role, type StepContext } from '../lib/role.ts'
 import { quote } from '../lib/shell.ts'
 import { waitUntil } from '../lib/steps.ts'
 import type { Vars } from '../lib/vars.ts'
@@ -19,6 +19,12 @@ import { FLUX } from './flux-bootstrap.ts'
 import { conditionOf, field, HR, isReady, KS, kubectl, kubeFact, kubeGet, kubeObjects, nameOf, type KubeObject } from '../lib/kube.ts'
 
 export const SECRET_STORE = 'onepassword'
+/** The revision the source reconcile fetched. */
+const FLUX_REVISION = runKey<string>('flux source revision')
+/** Every Kustomization and HelmRelease already Ready at that revision ("n/m Ready at rev"): nothing to wait for. */
+const ALL_READY = runKey<string>('flux all ready')
+/** When the Kustomizations were asked to reconcile (their requestedAt annotation). */
+const REQUESTED_AT_STAMP = runKey<string>('flux reconcile requested at')
 const REQUESTED_AT = 'reconcile.fluxcd.io/requestedAt'
 
 // ---------------------------------------------------------------- flux output
@@ -318,7 +324,7 @@ export function strayNodes(nodes: readonly KubeObject[], inv: Inventory): KubeOb
   for (const group of ['server', 'agent'])
     for (const name of inv.groups.get(group) ?? []) {
       const host = inv.hosts.get(name)
-      if (host) known.add(hostVars(host).hostname ?? name)
+      if (host) known.add(nodeNameOf(host))
     }
   return nodes.filter((n) => !known.has(n.metadata.name))
 }
@@ -338,7 +344,7 @@ export const apps: Role = {
       async plan(ctx) {
         const r = await ctx.must(`${FLUX} reconcile source git flux-system -n flux-system --timeout=${ctx.vars.flux_timeout}s`, { what: 'flux reconcile source git flux-system' })
         const rev = parseRevision(r.stderr + r.stdout)
-        if (rev) ctx.shared.set(`flux-revision:${ctx.host}`, rev)
+        if (rev) ctx.state.set(FLUX_REVISION, rev, ctx.host)
         return { status: 'ok', message: `fetched ${rev ?? 'the latest revision'}` }
       },
     },
@@ -348,12 +354,12 @@ export const apps: Role = {
       async plan(ctx) {
         // Nothing new from git and everything Ready at that revision: a forced reconcile would only re-apply the
         // same manifests (Flux does that on its own interval), so a no-op rerun does not wait for it.
-        const revision = ctx.shared.get(`flux-revision:${ctx.host}`) as string | undefined
+        const revision = ctx.state.get(FLUX_REVISION, ctx.host)
         if (revision) {
           const read = await ctx.facts.get(fluxObjectsFact)
           const st = readiness(kubeObjects(read, 'Kustomization'), kubeObjects(read, 'HelmRelease'), { revision })
           if (st.total > 0 && st.notReady.length === 0) {
-            ctx.shared.set(`flux-all-ready:${ctx.host}`, `${st.ready}/${st.total} Ready at ${revision}`)
+            ctx.state.set(ALL_READY, `${st.ready}/${st.total} Ready at ${revision}`, ctx.host)
             return { status: 'ok', message: `all ${st.total} Ready at ${revision}: nothing new to apply` }
           }
         }
@@ -370,7 +376,7 @@ export const apps: Role = {
             .map((k) => `${kubectl(`annotate --overwrite -n ${quote(k.metadata.namespace ?? 'flux-system')}`, `${KS}/${k.metadata.name}`, `${REQUESTED_AT}=${stamp}`)} >/dev/null`)
             .join(' && \\\n')
           await ctx.must(script, { what: 'request reconciliation of the Kustomizations' })
-          ctx.shared.set(`flux-requested-at:${ctx.host}`, stamp)
+          ctx.state.set(REQUESTED_AT_STAMP, stamp, ctx.host)
         }
         return { status: 'ok', message: `flux-system applied ${applied ?? 'the latest revision'}; ${others.length} more asked to reconcile` }
       },
@@ -379,10 +385,10 @@ export const apps: Role = {
       name: 'Wait until every Kustomization and HelmRelease is Ready',
       onlyForReal: 'would wait for the Kustomizations and HelmReleases: it reads the cluster a real run converged',
       async plan(ctx) {
-        const already = ctx.shared.get(`flux-all-ready:${ctx.host}`) as string | undefined
+        const already = ctx.state.get(ALL_READY, ctx.host)
         if (already) return { status: 'ok', message: `${already} (read just before: nothing to wait for)` }
-        const revision = ctx.shared.get(`flux-revision:${ctx.host}`) as string | undefined
-        const requestedAt = ctx.shared.get(`flux-requested-at:${ctx.host}`) as string | undefined
+        const revision = ctx.state.get(FLUX_REVISION, ctx.host)
+        const requestedAt = ctx.state.get(REQUESTED_AT_STAMP, ctx.host)
         let lastCount = ''
         let lastLog = 0
         const { value, seconds } = await waitUntil(

@@ -5,8 +5,8 @@ import { randomBytes } from 'node:crypto'
 import { ProvisionError } from '../lib/errors.ts'
 import { defineFact } from '../lib/facts.ts'
 import type { Inventory } from '../lib/inventory.ts'
-import { hostVars } from '../lib/inventory.ts'
-import type { HostHandle, Step, StepContext, StepResult } from '../lib/role.ts'
+import { hostVars, nodeNameFrom } from '../lib/inventory.ts'
+import { runKey, type HostHandle, type Step, type StepContext } from '../lib/role.ts'
 import { bounded, quote } from '../lib/shell.ts'
 import { kubectl } from '../lib/kube.ts'
 
@@ -73,7 +73,7 @@ export function extraConfig(args: readonly string[]): Record<string, string | st
 }
 
 export function nodeName(ctx: Pick<StepContext, 'vars' | 'host'>): string {
-  return ctx.vars.hostname ?? ctx.host
+  return nodeNameFrom(ctx.vars, ctx.host)
 }
 
 /** The server this cluster's agents join: the first host of group "server". Read from the inventory, so --limit needs nothing else. */
@@ -86,6 +86,11 @@ export function serverOf(inv: Inventory, extra: Record<string, unknown> = {}): {
   return { name, address, url: `https://${host}:${v.k3s_api_port}` }
 }
 
+/** The cluster token of this run, once read from the secrets store or made for it. */
+export const CLUSTER_TOKEN = runKey<string>('cluster token')
+/** On a host: the install script (re)started k3s in this run, so a queued restart is not needed. */
+const RESTARTED_BY_INSTALLER = runKey<boolean>('k3s restarted by the installer')
+
 /** A k3s token as k3s makes and accepts them (K10<hex>::server:<hex>, or a plain secret): nothing a shell or YAML reads specially. */
 export function isClusterToken(s: string): boolean {
   return s.length >= 1 && s.length <= 512 && /^[A-Za-z0-9._~:+=/@%^,-]+$/.test(s) && !s.startsWith('-')
@@ -95,7 +100,7 @@ export function isClusterToken(s: string): boolean {
 export async function clusterToken(ctx: StepContext, create: boolean): Promise<{ token: string; created: boolean }> {
   const ref = ctx.vars.k3s_token_ref
   if (!ref) throw new ProvisionError('step', 'k3s_token_ref is not set: the cluster token needs a place in the secrets store (e.g. op://pi-cluster/k3s-node-token/token)', { place: { host: ctx.host } })
-  const cached = ctx.shared.get('k3s_token') as string | undefined
+  const cached = ctx.state.get(CLUSTER_TOKEN)
   if (cached) return { token: cached, created: false }
   const found = await ctx.secrets.lookup(ref)
   if (found) {
@@ -106,13 +111,13 @@ export async function clusterToken(ctx: StepContext, create: boolean): Promise<{
         place: { host: ctx.host },
         hint: 'put the token k3s gave the cluster (server/token on the server, K10...::server:...) or the secret part of it at that reference',
       })
-    ctx.shared.set('k3s_token', found)
+    ctx.state.set(CLUSTER_TOKEN, found)
     return { token: found, created: false }
   }
   if (!create) throw new ProvisionError('step', `no cluster token at ${ref}: run the k3s-server role first (it creates the token)`, { place: { host: ctx.host } })
   // Made here and kept for this run; the step that asked for it (create) stores it when the run is for real.
   const token = randomBytes(24).toString('hex')
-  ctx.shared.set('k3s_token', token)
+  ctx.state.set(CLUSTER_TOKEN, token)
   return { token, created: true }
 }
 
@@ -146,7 +151,7 @@ export async function runInstaller(ctx: StepContext, spec: InstallSpec): Promise
     ctx.must(script, { stdin: envFile + '\n', what: `install k3s ${version} (${spec.kind}) with ${ctx.vars.k3s_install_url}` }),
   )
   // The install script (re)starts the service itself, unless it found nothing changed: then a queued restart is still owed.
-  if (!/No change detected so skipping service start/.test(r.stdout + r.stderr)) ctx.shared.set(`k3s_restarted:${ctx.host}`, true)
+  if (!/No change detected so skipping service start/.test(r.stdout + r.stderr)) ctx.state.set(RESTARTED_BY_INSTALLER, true, ctx.host)
 }
 
 /** What k3s itself said when its service would not start, with the way forward for the failures owners meet. */
@@ -186,7 +191,7 @@ export function restartHandlerStep(unit: string): Step {
   return {
     name: `Restart ${unit}`,
     async plan(ctx) {
-      if (ctx.shared.get(`k3s_restarted:${ctx.host}`)) return { status: 'ok', message: 'already restarted by the install script' }
+      if (ctx.state.get(RESTARTED_BY_INSTALLER, ctx.host)) return { status: 'ok', message: 'already restarted by the install script' }
       return {
         summary: `restart ${unit}`,
         apply: async () => void (await startingK3s(ctx, unit, () => ctx.must(bounded(`systemctl restart ${unit}`, ctx.vars.k3s_start_timeout, `restarting ${unit}`, 'k3s_start_timeout'), { what: `restart ${unit}` }))),

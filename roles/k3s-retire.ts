@@ -6,15 +6,15 @@
 
 import { ProvisionError } from '../lib/errors.ts'
 import type { RunResult } from '../lib/connection.ts'
-import type { Role } from '../lib/role.ts'
+import { runKey, type Role } from '../lib/role.ts'
 import { bounded } from '../lib/shell.ts'
 import { feasibleNodes } from './apps.ts'
 import { isReady, kubectl, kubeFact, kubeObjects, nameOf, type KubeObject } from '../lib/kube.ts'
 import { k3sInstallFact, nodeName } from './k3s-common.ts'
 
 const AGENT_UNINSTALL = '/usr/local/bin/k3s-agent-uninstall.sh'
-/** Set by the uninstall role (run-wide), read when the Node is deleted: was the host itself cleaned up? */
-const uninstalledKey = (node: string) => `k3s-retire:uninstalled:${node}`
+/** Set by the uninstall role for a node, read when its Node is deleted: was the host itself cleaned up? */
+const UNINSTALLED = runKey<boolean>('k3s-agent uninstalled')
 
 const nodeFact = (node: string) => kubeFact('k3s-retire', 'node', node)
 /** One read for the drain decision: every node and pod (a homelab's cluster is small). */
@@ -120,7 +120,7 @@ export const uninstallAgentRole: Role = {
       async plan(ctx) {
         const cur = await ctx.facts.get(k3sInstallFact)
         if (cur.serverUnit) return { status: 'failed', message: 'this host runs a k3s server: retire removes agents only' }
-        const done = () => ctx.shared.set(uninstalledKey(nodeName(ctx)), true)
+        const done = () => ctx.state.set(UNINSTALLED, true, nodeName(ctx))
         if (!cur.agentUnit && !cur.version) {
           done()
           return { status: 'ok', message: 'no k3s on this host' }
@@ -160,7 +160,7 @@ export function deleteNodeRole(node: string, inInventory: boolean): Role {
             async apply() {
               const done = `deleted the Node ${node} (and its node-password secret)`
               if (!inInventory) ctx.warn(`${node} is not in the inventory, so its disk was not touched: if that Pi comes back with k3s-agent on it, it joins again`)
-              else if (!ctx.shared.get(uninstalledKey(node))) ctx.warn(`k3s-agent could not be uninstalled on ${node}: if that Pi comes back, it joins again; run retire again then`)
+              else if (!ctx.state.get(UNINSTALLED, node)) ctx.warn(`k3s-agent could not be uninstalled on ${node}: if that Pi comes back, it joins again; run retire again then`)
               return done
             },
           }

@@ -9,16 +9,19 @@ import { dirname } from 'node:path'
 import { parseDocument, stringify } from 'yaml'
 import { ProvisionError } from '../lib/errors.ts'
 import { registerEncodedSecret, registerSecret } from '../lib/mask.ts'
-import { flushHandlers, handler, type Role, type StepContext } from '../lib/role.ts'
+import { flushHandlers, handler, runKey, type Role, type StepContext } from '../lib/role.ts'
 import { file, systemdUnit, waitUntil } from '../lib/steps.ts'
 import { kubectl } from '../lib/kube.ts'
 import { restoreDatastore } from './k3s-restore.ts'
-import { clusterToken, extraConfig, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, missingOnNode } from './k3s-common.ts'
+import { CLUSTER_TOKEN, clusterToken, extraConfig, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, missingOnNode } from './k3s-common.ts'
+
+/** The server's Node as the API wait read it: the Ready wait starts from it instead of reading again. */
+const NODE_JSON = runKey<string>('server node as read by the API wait')
 
 function serverConfig(ctx: StepContext): string {
   const v = ctx.vars
   return renderK3sConfig({
-    token: ctx.shared.get('k3s_token') as string,
+    token: ctx.state.get(CLUSTER_TOKEN),
     'node-name': v.hostname,
     'write-kubeconfig-mode': v.k3s_kubeconfig_mode,
     'tls-san': [...new Set([v.address!, ...v.k3s_tls_san])],
@@ -115,7 +118,7 @@ export const k3sServer: Role = {
         const { seconds } = await waitUntil(ctx, { timeoutSec: 180, intervalMs: 1000, what: 'the k3s API server' }, async () => {
           const r = await ctx.sh(kubectl('get node -o json', name))
           const up = r.code === 0 || /NotFound/.test(r.stderr)
-          if (r.code === 0) ctx.shared.set(`k3s-node-json:${ctx.host}`, r.stdout)
+          if (r.code === 0) ctx.state.set(NODE_JSON, r.stdout, ctx.host)
           return { done: up, value: null, waitingFor: `last output: ${(r.stderr || r.stdout).trim().split('\n').pop() ?? ''}` }
         })
         return { status: 'ok', message: `API up after ${seconds.toFixed(1)}s` }
@@ -126,8 +129,8 @@ export const k3sServer: Role = {
       onlyForReal: 'it waits for the k3s the steps above install and start',
       async plan(ctx) {
         const name = nodeName(ctx)
-        let json = ctx.shared.get(`k3s-node-json:${ctx.host}`) as string | undefined
-        ctx.shared.delete(`k3s-node-json:${ctx.host}`)
+        let json = ctx.state.get(NODE_JSON, ctx.host)
+        ctx.state.delete(NODE_JSON, ctx.host)
         const { value: node, seconds } = await waitUntil(ctx, { timeoutSec: 180, intervalMs: 1000, what: `node ${name} Ready` }, async () => {
           if (json === undefined) {
             const r = await ctx.sh(kubectl('get node -o json', name))

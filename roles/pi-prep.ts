@@ -2,6 +2,7 @@
 // cmdline.txt (once, not appended twice), swap off for good, the packages, modules and sysctls k3s
 // wants — then one reboot, only on hosts whose cmdline.txt changed, and a check that it all took.
 
+import { nodeNameFrom } from '../lib/inventory.ts'
 import { defineFact } from '../lib/facts.ts'
 import { flushHandlers, handler, type Role, type StepContext } from '../lib/role.ts'
 import { aptPackages, command, file, fileFact, packagesFact, planFile, rebootHandler, systemdReloadHandler, systemdUnit, tokensInFile } from '../lib/steps.ts'
@@ -73,17 +74,17 @@ export function parseMemoryCgroup(stdout: string): { ok: boolean; detail: string
   return { ok: row[3] === '1', detail: `cgroup v1, memory controller ${row[3] === '1' ? 'enabled' : 'disabled'}` }
 }
 
-const hostnameOf = (ctx: StepContext): string => ctx.vars.hostname ?? ctx.host
+const hostnameOf = (ctx: StepContext): string => nodeNameFrom(ctx.vars, ctx.host)
 
 export const piPrep: Role = {
   name: 'pi-prep',
   steps: [
     {
-      name: 'Record the CPU architecture k3s needs',
+      // k3s ships arm64, armhf and amd64: anything else fails here, before packages and a reboot.
+      name: 'Check the CPU architecture is one k3s ships',
       facts: () => [archFact],
       async plan(ctx) {
         const a = await ctx.facts.get(archFact)
-        ctx.shared.set(`k3s_arch:${ctx.host}`, a.k3sArch)
         return { status: 'ok', message: `${a.k3sArch}${a.mixed ? ` (32-bit userland on a 64-bit ${a.kernel} kernel)` : ''}` }
       },
     },

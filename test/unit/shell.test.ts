@@ -3,7 +3,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync 
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { asRoot, bounded, commandLine, quote, writeFromStdin } from '../../lib/shell.ts'
+import { asRoot, bounded, quote } from '../../lib/shell.ts'
 
 // Each word goes through a real shell (dash as /bin/sh on Debian, and bash: the login shell that runs an
 // SSH command line may be either) and must come out byte for byte.
@@ -85,34 +85,6 @@ describe('quote', () => {
       }
     })
   }
-})
-
-describe('commandLine', () => {
-  const argvPrinter = [process.execPath, '-e', 'process.stdout.write(JSON.stringify(process.argv.slice(1)))']
-
-  for (const shell of shells) {
-    it(`every word arrives as one argv entry, unchanged (${shell})`, () => {
-      const words = Object.values(WORDS)
-      const r = run(shell, commandLine([...argvPrinter, ...words]))
-      expect(r.stderr).toBe('')
-      expect(JSON.parse(r.stdout)).toEqual(words)
-    })
-  }
-
-  it('nothing in the words runs: no file created by a redirect or a command substitution', () => {
-    const marker = join(dir, 'pwned')
-    const words = [`$(touch ${marker})`, `\`touch ${marker}\``, `; touch ${marker}`, `> ${marker}`]
-    for (const shell of shells) {
-      const r = run(shell, commandLine(['printf', '%s\\n', ...words]))
-      expect(r.stdout).toBe(words.map((w) => `${w}\n`).join(''))
-      expect(spawnSync('test', ['-e', marker]).status).toBe(1)
-    }
-  })
-
-  it('joins with single spaces', () => {
-    expect(commandLine(['systemctl', 'enable', 'k3s-agent.service'])).toBe('systemctl enable k3s-agent.service')
-    expect(commandLine(['echo', 'a b', ''])).toBe("echo 'a b' ''")
-  })
 })
 
 describe('asRoot', () => {
@@ -213,18 +185,6 @@ describe('asRoot with a sudo password (become_password_ref)', () => {
     expect(r.status).toBe(126)
     expect(r.stdout).toBe('')
     expect(r.stderr).toContain('sudo did not take the password from become_password_ref')
-  })
-})
-
-describe('writeFromStdin', () => {
-  it('writes stdin to a path with spaces and quotes, content not in the command line', () => {
-    const path = join(dir, "my file's.conf")
-    const content = 'secret=$(id)\n`x`\n'
-    const line = writeFromStdin(path)
-    expect(line).not.toContain('secret')
-    const r = run('/bin/sh', line, content)
-    expect(r.status).toBe(0)
-    expect(readFileSync(path, 'utf8')).toBe(content)
   })
 })
 
