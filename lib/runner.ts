@@ -110,130 +110,150 @@ export function validatePlaybook(pb: Playbook): void {
 
 export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<RunSummary> {
   validatePlaybook(pb)
-  const started = Date.now()
-  const inv = opts.inventory
-  const extra = opts.extraVars ?? {}
-  const check = opts.check ?? false
-  const rep = opts.reporter
-  const plan = planHosts(pb, inv, opts.limit)
-  if (opts.limit && plan.every((p) => p.hosts.length === 0)) throw new ProvisionError('usage', `--limit ${opts.limit} matches no host of any play`)
-  const touched = [...new Set(plan.flatMap((p) => p.hosts))]
-  rep.emit({ kind: 'run-start', playbook: pb.name, inventory: inv.file, check, hosts: touched })
+  return new PlaybookRun(pb, opts).run()
+}
 
-  await opts.secrets.resolveAll(requiredSecrets(pb, inv, opts.limit, extra))
+/** The role a host is running, with what its handlers need: the context and the handlers notified so far. */
+interface RoleRun {
+  rt: HostRuntime
+  role: Role
+  ctx: StepContext
+  notified: Set<string>
+}
 
-  const runtimes = new Map<string, HostRuntime>()
-  const state = runState()
-  const trusts = (name: string) => (Array.isArray(opts.trustNewHostKeys) ? opts.trustNewHostKeys.includes(name) : opts.trustNewHostKeys === true)
-  const connect =
-    opts.connect ??
-    ((host, vars) =>
-      sshFor(host, vars, {
-        trustNewHostKeys: trusts(host.name),
-        // --check writes nothing anywhere: a first-seen key is accepted for this run only.
-        recordNewHostKeys: !check,
-        secrets: opts.secrets,
-        onNewHostKey: (fp, recorded) =>
-          rep.emit({ kind: 'warning', host: host.name, message: `${recorded ? 'recorded' : 'check mode: accepted for this run, would record'} its new host key ${fp} in ${vars.known_hosts_file}` }),
-        onKnownHostsWarning: (message) => rep.emit({ kind: 'warning', message }),
-      }))
-  const runtime = (name: string): HostRuntime => {
-    let rt = runtimes.get(name)
-    if (!rt) {
-      const host = inv.hosts.get(name)
-      if (!host) throw new ProvisionError('usage', `no host "${name}" in the inventory`)
-      const vars = hostVars(host, {}, extra)
-      const conn = connect(host, vars)
-      rt = { name, host, vars, conn, facts: new FactCache(conn, (keys, code, ms) => rep.emit({ kind: 'facts', host: name, keys, code, ms })), counts: { ok: 0, changed: 0, unreachable: 0, failed: 0, skipped: 0 }, state: 'ok' }
-      runtimes.set(name, rt)
-    }
-    return rt
+/**
+ * One run of a playbook, as small steps: select the hosts, resolve the secrets, run each play (in batches, hosts in
+ * parallel), each host's roles (facts, steps, handlers), then close the connections and print the recap.
+ */
+class PlaybookRun {
+  private readonly pb: Playbook
+  private readonly opts: RunnerOptions
+  private readonly rep: Reporter
+  private readonly check: boolean
+  private readonly extra: VarLayer
+  private readonly started = Date.now()
+  private readonly runtimes = new Map<string, HostRuntime>()
+  private readonly state = runState()
+  private stopAll = false
+
+  constructor(pb: Playbook, opts: RunnerOptions) {
+    this.pb = pb
+    this.opts = opts
+    this.rep = opts.reporter
+    this.check = opts.check ?? false
+    this.extra = opts.extraVars ?? {}
   }
-  for (const h of touched) runtime(h)
-  let stopAll = false
-  const interrupted = () => opts.signal?.aborted ?? false
 
-  for (const { play, hosts } of plan) {
-    if (stopAll || interrupted()) break
-    const live = hosts.filter((h) => runtime(h).state === 'ok')
-    rep.emit({ kind: 'play-start', play: play.name, hosts: live })
+  async run(): Promise<RunSummary> {
+    const { inventory: inv, limit } = this.opts
+    const plan = planHosts(this.pb, inv, limit)
+    if (limit && plan.every((p) => p.hosts.length === 0)) throw new ProvisionError('usage', `--limit ${limit} matches no host of any play`)
+    const touched = [...new Set(plan.flatMap((p) => p.hosts))]
+    this.rep.emit({ kind: 'run-start', playbook: this.pb.name, inventory: inv.file, check: this.check, hosts: touched })
+    await this.opts.secrets.resolveAll(requiredSecrets(this.pb, inv, limit, this.extra))
+    for (const h of touched) this.runtime(h)
+    for (const { play, hosts } of plan) {
+      if (this.stopAll || this.interrupted()) break
+      await this.runPlay(play, hosts)
+    }
+    await Promise.all([...this.runtimes.values()].map((rt) => rt.conn.close().catch(() => undefined)))
+    return this.recap(touched)
+  }
+
+  private interrupted(): boolean {
+    return this.opts.signal?.aborted ?? false
+  }
+
+  /** A play: its live hosts in batches (serial), each batch in parallel within --forks; failure policies after each. */
+  private async runPlay(play: Play, hosts: readonly string[]): Promise<void> {
+    const live = hosts.filter((h) => this.runtime(h).state === 'ok')
+    this.rep.emit({ kind: 'play-start', play: play.name, hosts: live })
     for (const batch of batches(live, play.serial)) {
-      if (stopAll || interrupted()) break
-      const limit = pLimit(Math.max(1, opts.forks ?? 10))
-      await Promise.all(batch.map((h) => limit(() => runHost(runtime(h), play))))
-      const failedHere = batch.filter((h) => runtime(h).state !== 'ok').length
+      if (this.stopAll || this.interrupted()) break
+      const limit = pLimit(Math.max(1, this.opts.forks ?? 10))
+      await Promise.all(batch.map((h) => limit(() => this.runHost(this.runtime(h), play))))
+      const failedHere = batch.filter((h) => this.runtime(h).state !== 'ok').length
       if (failedHere > 0 && play.anyErrorsFatal) {
-        rep.emit({ kind: 'warning', message: `play "${play.name}" has any_errors_fatal: stopping the run after ${failedHere} failed host(s)` })
-        stopAll = true
+        this.rep.emit({ kind: 'warning', message: `play "${play.name}" has any_errors_fatal: stopping the run after ${failedHere} failed host(s)` })
+        this.stopAll = true
       }
       if (play.maxFailPercentage !== undefined && (failedHere / batch.length) * 100 > play.maxFailPercentage) {
-        rep.emit({ kind: 'warning', message: `play "${play.name}": ${failedHere} of ${batch.length} host(s) failed, more than max_fail_percentage ${play.maxFailPercentage}%: stopping` })
-        stopAll = true
+        this.rep.emit({ kind: 'warning', message: `play "${play.name}": ${failedHere} of ${batch.length} host(s) failed, more than max_fail_percentage ${play.maxFailPercentage}%: stopping` })
+        this.stopAll = true
       }
     }
   }
 
-  async function runHost(rt: HostRuntime, play: Play): Promise<void> {
+  private async runHost(rt: HostRuntime, play: Play): Promise<void> {
     for (const role of play.roles) {
-      if (rt.state !== 'ok' || interrupted()) return
-      const vars = hostVars(rt.host, role.defaults, extra)
-      const ctx = makeContext(rt, vars)
-      const steps = role.steps.filter((s) => stepSelected(s, role, opts.tags ?? [], opts.skipTags ?? []))
-      const handlerNames = (role.handlers ?? []).map((h) => h.name)
-      const pending = pendingHandlersFact(role.name)
-      // One round trip for every fact the role's steps declared, and the handlers a failed run left owed.
-      let notified = new Set<string>()
-      try {
-        await rt.facts.gather([pending, ...steps.flatMap((s) => s.facts?.(ctx) ?? [])])
-        if (handlerNames.length) notified = new Set((await rt.facts.get(pending)).filter((h) => handlerNames.includes(h)))
-      } catch (e) {
-        if (!recordError(rt, role, steps[0]?.name ?? 'Gather facts', e, false)) return
-      }
-      // Handlers owed are written down on the host, so a run that fails before they run does not lose them
-      // (a reboot for a cmdline.txt edited by a failed run still happens on the next run).
-      const remember = async () => {
-        if (check || !handlerNames.length) return
-        const r = await rt.conn.run(savePendingHandlers(role.name, [...notified]))
-        if (r.code !== 0) throw new ProvisionError('step', `cannot record pending handlers in ${PENDING_DIR}: ${r.stderr.trim()}`)
-      }
-      const flush = async () => {
-        for (const h of role.handlers ?? []) {
-          if (rt.state !== 'ok' || !notified.has(h.name)) continue
-          // Handlers still run after Ctrl-C: a host must not be left half-done (e.g. waiting for a reboot it needs).
-          const res = await runStep(rt, role, h, ctx, true)
-          if (!res || res.status === 'failed') return
-          notified.delete(h.name)
-          await remember().catch((e: unknown) => recordError(rt, role, h.name, e, true))
-        }
-      }
-      for (const step of steps) {
-        if (rt.state !== 'ok' || interrupted()) break
-        if (step.flushHandlers) {
-          await flush()
-          continue
-        }
-        const res = await runStep(rt, role, step, ctx, false)
-        const fresh = res?.status === 'changed' ? (step.notify ?? []).filter((h) => !notified.has(h)) : []
-        if (fresh.length) {
-          fresh.forEach((h) => notified.add(h))
-          await remember().catch((e: unknown) => recordError(rt, role, step.name, e, false))
-        }
-      }
-      await flush()
+      if (rt.state !== 'ok' || this.interrupted()) return
+      await this.runRole(rt, role)
     }
   }
 
-  async function runStep(rt: HostRuntime, role: Role, step: Step, ctx: StepContext, isHandler: boolean): Promise<StepResult | undefined> {
+  /** A role on a host: its facts in one round trip, its selected steps in order, then the handlers they notified. */
+  private async runRole(rt: HostRuntime, role: Role): Promise<void> {
+    const ctx = this.makeContext(rt, hostVars(rt.host, role.defaults, this.extra))
+    const steps = role.steps.filter((s) => stepSelected(s, role, this.opts.tags ?? [], this.opts.skipTags ?? []))
+    const handlerNames = (role.handlers ?? []).map((h) => h.name)
+    const pending = pendingHandlersFact(role.name)
+    const r: RoleRun = { rt, role, ctx, notified: new Set<string>() }
+    // One round trip for every fact the role's steps declared, and the handlers a failed run left owed.
+    try {
+      await rt.facts.gather([pending, ...steps.flatMap((s) => s.facts?.(ctx) ?? [])])
+      if (handlerNames.length) r.notified = new Set((await rt.facts.get(pending)).filter((h) => handlerNames.includes(h)))
+    } catch (e) {
+      this.recordError(rt, role, steps[0]?.name ?? 'Gather facts', e, false)
+      return
+    }
+    for (const step of steps) {
+      if (rt.state !== 'ok' || this.interrupted()) break
+      if (step.flushHandlers) {
+        await this.flushHandlers(r)
+        continue
+      }
+      const res = await this.runStep(rt, role, step, ctx, false)
+      const fresh = res?.status === 'changed' ? (step.notify ?? []).filter((h) => !r.notified.has(h)) : []
+      if (fresh.length) {
+        fresh.forEach((h) => r.notified.add(h))
+        await this.rememberHandlers(r).catch((e: unknown) => this.recordError(rt, role, step.name, e, false))
+      }
+    }
+    await this.flushHandlers(r)
+  }
+
+  /**
+   * Handlers owed are written down on the host, so a run that fails before they run does not lose them (a reboot
+   * for a cmdline.txt edited by a failed run still happens on the next run).
+   */
+  private async rememberHandlers({ rt, role, notified }: RoleRun): Promise<void> {
+    if (this.check || !role.handlers?.length) return
+    const res = await rt.conn.run(savePendingHandlers(role.name, [...notified]))
+    if (res.code !== 0) throw new ProvisionError('step', `cannot record pending handlers in ${PENDING_DIR}: ${res.stderr.trim()}`)
+  }
+
+  /** The handlers notified so far, in the order the role lists them; they still run after Ctrl-C (no host half-done). */
+  private async flushHandlers(r: RoleRun): Promise<void> {
+    for (const h of r.role.handlers ?? []) {
+      if (r.rt.state !== 'ok' || !r.notified.has(h.name)) continue
+      const res = await this.runStep(r.rt, r.role, h, r.ctx, true)
+      if (!res || res.status === 'failed') return
+      r.notified.delete(h.name)
+      await this.rememberHandlers(r).catch((e: unknown) => this.recordError(r.rt, r.role, h.name, e, true))
+    }
+  }
+
+  private async runStep(rt: HostRuntime, role: Role, step: Step, ctx: StepContext, isHandler: boolean): Promise<StepResult | undefined> {
     const t0 = Date.now()
     const base = { host: rt.name, role: role.name, step: step.name, handler: isHandler }
     try {
       if (step.when && !(await step.when(ctx))) {
         rt.counts.skipped++
-        rep.emit({ kind: 'step-end', ...base, status: 'skipped', ms: Date.now() - t0 })
+        this.rep.emit({ kind: 'step-end', ...base, status: 'skipped', ms: Date.now() - t0 })
         return { status: 'skipped' }
       }
-      rep.emit({ kind: 'step-start', ...base })
-      const res = await runWithReconnect(rt, step, ctx)
+      this.rep.emit({ kind: 'step-start', ...base })
+      const res = await this.runWithReconnect(rt, step, ctx)
       if (res.status === 'failed') {
         rt.counts.failed++
         rt.state = 'failed'
@@ -242,10 +262,10 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
         rt.counts.ok++
         if (res.status === 'changed') rt.counts.changed++
       }
-      rep.emit({ kind: 'step-end', ...base, status: res.status, message: res.message, diff: opts.diff ? res.diff : undefined, ms: Date.now() - t0 })
+      this.rep.emit({ kind: 'step-end', ...base, status: res.status, message: res.message, diff: this.opts.diff ? res.diff : undefined, ms: Date.now() - t0 })
       return res
     } catch (e) {
-      recordError(rt, role, step.name, e, isHandler, Date.now() - t0)
+      this.recordError(rt, role, step.name, e, isHandler, Date.now() - t0)
       return undefined
     }
   }
@@ -255,16 +275,16 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
    * and retry a bounded number of times. A host that answered before and cannot be reached again has
    * died mid-run: that fails its step (the host is not "unreachable from the start").
    */
-  async function runWithReconnect(rt: HostRuntime, step: Step, ctx: StepContext): Promise<StepResult> {
+  private async runWithReconnect(rt: HostRuntime, step: Step, ctx: StepContext): Promise<StepResult> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await carryOut(rt, step, ctx)
+        return await this.carryOut(rt, step, ctx)
       } catch (e) {
         const lost = e instanceof ProvisionError && e.kind === 'unreachable' && /connection lost/.test(e.message)
         if (!lost) throw e
         rt.facts.invalidate()
         if (attempt > STEP_RECONNECT_RETRIES) throw new ProvisionError('step', `${e.message}; gave up after ${attempt} attempts`, { place: { host: rt.name } })
-        rep.emit({ kind: 'warning', host: rt.name, message: `${e.message}: reconnecting and running "${step.name}" again (attempt ${attempt + 1})` })
+        this.rep.emit({ kind: 'warning', host: rt.name, message: `${e.message}: reconnecting and running "${step.name}" again (attempt ${attempt + 1})` })
         await rt.conn.reset()
         try {
           await rt.conn.run('true')
@@ -279,14 +299,14 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
    * A step's plan, carried out: its commands on the host, then its apply. Under --check nothing is carried out: the
    * change is reported as what would be done, and a step that cannot plan without real changes before it is skipped.
    */
-  async function carryOut(rt: HostRuntime, step: Step, ctx: StepContext): Promise<StepResult> {
-    if (check && step.onlyForReal) return { status: 'skipped', message: `check mode: ${step.onlyForReal}` }
+  private async carryOut(rt: HostRuntime, step: Step, ctx: StepContext): Promise<StepResult> {
+    if (this.check && step.onlyForReal) return { status: 'skipped', message: `check mode: ${step.onlyForReal}` }
     const plan = await step.plan(ctx)
     if (!isChange(plan)) return plan ?? { status: 'ok' }
-    if (check) return { status: 'changed', message: `would ${plan.summary}`, diff: plan.diff }
+    if (this.check) return { status: 'changed', message: `would ${plan.summary}`, diff: plan.diff }
     let said: string | void
     try {
-      for (const c of plan.commands ?? []) await mustOn(rt, c.script, { stdin: c.stdin, sudo: c.sudo, what: plan.summary })
+      for (const c of plan.commands ?? []) await this.mustOn(rt, c.script, { stdin: c.stdin, sudo: c.sudo, what: plan.summary })
       said = await plan.apply?.(ctx)
     } finally {
       // The host changed (or may have, if a command failed half-way): what was read of it is stale.
@@ -295,38 +315,36 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
     return { status: 'changed', message: said || plan.summary, diff: plan.diff }
   }
 
-  /** Count an error against the host; returns false (the host stops). */
-  function recordError(rt: HostRuntime, role: Role, step: string, e: unknown, isHandler: boolean, ms = 0): boolean {
+  /** Count an error against the host, which stops. */
+  private recordError(rt: HostRuntime, role: Role, step: string, e: unknown, isHandler: boolean, ms = 0): void {
     const pe = e instanceof ProvisionError ? e : null
-    const message = pe && (pe.kind === 'unreachable' || pe.kind === 'hostkey') ? pe.message + (pe.hint ? `\n  hint: ${pe.hint}` : '') : errorText(e)
     if (pe && (pe.kind === 'unreachable' || pe.kind === 'hostkey')) {
       rt.counts.unreachable++
       rt.state = 'unreachable'
-      rep.emit({ kind: 'unreachable', host: rt.name, message })
+      this.rep.emit({ kind: 'unreachable', host: rt.name, message: pe.message + (pe.hint ? `\n  hint: ${pe.hint}` : '') })
     } else {
       rt.counts.failed++
       rt.state = 'failed'
-      rep.emit({ kind: 'step-end', host: rt.name, role: role.name, step, handler: isHandler, status: 'failed', message, ms })
+      this.rep.emit({ kind: 'step-end', host: rt.name, role: role.name, step, handler: isHandler, status: 'failed', message: errorText(e), ms })
     }
-    return false
   }
 
   /**
    * A command on a host, shown at -v (output at -vv) under that host's name. A credential's output (secretOutput)
    * is replaced by its size before any reporter sees the event.
    */
-  async function logged(rt: HostRuntime, script: string, o: ShOptions = {}): Promise<RunResult> {
+  private async logged(rt: HostRuntime, script: string, o: ShOptions = {}): Promise<RunResult> {
     const { secretOutput, ...run } = o
     const t0 = Date.now()
     const r = await rt.conn.run(script, run)
     const stdout = secretOutput && r.stdout ? withheld(r.stdout) : r.stdout
-    rep.emit({ kind: 'command', host: rt.name, script, code: r.code, stdout, stderr: r.stderr, ms: Date.now() - t0 })
+    this.rep.emit({ kind: 'command', host: rt.name, script, code: r.code, stdout, stderr: r.stderr, ms: Date.now() - t0 })
     return r
   }
 
   /** Like logged, but a non-zero exit fails the step with the command's last error lines, naming the host. */
-  async function mustOn(rt: HostRuntime, script: string, o: MustOptions = {}): Promise<RunResult> {
-    const r = await logged(rt, script, o)
+  private async mustOn(rt: HostRuntime, script: string, o: MustOptions = {}): Promise<RunResult> {
+    const r = await this.logged(rt, script, o)
     if (r.code !== 0) {
       // A credential's stdout never becomes an error message; its stderr (what went wrong) still may.
       const out = (r.stderr.trim() || (o.secretOutput ? '' : r.stdout.trim())).split('\n').slice(-6).join('\n    ')
@@ -335,50 +353,78 @@ export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<Ru
     return r
   }
 
-  function makeContext(rt: HostRuntime, vars: Vars): StepContext {
-    const sh = (script: string, o: ShOptions = {}): Promise<RunResult> => logged(rt, script, o)
-    const must = (script: string, o: MustOptions = {}): Promise<RunResult> => mustOn(rt, script, o)
-    const ctx: StepContext = {
+  /** What a step sees of its host and of the run. */
+  private makeContext(rt: HostRuntime, vars: Vars): StepContext {
+    return {
       host: rt.name,
       vars,
       groups: rt.host.groups,
-      inventory: inv,
-      diff: opts.diff ?? false,
+      inventory: this.opts.inventory,
+      diff: this.opts.diff ?? false,
       conn: rt.conn,
       facts: rt.facts,
-      secrets: opts.secrets,
-      state,
+      secrets: this.opts.secrets,
+      state: this.state,
       hostHandle: async (name) => {
-        const other = runtime(name)
-        return { name, vars: other.vars, conn: other.conn, facts: other.facts, sh: (script, o) => logged(other, script, o), must: (script, o) => mustOn(other, script, o) }
+        const other = this.runtime(name)
+        return { name, vars: other.vars, conn: other.conn, facts: other.facts, sh: (script, o) => this.logged(other, script, o), must: (script, o) => this.mustOn(other, script, o) }
       },
-      sh,
-      must,
-      log: (text) => rep.emit({ kind: 'info', host: rt.name, message: text }),
-      warn: (text) => rep.emit({ kind: 'warning', host: rt.name, message: text }),
+      sh: (script, o) => this.logged(rt, script, o),
+      must: (script, o) => this.mustOn(rt, script, o),
+      log: (text) => this.rep.emit({ kind: 'info', host: rt.name, message: text }),
+      warn: (text) => this.rep.emit({ kind: 'warning', host: rt.name, message: text }),
     }
-    return ctx
   }
 
-  await Promise.all([...runtimes.values()].map((rt) => rt.conn.close().catch(() => undefined)))
-
-  const counts: Record<string, HostCounts> = {}
-  for (const h of touched) counts[h] = runtime(h).counts
-  const failed = touched.filter((h) => runtime(h).state === 'failed')
-  const unreachable = touched.filter((h) => runtime(h).state === 'unreachable')
-  const wasInterrupted = interrupted()
-  const exitCode = wasInterrupted ? EXIT.interrupted : failed.length ? EXIT.failed : unreachable.length ? EXIT.unreachable : EXIT.ok
-  let retryFile: string | undefined
-  // A retire or rebuild cut short by Ctrl-C is finished the same way as one with a failed host.
-  const rerun = failed.length || unreachable.length || wasInterrupted ? pb.rerun : undefined
-  // --check writes nothing anywhere, the retry file included; otherwise it is the owner's only and never half written.
-  if (opts.retryFile && !check && !pb.rerun && (failed.length || unreachable.length)) {
-    await writeFileAtomic(opts.retryFile, mask([...failed, ...unreachable].join('\n') + '\n'), 0o600)
-    retryFile = opts.retryFile
+  /** A host's runtime: its connection (made on first use: strict host keys), facts cache and counts. */
+  private runtime(name: string): HostRuntime {
+    let rt = this.runtimes.get(name)
+    if (!rt) {
+      const host = this.opts.inventory.hosts.get(name)
+      if (!host) throw new ProvisionError('usage', `no host "${name}" in the inventory`)
+      const vars = hostVars(host, {}, this.extra)
+      const conn = this.connect(host, vars)
+      const facts = new FactCache(conn, (keys, code, ms) => this.rep.emit({ kind: 'facts', host: name, keys, code, ms }))
+      rt = { name, host, vars, conn, facts, counts: { ok: 0, changed: 0, unreachable: 0, failed: 0, skipped: 0 }, state: 'ok' }
+      this.runtimes.set(name, rt)
+    }
+    return rt
   }
-  const seconds = (Date.now() - started) / 1000
-  rep.emit({ kind: 'recap', hosts: counts, seconds, exitCode, retryFile, rerun })
-  return { exitCode, counts, failed, unreachable, interrupted: wasInterrupted, seconds }
+
+  private connect(host: InventoryHost, vars: Vars): Connection {
+    if (this.opts.connect) return this.opts.connect(host, vars)
+    const trust = this.opts.trustNewHostKeys
+    return sshFor(host, vars, {
+      trustNewHostKeys: Array.isArray(trust) ? trust.includes(host.name) : trust === true,
+      // --check writes nothing anywhere: a first-seen key is accepted for this run only.
+      recordNewHostKeys: !this.check,
+      secrets: this.opts.secrets,
+      onNewHostKey: (fp, recorded) =>
+        this.rep.emit({ kind: 'warning', host: host.name, message: `${recorded ? 'recorded' : 'check mode: accepted for this run, would record'} its new host key ${fp} in ${vars.known_hosts_file}` }),
+      onKnownHostsWarning: (message) => this.rep.emit({ kind: 'warning', message }),
+    })
+  }
+
+  /** Counts, exit code, the retry file (not under --check) and the recap event. */
+  private async recap(touched: readonly string[]): Promise<RunSummary> {
+    const counts: Record<string, HostCounts> = {}
+    for (const h of touched) counts[h] = this.runtime(h).counts
+    const failed = touched.filter((h) => this.runtime(h).state === 'failed')
+    const unreachable = touched.filter((h) => this.runtime(h).state === 'unreachable')
+    const wasInterrupted = this.interrupted()
+    const exitCode = wasInterrupted ? EXIT.interrupted : failed.length ? EXIT.failed : unreachable.length ? EXIT.unreachable : EXIT.ok
+    let retryFile: string | undefined
+    // A retire or rebuild cut short by Ctrl-C is finished the same way as one with a failed host.
+    const rerun = failed.length || unreachable.length || wasInterrupted ? this.pb.rerun : undefined
+    // --check writes nothing anywhere, the retry file included; otherwise it is the owner's only and never half written.
+    if (this.opts.retryFile && !this.check && !this.pb.rerun && (failed.length || unreachable.length)) {
+      await writeFileAtomic(this.opts.retryFile, mask([...failed, ...unreachable].join('\n') + '\n'), 0o600)
+      retryFile = this.opts.retryFile
+    }
+    const seconds = (Date.now() - this.started) / 1000
+    this.rep.emit({ kind: 'recap', hosts: counts, seconds, exitCode, retryFile, rerun })
+    return { exitCode, counts, failed, unreachable, interrupted: wasInterrupted, seconds }
+  }
 }
 
 /** What a reporter is told of a credential's output: its size, never its bytes. */
