@@ -66,12 +66,16 @@ function isKubeObject(v: unknown): v is KubeObject {
 }
 
 const ABSENT = /\(NotFound\)|doesn't have a resource type|no matches for kind/
+/** sh's exit status for a command it cannot find: `k3s` is not installed on the host. */
+export const NO_K3S = 127
 
 /**
  * `kubectl get ... -o json` (a List or one object): the objects. Nothing found (NotFound, --ignore-not-found,
  * or a kind whose CRD is not installed yet) is []. Any other failure throws, naming what was asked.
  */
 export function parseKubeJson(r: RunResult, what: string): KubeObject[] {
+  // No k3s on the host at all (a --check of a fresh Pi): no cluster, so none of what was asked for.
+  if (r.code === NO_K3S) return []
   if (r.code !== 0) {
     if (ABSENT.test(r.stderr)) return []
     throw new ProvisionError('step', `kubectl get ${what} failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join(' ')}`)

@@ -7,7 +7,7 @@ import { flushHandlers, handler, type Role, type StepContext } from '../lib/role
 import { file, fileFact, systemdUnit } from '../lib/steps.ts'
 import { ProvisionError } from '../lib/errors.ts'
 import { kubectl } from '../lib/kube.ts'
-import { clusterToken, extraConfig, K3S_CONFIG, k3sInstallFact, missingOnNode, NODE_PASSWORD, nodeName, nodeOnServer, renderK3sConfig, restartHandlerStep, runInstaller, serverHandle, serverOf, } from './k3s-common.ts'
+import { clusterToken, installerWillRestart, extraConfig, K3S_CONFIG, k3sInstallFact, missingOnNode, NODE_PASSWORD, nodeName, nodeOnServer, renderK3sConfig, restartHandlerStep, runInstaller, serverHandle, serverOf, } from './k3s-common.ts'
 
 /** How long a running agent may stay unknown to the server before it is restarted to rejoin. */
 const REJOIN_AFTER_MS = 15_000
@@ -85,6 +85,7 @@ export const k3sAgent: Role = {
         if (cur.agentUnit && cur.agentEnv.K3S_URL !== server.url) why.push(`server ${cur.agentEnv.K3S_URL ?? 'unset'} -> ${server.url}`)
         if (cur.agentUnit && cur.agentEnv.K3S_TOKEN !== token) why.push('new cluster token')
         if (why.length === 0) return { status: 'ok', message: `k3s ${want} agent of ${server.url}` }
+        installerWillRestart(ctx)
         return { summary: why.join(', '), apply: () => runInstaller(ctx, { kind: 'agent', secretEnv: { K3S_URL: server.url, K3S_TOKEN: token } }) }
       },
     },

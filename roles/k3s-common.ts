@@ -8,7 +8,7 @@ import type { Inventory } from '../lib/inventory.ts'
 import { hostVars, nodeNameFrom } from '../lib/inventory.ts'
 import { runKey, type HostHandle, type Step, type StepContext } from '../lib/role.ts'
 import { bounded, quote } from '../lib/shell.ts'
-import { kubectl } from '../lib/kube.ts'
+import { kubectl, NO_K3S } from '../lib/kube.ts'
 
 export const K3S_CONFIG = '/etc/rancher/k3s/config.yaml'
 export const NODE_PASSWORD = '/etc/rancher/node/password'
@@ -127,6 +127,14 @@ export interface InstallSpec {
   secretEnv?: Record<string, string>
 }
 
+/**
+ * An install or upgrade is planned on this host: the install script will (re)start k3s itself, so the restart
+ * handler a config change queued is not needed (what --check reports, and what a real run then does).
+ */
+export function installerWillRestart(ctx: Pick<StepContext, 'state' | 'host'>): void {
+  ctx.state.set(RESTARTED_BY_INSTALLER, true, ctx.host)
+}
+
 /** Install (or upgrade to) the pinned version with the install script, with the same flags every run. */
 export async function runInstaller(ctx: StepContext, spec: InstallSpec): Promise<void> {
   const version = ctx.vars.k3s_version
@@ -151,7 +159,7 @@ export async function runInstaller(ctx: StepContext, spec: InstallSpec): Promise
     ctx.must(script, { stdin: envFile + '\n', what: `install k3s ${version} (${spec.kind}) with ${ctx.vars.k3s_install_url}` }),
   )
   // The install script (re)starts the service itself, unless it found nothing changed: then a queued restart is still owed.
-  if (!/No change detected so skipping service start/.test(r.stdout + r.stderr)) ctx.state.set(RESTARTED_BY_INSTALLER, true, ctx.host)
+  ctx.state.set(RESTARTED_BY_INSTALLER, !/No change detected so skipping service start/.test(r.stdout + r.stderr), ctx.host)
 }
 
 /** What k3s itself said when its service would not start, with the way forward for the failures owners meet. */
@@ -217,7 +225,8 @@ const NO_NODE: NodeView = { exists: false, ready: false, unschedulable: false, l
 /** Parse `kubectl get node NAME -o json` (exit 1 + NotFound means no such node). */
 export function parseNode(code: number, stdout: string, stderr: string): NodeView {
   if (code !== 0) {
-    if (/NotFound|not found/.test(stderr)) return { ...NO_NODE }
+    // The API's NotFound, or no k3s on the host at all (a --check of a fresh Pi): no such Node either way.
+    if (code === NO_K3S || /\(NotFound\)|not found/.test(stderr)) return { ...NO_NODE }
     throw new ProvisionError('step', `kubectl get node failed: ${stderr.trim() || stdout.trim()}`)
   }
   const j = JSON.parse(stdout) as {

@@ -13,7 +13,7 @@ import { flushHandlers, handler, runKey, type Role, type StepContext } from '../
 import { file, systemdUnit, waitUntil } from '../lib/steps.ts'
 import { kubectl } from '../lib/kube.ts'
 import { restoreDatastore } from './k3s-restore.ts'
-import { CLUSTER_TOKEN, clusterToken, extraConfig, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, missingOnNode } from './k3s-common.ts'
+import { CLUSTER_TOKEN, clusterToken, installerWillRestart, extraConfig, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, missingOnNode } from './k3s-common.ts'
 
 /** The server's Node as the API wait read it: the Ready wait starts from it instead of reading again. */
 const NODE_JSON = runKey<string>('server node as read by the API wait')
@@ -103,6 +103,7 @@ export const k3sServer: Role = {
         if (cur.agentUnit && !cur.serverUnit)
           return { status: 'failed', message: 'this host runs a k3s agent; uninstall it (k3s-agent-uninstall.sh) before making it the server' }
         const what = cur.version ? `upgrade k3s ${cur.version} -> ${want}` : `install k3s ${want} (server)`
+        installerWillRestart(ctx)
         return { summary: what, apply: () => runInstaller(ctx, { kind: 'server' }) }
       },
     },

@@ -325,7 +325,7 @@ describe('the flux-bootstrap role', () => {
       'changed: [pi-k3s] flux-bootstrap | Create namespace external-secrets (would create namespace external-secrets)',
       'changed: [pi-k3s] flux-bootstrap | Put the 1Password service-account token in Secret external-secrets/onepassword-service-account (would create Secret external-secrets/onepassword-service-account from op://pi-cluster/onepassword-service-account/token)',
       'changed: [pi-k3s] flux-bootstrap | Install the flux CLI at the pinned version (would install flux 2.7.3 from https://github.com/fluxcd/flux2/releases/download/v2.7.3/flux_2.7.3_linux_arm64.tar.gz)',
-      'changed: [pi-k3s] flux-bootstrap | Bootstrap Flux from the GitOps repository (skipped when already in place) (would run flux bootstrap github github.com/mtgibbs/pi-cluster@main --path=clusters/pi-k3s)',
+      'changed: [pi-k3s] flux-bootstrap | Bootstrap Flux from the GitOps repository (skipped when already in place) (would run flux bootstrap github github.com/mtgibbs/pi-cluster@main --path=clusters/pi-k3s (Flux is not installed (no flux-system namespace)))',
       'skipping: [pi-k3s] flux-bootstrap | Wait for the flux-system Kustomization to be Ready (check mode: it waits for the Flux the steps above bootstrap)',
     ])
     expect(conn.scripts.some((x) => /create namespace|apply --server-side|curl|bootstrap github/.test(x.script))).toBe(false)
