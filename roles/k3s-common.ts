@@ -226,7 +226,7 @@ const NO_NODE: NodeView = { exists: false, ready: false, unschedulable: false, l
 export function parseNode(code: number, stdout: string, stderr: string): NodeView {
   if (code !== 0) {
     // The API's NotFound, or no k3s on the host at all (a --check of a fresh Pi): no such Node either way.
-    if (code === NO_K3S || /\(NotFound\)|not found/.test(stderr)) return { ...NO_NODE }
+    if (code === NO_K3S || /\(NotFound\)/.test(stderr)) return { ...NO_NODE }
     throw new ProvisionError('step', `kubectl get node failed: ${stderr.trim() || stdout.trim()}`)
   }
   const j = JSON.parse(stdout) as {
