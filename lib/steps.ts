@@ -3,7 +3,7 @@
 
 import { defineFact, type Fact } from './facts.ts'
 import { unifiedDiff } from './diff.ts'
-import type { Change, Command, Handler, Step, StepContext, StepResult } from './role.ts'
+import type { Change, Command, Handler, Plan, Step, StepContext, StepResult } from './role.ts'
 import { handler } from './role.ts'
 import { bounded, quote } from './shell.ts'
 import { sleep } from './connection.ts'
@@ -218,7 +218,7 @@ export function planPackages(installed: Map<string, boolean>, present: readonly 
 // ---------------------------------------------------------------- steps
 
 /** The common shape of a primitive: one fact about the thing, a pure plan from it, applied by the context. */
-function plannedStep<S, F>(name: string, spec: (ctx: StepContext) => S, fact: (s: S) => Fact<F>, plan: (cur: F, s: S) => Change | null, extra: Partial<Step>): Step {
+function plannedStep<S, F>(name: string, spec: (ctx: StepContext) => S, fact: (s: S) => Fact<F>, plan: (cur: F, s: S) => Plan, extra: Partial<Step>): Step {
   return {
     name,
     ...extra,
@@ -253,45 +253,48 @@ export function tokensInFile(name: string, path: (ctx: StepContext) => string | 
 }
 
 /** A line in a file: the line matching `match` is replaced, or the line appended. */
-export function lineInFile(name: string, spec: (ctx: StepContext) => { path: string; line: string; match?: RegExp; mode?: string }, extra: Partial<Step> = {}): Step {
-  return {
-    name,
-    ...extra,
-    facts: (ctx) => [fileFact(spec(ctx).path)],
-    async plan(ctx) {
-      const s = spec(ctx)
-      const cur = await ctx.facts.get(fileFact(s.path))
-      const text = cur.content ?? ''
-      const lines = text === '' ? [] : text.replace(/\n$/, '').split('\n')
-      if (lines.includes(s.line)) return { status: 'ok' }
-      const idx = s.match ? lines.findIndex((l) => s.match!.test(l)) : -1
-      if (idx >= 0) lines[idx] = s.line
-      else lines.push(s.line)
-      const change = planFile(cur, { path: s.path, content: lines.join('\n') + '\n', mode: s.mode ?? cur.mode ?? '0644', owner: cur.owner, group: cur.group }, timestamp())
-      return change
-    },
-  }
+export function lineInFile(name: string, spec: (ctx: StepContext) => LineSpec, extra: Partial<Step> = {}): Step {
+  return plannedStep(name, spec, (s) => fileFact(s.path), planLine, extra)
 }
 
-export function directory(name: string, spec: (ctx: StepContext) => { path: string; mode?: string; owner?: string; group?: string }, extra: Partial<Step> = {}): Step {
+export interface LineSpec {
+  path: string
+  line: string
+  match?: RegExp
+  mode?: string
+}
+
+export function planLine(cur: FileState, s: LineSpec): Plan {
+  const text = cur.content ?? ''
+  const lines = text === '' ? [] : text.replace(/\n$/, '').split('\n')
+  if (lines.includes(s.line)) return { status: 'ok' }
+  const idx = s.match ? lines.findIndex((l) => s.match!.test(l)) : -1
+  if (idx >= 0) lines[idx] = s.line
+  else lines.push(s.line)
+  return planFile(cur, { path: s.path, content: lines.join('\n') + '\n', mode: s.mode ?? cur.mode ?? '0644', owner: cur.owner, group: cur.group }, timestamp())
+}
+
+export interface DirectorySpec {
+  path: string
+  mode?: string
+  owner?: string
+  group?: string
+}
+
+export function directory(name: string, spec: (ctx: StepContext) => DirectorySpec, extra: Partial<Step> = {}): Step {
+  return plannedStep(name, spec, (s) => fileFact(s.path), planDirectory, extra)
+}
+
+export function planDirectory(cur: FileState, s: DirectorySpec): Plan {
+  const mode = normMode(s.mode ?? '0755')
+  const owner = s.owner ?? 'root'
+  const group = s.group ?? owner
+  const p = quote(s.path)
+  if (cur.exists && cur.kind !== 'directory') return { status: 'failed', message: `${s.path} exists and is not a directory` }
+  if (cur.exists && normMode(cur.mode ?? '') === mode && cur.owner === owner && cur.group === group) return { status: 'ok' }
   return {
-    name,
-    ...extra,
-    facts: (ctx) => [fileFact(spec(ctx).path)],
-    async plan(ctx) {
-      const s = spec(ctx)
-      const cur = await ctx.facts.get(fileFact(s.path))
-      const mode = normMode(s.mode ?? '0755')
-      const owner = s.owner ?? 'root'
-      const group = s.group ?? owner
-      const p = quote(s.path)
-      if (cur.exists && cur.kind !== 'directory') return { status: 'failed', message: `${s.path} exists and is not a directory` }
-      if (cur.exists && normMode(cur.mode ?? '') === mode && cur.owner === owner && cur.group === group) return { status: 'ok' }
-      return {
-        summary: cur.exists ? `${s.path}: set mode/owner` : `create ${s.path}`,
-        commands: [{ script: `mkdir -p ${p} && chown ${quote(`${owner}:${group}`)} ${p} && chmod ${mode} ${p}` }],
-      }
-    },
+    summary: cur.exists ? `${s.path}: set mode/owner` : `create ${s.path}`,
+    commands: [{ script: `mkdir -p ${p} && chown ${quote(`${owner}:${group}`)} ${p} && chmod ${mode} ${p}` }],
   }
 }
 
