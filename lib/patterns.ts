@@ -62,7 +62,8 @@ function matchTerm(inv: Inventory, term: string, whole: string): string[] {
   let re: RegExp
   if (term.startsWith('~')) {
     try {
-      re = new RegExp(term.slice(1))
+      // Anchored at the start and not at the end, as Ansible's re.match: ~pi3 is pi3*, ~worker is nothing.
+      re = new RegExp(`^(?:${term.slice(1)})`)
     } catch {
       throw new ProvisionError('usage', `bad regular expression in host pattern: ${term}`)
     }
@@ -84,13 +85,21 @@ function matchTerm(inv: Inventory, term: string, whole: string): string[] {
   return names
 }
 
+/** A shell glob as fnmatch reads it: *, ?, [chars], [!chars] (negated), everything else literal. */
 function globToRegExp(glob: string): RegExp {
   let src = ''
-  for (const ch of glob) {
-    if (ch === '*') src += '.*'
+  let inClass = false
+  for (let i = 0; i < glob.length; i++) {
+    const ch = glob[i]
+    if (inClass) {
+      if (ch === ']') inClass = false
+      src += ch === '\\' ? '\\\\' : ch
+    } else if (ch === '*') src += '.*'
     else if (ch === '?') src += '.'
-    else if (ch === '[' || ch === ']') src += ch
-    else src += ch.replace(/[.+^${}()|\\]/g, '\\$&')
+    else if (ch === '[') {
+      inClass = true
+      src += glob[i + 1] === '!' ? (i++, '[^') : '['
+    } else src += ch.replace(/[.+^${}()|\\\]]/g, '\\$&')
   }
   return new RegExp(`^${src}$`)
 }

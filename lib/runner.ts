@@ -71,7 +71,16 @@ interface HostRuntime extends Omit<HostHandle, 'sh' | 'must'> {
 /** Hosts a playbook run would touch, play by play (for --list-hosts; opens no connection). */
 export function planHosts(pb: Playbook, inv: Inventory, limit?: string): { play: Play; hosts: string[] }[] {
   const selected = limit ? new Set(selectHosts(inv, limit)) : null
-  return pb.plays.map((play) => ({ play, hosts: selectHosts(inv, play.hosts).filter((h) => !selected || selected.has(h)) }))
+  return pb.plays.map((play) => ({ play, hosts: playHosts(inv, play.hosts).filter((h) => !selected || selected.has(h)) }))
+}
+
+/**
+ * A play's hosts. A play on a group the inventory does not have runs on no host (a one-Pi cluster has no "agent"
+ * group); an unknown name in --limit stays an error, since there it is the owner's typo.
+ */
+function playHosts(inv: Inventory, pattern: string): string[] {
+  if (/^[A-Za-z0-9_-]+$/.test(pattern) && !inv.groups.has(pattern) && !inv.hosts.has(pattern)) return []
+  return selectHosts(inv, pattern)
 }
 
 /** Which steps of a role run under --tags / --skip-tags. The role's name is a tag of all its steps. */

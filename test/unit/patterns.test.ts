@@ -84,11 +84,20 @@ describe('selectHosts on the owner inventory', () => {
     expect(selectHosts(inv, 'all:&agent:!pi3-worker-2')).toEqual(['pi3-worker-1'])
   })
 
-  it('~regex (unanchored, like Ansible), and colons inside a regex stay part of it', () => {
-    expect(selectHosts(inv, '~worker-[12]$')).toEqual(['pi3-worker-1', 'pi3-worker-2'])
-    expect(selectHosts(inv, '~^pi-')).toEqual(['pi-k3s'])
-    expect(selectHosts(inv, '~2')).toEqual(['pi3-worker-2'])
+  it('~regex anchored at the start and not the end (Ansible uses re.match), and colons inside a regex stay part of it', () => {
+    expect(selectHosts(inv, '~pi3-worker-[12]$')).toEqual(['pi3-worker-1', 'pi3-worker-2'])
+    expect(selectHosts(inv, '~pi-')).toEqual(['pi-k3s'])
+    expect(selectHosts(inv, '~pi3')).toEqual(['pi3-worker-1', 'pi3-worker-2'])
+    expect(selectHosts(inv, '~worker')).toEqual([])
+    expect(selectHosts(inv, '~2')).toEqual([])
+    expect(selectHosts(inv, '~pi|worker')).toEqual(ALL)
     expect(selectHosts(inv, '~^pi3-worker-(?:1|2)$')).toEqual(['pi3-worker-1', 'pi3-worker-2'])
+  })
+
+  it('[!x] in a glob is a negated class, as fnmatch reads it', () => {
+    expect(selectHosts(inv, 'pi3-worker-[!1]')).toEqual(['pi3-worker-2'])
+    expect(selectHosts(inv, 'pi3-worker-[!12]')).toEqual([])
+    expect(selectHosts(inv, 'pi[!3]*')).toEqual(['pi-k3s'])
   })
 
   it('a bad regex is a usage error', () => {

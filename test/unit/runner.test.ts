@@ -443,3 +443,24 @@ describe('fact round trips in the output', () => {
     expect(JSON.stringify(rep.events) + rep.lines.join('\n')).not.toContain('planted-secret-value')
   })
 })
+
+describe('a one-Pi cluster', () => {
+  it('an inventory with a server and no agent group runs the agent plays on no host', async () => {
+    const one = parseInventory('all:\n  children:\n    server:\n      hosts:\n        s1: { address: 127.0.0.11 }\n', '/tmp/one.yaml')
+    const order: string[] = []
+    const pb: Playbook = {
+      name: 'site',
+      plays: [
+        { name: 'server', hosts: 'server', roles: [{ name: 'r', steps: [stub('install', 'ok', {}, order)] }] },
+        { name: 'agents', hosts: 'agent', roles: [{ name: 'r', steps: [stub('join', 'ok', {}, order)] }] },
+      ],
+    }
+    const { rep, run } = setup(pb, { inventory: one })
+    const s = await run()
+    expect(s.exitCode).toBe(0)
+    expect(order).toEqual(['s1:install'])
+    expect(rep.lines).toContain('skipping: no hosts matched')
+    // In --limit an unknown name is still the owner's typo.
+    await expect(setup(pb, { inventory: one, limit: 'agent' }).run()).rejects.toThrow('"agent" is neither a host nor a group')
+  })
+})
