@@ -4,7 +4,7 @@
 import { basename } from 'node:path'
 import { parseArgs } from 'node:util'
 import { errorText, isProvisionError, ProvisionError } from './errors.ts'
-import { checkHosts, hostVars, loadInventory, parseExtraVars, type Inventory } from './inventory.ts'
+import { checkHosts, hostVars, loadInventory, parseExtraVars, type Inventory, type VarLayer } from './inventory.ts'
 import { mask } from './mask.ts'
 import { createReporter } from './reporter.ts'
 import type { Connection } from './connection.ts'
@@ -12,7 +12,7 @@ import type { InventoryHost } from './inventory.ts'
 import type { Playbook } from './role.ts'
 import { EXIT, planHosts, requiredSecrets, runPlaybook, stepSelected, type RunSummary } from './runner.ts'
 import { openSecretStore, type SecretStore } from './secrets.ts'
-import type { Vars } from './vars.ts'
+import { declaredVars, type DeclaredVars, type Vars } from './vars.ts'
 
 export const USAGE = `usage: npx zx playbooks/<playbook>.mts [options]
 
@@ -161,8 +161,10 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
       print(USAGE)
       return EXIT.ok
     }
-    const inv = loadInventory(o.inventoryFile)
-    const extra = parseExtraVars(o.extra)
+    // The variables the playbook's roles declare are known to the inventory and -e of this run, like VAR_SPECS.
+    const declared = playbookVars(pb)
+    const inv = loadInventory(o.inventoryFile, { declared })
+    const extra = parseExtraVars(o.extra, { declared })
     // The hosts' final values (after -e) across hosts: node names, no address or node name twice.
     checkHosts(inv, extra, new Set(planHosts(pb, inv, o.limit).flatMap((p) => p.hosts)))
     if (o.listHosts) {
@@ -173,6 +175,8 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
       listTasks(pb, inv, o).forEach((l) => print(l))
       return EXIT.ok
     }
+    // Listing needs no role variable; a run needs every required one, for every host it takes.
+    checkRequiredVars(pb, inv, o.limit, extra)
     const secrets = hooks.secrets ?? (await openStoreFor(inv, extra))
     // Every secret the run needs, resolved (once; the runner's own call is then answered from the cache) before
     // anything is touched: a before-hook changes local state (rebuild drops known_hosts entries).
@@ -216,6 +220,40 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
     if (e instanceof Error && e.stack && process.env.PROVISION_DEBUG) printErr(e.stack)
     return EXIT.usage
   }
+}
+
+/** The variables a playbook's roles declare (Role.vars), checked against the built-in ones and each other. */
+export function playbookVars(pb: Playbook): DeclaredVars {
+  return declaredVars(pb.plays.flatMap((p) => p.roles))
+}
+
+/**
+ * Every required role variable (Role.vars, `required: true`) set for every host its role runs on, after -e and
+ * --limit: all the missing ones at once, before any host is contacted.
+ */
+export function checkRequiredVars(pb: Playbook, inv: Inventory, limit: string | undefined, extra: VarLayer): void {
+  const missing = new Map<string, { role: string; name: string; doc: string; hosts: string[] }>()
+  for (const { play, hosts } of planHosts(pb, inv, limit))
+    for (const role of play.roles)
+      for (const [name, spec] of Object.entries(role.vars ?? {})) {
+        if (!spec.required) continue
+        for (const h of hosts) {
+          if (extra[name] !== undefined || inv.hosts.get(h)?.vars[name] !== undefined) continue
+          const key = `${role.name}\0${name}`
+          const entry = missing.get(key) ?? { role: role.name, name, doc: spec.doc, hosts: [] }
+          if (!entry.hosts.includes(h)) entry.hosts.push(h)
+          missing.set(key, entry)
+        }
+      }
+  if (missing.size === 0) return
+  const problems = [...missing.values()].map(
+    (m) =>
+      new ProvisionError('inventory', `role ${m.role} needs variable ${m.name} (${m.doc}), and it is not set for ${m.hosts.length === inv.hosts.size && m.hosts.length > 1 ? 'any host' : m.hosts.join(', ')}`, {
+        place: { file: inv.file },
+        hint: `set ${m.name} in the inventory (under all.vars for every host, or under a group or host) or with -e ${m.name}=...`,
+      }),
+  )
+  throw ProvisionError.all(problems, `${problems.length} role variables are not set`, 'inventory')
 }
 
 /** The secrets store the inventory asks for (same backend for every host). */

@@ -39,7 +39,15 @@ export function shown(x: unknown): string {
   return String(x)
 }
 
-const grammar = <T>(what: string, schema: v.GenericSchema<unknown, T>): Grammar<T> => ({ what, schema })
+/**
+ * A grammar of your own (a role's variable): a noun for messages and a valibot schema whose issue messages read
+ * "expected ...". The rules below are made with it.
+ */
+export function defineGrammar<T>(what: string, schema: v.GenericSchema<unknown, T>): Grammar<T> {
+  return { what, schema }
+}
+
+const grammar = defineGrammar
 
 /** A string whose every check is one predicate with one message. */
 const text = (what: string, ok: (s: string) => boolean, expected: string): Grammar =>

@@ -12,20 +12,26 @@ import { ProvisionError } from './errors.ts'
 import { isDnsSubdomain } from './grammar.ts'
 import {
   BUILTIN_DEFAULTS,
-  canonicalVar,
-  checkVarAll,
+  checkSpecAll,
   isSecretName,
+  knownVar,
+  specOf,
   suggestVar,
   synonymNote,
   unknownVarHint,
-  VAR_SPECS,
+  type DeclaredVars,
   type VarName,
   type VarProblem,
-  type VarSpec,
   type Vars,
 } from './vars.ts'
 
-export type VarLayer = Partial<Record<VarName, unknown>>
+/** Values of one place (a group's vars, a host, -e): built-in variables, and the ones the run's roles declare. */
+export type VarLayer = Partial<Record<VarName, unknown>> & { [declared: string]: unknown }
+
+/** What a run knows besides the built-in variables: the variables its roles declare (declaredVars in lib/vars.ts). */
+export interface VarsOptions {
+  declared?: DeclaredVars
+}
 
 export interface InventoryHost {
   name: string
@@ -45,7 +51,8 @@ export interface Inventory {
 }
 
 const GROUP_KEYS = new Set(['hosts', 'children', 'vars'])
-const PATH_VARS: VarName[] = ['ssh_key_file', 'known_hosts_file', 'secrets_file', 'kubeconfig_path', 'k3s_backup_dir']
+/** Controller-side paths, taken relative to the inventory (a role's own path variables are the hosts' and kept as written). */
+const PATH_VARS: ReadonlySet<string> = new Set(['ssh_key_file', 'known_hosts_file', 'secrets_file', 'kubeconfig_path', 'k3s_backup_dir'] satisfies VarName[])
 /** Deeper than this, a group tree is a mistake (or an alias loop). */
 const MAX_GROUP_DEPTH = 32
 /** An inventory key: letters, digits, ".", "_", "-", starting with a letter or digit. */
@@ -56,7 +63,7 @@ type Place = { line: number; col: number }
 interface Layer {
   vars: VarLayer
   /** Variables that were set here but refused: later checks do not pile more errors on them. */
-  failed: Set<VarName>
+  failed: Set<string>
 }
 
 interface GroupDef {
@@ -74,7 +81,7 @@ interface HostDef {
   group: string
 }
 
-export function loadInventory(file: string): Inventory {
+export function loadInventory(file: string, opts: VarsOptions = {}): Inventory {
   let text: string
   try {
     text = readFileSync(file, 'utf8')
@@ -84,10 +91,11 @@ export function loadInventory(file: string): Inventory {
       hint: 'pass the inventory with -i FILE (default inventory/hosts.yaml)',
     })
   }
-  return parseInventory(text, file)
+  return parseInventory(text, file, opts)
 }
 
-export function parseInventory(text: string, file: string): Inventory {
+export function parseInventory(text: string, file: string, opts: VarsOptions = {}): Inventory {
+  const declared = opts.declared ?? {}
   const lines = new LineCounter()
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false })
   const problems: ProvisionError[] = []
@@ -156,22 +164,22 @@ export function parseInventory(text: string, file: string): Inventory {
       report(`${where}: expected a map of variables`, node)
       return layer
     }
-    const setBy = new Map<VarName, string>()
+    const setBy = new Map<string, string>()
     for (const pair of node.items) {
       const key = keyOf(pair)
       if (key === undefined) {
         report(`${where}: expected a variable name here`, pair)
         continue
       }
-      const name = canonicalVar(key)
-      if (!name) {
-        report(`unknown variable "${key}" in ${where}`, pair, unknownVarHint(key) ?? `known variables: see README "Inventory variables"`)
+      const name = knownVar(key, declared)
+      const spec = name === undefined ? undefined : specOf(name, declared)
+      if (name === undefined || spec === undefined) {
+        report(`unknown variable "${key}" in ${where}`, pair, unknownVarHint(key, declared) ?? `known variables: see README "Inventory variables"`)
         // A misspelt name is most likely the variable it is close to: no "has no address" on top of "adress".
-        const meant = canonicalVar(suggestVar(key) ?? '')
+        const meant = knownVar(suggestVar(key, declared) ?? '', declared)
         if (meant) layer.failed.add(meant)
         continue
       }
-      const spec: VarSpec = VAR_SPECS[name]
       const label = key === name ? `"${key}"` : `"${key}" (${name})`
       const other = setBy.get(name)
       if (other !== undefined) {
@@ -190,14 +198,14 @@ export function parseInventory(text: string, file: string): Inventory {
         layer.failed.add(name)
         continue
       }
-      const checked = checkVarAll(name, js.value)
+      const checked = checkSpecAll(spec, js.value)
       if (checked.problems.length > 0) {
         layer.failed.add(name)
         const hint = synonymNote(key) ?? (typeof js.value === 'string' && js.value.includes('{{') ? 'templates ("{{ ... }}") are not expanded here: write the value itself' : undefined)
         for (const p of checked.problems) report(`${key}: ${p.message}`, problemNode(pair, p), hint)
         continue
       }
-      layer.vars[name] = PATH_VARS.includes(name) ? expandPath(String(checked.value), baseDir) : checked.value
+      layer.vars[name] = PATH_VARS.has(name) ? expandPath(String(checked.value), baseDir) : checked.value
     }
     return layer
   }
@@ -263,7 +271,7 @@ export function parseInventory(text: string, file: string): Inventory {
     for (const pair of node.items) {
       const key = keyOf(pair)
       if (key === undefined || !GROUP_KEYS.has(key)) {
-        const hint = key !== undefined && canonicalVar(key) ? `variables go under "vars:" of the group` : `a group has only hosts:, children: and vars:`
+        const hint = key !== undefined && knownVar(key, declared) ? `variables go under "vars:" of the group` : `a group has only hosts:, children: and vars:`
         report(`unknown key "${key ?? ''}" in group "${def.name}"`, pair, hint)
         continue
       }
@@ -336,7 +344,7 @@ export function parseInventory(text: string, file: string): Inventory {
     // Ansible's order: shallower groups first, then by name; the host's own vars win over all.
     hostGroups.sort((a, b) => a.depth - b.depth || a.name.localeCompare(b.name))
     const vars: VarLayer = {}
-    const failed = new Set<VarName>()
+    const failed = new Set<string>()
     for (const layer of [...hostGroups.map((g) => g.layer), def.layer]) {
       for (const f of layer.failed) failed.add(f)
       Object.assign(vars, layer.vars)
@@ -498,11 +506,11 @@ export function hostVars(host: InventoryHost, roleDefaults: Partial<Vars> = {}, 
 }
 
 /** The -e flags as written, for the layers parseExtraVars made (messages name the flag). */
-const extraFlags = new WeakMap<VarLayer, Map<VarName, string>>()
+const extraFlags = new WeakMap<VarLayer, Map<string, string>>()
 
 /** `-e key=value` as the user wrote it; a value that may be a secret is not shown. */
-function flagText(key: string, raw: string): string {
-  if (isSecretName(key) && !raw.startsWith('op:')) return `-e ${key}=********`
+function flagText(key: string, raw: string, declared: DeclaredVars = {}): string {
+  if (isSecretName(key, declared) && !raw.startsWith('op:')) return `-e ${key}=********`
   const shown = raw.length > 200 ? `${raw.slice(0, 200)}…` : raw
   return `-e ${key}=${/[\x00-\x1f\x7f]/.test(shown) ? JSON.stringify(shown) : shown}`
 }
@@ -516,12 +524,13 @@ function flagOf(extra: VarLayer, name: VarName): string {
 
 /**
  * Parse `-e key=value` pairs, validated like inventory variables (Ansible's names accepted too). Every bad flag is
- * reported at once, each naming the flag.
+ * reported at once, each naming the flag. The variables the run's roles declare are taken too (`opts.declared`).
  */
-export function parseExtraVars(pairs: readonly string[]): VarLayer {
+export function parseExtraVars(pairs: readonly string[], opts: VarsOptions = {}): VarLayer {
+  const declared = opts.declared ?? {}
   const out: VarLayer = {}
-  const flags = new Map<VarName, string>()
-  const setBy = new Map<VarName, string>()
+  const flags = new Map<string, string>()
+  const setBy = new Map<string, string>()
   const problems: ProvisionError[] = []
   const usage = (flag: string, message: string, hint?: string): void => {
     problems.push(new ProvisionError('usage', `${flag}: ${message}`, { hint }))
@@ -534,10 +543,11 @@ export function parseExtraVars(pairs: readonly string[]): VarLayer {
     }
     const key = pair.slice(0, eq)
     const raw = pair.slice(eq + 1)
-    const flag = flagText(key, raw)
-    const name = canonicalVar(key)
-    if (!name) {
-      usage(flag, 'unknown variable', unknownVarHint(key))
+    const flag = flagText(key, raw, declared)
+    const name = knownVar(key, declared)
+    const spec = name === undefined ? undefined : specOf(name, declared)
+    if (name === undefined || spec === undefined) {
+      usage(flag, 'unknown variable', unknownVarHint(key, declared))
       continue
     }
     const other = setBy.get(name)
@@ -555,12 +565,12 @@ export function parseExtraVars(pairs: readonly string[]): VarLayer {
         continue
       }
     }
-    const checked = checkVarAll(name, value)
+    const checked = checkSpecAll(spec, value)
     if (checked.problems.length > 0) {
       for (const p of checked.problems) usage(flag, p.message, synonymNote(key))
       continue
     }
-    out[name] = PATH_VARS.includes(name) ? expandPath(String(checked.value), process.cwd()) : checked.value
+    out[name] = PATH_VARS.has(name) ? expandPath(String(checked.value), process.cwd()) : checked.value
     flags.set(name, flag)
   }
   if (problems.length > 0) throw ProvisionError.all(problems, `-e: ${problems.length} problems`, 'usage')

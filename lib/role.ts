@@ -1,10 +1,12 @@
 // What a role is made of: defaults, ordered steps, handlers. And what a step sees while it runs.
 
 import type { Connection, RunOptions, RunResult } from './connection.ts'
+import { ProvisionError } from './errors.ts'
 import type { Fact, FactCache } from './facts.ts'
+import type { Grammar } from './grammar.ts'
 import type { Inventory } from './inventory.ts'
 import type { SecretStore } from './secrets.ts'
-import type { Vars } from './vars.ts'
+import type { DeclaredVarSpec, Vars, VarSpec } from './vars.ts'
 
 export type StepStatus = 'ok' | 'changed' | 'failed' | 'skipped'
 
@@ -28,6 +30,8 @@ export interface StepResult {
   message?: string
   /** Unified diff of a file edit (shown with --diff). */
   diff?: string
+  /** The handlers this change notifies, when not the step's own `notify` (a change that needs no restart: []). */
+  notify?: readonly string[]
 }
 
 /** A command a step plans to run; planning is pure so it can be tested from recorded facts. */
@@ -56,6 +60,8 @@ export interface Change {
   apply?: (ctx: StepContext) => Promise<string | void>
   /** Unified diff of a file edit (shown with --diff, also under --check). */
   diff?: string
+  /** The handlers this change notifies, when not the step's own `notify` (a change that needs no restart: []). */
+  notify?: readonly string[]
 }
 
 /** What a step's plan says: nothing to do (null), a change, or a verdict (ok with a message, skipped, failed). */
@@ -158,7 +164,14 @@ export interface Handler extends Step {
 
 export interface Role {
   name: string
+  /** Defaults of built-in variables for this role (a declared variable's default is in its declaration). */
   defaults?: Partial<Vars>
+  /**
+   * Variables of the role's own, with the spec shape of VAR_SPECS (type, doc, grammar) plus a default or
+   * `required`: the inventory and -e of a playbook with this role take them, checked like the built-in ones before
+   * any host is contacted. Steps read them typed with roleVars(ctx, specs). See docs/writing-a-role.md.
+   */
+  vars?: RoleVarSpecs
   /** Secret references the role needs resolved before any host is touched. */
   secrets?: (vars: Vars) => (string | undefined)[]
   steps: Step[]
@@ -195,4 +208,56 @@ export function flushHandlers(name = 'Run notified handlers now'): Step {
 
 export function handler(step: Step): Handler {
   return { ...step, handler: true }
+}
+
+// ---------------------------------------------------------------- a role's own variables
+
+/** A variable a role declares: a VarSpec (type, doc, grammar...) with a default or `required`. */
+export type RoleVarSpec = DeclaredVarSpec
+
+export type RoleVarSpecs = Readonly<Record<string, RoleVarSpec>>
+
+/** The value type of a variable of this spec, as the inventory loader and -e leave it. */
+export type VarValue<S extends VarSpec> = S['type'] extends 'int'
+  ? number
+  : S['type'] extends 'bool'
+    ? boolean
+    : S['type'] extends 'list'
+      ? readonly (S extends { grammar: Grammar<infer T> } ? T : unknown)[]
+      : S['type'] extends 'map'
+        ? Readonly<Record<string, S extends { values: Grammar<infer T> } ? T : unknown>>
+        : S extends { choices: readonly (infer C)[] }
+          ? C
+          : S extends { grammar: Grammar<infer T> }
+            ? T
+            : string
+
+/** This host's values of a role's variables: always there when required or defaulted, else possibly undefined. */
+export type RoleVarValues<V extends RoleVarSpecs> = {
+  readonly [K in keyof V]: V[K] extends { required: true } | { default: unknown } ? VarValue<V[K]> : VarValue<V[K]> | undefined
+}
+
+/**
+ * Declare a role's variables (the object is returned as it is): the names, types and defaults stay known to
+ * TypeScript, so roleVars() is typed by them and a default of the wrong type does not compile.
+ */
+export function defineVars<const V extends RoleVarSpecs>(specs: V & { readonly [K in keyof V]: { readonly default?: VarValue<V[K]> } }): V {
+  return specs
+}
+
+/**
+ * A role's variables for this host, typed by their declaration: the inventory's or -e's value, else the
+ * declaration's default. A required one that is missing fails the step (the command line refuses that before
+ * any host is contacted; this is for a role run some other way).
+ */
+export function roleVars<V extends RoleVarSpecs>(ctx: { readonly host?: string; readonly vars: Vars }, specs: V): RoleVarValues<V> {
+  const set = ctx.vars as unknown as Readonly<Record<string, unknown>>
+  const out: Record<string, unknown> = {}
+  for (const [name, spec] of Object.entries(specs)) {
+    const value = set[name] ?? spec.default
+    if (value === undefined && spec.required)
+      throw new ProvisionError('step', `variable ${name} is not set (${spec.doc})`, { place: { host: ctx.host }, hint: `set it in the inventory or with -e ${name}=...` })
+    out[name] = value
+  }
+  return out as RoleVarValues<V>
 }

@@ -222,7 +222,7 @@ class PlaybookRun {
         continue
       }
       const res = await this.runStep(rt, role, step, ctx, false)
-      const fresh = res?.status === 'changed' ? (step.notify ?? []).filter((h) => !r.notified.has(h)) : []
+      const fresh = res?.status === 'changed' ? (res.notify ?? step.notify ?? []).filter((h) => !r.notified.has(h)) : []
       if (fresh.length) {
         fresh.forEach((h) => r.notified.add(h))
         await this.rememberHandlers(r).catch((e: unknown) => this.recordError(rt, role, step.name, e, false))
@@ -312,7 +312,7 @@ class PlaybookRun {
     if (this.check && step.onlyForReal) return { status: 'skipped', message: `check mode: ${step.onlyForReal}` }
     const plan = await step.plan(ctx)
     if (!isChange(plan)) return plan ?? { status: 'ok' }
-    if (this.check) return { status: 'changed', message: `would ${plan.summary}`, diff: plan.diff }
+    if (this.check) return { status: 'changed', message: `would ${plan.summary}`, diff: plan.diff, notify: plan.notify }
     let said: string | void
     try {
       for (const c of plan.commands ?? []) await this.mustOn(rt, c.script, { stdin: c.stdin, sudo: c.sudo, what: plan.summary })
@@ -321,7 +321,7 @@ class PlaybookRun {
       // The host changed (or may have, if a command failed half-way): what was read of it is stale.
       rt.facts.invalidate()
     }
-    return { status: 'changed', message: said || plan.summary, diff: plan.diff }
+    return { status: 'changed', message: said || plan.summary, diff: plan.diff, notify: plan.notify }
   }
 
   /** Count an error against the host, which stops. */

@@ -90,6 +90,11 @@ export interface FileSpec {
   backup?: boolean
   /** Content holds secrets: never show it in a diff. */
   secret?: boolean
+  /**
+   * Whether an edit from `before` to the new content needs the step's handlers (default: every edit does). A
+   * k3s config.yaml whose only change is labels needs no restart: they reach a registered node through the API.
+   */
+  notifyIf?: (before: string | undefined, after: string) => boolean
 }
 
 /** Plan writing a file atomically: temp file in the same directory, owner/mode set, then rename over. */
@@ -232,7 +237,10 @@ function plannedStep<S, F>(name: string, spec: (ctx: StepContext) => S, fact: (s
 
 /** A file with exactly this content, owner and mode. Content may depend on vars (a function). */
 export function file(name: string, spec: (ctx: StepContext) => FileSpec, extra: Partial<Step> = {}): Step {
-  return plannedStep(name, spec, (s) => fileFact(s.path), (cur, s) => planFile(cur, s, timestamp()), extra)
+  return plannedStep(name, spec, (s) => fileFact(s.path), (cur, s) => {
+    const change = planFile(cur, s, timestamp())
+    return change && s.notifyIf && !s.notifyIf(cur.content, s.content) ? { ...change, notify: [] } : change
+  }, extra)
 }
 
 /** Tokens (like kernel flags) present in a one-line file such as cmdline.txt; other bytes kept; backup on change. */

@@ -2,6 +2,7 @@
 // Validation of inventories and of `-e` uses this table; README's variable list is made from it.
 // Each variable has its grammar (lib/grammar.ts): of the value, of each item of a list, of a map's keys and values.
 
+import { ProvisionError } from './errors.ts'
 import * as g from './grammar.ts'
 import type { Grammar } from './grammar.ts'
 
@@ -187,6 +188,91 @@ export function canonicalVar(key: string): VarName | undefined {
   return Object.hasOwn(VAR_SYNONYMS, key) ? VAR_SYNONYMS[key as VarSynonym] : undefined
 }
 
+/**
+ * Variables a playbook's roles declare (`Role.vars`), by name: for that run they are known to the inventory and to
+ * `-e` like the built-in ones (same checks, same messages). Made by declaredVars().
+ */
+export type DeclaredVars = Readonly<Record<string, VarSpec>>
+
+/** The variable a key names for a run: a built-in name, an Ansible synonym's, or a name the run's roles declare. */
+export function knownVar(key: string, declared: DeclaredVars = {}): string | undefined {
+  return canonicalVar(key) ?? (Object.hasOwn(declared, key) ? key : undefined)
+}
+
+/** The spec of a variable known to a run (see knownVar). */
+export function specOf(name: string, declared: DeclaredVars = {}): VarSpec | undefined {
+  if (isVarName(name)) return VAR_SPECS[name]
+  return Object.hasOwn(declared, name) ? declared[name] : undefined
+}
+
+/** A role's declared variable: its spec, and for roles the value it has when nothing sets it, or that it must be set. */
+export interface DeclaredVarSpec extends VarSpec {
+  /** The value when neither the inventory nor -e sets one; checked by the spec like any other value. */
+  default?: unknown
+  /** No default: the inventory or -e must set it for every host the role runs on (checked before any host is contacted). */
+  required?: boolean
+}
+
+/** A variable name a role may declare: what `-e name=...` and a YAML key can both carry plainly. */
+const DECLARED_NAME = /^[a-z][a-z0-9_]{0,63}$/
+
+/**
+ * The variables the roles of a playbook declare, checked: a name that is a built-in variable (or Ansible's name for
+ * one), one that two roles declare with different specs (`doc` aside), a default its own spec refuses, a required
+ * variable with a default. Every problem at once, as usage errors naming the roles (exit 1, before any host).
+ */
+export function declaredVars(roles: Iterable<{ readonly name: string; readonly vars?: Readonly<Record<string, DeclaredVarSpec>> }>): DeclaredVars {
+  const out: Record<string, DeclaredVarSpec> = {}
+  const owner = new Map<string, string>()
+  const problems: ProvisionError[] = []
+  const seen = new Set<unknown>()
+  const bad = (message: string, hint?: string): void => void problems.push(new ProvisionError('usage', message, { hint }))
+  for (const role of roles) {
+    if (!role.vars || seen.has(role)) continue
+    seen.add(role)
+    for (const [name, spec] of Object.entries(role.vars)) {
+      const what = `role ${role.name} declares variable "${name}"`
+      if (isVarName(name)) {
+        bad(`${what}, which is a built-in variable (${VAR_SPECS[name].doc})`, `read the built-in one as ctx.vars.${name}, or give the role's own another name (e.g. ${role.name.replace(/\W+/g, '_')}_${name})`)
+        continue
+      }
+      if (Object.hasOwn(VAR_SYNONYMS, name)) {
+        bad(`${what}, which is Ansible's name for the built-in variable ${VAR_SYNONYMS[name as VarSynonym]}`, 'give it another name')
+        continue
+      }
+      if (!DECLARED_NAME.test(name)) {
+        bad(`${what}: expected a name of lowercase letters, digits and "_", starting with a letter (at most 64)`)
+        continue
+      }
+      if (spec.required && spec.default !== undefined) bad(`${what} as required and with a default: a variable with a default is never missing`, 'drop one of them')
+      if (spec.default !== undefined) {
+        const checked = checkSpecAll(spec, spec.default)
+        for (const p of checked.problems) bad(`${what} with a default its own spec refuses: ${p.message}${p.index !== undefined ? ` (item ${p.index + 1})` : ''}`)
+      }
+      const first = owner.get(name)
+      if (first !== undefined) {
+        const diff = specDifference(out[name], spec)
+        if (diff) bad(`roles ${first} and ${role.name} both declare variable "${name}", with different specs (${diff})`, 'one variable has one spec: declare it once (export the spec and use it in both roles), or give one of them another name')
+        continue
+      }
+      owner.set(name, role.name)
+      out[name] = spec
+    }
+  }
+  if (problems.length > 0) throw ProvisionError.all(problems, `the playbook's role variables: ${problems.length} problems`, 'usage')
+  return out
+}
+
+/** What differs between two specs of one name (doc aside), or undefined when they are the same. */
+function specDifference(a: DeclaredVarSpec, b: DeclaredVarSpec): string | undefined {
+  if (a === b) return undefined
+  const fields = ['type', 'hostOnly', 'secret', 'required', 'grammar', 'keys', 'values'] as const
+  for (const f of fields) if (a[f] !== b[f]) return f === 'type' ? `type ${a.type} and ${b.type}` : `their ${f} differs`
+  if (JSON.stringify(a.choices) !== JSON.stringify(b.choices)) return 'their choices differ'
+  if (JSON.stringify(a.default) !== JSON.stringify(b.default)) return 'their defaults differ'
+  return undefined
+}
+
 /** Extra words for a synonym's errors: ansible_become_password takes a reference, never the password. */
 export function synonymNote(key: string): string | undefined {
   if (key === 'ansible_become_password' || key === 'ansible_become_pass')
@@ -221,25 +307,25 @@ export const FOREIGN_VARS: Readonly<Record<string, string>> = {
 }
 
 /** What to say about an unknown variable: its counterpart here, else the closest known name. */
-export function unknownVarHint(key: string): string | undefined {
+export function unknownVarHint(key: string, declared: DeclaredVars = {}): string | undefined {
   if (Object.hasOwn(FOREIGN_VARS, key)) return FOREIGN_VARS[key]
-  const guess = suggestVar(key)
+  const guess = suggestVar(key, declared)
   return guess ? `did you mean "${guess}"?` : undefined
 }
 
 /** Names whose values may be secrets: never shown in messages. */
-export function isSecretName(key: string): boolean {
-  const name = canonicalVar(key)
-  if (name) return (VAR_SPECS[name] as VarSpec).secret === true
+export function isSecretName(key: string, declared: DeclaredVars = {}): boolean {
+  const name = knownVar(key, declared)
+  if (name) return specOf(name, declared)?.secret === true
   return key === 'token' || /pass|token|secret/i.test(key)
 }
 
-/** Closest known name (or Ansible synonym), for "did you mean" in errors. */
-export function suggestVar(key: string): string | undefined {
+/** Closest known name (or Ansible synonym, or a name the run's roles declare), for "did you mean" in errors. */
+export function suggestVar(key: string, declared: DeclaredVars = {}): string | undefined {
   let best: string | undefined
   let bestDist = 4
   if (key.length > 64) return undefined
-  for (const name of [...Object.keys(VAR_SPECS), ...Object.keys(VAR_SYNONYMS)]) {
+  for (const name of [...Object.keys(VAR_SPECS), ...Object.keys(VAR_SYNONYMS), ...Object.keys(declared)]) {
     const d = editDistance(key, name)
     if (d < bestDist) {
       best = name
@@ -278,7 +364,11 @@ export interface VarProblem {
  * problem (every bad item of a list, every bad key and value of a map).
  */
 export function checkVarAll(name: VarName, value: unknown): { value?: unknown; problems: VarProblem[] } {
-  const spec: VarSpec = VAR_SPECS[name]
+  return checkSpecAll(VAR_SPECS[name], value)
+}
+
+/** checkVarAll for any spec: a built-in one or one a role declares. */
+export function checkSpecAll(spec: VarSpec, value: unknown): { value?: unknown; problems: VarProblem[] } {
   const bad = (message: string) => ({ problems: [{ message }] })
   const got = (x: unknown): string => (spec.secret ? secretShown(x) : g.shown(x))
   const whole = (x: unknown, grammar: Grammar<unknown> | undefined) => {

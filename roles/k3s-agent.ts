@@ -7,7 +7,7 @@ import { flushHandlers, handler, type Role, type StepContext } from '../lib/role
 import { file, fileFact, systemdUnit } from '../lib/steps.ts'
 import { ProvisionError } from '../lib/errors.ts'
 import { kubectl } from '../lib/kube.ts'
-import { clusterToken, installerWillRestart, extraConfig, K3S_CONFIG, k3sInstallFact, missingOnNode, NODE_PASSWORD, nodeName, nodeOnServer, renderK3sConfig, restartHandlerStep, runInstaller, serverHandle, serverOf, } from './k3s-common.ts'
+import { clusterToken, configNeedsRestart, installerWillRestart, extraConfig, K3S_CONFIG, k3sInstallFact, NODE_PASSWORD, nodeLabelsStep, nodeName, nodeOnServer, renderK3sConfig, restartHandlerStep, runInstaller, serverHandle, serverOf, } from './k3s-common.ts'
 
 /** How long a running agent may stay unknown to the server before it is restarted to rejoin. */
 const REJOIN_AFTER_MS = 15_000
@@ -15,7 +15,7 @@ const REJOIN_AFTER_MS = 15_000
 const NODE_READY_MS = 180_000
 
 /**
- * Poll the server until it reports this node Ready with its labels and taints. With `absentAfterMs`, give up early
+ * Poll the server until it reports this node Ready. With `absentAfterMs`, give up early
  * (ready: false) when the server still does not know the node by then: the agent must be restarted to rejoin.
  * Past the deadline: a timeout naming the node's state and the agent's last log lines.
  */
@@ -23,12 +23,11 @@ async function awaitNode(ctx: StepContext, deadline: number, absentAfterMs?: num
   const started = Date.now()
   for (;;) {
     const node = await nodeOnServer(ctx)
-    const missing = node.exists ? missingOnNode(node, ctx.vars.node_labels, ctx.vars.node_taints) : []
     const took = `${((Date.now() - started) / 1000).toFixed(1)}s`
-    if (node.exists && node.ready && missing.length === 0) return { ready: true, took, deadline }
+    if (node.exists && node.ready) return { ready: true, took, deadline }
     if (!node.exists && absentAfterMs !== undefined && Date.now() - started > absentAfterMs) return { ready: false, took, deadline }
     if (Date.now() > deadline) {
-      const state = !node.exists ? 'not registered' : !node.ready ? 'NotReady' : `Ready but lacking ${missing.join(', ')}`
+      const state = !node.exists ? 'not registered' : 'NotReady'
       const log = await ctx.sh('journalctl -u k3s-agent -n 5 --no-pager -o cat 2>/dev/null | tail -n 5')
       throw new ProvisionError('timeout', `node ${nodeName(ctx)} is ${state} after ${NODE_READY_MS / 1000}s; last agent log lines:\n    ${log.stdout.trim().split('\n').join('\n    ')}`, { place: { host: ctx.host } })
     }
@@ -67,7 +66,7 @@ export const k3sAgent: Role = {
         }
       },
     },
-    file('Write /etc/rancher/k3s/config.yaml (labels and taints)', (ctx) => ({ path: K3S_CONFIG, content: agentConfig(ctx), mode: '0600', backup: true }), {
+    file('Write /etc/rancher/k3s/config.yaml (labels and taints)', (ctx) => ({ path: K3S_CONFIG, content: agentConfig(ctx), mode: '0600', backup: true, notifyIf: configNeedsRestart }), {
       notify: ['Restart k3s-agent'],
     }),
     {
@@ -94,7 +93,7 @@ export const k3sAgent: Role = {
     {
       // A server rebuilt without a backup has a new datastore (and CA): it does not know this node, and the
       // running agent will not register again by itself. Restarting it makes it bootstrap and join afresh.
-      name: 'Wait until the server reports this node Ready with its labels and taints (rejoin if it forgot the node)',
+      name: 'Wait until the server reports this node Ready (rejoin if it forgot the node)',
       onlyForReal: 'it waits for the agent the steps above install and start',
       async plan(ctx) {
         const seen = await awaitNode(ctx, Date.now() + NODE_READY_MS, REJOIN_AFTER_MS)
@@ -109,6 +108,7 @@ export const k3sAgent: Role = {
         }
       },
     },
+    nodeLabelsStep(),
   ],
   handlers: [handler(restartHandlerStep('k3s-agent'))],
 }

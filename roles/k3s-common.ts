@@ -8,7 +8,8 @@ import type { Inventory } from '../lib/inventory.ts'
 import { hostVars, nodeNameFrom } from '../lib/inventory.ts'
 import { runKey, type HostHandle, type Step, type StepContext } from '../lib/role.ts'
 import { bounded, quote } from '../lib/shell.ts'
-import { kubectl, NO_K3S } from '../lib/kube.ts'
+import { kubectl, NO_K3S, planNodeMetadata } from '../lib/kube.ts'
+import { parse as parseYaml } from 'yaml'
 
 export const K3S_CONFIG = '/etc/rancher/k3s/config.yaml'
 export const NODE_PASSWORD = '/etc/rancher/node/password'
@@ -247,6 +248,54 @@ export function serverHandle(ctx: Pick<StepContext, 'hostHandle' | 'inventory'>)
 export async function nodeOnServer(ctx: StepContext, name = nodeName(ctx)): Promise<NodeView> {
   const r = await (await serverHandle(ctx)).sh(kubectl('get node -o json', name))
   return parseNode(r.code, r.stdout, r.stderr)
+}
+
+/**
+ * Whether an edit of config.yaml needs k3s restarted: not when only node-label / node-taint changed. k3s reads those
+ * only when a node registers; a registered node gets them through the API (nodeLabelsStep), and config.yaml keeps
+ * them for a rejoin.
+ */
+export function configNeedsRestart(before: string | undefined, after: string): boolean {
+  const settings = (text: string | undefined): string => {
+    let v: unknown
+    try {
+      v = parseYaml(text ?? '')
+    } catch {
+      return `unreadable:${text}`
+    }
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) return JSON.stringify(v ?? null)
+    const { 'node-label': _l, 'node-taint': _t, ...rest } = v as Record<string, unknown>
+    return JSON.stringify(rest)
+  }
+  return settings(before) !== settings(after)
+}
+
+/**
+ * The inventory's labels and taints on this host's live Node, through the API on the server (no restart): added or
+ * changed, and the ones the tool set before and the inventory dropped removed; labels and taints set by hand stay.
+ */
+export function nodeLabelsStep(): Step {
+  return {
+    name: "Give the Node the inventory's labels and taints (through the API: no restart)",
+    async plan(ctx) {
+      const name = nodeName(ctx)
+      const { node_labels: labels, node_taints: taints } = ctx.vars
+      const label = async (): Promise<void> => {
+        const now = await nodeOnServer(ctx)
+        if (!now.exists) throw new ProvisionError('step', `no Node ${name} in the cluster to label`)
+        const todo = planNodeMetadata(now, name, labels, taints)
+        if (todo) await (await serverHandle(ctx)).must(todo.script, { what: `label and taint the Node ${name}` })
+        const missing = missingOnNode(await nodeOnServer(ctx), labels, taints)
+        if (missing.length) throw new ProvisionError('step', `the Node ${name} still lacks ${missing.join(', ')} after kubectl label/taint`)
+      }
+      const node = await nodeOnServer(ctx)
+      // Not registered yet (a --check of a fresh Pi): k3s gives it config.yaml's labels then; this records them.
+      if (!node.exists) return { summary: `record on the Node ${name}, once registered, which labels and taints the inventory sets`, apply: label }
+      const todo = planNodeMetadata(node, name, labels, taints)
+      if (!todo) return { status: 'ok', message: `${labels.length} label${labels.length === 1 ? '' : 's'}, ${taints.length} taint${taints.length === 1 ? '' : 's'} as in the inventory` }
+      return { summary: todo.summary, apply: label }
+    },
+  }
 }
 
 /** Labels ("k=v") and taints ("k=v:Effect") the inventory wants that the node does not have. */

@@ -13,7 +13,7 @@ import { flushHandlers, handler, runKey, type Role, type StepContext } from '../
 import { file, systemdUnit, waitUntil } from '../lib/steps.ts'
 import { kubectl } from '../lib/kube.ts'
 import { restoreDatastore } from './k3s-restore.ts'
-import { CLUSTER_TOKEN, clusterToken, installerWillRestart, extraConfig, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, missingOnNode } from './k3s-common.ts'
+import { CLUSTER_TOKEN, clusterToken, installerWillRestart, extraConfig, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, configNeedsRestart, nodeLabelsStep } from './k3s-common.ts'
 
 /** The server's Node as the API wait read it: the Ready wait starts from it instead of reading again. */
 const NODE_JSON = runKey<string>('server node as read by the API wait')
@@ -89,7 +89,7 @@ export const k3sServer: Role = {
         return { summary: `create a new cluster token at ${ctx.vars.k3s_token_ref}`, apply: () => ctx.secrets.upsert(ctx.vars.k3s_token_ref!, token) }
       },
     },
-    file('Write /etc/rancher/k3s/config.yaml', (ctx) => ({ path: K3S_CONFIG, content: serverConfig(ctx), mode: '0600', secret: true, backup: true }), {
+    file('Write /etc/rancher/k3s/config.yaml', (ctx) => ({ path: K3S_CONFIG, content: serverConfig(ctx), mode: '0600', secret: true, backup: true, notifyIf: configNeedsRestart }), {
       notify: ['Restart k3s'],
     }),
     restoreDatastore,
@@ -126,7 +126,7 @@ export const k3sServer: Role = {
       },
     },
     {
-      name: 'Wait for the server node to be Ready with its labels and taints',
+      name: 'Wait for the server node to be Ready',
       onlyForReal: 'it waits for the k3s the steps above install and start',
       async plan(ctx) {
         const name = nodeName(ctx)
@@ -141,11 +141,11 @@ export const k3sServer: Role = {
           json = undefined // the next poll reads again
           return { done: seen?.ready === true, value: seen, waitingFor: seen ? 'it is NotReady' : 'it is not registered' }
         })
-        const missing = node ? missingOnNode(node, ctx.vars.node_labels, ctx.vars.node_taints) : []
-        if (missing.length) return { status: 'failed', message: `node ${name} is Ready but lacks ${missing.join(', ')}` }
+        if (!node) return { status: 'failed', message: `node ${name} is not Ready` }
         return { status: 'ok', message: `Ready after ${seconds.toFixed(1)}s` }
       },
     },
+    nodeLabelsStep(),
     {
       name: 'Fetch the kubeconfig to the controller',
       when: (ctx) => Boolean(ctx.vars.kubeconfig_path),

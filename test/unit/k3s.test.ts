@@ -2,7 +2,9 @@ import { describe, expect, it } from 'vitest'
 import { parseInventory } from '../../lib/inventory.ts'
 import { ProvisionError } from '../../lib/errors.ts'
 import type { RunResult } from '../../lib/connection.ts'
-import { extraConfig, missingOnNode, parseK3sInstall, parseNode, renderK3sConfig, serverOf, startingK3s } from '../../roles/k3s-common.ts'
+import { configNeedsRestart, extraConfig, missingOnNode, parseK3sInstall, parseNode, renderK3sConfig, serverOf, startingK3s } from '../../roles/k3s-common.ts'
+import { LocalConnection } from '../../lib/connection.ts'
+import { MANAGED_LABELS, MANAGED_TAINTS, planNodeMetadata } from '../../lib/kube.ts'
 import { thrown } from './fakes.ts'
 import { rewriteKubeconfig } from '../../roles/k3s-server.ts'
 
@@ -128,5 +130,52 @@ describe('the cluster token from the secrets store', () => {
     const { isClusterToken } = await import('../../roles/k3s-common.ts')
     for (const ok of ['K10' + 'a'.repeat(64) + '::server:' + 'b'.repeat(32), 'c0ffee'.repeat(8), 'abc/def+ghi=']) expect(isClusterToken(ok), ok).toBe(true)
     for (const bad of ['', 'a b', "a'b", 'a"b', 'a\nb', '-lfoo', 'a$(id)', 'a`id`', 'a\\b', 'x'.repeat(513)]) expect(isClusterToken(bad), JSON.stringify(bad)).toBe(false)
+  })
+})
+
+describe("a Node's labels and taints, live", () => {
+  const node = (labels: Record<string, string>, taints: { key: string; value?: string; effect: string }[], managed?: { labels: string[]; taints: string[] }) => ({
+    labels,
+    taints,
+    annotations: (managed ? { [MANAGED_LABELS]: JSON.stringify(managed.labels), [MANAGED_TAINTS]: JSON.stringify(managed.taints) } : {}) as Record<string, string>,
+  })
+  const words = async (script: string) => (await new LocalConnection().run(`k3s() { shift 3; printf '%s\\n' "$*"; }\n${script.replaceAll(' >/dev/null', '')}`)).stdout.trim().split('\n')
+
+  it('adopts a node labelled at registration: nothing to change but the record of what the inventory sets', () => {
+    const n = node({ hardware: 'pi3', 'kubernetes.io/os': 'linux' }, [{ key: 'hardware', value: 'pi3', effect: 'PreferNoSchedule' }])
+    const p = planNodeMetadata(n, 'w2', ['hardware=pi3'], ['hardware=pi3:PreferNoSchedule'])
+    expect(p?.summary).toBe('record which labels and taints the inventory sets')
+    expect(p?.script).not.toMatch(/ label | taint /)
+  })
+
+  it('adds and changes what the inventory says, removes only what it set before, leaves the rest', async () => {
+    const n = node(
+      { hardware: 'pi3', 'workload/dns': 'unbound', 'by-hand': 'yes' },
+      [{ key: 'hardware', value: 'pi3', effect: 'PreferNoSchedule' }, { key: 'manual', effect: 'NoSchedule' }],
+      { labels: ['hardware', 'workload/dns'], taints: ['hardware:PreferNoSchedule'] },
+    )
+    const p = planNodeMetadata(n, 'pi3-worker-1', ['hardware=pi3-1gb', 'role=batch'], ['dedicated=batch:NoSchedule'])!
+    expect(p.summary).toBe('label hardware=pi3-1gb, label role=batch, remove label workload/dns, remove taint hardware:PreferNoSchedule, taint dedicated=batch:NoSchedule')
+    // What kubectl is given, word by word (k3s stands in as a function printing its argv after "kubectl --kubeconfig F").
+    expect(await words(p.script)).toEqual([
+      'label --overwrite node -- pi3-worker-1 hardware=pi3-1gb role=batch workload/dns-',
+      'taint node -- pi3-worker-1 hardware:PreferNoSchedule-',
+      'taint --overwrite node -- pi3-worker-1 dedicated=batch:NoSchedule',
+      `annotate --overwrite node -- pi3-worker-1 ${MANAGED_LABELS}=["hardware","role"] ${MANAGED_TAINTS}=["dedicated:NoSchedule"]`,
+    ])
+    expect(p.script).not.toContain('by-hand')
+    expect(p.script).not.toContain('manual')
+  })
+
+  it('a node that has it all, and the record, needs nothing', () => {
+    const n = node({ hardware: 'pi3' }, [{ key: 'd', value: 'b', effect: 'NoSchedule' }], { labels: ['hardware'], taints: ['d:NoSchedule'] })
+    expect(planNodeMetadata(n, 'w', ['hardware=pi3'], ['d=b:NoSchedule'])).toBeNull()
+  })
+
+  it('a config.yaml edit of only labels and taints restarts nothing; any other edit does', () => {
+    const base = renderK3sConfig({ 'node-name': 'w', 'node-label': ['a=b'], 'node-taint': ['x=y:NoSchedule'] })
+    expect(configNeedsRestart(base, renderK3sConfig({ 'node-name': 'w', 'node-label': ['a=c', 'z=1'] }))).toBe(false)
+    expect(configNeedsRestart(base, renderK3sConfig({ 'node-name': 'v', 'node-label': ['a=b'], 'node-taint': ['x=y:NoSchedule'] }))).toBe(true)
+    expect(configNeedsRestart(undefined, base)).toBe(true)
   })
 })
