@@ -11,13 +11,15 @@ import { hostAddress } from './network.ts'
 import { LAB_BRIDGE, LAB_BRIDGE_IP, LAB_DIR, LAB_HOSTS_DIR, LAB_KEY, hostPaths } from './paths.ts'
 import { aliveWith, processes, readPidfile, signal, sleep, terminate, waitGone } from './procs.ts'
 import { LabError, run } from './run.ts'
+import { controllerKubectl, HOST_KUBECTL, hostsUseRealKubectl, KUBECTL_SWITCH } from './kubectl.ts'
 
 export const HOST_KEY_TYPES = ['ed25519', 'ecdsa', 'rsa'] as const
 
-// $0 is the marker that identifies this host's supervisor in /proc; $1 the root, $2 the machine name.
+// $0 is the marker that identifies this host's supervisor in /proc; $1 the root, $2 the machine name; $3 a
+// read-only bind (SRC:DEST, may be empty): the controller's kubectl (see kubectl.ts).
 const SUPERVISOR = `while :; do
   systemd-nspawn --keep-unit --register=no --link-journal=no --resolv-conf=off --console=read-only \\
-    -D "$1" -M "$2" --network-bridge=${LAB_BRIDGE} -b
+    -D "$1" -M "$2" --network-bridge=${LAB_BRIDGE} \${3:+"--bind-ro=$3"} -b
   rc=$?
   echo "pi-lab: systemd-nspawn exited with $rc"
   [ "$rc" -eq 133 ] || break
@@ -131,9 +133,11 @@ export async function startHost(name: string, say: (line: string) => void): Prom
     writeFileSync(paths.flashed, IMAGE_ID + '\n')
   }
   writeResolvConf(paths.root)
+  writeKubectlSwitch(paths.root)
+  const kubectl = controllerKubectl()
 
   const log = openSync(paths.log, 'w')
-  const child = spawn('bash', ['-c', SUPERVISOR, supervisorMarker(name), paths.root, name], {
+  const child = spawn('bash', ['-c', SUPERVISOR, supervisorMarker(name), paths.root, name, kubectl ? `${kubectl}:${HOST_KUBECTL}` : ''], {
     detached: true, // own session: survives the command that started it, like a Pi's power supply
     stdio: ['ignore', log, log],
   })
@@ -183,6 +187,17 @@ function writeResolvConf(root: string): void {
   const file = join(root, 'etc/resolv.conf')
   rmSync(file, { force: true }) // a symlink (e.g. to systemd-resolved's) is replaced, not followed
   writeFile(file, `# written by pi-lab from the controller's /etc/resolv.conf\n${lines.join('\n')}\n`)
+}
+
+/** The k3s stand-in's switch (kubectl.ts), written at every start: `k3s kubectl` runs the real client or the imitation. */
+function writeKubectlSwitch(root: string): void {
+  const file = join(root, KUBECTL_SWITCH)
+  if (!hostsUseRealKubectl()) {
+    rmSync(file, { force: true })
+    return
+  }
+  mkdirSync(join(root, 'etc/k3s-standin'), { recursive: true })
+  writeFile(file, `${HOST_KUBECTL}\n`)
 }
 
 /** Host public keys as `type base64` (the first two fields of the .pub files). */

@@ -67,6 +67,7 @@ const RECIPE = {
   suite: 'bookworm',
   mirror: 'http://deb.debian.org/debian',
   variant: 'minbase',
+  // ca-certificates depends on openssl, which the k3s stand-in runs to make its CA and certificates (kubeapi.py).
   packages: [
     'systemd', 'systemd-sysv', 'openssh-server', 'sudo', 'dbus', 'iproute2', 'curl', 'ca-certificates',
     'dphys-swapfile', 'iptables', 'python3', 'kmod', 'procps', 'systemd-zram-generator', 'sqlite3',

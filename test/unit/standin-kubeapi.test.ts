@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { freePort } from './fakes.ts'
-import { cleanEnv, stopProcess, type RunResult } from './standin-procs.ts'
+import { cleanEnv, run, stopProcess, type RunResult } from './standin-procs.ts'
 import { HR, KS, KUBECTL, kubeFact, kubectl, kubeGet, kubeObjects, type KubeObject, type KubeRead } from '../../lib/kube.ts'
 import { parseNode } from '../../roles/k3s-common.ts'
 import { DRAINED_MARK } from '../../roles/os-update.ts'
@@ -149,6 +149,22 @@ describe.skipIf(!existsSync(REAL_KUBECTL))(`the k3s stand-in's Kubernetes API wi
     expect(other.stderr).toMatch(/x509: certificate is valid for .*pi-k3s\.lab.*, not elsewhere\.example/)
   })
 
+  it('the lab\'s switch: with /etc/k3s-standin/kubectl naming the real client, `k3s kubectl` runs it with k3s.yaml', async () => {
+    const k3sKubectl = (args: readonly string[]) => run('python3', [K3S, 'kubectl', ...args], { K3S_STANDIN_ROOT: root, HOME: home })
+    expect((await k3sKubectl(['version', '--client'])).stdout).toContain('Client Version: v1.34.3+k3s1') // the imitation
+    const switchFile = join(root, 'etc/k3s-standin/kubectl')
+    mkdirSync(join(root, 'etc/k3s-standin'), { recursive: true })
+    writeFileSync(switchFile, `${REAL_KUBECTL}\n`)
+    try {
+      const version = await k3sKubectl(['version', '--client', '-o', 'json'])
+      expect(JSON.parse(version.stdout).clientVersion.gitVersion).not.toContain('k3s')
+      const n = await k3sKubectl(['get', 'node', '-o', 'json', '--', NODE])
+      expect(parseNode(n.code, n.stdout, n.stderr)).toMatchObject({ exists: true, ready: true })
+    } finally {
+      rmSync(switchFile)
+    }
+  })
+
   // ------------------------------------------------------------------------------------------------------------
   // The conformance list: every kubectl command line the product issues, in the order a site / update / retire
   // run issues them, with what the product's parser makes of the answer.
@@ -263,6 +279,14 @@ describe.skipIf(!existsSync(REAL_KUBECTL))(`the k3s stand-in's Kubernetes API wi
     expect(ks.metadata.annotations?.[REQUESTED_AT]).toBe(stamp)
     expect(await kubeGet(server_, `${KS} flux-system -n flux-system --ignore-not-found`)).toEqual([])
     expect((await kubeGet(server_, `${KS} apps -n flux-system --ignore-not-found`)).map((o) => o.metadata.name)).toEqual(['apps'])
+  })
+
+  it('by hand (not the product): kubectl get nodes / pods -A -o wide print kubectl\'s columns from the server\'s Tables', async () => {
+    const nodes = await sh(`${KUBECTL} get nodes`)
+    expect(nodes.stdout).toMatch(new RegExp(`^NAME +STATUS +ROLES +AGE +VERSION\n${NODE} +Ready +control-plane,master +\\S+ +v1\\.34\\.3\\+k3s1\n$`))
+    const pods = await sh(`${KUBECTL} get pods -A -o wide`)
+    expect(pods.stdout).toMatch(/^NAMESPACE +NAME +READY +STATUS +RESTARTS +AGE +IP +NODE\n/)
+    expect(pods.stdout).toMatch(/^default +node-agent-\w+ +\S+ +Running +0 /m)
   })
 
   it('k3s-agent / k3s-retire: delete node -- NAME; the Node and its node-password Secret are gone', async () => {

@@ -9,7 +9,7 @@
 # kubectl's field validation asks for, list/get with label and field selectors, create, update, merge /
 # strategic-merge / JSON patches, server-side apply, delete and the pod eviction subresource.
 #
-# What it is not: no watch, no admission, no managed fields or apply conflicts, no tables, no protobuf, no
+# What it is not: no watch, no admission, no managed fields or apply conflicts, no protobuf responses, no
 # authorization beyond "a client certificate from the client CA"; strategic merge patches are applied as JSON merge
 # patches (lists are replaced), which is what they are for every field the product patches. Objects live in the
 # stand-in's SQLite datastore (k3s-standin.py's Store), shared with its private JSON RPC. Written from scratch for
@@ -788,7 +788,10 @@ def _resource(req, group, version, rest):
         if req.method == "GET":
             if req.query.get("watch") in ("1", "true"):
                 raise core.ApiError(405, "MethodNotAllowed", "watch is not supported by the k3s stand-in")
-            return 200, _list(res, ns, req.query), "application/json"
+            listed = _list(res, ns, req.query)
+            if _wants_table(req):
+                return 200, _table(res, listed["items"], listed["metadata"]["resourceVersion"]), "application/json"
+            return 200, listed, "application/json"
         if req.method == "POST":
             if res.namespaced and ns is None:
                 raise core.ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -805,6 +808,8 @@ def _resource(req, group, version, rest):
         obj = _cluster.store.get(res.group, res.kind, sns, name)
         if obj is None:
             raise _not_found(res, name)
+        if _wants_table(req):
+            return 200, _table(res, [_out(obj)], obj["metadata"].get("resourceVersion", "")), "application/json"
         return 200, _out(obj), "application/json"
     if sub == "status":
         raise core.ApiError(405, "MethodNotAllowed", "writing the status subresource is not supported by the k3s "
@@ -816,6 +821,24 @@ def _resource(req, group, version, rest):
     if req.method == "DELETE":
         return _delete(res, sns, name)
     raise core.ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+
+
+def _wants_table(req):
+    return "as=Table" in req.accept and "g=meta.k8s.io" in req.accept
+
+
+def _table(res, items, rv):
+    """meta.k8s.io/v1 Table, as the apiserver prints for kubectl's default and -o wide output: the stand-in
+    imitation's columns (kubectl shows the priority-1 ones with -o wide and adds NAMESPACE for -A itself)."""
+    headers, rows, wide_from = core.table_columns(res.to_json(), items, True)
+    cols = [{"name": h.title() if h != "NAME" else "Name", "type": "string", "format": "name" if i == 0 else "",
+             "description": "", "priority": 0 if i < wide_from else 1} for i, h in enumerate(headers)]
+    out_rows = []
+    for o, r in zip(items, rows):
+        out_rows.append({"cells": r, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                                "metadata": o["metadata"]}})
+    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv},
+            "columnDefinitions": cols, "rows": out_rows}
 
 
 def _not_found(res, name):
