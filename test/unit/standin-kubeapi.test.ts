@@ -14,6 +14,7 @@ import { freePort } from './fakes.ts'
 import { cleanEnv, run, stopProcess, type RunResult } from './standin-procs.ts'
 import { HR, KS, KUBECTL, kubeFact, kubectl, kubeGet, kubeObjects, type KubeObject, type KubeRead } from '../../lib/kube.ts'
 import { parseNode } from '../../roles/k3s-common.ts'
+import { rewriteKubeconfig } from '../../roles/k3s-server.ts'
 import { DRAINED_MARK } from '../../roles/os-update.ts'
 import { drainNode, podsToEvict } from '../../roles/k3s-retire.ts'
 import { esoSecretDigest, esoSecretFact, esoSecretManifest, fluxSystemFact, namespacesFact } from '../../roles/flux-bootstrap.ts'
@@ -147,6 +148,18 @@ describe.skipIf(!existsSync(REAL_KUBECTL))(`the k3s stand-in's Kubernetes API wi
     const other = await sh(`${KUBECTL} get node -o json -- ${NODE}`, '', named('elsewhere.example'))
     expect(other.code).toBe(1)
     expect(other.stderr).toMatch(/x509: certificate is valid for .*pi-k3s\.lab.*, not elsewhere\.example/)
+  })
+
+  it('the kubeconfig the product fetches (its server rewritten to the node\'s address, a named context) works with the real kubectl', async () => {
+    const serving = new X509Certificate(readFileSync(join(root, 'var/lib/rancher/k3s/server/tls/serving-kube-apiserver.crt')))
+    // the address the stand-in found for this machine (as a Pi's own address), else a name it carries
+    const own = (serving.subjectAltName ?? '').split(', ').map((s) => s.replace(/^IP Address:/, '')).find((a) => /^\d+\.\d+\.\d+\.\d+$/.test(a) && !['127.0.0.1', '10.43.0.1', '10.9.8.7'].includes(a)) ?? 'localhost'
+    const fetched = join(work, 'fetched.yaml')
+    writeFileSync(fetched, rewriteKubeconfig(readFileSync(kubeconfig, 'utf8'), `https://${own}:${port}`, 'pi-k3s-lab'))
+    const r = await sh(`${KUBECTL} get node -o json -- ${NODE}`, '', fetched)
+    expect(r.code, r.stderr).toBe(0)
+    expect(parseNode(r.code, r.stdout, r.stderr).ready).toBe(true)
+    expect((await sh(`${KUBECTL} config current-context`, '', fetched)).stdout).toBe('pi-k3s-lab\n')
   })
 
   it('the lab\'s switch: with /etc/k3s-standin/kubectl naming the real client, `k3s kubectl` runs it with k3s.yaml', async () => {
