@@ -151,6 +151,7 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
     expect(r.code).toBe(0)
     expect(r.stdout).toContain(`[INFO]  Downloading binary ${artifactBase}/k3s/k3s-standin.py`)
     expect(await mode(bin)).toBe(0o755)
+    expect(await mode(join(serverRoot, 'usr/local/lib/k3s-standin/kubeapi.py'))).toBe(0o644) // the stand-in's module
     expect(await readlink(kubectl)).toBe('k3s')
     expect((await lstat(join(serverRoot, 'usr/local/bin/k3s-uninstall.sh'))).isFile()).toBe(true)
     const unit = await readFile(join(serverRoot, 'etc/systemd/system/k3s.service'), 'utf8')
