@@ -1,14 +1,14 @@
-// What the k3s server and agent roles share: the cluster token, config.yaml, the installed version,
+// What the k3s roles share (the server, agent, retire and update roles): the cluster token, config.yaml, the installed version,
 // and running the install script the same way every time (the way k3s documents it).
 
 import { randomBytes } from 'node:crypto'
-import { ProvisionError } from '../lib/errors.ts'
-import { defineFact } from '../lib/facts.ts'
-import type { Inventory } from '../lib/inventory.ts'
-import { hostVars, nodeNameFrom } from '../lib/inventory.ts'
-import { runKey, type HostHandle, type Step, type StepContext } from '../lib/role.ts'
-import { bounded, quote } from '../lib/shell.ts'
-import { kubectl, NO_K3S, planNodeMetadata } from '../lib/kube.ts'
+import { ProvisionError } from './errors.ts'
+import { defineFact } from './facts.ts'
+import type { Inventory } from './inventory.ts'
+import { hostVars, nodeNameFrom } from './inventory.ts'
+import { runKey, type HostHandle, type Step, type StepContext } from './role.ts'
+import { bounded, quote } from './shell.ts'
+import { kubectl, NO_K3S, planNodeMetadata } from './kube.ts'
 import { parse as parseYaml } from 'yaml'
 
 export const K3S_CONFIG = '/etc/rancher/k3s/config.yaml'

@@ -27,6 +27,10 @@ function quoteOperand(word: string): string {
   return q.startsWith('-') ? `'${q}'` : q
 }
 
+/** The flux CLI on the server (flux-bootstrap installs it), with k3s's admin kubeconfig. */
+export const FLUX_BIN = '/usr/local/bin/flux'
+export const FLUX = `${FLUX_BIN} --kubeconfig ${KUBECONFIG}`
+
 export const KS = 'kustomizations.kustomize.toolkit.fluxcd.io'
 export const HR = 'helmreleases.helm.toolkit.fluxcd.io'
 export const GITREPO = 'gitrepositories.source.toolkit.fluxcd.io'

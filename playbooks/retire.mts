@@ -12,7 +12,7 @@ const { quote } = await import('../lib/shell.ts')
 const { loadInventory, nodeNameOf } = await import('../lib/inventory.ts')
 const { isDnsSubdomain } = await import('../lib/grammar.ts')
 const { deleteNodeRole, drainNodeRole, uninstallAgentRole } = await import('../roles/k3s-retire.ts')
-const { serverOf } = await import('../roles/k3s-common.ts')
+const { serverOf } = await import('../lib/k3s.ts')
 
 const USAGE = 'usage: npx zx playbooks/retire.mts NODE [-i inventory] [--check] [flags of site.mts]  (one node at a time)\n'
 

@@ -15,8 +15,8 @@ import { runKey, type Role, type StepContext } from '../lib/role.ts'
 import { quote } from '../lib/shell.ts'
 import { waitUntil } from '../lib/steps.ts'
 import type { Vars } from '../lib/vars.ts'
-import { FLUX } from './flux-bootstrap.ts'
-import { conditionOf, field, HR, isReady, KS, kubectl, kubeFact, kubeGet, kubeObjects, nameOf, type KubeObject } from '../lib/kube.ts'
+import { asArray, asRecord, feasibleNodes } from '../lib/scheduling.ts'
+import { FLUX, conditionOf, field, HR, isReady, KS, kubectl, kubeFact, kubeGet, kubeObjects, nameOf, type KubeObject } from '../lib/kube.ts'
 
 export const SECRET_STORE = 'onepassword'
 /** The revision the source reconcile fetched. */
@@ -135,79 +135,6 @@ export function parsePlacement(raw: unknown): PlacementRule[] {
     if (!ok) throw new ProvisionError('inventory', `placement key ${JSON.stringify(key)}: expected name, namespace/name or namespace/*`)
     return parts.length === 2 ? { key, namespace: parts[0], name: parts[1], node } : { key, name: parts[0], node }
   })
-}
-
-interface Toleration {
-  key?: string
-  operator?: string
-  value?: string
-  effect?: string
-}
-interface Taint {
-  key: string
-  value?: string
-  effect: string
-}
-interface SelectorRequirement {
-  key: string
-  operator: string
-  values?: string[]
-}
-
-function asArray<T>(v: unknown): T[] {
-  return Array.isArray(v) ? (v as T[]) : []
-}
-
-function asRecord(v: unknown): Record<string, unknown> {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : {}
-}
-
-function requirementHolds(labels: Record<string, string>, r: SelectorRequirement): boolean {
-  const has = Object.hasOwn(labels, r.key)
-  const v = labels[r.key]
-  const values = r.values ?? []
-  switch (r.operator) {
-    case 'In':
-      return has && values.includes(v)
-    case 'NotIn':
-      return !has || !values.includes(v)
-    case 'Exists':
-      return has
-    case 'DoesNotExist':
-      return !has
-    case 'Gt':
-      return has && Number(v) > Number(values[0])
-    case 'Lt':
-      return has && Number(v) < Number(values[0])
-    default:
-      return false
-  }
-}
-
-function tolerates(tolerations: readonly Toleration[], t: Taint): boolean {
-  return tolerations.some((tol) => {
-    if (tol.effect && tol.effect !== t.effect) return false
-    if (tol.operator === 'Exists') return !tol.key || tol.key === t.key
-    return tol.key === t.key && (tol.value ?? '') === (t.value ?? '')
-  })
-}
-
-/** The nodes a pod with this spec may be scheduled on: nodeSelector, required node affinity, NoSchedule/NoExecute taints. */
-export function feasibleNodes(podSpec: Record<string, unknown>, nodes: readonly KubeObject[]): string[] {
-  const selector = asRecord(podSpec.nodeSelector)
-  const terms = asArray<{ matchExpressions?: SelectorRequirement[] }>(
-    asRecord(asRecord(asRecord(podSpec.affinity).nodeAffinity).requiredDuringSchedulingIgnoredDuringExecution).nodeSelectorTerms,
-  )
-  const tolerations = asArray<Toleration>(podSpec.tolerations)
-  return nodes
-    .filter((n) => {
-      const labels = n.metadata.labels ?? {}
-      if (n.spec?.unschedulable === true) return false
-      if (!Object.entries(selector).every(([k, v]) => labels[k] === v)) return false
-      if (terms.length && !terms.some((t) => asArray<SelectorRequirement>(t.matchExpressions).every((r) => requirementHolds(labels, r)))) return false
-      return asArray<Taint>(n.spec?.taints).every((t) => (t.effect !== 'NoSchedule' && t.effect !== 'NoExecute') || tolerates(tolerations, t))
-    })
-    .map((n) => n.metadata.name)
 }
 
 const WORKLOAD_KINDS = ['Deployment', 'StatefulSet', 'DaemonSet', 'CronJob'] as const

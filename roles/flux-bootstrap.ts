@@ -9,7 +9,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { ProvisionError } from '../lib/errors.ts'
 import { defineFact, type Fact } from '../lib/facts.ts'
-import { conditionOf, field, GITREPO, isReady, KS, KUBECONFIG, KUBECTL, kubeFact, kubeGet, kubeObjects, type KubeObject } from '../lib/kube.ts'
+import { conditionOf, field, FLUX_BIN, GITREPO, isReady, KS, KUBECONFIG, KUBECTL, kubeFact, kubeGet, kubeObjects, type KubeObject } from '../lib/kube.ts'
 import { registerSecret } from '../lib/mask.ts'
 import type { Change, Role, StepContext } from '../lib/role.ts'
 import { quote } from '../lib/shell.ts'
@@ -78,8 +78,6 @@ export function checkFluxVars(v: Vars): void {
 
 // ---------------------------------------------------------------- the flux CLI
 
-export const FLUX_BIN = '/usr/local/bin/flux'
-export const FLUX = `${FLUX_BIN} --kubeconfig ${KUBECONFIG}`
 
 export const ESO_NAMESPACE = 'external-secrets'
 export const ESO_SECRET = 'onepassword-service-account'

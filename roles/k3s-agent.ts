@@ -7,7 +7,7 @@ import { flushHandlers, handler, type Role, type StepContext } from '../lib/role
 import { file, fileFact, systemdUnit } from '../lib/steps.ts'
 import { ProvisionError } from '../lib/errors.ts'
 import { kubectl } from '../lib/kube.ts'
-import { clusterToken, configNeedsRestart, installerWillRestart, extraConfig, K3S_CONFIG, k3sInstallFact, NODE_PASSWORD, nodeLabelsStep, nodeName, nodeOnServer, renderK3sConfig, restartHandlerStep, runInstaller, serverHandle, serverOf, } from './k3s-common.ts'
+import { clusterToken, configNeedsRestart, installerWillRestart, extraConfig, K3S_CONFIG, k3sInstallFact, NODE_PASSWORD, nodeLabelsStep, nodeName, nodeOnServer, renderK3sConfig, restartHandlerStep, runInstaller, serverHandle, serverOf, } from '../lib/k3s.ts'
 
 /** How long a running agent may stay unknown to the server before it is restarted to rejoin. */
 const REJOIN_AFTER_MS = 15_000

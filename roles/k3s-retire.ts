@@ -8,9 +8,9 @@ import { ProvisionError } from '../lib/errors.ts'
 import type { RunResult } from '../lib/connection.ts'
 import { runKey, type Role } from '../lib/role.ts'
 import { bounded } from '../lib/shell.ts'
-import { feasibleNodes } from './apps.ts'
+import { drainNode, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
 import { isReady, kubectl, kubeFact, kubeObjects, nameOf, type KubeObject } from '../lib/kube.ts'
-import { k3sInstallFact, nodeName } from './k3s-common.ts'
+import { k3sInstallFact, nodeName } from '../lib/k3s.ts'
 
 const AGENT_UNINSTALL = '/usr/local/bin/k3s-agent-uninstall.sh'
 /** Set by the uninstall role for a node, read when its Node is deleted: was the host itself cleaned up? */
@@ -19,41 +19,6 @@ const UNINSTALLED = runKey<boolean>('k3s-agent uninstalled')
 const nodeFact = (node: string) => kubeFact('k3s-retire', 'node', node)
 /** One read for the drain decision: every node and pod (a homelab's cluster is small). */
 const nodesAndPodsFact = kubeFact('k3s-retire', 'nodes,pods -A')
-
-interface Pod extends KubeObject {
-  spec?: { nodeName?: string }
-  status?: { phase?: string }
-}
-
-/** A pod a drain of `node` evicts: on it, not a DaemonSet pod (they stay), not a static pod, not finished. */
-function evicted(o: KubeObject, node: string): o is Pod {
-  const p = o as Pod
-  return (
-    p.spec?.nodeName === node &&
-    !(p.metadata.ownerReferences ?? []).some((r) => r.kind === 'DaemonSet') &&
-    !p.metadata.annotations?.['kubernetes.io/config.mirror'] &&
-    p.status?.phase !== 'Succeeded' &&
-    p.status?.phase !== 'Failed'
-  )
-}
-
-/** The pods a drain evicts from a node, by namespace/name. */
-export function podsToEvict(pods: readonly KubeObject[], node: string): string[] {
-  return pods.filter((p) => evicted(p, node)).map(nameOf).sort()
-}
-
-/**
- * The pods a drain of `node` evicts that no other Ready, schedulable node can take (their nodeSelector, required
- * affinity or the taints elsewhere tie them to it): they wait Pending until it is back (or for good, when retired).
- */
-export function podsWithNowhereElse(objects: readonly KubeObject[], node: string): string[] {
-  const others = objects.filter((o) => o.kind === 'Node' && o.metadata.name !== node && isReady(o))
-  return objects
-    .filter((o) => o.kind === 'Pod' && evicted(o, node))
-    .filter((p) => feasibleNodes((p.spec ?? {}) as Record<string, unknown>, others).length === 0)
-    .map(nameOf)
-    .sort()
-}
 
 function list(names: readonly string[]): string {
   return names.length <= 5 ? names.join(', ') : `${names.slice(0, 5).join(', ')} and ${names.length - 5} more`
@@ -93,21 +58,6 @@ export function drainNodeRole(node: string): Role {
       },
     ],
   }
-}
-
-/**
- * kubectl drain NODE on the server (`run` runs a script there as root), bounded by k3s_drain_timeout. On failure
- * the error shows kubectl's last lines; `left` says what state that leaves behind and how to go on.
- */
-export async function drainNode(run: (script: string) => Promise<RunResult>, node: string, seconds: number, left: string): Promise<void> {
-  const cmd = kubectl(`drain --ignore-daemonsets --delete-emptydir-data --timeout=${seconds}s`, node)
-  // kubectl's own timeout ends the drain; the outer bound only catches a kubectl that hangs past it.
-  const r = await run(bounded(cmd, seconds + 30, `kubectl drain ${node}`, 'k3s_drain_timeout'))
-  if (r.code === 0) return
-  const said = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-4).join('\n    ')
-  throw new ProvisionError('step', `kubectl drain ${node} failed (exit ${r.code}); ${left}:\n    ${said}`, {
-    hint: 'a PodDisruptionBudget that allows no eviction, or a pod without a controller (kubectl drain --force would delete it for good), keeps a drain from finishing; deal with that pod, then run again (k3s_drain_timeout gives a slow eviction more time)',
-  })
 }
 
 /** Run on the retired host itself: stop k3s-agent and remove it, so it cannot register again. */

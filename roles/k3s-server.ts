@@ -9,11 +9,11 @@ import { dirname } from 'node:path'
 import { parseDocument, stringify } from 'yaml'
 import { ProvisionError } from '../lib/errors.ts'
 import { registerEncodedSecret, registerSecret } from '../lib/mask.ts'
-import { flushHandlers, handler, runKey, type Role, type StepContext } from '../lib/role.ts'
-import { file, systemdUnit, waitUntil } from '../lib/steps.ts'
+import { flushHandlers, handler, runKey, type Role, type Step, type StepContext } from '../lib/role.ts'
+import { file, fileFact, systemdUnit, waitUntil } from '../lib/steps.ts'
 import { kubectl } from '../lib/kube.ts'
-import { restoreDatastore } from './k3s-restore.ts'
-import { CLUSTER_TOKEN, clusterToken, installerWillRestart, extraConfig, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, configNeedsRestart, nodeLabelsStep } from './k3s-common.ts'
+import { findBackup, SERVER_DIR, tokenSecret } from '../lib/k3s-backup.ts'
+import { CLUSTER_TOKEN, clusterToken, installerWillRestart, extraConfig, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, configNeedsRestart, nodeLabelsStep } from '../lib/k3s.ts'
 
 /** The server's Node as the API wait read it: the Ready wait starts from it instead of reading again. */
 const NODE_JSON = runKey<string>('server node as read by the API wait')
@@ -75,6 +75,45 @@ function readController(path: string): { text: string; mode: number } | null {
   } catch {
     return null
   }
+}
+
+// Restoring a rebuilt server from the owner's nightly backup on the NAS: the datastore is only usable with the token
+// it was made with, and only if it is in place before k3s first starts: so this runs before the install.
+const restoreDatastore: Step = {
+  name: 'Restore the datastore from the latest NAS backup (rebuild only, before k3s first starts)',
+  when: (ctx) => Boolean(ctx.vars.k3s_restore && ctx.vars.k3s_restore !== 'none'),
+  facts: () => [fileFact(`${SERVER_DIR}/db/state.db`)],
+  async plan(ctx) {
+    const present = await ctx.facts.get(fileFact(`${SERVER_DIR}/db/state.db`))
+    if (present.exists) return { status: 'ok', message: 'the server has a datastore: nothing to restore' }
+    if (!ctx.vars.k3s_backup_dir) throw new ProvisionError('step', 'k3s_restore is set but k3s_backup_dir is not: say where the backups are')
+    const backup = findBackup(ctx.vars.k3s_backup_dir, ctx.vars.k3s_restore!)
+    if (!backup) return { status: 'ok', message: `no backup in ${ctx.vars.k3s_backup_dir}: the server starts with a fresh datastore` }
+    return {
+      summary: `restore backup ${backup.name} (datastore, token, tls, cred)`,
+      async apply() {
+        const { token } = await clusterToken(ctx, false)
+        // Both files travel on stdin (base64), land in temp names, and are renamed into place only when complete.
+        await ctx.must(
+          [
+            'set -e',
+            `mkdir -p -m 0700 ${SERVER_DIR}/db`,
+            `base64 -d > ${SERVER_DIR}/db/.state.db.restore`,
+            `mv -f ${SERVER_DIR}/db/.state.db.restore ${SERVER_DIR}/db/state.db`,
+          ].join('\n'),
+          { stdin: readFileSync(backup.db).toString('base64'), what: `restore ${backup.db}` },
+        )
+        await ctx.must(`set -e; base64 -d | tar -xzf - -C ${SERVER_DIR}`, { stdin: readFileSync(backup.tarball).toString('base64'), what: `restore ${backup.tarball}` })
+        // The datastore is sealed with the token: a mismatch would only show as a k3s crash loop later.
+        const saved = (await ctx.must(`cat ${SERVER_DIR}/token`, { what: 'read the restored token', secretOutput: true })).stdout.trim()
+        registerSecret(saved)
+        if (tokenSecret(saved) !== tokenSecret(token))
+          throw new ProvisionError('step', `backup ${backup.name} was taken with another cluster token than the one at ${ctx.vars.k3s_token_ref}: k3s would refuse it ("bootstrap data already found and encrypted with different token")`, {
+            hint: 'restore the token that was in use when the backup was taken into the secrets store, or rebuild with -e k3s_restore=none',
+          })
+      },
+    }
+  },
 }
 
 export const k3sServer: Role = {

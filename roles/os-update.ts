@@ -13,9 +13,9 @@ import { defineFact } from '../lib/facts.ts'
 import { flushHandlers, type Role, type StepContext } from '../lib/role.ts'
 import { bounded, quote } from '../lib/shell.ts'
 import { rebootHandler, waitUntil } from '../lib/steps.ts'
-import { nodeName, nodeOnServer, serverHandle, type NodeView } from './k3s-common.ts'
+import { nodeName, nodeOnServer, serverHandle, type NodeView } from '../lib/k3s.ts'
 import { kubeGet, kubectl } from '../lib/kube.ts'
-import { drainNode, podsToEvict, podsWithNowhereElse } from './k3s-retire.ts'
+import { drainNode, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
 
 /** On a Node this role drained: it may uncordon it. */
 export const DRAINED_MARK = 'pi-provision/drained-for'

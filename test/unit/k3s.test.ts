@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest'
 import { parseInventory } from '../../lib/inventory.ts'
 import { ProvisionError } from '../../lib/errors.ts'
 import type { RunResult } from '../../lib/connection.ts'
-import { configNeedsRestart, extraConfig, missingOnNode, parseK3sInstall, parseNode, renderK3sConfig, serverOf, startingK3s } from '../../roles/k3s-common.ts'
+import { configNeedsRestart, extraConfig, missingOnNode, parseK3sInstall, parseNode, renderK3sConfig, serverOf, startingK3s } from '../../lib/k3s.ts'
 import { LocalConnection } from '../../lib/connection.ts'
 import { MANAGED_LABELS, MANAGED_TAINTS, planNodeMetadata } from '../../lib/kube.ts'
 import { thrown } from './fakes.ts'
@@ -127,7 +127,7 @@ describe('a k3s service that will not start', () => {
 
 describe('the cluster token from the secrets store', () => {
   it('is a k3s token: what k3s makes passes, anything a shell or YAML reads specially does not', async () => {
-    const { isClusterToken } = await import('../../roles/k3s-common.ts')
+    const { isClusterToken } = await import('../../lib/k3s.ts')
     for (const ok of ['K10' + 'a'.repeat(64) + '::server:' + 'b'.repeat(32), 'c0ffee'.repeat(8), 'abc/def+ghi=']) expect(isClusterToken(ok), ok).toBe(true)
     for (const bad of ['', 'a b', "a'b", 'a"b', 'a\nb', '-lfoo', 'a$(id)', 'a`id`', 'a\\b', 'x'.repeat(513)]) expect(isClusterToken(bad), JSON.stringify(bad)).toBe(false)
   })

@@ -1,0 +1,126 @@
+// Where a pod may run and what a drain moves: the scheduler's node filters the tool needs (nodeSelector, required
+// node affinity, NoSchedule/NoExecute taints and tolerations), the pods a drain evicts, and kubectl drain itself.
+// Used by the apps role (placement), retire and update (pods that fit no other node are named before a drain).
+
+import type { RunResult } from './connection.ts'
+import { ProvisionError } from './errors.ts'
+import { isReady, kubectl, nameOf, type KubeObject, type Taint } from './kube.ts'
+import { bounded } from './shell.ts'
+
+interface Toleration {
+  key?: string
+  operator?: string
+  value?: string
+  effect?: string
+}
+interface SelectorRequirement {
+  key: string
+  operator: string
+  values?: string[]
+}
+
+export function asArray<T>(v: unknown): T[] {
+  return Array.isArray(v) ? (v as T[]) : []
+}
+
+export function asRecord(v: unknown): Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : {}
+}
+
+function requirementHolds(labels: Record<string, string>, r: SelectorRequirement): boolean {
+  const has = Object.hasOwn(labels, r.key)
+  const v = labels[r.key]
+  const values = r.values ?? []
+  switch (r.operator) {
+    case 'In':
+      return has && values.includes(v)
+    case 'NotIn':
+      return !has || !values.includes(v)
+    case 'Exists':
+      return has
+    case 'DoesNotExist':
+      return !has
+    case 'Gt':
+      return has && Number(v) > Number(values[0])
+    case 'Lt':
+      return has && Number(v) < Number(values[0])
+    default:
+      return false
+  }
+}
+
+function tolerates(tolerations: readonly Toleration[], t: Taint): boolean {
+  return tolerations.some((tol) => {
+    if (tol.effect && tol.effect !== t.effect) return false
+    if (tol.operator === 'Exists') return !tol.key || tol.key === t.key
+    return tol.key === t.key && (tol.value ?? '') === (t.value ?? '')
+  })
+}
+
+/** The nodes a pod with this spec may be scheduled on: nodeSelector, required node affinity, NoSchedule/NoExecute taints. */
+export function feasibleNodes(podSpec: Record<string, unknown>, nodes: readonly KubeObject[]): string[] {
+  const selector = asRecord(podSpec.nodeSelector)
+  const terms = asArray<{ matchExpressions?: SelectorRequirement[] }>(
+    asRecord(asRecord(asRecord(podSpec.affinity).nodeAffinity).requiredDuringSchedulingIgnoredDuringExecution).nodeSelectorTerms,
+  )
+  const tolerations = asArray<Toleration>(podSpec.tolerations)
+  return nodes
+    .filter((n) => {
+      const labels = n.metadata.labels ?? {}
+      if (n.spec?.unschedulable === true) return false
+      if (!Object.entries(selector).every(([k, v]) => labels[k] === v)) return false
+      if (terms.length && !terms.some((t) => asArray<SelectorRequirement>(t.matchExpressions).every((r) => requirementHolds(labels, r)))) return false
+      return asArray<Taint>(n.spec?.taints).every((t) => (t.effect !== 'NoSchedule' && t.effect !== 'NoExecute') || tolerates(tolerations, t))
+    })
+    .map((n) => n.metadata.name)
+}
+
+interface Pod extends KubeObject {
+  spec?: { nodeName?: string }
+  status?: { phase?: string }
+}
+
+/** A pod a drain of `node` evicts: on it, not a DaemonSet pod (they stay), not a static pod, not finished. */
+function evicted(o: KubeObject, node: string): o is Pod {
+  const p = o as Pod
+  return (
+    p.spec?.nodeName === node &&
+    !(p.metadata.ownerReferences ?? []).some((r) => r.kind === 'DaemonSet') &&
+    !p.metadata.annotations?.['kubernetes.io/config.mirror'] &&
+    p.status?.phase !== 'Succeeded' &&
+    p.status?.phase !== 'Failed'
+  )
+}
+
+/** The pods a drain evicts from a node, by namespace/name. */
+export function podsToEvict(pods: readonly KubeObject[], node: string): string[] {
+  return pods.filter((p) => evicted(p, node)).map(nameOf).sort()
+}
+
+/**
+ * The pods a drain of `node` evicts that no other Ready, schedulable node can take (their nodeSelector, required
+ * affinity or the taints elsewhere tie them to it): they wait Pending until it is back (or for good, when retired).
+ */
+export function podsWithNowhereElse(objects: readonly KubeObject[], node: string): string[] {
+  const others = objects.filter((o) => o.kind === 'Node' && o.metadata.name !== node && isReady(o))
+  return objects
+    .filter((o) => o.kind === 'Pod' && evicted(o, node))
+    .filter((p) => feasibleNodes((p.spec ?? {}) as Record<string, unknown>, others).length === 0)
+    .map(nameOf)
+    .sort()
+}
+
+/**
+ * kubectl drain NODE on the server (`run` runs a script there as root), bounded by k3s_drain_timeout. On failure
+ * the error shows kubectl's last lines; `left` says what state that leaves behind and how to go on.
+ */
+export async function drainNode(run: (script: string) => Promise<RunResult>, node: string, seconds: number, left: string): Promise<void> {
+  const cmd = kubectl(`drain --ignore-daemonsets --delete-emptydir-data --timeout=${seconds}s`, node)
+  // kubectl's own timeout ends the drain; the outer bound only catches a kubectl that hangs past it.
+  const r = await run(bounded(cmd, seconds + 30, `kubectl drain ${node}`, 'k3s_drain_timeout'))
+  if (r.code === 0) return
+  const said = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-4).join('\n    ')
+  throw new ProvisionError('step', `kubectl drain ${node} failed (exit ${r.code}); ${left}:\n    ${said}`, {
+    hint: 'a PodDisruptionBudget that allows no eviction, or a pod without a controller (kubectl drain --force would delete it for good), keeps a drain from finishing; deal with that pod, then run again (k3s_drain_timeout gives a slow eviction more time)',
+  })
+}
