@@ -62,7 +62,10 @@ export const k3sAgent: Role = {
         const name = nodeName(ctx)
         return {
           summary: `delete the stale Node ${name} (and its node-password secret) on the server`,
-          apply: async () => void (await (await serverHandle(ctx)).must(kubectl('delete node', name), { what: `delete the stale Node ${name} on the server` })),
+          async apply() {
+            await (await serverHandle(ctx)).must(kubectl('delete node', name), { what: `delete the stale Node ${name} on the server` })
+            return `deleted the stale Node ${name} (and its node-password secret) on the server`
+          },
         }
       },
     },

@@ -111,6 +111,7 @@ const restoreDatastore: Step = {
           throw new ProvisionError('step', `backup ${backup.name} was taken with another cluster token than the one at ${ctx.vars.k3s_token_ref}: k3s would refuse it ("bootstrap data already found and encrypted with different token")`, {
             hint: 'restore the token that was in use when the backup was taken into the secrets store, or rebuild with -e k3s_restore=none',
           })
+        return `restored backup ${backup.name} (datastore, token, tls, cred)`
       },
     }
   },

@@ -167,7 +167,8 @@ describe('faults of a real homelab', () => {
     const json = join(dir, 'events.json')
     const retry = join(dir, 'r.retry')
     const timeoutS = 10
-    const run = start('pi-prep', ['--json', json, '--retry-file', retry, '-e', `reboot_timeout=${timeoutS}`])
+    // -v: --json carries command events from -v on, as the terminal shows them.
+    const run = start('pi-prep', ['-v', '--json', json, '--retry-file', retry, '-e', `reboot_timeout=${timeoutS}`])
     // The reboot was asked for (the handler's detached `systemctl reboot` returned): the host never comes back.
     await waitForEvent(run, json, 'the reboot command of pi3-worker-1', isCommand('pi3-worker-1', 'systemctl reboot'), 60_000)
     await labStop('pi3-worker-1')

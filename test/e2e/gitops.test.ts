@@ -197,7 +197,8 @@ describe('site.mts with Flux and the apps', () => {
     const before = await rv()
     const json = join(work, 'run2.jsonl')
     const ps = pollProcesses('pi-k3s')
-    const run = await timed('rerun', () => runPlaybookCli('site', ['--json', json]))
+    // -v: --json carries every command from -v on (their output only from -vv), as the terminal shows them.
+    const run = await timed('rerun', () => runPlaybookCli('site', ['-v', '--json', json]))
     const processes = await ps.stop()
     expect(run.code, run.out).toBe(0)
     for (const [h, c] of Object.entries(run.recap)) expect(c.changed, `${h}\n${run.out}`).toBe(0)
