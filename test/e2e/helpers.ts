@@ -15,8 +15,14 @@ export interface PlaybookRun {
   recap: Record<string, Record<string, number>>
 }
 
+/** A run of runPlaybookCli: `out` has both streams in order of arrival; here they are also apart. */
+export interface PlaybookCliRun extends PlaybookRun {
+  stdout: string
+  stderr: string
+}
+
 /** `npx zx playbooks/<name>.mts -i inventory/lab.yaml ...args`, with output captured. */
-export function runPlaybookCli(name: string, args: string[], opts: { onSpawn?: (pid: number) => void; env?: Record<string, string> } = {}): Promise<PlaybookRun> {
+export function runPlaybookCli(name: string, args: string[], opts: { onSpawn?: (pid: number) => void; env?: Record<string, string> } = {}): Promise<PlaybookCliRun> {
   return new Promise((resolveRun, reject) => {
     const child = spawn('npx', ['zx', `playbooks/${name}.mts`, '-i', LAB_INVENTORY, ...args], {
       cwd: REPO,
@@ -25,10 +31,20 @@ export function runPlaybookCli(name: string, args: string[], opts: { onSpawn?: (
     })
     if (child.pid) opts.onSpawn?.(child.pid)
     let out = ''
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
-    child.stderr.on('data', (d: Buffer) => (out += d.toString()))
+    const stdout: Buffer[] = []
+    const stderr: Buffer[] = []
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString()
+      stdout.push(d)
+    })
+    child.stderr.on('data', (d: Buffer) => {
+      out += d.toString()
+      stderr.push(d)
+    })
     child.on('error', reject)
-    child.on('close', (code) => resolveRun({ code: code ?? 255, out, recap: parseRecap(out) }))
+    child.on('close', (code) =>
+      resolveRun({ code: code ?? 255, out, stdout: Buffer.concat(stdout).toString(), stderr: Buffer.concat(stderr).toString(), recap: parseRecap(out) }),
+    )
   })
 }
 
