@@ -3,15 +3,17 @@
 // contacted; collisions are playbook errors; steps read them typed (roleVars). And the worked example's own pieces
 // (roles/examples/nas-mount.ts): its grammars, its fstab line, unit names, and what it plans on a fresh host.
 
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, expectTypeOf, it } from 'vitest'
 import { runCli } from '../../lib/cli.ts'
-import { DebPackage, Port } from '../../lib/grammar.ts'
+import { DebPackage, Port, SecretRef } from '../../lib/grammar.ts'
 import { parseExtraVars, parseInventory } from '../../lib/inventory.ts'
+import { kubectl, kubeFact, kubeObjects } from '../../lib/kube.ts'
+import { registerSecret, resetSecretsForTest } from '../../lib/mask.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
-import { defineVars, roleVars, type Playbook, type Role } from '../../lib/role.ts'
+import { defineVars, roleVars, type Playbook, type Role, type Step } from '../../lib/role.ts'
 import { runPlaybook } from '../../lib/runner.ts'
 import { declaredVars, type Vars } from '../../lib/vars.ts'
 import {
@@ -302,12 +304,13 @@ describe('the worked example: roles/examples/nas-mount.ts', () => {
     ])
   })
 
-  it('--check on a fresh host: says what it would do, runs nothing but reads', async () => {
+  const checkRun = async (autofs: boolean) => {
     const fstab = 'proc /proc proc defaults 0 0\n'
     const answer = (script: string) => {
       if (script.includes('/proc/self/mountinfo')) return { stdout: 'absent\n' }
       if (script.includes("stat -c '%F|%a|%U|%G' /etc/fstab")) return { stdout: `regular file|644|root|root\n${Buffer.from(fstab).toString('base64')}` }
       if (script.startsWith('systemctl show -p LoadState')) return { stdout: 'LoadState=not-found\nUnitFileState=\nActiveState=inactive\n' }
+      if (script.includes('/dev/autofs')) return { stdout: autofs ? 'yes\n' : 'no\n' }
       return { stdout: '' } // dpkg-query: nothing installed; the pending handlers: none
     }
     const conn = new FakeConnection('s1', (script) => answerBatch(script, answer) ?? answer(script))
@@ -319,17 +322,114 @@ describe('the worked example: roles/examples/nas-mount.ts', () => {
     )
     expect(s.exitCode).toBe(0)
     const ends = rep.events.flatMap((e) => (e.kind === 'step-end' ? [`${e.status}: ${e.step}${e.message ? ` (${e.message})` : ''}`] : []))
-    expect(ends).toEqual([
+    expect(ends.slice(0, -1)).toEqual([
       'changed: Install the NFS client (would install nfs-common)',
       'changed: Create the mount point (would create /mnt/nas)',
       'changed: Add the NAS to /etc/fstab (would update /etc/fstab)',
       'changed: Reload systemd units (would run systemctl daemon-reload)',
       'skipped: Check systemd made the mount from /etc/fstab (check mode: systemd makes the units from the fstab line only at the daemon-reload)',
-      'changed: Start the automount, so the share is there without a reboot (would mnt-nas.automount: start)',
     ])
     const diff = rep.events.find((e) => e.kind === 'step-end' && e.step === 'Add the NAS to /etc/fstab')
     expect(diff?.kind === 'step-end' && diff.diff).toContain('+nas.lan:/volume1/data /mnt/nas nfs _netdev,nofail,x-systemd.automount,x-systemd.mount-timeout=30 0 0')
     // Only reads went to the host: facts (in batches) and nothing that changes it.
     for (const { script } of conn.scripts) expect(script).not.toMatch(/apt-get|mkdir|daemon-reload|systemctl start|mv -f/)
+    return ends
+  }
+
+  it('--check on a fresh host: says what it would do, runs nothing but reads', async () => {
+    expect((await checkRun(true)).at(-1)).toBe('changed: Start the automount, so the share is there without a reboot (would mnt-nas.automount: start)')
+  })
+
+  it('where systemd cannot automount (a container), the start is skipped and says why', async () => {
+    expect((await checkRun(false)).at(-1)).toBe('skipped: Start the automount, so the share is there without a reboot (systemd cannot automount on this host (no /dev/autofs, as in a container))')
+  })
+})
+
+// ---------------------------------------------------------------- docs/writing-a-role.md
+
+// The page's examples that are not in roles/examples/nas-mount.ts live here, so tsc checks them and the tests
+// below run them.
+
+// "Reading a credential": a password the host made, kept in the secrets store, never in any output.
+const RESTIC_VARS = defineVars({
+  restic_password_ref: { type: 'secret-ref', doc: 'where the restic password is kept', grammar: SecretRef, secret: true, required: true },
+})
+
+const keepResticPassword: Step = {
+  name: 'Keep the restic password in the secrets store',
+  async plan(ctx) {
+    const ref = roleVars(ctx, RESTIC_VARS).restic_password_ref
+    const r = await ctx.must('cat /etc/restic/password', { what: 'read the restic password', secretOutput: true })
+    const password = r.stdout.trim()
+    registerSecret(password) // masked in every line, event and error from here on
+    if ((await ctx.secrets.lookup(ref)) === password) return null
+    return { summary: `store the restic password at ${ref}`, apply: () => ctx.secrets.upsert(ref, password) }
+  },
+}
+
+// "The cluster": on the server, the nodes labelled nas=mounted (one kubectl read, gathered with the role's facts).
+const nodesFact = kubeFact('nas-label', 'nodes')
+
+const labelNasNodes: Step = {
+  name: 'Label the nodes that mount the NAS',
+  facts: () => [nodesFact],
+  async plan(ctx) {
+    const nodes = kubeObjects(await ctx.facts.get(nodesFact), 'Node')
+    const names = nodes.filter((n) => n.metadata.labels?.nas !== 'mounted').map((n) => n.metadata.name)
+    if (names.length === 0) return null
+    return { summary: `label ${names.join(', ')} nas=mounted`, commands: [{ script: kubectl('label --overwrite node', ...names, 'nas=mounted') }] }
+  },
+}
+
+describe('docs/writing-a-role.md', () => {
+  const REPO = join(import.meta.dirname, '../..')
+  const read = (f: string) => readFileSync(join(REPO, f), 'utf8')
+
+  it('every ts block of the page is the text of a file tsc checks (pieces between "// ..." lines, in order)', () => {
+    const sources = ['roles/examples/nas-mount.ts', 'playbooks/examples/nas.mts', 'test/unit/role-vars.test.ts'].map(read)
+    const blocks = [...read('docs/writing-a-role.md').matchAll(/^```ts\n([\s\S]*?)^```$/gm)].map((m) => m[1])
+    // An indented block (in a list) would not be checked: there is none.
+    expect(read('docs/writing-a-role.md')).not.toMatch(/^ +```/m)
+    expect(blocks.length).toBeGreaterThan(5)
+    for (const block of blocks) {
+      const pieces = block.split(/^\s*\/\/ \.\.\.\n/m).filter((p) => p.trim())
+      const home = sources.find((src) => {
+        let at = 0
+        for (const piece of pieces) {
+          at = src.indexOf(piece, at)
+          if (at < 0) return false
+          at += piece.length
+        }
+        return true
+      })
+      expect(home, `not verbatim in any checked file:\n${block}`).toBeDefined()
+    }
+  })
+
+  it('the credential example stores what the host made, shows it nowhere, and changes nothing the second time', async () => {
+    resetSecretsForTest()
+    const role: Role = { name: 'restic', vars: RESTIC_VARS, steps: [keepResticPassword] }
+    const conn = new FakeConnection('s1', (script) => (script === 'cat /etc/restic/password' ? { stdout: 'correct-horse-battery\n' } : undefined))
+    const secrets = new MemorySecrets()
+    const inventory = parseInventory(INV('    restic_password_ref: op://lab/restic/password\n'), '/tmp/inv.yaml', { declared: declaredVars([role]) })
+    const pb: Playbook = { name: 'restic', plays: [{ name: 'p', hosts: 's1', roles: [role] }] }
+    const rep = new RecordingReporter(2)
+    const first = await runPlaybook(pb, { inventory, reporter: rep, secrets, connect: () => conn })
+    expect(first.counts.s1.changed).toBe(1)
+    expect(secrets.values.get('op://lab/restic/password')).toBe('correct-horse-battery')
+    expect([...rep.lines, JSON.stringify(rep.events)].join('\n')).not.toContain('correct-horse-battery')
+    const again = await runPlaybook(pb, { inventory, reporter: new RecordingReporter(2), secrets, connect: () => conn })
+    expect(again.counts.s1.changed).toBe(0)
+  })
+
+  it('the cluster example labels the nodes that lack the label, with names after --', async () => {
+    const nodes = { items: [{ kind: 'Node', metadata: { name: 'pi-k3s', labels: { nas: 'mounted' } } }, { kind: 'Node', metadata: { name: 'pi3-worker-1', labels: {} } }] }
+    const answer = (script: string) => (script.includes('get nodes -o json') ? { stdout: JSON.stringify(nodes) } : { stdout: '' })
+    const conn = new FakeConnection('s1', (script) => answerBatch(script, answer) ?? answer(script))
+    const rep = new RecordingReporter(0)
+    const pb: Playbook = { name: 'label', plays: [{ name: 'p', hosts: 's1', roles: [{ name: 'nas-label', steps: [labelNasNodes] }] }] }
+    const s = await runPlaybook(pb, { inventory: parseInventory(INV(''), '/tmp/inv.yaml'), reporter: rep, secrets: new MemorySecrets(), connect: () => conn })
+    expect(s.exitCode).toBe(0)
+    expect(conn.scripts.map((x) => x.script)).toContain("k3s kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml label --overwrite node -- pi3-worker-1 nas=mounted")
   })
 })
