@@ -170,6 +170,7 @@ export class SshConnection implements Connection {
 
   private async connectWithRetries(): Promise<NodeSSH> {
     let last: unknown
+    const started = Date.now()
     for (let attempt = 1; attempt <= CONNECT_ATTEMPTS; attempt++) {
       try {
         return await this.connectOnce()
@@ -180,6 +181,9 @@ export class SshConnection implements Connection {
         if (attempt < CONNECT_ATTEMPTS) await sleep(250 * 2 ** attempt)
       }
     }
+    // Say how long was spent: "no answer within 2s" alone reads wrong after four tries and their back-off.
+    if (last instanceof ProvisionError && last.kind === 'unreachable')
+      throw new ProvisionError('unreachable', `${last.message} (${CONNECT_ATTEMPTS} attempts over ${((Date.now() - started) / 1000).toFixed(1)}s)`, { place: last.place, hint: last.hint, cause: last })
     throw last
   }
 
