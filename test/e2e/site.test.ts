@@ -133,7 +133,9 @@ describe('site.mts on a fresh lab', () => {
 
   it('a k3s that never gets ready does not hang the run: the restart is bounded by k3s_start_timeout and says so', async () => {
     // k3s's unit waits for ever (Type=notify, TimeoutStartSec=0); the stand-in holds back readiness while the marker exists.
-    await onHost('pi-k3s', 'mkdir -p /etc/k3s-standin && touch /etc/k3s-standin/hang-before-ready && echo "# edited by hand" >> /etc/rancher/k3s/config.yaml')
+    // A setting added by hand (not a comment: a comment changes nothing k3s reads, and restarts nothing) makes the
+    // role write config.yaml back and restart k3s.
+    await onHost('pi-k3s', 'mkdir -p /etc/k3s-standin && touch /etc/k3s-standin/hang-before-ready && echo "debug: true" >> /etc/rancher/k3s/config.yaml')
     try {
       const stuck = await runPlaybookCli('site', ['--limit', 'pi-k3s', '-e', 'k3s_start_timeout=3'])
       expect(stuck.code, stuck.out).toBe(2)
