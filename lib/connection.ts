@@ -12,6 +12,7 @@ import { ProvisionError } from './errors.ts'
 import { expandPath } from './inventory.ts'
 import { addKnownHost, checkHostKey, fingerprint, knownKeyTypes, loadKnownHosts, withSessionKey, type HostKeyVerdict, type KnownHosts } from './knownhosts.ts'
 import { asRoot } from './shell.ts'
+import { keyForSsh } from './sshkeys.ts'
 
 export interface RunOptions {
   /** Run as root (sudo -n sh -c). Default true: provisioning is root's work. */
@@ -49,6 +50,12 @@ export interface SshTarget {
   keyText?: string
   /** sudo's password from the secrets store (become_password_ref), for a login user without a NOPASSWD rule. */
   sudoPassword?: string
+  /** Passphrase of an encrypted key (ssh_key_passphrase_ref). */
+  keyPassphrase?: string
+  /** The secret reference keyText came from, for messages. */
+  keyRef?: string
+  /** An ssh-agent's socket (SSH_AUTH_SOCK): its keys are offered after the key file's, as OpenSSH does. */
+  agentSocket?: string
   knownHostsFile: string
   /** Accept and record the key of a host that is not in known_hosts yet (never a changed key). */
   trustNewHostKeys: boolean
@@ -177,7 +184,7 @@ export class SshConnection implements Connection {
       } catch (e) {
         last = e
         // A host-key problem or a refused login will not fix itself: do not retry those.
-        if (e instanceof ProvisionError && (e.kind === 'hostkey' || /authentication/i.test(e.message))) throw e
+        if (e instanceof ProvisionError && (e.kind === 'hostkey' || /authentication|SSH key/i.test(e.message))) throw e
         if (attempt < CONNECT_ATTEMPTS) await sleep(250 * 2 ** attempt)
       }
     }
@@ -185,6 +192,21 @@ export class SshConnection implements Connection {
     if (last instanceof ProvisionError && last.kind === 'unreachable')
       throw new ProvisionError('unreachable', `${last.message} (${CONNECT_ATTEMPTS} attempts over ${((Date.now() - started) / 1000).toFixed(1)}s)`, { place: last.place, hint: last.hint, cause: last })
     throw last
+  }
+
+  /** The key to log in with, read (and converted or decrypted) once per connection: none when only the agent is used. */
+  private async privateKey(): Promise<string | undefined> {
+    const t = this.target
+    try {
+      if (t.keyText !== undefined) return keyForSsh(t.keyText, { what: `ssh_key_ref ${t.keyRef ?? ''}`.trim(), host: t.host }, t.keyPassphrase)
+      if (t.keyFile) return keyForSsh(await readKey(t.keyFile, t.host), { what: `ssh_key_file ${t.keyFile}`, host: t.host }, t.keyPassphrase)
+    } catch (e) {
+      // An encrypted key and an agent: the agent most likely holds it (ssh-add), as OpenSSH would find.
+      if (t.agentSocket && t.keyPassphrase === undefined && e instanceof ProvisionError && /encrypted/.test(e.message)) return undefined
+      throw e
+    }
+    // No key and no agent: the login fails, and says what to set (unreachable()).
+    return undefined
   }
 
   private async connectOnce(timeoutMs = this.target.connectTimeoutSec * 1000): Promise<NodeSSH> {
@@ -197,7 +219,7 @@ export class SshConnection implements Connection {
     let verdict: HostKeyVerdict | null = null
     let presented: Buffer | null = null
     const preferred = knownKeyTypes(known, t.address, t.port)
-    const privateKey = t.keyText ?? (t.keyFile ? await readKey(t.keyFile, t.host) : undefined)
+    const privateKey = await this.privateKey()
     const ssh = new NodeSSH()
     try {
       const sock = await openSocket(t.address, t.port, timeoutMs)
@@ -207,6 +229,7 @@ export class SshConnection implements Connection {
         port: t.port,
         username: t.user,
         privateKey,
+        agent: t.agentSocket,
         readyTimeout: timeoutMs,
         keepaliveInterval: 5000,
         keepaliveCountMax: 3,
@@ -357,7 +380,8 @@ function unreachable(t: SshTarget, e: unknown): ProvisionError {
   if (err.code === 'ECONNREFUSED') why = `connection refused on port ${t.port} (is sshd running?)`
   else if (err.code === 'EHOSTUNREACH' || err.code === 'ENETUNREACH') why = 'no route to host'
   else if (/Timed out while waiting for handshake/i.test(why)) why = `no answer within ${t.connectTimeoutSec}s`
-  else if (err.level === 'client-authentication') why = `authentication failed for user ${t.user} (check ssh_user and ssh_key_file)`
+  else if (err.level === 'client-authentication')
+    why = `authentication failed for user ${t.user} (check ssh_user and ssh_key_file or ssh_key_ref${t.agentSocket ? `, and the keys of the ssh-agent at ${t.agentSocket}` : '; no ssh-agent: SSH_AUTH_SOCK is not set'})`
   return new ProvisionError('unreachable', `cannot connect to ${t.address}:${t.port}: ${why}`, { place: { host: t.host }, cause: e })
 }
 

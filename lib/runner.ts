@@ -100,6 +100,7 @@ export function requiredSecrets(pb: Playbook, inv: Inventory, limit: string | un
         const vars = hostVars(inv.hosts.get(name)!, role.defaults, extra)
         if (vars.ssh_key_ref) refs.add(vars.ssh_key_ref)
         if (vars.become_password_ref) refs.add(vars.become_password_ref)
+        if (vars.ssh_key_passphrase_ref) refs.add(vars.ssh_key_passphrase_ref)
         for (const r of role.secrets?.(vars) ?? []) if (r) refs.add(r)
       }
   return [...refs]
@@ -463,6 +464,10 @@ function sshFor(
     keyFile: vars.ssh_key_file,
     keyText: vars.ssh_key_ref ? o.secrets.get(vars.ssh_key_ref) : undefined,
     sudoPassword: vars.become_password_ref ? o.secrets.get(vars.become_password_ref) : undefined,
+    keyPassphrase: vars.ssh_key_passphrase_ref ? o.secrets.get(vars.ssh_key_passphrase_ref) : undefined,
+    keyRef: vars.ssh_key_ref,
+    // The agent the owner's own `ssh` uses (1Password's SSH agent included), when there is one.
+    agentSocket: vars.ssh_agent ? process.env.SSH_AUTH_SOCK || undefined : undefined,
     knownHostsFile: vars.known_hosts_file,
     trustNewHostKeys: o.trustNewHostKeys,
     recordNewHostKeys: o.recordNewHostKeys,

@@ -30,6 +30,8 @@ export const VAR_SPECS = {
   ssh_port: { type: 'int', doc: 'SSH port', grammar: g.Port },
   ssh_key_file: { type: 'path', doc: 'private key file for SSH (relative to the inventory file)', grammar: g.FilePath },
   ssh_key_ref: { type: 'secret-ref', doc: 'private key from the secrets store instead of a file (op://vault/item/field)', grammar: g.SecretRef, secret: true },
+  ssh_key_passphrase_ref: { type: 'secret-ref', doc: 'passphrase of an encrypted ssh_key_file or ssh_key_ref, from the secrets store', grammar: g.SecretRef, secret: true },
+  ssh_agent: { type: 'bool', doc: 'also offer the keys of the ssh-agent at SSH_AUTH_SOCK (the 1Password SSH agent too) when it is set' },
   become_password_ref: { type: 'secret-ref', doc: 'sudo password from the secrets store, for hosts without a NOPASSWD rule', grammar: g.SecretRef, secret: true },
   known_hosts_file: { type: 'path', doc: 'known_hosts used for strict host-key checking', grammar: g.FilePath },
   connect_timeout: { type: 'int', doc: 'seconds to wait for an SSH connection', grammar: g.Duration },
@@ -90,6 +92,8 @@ export interface Vars {
   ssh_key_ref?: string
   /** sudo password from the secrets store (op://...), for hosts without a NOPASSWD sudo rule. */
   become_password_ref?: string
+  ssh_key_passphrase_ref?: string
+  ssh_agent: boolean
   known_hosts_file: string
   connect_timeout: number
   secrets_backend: 'onepassword' | 'file'
@@ -140,6 +144,7 @@ export interface Vars {
 export const BUILTIN_DEFAULTS: Vars = {
   ssh_user: 'pi',
   ssh_port: 22,
+  ssh_agent: true,
   known_hosts_file: '~/.ssh/known_hosts',
   connect_timeout: 10,
   secrets_backend: 'file',
