@@ -2,6 +2,7 @@
 // dropped for a host as soon as one of its steps changes it, and gathered in batches: all the facts a
 // role needs travel in one remote script, so a no-op rerun costs one round trip per role, not one per check.
 
+import { ProvisionError } from './errors.ts'
 import type { Connection, RunResult } from './connection.ts'
 import { quote } from './shell.ts'
 
@@ -65,6 +66,9 @@ export class FactCache {
     const script = batchScript(todo.map((f) => f.script), marker)
     const p = (async () => {
       const r = await this.run(todo.map((f) => f.key), script)
+      // The batch itself did not run (sudo refused, no shell): that is no answer to any fact, and says why.
+      if (r.code !== 0 && !r.stdout.includes(marker))
+        throw new ProvisionError('step', `reading facts failed (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-3).join(' ') || 'no output'}`, { place: { host: this.conn.host } })
       const parts = splitBatch(r.stdout, marker, todo.length)
       todo.forEach((f, i) => {
         const part = parts[i] ?? { stdout: '', code: 255 }

@@ -464,3 +464,14 @@ describe('a one-Pi cluster', () => {
     await expect(setup(pb, { inventory: one, limit: 'agent' }).run()).rejects.toThrow('"agent" is neither a host nor a group')
   })
 })
+
+describe('a fact batch that does not run at all', () => {
+  it('fails the host saying why (sudo refused), instead of answering every fact as empty', async () => {
+    const conn = new FakeConnection('s1', () => ({ code: 1, stderr: 'sudo: a password is required\n' }))
+    const facts = [defineFact('one', 'echo 1', (r) => r.stdout), defineFact('two', 'echo 2', (r) => r.stdout)]
+    const role: Role = { name: 'r', steps: [{ name: 'read', facts: () => facts, async plan() { return { status: 'ok' } } }] }
+    const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, {}, new Map([['s1', conn]]))
+    expect((await run()).exitCode).toBe(2)
+    expect(rep.lines.filter((l) => l.startsWith('FAILED'))).toEqual(['FAILED: [s1] r | read (s1: reading facts failed (exit 1): sudo: a password is required)'])
+  })
+})
