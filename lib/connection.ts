@@ -229,6 +229,7 @@ export class SshConnection implements Connection {
         port: t.port,
         username: t.user,
         privateKey,
+        passphrase: privateKey !== undefined ? t.keyPassphrase : undefined,
         agent: t.agentSocket,
         readyTimeout: timeoutMs,
         keepaliveInterval: 5000,
