@@ -9,11 +9,23 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 
 import { cpus, tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
-import { DEFAULT_HOSTS, LAB_ARTIFACT_BASE, LAB_KEY, LAB_KNOWN_HOSTS, LAB_SECRETS_FILE, labAddress, labBootId, labExec, labUp } from '../test/lab/lab.ts'
+import {
+  DEFAULT_HOSTS,
+  LAB_ARTIFACT_BASE,
+  LAB_KEY,
+  LAB_KNOWN_HOSTS,
+  LAB_SECRETS_FILE,
+  labAddress,
+  labBootId,
+  labExec,
+  labUp,
+} from '../test/lab/lab.ts'
 import { connect as tcpConnect } from 'node:net'
 
 const REPO = resolve(import.meta.dirname, '..')
-const { values: flags } = parseArgs({ options: { runs: { type: 'string', default: '5' }, 'no-12': { type: 'boolean' }, 'no-fresh': { type: 'boolean' } } })
+const { values: flags } = parseArgs({
+  options: { runs: { type: 'string', default: '5' }, 'no-12': { type: 'boolean' }, 'no-fresh': { type: 'boolean' } },
+})
 const RUNS = Number(flags.runs)
 
 interface Timing {
@@ -51,8 +63,16 @@ function timed(cmd: string): Promise<Timing & { code: number; out: string }> {
       const m = /@@TIME ([\d.]+) ([\d.]+) ([\d.]+)/.exec(out)
       if (!m) return rej(new Error(`no timing in output of ${cmd}:\n${out}`))
       let steps = 0
-      for (const r of out.matchAll(/: ok=(\d+)\s+changed=\d+\s+unreachable=\d+\s+failed=(\d+)\s+skipped=(\d+)/g)) steps += Number(r[1]) + Number(r[2]) + Number(r[3])
-      res({ code: code ?? 255, out, wall: Number(m[1]), user: Number(m[2]), sys: Number(m[3]), steps: steps || undefined })
+      for (const r of out.matchAll(/: ok=(\d+)\s+changed=\d+\s+unreachable=\d+\s+failed=(\d+)\s+skipped=(\d+)/g))
+        steps += Number(r[1]) + Number(r[2]) + Number(r[3])
+      res({
+        code: code ?? 255,
+        out,
+        wall: Number(m[1]),
+        user: Number(m[2]),
+        sys: Number(m[3]),
+        steps: steps || undefined,
+      })
     })
   })
 }
@@ -61,10 +81,25 @@ function figure(name: string, hosts: number, runs: Timing[]): Figure {
   const walls = runs.map((r) => r.wall).sort((a, b) => a - b)
   const cpu = runs.reduce((s, r) => s + r.user + r.sys, 0) / runs.length
   const steps = runs[0].steps
-  return { name, hosts, runs, min: walls[0], median: walls[Math.floor(walls.length / 2)], max: walls[walls.length - 1], cpu, cpuMsPerStep: steps ? (cpu * 1000) / steps : undefined }
+  return {
+    name,
+    hosts,
+    runs,
+    min: walls[0],
+    median: walls[Math.floor(walls.length / 2)],
+    max: walls[walls.length - 1],
+    cpu,
+    cpuMsPerStep: steps ? (cpu * 1000) / steps : undefined,
+  }
 }
 
-async function repeat(name: string, hosts: number, cmd: string, n = RUNS, before?: () => Promise<void>): Promise<Figure> {
+async function repeat(
+  name: string,
+  hosts: number,
+  cmd: string,
+  n = RUNS,
+  before?: () => Promise<void>,
+): Promise<Figure> {
   const runs: Timing[] = []
   for (let i = 0; i < n; i++) {
     if (before) await before()
@@ -197,9 +232,11 @@ await labUp(DEFAULT_HOSTS, { fresh: !flags['no-fresh'] })
 const inv3 = resolve(REPO, 'inventory/lab.yaml')
 if (!flags['no-fresh']) {
   // A fresh site run needs freshly flashed hosts each time: re-flash before every run (not timed).
-  figures.push(await repeat('fresh site run', 3, `zx playbooks/site.mts -i ${inv3}`, Math.min(RUNS, 3), async () => {
-    await labUp(DEFAULT_HOSTS, { fresh: true })
-  }))
+  figures.push(
+    await repeat('fresh site run', 3, `zx playbooks/site.mts -i ${inv3}`, Math.min(RUNS, 3), async () => {
+      await labUp(DEFAULT_HOSTS, { fresh: true })
+    }),
+  )
 } else {
   await converge()
 }
@@ -207,13 +244,19 @@ if (!flags['no-fresh']) {
   const events = join(mkdtempSync(join(tmpdir(), 'bench-events-')), 'fresh.jsonl')
   const apt: Timing[] = []
   const rebootHandler: Timing[] = []
-  const fresh = await repeat('fresh pi-prep (incl. apt and reboot)', 3, `zx playbooks/pi-prep.mts -i ${inv3} --json ${events}`, Math.min(RUNS, 3), async () => {
-    if (existsSync(events)) {
-      apt.push({ wall: slowestStep(events, 'Install the packages the cluster needs'), user: 0, sys: 0 })
-      rebootHandler.push({ wall: slowestStep(events, 'Reboot'), user: 0, sys: 0 })
-    }
-    await labUp(DEFAULT_HOSTS, { fresh: true })
-  })
+  const fresh = await repeat(
+    'fresh pi-prep (incl. apt and reboot)',
+    3,
+    `zx playbooks/pi-prep.mts -i ${inv3} --json ${events}`,
+    Math.min(RUNS, 3),
+    async () => {
+      if (existsSync(events)) {
+        apt.push({ wall: slowestStep(events, 'Install the packages the cluster needs'), user: 0, sys: 0 })
+        rebootHandler.push({ wall: slowestStep(events, 'Reboot'), user: 0, sys: 0 })
+      }
+      await labUp(DEFAULT_HOSTS, { fresh: true })
+    },
+  )
   apt.push({ wall: slowestStep(events, 'Install the packages the cluster needs'), user: 0, sys: 0 })
   rebootHandler.push({ wall: slowestStep(events, 'Reboot'), user: 0, sys: 0 })
   // The fresh target is "the reboot + 2 s"; apt (mirror download + dpkg) is not the runner's to speed up, so show the rest too.
@@ -245,7 +288,9 @@ figures.push(await repeat('no-op pi-prep rerun', 3, `zx playbooks/pi-prep.mts -i
 figures.push(await repeat('floor (one ssh per host, all checks)', 3, floorCommand(DEFAULT_HOSTS)))
 figures.push(await repeat('site floor (+ the cluster reads)', 3, siteFloorCommand(DEFAULT_HOSTS)))
 figures.push(await repeat('start-up only: zx --list-hosts', 3, `zx playbooks/pi-prep.mts -i ${inv3} --list-hosts`))
-figures.push(await repeat('start-up only: npx zx --list-hosts', 3, `npx zx playbooks/pi-prep.mts -i ${inv3} --list-hosts`))
+figures.push(
+  await repeat('start-up only: npx zx --list-hosts', 3, `npx zx playbooks/pi-prep.mts -i ${inv3} --list-hosts`),
+)
 
 // A lab of 12 that will not come up (seen once: a container whose cgroup setup failed at boot) costs the
 // 12-host rows, not the figures already measured: they are still printed and written, with the error.
@@ -263,11 +308,13 @@ if (!flags['no-12']) {
   }
 }
 
-const floorOf = (f: Figure) => figures.find((g) => g.hosts === f.hosts && g.name.startsWith(f.name.includes('site') ? 'site floor' : 'floor'))
+const floorOf = (f: Figure) =>
+  figures.find((g) => g.hosts === f.hosts && g.name.startsWith(f.name.includes('site') ? 'site floor' : 'floor'))
 const rows = figures.map((f) => {
   const floor = floorOf(f)
   // Ratios for the reruns and start-up only: a fresh run is bound by apt and the reboot, not by round trips.
-  const ratio = floor && (f.name.startsWith('no-op') || f.name.startsWith('start-up')) ? f.median / floor.median : undefined
+  const ratio =
+    floor && (f.name.startsWith('no-op') || f.name.startsWith('start-up')) ? f.median / floor.median : undefined
   return { ...f, ratioToFloor: ratio }
 })
 console.log(`\n${'run'.padEnd(40)} hosts   min    median   max    x floor   cpu s/run  cpu ms/step/host`)

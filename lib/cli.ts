@@ -87,8 +87,13 @@ export function parseCli(argv: string[], opts: { positionals?: boolean } = {}): 
   }
   const v = parsed.values
   const forks = v.forks === undefined ? 10 : Number(v.forks)
-  if (!Number.isInteger(forks) || forks < 1) throw new ProvisionError('usage', `--forks ${v.forks}: expected a whole number >= 1`)
-  const list = (xs: string[] | undefined) => (xs ?? []).flatMap((x) => x.split(',')).map((s) => s.trim()).filter(Boolean)
+  if (!Number.isInteger(forks) || forks < 1)
+    throw new ProvisionError('usage', `--forks ${v.forks}: expected a whole number >= 1`)
+  const list = (xs: string[] | undefined) =>
+    (xs ?? [])
+      .flatMap((x) => x.split(','))
+      .map((s) => s.trim())
+      .filter(Boolean)
   return {
     inventoryFile: v.inventory ?? 'inventory/hosts.yaml',
     limit: v.limit,
@@ -129,7 +134,9 @@ export function listHosts(pb: Playbook, inv: Inventory, limit?: string): string[
 export function listTasks(pb: Playbook, inv: Inventory, o: Pick<CliOptions, 'limit' | 'tags' | 'skipTags'>): string[] {
   const out: string[] = []
   for (const { play, hosts } of planHosts(pb, inv, o.limit)) {
-    out.push(`play #${pb.plays.indexOf(play) + 1} (${play.hosts}): ${play.name}  HOSTS: ${hosts.join(', ') || '(none)'}`)
+    out.push(
+      `play #${pb.plays.indexOf(play) + 1} (${play.hosts}): ${play.name}  HOSTS: ${hosts.join(', ') || '(none)'}`,
+    )
     for (const role of play.roles) {
       for (const step of role.steps.filter((s) => stepSelected(s, role, o.tags, o.skipTags)))
         out.push(`    ${role.name} | ${step.name}${step.tags?.length ? `  TAGS: [${step.tags.join(', ')}]` : ''}`)
@@ -168,11 +175,11 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
     // The hosts' final values (after -e) across hosts: node names, no address or node name twice.
     checkHosts(inv, extra, new Set(planHosts(pb, inv, o.limit).flatMap((p) => p.hosts)))
     if (o.listHosts) {
-      listHosts(pb, inv, o.limit).forEach((l) => print(l))
+      for (const l of listHosts(pb, inv, o.limit)) print(l)
       return EXIT.ok
     }
     if (o.listTasks) {
-      listTasks(pb, inv, o).forEach((l) => print(l))
+      for (const l of listTasks(pb, inv, o)) print(l)
       return EXIT.ok
     }
     // Listing needs no role variable; a run needs every required one, for every host it takes.
@@ -188,7 +195,10 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
     let sigints = 0
     const onSigint = () => {
       if (++sigints > 1) process.exit(EXIT.interrupted)
-      reporter.emit({ kind: 'interrupted', message: 'finishing the steps in flight, then the recap (Ctrl-C again to quit at once)' })
+      reporter.emit({
+        kind: 'interrupted',
+        message: 'finishing the steps in flight, then the recap (Ctrl-C again to quit at once)',
+      })
       abort.abort()
     }
     process.on('SIGINT', onSigint)
@@ -248,10 +258,14 @@ export function checkRequiredVars(pb: Playbook, inv: Inventory, limit: string | 
   if (missing.size === 0) return
   const problems = [...missing.values()].map(
     (m) =>
-      new ProvisionError('inventory', `role ${m.role} needs variable ${m.name} (${m.doc}), and it is not set for ${m.hosts.length === inv.hosts.size && m.hosts.length > 1 ? 'any host' : m.hosts.join(', ')}`, {
-        place: { file: inv.file },
-        hint: `set ${m.name} in the inventory (under all.vars for every host, or under a group or host) or with -e ${m.name}=...`,
-      }),
+      new ProvisionError(
+        'inventory',
+        `role ${m.role} needs variable ${m.name} (${m.doc}), and it is not set for ${m.hosts.length === inv.hosts.size && m.hosts.length > 1 ? 'any host' : m.hosts.join(', ')}`,
+        {
+          place: { file: inv.file },
+          hint: `set ${m.name} in the inventory (under all.vars for every host, or under a group or host) or with -e ${m.name}=...`,
+        },
+      ),
   )
   throw ProvisionError.all(problems, `${problems.length} role variables are not set`, 'inventory')
 }
@@ -265,9 +279,17 @@ export async function openStoreFor(inv: Inventory, extra: Record<string, unknown
     backends.add(v.secrets_backend)
     file ??= v.secrets_file
   }
-  if (backends.size > 1) throw new ProvisionError('inventory', `hosts use different secrets backends (${[...backends].join(', ')}); set secrets_backend once under all.vars`, { place: { file: inv.file } })
+  if (backends.size > 1)
+    throw new ProvisionError(
+      'inventory',
+      `hosts use different secrets backends (${[...backends].join(', ')}); set secrets_backend once under all.vars`,
+      { place: { file: inv.file } },
+    )
   const backend = [...backends][0] as Vars['secrets_backend']
-  if (backend === 'file' && !file) throw new ProvisionError('inventory', 'secrets_backend is "file" but no secrets_file is set', { place: { file: inv.file } })
+  if (backend === 'file' && !file)
+    throw new ProvisionError('inventory', 'secrets_backend is "file" but no secrets_file is set', {
+      place: { file: inv.file },
+    })
   return openSecretStore({ backend, file })
 }
 

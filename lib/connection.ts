@@ -10,7 +10,16 @@ import type { ServerHostKeyAlgorithm } from 'ssh2'
 import pLimit from 'p-limit'
 import { ProvisionError } from './errors.ts'
 import { expandPath } from './inventory.ts'
-import { addKnownHost, checkHostKey, fingerprint, knownKeyTypes, loadKnownHosts, withSessionKey, type HostKeyVerdict, type KnownHosts } from './knownhosts.ts'
+import {
+  addKnownHost,
+  checkHostKey,
+  fingerprint,
+  knownKeyTypes,
+  loadKnownHosts,
+  withSessionKey,
+  type HostKeyVerdict,
+  type KnownHosts,
+} from './knownhosts.ts'
 import { asRoot } from './shell.ts'
 import { keyForSsh } from './sshkeys.ts'
 
@@ -128,11 +137,15 @@ export class SshConnection implements Connection {
     // The sudo password goes first on stdin, one line (asRoot reads exactly that line); the command's own stdin follows.
     const stdin = password !== undefined ? `${password}\n${opts.stdin ?? ''}` : opts.stdin
     return this.channels(async () => {
-      const ssh = opts.connectWithinMs === undefined ? await this.connect() : await this.connectQuick(opts.connectWithinMs)
+      const ssh =
+        opts.connectWithinMs === undefined ? await this.connect() : await this.connectQuick(opts.connectWithinMs)
       const lost = (why: string, cause?: unknown) => {
         // The connection died under the command: forget it so the next run reconnects.
         if (this.ssh === ssh) this.ssh = null
-        return new ProvisionError('unreachable', `connection lost while running a command: ${why}`, { place: { host: this.host }, cause })
+        return new ProvisionError('unreachable', `connection lost while running a command: ${why}`, {
+          place: { host: this.host },
+          cause,
+        })
       }
       let r
       try {
@@ -142,7 +155,12 @@ export class SshConnection implements Connection {
       }
       // ssh2 closes every channel when the connection drops: the command then "ends" with neither exit code nor signal.
       if (r.code === null && r.signal === null) throw lost('the channel closed without an exit status')
-      if (r.code === null) return { code: 255, stdout: r.stdout, stderr: `${r.stderr}${r.stderr && !r.stderr.endsWith('\n') ? '\n' : ''}killed by signal ${r.signal}\n` }
+      if (r.code === null)
+        return {
+          code: 255,
+          stdout: r.stdout,
+          stderr: `${r.stderr}${r.stderr && !r.stderr.endsWith('\n') ? '\n' : ''}killed by signal ${r.signal}\n`,
+        }
       return { code: r.code, stdout: r.stdout, stderr: r.stderr }
     })
   }
@@ -190,7 +208,11 @@ export class SshConnection implements Connection {
     }
     // Say how long was spent: "no answer within 2s" alone reads wrong after four tries and their back-off.
     if (last instanceof ProvisionError && last.kind === 'unreachable')
-      throw new ProvisionError('unreachable', `${last.message} (${CONNECT_ATTEMPTS} attempts over ${((Date.now() - started) / 1000).toFixed(1)}s)`, { place: last.place, hint: last.hint, cause: last })
+      throw new ProvisionError(
+        'unreachable',
+        `${last.message} (${CONNECT_ATTEMPTS} attempts over ${((Date.now() - started) / 1000).toFixed(1)}s)`,
+        { place: last.place, hint: last.hint, cause: last },
+      )
     throw last
   }
 
@@ -198,11 +220,18 @@ export class SshConnection implements Connection {
   private async privateKey(): Promise<string | undefined> {
     const t = this.target
     try {
-      if (t.keyText !== undefined) return keyForSsh(t.keyText, { what: `ssh_key_ref ${t.keyRef ?? ''}`.trim(), host: t.host }, t.keyPassphrase)
-      if (t.keyFile) return keyForSsh(await readKey(t.keyFile, t.host), { what: `ssh_key_file ${t.keyFile}`, host: t.host }, t.keyPassphrase)
+      if (t.keyText !== undefined)
+        return keyForSsh(t.keyText, { what: `ssh_key_ref ${t.keyRef ?? ''}`.trim(), host: t.host }, t.keyPassphrase)
+      if (t.keyFile)
+        return keyForSsh(
+          await readKey(t.keyFile, t.host),
+          { what: `ssh_key_file ${t.keyFile}`, host: t.host },
+          t.keyPassphrase,
+        )
     } catch (e) {
       // An encrypted key and an agent: the agent most likely holds it (ssh-add), as OpenSSH would find.
-      if (t.agentSocket && t.keyPassphrase === undefined && e instanceof ProvisionError && /encrypted/.test(e.message)) return undefined
+      if (t.agentSocket && t.keyPassphrase === undefined && e instanceof ProvisionError && /encrypted/.test(e.message))
+        return undefined
       throw e
     }
     // No key and no agent: the login fails, and says what to set (unreachable()).
@@ -283,7 +312,12 @@ export class SshConnection implements Connection {
  * probes overlap, a new one every intervalMs, each living up to probeMs: a SYN sent while a rebooting host was
  * down is lost, and waiting for its retransmit (1 s, then 3 s) would add that much to every reboot.
  */
-export function waitForSshBanner(host: string, port: number, deadline: number, opts: { intervalMs?: number; probeMs?: number } = {}): Promise<boolean> {
+export function waitForSshBanner(
+  host: string,
+  port: number,
+  deadline: number,
+  opts: { intervalMs?: number; probeMs?: number } = {},
+): Promise<boolean> {
   const intervalMs = opts.intervalMs ?? 200
   const probeMs = opts.probeMs ?? 2000
   return new Promise((resolve) => {
@@ -344,31 +378,57 @@ function openSocket(host: string, port: number, timeoutMs: number): Promise<Sock
 }
 
 function orderHostKeyAlgorithms(known: string[]): ServerHostKeyAlgorithm[] {
-  const all: ServerHostKeyAlgorithm[] = ['ssh-ed25519', 'ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384', 'ecdsa-sha2-nistp521', 'rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa']
+  const all: ServerHostKeyAlgorithm[] = [
+    'ssh-ed25519',
+    'ecdsa-sha2-nistp256',
+    'ecdsa-sha2-nistp384',
+    'ecdsa-sha2-nistp521',
+    'rsa-sha2-512',
+    'rsa-sha2-256',
+    'ssh-rsa',
+  ]
   const wanted = new Set<string>()
   for (const k of known) {
-    if (k === 'ssh-rsa') ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'].forEach((a) => wanted.add(a))
+    if (k === 'ssh-rsa') for (const a of ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'] as const) wanted.add(a)
     else wanted.add(k)
   }
   return [...all.filter((a) => wanted.has(a)), ...all.filter((a) => !wanted.has(a))]
 }
 
 /** `unrecorded`: the fingerprint of a key this connection accepted earlier in the run without recording it. */
-function hostKeyError(t: SshTarget, khPath: string, v: HostKeyVerdict, key: Buffer, unrecorded?: string): ProvisionError {
+function hostKeyError(
+  t: SshTarget,
+  khPath: string,
+  v: HostKeyVerdict,
+  key: Buffer,
+  unrecorded?: string,
+): ProvisionError {
   const got = fingerprint(key)
   const who = `${t.host} (${t.address}${t.port === 22 ? '' : `:${t.port}`})`
   if (v.status === 'changed' && unrecorded !== undefined && v.expected.includes(unrecorded))
-    return new ProvisionError('hostkey', `HOST KEY CHANGED for ${who} during this run: it presented ${unrecorded} (accepted, not recorded), now ${got}. Refusing to connect.`, {
-      place: { host: t.host },
-      hint: 'treat this as an attack unless the host was reflashed during the run',
-    })
+    return new ProvisionError(
+      'hostkey',
+      `HOST KEY CHANGED for ${who} during this run: it presented ${unrecorded} (accepted, not recorded), now ${got}. Refusing to connect.`,
+      {
+        place: { host: t.host },
+        hint: 'treat this as an attack unless the host was reflashed during the run',
+      },
+    )
   if (v.status === 'changed')
-    return new ProvisionError('hostkey', `HOST KEY CHANGED for ${who}: known_hosts has ${v.expected.join(', ')}, the host now presents ${got}. Refusing to connect.`, {
-      place: { host: t.host },
-      hint: `if the host was reflashed, run playbooks/rebuild.mts ${t.host} (or: ssh-keygen -R ${t.address} -f ${khPath}, then rerun with --trust-new-host-keys); otherwise treat this as an attack`,
-    })
+    return new ProvisionError(
+      'hostkey',
+      `HOST KEY CHANGED for ${who}: known_hosts has ${v.expected.join(', ')}, the host now presents ${got}. Refusing to connect.`,
+      {
+        place: { host: t.host },
+        hint: `if the host was reflashed, run playbooks/rebuild.mts ${t.host} (or: ssh-keygen -R ${t.address} -f ${khPath}, then rerun with --trust-new-host-keys); otherwise treat this as an attack`,
+      },
+    )
   if (v.status === 'revoked')
-    return new ProvisionError('hostkey', `host key ${got} of ${who} is marked @revoked in ${khPath}; refusing to connect`, { place: { host: t.host } })
+    return new ProvisionError(
+      'hostkey',
+      `host key ${got} of ${who} is marked @revoked in ${khPath}; refusing to connect`,
+      { place: { host: t.host } },
+    )
   return new ProvisionError('hostkey', `unknown host key for ${who}: ${got} is not in ${khPath}; refusing to connect`, {
     place: { host: t.host },
     hint: `check the fingerprint on the host (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then rerun with --trust-new-host-keys to record it`,
@@ -383,14 +443,21 @@ function unreachable(t: SshTarget, e: unknown): ProvisionError {
   else if (/Timed out while waiting for handshake/i.test(why)) why = `no answer within ${t.connectTimeoutSec}s`
   else if (err.level === 'client-authentication')
     why = `authentication failed for user ${t.user} (check ssh_user and ssh_key_file or ssh_key_ref${t.agentSocket ? `, and the keys of the ssh-agent at ${t.agentSocket}` : '; no ssh-agent: SSH_AUTH_SOCK is not set'})`
-  return new ProvisionError('unreachable', `cannot connect to ${t.address}:${t.port}: ${why}`, { place: { host: t.host }, cause: e })
+  return new ProvisionError('unreachable', `cannot connect to ${t.address}:${t.port}: ${why}`, {
+    place: { host: t.host },
+    cause: e,
+  })
 }
 
 async function readKey(path: string, host: string): Promise<string> {
   try {
     return await readFile(expandPath(path, process.cwd()), 'utf8')
   } catch (e) {
-    throw new ProvisionError('unreachable', `cannot read SSH key ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`, { place: { host } })
+    throw new ProvisionError(
+      'unreachable',
+      `cannot read SSH key ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`,
+      { place: { host } },
+    )
   }
 }
 
@@ -410,7 +477,9 @@ export class LocalConnection implements Connection {
       child.on('error', reject)
       // A script that exits without reading its stdin closes the pipe: that is not an error of the run.
       child.stdin.on('error', () => undefined)
-      child.on('close', (code) => resolve({ code: code ?? 255, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }))
+      child.on('close', (code) =>
+        resolve({ code: code ?? 255, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }),
+      )
       child.stdin.end(opts.stdin ?? '')
     })
   }

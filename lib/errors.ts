@@ -1,7 +1,15 @@
 // One error family for everything the tool reports to a user. Each kind maps to an exit code
 // and carries where it happened (file:line:col, host, role > step) so messages say what and where.
 
-export type ErrorKind = 'usage' | 'inventory' | 'secrets' | 'hostkey' | 'unreachable' | 'step' | 'timeout' | 'interrupted'
+export type ErrorKind =
+  | 'usage'
+  | 'inventory'
+  | 'secrets'
+  | 'hostkey'
+  | 'unreachable'
+  | 'step'
+  | 'timeout'
+  | 'interrupted'
 
 export interface ErrorPlace {
   file?: string

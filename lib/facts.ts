@@ -63,12 +63,22 @@ export class FactCache {
       return
     }
     const marker = `__FACT_${Math.random().toString(36).slice(2)}__`
-    const script = batchScript(todo.map((f) => f.script), marker)
+    const script = batchScript(
+      todo.map((f) => f.script),
+      marker,
+    )
     const p = (async () => {
-      const r = await this.run(todo.map((f) => f.key), script)
+      const r = await this.run(
+        todo.map((f) => f.key),
+        script,
+      )
       // The batch itself did not run (sudo refused, no shell): that is no answer to any fact, and says why.
       if (r.code !== 0 && !r.stdout.includes(marker))
-        throw new ProvisionError('step', `reading facts failed (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-3).join(' ') || 'no output'}`, { place: { host: this.conn.host } })
+        throw new ProvisionError(
+          'step',
+          `reading facts failed (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-3).join(' ') || 'no output'}`,
+          { place: { host: this.conn.host } },
+        )
       const parts = splitBatch(r.stdout, marker, todo.length)
       todo.forEach((f, i) => {
         const part = parts[i] ?? { stdout: '', code: 255 }
@@ -118,7 +128,11 @@ export function batchScript(scripts: readonly string[], marker: string): string 
 
 function dedupe(facts: Fact<unknown>[]): Fact<unknown>[] {
   const seen = new Set<string>()
-  return facts.filter((f) => (seen.has(f.key) ? false : (seen.add(f.key), true)))
+  return facts.filter((f) => {
+    if (seen.has(f.key)) return false
+    seen.add(f.key)
+    return true
+  })
 }
 
 export function splitBatch(stdout: string, marker: string, count: number): { stdout: string; code: number }[] {

@@ -27,7 +27,9 @@ export function verdict<T>(g: Grammar<T>, input: unknown): Verdict<T> {
 /** `node label "-lfoo": expected key=value, ...`, or undefined when the value is good. */
 export function complaint(g: Grammar<unknown>, input: unknown): string | undefined {
   const r = verdict(g, input)
-  return r.ok ? undefined : `${g.what} ${typeof input === 'string' ? JSON.stringify(input) : shown(input)}: ${r.expected}`
+  return r.ok
+    ? undefined
+    : `${g.what} ${typeof input === 'string' ? JSON.stringify(input) : shown(input)}: ${r.expected}`
 }
 
 /** A value as messages show it: strings quoted, lists and maps by kind. */
@@ -94,16 +96,34 @@ export function isTaint(s: string): boolean {
   return eq < 0 ? isLabelKey(kv) : eq > 0 && isLabelKey(kv.slice(0, eq)) && isLabelValue(kv.slice(eq + 1))
 }
 
-const SUBDOMAIN_TEXT = 'lowercase letters, digits, "-" and ".", each dot-separated part 1-63 characters starting and ending with a letter or digit, at most 253 in all'
-const LABEL_KEY_TEXT = 'Kubernetes label grammar ([prefix/]name: name 1-63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit; prefix a DNS subdomain)'
+const SUBDOMAIN_TEXT =
+  'lowercase letters, digits, "-" and ".", each dot-separated part 1-63 characters starting and ending with a letter or digit, at most 253 in all'
+const LABEL_KEY_TEXT =
+  'Kubernetes label grammar ([prefix/]name: name 1-63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit; prefix a DNS subdomain)'
 const LABEL_VALUE_TEXT = 'value empty or 1-63 of the same characters'
 
-export const DnsLabel = text('name', isDnsLabel, 'expected an RFC 1123 label (1-63 lowercase letters, digits and "-", starting and ending with a letter or digit)')
+export const DnsLabel = text(
+  'name',
+  isDnsLabel,
+  'expected an RFC 1123 label (1-63 lowercase letters, digits and "-", starting and ending with a letter or digit)',
+)
 export const DnsSubdomain = text('name', isDnsSubdomain, `expected an RFC 1123 DNS name (${SUBDOMAIN_TEXT})`)
-export const NodeName = text('node name', isDnsSubdomain, `expected a Kubernetes node name, an RFC 1123 subdomain (${SUBDOMAIN_TEXT})`)
+export const NodeName = text(
+  'node name',
+  isDnsSubdomain,
+  `expected a Kubernetes node name, an RFC 1123 subdomain (${SUBDOMAIN_TEXT})`,
+)
 export const LabelKey = text('label key', isLabelKey, `expected a key in ${LABEL_KEY_TEXT}`)
-export const LabelValue = text('label value', isLabelValue, 'expected a label value: empty, or 1-63 letters, digits, "-", "_" or "." starting and ending with a letter or digit')
-export const NodeLabel = text('node label', isNodeLabel, `expected key=value, key in ${LABEL_KEY_TEXT}, ${LABEL_VALUE_TEXT}`)
+export const LabelValue = text(
+  'label value',
+  isLabelValue,
+  'expected a label value: empty, or 1-63 letters, digits, "-", "_" or "." starting and ending with a letter or digit',
+)
+export const NodeLabel = text(
+  'node label',
+  isNodeLabel,
+  `expected key=value, key in ${LABEL_KEY_TEXT}, ${LABEL_VALUE_TEXT}`,
+)
 export const Taint = text(
   'node taint',
   isTaint,
@@ -117,14 +137,19 @@ export function isWorkload(s: string): boolean {
   return parts.length === 2 && isDnsLabel(parts[0]) && (parts[1] === '*' || isDnsSubdomain(parts[1]))
 }
 
-export const Workload = text('workload', isWorkload, 'expected name, namespace/name or namespace/* (namespace an RFC 1123 label, name an RFC 1123 subdomain)')
+export const Workload = text(
+  'workload',
+  isWorkload,
+  'expected name, namespace/name or namespace/* (namespace an RFC 1123 label, name an RFC 1123 subdomain)',
+)
 
 // ---------------------------------------------------------------- hosts and addresses
 
 const HOST_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/
 
 /** A DNS host name as SSH connects to it (letters of either case). */
-export const isHostName = (s: string): boolean => s.length >= 1 && s.length <= 253 && s.split('.').every((l) => HOST_NAME.test(l)) && !/^[\d.]+$/.test(s)
+export const isHostName = (s: string): boolean =>
+  s.length >= 1 && s.length <= 253 && s.split('.').every((l) => HOST_NAME.test(l)) && !/^[\d.]+$/.test(s)
 
 /** IPv4, IPv6 (no zone) or a DNS host name. */
 export const isAddress = (s: string): boolean => isIPv4(s) || (isIPv6(s) && !s.includes('%')) || isHostName(s)
@@ -133,9 +158,18 @@ export const Address = text('address', isAddress, 'expected an IPv4/IPv6 address
 
 /** POSIX login name: portable filename characters, not starting with "-", not only digits, at most 32. */
 export const isUserName = (s: string): boolean =>
-  s.length >= 1 && s.length <= 32 && /^[A-Za-z0-9._][A-Za-z0-9._-]*$/.test(s) && !/^\d+$/.test(s) && s !== '.' && s !== '..'
+  s.length >= 1 &&
+  s.length <= 32 &&
+  /^[A-Za-z0-9._][A-Za-z0-9._-]*$/.test(s) &&
+  !/^\d+$/.test(s) &&
+  s !== '.' &&
+  s !== '..'
 
-export const UserName = text('user', isUserName, 'expected a login name (letters, digits, ".", "_" and "-", not starting with "-", not only digits, at most 32)')
+export const UserName = text(
+  'user',
+  isUserName,
+  'expected a login name (letters, digits, ".", "_" and "-", not starting with "-", not only digits, at most 32)',
+)
 
 // ---------------------------------------------------------------- numbers
 
@@ -159,7 +193,11 @@ export const isFluxVersion = (s: string): boolean => /^v?\d{1,4}\.\d{1,4}\.\d{1,
 export const isSha256 = (s: string): boolean => /^[0-9a-fA-F]{64}$/.test(s)
 export const isFileMode = (s: string): boolean => /^0?[0-7]{3}$/.test(s)
 
-export const K3sVersion = text('k3s version', isK3sVersion, 'expected a k3s version like v1.34.3+k3s1 (or v1.34.3-rc1+k3s1)')
+export const K3sVersion = text(
+  'k3s version',
+  isK3sVersion,
+  'expected a k3s version like v1.34.3+k3s1 (or v1.34.3-rc1+k3s1)',
+)
 export const FluxVersion = text('flux version', isFluxVersion, 'expected a flux version like 2.7.3')
 export const Sha256 = text('sha256', isSha256, 'expected a sha256: 64 hex digits')
 export const FileMode = text('file mode', isFileMode, 'expected an octal file mode like 0600')
@@ -185,10 +223,21 @@ export const DebPackage = text(
 /** One kernel command-line flag: printable ASCII, no space, no quote, not starting with "-". */
 export const isCmdlineFlag = (s: string): boolean => /^[\x21\x23-\x26\x28-\x7e]+$/.test(s) && !s.startsWith('-')
 
-export const CmdlineFlag = text('kernel flag', isCmdlineFlag, 'expected one kernel flag like cgroup_enable=memory (printable, no spaces or quotes, not starting with "-"; one flag per list item)')
+export const CmdlineFlag = text(
+  'kernel flag',
+  isCmdlineFlag,
+  'expected one kernel flag like cgroup_enable=memory (printable, no spaces or quotes, not starting with "-"; one flag per list item)',
+)
 
 /** What k3s --disable knows. */
-export const K3S_COMPONENTS = ['coredns', 'servicelb', 'traefik', 'local-storage', 'metrics-server', 'runtimes'] as const
+export const K3S_COMPONENTS = [
+  'coredns',
+  'servicelb',
+  'traefik',
+  'local-storage',
+  'metrics-server',
+  'runtimes',
+] as const
 export const isK3sComponent = (s: string): boolean => (K3S_COMPONENTS as readonly string[]).includes(s)
 export const K3sComponent = text('k3s component', isK3sComponent, `expected one of ${K3S_COMPONENTS.join(', ')}`)
 
@@ -249,7 +298,11 @@ export const K3sFlag = grammar(
 const GITHUB_OWNER = /^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$/
 export const isGitHubOwner = (s: string): boolean => GITHUB_OWNER.test(s)
 export const isGitHubRepo = (s: string): boolean =>
-  s.length <= 100 && /^[A-Za-z0-9._][A-Za-z0-9._-]*$/.test(s) && s !== '.' && s !== '..' && !s.toLowerCase().endsWith('.git')
+  s.length <= 100 &&
+  /^[A-Za-z0-9._][A-Za-z0-9._-]*$/.test(s) &&
+  s !== '.' &&
+  s !== '..' &&
+  !s.toLowerCase().endsWith('.git')
 
 /** A branch name by git's ref rules (check-ref-format), never starting with "-". */
 export function isGitBranch(s: string): boolean {
@@ -267,14 +320,26 @@ export function isRepoPath(s: string): boolean {
   return body.split('/').every((seg) => /^[A-Za-z0-9._-]+$/.test(seg) && seg !== '.' && seg !== '..')
 }
 
-export const GitHubOwner = text('GitHub owner', isGitHubOwner, 'expected a GitHub user or organisation (1-39 letters, digits and single "-", not at either end)')
-export const GitHubRepo = text('GitHub repository', isGitHubRepo, 'expected a GitHub repository name (letters, digits, ".", "_", "-", not starting with "-", without ".git", at most 100)')
+export const GitHubOwner = text(
+  'GitHub owner',
+  isGitHubOwner,
+  'expected a GitHub user or organisation (1-39 letters, digits and single "-", not at either end)',
+)
+export const GitHubRepo = text(
+  'GitHub repository',
+  isGitHubRepo,
+  'expected a GitHub repository name (letters, digits, ".", "_", "-", not starting with "-", without ".git", at most 100)',
+)
 export const GitBranch = text(
   'branch',
   isGitBranch,
   'expected a git branch name (no spaces, "..", "~^:?*[\\", "@{" or "//"; not starting with "-" or "/"; no part starting with "." or ending with ".lock")',
 )
-export const RepoPath = text('repository path', isRepoPath, 'expected a directory of the repository like clusters/pi-k3s (letters, digits, ".", "_", "-" between "/"; no ".." or leading "-")')
+export const RepoPath = text(
+  'repository path',
+  isRepoPath,
+  'expected a directory of the repository like clusters/pi-k3s (letters, digits, ".", "_", "-" between "/"; no ".." or leading "-")',
+)
 
 // ---------------------------------------------------------------- URLs, paths, names
 
@@ -303,13 +368,24 @@ export const isPath = (s: string): boolean => s.length >= 1 && s.length <= 4096 
 export const FilePath = text('path', isPath, 'expected a path (no NUL or line break)')
 
 /** kubeconfig context name: letters, digits, "._-@:/", not starting with "-". */
-export const isContextName = (s: string): boolean => s.length >= 1 && s.length <= 253 && /^[A-Za-z0-9_][A-Za-z0-9._@:/-]*$/.test(s)
-export const ContextName = text('context', isContextName, 'expected a kubeconfig context name (letters, digits, ".", "_", "-", "@", ":", "/"; not starting with "-" or ".")')
+export const isContextName = (s: string): boolean =>
+  s.length >= 1 && s.length <= 253 && /^[A-Za-z0-9_][A-Za-z0-9._@:/-]*$/.test(s)
+export const ContextName = text(
+  'context',
+  isContextName,
+  'expected a kubeconfig context name (letters, digits, ".", "_", "-", "@", ":", "/"; not starting with "-" or ".")',
+)
 
 /** k3s_restore: latest, none, or a backup folder name (no "/", not starting with "." or "-"). */
 export const isRestoreName = (s: string): boolean =>
-  s === 'latest' || s === 'none' || (s.length >= 1 && s.length <= 255 && !/[/\\\x00-\x1f\x7f]/.test(s) && !/^[.-]/.test(s))
-export const RestoreName = text('backup', isRestoreName, 'expected "latest", "none" or a backup folder name in k3s_backup_dir (no "/", not starting with "." or "-")')
+  s === 'latest' ||
+  s === 'none' ||
+  (s.length >= 1 && s.length <= 255 && !/[/\\\x00-\x1f\x7f]/.test(s) && !/^[.-]/.test(s))
+export const RestoreName = text(
+  'backup',
+  isRestoreName,
+  'expected "latest", "none" or a backup folder name in k3s_backup_dir (no "/", not starting with "." or "-")',
+)
 
 // ---------------------------------------------------------------- secret references
 

@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { dirname, isAbsolute, resolve } from 'node:path'
-import { isAlias, isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode, type Pair, type YAMLMap } from 'yaml'
+import { isAlias, isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, type Pair, type YAMLMap } from 'yaml'
 import { ProvisionError } from './errors.ts'
 import { isDnsSubdomain } from './grammar.ts'
 import {
@@ -52,7 +52,13 @@ export interface Inventory {
 
 const GROUP_KEYS = new Set(['hosts', 'children', 'vars'])
 /** Controller-side paths, taken relative to the inventory (a role's own path variables are the hosts' and kept as written). */
-const PATH_VARS: ReadonlySet<string> = new Set(['ssh_key_file', 'known_hosts_file', 'secrets_file', 'kubeconfig_path', 'k3s_backup_dir'] satisfies VarName[])
+const PATH_VARS: ReadonlySet<string> = new Set([
+  'ssh_key_file',
+  'known_hosts_file',
+  'secrets_file',
+  'kubeconfig_path',
+  'k3s_backup_dir',
+] satisfies VarName[])
 /** Deeper than this, a group tree is a mistake (or an alias loop). */
 const MAX_GROUP_DEPTH = 32
 /** An inventory key: letters, digits, ".", "_", "-", starting with a letter or digit. */
@@ -111,7 +117,10 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
     if (problems.length === 0) return
     const sorted = problems
       .map((p, i) => ({ p, i }))
-      .sort((a, b) => (a.p.place.line ?? 0) - (b.p.place.line ?? 0) || (a.p.place.col ?? 0) - (b.p.place.col ?? 0) || a.i - b.i)
+      .sort(
+        (a, b) =>
+          (a.p.place.line ?? 0) - (b.p.place.line ?? 0) || (a.p.place.col ?? 0) - (b.p.place.col ?? 0) || a.i - b.i,
+      )
       .map((x) => x.p)
     throw ProvisionError.all(sorted, `${file}: ${sorted.length} problems`, 'inventory')
   }
@@ -120,7 +129,10 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
   if (doc.errors.length > 0) {
     for (const err of doc.errors) {
       const pos = err.linePos?.[0] ?? lines.linePos(err.pos[0])
-      const msg = err.code === 'DUPLICATE_KEY' ? 'duplicate key (a host or group is defined twice in the same map)' : err.message.split('\n')[0]
+      const msg =
+        err.code === 'DUPLICATE_KEY'
+          ? 'duplicate key (a host or group is defined twice in the same map)'
+          : err.message.split('\n')[0]
       reportAt(msg, pos)
     }
     finish()
@@ -130,7 +142,8 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
   const resolved = (node: unknown): unknown => (isAlias(node) ? node.resolve(doc) : node)
   const deref = (node: unknown): unknown => {
     const target = resolved(node)
-    if (isAlias(node) && target === undefined) report(`unresolved alias *${node.source}: no anchor &${node.source} before it`, node)
+    if (isAlias(node) && target === undefined)
+      report(`unresolved alias *${node.source}: no anchor &${node.source} before it`, node)
     return target
   }
   /** A YAML value as plain data; aliases resolved (bounded), problems reported at the node. */
@@ -174,7 +187,11 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
       const name = knownVar(key, declared)
       const spec = name === undefined ? undefined : specOf(name, declared)
       if (name === undefined || spec === undefined) {
-        report(`unknown variable "${key}" in ${where}`, pair, unknownVarHint(key, declared) ?? `known variables: see README "Inventory variables"`)
+        report(
+          `unknown variable "${key}" in ${where}`,
+          pair,
+          unknownVarHint(key, declared) ?? `known variables: see README "Inventory variables"`,
+        )
         // A misspelt name is most likely the variable it is close to: no "has no address" on top of "adress".
         const meant = knownVar(suggestVar(key, declared) ?? '', declared)
         if (meant) layer.failed.add(meant)
@@ -183,7 +200,11 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
       const label = key === name ? `"${key}"` : `"${key}" (${name})`
       const other = setBy.get(name)
       if (other !== undefined) {
-        report(`"${key}" and "${other}" both set ${name} in ${where}`, pair, `keep one of them (${key === name ? other : key} is Ansible's name for ${name})`)
+        report(
+          `"${key}" and "${other}" both set ${name} in ${where}`,
+          pair,
+          `keep one of them (${key === name ? other : key} is Ansible's name for ${name})`,
+        )
         layer.failed.add(name)
         continue
       }
@@ -201,7 +222,11 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
       const checked = checkSpecAll(spec, js.value)
       if (checked.problems.length > 0) {
         layer.failed.add(name)
-        const hint = synonymNote(key) ?? (typeof js.value === 'string' && js.value.includes('{{') ? 'templates ("{{ ... }}") are not expanded here: write the value itself' : undefined)
+        const hint =
+          synonymNote(key) ??
+          (typeof js.value === 'string' && js.value.includes('{{')
+            ? 'templates ("{{ ... }}") are not expanded here: write the value itself'
+            : undefined)
         for (const p of checked.problems) report(`${key}: ${p.message}`, problemNode(pair, p), hint)
         continue
       }
@@ -222,7 +247,14 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
   }
 
   const newGroup = (name: string, depth: number, node: unknown): GroupDef => {
-    const def: GroupDef = { name, depth, layer: { vars: {}, failed: new Set() }, hostNames: [], children: [], at: at(node) }
+    const def: GroupDef = {
+      name,
+      depth,
+      layer: { vars: {}, failed: new Set() },
+      hostNames: [],
+      children: [],
+      at: at(node),
+    }
     groups.set(name, def)
     return def
   }
@@ -240,7 +272,10 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
       const layer = readVars(hp.value, `host "${host}"`, true)
       // A refused host still counts as a member of its group: no "agent without server" on top of its error.
       if (!HOST_KEY.test(host) || host.length > 253) {
-        report(`bad host name "${host}": expected letters, digits, ".", "_" and "-", starting with a letter or digit (at most 253)`, hp)
+        report(
+          `bad host name "${host}": expected letters, digits, ".", "_" and "-", starting with a letter or digit (at most 253)`,
+          hp,
+        )
         if (!def.hostNames.includes(host)) def.hostNames.push(host)
         continue
       }
@@ -254,7 +289,11 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
       if (prev) {
         const prevHasVars = Object.keys(prev.layer.vars).length > 0 || prev.layer.failed.size > 0
         if (hasVars && prevHasVars)
-          report(`host "${host}" is defined with variables in both "${prev.group}" and "${def.name}"`, hp, `define a host's variables once; list it with no body in other groups`)
+          report(
+            `host "${host}" is defined with variables in both "${prev.group}" and "${def.name}"`,
+            hp,
+            `define a host's variables once; list it with no body in other groups`,
+          )
         else if (hasVars) hostDefs.set(host, { layer, at: at(hp), group: def.name })
       } else {
         hostDefs.set(host, { layer, at: at(hp), group: def.name })
@@ -271,7 +310,10 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
     for (const pair of node.items) {
       const key = keyOf(pair)
       if (key === undefined || !GROUP_KEYS.has(key)) {
-        const hint = key !== undefined && knownVar(key, declared) ? `variables go under "vars:" of the group` : `a group has only hosts:, children: and vars:`
+        const hint =
+          key !== undefined && knownVar(key, declared)
+            ? `variables go under "vars:" of the group`
+            : `a group has only hosts:, children: and vars:`
         report(`unknown key "${key ?? ''}" in group "${def.name}"`, pair, hint)
         continue
       }
@@ -293,7 +335,8 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
     const name = keyOf(pair)
     if (name === undefined) return report(`children of group "${parent.name}": expected a group name here`, pair)
     if (groups.has(name)) return report(`group "${name}" is defined twice`, pair)
-    if (parent.depth + 1 > MAX_GROUP_DEPTH) return report(`group "${name}" is nested deeper than ${MAX_GROUP_DEPTH} groups`, pair)
+    if (parent.depth + 1 > MAX_GROUP_DEPTH)
+      return report(`group "${name}" is nested deeper than ${MAX_GROUP_DEPTH} groups`, pair)
     const def = newGroup(name, parent.depth + 1, pair)
     parent.children.push(name)
     readGroupBody(def, pair.value)
@@ -306,17 +349,27 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
     const key = keyOf(pair)
     if (key === 'all') readGroupBody(allDef, pair.value)
     else if (key !== undefined && GROUP_KEYS.has(key))
-      report(`"${key}" at the top level: the top level holds groups only ("all:" and others)`, pair, `put ${key}: under "all:" or under a group`)
+      report(
+        `"${key}" at the top level: the top level holds groups only ("all:" and others)`,
+        pair,
+        `put ${key}: under "all:" or under a group`,
+      )
     else readChild(allDef, pair)
   }
 
-  for (const host of hostOrder) if (groups.has(host)) reportAt(`"${host}" is both a group and a host`, hostDefs.get(host)!.at)
+  for (const host of hostOrder)
+    if (groups.has(host)) reportAt(`"${host}" is both a group and a host`, hostDefs.get(host)!.at)
 
   // Every host must be reached through a group other than "all": a host in no group gets no role.
   for (const host of allDef.hostNames) {
     if (!hostDefs.has(host)) continue
     const inGroup = [...groups.values()].some((g) => g.name !== 'all' && g.hostNames.includes(host))
-    if (!inGroup) reportAt(`host "${host}" is in no group`, hostDefs.get(host)!.at, `list it under a group in all.children (e.g. server or agent)`)
+    if (!inGroup)
+      reportAt(
+        `host "${host}" is in no group`,
+        hostDefs.get(host)!.at,
+        `list it under a group in all.children (e.g. server or agent)`,
+      )
   }
 
   const members = new Map<string, string[]>()
@@ -351,7 +404,12 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
     }
     if (vars.address === undefined) {
       skipAddress.add(name)
-      if (!failed.has('address')) reportAt(`host "${name}" has no address`, def.at, `add "address: <ip or name>" (or ansible_host) under the host`)
+      if (!failed.has('address'))
+        reportAt(
+          `host "${name}" has no address`,
+          def.at,
+          `add "address: <ip or name>" (or ansible_host) under the host`,
+        )
     }
     if (failed.has('ssh_port')) skipAddress.add(name)
     if (failed.has('hostname')) skipNode.add(name)
@@ -394,7 +452,11 @@ export function checkHosts(inv: Inventory, extra: VarLayer, only?: Iterable<stri
   const problems = hostProblems(inv, extra, names, {})
   if (problems.length === 0) return
   const kind = problems.every((p) => p.kind === 'usage') ? 'usage' : 'inventory'
-  throw ProvisionError.all(problems, `${problems.length} problems with the hosts${Object.keys(extra).length ? ' (with -e)' : ''}`, kind)
+  throw ProvisionError.all(
+    problems,
+    `${problems.length} problems with the hosts${Object.keys(extra).length ? ' (with -e)' : ''}`,
+    kind,
+  )
 }
 
 /** The checks across hosts, shared by parseInventory (no -e) and checkHosts. */
@@ -406,7 +468,9 @@ function hostProblems(
 ): ProvisionError[] {
   const problems: ProvisionError[] = []
   const atHost = (h: InventoryHost, message: string, hint?: string): void => {
-    problems.push(new ProvisionError('inventory', message, { place: { file: inv.file, line: h.line, col: h.col }, hint }))
+    problems.push(
+      new ProvisionError('inventory', message, { place: { file: inv.file, line: h.line, col: h.col }, hint }),
+    )
   }
   /** A problem -e caused: named by the flags as written; `hint` gets the flags' names ("-e ansible_host"). */
   const byFlag = (vars: VarName[], message: string, hint: (flagNames: string) => string): void => {
@@ -425,17 +489,22 @@ function hostProblems(
     if (skip.skipNode?.has(h.name)) continue
     const node = nodeNameOf(h, extra)
     if (isDnsSubdomain(node)) continue
-    const grammar = 'an RFC 1123 subdomain (lowercase letters, digits, "-" and ".", each dot-separated part 1-63 characters starting and ending with a letter or digit, at most 253 in all)'
+    const grammar =
+      'an RFC 1123 subdomain (lowercase letters, digits, "-" and ".", each dot-separated part 1-63 characters starting and ending with a letter or digit, at most 253 in all)'
     if (extra.hostname !== undefined) {
       const message = `the node name must be ${grammar}`
-      if (!problems.some((p) => p.message.endsWith(message))) byFlag(['hostname'], message, () => 'a node name is lowercase: letters, digits, "-" and "."')
-    } else if (h.vars.hostname !== undefined) atHost(h, `host "${h.name}": hostname ${JSON.stringify(node)} is its Kubernetes node name and must be ${grammar}`)
+      if (!problems.some((p) => p.message.endsWith(message)))
+        byFlag(['hostname'], message, () => 'a node name is lowercase: letters, digits, "-" and "."')
+    } else if (h.vars.hostname !== undefined)
+      atHost(h, `host "${h.name}": hostname ${JSON.stringify(node)} is its Kubernetes node name and must be ${grammar}`)
     else {
       const better = suggestNodeName(h.name)
       atHost(
         h,
         `host "${h.name}": its name is its Kubernetes node name and must be ${grammar}`,
-        better ? `rename the host (e.g. "${better}"), or keep the name and set hostname: ${better}` : 'rename the host, or set hostname: under it',
+        better
+          ? `rename the host (e.g. "${better}"), or keep the name and set hostname: ${better}`
+          : 'rename the host, or set hostname: under it',
       )
     }
   }
@@ -451,7 +520,11 @@ function hostProblems(
   for (const [node, hs] of byNode) {
     if (hs.length < 2) continue
     if (nodeExtra)
-      byFlag(['hostname'], `hosts ${list(hs.map((h) => h.name))} would all be the node "${node}"`, (f) => `${f} sets the node name of every host the run takes: use it with --limit to one host`)
+      byFlag(
+        ['hostname'],
+        `hosts ${list(hs.map((h) => h.name))} would all be the node "${node}"`,
+        (f) => `${f} sets the node name of every host the run takes: use it with --limit to one host`,
+      )
     else
       for (const h of hs.slice(1))
         atHost(
@@ -483,7 +556,8 @@ function hostProblems(
         `hosts ${list(hs.map((h) => h.name))} would all be reached at ${address} port ${String(extra.ssh_port ?? hs[0].vars.ssh_port ?? 22)}`,
         (f) => `${f} applies to every host the run takes: use it with --limit to one host`,
       )
-    else for (const h of hs.slice(1)) atHost(h, `hosts "${hs[0].name}" and "${h.name}" have the same address ${address}`)
+    else
+      for (const h of hs.slice(1)) atHost(h, `hosts "${hs[0].name}" and "${h.name}" have the same address ${address}`)
   }
   return problems
 }
@@ -494,7 +568,12 @@ function suggestNodeName(name: string): string | undefined {
     .toLowerCase()
     .replace(/[^a-z0-9.-]+/g, '-')
     .split('.')
-    .map((l) => l.replace(/^-+|-+$/g, '').slice(0, 63).replace(/-+$/, ''))
+    .map((l) =>
+      l
+        .replace(/^-+|-+$/g, '')
+        .slice(0, 63)
+        .replace(/-+$/, ''),
+    )
     .filter(Boolean)
     .join('.')
   return isDnsSubdomain(s) ? s : undefined
@@ -519,7 +598,12 @@ function flagOf(extra: VarLayer, name: VarName): string {
   const written = extraFlags.get(extra)?.get(name)
   if (written) return written
   const value = extra[name]
-  return flagText(name, typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean' ? String(value) : JSON.stringify(value) ?? '')
+  return flagText(
+    name,
+    typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean'
+      ? String(value)
+      : (JSON.stringify(value) ?? ''),
+  )
 }
 
 /**

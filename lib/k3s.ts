@@ -46,7 +46,12 @@ export function parseK3sInstall(stdout: string): K3sInstallState {
       if (kv) agentEnv[kv[1]] = kv[2].replace(/^(["'])(.*)\1$/, '$2')
     }
   const head = envStart >= 0 ? lines.slice(0, envStart) : lines
-  return { version: m ? m[1] : null, serverUnit: head.includes('server-unit'), agentUnit: head.includes('agent-unit'), agentEnv }
+  return {
+    version: m ? m[1] : null,
+    serverUnit: head.includes('server-unit'),
+    agentUnit: head.includes('agent-unit'),
+    agentEnv,
+  }
 }
 
 /** config.yaml for a node: only what the inventory says, in a stable order, so a rerun writes the same bytes. */
@@ -78,9 +83,15 @@ export function nodeName(ctx: Pick<StepContext, 'vars' | 'host'>): string {
 }
 
 /** The server this cluster's agents join: the first host of group "server". Read from the inventory, so --limit needs nothing else. */
-export function serverOf(inv: Inventory, extra: Record<string, unknown> = {}): { name: string; url: string; address: string } {
+export function serverOf(
+  inv: Inventory,
+  extra: Record<string, unknown> = {},
+): { name: string; url: string; address: string } {
   const name = inv.groups.get('server')?.[0]
-  if (!name) throw new ProvisionError('inventory', 'no host in group "server": agents have nothing to join', { place: { file: inv.file } })
+  if (!name)
+    throw new ProvisionError('inventory', 'no host in group "server": agents have nothing to join', {
+      place: { file: inv.file },
+    })
   const v = hostVars(inv.hosts.get(name)!, {}, extra)
   const address = v.address!
   const host = address.includes(':') ? `[${address}]` : address
@@ -100,7 +111,12 @@ export function isClusterToken(s: string): boolean {
 /** The token of the cluster, from the secrets store; the server role creates it on first run. */
 export async function clusterToken(ctx: StepContext, create: boolean): Promise<{ token: string; created: boolean }> {
   const ref = ctx.vars.k3s_token_ref
-  if (!ref) throw new ProvisionError('step', 'k3s_token_ref is not set: the cluster token needs a place in the secrets store (e.g. op://pi-cluster/k3s-node-token/token)', { place: { host: ctx.host } })
+  if (!ref)
+    throw new ProvisionError(
+      'step',
+      'k3s_token_ref is not set: the cluster token needs a place in the secrets store (e.g. op://pi-cluster/k3s-node-token/token)',
+      { place: { host: ctx.host } },
+    )
   const cached = ctx.state.get(CLUSTER_TOKEN)
   if (cached) return { token: cached, created: false }
   const found = await ctx.secrets.lookup(ref)
@@ -108,14 +124,23 @@ export async function clusterToken(ctx: StepContext, create: boolean): Promise<{
     // The token goes into config.yaml and the agents' env files: a value that is no k3s token (a line break, a
     // quote, a leading "-") is refused here, before any host sees it.
     if (!isClusterToken(found))
-      throw new ProvisionError('step', `the cluster token at ${ref} is not a k3s token: expected 1-512 printable characters without spaces, quotes, "\\", "$" or "\`", not starting with "-"`, {
-        place: { host: ctx.host },
-        hint: 'put the token k3s gave the cluster (server/token on the server, K10...::server:...) or the secret part of it at that reference',
-      })
+      throw new ProvisionError(
+        'step',
+        `the cluster token at ${ref} is not a k3s token: expected 1-512 printable characters without spaces, quotes, "\\", "$" or "\`", not starting with "-"`,
+        {
+          place: { host: ctx.host },
+          hint: 'put the token k3s gave the cluster (server/token on the server, K10...::server:...) or the secret part of it at that reference',
+        },
+      )
     ctx.state.set(CLUSTER_TOKEN, found)
     return { token: found, created: false }
   }
-  if (!create) throw new ProvisionError('step', `no cluster token at ${ref}: run the k3s-server role first (it creates the token)`, { place: { host: ctx.host } })
+  if (!create)
+    throw new ProvisionError(
+      'step',
+      `no cluster token at ${ref}: run the k3s-server role first (it creates the token)`,
+      { place: { host: ctx.host } },
+    )
   // Made here and kept for this run; the step that asked for it (create) stores it when the run is for real.
   const token = randomBytes(24).toString('hex')
   ctx.state.set(CLUSTER_TOKEN, token)
@@ -139,7 +164,10 @@ export function installerWillRestart(ctx: Pick<StepContext, 'state' | 'host'>): 
 /** Install (or upgrade to) the pinned version with the install script, with the same flags every run. */
 export async function runInstaller(ctx: StepContext, spec: InstallSpec): Promise<void> {
   const version = ctx.vars.k3s_version
-  if (!version) throw new ProvisionError('step', 'k3s_version is not set: pin a version (e.g. v1.34.3+k3s1) in the inventory', { place: { host: ctx.host } })
+  if (!version)
+    throw new ProvisionError('step', 'k3s_version is not set: pin a version (e.g. v1.34.3+k3s1) in the inventory', {
+      place: { host: ctx.host },
+    })
   const envFile = Object.entries(spec.secretEnv ?? {})
     .map(([k, v]) => `${k}=${quote(v)}`)
     .join('\n')
@@ -154,13 +182,25 @@ export async function runInstaller(ctx: StepContext, spec: InstallSpec): Promise
     'set -a',
     '. "$work/env"',
     'set +a',
-    bounded(`env INSTALL_K3S_VERSION=${quote(version)} INSTALL_K3S_EXEC=${quote(spec.kind)} sh "$work/install.sh"`, ctx.vars.k3s_start_timeout, 'the k3s install script', 'k3s_start_timeout'),
+    bounded(
+      `env INSTALL_K3S_VERSION=${quote(version)} INSTALL_K3S_EXEC=${quote(spec.kind)} sh "$work/install.sh"`,
+      ctx.vars.k3s_start_timeout,
+      'the k3s install script',
+      'k3s_start_timeout',
+    ),
   ].join('\n')
   const r = await startingK3s(ctx, spec.kind === 'server' ? 'k3s' : 'k3s-agent', () =>
-    ctx.must(script, { stdin: envFile + '\n', what: `install k3s ${version} (${spec.kind}) with ${ctx.vars.k3s_install_url}` }),
+    ctx.must(script, {
+      stdin: envFile + '\n',
+      what: `install k3s ${version} (${spec.kind}) with ${ctx.vars.k3s_install_url}`,
+    }),
   )
   // The install script (re)starts the service itself, unless it found nothing changed: then a queued restart is still owed.
-  ctx.state.set(RESTARTED_BY_INSTALLER, !/No change detected so skipping service start/.test(r.stdout + r.stderr), ctx.host)
+  ctx.state.set(
+    RESTARTED_BY_INSTALLER,
+    !/No change detected so skipping service start/.test(r.stdout + r.stderr),
+    ctx.host,
+  )
 }
 
 /** What k3s itself said when its service would not start, with the way forward for the failures owners meet. */
@@ -186,12 +226,22 @@ export async function startingK3s<T>(ctx: Pick<StepContext, 'sh'>, unit: string,
     if (!(e instanceof ProvisionError) || e.kind !== 'step') throw e
     // Only the unit's latest start (its invocation), so an old failure is never shown for a new one.
     const log = await ctx
-      .sh(`id=$(systemctl show -p InvocationID --value ${unit}.service) && [ -n "$id" ] && journalctl _SYSTEMD_INVOCATION_ID="$id" --no-pager -o cat 2>/dev/null | grep -E 'level=(fatal|error)' | tail -n 3`)
+      .sh(
+        `id=$(systemctl show -p InvocationID --value ${unit}.service) && [ -n "$id" ] && journalctl _SYSTEMD_INVOCATION_ID="$id" --no-pager -o cat 2>/dev/null | grep -E 'level=(fatal|error)' | tail -n 3`,
+      )
       .catch(() => undefined)
-    const lines = (log?.stdout ?? '').trim().split('\n').filter(Boolean).map((l) => l.replace(/^time="[^"]*" /, ''))
+    const lines = (log?.stdout ?? '')
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => l.replace(/^time="[^"]*" /, ''))
     if (lines.length === 0) throw e
     const known = K3S_FAILURES.find((f) => lines.some((l) => f.text.test(l)))
-    throw new ProvisionError('step', `${e.message}\n    ${unit} says: ${lines.join('\n    ')}`, { place: e.place, hint: known?.hint ?? e.hint, cause: e })
+    throw new ProvisionError('step', `${e.message}\n    ${unit} says: ${lines.join('\n    ')}`, {
+      place: e.place,
+      hint: known?.hint ?? e.hint,
+      cause: e,
+    })
   }
 }
 
@@ -200,10 +250,22 @@ export function restartHandlerStep(unit: string): Step {
   return {
     name: `Restart ${unit}`,
     async plan(ctx) {
-      if (ctx.state.get(RESTARTED_BY_INSTALLER, ctx.host)) return { status: 'ok', message: 'already restarted by the install script' }
+      if (ctx.state.get(RESTARTED_BY_INSTALLER, ctx.host))
+        return { status: 'ok', message: 'already restarted by the install script' }
       return {
         summary: `restart ${unit}`,
-        apply: async () => void (await startingK3s(ctx, unit, () => ctx.must(bounded(`systemctl restart ${unit}`, ctx.vars.k3s_start_timeout, `restarting ${unit}`, 'k3s_start_timeout'), { what: `restart ${unit}` }))),
+        apply: async () =>
+          void (await startingK3s(ctx, unit, () =>
+            ctx.must(
+              bounded(
+                `systemctl restart ${unit}`,
+                ctx.vars.k3s_start_timeout,
+                `restarting ${unit}`,
+                'k3s_start_timeout',
+              ),
+              { what: `restart ${unit}` },
+            ),
+          )),
       }
     },
   }
@@ -236,7 +298,15 @@ export function parseNode(code: number, stdout: string, stderr: string): NodeVie
     status?: { conditions?: { type: string; status: string }[]; nodeInfo?: { bootID?: string } }
   }
   const ready = (j.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True')
-  return { exists: true, ready, unschedulable: j.spec?.unschedulable === true, bootID: j.status?.nodeInfo?.bootID, labels: j.metadata?.labels ?? {}, annotations: j.metadata?.annotations ?? {}, taints: j.spec?.taints ?? [] }
+  return {
+    exists: true,
+    ready,
+    unschedulable: j.spec?.unschedulable === true,
+    bootID: j.status?.nodeInfo?.bootID,
+    labels: j.metadata?.labels ?? {},
+    annotations: j.metadata?.annotations ?? {},
+    taints: j.spec?.taints ?? [],
+  }
 }
 
 /** The k3s server's own connection (its kubectl), from a step on any host; its commands show under its name at -v. */
@@ -286,13 +356,25 @@ export function nodeLabelsStep(): Step {
         const todo = planNodeMetadata(now, name, labels, taints)
         if (todo) await (await serverHandle(ctx)).must(todo.script, { what: `label and taint the Node ${name}` })
         const missing = missingOnNode(await nodeOnServer(ctx), labels, taints)
-        if (missing.length) throw new ProvisionError('step', `the Node ${name} still lacks ${missing.join(', ')} after kubectl label/taint`)
+        if (missing.length)
+          throw new ProvisionError(
+            'step',
+            `the Node ${name} still lacks ${missing.join(', ')} after kubectl label/taint`,
+          )
       }
       const node = await nodeOnServer(ctx)
       // Not registered yet (a --check of a fresh Pi): k3s gives it config.yaml's labels then; this records them.
-      if (!node.exists) return { summary: `record on the Node ${name}, once registered, which labels and taints the inventory sets`, apply: label }
+      if (!node.exists)
+        return {
+          summary: `record on the Node ${name}, once registered, which labels and taints the inventory sets`,
+          apply: label,
+        }
       const todo = planNodeMetadata(node, name, labels, taints)
-      if (!todo) return { status: 'ok', message: `${labels.length} label${labels.length === 1 ? '' : 's'}, ${taints.length} taint${taints.length === 1 ? '' : 's'} as in the inventory` }
+      if (!todo)
+        return {
+          status: 'ok',
+          message: `${labels.length} label${labels.length === 1 ? '' : 's'}, ${taints.length} taint${taints.length === 1 ? '' : 's'} as in the inventory`,
+        }
       return { summary: todo.summary, apply: label }
     },
   }
@@ -311,7 +393,8 @@ export function missingOnNode(node: NodeView, labels: readonly string[], taints:
       missing.push(`taint ${t} (malformed: expected key=value:Effect)`)
       continue
     }
-    if (!node.taints.some((x) => x.key === m[1] && (x.value ?? '') === (m[2] ?? '') && x.effect === m[3])) missing.push(`taint ${t}`)
+    if (!node.taints.some((x) => x.key === m[1] && (x.value ?? '') === (m[2] ?? '') && x.effect === m[3]))
+      missing.push(`taint ${t}`)
   }
   return missing
 }

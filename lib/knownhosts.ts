@@ -23,9 +23,7 @@ export interface HostPattern {
   pattern: string
 }
 
-export type HostSpec =
-  | { kind: 'hashed'; salt: Buffer; hash: Buffer }
-  | { kind: 'patterns'; patterns: HostPattern[] }
+export type HostSpec = { kind: 'hashed'; salt: Buffer; hash: Buffer } | { kind: 'patterns'; patterns: HostPattern[] }
 
 export interface KnownHostEntry {
   /** 1-based line number in the file. */
@@ -147,7 +145,8 @@ function parseLine(raw: string, line: number): ParsedLine | string | null {
   const text = raw.endsWith('\r') ? raw.slice(0, -1) : raw
   const fields: Array<{ text: string; start: number; end: number }> = []
   const re = /[^ \t]+/g
-  for (let m = re.exec(text); m !== null; m = re.exec(text)) fields.push({ text: m[0], start: m.index, end: m.index + m[0].length })
+  for (let m = re.exec(text); m !== null; m = re.exec(text))
+    fields.push({ text: m[0], start: m.index, end: m.index + m[0].length })
   if (fields.length === 0 || fields[0].text.startsWith('#')) return null
 
   let marker: KnownHostMarker | undefined
@@ -175,7 +174,11 @@ function parseLine(raw: string, line: number): ParsedLine | string | null {
   const type = blobType(key)
   if (!type.ok) return `the key is not an SSH public key (${type.why})`
   if (type.type !== typeField) return `the line says ${printable(typeField)} but the key is ${printable(type.type)}`
-  return { entry: { line, marker, hostField: hostField.text, hosts, keyType: type.type, key, comment }, hostStart: hostField.start, hostEnd: hostField.end }
+  return {
+    entry: { line, marker, hostField: hostField.text, hosts, keyType: type.type, key, comment },
+    hostStart: hostField.start,
+    hostEnd: hostField.end,
+  }
 }
 
 function parseHostField(field: string): HostSpec | string {
@@ -184,7 +187,8 @@ function parseHostField(field: string): HostSpec | string {
     if (parts.length !== 4 || parts[1] !== '1') return 'unsupported hashed host name (expected |1|salt|hash)'
     const salt = decodeBase64(parts[2])
     const hash = decodeBase64(parts[3])
-    if (!salt || !hash || salt.length !== 20 || hash.length !== 20) return 'malformed hashed host name (salt and hash must be 20 bytes of base64 each)'
+    if (!salt || !hash || salt.length !== 20 || hash.length !== 20)
+      return 'malformed hashed host name (salt and hash must be 20 bytes of base64 each)'
     return { kind: 'hashed', salt, hash }
   }
   const patterns: HostPattern[] = []
@@ -318,7 +322,13 @@ export interface AddKnownHostOptions {
  * already recorded for that host; refuses to add a key that checkHostKey reports as changed or
  * revoked (that would silently trust it). Malformed lines are kept as they are.
  */
-export async function addKnownHost(path: string, host: string, port: number, blob: Buffer, opts: AddKnownHostOptions = {}): Promise<void> {
+export async function addKnownHost(
+  path: string,
+  host: string,
+  port: number,
+  blob: Buffer,
+  opts: AddKnownHostOptions = {},
+): Promise<void> {
   const type = keyType(blob)
   const target = await resolveLink(path)
   await serialize(target, async () => {
@@ -327,10 +337,17 @@ export async function addKnownHost(path: string, host: string, port: number, blo
     const verdict = checkHostKey(parseKnownHosts(path, text), host, port, blob)
     if (verdict.status === 'match') return
     if (verdict.status === 'changed' || verdict.status === 'revoked') {
-      throw new ProvisionError('hostkey', `refusing to record ${fingerprint(blob)} for ${knownHostName(host, port)}: known_hosts says its key is ${verdict.status}`, {
-        place: { file: path },
-        hint: verdict.status === 'changed' ? `remove the old key first (ssh-keygen -R ${knownHostName(host, port)} -f ${path})` : undefined,
-      })
+      throw new ProvisionError(
+        'hostkey',
+        `refusing to record ${fingerprint(blob)} for ${knownHostName(host, port)}: known_hosts says its key is ${verdict.status}`,
+        {
+          place: { file: path },
+          hint:
+            verdict.status === 'changed'
+              ? `remove the old key first (ssh-keygen -R ${knownHostName(host, port)} -f ${path})`
+              : undefined,
+        },
+      )
     }
     const name = knownHostName(host, port)
     let hostField = name
@@ -345,7 +362,10 @@ export async function addKnownHost(path: string, host: string, port: number, blo
     try {
       await mkdir(dirname(target), { recursive: true, mode: 0o700 })
     } catch (e) {
-      throw new ProvisionError('hostkey', `cannot create the directory of ${path}: ${errnoCode(e) ?? String(e)}`, { place: { file: path }, cause: e })
+      throw new ProvisionError('hostkey', `cannot create the directory of ${path}: ${errnoCode(e) ?? String(e)}`, {
+        place: { file: path },
+        cause: e,
+      })
     }
     await writeKnownHostsFile(path, target, content, await modeOr(target, 0o600))
   })
@@ -388,7 +408,8 @@ export async function removeKnownHost(path: string, host: string, port: number =
         return
       }
       removed++
-      if (kept.some((item) => !item.startsWith('!'))) out.push(raw.slice(0, parsed.hostStart) + kept.join(',') + raw.slice(parsed.hostEnd))
+      if (kept.some((item) => !item.startsWith('!')))
+        out.push(raw.slice(0, parsed.hostStart) + kept.join(',') + raw.slice(parsed.hostEnd))
     })
     if (removed === 0) return 0
     assertRewritable(path, bytes)
@@ -412,7 +433,10 @@ async function readIfExists(path: string): Promise<Buffer | undefined> {
   } catch (e) {
     const code = errnoCode(e)
     if (code === 'ENOENT') return undefined
-    throw new ProvisionError('hostkey', `cannot read known_hosts file ${path}: ${code ?? String(e)}`, { place: { file: path }, cause: e })
+    throw new ProvisionError('hostkey', `cannot read known_hosts file ${path}: ${code ?? String(e)}`, {
+      place: { file: path },
+      cause: e,
+    })
   }
 }
 
@@ -430,10 +454,14 @@ function assertRewritable(path: string, bytes: Buffer | undefined): void {
     if (!isUtf8(bytes.subarray(start, end))) break
     start = end + 1
   }
-  throw new ProvisionError('hostkey', `line ${line} of ${path} is not UTF-8 text: refusing to rewrite the file (that line would change)`, {
-    place: { file: path, line },
-    hint: `fix or delete line ${line} of ${path}`,
-  })
+  throw new ProvisionError(
+    'hostkey',
+    `line ${line} of ${path} is not UTF-8 text: refusing to rewrite the file (that line would change)`,
+    {
+      place: { file: path, line },
+      hint: `fix or delete line ${line} of ${path}`,
+    },
+  )
 }
 
 /**
@@ -450,10 +478,15 @@ async function resolveLink(path: string): Promise<string> {
     } catch (e) {
       const code = errnoCode(e)
       if (code === 'ENOENT') return at
-      throw new ProvisionError('hostkey', `cannot resolve known_hosts file ${path}: ${code ?? String(e)}`, { place: { file: path }, cause: e })
+      throw new ProvisionError('hostkey', `cannot resolve known_hosts file ${path}: ${code ?? String(e)}`, {
+        place: { file: path },
+        cause: e,
+      })
     }
   }
-  throw new ProvisionError('hostkey', `cannot resolve known_hosts file ${path}: too many levels of symbolic links`, { place: { file: path } })
+  throw new ProvisionError('hostkey', `cannot resolve known_hosts file ${path}: too many levels of symbolic links`, {
+    place: { file: path },
+  })
 }
 
 async function modeOr(path: string, fallback: number): Promise<number> {
@@ -493,6 +526,9 @@ async function writeKnownHostsFile(path: string, target: string, content: string
     await writeFileAtomic(target, content, mode)
   } catch (e) {
     const where = target === path ? path : `${path} (-> ${target})`
-    throw new ProvisionError('hostkey', `cannot write known_hosts file ${where}: ${errnoCode(e) ?? String(e)}`, { place: { file: path }, cause: e })
+    throw new ProvisionError('hostkey', `cannot write known_hosts file ${where}: ${errnoCode(e) ?? String(e)}`, {
+      place: { file: path },
+      cause: e,
+    })
   }
 }

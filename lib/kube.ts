@@ -35,7 +35,6 @@ export const KS = 'kustomizations.kustomize.toolkit.fluxcd.io'
 export const HR = 'helmreleases.helm.toolkit.fluxcd.io'
 export const GITREPO = 'gitrepositories.source.toolkit.fluxcd.io'
 
-
 export interface Condition {
   type: string
   status: string
@@ -82,7 +81,10 @@ export function parseKubeJson(r: RunResult, what: string): KubeObject[] {
   if (r.code === NO_K3S) return []
   if (r.code !== 0) {
     if (ABSENT.test(r.stderr)) return []
-    throw new ProvisionError('step', `kubectl get ${what} failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join(' ')}`)
+    throw new ProvisionError(
+      'step',
+      `kubectl get ${what} failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join(' ')}`,
+    )
   }
   const text = r.stdout.trim()
   if (text === '') return []
@@ -100,7 +102,14 @@ export function parseKubeJson(r: RunResult, what: string): KubeObject[] {
 export function conditionOf(obj: KubeObject | undefined, type = 'Ready'): Condition | undefined {
   const conds = obj?.status?.conditions
   if (!Array.isArray(conds)) return undefined
-  for (const c of conds) if (isRecord(c) && c.type === type && typeof c.status === 'string') return { type, status: c.status, reason: typeof c.reason === 'string' ? c.reason : undefined, message: typeof c.message === 'string' ? c.message : undefined }
+  for (const c of conds)
+    if (isRecord(c) && c.type === type && typeof c.status === 'string')
+      return {
+        type,
+        status: c.status,
+        reason: typeof c.reason === 'string' ? c.reason : undefined,
+        message: typeof c.message === 'string' ? c.message : undefined,
+      }
   return undefined
 }
 
@@ -159,7 +168,12 @@ export function kubeFact(scope: string, query: string, ...names: string[]): Fact
  * A cluster read now, outside the fact cache (polls): the same script and parser as kubeFact, errors thrown.
  * `on` is the step's context, or the server's HostHandle for a read made from another host's step.
  */
-export async function kubeGet(on: Pick<StepContext, 'sh'>, query: string, kind?: string, ...names: string[]): Promise<KubeObject[]> {
+export async function kubeGet(
+  on: Pick<StepContext, 'sh'>,
+  query: string,
+  kind?: string,
+  ...names: string[]
+): Promise<KubeObject[]> {
   const read = kubeFact('now', query, ...names)
   return kubeObjects(read.parse(await on.sh(read.script)), kind)
 }
@@ -196,7 +210,8 @@ export function parseTaint(t: string): Taint {
 }
 
 const taintId = (t: Taint) => `${t.key}:${t.effect}`
-const sameTaint = (a: Taint, b: Taint) => a.key === b.key && a.effect === b.effect && (a.value ?? '') === (b.value ?? '')
+const sameTaint = (a: Taint, b: Taint) =>
+  a.key === b.key && a.effect === b.effect && (a.value ?? '') === (b.value ?? '')
 
 function managedKeys(annotations: Record<string, string>, name: string): string[] | undefined {
   const raw = annotations[name]
@@ -216,7 +231,12 @@ function managedKeys(annotations: Record<string, string>, name: string): string[
  * k3s, by a controller) is left alone. k3s applies config.yaml's node-label / node-taint only when a node registers,
  * so this is how a change reaches a node that is already in the cluster.
  */
-export function planNodeMetadata(node: NodeMetadata, name: string, labels: readonly string[], taints: readonly string[]): { summary: string; script: string } | null {
+export function planNodeMetadata(
+  node: NodeMetadata,
+  name: string,
+  labels: readonly string[],
+  taints: readonly string[],
+): { summary: string; script: string } | null {
   const wantLabels = new Map(labels.map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]))
   const wantTaints = taints.map(parseTaint)
   const hadLabels = managedKeys(node.annotations, MANAGED_LABELS) ?? []
@@ -224,13 +244,16 @@ export function planNodeMetadata(node: NodeMetadata, name: string, labels: reado
   const setLabels = [...wantLabels].filter(([k, v]) => node.labels[k] !== v).map(([k, v]) => `${k}=${v}`)
   const dropLabels = hadLabels.filter((k) => !wantLabels.has(k) && k in node.labels)
   const addTaints = wantTaints.filter((t) => !node.taints.some((x) => sameTaint(x, t)))
-  const dropTaints = hadTaints.filter((id) => !wantTaints.some((t) => taintId(t) === id) && node.taints.some((x) => taintId(x) === id))
+  const dropTaints = hadTaints.filter(
+    (id) => !wantTaints.some((t) => taintId(t) === id) && node.taints.some((x) => taintId(x) === id),
+  )
   const managed = {
     [MANAGED_LABELS]: JSON.stringify([...wantLabels.keys()].sort()),
     [MANAGED_TAINTS]: JSON.stringify(wantTaints.map(taintId).sort()),
   }
   const annotate = Object.entries(managed).filter(([k, v]) => node.annotations[k] !== v)
-  if (!setLabels.length && !dropLabels.length && !addTaints.length && !dropTaints.length && !annotate.length) return null
+  if (!setLabels.length && !dropLabels.length && !addTaints.length && !dropTaints.length && !annotate.length)
+    return null
   const lines: string[] = []
   const what: string[] = []
   if (setLabels.length || dropLabels.length) {
@@ -239,8 +262,15 @@ export function planNodeMetadata(node: NodeMetadata, name: string, labels: reado
   }
   // One taint per line: kubectl taint refuses to add and remove the same key in one call.
   for (const id of dropTaints) lines.push(kubectl('taint node', name, `${id}-`))
-  for (const t of addTaints) lines.push(kubectl('taint --overwrite node', name, `${t.key}${t.value ? `=${t.value}` : ''}:${t.effect}`))
-  what.push(...dropTaints.map((id) => `remove taint ${id}`), ...addTaints.map((t) => `taint ${t.key}${t.value ? `=${t.value}` : ''}:${t.effect}`))
+  for (const t of addTaints)
+    lines.push(kubectl('taint --overwrite node', name, `${t.key}${t.value ? `=${t.value}` : ''}:${t.effect}`))
+  what.push(
+    ...dropTaints.map((id) => `remove taint ${id}`),
+    ...addTaints.map((t) => `taint ${t.key}${t.value ? `=${t.value}` : ''}:${t.effect}`),
+  )
   if (annotate.length) lines.push(kubectl('annotate --overwrite node', name, ...annotate.map(([k, v]) => `${k}=${v}`)))
-  return { summary: what.length ? what.join(', ') : 'record which labels and taints the inventory sets', script: lines.map((l) => `${l} >/dev/null`).join(' && \\\n') }
+  return {
+    summary: what.length ? what.join(', ') : 'record which labels and taints the inventory sets',
+    script: lines.map((l) => `${l} >/dev/null`).join(' && \\\n'),
+  }
 }

@@ -24,10 +24,15 @@ export function registerSecret(value: string): void {
 export function registerEncodedSecret(encoded: string): void {
   registerSecret(encoded)
   const decoded = Buffer.from(encoded, 'base64').toString('utf8')
-  if (decoded.length < 4 || Buffer.from(decoded, 'utf8').toString('base64').replace(/=+$/, '') !== encoded.replace(/\s/g, '').replace(/=+$/, '')) return
+  if (
+    decoded.length < 4 ||
+    Buffer.from(decoded, 'utf8').toString('base64').replace(/=+$/, '') !== encoded.replace(/\s/g, '').replace(/=+$/, '')
+  )
+    return
   registerSecret(decoded)
   // PEM armour lines ("-----BEGIN ... KEY-----") are not secret; the base64 body lines are.
-  for (const line of decoded.split('\n')) if (!line.startsWith('-----') && line.trim().length >= 16) registerSecret(line.trim())
+  for (const line of decoded.split('\n'))
+    if (!line.startsWith('-----') && line.trim().length >= 16) registerSecret(line.trim())
 }
 
 export function mask(text: string): string {

@@ -37,7 +37,13 @@ function splitPattern(pattern: string, cwd: string): string[] {
       continue
     }
     if (p.startsWith('~') || /^[0-9a-f]*:[0-9a-f:]*$/i.test(p)) out.push(p)
-    else out.push(...p.split(':').map((s) => s.trim()).filter(Boolean))
+    else
+      out.push(
+        ...p
+          .split(':')
+          .map((s) => s.trim())
+          .filter(Boolean),
+      )
   }
   return out
 }
@@ -47,10 +53,19 @@ function readPatternFile(path: string, cwd: string): string[] {
   try {
     text = readFileSync(path.startsWith('/') ? path : `${cwd}/${path}`, 'utf8')
   } catch (e) {
-    throw new ProvisionError('usage', `--limit @${path}: cannot read the file (${(e as NodeJS.ErrnoException).code ?? String(e)})`)
+    throw new ProvisionError(
+      'usage',
+      `--limit @${path}: cannot read the file (${(e as NodeJS.ErrnoException).code ?? String(e)})`,
+    )
   }
-  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'))
-  if (lines.length === 0) throw new ProvisionError('usage', `--limit @${path}: the file lists no hosts`, { hint: 'a retry file is empty when the last run had no failed or unreachable host' })
+  const lines = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'))
+  if (lines.length === 0)
+    throw new ProvisionError('usage', `--limit @${path}: the file lists no hosts`, {
+      hint: 'a retry file is empty when the last run had no failed or unreachable host',
+    })
   return lines
 }
 
@@ -73,11 +88,14 @@ function matchTerm(inv: Inventory, term: string, whole: string): string[] {
     } catch {
       throw new ProvisionError('usage', `bad glob in host pattern: ${term}`, { hint: 'close every [ with ]' })
     }
-  }
-  else {
-    throw new ProvisionError('usage', `host pattern "${whole}": "${term}" is neither a host nor a group of the inventory`, {
-      hint: `hosts: ${[...inv.hosts.keys()].join(', ')}; groups: ${[...inv.groups.keys()].join(', ')}`,
-    })
+  } else {
+    throw new ProvisionError(
+      'usage',
+      `host pattern "${whole}": "${term}" is neither a host nor a group of the inventory`,
+      {
+        hint: `hosts: ${[...inv.hosts.keys()].join(', ')}; groups: ${[...inv.groups.keys()].join(', ')}`,
+      },
+    )
   }
   const names = [...inv.hosts.keys()].filter((h) => re.test(h))
   // A glob may match group names too; their hosts count.
@@ -98,7 +116,10 @@ function globToRegExp(glob: string): RegExp {
     else if (ch === '?') src += '.'
     else if (ch === '[') {
       inClass = true
-      src += glob[i + 1] === '!' ? (i++, '[^') : '['
+      if (glob[i + 1] === '!') {
+        src += '[^'
+        i++
+      } else src += '['
     } else src += ch.replace(/[.+^${}()|\\\]]/g, '\\$&')
   }
   return new RegExp(`^${src}$`)

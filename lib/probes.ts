@@ -58,7 +58,20 @@ export interface ProbeResult {
   ms: number
 }
 
-const KEYS = ['app', 'url', 'expect', 'expect_status', 'expect_json', 'dns', 'server', 'port', 'type', 'pihole_api', 'password_ref', 'timeout'] as const
+const KEYS = [
+  'app',
+  'url',
+  'expect',
+  'expect_status',
+  'expect_json',
+  'dns',
+  'server',
+  'port',
+  'type',
+  'pihole_api',
+  'password_ref',
+  'timeout',
+] as const
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
@@ -87,22 +100,29 @@ export function parseAppChecks(
     const timeoutMs = Math.round(timeout * 1000)
     const kinds = (['url', 'dns', 'pihole_api'] as const).filter((k) => entry[k] !== undefined)
     if (kinds.length > 1) throw bad(i, `${app}: one of url, dns or pihole_api, not ${kinds.join(' and ')}`)
-    if (entry.password_ref !== undefined && entry.pihole_api === undefined) throw bad(i, `${app}: password_ref is for pihole_api checks`)
+    if (entry.password_ref !== undefined && entry.pihole_api === undefined)
+      throw bad(i, `${app}: password_ref is for pihole_api checks`)
     if (entry.pihole_api !== undefined) {
-      for (const k of ['expect', 'expect_status', 'expect_json', 'server', 'port', 'type'] as const) if (entry[k] !== undefined) throw bad(i, `${app}: ${k} is not for pihole_api checks`)
+      for (const k of ['expect', 'expect_status', 'expect_json', 'server', 'port', 'type'] as const)
+        if (entry[k] !== undefined) throw bad(i, `${app}: ${k} is not for pihole_api checks`)
       let api: URL
       try {
         api = new URL(String(entry.pihole_api))
       } catch {
-        throw bad(i, `${app}: pihole_api ${JSON.stringify(entry.pihole_api)} is not a URL (e.g. http://<Pi-hole's address>/api)`)
+        throw bad(
+          i,
+          `${app}: pihole_api ${JSON.stringify(entry.pihole_api)} is not a URL (e.g. http://<Pi-hole's address>/api)`,
+        )
       }
-      if (typeof entry.pihole_api !== 'string' || (api.protocol !== 'http:' && api.protocol !== 'https:')) throw bad(i, `${app}: pihole_api must be an http:// or https:// URL`)
+      if (typeof entry.pihole_api !== 'string' || (api.protocol !== 'http:' && api.protocol !== 'https:'))
+        throw bad(i, `${app}: pihole_api must be an http:// or https:// URL`)
       if (typeof entry.password_ref !== 'string' || !/^op:\/\/[^/]+\/[^/]+\/.+/.test(entry.password_ref))
         throw bad(i, `${app}: pihole_api needs password_ref, the password's secret reference (op://vault/item/field)`)
       return { kind: 'pihole', app, api: api.href.replace(/\/+$/, ''), passwordRef: entry.password_ref, timeoutMs }
     }
     if (typeof entry.url === 'string') {
-      for (const k of ['server', 'port', 'type'] as const) if (entry[k] !== undefined) throw bad(i, `${app}: ${k} is for dns checks`)
+      for (const k of ['server', 'port', 'type'] as const)
+        if (entry[k] !== undefined) throw bad(i, `${app}: ${k} is for dns checks`)
       let url: URL
       try {
         url = new URL(entry.url)
@@ -112,7 +132,8 @@ export function parseAppChecks(
       if (url.protocol !== 'http:' && url.protocol !== 'https:') throw bad(i, `${app}: url must be http:// or https://`)
       const check: HttpCheck = { kind: 'http', app, url: url.href, timeoutMs }
       if (entry.expect_status !== undefined) {
-        if (typeof entry.expect_status !== 'number' || !Number.isInteger(entry.expect_status)) throw bad(i, `${app}: expect_status must be a status code`)
+        if (typeof entry.expect_status !== 'number' || !Number.isInteger(entry.expect_status))
+          throw bad(i, `${app}: expect_status must be a status code`)
         check.expectStatus = entry.expect_status
       }
       if (entry.expect !== undefined) {
@@ -126,12 +147,15 @@ export function parseAppChecks(
       return check
     }
     if (typeof entry.dns === 'string' && entry.dns !== '') {
-      for (const k of ['expect', 'expect_status', 'expect_json'] as const) if (entry[k] !== undefined) throw bad(i, `${app}: ${k} is for url checks`)
+      for (const k of ['expect', 'expect_status', 'expect_json'] as const)
+        if (entry[k] !== undefined) throw bad(i, `${app}: ${k} is for url checks`)
       const port = entry.port ?? 53
-      if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) throw bad(i, `${app}: port must be a port number`)
+      if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535)
+        throw bad(i, `${app}: port must be a port number`)
       const type = entry.type ?? 'A'
       if (type !== 'A' && type !== 'AAAA') throw bad(i, `${app}: type must be A or AAAA`)
-      if (entry.server !== undefined && (typeof entry.server !== 'string' || entry.server === '')) throw bad(i, `${app}: server must be a host name or an address`)
+      if (entry.server !== undefined && (typeof entry.server !== 'string' || entry.server === ''))
+        throw bad(i, `${app}: server must be a host name or an address`)
       let server = typeof entry.server === 'string' ? entry.server : opts.defaultServer
       if (server !== undefined && opts.resolveServer) server = opts.resolveServer(server)
       if (server === undefined) throw bad(i, `${app}: no server to ask`)
@@ -163,19 +187,26 @@ function seconds(ms: number): string {
 /** Does `have` hold every key of `want` with an equal value (recursively for maps)? */
 export function jsonContains(have: unknown, want: unknown): boolean {
   if (isRecord(want)) return isRecord(have) && Object.entries(want).every(([k, v]) => jsonContains(have[k], v))
-  if (Array.isArray(want)) return Array.isArray(have) && have.length === want.length && want.every((v, i) => jsonContains(have[i], v))
+  if (Array.isArray(want))
+    return Array.isArray(have) && have.length === want.length && want.every((v, i) => jsonContains(have[i], v))
   return have === want
 }
 
 /** Judge an HTTP answer against the check: undefined when healthy, else the reason. */
-export function judgeHttp(c: Pick<HttpCheck, 'expectStatus' | 'expectBody' | 'expectJson'>, status: number, body: string, location?: string): string | undefined {
+export function judgeHttp(
+  c: Pick<HttpCheck, 'expectStatus' | 'expectBody' | 'expectJson'>,
+  status: number,
+  body: string,
+  location?: string,
+): string | undefined {
   const okStatus = c.expectStatus !== undefined ? status === c.expectStatus : status >= 200 && status < 300
   if (!okStatus) {
     const wanted = c.expectStatus !== undefined ? String(c.expectStatus) : '2xx'
     const tail = location ? ` -> ${location}` : body.trim() ? `: ${snippet(body)}` : ''
     return `HTTP ${status} (expected ${wanted})${tail}`
   }
-  if (c.expectBody !== undefined && body.trim() !== c.expectBody) return `answered ${JSON.stringify(snippet(body))}, expected ${JSON.stringify(c.expectBody)}`
+  if (c.expectBody !== undefined && body.trim() !== c.expectBody)
+    return `answered ${JSON.stringify(snippet(body))}, expected ${JSON.stringify(c.expectBody)}`
   if (c.expectJson !== undefined) {
     let parsed: unknown
     try {
@@ -183,7 +214,8 @@ export function judgeHttp(c: Pick<HttpCheck, 'expectStatus' | 'expectBody' | 'ex
     } catch {
       return `answered ${JSON.stringify(snippet(body))}, not JSON (expected ${JSON.stringify(c.expectJson)})`
     }
-    if (!jsonContains(parsed, c.expectJson)) return `answered ${snippet(JSON.stringify(parsed))}, expected ${JSON.stringify(c.expectJson)}`
+    if (!jsonContains(parsed, c.expectJson))
+      return `answered ${snippet(JSON.stringify(parsed))}, expected ${JSON.stringify(c.expectJson)}`
   }
   return undefined
 }
@@ -210,7 +242,7 @@ export function describeNetError(e: unknown, host: string): string {
     case 'ETIMEDOUT':
       return `connection to ${host} timed out`
     default:
-      if (code && (/CERT|SELF_SIGNED|TLS|SSL|ALTNAME|VERIFY/.test(code))) return `TLS: ${message} (${code})`
+      if (code && /CERT|SELF_SIGNED|TLS|SSL|ALTNAME|VERIFY/.test(code)) return `TLS: ${message} (${code})`
       return code ? `${message} (${code})` : message
   }
 }
@@ -222,7 +254,10 @@ export interface HttpAnswer {
 }
 
 /** One HTTP request with a deadline; rejects with a reason a person can act on (refused, no answer, TLS, ...). */
-export function request(url: URL, opts: { method?: string; headers?: Record<string, string>; body?: string; timeoutMs: number }): Promise<HttpAnswer> {
+export function request(
+  url: URL,
+  opts: { method?: string; headers?: Record<string, string>; body?: string; timeoutMs: number },
+): Promise<HttpAnswer> {
   const host = url.host
   return new Promise((resolve, reject) => {
     let settled = false
@@ -237,7 +272,11 @@ export function request(url: URL, opts: { method?: string; headers?: Record<stri
     }
     const timer = setTimeout(() => finish(undefined, `no answer within ${seconds(opts.timeoutMs)}`), opts.timeoutMs)
     const mod = url.protocol === 'https:' ? https : http
-    const headers: Record<string, string> = { 'user-agent': 'pi-provision health check', accept: '*/*', ...opts.headers }
+    const headers: Record<string, string> = {
+      'user-agent': 'pi-provision health check',
+      accept: '*/*',
+      ...opts.headers,
+    }
     if (opts.body !== undefined) headers['content-length'] = String(Buffer.byteLength(opts.body))
     try {
       req = mod.request(url, { method: opts.method ?? 'GET', agent: false, headers }, (res) => {
@@ -250,7 +289,11 @@ export function request(url: URL, opts: { method?: string; headers?: Record<stri
         res.on('error', (e: unknown) => finish(undefined, describeNetError(e, host)))
         res.on('end', () => {
           const body = Buffer.concat(chunks).toString('utf8').slice(0, MAX_BODY)
-          finish({ status: res.statusCode ?? 0, body, location: typeof res.headers.location === 'string' ? res.headers.location : undefined })
+          finish({
+            status: res.statusCode ?? 0,
+            body,
+            location: typeof res.headers.location === 'string' ? res.headers.location : undefined,
+          })
         })
       })
     } catch (e) {
@@ -264,7 +307,13 @@ export function request(url: URL, opts: { method?: string; headers?: Record<stri
 
 export async function probeHttp(c: HttpCheck): Promise<ProbeResult> {
   const started = Date.now()
-  const result = (ok: boolean, detail: string): ProbeResult => ({ app: c.app, check: describeCheck(c), ok, detail, ms: Date.now() - started })
+  const result = (ok: boolean, detail: string): ProbeResult => ({
+    app: c.app,
+    check: describeCheck(c),
+    ok,
+    detail,
+    ms: Date.now() - started,
+  })
   let a: HttpAnswer
   try {
     a = await request(new URL(c.url), { timeoutMs: c.timeoutMs })
@@ -272,7 +321,9 @@ export async function probeHttp(c: HttpCheck): Promise<ProbeResult> {
     return result(false, (e as Error).message)
   }
   const reason = judgeHttp(c, a.status, a.body, a.location)
-  return reason ? result(false, reason) : result(true, `HTTP ${a.status}${a.body.trim() ? ` ${snippet(a.body, 60)}` : ''}`)
+  return reason
+    ? result(false, reason)
+    : result(true, `HTTP ${a.status}${a.body.trim() ? ` ${snippet(a.body, 60)}` : ''}`)
 }
 
 function parseJson(body: string): unknown {
@@ -290,17 +341,35 @@ function parseJson(body: string): unknown {
  */
 export async function probePihole(c: PiholeCheck, password: string): Promise<ProbeResult> {
   const started = Date.now()
-  const result = (ok: boolean, detail: string): ProbeResult => ({ app: c.app, check: describeCheck(c), ok, detail, ms: Date.now() - started })
+  const result = (ok: boolean, detail: string): ProbeResult => ({
+    app: c.app,
+    check: describeCheck(c),
+    ok,
+    detail,
+    ms: Date.now() - started,
+  })
   const left = () => Math.max(250, c.timeoutMs - (Date.now() - started))
   let login: HttpAnswer
   try {
-    login = await request(new URL(`${c.api}/auth`), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ password }), timeoutMs: left() })
+    login = await request(new URL(`${c.api}/auth`), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ password }),
+      timeoutMs: left(),
+    })
   } catch (e) {
     return result(false, `login: ${(e as Error).message}`)
   }
-  const session = (parseJson(login.body) as { session?: { valid?: boolean; sid?: string | null; message?: string } } | undefined)?.session
-  if (login.status === 401) return result(false, `the password at ${c.passwordRef} was refused (HTTP 401${session?.message ? `: ${session.message}` : ''})`)
-  if (login.status !== 200 || !session?.valid) return result(false, `login: HTTP ${login.status}${login.body.trim() ? `: ${snippet(login.body)}` : ''}`)
+  const session = (
+    parseJson(login.body) as { session?: { valid?: boolean; sid?: string | null; message?: string } } | undefined
+  )?.session
+  if (login.status === 401)
+    return result(
+      false,
+      `the password at ${c.passwordRef} was refused (HTTP 401${session?.message ? `: ${session.message}` : ''})`,
+    )
+  if (login.status !== 200 || !session?.valid)
+    return result(false, `login: HTTP ${login.status}${login.body.trim() ? `: ${snippet(login.body)}` : ''}`)
   const sid = typeof session.sid === 'string' && session.sid !== '' ? session.sid : undefined
   if (sid) registerSecret(sid)
   const withSid = sid ? { 'X-FTL-SID': sid } : undefined
@@ -308,16 +377,29 @@ export async function probePihole(c: PiholeCheck, password: string): Promise<Pro
   try {
     const a = await request(new URL(`${c.api}/dns/blocking`), { headers: withSid, timeoutMs: left() })
     const b = parseJson(a.body) as { blocking?: string; timer?: number | null } | undefined
-    if (a.status !== 200 || typeof b?.blocking !== 'string') verdict = result(false, `blocking status: HTTP ${a.status}${a.body.trim() ? `: ${snippet(a.body)}` : ''}`)
+    if (a.status !== 200 || typeof b?.blocking !== 'string')
+      verdict = result(false, `blocking status: HTTP ${a.status}${a.body.trim() ? `: ${snippet(a.body)}` : ''}`)
     else if (b.blocking === 'enabled') verdict = result(true, 'blocking enabled')
-    else verdict = result(false, `blocking is ${b.blocking}${typeof b.timer === 'number' ? ` (for ${Math.round(b.timer)} s more)` : ''}`)
+    else
+      verdict = result(
+        false,
+        `blocking is ${b.blocking}${typeof b.timer === 'number' ? ` (for ${Math.round(b.timer)} s more)` : ''}`,
+      )
   } catch (e) {
     verdict = result(false, `blocking status: ${(e as Error).message}`)
   }
   if (sid) {
-    const out = await request(new URL(`${c.api}/auth`), { method: 'DELETE', headers: withSid, timeoutMs: Math.max(1000, left()) }).catch((e: unknown) => (e as Error).message)
+    const out = await request(new URL(`${c.api}/auth`), {
+      method: 'DELETE',
+      headers: withSid,
+      timeoutMs: Math.max(1000, left()),
+    }).catch((e: unknown) => (e as Error).message)
     const loggedOut = typeof out !== 'string' && (out.status === 204 || out.status === 200 || out.status === 410)
-    if (!loggedOut) verdict = { ...verdict, detail: `${verdict.detail}; logout failed (${typeof out === 'string' ? out : `HTTP ${out.status}`}): the session stays until it expires` }
+    if (!loggedOut)
+      verdict = {
+        ...verdict,
+        detail: `${verdict.detail}; logout failed (${typeof out === 'string' ? out : `HTTP ${out.status}`}): the session stays until it expires`,
+      }
   }
   return { ...verdict, ms: Date.now() - started }
 }
@@ -343,14 +425,21 @@ export async function probeDns(c: DnsCheck): Promise<ProbeResult> {
     timedOut = true
     resolver.cancel()
   }, c.timeoutMs + 250)
-  const result = (ok: boolean, detail: string): ProbeResult => ({ app: c.app, check, ok, detail, ms: Date.now() - started })
+  const result = (ok: boolean, detail: string): ProbeResult => ({
+    app: c.app,
+    check,
+    ok,
+    detail,
+    ms: Date.now() - started,
+  })
   try {
     const addresses = c.type === 'AAAA' ? await resolver.resolve6(c.name) : await resolver.resolve4(c.name)
     if (addresses.length === 0) return result(false, `no ${c.type} record in the answer`)
     return result(true, `${c.name} -> ${addresses.join(', ')}`)
   } catch (e) {
     const code = errCode(e) ?? ''
-    if (timedOut || code === 'ETIMEOUT' || code === 'ECANCELLED') return result(false, `no answer within ${seconds(c.timeoutMs)}`)
+    if (timedOut || code === 'ETIMEOUT' || code === 'ECANCELLED')
+      return result(false, `no answer within ${seconds(c.timeoutMs)}`)
     return result(false, DNS_REASONS[code] ?? (e instanceof Error ? e.message : String(e)))
   } finally {
     clearTimeout(timer)
@@ -373,7 +462,10 @@ function noSecrets(ref: string): string {
 }
 
 /** Every check at once; a failing one is asked again (attempts in all) after a pause, since a pod may be just starting. */
-export async function runChecks(checks: readonly AppCheck[], opts: { attempts?: number; retryDelayMs?: number; secret?: (ref: string) => string } = {}): Promise<ProbeResult[]> {
+export async function runChecks(
+  checks: readonly AppCheck[],
+  opts: { attempts?: number; retryDelayMs?: number; secret?: (ref: string) => string } = {},
+): Promise<ProbeResult[]> {
   const attempts = Math.max(1, opts.attempts ?? 2)
   return Promise.all(
     checks.map(async (c) => {
@@ -411,9 +503,18 @@ export function verdicts(results: readonly ProbeResult[]): AppVerdict[] {
 
 /** The final table: one row per check, app -> ok / FAILING, what was asked, and the answer or the reason. */
 export function formatAppTable(results: readonly ProbeResult[]): string[] {
-  const rows = results.map((r) => [r.app, r.ok ? 'ok' : 'FAILING', r.check, `${r.detail}${r.ok ? ` (${r.ms} ms)` : ''}`])
+  const rows = results.map((r) => [
+    r.app,
+    r.ok ? 'ok' : 'FAILING',
+    r.check,
+    `${r.detail}${r.ok ? ` (${r.ms} ms)` : ''}`,
+  ])
   const head = ['APP', 'RESULT', 'CHECK', 'ANSWER / REASON']
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
-  const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd()
+  const line = (cells: string[]): string =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i])))
+      .join('  ')
+      .trimEnd()
   return [line(head), ...rows.map(line)]
 }

@@ -18,14 +18,31 @@ export type RunEvent =
   | { kind: 'run-start'; playbook: string; inventory: string; check: boolean; hosts: string[] }
   | { kind: 'play-start'; play: string; hosts: string[] }
   | { kind: 'step-start'; host: string; role: string; step: string; handler: boolean }
-  | { kind: 'step-end'; host: string; role: string; step: string; handler: boolean; status: StepStatus; message?: string; diff?: string; ms: number }
+  | {
+      kind: 'step-end'
+      host: string
+      role: string
+      step: string
+      handler: boolean
+      status: StepStatus
+      message?: string
+      diff?: string
+      ms: number
+    }
   | { kind: 'unreachable'; host: string; message: string }
   | { kind: 'command'; host: string; script: string; code: number; stdout: string; stderr: string; ms: number }
   /** A round trip reading facts: their names only (their answers may hold file contents, secrets among them). */
   | { kind: 'facts'; host: string; keys: string[]; code: number; ms: number }
   | { kind: 'warning'; message: string; host?: string }
   | { kind: 'info'; message: string; host: string }
-  | { kind: 'recap'; hosts: Record<string, HostCounts>; seconds: number; exitCode: number; retryFile?: string; rerun?: string }
+  | {
+      kind: 'recap'
+      hosts: Record<string, HostCounts>
+      seconds: number
+      exitCode: number
+      retryFile?: string
+      rerun?: string
+    }
   | { kind: 'error'; message: string }
   /** Ctrl-C came: no new step starts from here on (in --json, what follows it happened after the signal). */
   | { kind: 'interrupted'; message: string }
@@ -60,12 +77,20 @@ export function formatRecap(e: Extract<RunEvent, { kind: 'recap' }>): string[] {
   const lines = ['', `PLAY RECAP ${'*'.repeat(60)}`]
   for (const n of names) {
     const c = e.hosts[n]
-    const cell = (k: keyof HostCounts) => `${k}=${c[k]}`.padEnd(k === 'unreachable' ? 17 : k === 'changed' ? 12 : k === 'failed' ? 11 : 7)
-    lines.push(`${n.padEnd(width)}: ${cell('ok')} ${cell('changed')} ${cell('unreachable')} ${cell('failed')} ${cell('skipped')}`.trimEnd())
+    const cell = (k: keyof HostCounts) =>
+      `${k}=${c[k]}`.padEnd(k === 'unreachable' ? 17 : k === 'changed' ? 12 : k === 'failed' ? 11 : 7)
+    lines.push(
+      `${n.padEnd(width)}: ${cell('ok')} ${cell('changed')} ${cell('unreachable')} ${cell('failed')} ${cell('skipped')}`.trimEnd(),
+    )
   }
   lines.push('', `finished in ${e.seconds.toFixed(2)}s, exit ${e.exitCode}`)
   if (e.retryFile) lines.push(`retry the failed and unreachable hosts with: --limit @${e.retryFile}`)
-  if (e.rerun) lines.push(e.exitCode === 130 ? `to finish the job, run it again: ${e.rerun}` : `once the failed and unreachable hosts are fixed, run it again: ${e.rerun}`)
+  if (e.rerun)
+    lines.push(
+      e.exitCode === 130
+        ? `to finish the job, run it again: ${e.rerun}`
+        : `once the failed and unreachable hosts are fixed, run it again: ${e.rerun}`,
+    )
   return lines
 }
 
@@ -86,13 +111,20 @@ export class PlainReporter implements Reporter {
 function renderPlain(e: RunEvent, opts: ReporterOptions): string[] {
   switch (e.kind) {
     case 'run-start':
-      return [`${e.check ? 'CHECK MODE: nothing will be changed. ' : ''}${e.playbook} on ${e.hosts.length} host(s) from ${e.inventory}`]
+      return [
+        `${e.check ? 'CHECK MODE: nothing will be changed. ' : ''}${e.playbook} on ${e.hosts.length} host(s) from ${e.inventory}`,
+      ]
     case 'play-start':
-      return ['', `PLAY [${e.play}] ${'*'.repeat(Math.max(3, 60 - e.play.length))}`, ...(e.hosts.length === 0 ? ['skipping: no hosts matched'] : [])]
+      return [
+        '',
+        `PLAY [${e.play}] ${'*'.repeat(Math.max(3, 60 - e.play.length))}`,
+        ...(e.hosts.length === 0 ? ['skipping: no hosts matched'] : []),
+      ]
     case 'step-start':
       return []
     case 'step-end': {
-      if (e.status === 'ok' && opts.verbosity < 1 && !e.message?.startsWith('rebooted')) return [formatStepLine({ ...e, message: undefined })]
+      if (e.status === 'ok' && opts.verbosity < 1 && !e.message?.startsWith('rebooted'))
+        return [formatStepLine({ ...e, message: undefined })]
       const out = [formatStepLine(e)]
       if (opts.showDiff && e.diff) out.push(...e.diff.replace(/\n$/, '').split('\n'))
       return out
@@ -101,15 +133,33 @@ function renderPlain(e: RunEvent, opts: ReporterOptions): string[] {
       return [`UNREACHABLE: [${e.host}] ${e.message}`]
     case 'command': {
       if (opts.verbosity < 1) return []
-      const out = [`  [${e.host}] $ ${e.script.split('\n')[0]}${e.script.includes('\n') ? ' …' : ''}  -> exit ${e.code} (${e.ms} ms)`]
+      const out = [
+        `  [${e.host}] $ ${e.script.split('\n')[0]}${e.script.includes('\n') ? ' …' : ''}  -> exit ${e.code} (${e.ms} ms)`,
+      ]
       if (opts.verbosity >= 2) {
-        if (e.stdout.trim()) out.push(...e.stdout.replace(/\n$/, '').split('\n').map((l) => `    | ${l}`))
-        if (e.stderr.trim()) out.push(...e.stderr.replace(/\n$/, '').split('\n').map((l) => `    ! ${l}`))
+        if (e.stdout.trim())
+          out.push(
+            ...e.stdout
+              .replace(/\n$/, '')
+              .split('\n')
+              .map((l) => `    | ${l}`),
+          )
+        if (e.stderr.trim())
+          out.push(
+            ...e.stderr
+              .replace(/\n$/, '')
+              .split('\n')
+              .map((l) => `    ! ${l}`),
+          )
       }
       return out
     }
     case 'facts':
-      return opts.verbosity < 1 ? [] : [`  [${e.host}] read ${e.keys.length} fact${e.keys.length === 1 ? '' : 's'} in one round trip: ${e.keys.join(', ')}  -> exit ${e.code} (${e.ms} ms)`]
+      return opts.verbosity < 1
+        ? []
+        : [
+            `  [${e.host}] read ${e.keys.length} fact${e.keys.length === 1 ? '' : 's'} in one round trip: ${e.keys.join(', ')}  -> exit ${e.code} (${e.ms} ms)`,
+          ]
     case 'warning':
       return [`WARNING: ${e.host ? `[${e.host}] ` : ''}${e.message}`]
     case 'info': {
@@ -242,7 +292,10 @@ export class FanOut implements Reporter {
  * The live spinner needs a terminal that knows its width: a pseudo-terminal without a size (`script` run without
  * one, some CI runners, `ssh -t` from a pipe) reports 0 columns, and redrawing on it never ends.
  */
-export function canDrawSpinner(out: Pick<NodeJS.WriteStream, 'isTTY' | 'columns'>, env: Record<string, string | undefined> = process.env): boolean {
+export function canDrawSpinner(
+  out: Pick<NodeJS.WriteStream, 'isTTY' | 'columns'>,
+  env: Record<string, string | undefined> = process.env,
+): boolean {
   return Boolean(out.isTTY) && !env.CI && (out.columns ?? 0) >= 20
 }
 

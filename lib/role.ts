@@ -203,7 +203,13 @@ export interface Playbook {
 
 /** Run the handlers notified so far before the next step (e.g. reboot, then verify). */
 export function flushHandlers(name = 'Run notified handlers now'): Step {
-  return { name, flushHandlers: true, async plan() { return null } }
+  return {
+    name,
+    flushHandlers: true,
+    async plan() {
+      return null
+    },
+  }
 }
 
 export function handler(step: Step): Handler {
@@ -234,14 +240,18 @@ export type VarValue<S extends VarSpec> = S['type'] extends 'int'
 
 /** This host's values of a role's variables: always there when required or defaulted, else possibly undefined. */
 export type RoleVarValues<V extends RoleVarSpecs> = {
-  readonly [K in keyof V]: V[K] extends { required: true } | { default: unknown } ? VarValue<V[K]> : VarValue<V[K]> | undefined
+  readonly [K in keyof V]: V[K] extends { required: true } | { default: unknown }
+    ? VarValue<V[K]>
+    : VarValue<V[K]> | undefined
 }
 
 /**
  * Declare a role's variables (the object is returned as it is): the names, types and defaults stay known to
  * TypeScript, so roleVars() is typed by them and a default of the wrong type does not compile.
  */
-export function defineVars<const V extends RoleVarSpecs>(specs: V & { readonly [K in keyof V]: { readonly default?: VarValue<V[K]> } }): V {
+export function defineVars<const V extends RoleVarSpecs>(
+  specs: V & { readonly [K in keyof V]: { readonly default?: VarValue<V[K]> } },
+): V {
   return specs
 }
 
@@ -250,13 +260,19 @@ export function defineVars<const V extends RoleVarSpecs>(specs: V & { readonly [
  * declaration's default. A required one that is missing fails the step (the command line refuses that before
  * any host is contacted; this is for a role run some other way).
  */
-export function roleVars<V extends RoleVarSpecs>(ctx: { readonly host?: string; readonly vars: Vars }, specs: V): RoleVarValues<V> {
+export function roleVars<V extends RoleVarSpecs>(
+  ctx: { readonly host?: string; readonly vars: Vars },
+  specs: V,
+): RoleVarValues<V> {
   const set = ctx.vars as unknown as Readonly<Record<string, unknown>>
   const out: Record<string, unknown> = {}
   for (const [name, spec] of Object.entries(specs)) {
     const value = set[name] ?? spec.default
     if (value === undefined && spec.required)
-      throw new ProvisionError('step', `variable ${name} is not set (${spec.doc})`, { place: { host: ctx.host }, hint: `set it in the inventory or with -e ${name}=...` })
+      throw new ProvisionError('step', `variable ${name} is not set (${spec.doc})`, {
+        place: { host: ctx.host },
+        hint: `set it in the inventory or with -e ${name}=...`,
+      })
     out[name] = value
   }
   return out as RoleVarValues<V>

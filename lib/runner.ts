@@ -12,7 +12,19 @@ import { hostVars, type Inventory, type InventoryHost, type VarLayer } from './i
 import { mask } from './mask.ts'
 import { selectHosts } from './patterns.ts'
 import type { HostCounts, Reporter } from './reporter.ts'
-import { isChange, runState, type HostHandle, type MustOptions, type Play, type Playbook, type Role, type ShOptions, type Step, type StepContext, type StepResult } from './role.ts'
+import {
+  isChange,
+  runState,
+  type HostHandle,
+  type MustOptions,
+  type Play,
+  type Playbook,
+  type Role,
+  type ShOptions,
+  type Step,
+  type StepContext,
+  type StepResult,
+} from './role.ts'
 import type { SecretStore } from './secrets.ts'
 import type { Vars } from './vars.ts'
 
@@ -49,7 +61,12 @@ export interface RunSummary {
 export const PENDING_DIR = '/var/lib/pi-provision/handlers'
 
 export function pendingHandlersFact(role: string): Fact<string[]> {
-  return defineFact(`pending-handlers:${role}`, `cat ${quote(`${PENDING_DIR}/${role}`)} 2>/dev/null; true`, (r) => r.stdout.split('\n').map((l) => l.trim()).filter(Boolean))
+  return defineFact(`pending-handlers:${role}`, `cat ${quote(`${PENDING_DIR}/${role}`)} 2>/dev/null; true`, (r) =>
+    r.stdout
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean),
+  )
 }
 
 export function savePendingHandlers(role: string, names: string[]): string {
@@ -71,7 +88,10 @@ interface HostRuntime extends Omit<HostHandle, 'sh' | 'must'> {
 /** Hosts a playbook run would touch, play by play (for --list-hosts; opens no connection). */
 export function planHosts(pb: Playbook, inv: Inventory, limit?: string): { play: Play; hosts: string[] }[] {
   const selected = limit ? new Set(selectHosts(inv, limit)) : null
-  return pb.plays.map((play) => ({ play, hosts: playHosts(inv, play.hosts).filter((h) => !selected || selected.has(h)) }))
+  return pb.plays.map((play) => ({
+    play,
+    hosts: playHosts(inv, play.hosts).filter((h) => !selected || selected.has(h)),
+  }))
 }
 
 /**
@@ -114,7 +134,10 @@ export function validatePlaybook(pb: Playbook): void {
       for (const step of role.steps)
         for (const n of step.notify ?? [])
           if (!names.includes(n))
-            throw new ProvisionError('usage', `role ${role.name}, step "${step.name}" notifies "${n}", but the role has no such handler (handlers: ${names.join(', ') || 'none'})`)
+            throw new ProvisionError(
+              'usage',
+              `role ${role.name}, step "${step.name}" notifies "${n}", but the role has no such handler (handlers: ${names.join(', ') || 'none'})`,
+            )
     }
 }
 
@@ -157,7 +180,8 @@ class PlaybookRun {
   async run(): Promise<RunSummary> {
     const { inventory: inv, limit } = this.opts
     const plan = planHosts(this.pb, inv, limit)
-    if (limit && plan.every((p) => p.hosts.length === 0)) throw new ProvisionError('usage', `--limit ${limit} matches no host of any play`)
+    if (limit && plan.every((p) => p.hosts.length === 0))
+      throw new ProvisionError('usage', `--limit ${limit} matches no host of any play`)
     const touched = [...new Set(plan.flatMap((p) => p.hosts))]
     this.rep.emit({ kind: 'run-start', playbook: this.pb.name, inventory: inv.file, check: this.check, hosts: touched })
     await this.opts.secrets.resolveAll(requiredSecrets(this.pb, inv, limit, this.extra))
@@ -184,11 +208,17 @@ class PlaybookRun {
       await Promise.all(batch.map((h) => limit(() => this.runHost(this.runtime(h), play))))
       const failedHere = batch.filter((h) => this.runtime(h).state !== 'ok').length
       if (failedHere > 0 && play.anyErrorsFatal) {
-        this.rep.emit({ kind: 'warning', message: `play "${play.name}" has any_errors_fatal: stopping the run after ${failedHere} failed host(s)` })
+        this.rep.emit({
+          kind: 'warning',
+          message: `play "${play.name}" has any_errors_fatal: stopping the run after ${failedHere} failed host(s)`,
+        })
         this.stopAll = true
       }
       if (play.maxFailPercentage !== undefined && (failedHere / batch.length) * 100 > play.maxFailPercentage) {
-        this.rep.emit({ kind: 'warning', message: `play "${play.name}": ${failedHere} of ${batch.length} host(s) failed, more than max_fail_percentage ${play.maxFailPercentage}%: stopping` })
+        this.rep.emit({
+          kind: 'warning',
+          message: `play "${play.name}": ${failedHere} of ${batch.length} host(s) failed, more than max_fail_percentage ${play.maxFailPercentage}%: stopping`,
+        })
         this.stopAll = true
       }
     }
@@ -211,7 +241,8 @@ class PlaybookRun {
     // One round trip for every fact the role's steps declared, and the handlers a failed run left owed.
     try {
       await rt.facts.gather([pending, ...steps.flatMap((s) => s.facts?.(ctx) ?? [])])
-      if (handlerNames.length) r.notified = new Set((await rt.facts.get(pending)).filter((h) => handlerNames.includes(h)))
+      if (handlerNames.length)
+        r.notified = new Set((await rt.facts.get(pending)).filter((h) => handlerNames.includes(h)))
     } catch (e) {
       this.recordError(rt, role, steps[0]?.name ?? 'Gather facts', e, false)
       return
@@ -225,7 +256,7 @@ class PlaybookRun {
       const res = await this.runStep(rt, role, step, ctx, false)
       const fresh = res?.status === 'changed' ? (res.notify ?? step.notify ?? []).filter((h) => !r.notified.has(h)) : []
       if (fresh.length) {
-        fresh.forEach((h) => r.notified.add(h))
+        for (const h of fresh) r.notified.add(h)
         await this.rememberHandlers(r).catch((e: unknown) => this.recordError(rt, role, step.name, e, false))
       }
     }
@@ -239,7 +270,8 @@ class PlaybookRun {
   private async rememberHandlers({ rt, role, notified }: RoleRun): Promise<void> {
     if (this.check || !role.handlers?.length) return
     const res = await rt.conn.run(savePendingHandlers(role.name, [...notified]))
-    if (res.code !== 0) throw new ProvisionError('step', `cannot record pending handlers in ${PENDING_DIR}: ${res.stderr.trim()}`)
+    if (res.code !== 0)
+      throw new ProvisionError('step', `cannot record pending handlers in ${PENDING_DIR}: ${res.stderr.trim()}`)
   }
 
   /** The handlers notified so far, in the order the role lists them; they still run after Ctrl-C (no host half-done). */
@@ -253,7 +285,13 @@ class PlaybookRun {
     }
   }
 
-  private async runStep(rt: HostRuntime, role: Role, step: Step, ctx: StepContext, isHandler: boolean): Promise<StepResult | undefined> {
+  private async runStep(
+    rt: HostRuntime,
+    role: Role,
+    step: Step,
+    ctx: StepContext,
+    isHandler: boolean,
+  ): Promise<StepResult | undefined> {
     const t0 = Date.now()
     const base = { host: rt.name, role: role.name, step: step.name, handler: isHandler }
     try {
@@ -272,7 +310,14 @@ class PlaybookRun {
         rt.counts.ok++
         if (res.status === 'changed') rt.counts.changed++
       }
-      this.rep.emit({ kind: 'step-end', ...base, status: res.status, message: res.message, diff: this.opts.diff ? res.diff : undefined, ms: Date.now() - t0 })
+      this.rep.emit({
+        kind: 'step-end',
+        ...base,
+        status: res.status,
+        message: res.message,
+        diff: this.opts.diff ? res.diff : undefined,
+        ms: Date.now() - t0,
+      })
       return res
     } catch (e) {
       this.recordError(rt, role, step.name, e, isHandler, Date.now() - t0)
@@ -293,13 +338,23 @@ class PlaybookRun {
         const lost = e instanceof ProvisionError && e.kind === 'unreachable' && /connection lost/.test(e.message)
         if (!lost) throw e
         rt.facts.invalidate()
-        if (attempt > STEP_RECONNECT_RETRIES) throw new ProvisionError('step', `${e.message}; gave up after ${attempt} attempts`, { place: { host: rt.name } })
-        this.rep.emit({ kind: 'warning', host: rt.name, message: `${e.message}: reconnecting and running "${step.name}" again (attempt ${attempt + 1})` })
+        if (attempt > STEP_RECONNECT_RETRIES)
+          throw new ProvisionError('step', `${e.message}; gave up after ${attempt} attempts`, {
+            place: { host: rt.name },
+          })
+        this.rep.emit({
+          kind: 'warning',
+          host: rt.name,
+          message: `${e.message}: reconnecting and running "${step.name}" again (attempt ${attempt + 1})`,
+        })
         await rt.conn.reset()
         try {
           await rt.conn.run('true')
         } catch (again) {
-          throw new ProvisionError('step', `the host went away mid-run: ${(again as Error).message}`, { place: { host: rt.name }, cause: again })
+          throw new ProvisionError('step', `the host went away mid-run: ${(again as Error).message}`, {
+            place: { host: rt.name },
+            cause: again,
+          })
         }
       }
     }
@@ -316,7 +371,8 @@ class PlaybookRun {
     if (this.check) return { status: 'changed', message: `would ${plan.summary}`, diff: plan.diff, notify: plan.notify }
     let said: string | void
     try {
-      for (const c of plan.commands ?? []) await this.mustOn(rt, c.script, { stdin: c.stdin, sudo: c.sudo, what: plan.summary })
+      for (const c of plan.commands ?? [])
+        await this.mustOn(rt, c.script, { stdin: c.stdin, sudo: c.sudo, what: plan.summary })
       said = await plan.apply?.(ctx)
     } finally {
       // The host changed (or may have, if a command failed half-way): what was read of it is stale.
@@ -331,11 +387,24 @@ class PlaybookRun {
     if (pe && (pe.kind === 'unreachable' || pe.kind === 'hostkey')) {
       rt.counts.unreachable++
       rt.state = 'unreachable'
-      this.rep.emit({ kind: 'unreachable', host: rt.name, message: pe.message + (pe.hint ? `\n  hint: ${pe.hint}` : '') })
+      this.rep.emit({
+        kind: 'unreachable',
+        host: rt.name,
+        message: pe.message + (pe.hint ? `\n  hint: ${pe.hint}` : ''),
+      })
     } else {
       rt.counts.failed++
       rt.state = 'failed'
-      this.rep.emit({ kind: 'step-end', host: rt.name, role: role.name, step, handler: isHandler, status: 'failed', message: errorText(e), ms })
+      this.rep.emit({
+        kind: 'step-end',
+        host: rt.name,
+        role: role.name,
+        step,
+        handler: isHandler,
+        status: 'failed',
+        message: errorText(e),
+        ms,
+      })
     }
   }
 
@@ -348,7 +417,15 @@ class PlaybookRun {
     const t0 = Date.now()
     const r = await rt.conn.run(script, run)
     const stdout = secretOutput && r.stdout ? withheld(r.stdout) : r.stdout
-    this.rep.emit({ kind: 'command', host: rt.name, script, code: r.code, stdout, stderr: r.stderr, ms: Date.now() - t0 })
+    this.rep.emit({
+      kind: 'command',
+      host: rt.name,
+      script,
+      code: r.code,
+      stdout,
+      stderr: r.stderr,
+      ms: Date.now() - t0,
+    })
     return r
   }
 
@@ -358,7 +435,9 @@ class PlaybookRun {
     if (r.code !== 0) {
       // A credential's stdout never becomes an error message; its stderr (what went wrong) still may.
       const out = (r.stderr.trim() || (o.secretOutput ? '' : r.stdout.trim())).split('\n').slice(-6).join('\n    ')
-      throw new ProvisionError('step', `${o.what ?? `command failed`} (exit ${r.code})${out ? `:\n    ${out}` : ''}`, { place: { host: rt.name } })
+      throw new ProvisionError('step', `${o.what ?? `command failed`} (exit ${r.code})${out ? `:\n    ${out}` : ''}`, {
+        place: { host: rt.name },
+      })
     }
     return r
   }
@@ -377,7 +456,14 @@ class PlaybookRun {
       state: this.state,
       hostHandle: async (name) => {
         const other = this.runtime(name)
-        return { name, vars: other.vars, conn: other.conn, facts: other.facts, sh: (script, o) => this.logged(other, script, o), must: (script, o) => this.mustOn(other, script, o) }
+        return {
+          name,
+          vars: other.vars,
+          conn: other.conn,
+          facts: other.facts,
+          sh: (script, o) => this.logged(other, script, o),
+          must: (script, o) => this.mustOn(other, script, o),
+        }
       },
       sh: (script, o) => this.logged(rt, script, o),
       must: (script, o) => this.mustOn(rt, script, o),
@@ -394,8 +480,18 @@ class PlaybookRun {
       if (!host) throw new ProvisionError('usage', `no host "${name}" in the inventory`)
       const vars = hostVars(host, {}, this.extra)
       const conn = this.connect(host, vars)
-      const facts = new FactCache(conn, (keys, code, ms) => this.rep.emit({ kind: 'facts', host: name, keys, code, ms }))
-      rt = { name, host, vars, conn, facts, counts: { ok: 0, changed: 0, unreachable: 0, failed: 0, skipped: 0 }, state: 'ok' }
+      const facts = new FactCache(conn, (keys, code, ms) =>
+        this.rep.emit({ kind: 'facts', host: name, keys, code, ms }),
+      )
+      rt = {
+        name,
+        host,
+        vars,
+        conn,
+        facts,
+        counts: { ok: 0, changed: 0, unreachable: 0, failed: 0, skipped: 0 },
+        state: 'ok',
+      }
       this.runtimes.set(name, rt)
     }
     return rt
@@ -410,7 +506,11 @@ class PlaybookRun {
       recordNewHostKeys: !this.check,
       secrets: this.opts.secrets,
       onNewHostKey: (fp, recorded) =>
-        this.rep.emit({ kind: 'warning', host: host.name, message: `${recorded ? 'recorded' : 'check mode: accepted for this run, would record'} its new host key ${fp} in ${vars.known_hosts_file}` }),
+        this.rep.emit({
+          kind: 'warning',
+          host: host.name,
+          message: `${recorded ? 'recorded' : 'check mode: accepted for this run, would record'} its new host key ${fp} in ${vars.known_hosts_file}`,
+        }),
       onKnownHostsWarning: (message) => this.rep.emit({ kind: 'warning', message }),
     })
   }
@@ -422,7 +522,13 @@ class PlaybookRun {
     const failed = touched.filter((h) => this.runtime(h).state === 'failed')
     const unreachable = touched.filter((h) => this.runtime(h).state === 'unreachable')
     const wasInterrupted = this.interrupted()
-    const exitCode = wasInterrupted ? EXIT.interrupted : failed.length ? EXIT.failed : unreachable.length ? EXIT.unreachable : EXIT.ok
+    const exitCode = wasInterrupted
+      ? EXIT.interrupted
+      : failed.length
+        ? EXIT.failed
+        : unreachable.length
+          ? EXIT.unreachable
+          : EXIT.ok
     let retryFile: string | undefined
     // A retire or rebuild cut short by Ctrl-C is finished the same way as one with a failed host.
     const rerun = failed.length || unreachable.length || wasInterrupted ? this.pb.rerun : undefined
@@ -444,7 +550,12 @@ export function withheld(output: string): string {
 
 export function batches<T>(items: readonly T[], serial: number | string | undefined): T[][] {
   if (serial === undefined || items.length === 0) return [items.slice()]
-  let size = typeof serial === 'number' ? serial : /^\d+%$/.test(serial) ? Math.ceil((items.length * parseInt(serial, 10)) / 100) : parseInt(serial, 10)
+  let size =
+    typeof serial === 'number'
+      ? serial
+      : /^\d+%$/.test(serial)
+        ? Math.ceil((items.length * parseInt(serial, 10)) / 100)
+        : parseInt(serial, 10)
   if (!Number.isFinite(size) || size < 1) size = 1
   const out: T[][] = []
   for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size))
@@ -454,7 +565,9 @@ export function batches<T>(items: readonly T[], serial: number | string | undefi
 function sshFor(
   host: InventoryHost,
   vars: Vars,
-  o: Pick<SshTarget, 'trustNewHostKeys' | 'recordNewHostKeys' | 'onNewHostKey' | 'onKnownHostsWarning'> & { secrets: SecretStore },
+  o: Pick<SshTarget, 'trustNewHostKeys' | 'recordNewHostKeys' | 'onNewHostKey' | 'onKnownHostsWarning'> & {
+    secrets: SecretStore
+  },
 ): Connection {
   return new SshConnection({
     host: host.name,

@@ -61,7 +61,8 @@ function tolerates(tolerations: readonly Toleration[], t: Taint): boolean {
 export function feasibleNodes(podSpec: Record<string, unknown>, nodes: readonly KubeObject[]): string[] {
   const selector = asRecord(podSpec.nodeSelector)
   const terms = asArray<{ matchExpressions?: SelectorRequirement[] }>(
-    asRecord(asRecord(asRecord(podSpec.affinity).nodeAffinity).requiredDuringSchedulingIgnoredDuringExecution).nodeSelectorTerms,
+    asRecord(asRecord(asRecord(podSpec.affinity).nodeAffinity).requiredDuringSchedulingIgnoredDuringExecution)
+      .nodeSelectorTerms,
   )
   const tolerations = asArray<Toleration>(podSpec.tolerations)
   return nodes
@@ -69,8 +70,14 @@ export function feasibleNodes(podSpec: Record<string, unknown>, nodes: readonly 
       const labels = n.metadata.labels ?? {}
       if (n.spec?.unschedulable === true) return false
       if (!Object.entries(selector).every(([k, v]) => labels[k] === v)) return false
-      if (terms.length && !terms.some((t) => asArray<SelectorRequirement>(t.matchExpressions).every((r) => requirementHolds(labels, r)))) return false
-      return asArray<Taint>(n.spec?.taints).every((t) => (t.effect !== 'NoSchedule' && t.effect !== 'NoExecute') || tolerates(tolerations, t))
+      if (
+        terms.length &&
+        !terms.some((t) => asArray<SelectorRequirement>(t.matchExpressions).every((r) => requirementHolds(labels, r)))
+      )
+        return false
+      return asArray<Taint>(n.spec?.taints).every(
+        (t) => (t.effect !== 'NoSchedule' && t.effect !== 'NoExecute') || tolerates(tolerations, t),
+      )
     })
     .map((n) => n.metadata.name)
 }
@@ -94,7 +101,10 @@ function evicted(o: KubeObject, node: string): o is Pod {
 
 /** The pods a drain evicts from a node, by namespace/name. */
 export function podsToEvict(pods: readonly KubeObject[], node: string): string[] {
-  return pods.filter((p) => evicted(p, node)).map(nameOf).sort()
+  return pods
+    .filter((p) => evicted(p, node))
+    .map(nameOf)
+    .sort()
 }
 
 /**
@@ -114,7 +124,12 @@ export function podsWithNowhereElse(objects: readonly KubeObject[], node: string
  * kubectl drain NODE on the server (`run` runs a script there as root), bounded by k3s_drain_timeout. On failure
  * the error shows kubectl's last lines; `left` says what state that leaves behind and how to go on.
  */
-export async function drainNode(run: (script: string) => Promise<RunResult>, node: string, seconds: number, left: string): Promise<void> {
+export async function drainNode(
+  run: (script: string) => Promise<RunResult>,
+  node: string,
+  seconds: number,
+  left: string,
+): Promise<void> {
   const cmd = kubectl(`drain --ignore-daemonsets --delete-emptydir-data --timeout=${seconds}s`, node)
   // kubectl's own timeout ends the drain; the outer bound only catches a kubectl that hangs past it.
   const r = await run(bounded(cmd, seconds + 30, `kubectl drain ${node}`, 'k3s_drain_timeout'))

@@ -45,9 +45,13 @@ export function parseSecretRef(ref: string): SecretRef {
   const parts = m ? [m[1], m[2], m[3]] : []
   const bad = !m || parts.some((p) => p.trim() !== p || p.includes('?'))
   if (bad) {
-    throw new ProvisionError('secrets', `${JSON.stringify(text)} is not a secret reference: expected op://vault/item/field`, {
-      hint: 'three non-empty parts separated by "/", no section and no ?query (for example op://pi-cluster/k3s-token/credential)',
-    })
+    throw new ProvisionError(
+      'secrets',
+      `${JSON.stringify(text)} is not a secret reference: expected op://vault/item/field`,
+      {
+        hint: 'three non-empty parts separated by "/", no section and no ?query (for example op://pi-cluster/k3s-token/credential)',
+      },
+    )
   }
   return { vault: parts[0], item: parts[1], field: parts[2] }
 }
@@ -111,7 +115,10 @@ export async function openSecretStore(opts: SecretStoreOptions): Promise<SecretS
     const backend = await OnePasswordBackend.open(opts)
     return new CachingStore(backend)
   }
-  throw new ProvisionError('secrets', `unknown secrets backend ${JSON.stringify(String(opts.backend))}: expected onepassword or file`)
+  throw new ProvisionError(
+    'secrets',
+    `unknown secrets backend ${JSON.stringify(String(opts.backend))}: expected onepassword or file`,
+  )
 }
 
 // What a backend says about one reference.
@@ -169,7 +176,8 @@ class CachingStore implements SecretStore {
     const value = this.#values.get(key)
     if (value !== undefined) return value
     const why = this.#absent.get(key)
-    if (why !== undefined) throw new ProvisionError('secrets', `${key}: ${why}`, { place: this.#impl.place, hint: this.#impl.hint })
+    if (why !== undefined)
+      throw new ProvisionError('secrets', `${key}: ${why}`, { place: this.#impl.place, hint: this.#impl.hint })
     throw new ProvisionError('secrets', `${key} was used before it was resolved`, {
       hint: 'every reference must be passed to resolveAll (or lookup) before get: this is a bug in the role that uses it',
     })
@@ -299,13 +307,21 @@ class FileBackend implements Backend {
   #find(ref: SecretRef): Resolution {
     const items = this.#data.get(ref.vault)
     if (!items) {
-      const why = this.#data.size === 0 ? `no vault "${ref.vault}" (the secrets file is empty or does not exist)` : `no vault "${ref.vault}" in the secrets file`
+      const why =
+        this.#data.size === 0
+          ? `no vault "${ref.vault}" (the secrets file is empty or does not exist)`
+          : `no vault "${ref.vault}" in the secrets file`
       return { status: 'missing', creatable: true, why }
     }
     const fields = items.get(ref.item)
     if (!fields) return { status: 'missing', creatable: true, why: `no item "${ref.item}" in vault "${ref.vault}"` }
     const value = fields.get(ref.field)
-    if (value === undefined) return { status: 'missing', creatable: true, why: `item "${ref.item}" in vault "${ref.vault}" has no field "${ref.field}"` }
+    if (value === undefined)
+      return {
+        status: 'missing',
+        creatable: true,
+        why: `item "${ref.item}" in vault "${ref.vault}" has no field "${ref.field}"`,
+      }
     return { status: 'found', value }
   }
 
@@ -320,15 +336,25 @@ class FileBackend implements Backend {
       await mkdir(dirname(target), { recursive: true, mode: 0o700 })
       await writeFileAtomic(target, edited.toString(), 0o600)
     } catch (e) {
-      throw new ProvisionError('secrets', `cannot write secrets file ${target} for ${formatSecretRef(ref)}: ${errnoCode(e) ?? errorMessage(e)}`, {
-        place: { file: target },
-        cause: e,
-      })
+      throw new ProvisionError(
+        'secrets',
+        `cannot write secrets file ${target} for ${formatSecretRef(ref)}: ${errnoCode(e) ?? errorMessage(e)}`,
+        {
+          place: { file: target },
+          cause: e,
+        },
+      )
     }
     let items = this.#data.get(ref.vault)
-    if (!items) this.#data.set(ref.vault, (items = new Map()))
+    if (!items) {
+      items = new Map()
+      this.#data.set(ref.vault, items)
+    }
     let fields = items.get(ref.item)
-    if (!fields) items.set(ref.item, (fields = new Map()))
+    if (!fields) {
+      fields = new Map()
+      items.set(ref.item, fields)
+    }
     fields.set(ref.field, value)
   }
 }
@@ -337,18 +363,26 @@ async function readSecretsFile(path: string): Promise<{ doc: Document | null; da
   let text: string
   try {
     const st = await stat(path)
-    if (!st.isFile()) throw new ProvisionError('secrets', 'the secrets file is not a regular file', { place: { file: path } })
+    if (!st.isFile())
+      throw new ProvisionError('secrets', 'the secrets file is not a regular file', { place: { file: path } })
     if ((st.mode & 0o077) !== 0) {
       const mode = (st.mode & 0o777).toString(8).padStart(4, '0')
-      throw new ProvisionError('secrets', `the secrets file has mode ${mode}, so group or others can access it; refusing to use it: run chmod 600 ${path}`, {
-        place: { file: path },
-      })
+      throw new ProvisionError(
+        'secrets',
+        `the secrets file has mode ${mode}, so group or others can access it; refusing to use it: run chmod 600 ${path}`,
+        {
+          place: { file: path },
+        },
+      )
     }
     text = await readFile(path, 'utf8')
   } catch (e) {
     if (e instanceof ProvisionError) throw e
     if (errnoCode(e) === 'ENOENT') return { doc: null, data: new Map() }
-    throw new ProvisionError('secrets', `cannot read the secrets file: ${errnoCode(e) ?? String(e)}`, { place: { file: path }, cause: e })
+    throw new ProvisionError('secrets', `cannot read the secrets file: ${errnoCode(e) ?? String(e)}`, {
+      place: { file: path },
+      cause: e,
+    })
   }
 
   const lines = new LineCounter()
@@ -361,7 +395,9 @@ async function readSecretsFile(path: string): Promise<{ doc: Document | null; da
   if (doc.errors.length > 0) {
     const err = doc.errors[0]
     const more = doc.errors.length > 1 ? ` (and ${doc.errors.length - 1} more)` : ''
-    throw new ProvisionError('secrets', `invalid YAML in secrets file: ${err.message}${more}`, { place: at(err.pos[0]) })
+    throw new ProvisionError('secrets', `invalid YAML in secrets file: ${err.message}${more}`, {
+      place: at(err.pos[0]),
+    })
   }
 
   const data: FileData = new Map()
@@ -370,7 +406,9 @@ async function readSecretsFile(path: string): Promise<{ doc: Document | null; da
   const shape = 'expected  vault: { item: { field: value } }'
   const asMap = (node: unknown, what: string, offset: number): YAMLMap => {
     if (isMap(node)) return node
-    throw new ProvisionError('secrets', `${what} must be a mapping; ${shape}`, { place: at(nodeOffset(node) ?? offset) })
+    throw new ProvisionError('secrets', `${what} must be a mapping; ${shape}`, {
+      place: at(nodeOffset(node) ?? offset),
+    })
   }
   const keyOf = (key: unknown, offset: number): { name: string; offset: number } => {
     if (isScalar(key) && key.value !== null && typeof key.value !== 'object') {
@@ -394,9 +432,15 @@ async function readSecretsFile(path: string): Promise<{ doc: Document | null; da
         if (isScalar(v) && typeof v.value === 'string') fields.set(field.name, v.value)
         else if (isScalar(v) && v.value !== null && typeof v.value !== 'object') {
           // Never echo the value: a number here may still be a PIN.
-          throw new ProvisionError('secrets', `${ref}: the value is a ${typeof v.value}; quote it to make it a string`, { place: at(v.range?.[0] ?? field.offset) })
+          throw new ProvisionError(
+            'secrets',
+            `${ref}: the value is a ${typeof v.value}; quote it to make it a string`,
+            { place: at(v.range?.[0] ?? field.offset) },
+          )
         } else {
-          throw new ProvisionError('secrets', `${ref}: the value must be a string`, { place: at(nodeOffset(v) ?? field.offset) })
+          throw new ProvisionError('secrets', `${ref}: the value must be a string`, {
+            place: at(nodeOffset(v) ?? field.offset),
+          })
         }
       }
     }
@@ -441,7 +485,8 @@ const ACTIVE_ITEMS: ItemListFilter = { type: 'ByState', content: { active: true,
 class OnePasswordBackend implements Backend {
   readonly name = 'onepassword'
   readonly place: ErrorPlace = {}
-  readonly hint = 'check the references against 1Password; the service account needs read access (write access for values this tool generates) to the vault'
+  readonly hint =
+    'check the references against 1Password; the service account needs read access (write access for values this tool generates) to the vault'
   readonly #sdk: Sdk
   readonly #connect: () => Promise<OnePasswordClient>
   #client: Promise<OnePasswordClient> | undefined
@@ -456,17 +501,25 @@ class OnePasswordBackend implements Backend {
     const env = opts.env ?? process.env
     const raw = env.OP_SERVICE_ACCOUNT_TOKEN
     if (raw === undefined || raw.trim() === '') {
-      throw new ProvisionError('secrets', 'OP_SERVICE_ACCOUNT_TOKEN is not set, and the inventory selected the 1Password secrets backend', {
-        hint: 'export OP_SERVICE_ACCOUNT_TOKEN=<service-account token, starts with ops_> (or select the file backend in the inventory)',
-      })
+      throw new ProvisionError(
+        'secrets',
+        'OP_SERVICE_ACCOUNT_TOKEN is not set, and the inventory selected the 1Password secrets backend',
+        {
+          hint: 'export OP_SERVICE_ACCOUNT_TOKEN=<service-account token, starts with ops_> (or select the file backend in the inventory)',
+        },
+      )
     }
     registerSecret(raw)
     const token = raw.trim()
     registerSecret(token)
     if (!token.startsWith('ops_')) {
-      throw new ProvisionError('secrets', 'OP_SERVICE_ACCOUNT_TOKEN is malformed: a 1Password service-account token starts with "ops_"', {
-        hint: 'copy the token again from 1Password (Developer > Service Accounts); a Connect token or a personal session token will not work',
-      })
+      throw new ProvisionError(
+        'secrets',
+        'OP_SERVICE_ACCOUNT_TOKEN is malformed: a 1Password service-account token starts with "ops_"',
+        {
+          hint: 'copy the token again from 1Password (Developer > Service Accounts); a Connect token or a personal session token will not work',
+        },
+      )
     }
     // Loaded only when 1Password is used: the SDK starts a WebAssembly core.
     const sdk: Sdk = await import('@1password/sdk')
@@ -474,7 +527,11 @@ class OnePasswordBackend implements Backend {
     const create =
       opts.createClient ??
       (async (auth: string): Promise<OnePasswordClient> => {
-        const client: OnePasswordClient = await sdk.createClient({ auth, integrationName: 'pi-provision', integrationVersion })
+        const client: OnePasswordClient = await sdk.createClient({
+          auth,
+          integrationName: 'pi-provision',
+          integrationVersion,
+        })
         return client
       })
     // Signing in is a network round trip: do it when the first secret is needed, not at open.
@@ -486,10 +543,14 @@ class OnePasswordBackend implements Backend {
       const attempt = this.#connect().catch((e: unknown) => {
         this.#client = undefined
         if (this.#isRateLimit(e)) throw this.#translate(e, 'signing in to 1Password')
-        throw new ProvisionError('secrets', `cannot sign in to 1Password with OP_SERVICE_ACCOUNT_TOKEN: ${errorMessage(e)}`, {
-          hint: 'check that the service-account token is current (not revoked or expired) and that 1Password is reachable from this machine',
-          cause: e,
-        })
+        throw new ProvisionError(
+          'secrets',
+          `cannot sign in to 1Password with OP_SERVICE_ACCOUNT_TOKEN: ${errorMessage(e)}`,
+          {
+            hint: 'check that the service-account token is current (not revoked or expired) and that 1Password is reachable from this machine',
+            cause: e,
+          },
+        )
       })
       this.#client = attempt
     }
@@ -512,7 +573,8 @@ class OnePasswordBackend implements Backend {
       const r = Object.hasOwn(answers, key) ? answers[key] : undefined
       if (!r) out.set(key, { status: 'error', why: '1Password returned no answer for it' })
       else if (r.error) out.set(key, describeResolveError(ref, r.error))
-      else if (r.content && typeof r.content.secret === 'string') out.set(key, { status: 'found', value: r.content.secret })
+      else if (r.content && typeof r.content.secret === 'string')
+        out.set(key, { status: 'found', value: r.content.secret })
       else out.set(key, { status: 'error', why: '1Password returned neither a value nor an error for it' })
     })
     return out
@@ -526,7 +588,9 @@ class OnePasswordBackend implements Backend {
     const vaults = await this.#listVaults(client, key)
     const vault = pickByTitle(vaults, ref.vault, key, 'vaults')
     if (!vault) {
-      throw new ProvisionError('secrets', `${key}: no vault "${ref.vault}" that the service account can see`, { hint: this.hint })
+      throw new ProvisionError('secrets', `${key}: no vault "${ref.vault}" that the service account can see`, {
+        hint: this.hint,
+      })
     }
 
     let overviews: Array<Pick<ItemOverview, 'id' | 'title'>>
@@ -572,7 +636,10 @@ class OnePasswordBackend implements Backend {
     if (matches.length === 0) matches = item.fields.filter((f) => f.title.toLowerCase() === ref.field.toLowerCase())
     if (matches.length === 0) matches = item.fields.filter((f) => f.id === ref.field)
     if (matches.length > 1) {
-      throw new ProvisionError('secrets', `${key}: item "${ref.item}" has ${matches.length} fields named "${ref.field}"; rename all but one in 1Password`)
+      throw new ProvisionError(
+        'secrets',
+        `${key}: item "${ref.item}" has ${matches.length} fields named "${ref.field}"; rename all but one in 1Password`,
+      )
     }
     const current = matches[0]
     if (current && current.value === value && current.fieldType === sdk.ItemFieldType.Concealed) return // nothing to change
@@ -608,7 +675,10 @@ class OnePasswordBackend implements Backend {
   }
 
   #isRateLimit(e: unknown): boolean {
-    return e instanceof this.#sdk.RateLimitExceededError || (e instanceof Error && e.constructor.name === 'RateLimitExceededError')
+    return (
+      e instanceof this.#sdk.RateLimitExceededError ||
+      (e instanceof Error && e.constructor.name === 'RateLimitExceededError')
+    )
   }
 
   #translate(e: unknown, doing: string): ProvisionError {
@@ -630,33 +700,55 @@ function describeResolveError(ref: SecretRef, err: ResolveReferenceError): Resol
     case 'itemNotFound':
       return { status: 'missing', creatable: true, why: `no item "${ref.item}" in vault "${ref.vault}"` }
     case 'fieldNotFound':
-      return { status: 'missing', creatable: true, why: `item "${ref.item}" in vault "${ref.vault}" has no field "${ref.field}"` }
+      return {
+        status: 'missing',
+        creatable: true,
+        why: `item "${ref.item}" in vault "${ref.vault}" has no field "${ref.field}"`,
+      }
     case 'tooManyVaults':
       return { status: 'error', why: `several vaults are titled "${ref.vault}"; use the vault's ID or rename one` }
     case 'tooManyItems':
-      return { status: 'error', why: `several items in vault "${ref.vault}" are titled "${ref.item}"; use the item's ID or rename one` }
+      return {
+        status: 'error',
+        why: `several items in vault "${ref.vault}" are titled "${ref.item}"; use the item's ID or rename one`,
+      }
     case 'tooManyMatchingFields':
       return { status: 'error', why: `item "${ref.item}" has several fields named "${ref.field}"; rename all but one` }
     case 'parsing':
       return { status: 'error', why: `1Password cannot parse the reference: ${mask(String(err.message))}` }
     default:
-      return { status: 'error', why: `1Password cannot resolve it (${err.type}${err.message ? `: ${mask(String(err.message))}` : ''})` }
+      return {
+        status: 'error',
+        why: `1Password cannot resolve it (${err.type}${err.message ? `: ${mask(String(err.message))}` : ''})`,
+      }
   }
 }
 
 /** The one entry titled `name` (exactly, else case-insensitively), or with ID `name`; undefined when none. */
-function pickByTitle<T extends { id: string; title: string }>(list: T[], name: string, key: string, what: string): T | undefined {
+function pickByTitle<T extends { id: string; title: string }>(
+  list: T[],
+  name: string,
+  key: string,
+  what: string,
+): T | undefined {
   let hits = list.filter((x) => x.title === name)
   if (hits.length === 0) hits = list.filter((x) => x.title.toLowerCase() === name.toLowerCase())
   if (hits.length === 0) hits = list.filter((x) => x.id === name)
   if (hits.length > 1) {
-    throw new ProvisionError('secrets', `${key}: ${hits.length} ${what} are titled "${name}"; rename all but one or use the ID in the reference`)
+    throw new ProvisionError(
+      'secrets',
+      `${key}: ${hits.length} ${what} are titled "${name}"; rename all but one or use the ID in the reference`,
+    )
   }
   return hits[0]
 }
 
 function fieldId(title: string, taken: string[]): string {
-  const base = title.toLowerCase().replace(/[^a-z0-9]+/g, '_').replace(/^_+|_+$/g, '') || 'field'
+  const base =
+    title
+      .toLowerCase()
+      .replace(/[^a-z0-9]+/g, '_')
+      .replace(/^_+|_+$/g, '') || 'field'
   let id = base
   for (let n = 2; taken.includes(id); n++) id = `${base}_${n}`
   return id
@@ -673,4 +765,3 @@ function errorMessage(e: unknown): string {
 function errnoCode(e: unknown): string | undefined {
   return typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string' ? e.code : undefined
 }
-

@@ -24,10 +24,16 @@ export function keyForSsh(text: string, source: KeySource, passphrase?: string):
   const parsed = ssh2.utils.parseKey(pem, passphrase)
   if (parsed instanceof Error) {
     const encrypted = /encrypted|passphrase|decrypt/i.test(parsed.message)
-    throw new ProvisionError('unreachable', `cannot use the SSH key (${source.what}): ${encrypted ? (passphrase ? 'the passphrase does not open it' : 'it is encrypted and no passphrase was given') : parsed.message}`, {
-      place: { host: source.host },
-      hint: encrypted ? 'load it into your ssh-agent (ssh-add; the 1Password SSH agent works) or set ssh_key_passphrase_ref to its passphrase in the secrets store' : undefined,
-    })
+    throw new ProvisionError(
+      'unreachable',
+      `cannot use the SSH key (${source.what}): ${encrypted ? (passphrase ? 'the passphrase does not open it' : 'it is encrypted and no passphrase was given') : parsed.message}`,
+      {
+        place: { host: source.host },
+        hint: encrypted
+          ? 'load it into your ssh-agent (ssh-add; the 1Password SSH agent works) or set ssh_key_passphrase_ref to its passphrase in the secrets store'
+          : undefined,
+      },
+    )
   }
   return pem
 }
@@ -38,10 +44,16 @@ function fromPkcs8(pem: string, source: KeySource, passphrase?: string): string 
     key = createPrivateKey({ key: pem, format: 'pem', passphrase })
   } catch (e) {
     const encrypted = /ENCRYPTED/.test(pem)
-    throw new ProvisionError('unreachable', `cannot use the SSH key (${source.what}): ${encrypted ? (passphrase ? 'the passphrase does not open it' : 'it is encrypted and no passphrase was given') : `not a private key PKCS#8 can read (${(e as Error).message})`}`, {
-      place: { host: source.host },
-      hint: encrypted ? 'set ssh_key_passphrase_ref to its passphrase in the secrets store, or load it into your ssh-agent' : undefined,
-    })
+    throw new ProvisionError(
+      'unreachable',
+      `cannot use the SSH key (${source.what}): ${encrypted ? (passphrase ? 'the passphrase does not open it' : 'it is encrypted and no passphrase was given') : `not a private key PKCS#8 can read (${(e as Error).message})`}`,
+      {
+        place: { host: source.host },
+        hint: encrypted
+          ? 'set ssh_key_passphrase_ref to its passphrase in the secrets store, or load it into your ssh-agent'
+          : undefined,
+      },
+    )
   }
   switch (key.asymmetricKeyType) {
     case 'ed25519':
@@ -51,7 +63,11 @@ function fromPkcs8(pem: string, source: KeySource, passphrase?: string): string 
     case 'ec':
       return key.export({ type: 'sec1', format: 'pem' }).toString()
     default:
-      throw new ProvisionError('unreachable', `cannot use the SSH key (${source.what}): ${key.asymmetricKeyType} keys are not supported for SSH here (use ed25519, RSA or ECDSA)`, { place: { host: source.host } })
+      throw new ProvisionError(
+        'unreachable',
+        `cannot use the SSH key (${source.what}): ${key.asymmetricKeyType} keys are not supported for SSH here (use ed25519, RSA or ECDSA)`,
+        { place: { host: source.host } },
+      )
   }
 }
 
@@ -74,11 +90,26 @@ export function openSshEd25519(key: KeyObject, comment = ''): string {
   }
   const publicBlob = Buffer.concat([str('ssh-ed25519'), str(pub)])
   const check = randomBytes(4).readUInt32BE(0)
-  let secret = Buffer.concat([u32(check), u32(check), str('ssh-ed25519'), str(pub), str(Buffer.concat([seed, pub])), str(comment)])
+  let secret = Buffer.concat([
+    u32(check),
+    u32(check),
+    str('ssh-ed25519'),
+    str(pub),
+    str(Buffer.concat([seed, pub])),
+    str(comment),
+  ])
   // Padded to the cipher's block size (8 for "none") with 1, 2, 3, ...
   const pad = (8 - (secret.length % 8)) % 8
   secret = Buffer.concat([secret, Buffer.from(Array.from({ length: pad }, (_, i) => i + 1))])
-  const body = Buffer.concat([Buffer.from('openssh-key-v1\0'), str('none'), str('none'), str(''), u32(1), str(publicBlob), str(secret)]).toString('base64')
+  const body = Buffer.concat([
+    Buffer.from('openssh-key-v1\0'),
+    str('none'),
+    str('none'),
+    str(''),
+    u32(1),
+    str(publicBlob),
+    str(secret),
+  ]).toString('base64')
   const lines = body.match(/.{1,70}/g) ?? []
   const out = ['-----BEGIN OPENSSH PRIVATE KEY-----', ...lines, '-----END OPENSSH PRIVATE KEY-----', ''].join('\n')
   registerSecret(body)

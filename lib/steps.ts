@@ -34,7 +34,14 @@ export function parseFileState(stdout: string): FileState {
   if (head.trim() === 'ABSENT' || head.trim() === '') return { exists: false }
   const [type, mode, owner, group] = head.split('|')
   const kind = type.startsWith('regular') ? 'file' : type === 'directory' ? 'directory' : 'other'
-  return { exists: true, kind, mode, owner, group, content: kind === 'file' ? Buffer.from(b64.trim(), 'base64').toString('utf8') : undefined }
+  return {
+    exists: true,
+    kind,
+    mode,
+    owner,
+    group,
+    content: kind === 'file' ? Buffer.from(b64.trim(), 'base64').toString('utf8') : undefined,
+  }
 }
 
 export interface UnitState {
@@ -44,7 +51,9 @@ export interface UnitState {
 }
 
 export function unitFact(unit: string): Fact<UnitState> {
-  return defineFact(`unit:${unit}`, `systemctl show -p LoadState -p UnitFileState -p ActiveState ${quote(unit)}`, (r) => parseUnitState(r.stdout))
+  return defineFact(`unit:${unit}`, `systemctl show -p LoadState -p UnitFileState -p ActiveState ${quote(unit)}`, (r) =>
+    parseUnitState(r.stdout),
+  )
 }
 
 export function parseUnitState(stdout: string): UnitState {
@@ -53,7 +62,11 @@ export function parseUnitState(stdout: string): UnitState {
     const eq = line.indexOf('=')
     if (eq > 0) kv.set(line.slice(0, eq), line.slice(eq + 1).trim())
   }
-  return { load: kv.get('LoadState') ?? 'not-found', fileState: kv.get('UnitFileState') ?? '', active: kv.get('ActiveState') ?? 'inactive' }
+  return {
+    load: kv.get('LoadState') ?? 'not-found',
+    fileState: kv.get('UnitFileState') ?? '',
+    active: kv.get('ActiveState') ?? 'inactive',
+  }
 }
 
 export function packagesFact(names: readonly string[]): Fact<Map<string, boolean>> {
@@ -102,7 +115,8 @@ export function planFile(cur: FileState, spec: FileSpec, stamp: string): Command
   const mode = normMode(spec.mode ?? '0644')
   const owner = spec.owner ?? 'root'
   const group = spec.group ?? owner
-  if (cur.exists && cur.kind !== 'file') throw new ProvisionError('step', `${spec.path} exists but is not a regular file (${cur.kind})`)
+  if (cur.exists && cur.kind !== 'file')
+    throw new ProvisionError('step', `${spec.path} exists but is not a regular file (${cur.kind})`)
   const sameContent = cur.exists && cur.content === spec.content
   const sameMeta = cur.exists && normMode(cur.mode ?? '') === mode && cur.owner === owner && cur.group === group
   if (sameContent && sameMeta) return null
@@ -111,7 +125,10 @@ export function planFile(cur: FileState, spec: FileSpec, stamp: string): Command
     const what: string[] = []
     if (normMode(cur.mode ?? '') !== mode) what.push(`mode ${cur.mode} -> ${mode}`)
     if (cur.owner !== owner || cur.group !== group) what.push(`owner ${cur.owner}:${cur.group} -> ${owner}:${group}`)
-    return { summary: `${spec.path}: ${what.join(', ')}`, commands: [{ script: `chown ${quote(`${owner}:${group}`)} ${p} && chmod ${mode} ${p}` }] }
+    return {
+      summary: `${spec.path}: ${what.join(', ')}`,
+      commands: [{ script: `chown ${quote(`${owner}:${group}`)} ${p} && chmod ${mode} ${p}` }],
+    }
   }
   const backup = spec.backup && cur.exists ? `cp -p ${p} ${quote(`${spec.path}.${stamp}.bak`)}\n` : ''
   const script = [
@@ -128,8 +145,14 @@ export function planFile(cur: FileState, spec: FileSpec, stamp: string): Command
     backup + `mv -f "$tmp" ${p}`,
     `trap - EXIT`,
   ].join('\n')
-  const diff = spec.secret ? `--- ${spec.path}\n(content hidden: it holds secrets)\n` : unifiedDiff(cur.content ?? '', spec.content, spec.path)
-  return { summary: cur.exists ? `update ${spec.path}` : `create ${spec.path}`, commands: [{ script, stdin: spec.content }], diff }
+  const diff = spec.secret
+    ? `--- ${spec.path}\n(content hidden: it holds secrets)\n`
+    : unifiedDiff(cur.content ?? '', spec.content, spec.path)
+  return {
+    summary: cur.exists ? `update ${spec.path}` : `create ${spec.path}`,
+    commands: [{ script, stdin: spec.content }],
+    diff,
+  }
 }
 
 /** Add kernel-cmdline style tokens to the first line of a one-line file, keeping every other byte. */
@@ -188,7 +211,11 @@ export function planUnit(cur: UnitState, spec: UnitSpec): CommandChange | null {
   }
   const running = cur.active === 'active' || cur.active === 'activating' || cur.active === 'reloading'
   if (spec.active === true && !running) {
-    cmds.push(spec.startTimeout ? bounded(`systemctl start ${u}`, spec.startTimeout.seconds, `starting ${spec.unit}`, spec.startTimeout.setting) : `systemctl start ${u}`)
+    cmds.push(
+      spec.startTimeout
+        ? bounded(`systemctl start ${u}`, spec.startTimeout.seconds, `starting ${spec.unit}`, spec.startTimeout.setting)
+        : `systemctl start ${u}`,
+    )
     what.push('start')
   }
   if ((spec.active === false || spec.masked === true) && running) {
@@ -202,7 +229,11 @@ export function planUnit(cur: UnitState, spec: UnitSpec): CommandChange | null {
 /** Seconds apt waits for another apt/dpkg run to let go of its lock. */
 const APT_LOCK_WAIT = 300
 
-export function planPackages(installed: Map<string, boolean>, present: readonly string[], absent: readonly string[] = []): CommandChange | null {
+export function planPackages(
+  installed: Map<string, boolean>,
+  present: readonly string[],
+  absent: readonly string[] = [],
+): CommandChange | null {
   const toInstall = present.filter((p) => !installed.get(p))
   const toRemove = absent.filter((p) => installed.get(p))
   if (toInstall.length === 0 && toRemove.length === 0) return null
@@ -213,17 +244,31 @@ export function planPackages(installed: Map<string, boolean>, present: readonly 
     // Try with the lists the host has; refresh them only if that fails (a fresh image has none).
     // Wait for the dpkg lock rather than fail: an apt run orphaned by a dropped connection may still hold it.
     const apt = `apt-get -o DPkg::Lock::Timeout=${APT_LOCK_WAIT}`
-    cmds.push({ script: `${env}; ${apt} install -y -q --no-install-recommends ${pk} || { ${apt} update -q && ${apt} install -y -q --no-install-recommends ${pk}; }` })
+    cmds.push({
+      script: `${env}; ${apt} install -y -q --no-install-recommends ${pk} || { ${apt} update -q && ${apt} install -y -q --no-install-recommends ${pk}; }`,
+    })
   }
-  if (toRemove.length > 0) cmds.push({ script: `${env}; apt-get -o DPkg::Lock::Timeout=${APT_LOCK_WAIT} purge -y -q ${toRemove.map(quote).join(' ')}` })
-  const what = [...(toInstall.length ? [`install ${toInstall.join(' ')}`] : []), ...(toRemove.length ? [`remove ${toRemove.join(' ')}`] : [])]
+  if (toRemove.length > 0)
+    cmds.push({
+      script: `${env}; apt-get -o DPkg::Lock::Timeout=${APT_LOCK_WAIT} purge -y -q ${toRemove.map(quote).join(' ')}`,
+    })
+  const what = [
+    ...(toInstall.length ? [`install ${toInstall.join(' ')}`] : []),
+    ...(toRemove.length ? [`remove ${toRemove.join(' ')}`] : []),
+  ]
   return { summary: what.join('; '), commands: cmds }
 }
 
 // ---------------------------------------------------------------- steps
 
 /** The common shape of a primitive: one fact about the thing, a pure plan from it, applied by the context. */
-function plannedStep<S, F>(name: string, spec: (ctx: StepContext) => S, fact: (s: S) => Fact<F>, plan: (cur: F, s: S) => Plan, extra: Partial<Step>): Step {
+function plannedStep<S, F>(
+  name: string,
+  spec: (ctx: StepContext) => S,
+  fact: (s: S) => Fact<F>,
+  plan: (cur: F, s: S) => Plan,
+  extra: Partial<Step>,
+): Step {
   return {
     name,
     ...extra,
@@ -237,14 +282,25 @@ function plannedStep<S, F>(name: string, spec: (ctx: StepContext) => S, fact: (s
 
 /** A file with exactly this content, owner and mode. Content may depend on vars (a function). */
 export function file(name: string, spec: (ctx: StepContext) => FileSpec, extra: Partial<Step> = {}): Step {
-  return plannedStep(name, spec, (s) => fileFact(s.path), (cur, s) => {
-    const change = planFile(cur, s, timestamp())
-    return change && s.notifyIf && !s.notifyIf(cur.content, s.content) ? { ...change, notify: [] } : change
-  }, extra)
+  return plannedStep(
+    name,
+    spec,
+    (s) => fileFact(s.path),
+    (cur, s) => {
+      const change = planFile(cur, s, timestamp())
+      return change && s.notifyIf && !s.notifyIf(cur.content, s.content) ? { ...change, notify: [] } : change
+    },
+    extra,
+  )
 }
 
 /** Tokens (like kernel flags) present in a one-line file such as cmdline.txt; other bytes kept; backup on change. */
-export function tokensInFile(name: string, path: (ctx: StepContext) => string | Promise<string>, tokens: (ctx: StepContext) => readonly string[], extra: Partial<Step> = {}): Step {
+export function tokensInFile(
+  name: string,
+  path: (ctx: StepContext) => string | Promise<string>,
+  tokens: (ctx: StepContext) => readonly string[],
+  extra: Partial<Step> = {},
+): Step {
   return {
     name,
     ...extra,
@@ -254,7 +310,11 @@ export function tokensInFile(name: string, path: (ctx: StepContext) => string | 
       if (!cur.exists) return { status: 'failed', message: `${p} does not exist` }
       const { content, added } = addTokens(cur.content ?? '', tokens(ctx))
       if (added.length === 0) return { status: 'ok', message: `${p} has ${tokens(ctx).join(' ')}` }
-      const change = planFile(cur, { path: p, content, mode: cur.mode, owner: cur.owner, group: cur.group, backup: true }, timestamp())
+      const change = planFile(
+        cur,
+        { path: p, content, mode: cur.mode, owner: cur.owner, group: cur.group, backup: true },
+        timestamp(),
+      )
       return change && { ...change, summary: `add ${added.join(' ')} to ${p}` }
     },
   }
@@ -279,7 +339,17 @@ export function planLine(cur: FileState, s: LineSpec): Plan {
   const idx = s.match ? lines.findIndex((l) => s.match!.test(l)) : -1
   if (idx >= 0) lines[idx] = s.line
   else lines.push(s.line)
-  return planFile(cur, { path: s.path, content: lines.join('\n') + '\n', mode: s.mode ?? cur.mode ?? '0644', owner: cur.owner, group: cur.group }, timestamp())
+  return planFile(
+    cur,
+    {
+      path: s.path,
+      content: lines.join('\n') + '\n',
+      mode: s.mode ?? cur.mode ?? '0644',
+      owner: cur.owner,
+      group: cur.group,
+    },
+    timestamp(),
+  )
 }
 
 export interface DirectorySpec {
@@ -298,8 +368,10 @@ export function planDirectory(cur: FileState, s: DirectorySpec): Plan {
   const owner = s.owner ?? 'root'
   const group = s.group ?? owner
   const p = quote(s.path)
-  if (cur.exists && cur.kind !== 'directory') return { status: 'failed', message: `${s.path} exists and is not a directory` }
-  if (cur.exists && normMode(cur.mode ?? '') === mode && cur.owner === owner && cur.group === group) return { status: 'ok' }
+  if (cur.exists && cur.kind !== 'directory')
+    return { status: 'failed', message: `${s.path} exists and is not a directory` }
+  if (cur.exists && normMode(cur.mode ?? '') === mode && cur.owner === owner && cur.group === group)
+    return { status: 'ok' }
   return {
     summary: cur.exists ? `${s.path}: set mode/owner` : `create ${s.path}`,
     commands: [{ script: `mkdir -p ${p} && chown ${quote(`${owner}:${group}`)} ${p} && chmod ${mode} ${p}` }],
@@ -310,7 +382,11 @@ export function systemdUnit(name: string, spec: (ctx: StepContext) => UnitSpec, 
   return plannedStep(name, spec, (s) => unitFact(s.unit), planUnit, extra)
 }
 
-export function aptPackages(name: string, spec: (ctx: StepContext) => { present?: readonly string[]; absent?: readonly string[] }, extra: Partial<Step> = {}): Step {
+export function aptPackages(
+  name: string,
+  spec: (ctx: StepContext) => { present?: readonly string[]; absent?: readonly string[] },
+  extra: Partial<Step> = {},
+): Step {
   const names = (ctx: StepContext): string[] => {
     const s = spec(ctx)
     return [...(s.present ?? []), ...(s.absent ?? [])]
@@ -339,7 +415,11 @@ export interface CommandSpec {
 }
 
 /** A command guarded by `creates` / `unless`, so a rerun does not repeat it. */
-export function command(name: string, spec: (ctx: StepContext) => CommandSpec | Promise<CommandSpec>, extra: Partial<Step> = {}): Step {
+export function command(
+  name: string,
+  spec: (ctx: StepContext) => CommandSpec | Promise<CommandSpec>,
+  extra: Partial<Step> = {},
+): Step {
   return {
     name,
     ...extra,
@@ -392,7 +472,9 @@ async function rebootAndWait(ctx: StepContext): Promise<string> {
     try {
       // Log in only once sshd greets again (overlapping probes notice that within ~0.2 s); then a short attempt.
       await ctx.conn.sshAnswers?.(started + limit)
-      const r = await ctx.conn.run('cat /proc/sys/kernel/random/boot_id', { connectWithinMs: Math.min(3000, Math.max(500, limit - (Date.now() - started))) })
+      const r = await ctx.conn.run('cat /proc/sys/kernel/random/boot_id', {
+        connectWithinMs: Math.min(3000, Math.max(500, limit - (Date.now() - started))),
+      })
       const now = r.stdout.trim()
       if (r.code === 0 && now && now !== before) {
         ctx.facts.invalidate()
@@ -404,10 +486,14 @@ async function rebootAndWait(ctx: StepContext): Promise<string> {
     }
     await sleep(250)
   }
-  throw new ProvisionError('timeout', `${ctx.host} did not come back from the reboot within ${ctx.vars.reboot_timeout}s${lastError ? ` (last error: ${lastError})` : ''}`, {
-    place: { host: ctx.host },
-    hint: 'check the host console; raise reboot_timeout for slow boots (Pi 3 with an SD card: 60-90 s)',
-  })
+  throw new ProvisionError(
+    'timeout',
+    `${ctx.host} did not come back from the reboot within ${ctx.vars.reboot_timeout}s${lastError ? ` (last error: ${lastError})` : ''}`,
+    {
+      place: { host: ctx.host },
+      hint: 'check the host console; raise reboot_timeout for slow boots (Pi 3 with an SD card: 60-90 s)',
+    },
+  )
 }
 
 export interface WaitSpec {
@@ -445,7 +531,11 @@ export async function waitUntil<T>(
     if (r.done) return { value: r.value, seconds: (Date.now() - started) / 1000 }
     onProgress?.(r.value, r.waitingFor)
     if (Date.now() - started > spec.timeoutSec * 1000)
-      throw new ProvisionError('timeout', `timed out after ${spec.timeoutSec}s waiting for ${spec.what}: ${r.waitingFor}`, { place: { host: ctx.host } })
+      throw new ProvisionError(
+        'timeout',
+        `timed out after ${spec.timeoutSec}s waiting for ${spec.what}: ${r.waitingFor}`,
+        { place: { host: ctx.host } },
+      )
     await sleep(spec.intervalMs ?? 2000)
   }
 }
@@ -459,17 +549,29 @@ export async function pollUntil(ctx: StepContext, s: WaitSpec): Promise<number> 
     if (r.code === 0) return (Date.now() - started) / 1000
     last = (r.stderr || r.stdout).trim().split('\n').pop() ?? ''
     if (Date.now() - started > s.timeoutSec * 1000)
-      throw new ProvisionError('timeout', `timed out after ${s.timeoutSec}s waiting for ${s.what}${last ? ` (last output: ${last})` : ''}`, { place: { host: ctx.host } })
+      throw new ProvisionError(
+        'timeout',
+        `timed out after ${s.timeoutSec}s waiting for ${s.what}${last ? ` (last output: ${last})` : ''}`,
+        { place: { host: ctx.host } },
+      )
     await sleep(s.intervalMs ?? 1000)
   }
 }
 
-export function waitForPort(name: string, spec: (ctx: StepContext) => { host: string; port: number; timeoutSec: number }, extra: Partial<Step> = {}): Step {
+export function waitForPort(
+  name: string,
+  spec: (ctx: StepContext) => { host: string; port: number; timeoutSec: number },
+  extra: Partial<Step> = {},
+): Step {
   return waitFor(
     name,
     (ctx) => {
       const s = spec(ctx)
-      return { until: `timeout 2 bash -c ${quote(`exec 3<>/dev/tcp/${s.host}/${s.port}`)}`, timeoutSec: s.timeoutSec, what: `port ${s.port} on ${s.host}` }
+      return {
+        until: `timeout 2 bash -c ${quote(`exec 3<>/dev/tcp/${s.host}/${s.port}`)}`,
+        timeoutSec: s.timeoutSec,
+        what: `port ${s.port} on ${s.host}`,
+      }
     },
     extra,
   )

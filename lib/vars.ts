@@ -25,60 +25,172 @@ export interface VarSpec {
 
 export const VAR_SPECS = {
   // connection
-  address: { type: 'address', doc: 'IP address or DNS name the controller connects to', hostOnly: true, grammar: g.Address },
+  address: {
+    type: 'address',
+    doc: 'IP address or DNS name the controller connects to',
+    hostOnly: true,
+    grammar: g.Address,
+  },
   ssh_user: { type: 'string', doc: 'login user (passwordless sudo when not root)', grammar: g.UserName },
   ssh_port: { type: 'int', doc: 'SSH port', grammar: g.Port },
   ssh_key_file: { type: 'path', doc: 'private key file for SSH (relative to the inventory file)', grammar: g.FilePath },
-  ssh_key_ref: { type: 'secret-ref', doc: 'private key from the secrets store instead of a file (op://vault/item/field)', grammar: g.SecretRef, secret: true },
-  ssh_key_passphrase_ref: { type: 'secret-ref', doc: 'passphrase of an encrypted ssh_key_file or ssh_key_ref, from the secrets store', grammar: g.SecretRef, secret: true },
-  ssh_agent: { type: 'bool', doc: 'also offer the keys of the ssh-agent at SSH_AUTH_SOCK (the 1Password SSH agent too) when it is set' },
-  become_password_ref: { type: 'secret-ref', doc: 'sudo password from the secrets store, for hosts without a NOPASSWD rule', grammar: g.SecretRef, secret: true },
+  ssh_key_ref: {
+    type: 'secret-ref',
+    doc: 'private key from the secrets store instead of a file (op://vault/item/field)',
+    grammar: g.SecretRef,
+    secret: true,
+  },
+  ssh_key_passphrase_ref: {
+    type: 'secret-ref',
+    doc: 'passphrase of an encrypted ssh_key_file or ssh_key_ref, from the secrets store',
+    grammar: g.SecretRef,
+    secret: true,
+  },
+  ssh_agent: {
+    type: 'bool',
+    doc: 'also offer the keys of the ssh-agent at SSH_AUTH_SOCK (the 1Password SSH agent too) when it is set',
+  },
+  become_password_ref: {
+    type: 'secret-ref',
+    doc: 'sudo password from the secrets store, for hosts without a NOPASSWD rule',
+    grammar: g.SecretRef,
+    secret: true,
+  },
   known_hosts_file: { type: 'path', doc: 'known_hosts used for strict host-key checking', grammar: g.FilePath },
   connect_timeout: { type: 'int', doc: 'seconds to wait for an SSH connection', grammar: g.Duration },
   // secrets
   secrets_backend: { type: 'string', doc: 'where secrets live', choices: ['onepassword', 'file'] },
   secrets_file: { type: 'path', doc: 'YAML secrets file (0600) for the file backend', grammar: g.FilePath },
   // hardware and OS
-  hardware: { type: 'string', doc: 'board model, for people and for facts the lab cannot read', choices: ['pi5', 'pi4', 'pi3', 'pi-zero-2', 'generic'] },
-  hostname: { type: 'string', doc: 'hostname to set and Kubernetes node name, an RFC 1123 subdomain (default: the inventory name)', grammar: g.NodeName },
+  hardware: {
+    type: 'string',
+    doc: 'board model, for people and for facts the lab cannot read',
+    choices: ['pi5', 'pi4', 'pi3', 'pi-zero-2', 'generic'],
+  },
+  hostname: {
+    type: 'string',
+    doc: 'hostname to set and Kubernetes node name, an RFC 1123 subdomain (default: the inventory name)',
+    grammar: g.NodeName,
+  },
   cmdline_flags: { type: 'list', doc: 'kernel flags that must be in cmdline.txt', grammar: g.CmdlineFlag },
   extra_packages: { type: 'list', doc: 'apt packages to install on every host of the group', grammar: g.DebPackage },
   reboot_timeout: { type: 'int', doc: 'seconds to wait for a host to come back from a reboot', grammar: g.Duration },
-  apt_cache_valid_time: { type: 'int', doc: 'playbooks/update.mts: seconds the package lists are trusted before apt-get update runs again', grammar: g.DurationOrZero },
-  apt_upgrade_timeout: { type: 'int', doc: 'playbooks/update.mts: seconds apt-get full-upgrade may take on one host', grammar: g.Duration },
-  update_drain: { type: 'bool', doc: 'playbooks/update.mts: drain an agent before updating it and uncordon it after (the server is never drained)' },
+  apt_cache_valid_time: {
+    type: 'int',
+    doc: 'playbooks/update.mts: seconds the package lists are trusted before apt-get update runs again',
+    grammar: g.DurationOrZero,
+  },
+  apt_upgrade_timeout: {
+    type: 'int',
+    doc: 'playbooks/update.mts: seconds apt-get full-upgrade may take on one host',
+    grammar: g.Duration,
+  },
+  update_drain: {
+    type: 'bool',
+    doc: 'playbooks/update.mts: drain an agent before updating it and uncordon it after (the server is never drained)',
+  },
   // k3s
   k3s_version: { type: 'string', doc: 'pinned k3s version, e.g. v1.34.3+k3s1', grammar: g.K3sVersion },
   k3s_install_url: { type: 'url', doc: 'URL of the k3s install script', grammar: g.HttpUrl },
-  k3s_drain_timeout: { type: 'int', doc: 'seconds kubectl drain may take to evict the pods of a node being retired (playbooks/retire.mts)', grammar: g.Duration },
-  k3s_start_timeout: { type: 'int', doc: 'seconds the k3s install script, or a start or restart of k3s, may take (its units wait for ever for a k3s that never gets ready)', grammar: g.Duration },
-  k3s_token_ref: { type: 'secret-ref', doc: 'cluster token in the secrets store (generated and stored on first run)', grammar: g.SecretRef, secret: true },
+  k3s_drain_timeout: {
+    type: 'int',
+    doc: 'seconds kubectl drain may take to evict the pods of a node being retired (playbooks/retire.mts)',
+    grammar: g.Duration,
+  },
+  k3s_start_timeout: {
+    type: 'int',
+    doc: 'seconds the k3s install script, or a start or restart of k3s, may take (its units wait for ever for a k3s that never gets ready)',
+    grammar: g.Duration,
+  },
+  k3s_token_ref: {
+    type: 'secret-ref',
+    doc: 'cluster token in the secrets store (generated and stored on first run)',
+    grammar: g.SecretRef,
+    secret: true,
+  },
   k3s_api_port: { type: 'int', doc: 'API server port', grammar: g.Port },
-  k3s_disable: { type: 'list', doc: 'packaged components to disable (the owner disables traefik)', grammar: g.K3sComponent },
+  k3s_disable: {
+    type: 'list',
+    doc: 'packaged components to disable (the owner disables traefik)',
+    grammar: g.K3sComponent,
+  },
   k3s_tls_san: { type: 'list', doc: 'extra names/addresses in the API server certificate', grammar: g.Address },
-  k3s_extra_args: { type: 'list', doc: 'extra k3s flags (--flag=value), written to config.yaml so every run and restart uses them; not the ones the roles write from other variables', grammar: g.K3sFlag },
+  k3s_extra_args: {
+    type: 'list',
+    doc: 'extra k3s flags (--flag=value), written to config.yaml so every run and restart uses them; not the ones the roles write from other variables',
+    grammar: g.K3sFlag,
+  },
   k3s_kubeconfig_mode: { type: 'string', doc: 'mode of /etc/rancher/k3s/k3s.yaml on the server', grammar: g.FileMode },
-  node_labels: { type: 'list', doc: 'node labels (key=value), kept in config.yaml so they survive a rejoin', grammar: g.NodeLabel },
+  node_labels: {
+    type: 'list',
+    doc: 'node labels (key=value), kept in config.yaml so they survive a rejoin',
+    grammar: g.NodeLabel,
+  },
   node_taints: { type: 'list', doc: 'node taints (key=value:Effect), kept in config.yaml', grammar: g.Taint },
-  k3s_backup_dir: { type: 'path', doc: 'where the k3s datastore backups are, as the controller sees it (e.g. the NAS share mounted): {date}/k3s/*.db and *.tar.gz', grammar: g.FilePath },
-  k3s_restore: { type: 'string', doc: 'rebuild only: restore the server datastore from "latest" backup, a named {date} folder, or "none"', grammar: g.RestoreName },
-  kubeconfig_path: { type: 'path', doc: 'where the controller keeps the fetched kubeconfig (0600)', grammar: g.FilePath },
+  k3s_backup_dir: {
+    type: 'path',
+    doc: 'where the k3s datastore backups are, as the controller sees it (e.g. the NAS share mounted): {date}/k3s/*.db and *.tar.gz',
+    grammar: g.FilePath,
+  },
+  k3s_restore: {
+    type: 'string',
+    doc: 'rebuild only: restore the server datastore from "latest" backup, a named {date} folder, or "none"',
+    grammar: g.RestoreName,
+  },
+  kubeconfig_path: {
+    type: 'path',
+    doc: 'where the controller keeps the fetched kubeconfig (0600)',
+    grammar: g.FilePath,
+  },
   kubeconfig_context: { type: 'string', doc: 'context name in the fetched kubeconfig', grammar: g.ContextName },
   // flux and apps (docs/gitops.md)
-  flux_version: { type: 'string', doc: 'pinned flux CLI version, e.g. 2.7.3; flux bootstrap installs the same Flux version', grammar: g.FluxVersion },
-  flux_url: { type: 'url', doc: 'download URL of the flux CLI release tarball (.tar.gz) or binary; {version} and {arch} (dpkg arch: arm64, arm, amd64) are filled in', grammar: g.FluxUrl },
+  flux_version: {
+    type: 'string',
+    doc: 'pinned flux CLI version, e.g. 2.7.3; flux bootstrap installs the same Flux version',
+    grammar: g.FluxVersion,
+  },
+  flux_url: {
+    type: 'url',
+    doc: 'download URL of the flux CLI release tarball (.tar.gz) or binary; {version} and {arch} (dpkg arch: arm64, arm, amd64) are filled in',
+    grammar: g.FluxUrl,
+  },
   flux_sha256: { type: 'string', doc: 'expected sha256 of the flux download (checked when set)', grammar: g.Sha256 },
-  flux_timeout: { type: 'int', doc: 'seconds flux bootstrap, and the wait for the flux-system Kustomization, may take', grammar: g.Duration },
+  flux_timeout: {
+    type: 'int',
+    doc: 'seconds flux bootstrap, and the wait for the flux-system Kustomization, may take',
+    grammar: g.Duration,
+  },
   github_owner: { type: 'string', doc: 'GitOps repository owner', grammar: g.GitHubOwner },
   github_repository: { type: 'string', doc: 'GitOps repository name', grammar: g.GitHubRepo },
   github_branch: { type: 'string', doc: 'GitOps branch', grammar: g.GitBranch },
   flux_path: { type: 'string', doc: 'path of the cluster in the GitOps repository', grammar: g.RepoPath },
   github_token_ref: { type: 'secret-ref', doc: 'GitHub PAT for flux bootstrap', grammar: g.SecretRef, secret: true },
-  eso_token_ref: { type: 'secret-ref', doc: '1Password service-account token for External Secrets', grammar: g.SecretRef, secret: true },
-  apps_timeout: { type: 'int', doc: 'seconds to wait for every Kustomization and HelmRelease to be Ready', grammar: g.Duration },
-  app_checks: { type: 'list', doc: 'health checks run from the controller after GitOps converged: {app, url, expect?, expect_json?, expect_status?} or {app, dns, server?, port?, type?}, each with an optional timeout' },
-  app_check_timeout: { type: 'int', doc: 'seconds one app health probe may take (default for app_checks entries without timeout)', grammar: g.Duration },
-  placement: { type: 'map', doc: 'workload ([namespace/]name or namespace/*) -> node it must run on, checked by the apps role', keys: g.Workload, values: g.NodeName },
+  eso_token_ref: {
+    type: 'secret-ref',
+    doc: '1Password service-account token for External Secrets',
+    grammar: g.SecretRef,
+    secret: true,
+  },
+  apps_timeout: {
+    type: 'int',
+    doc: 'seconds to wait for every Kustomization and HelmRelease to be Ready',
+    grammar: g.Duration,
+  },
+  app_checks: {
+    type: 'list',
+    doc: 'health checks run from the controller after GitOps converged: {app, url, expect?, expect_json?, expect_status?} or {app, dns, server?, port?, type?}, each with an optional timeout',
+  },
+  app_check_timeout: {
+    type: 'int',
+    doc: 'seconds one app health probe may take (default for app_checks entries without timeout)',
+    grammar: g.Duration,
+  },
+  placement: {
+    type: 'map',
+    doc: 'workload ([namespace/]name or namespace/*) -> node it must run on, checked by the apps role',
+    keys: g.Workload,
+    values: g.NodeName,
+  },
 } as const satisfies Record<string, VarSpec>
 
 export type VarName = keyof typeof VAR_SPECS
@@ -226,45 +338,63 @@ const DECLARED_NAME = /^[a-z][a-z0-9_]{0,63}$/
  * one), one that two roles declare with different specs (`doc` aside), a default its own spec refuses, a required
  * variable with a default. Every problem at once, as usage errors naming the roles (exit 1, before any host).
  */
-export function declaredVars(roles: Iterable<{ readonly name: string; readonly vars?: Readonly<Record<string, DeclaredVarSpec>> }>): DeclaredVars {
+export function declaredVars(
+  roles: Iterable<{ readonly name: string; readonly vars?: Readonly<Record<string, DeclaredVarSpec>> }>,
+): DeclaredVars {
   const out: Record<string, DeclaredVarSpec> = {}
   const owner = new Map<string, string>()
   const problems: ProvisionError[] = []
   const seen = new Set<unknown>()
-  const bad = (message: string, hint?: string): void => void problems.push(new ProvisionError('usage', message, { hint }))
+  const bad = (message: string, hint?: string): void =>
+    void problems.push(new ProvisionError('usage', message, { hint }))
   for (const role of roles) {
     if (!role.vars || seen.has(role)) continue
     seen.add(role)
     for (const [name, spec] of Object.entries(role.vars)) {
       const what = `role ${role.name} declares variable "${name}"`
       if (isVarName(name)) {
-        bad(`${what}, which is a built-in variable (${VAR_SPECS[name].doc})`, `read the built-in one as ctx.vars.${name}, or give the role's own another name (e.g. ${role.name.replace(/\W+/g, '_')}_${name})`)
+        bad(
+          `${what}, which is a built-in variable (${VAR_SPECS[name].doc})`,
+          `read the built-in one as ctx.vars.${name}, or give the role's own another name (e.g. ${role.name.replace(/\W+/g, '_')}_${name})`,
+        )
         continue
       }
       if (Object.hasOwn(VAR_SYNONYMS, name)) {
-        bad(`${what}, which is Ansible's name for the built-in variable ${VAR_SYNONYMS[name as VarSynonym]}`, 'give it another name')
+        bad(
+          `${what}, which is Ansible's name for the built-in variable ${VAR_SYNONYMS[name as VarSynonym]}`,
+          'give it another name',
+        )
         continue
       }
       if (!DECLARED_NAME.test(name)) {
         bad(`${what}: expected a name of lowercase letters, digits and "_", starting with a letter (at most 64)`)
         continue
       }
-      if (spec.required && spec.default !== undefined) bad(`${what} as required and with a default: a variable with a default is never missing`, 'drop one of them')
+      if (spec.required && spec.default !== undefined)
+        bad(`${what} as required and with a default: a variable with a default is never missing`, 'drop one of them')
       if (spec.default !== undefined) {
         const checked = checkSpecAll(spec, spec.default)
-        for (const p of checked.problems) bad(`${what} with a default its own spec refuses: ${p.message}${p.index !== undefined ? ` (item ${p.index + 1})` : ''}`)
+        for (const p of checked.problems)
+          bad(
+            `${what} with a default its own spec refuses: ${p.message}${p.index !== undefined ? ` (item ${p.index + 1})` : ''}`,
+          )
       }
       const first = owner.get(name)
       if (first !== undefined) {
         const diff = specDifference(out[name], spec)
-        if (diff) bad(`roles ${first} and ${role.name} both declare variable "${name}", with different specs (${diff})`, 'one variable has one spec: declare it once (export the spec and use it in both roles), or give one of them another name')
+        if (diff)
+          bad(
+            `roles ${first} and ${role.name} both declare variable "${name}", with different specs (${diff})`,
+            'one variable has one spec: declare it once (export the spec and use it in both roles), or give one of them another name',
+          )
         continue
       }
       owner.set(name, role.name)
       out[name] = spec
     }
   }
-  if (problems.length > 0) throw ProvisionError.all(problems, `the playbook's role variables: ${problems.length} problems`, 'usage')
+  if (problems.length > 0)
+    throw ProvisionError.all(problems, `the playbook's role variables: ${problems.length} problems`, 'usage')
   return out
 }
 
@@ -293,22 +423,32 @@ export const FOREIGN_VARS: Readonly<Record<string, string>> = {
   token:
     'k3s-ansible\'s "token" is k3s_token_ref here: a secret reference (op://vault/item/field) to the cluster token in the secrets store, not the token itself (the server role makes and stores one when it is missing)',
   api_port: 'k3s-ansible\'s "api_port" is k3s_api_port here',
-  extra_server_args: 'k3s-ansible\'s "extra_server_args" is k3s_extra_args here, in the vars of group "server": a list of --flag=value',
-  extra_agent_args: 'k3s-ansible\'s "extra_agent_args" is k3s_extra_args here, in the vars of group "agent": a list of --flag=value',
+  extra_server_args:
+    'k3s-ansible\'s "extra_server_args" is k3s_extra_args here, in the vars of group "server": a list of --flag=value',
+  extra_agent_args:
+    'k3s-ansible\'s "extra_agent_args" is k3s_extra_args here, in the vars of group "agent": a list of --flag=value',
   extra_args: 'k3s-ansible\'s "extra_args" is k3s_extra_args here: a list of --flag=value',
-  api_endpoint: 'k3s-ansible\'s "api_endpoint" is the server host\'s address here: agents join the address of the first host of group "server"; remove it',
+  api_endpoint:
+    'k3s-ansible\'s "api_endpoint" is the server host\'s address here: agents join the address of the first host of group "server"; remove it',
   cluster_context: 'k3s-ansible\'s "cluster_context" is kubeconfig_context here',
-  user_kubectl: 'k3s-ansible\'s "user_kubectl" has no switch here: the kubeconfig is fetched to this machine, at kubeconfig_path',
+  user_kubectl:
+    'k3s-ansible\'s "user_kubectl" has no switch here: the kubeconfig is fetched to this machine, at kubeconfig_path',
   kubeconfig: 'k3s-ansible\'s "kubeconfig" is kubeconfig_path here',
-  k3s_server_location: 'k3s-ansible\'s "k3s_server_location" has no counterpart: k3s keeps its default /var/lib/rancher/k3s (backups and restore rely on it)',
-  server_config_yaml: 'k3s-ansible\'s "server_config_yaml" has no counterpart: config.yaml is written from node_labels, node_taints, k3s_disable, k3s_tls_san and k3s_extra_args',
-  agent_config_yaml: 'k3s-ansible\'s "agent_config_yaml" has no counterpart: config.yaml is written from node_labels, node_taints and k3s_extra_args',
-  extra_manifests: 'k3s-ansible\'s "extra_manifests" has no counterpart: manifests reach the cluster through Flux (docs/gitops.md)',
+  k3s_server_location:
+    'k3s-ansible\'s "k3s_server_location" has no counterpart: k3s keeps its default /var/lib/rancher/k3s (backups and restore rely on it)',
+  server_config_yaml:
+    'k3s-ansible\'s "server_config_yaml" has no counterpart: config.yaml is written from node_labels, node_taints, k3s_disable, k3s_tls_san and k3s_extra_args',
+  agent_config_yaml:
+    'k3s-ansible\'s "agent_config_yaml" has no counterpart: config.yaml is written from node_labels, node_taints and k3s_extra_args',
+  extra_manifests:
+    'k3s-ansible\'s "extra_manifests" has no counterpart: manifests reach the cluster through Flux (docs/gitops.md)',
   ansible_connection: 'Ansible\'s "ansible_connection" has no counterpart: the connection is always SSH',
   ansible_python_interpreter: 'Ansible\'s "ansible_python_interpreter" is not needed: nothing runs Python on the hosts',
   ansible_become: 'Ansible\'s "ansible_become" is not needed: steps run as root through sudo when ssh_user is not root',
-  ansible_become_method: 'Ansible\'s "ansible_become_method" is not needed: steps run as root through sudo when ssh_user is not root',
-  ansible_become_user: 'Ansible\'s "ansible_become_user" is not needed: steps run as root through sudo when ssh_user is not root',
+  ansible_become_method:
+    'Ansible\'s "ansible_become_method" is not needed: steps run as root through sudo when ssh_user is not root',
+  ansible_become_user:
+    'Ansible\'s "ansible_become_user" is not needed: steps run as root through sudo when ssh_user is not root',
 }
 
 /** What to say about an unknown variable: its counterpart here, else the closest known name. */
@@ -384,7 +524,8 @@ export function checkSpecAll(spec: VarSpec, value: unknown): { value?: unknown; 
   switch (spec.type) {
     case 'int': {
       const n = typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value
-      if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) return bad(`expected a whole number, got ${g.shown(value)}`)
+      if (typeof n !== 'number' || !Number.isInteger(n) || n < 0)
+        return bad(`expected a whole number, got ${g.shown(value)}`)
       return whole(n, spec.grammar)
     }
     case 'bool': {
@@ -394,23 +535,34 @@ export function checkSpecAll(spec: VarSpec, value: unknown): { value?: unknown; 
     }
     case 'list': {
       const items: unknown[] | undefined =
-        typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter(Boolean) : Array.isArray(value) ? value : undefined
+        typeof value === 'string'
+          ? value
+              .split(',')
+              .map((s) => s.trim())
+              .filter(Boolean)
+          : Array.isArray(value)
+            ? value
+            : undefined
       if (!items) return bad(`expected a list, got ${g.shown(value)}`)
       const grammar = spec.grammar
       if (!grammar) return { value: items, problems: [] }
       const out: unknown[] = []
       const problems: VarProblem[] = []
-      items.forEach((item, index) => {
+      for (const [index, item] of items.entries()) {
         const x = typeof item === 'number' ? String(item) : item
-        if (typeof x !== 'string') return problems.push({ index, message: `${grammar.what}: expected a string, got ${g.shown(item)}` })
+        if (typeof x !== 'string') {
+          problems.push({ index, message: `${grammar.what}: expected a string, got ${g.shown(item)}` })
+          continue
+        }
         const r = g.verdict(grammar, x)
         if (r.ok) out.push(r.value)
         else problems.push({ index, message: `${grammar.what} ${JSON.stringify(x)}: ${r.expected}` })
-      })
+      }
       return problems.length ? { problems } : { value: out, problems }
     }
     case 'map': {
-      if (value === null || typeof value !== 'object' || Array.isArray(value)) return bad(`expected a map, got ${g.shown(value)}`)
+      if (value === null || typeof value !== 'object' || Array.isArray(value))
+        return bad(`expected a map, got ${g.shown(value)}`)
       const entries: [string, unknown][] = []
       const problems: VarProblem[] = []
       for (const [key, raw] of Object.entries(value)) {
@@ -432,7 +584,8 @@ export function checkSpecAll(spec: VarSpec, value: unknown): { value?: unknown; 
     default: {
       const s = typeof value === 'number' ? String(value) : value
       if (typeof s !== 'string' || s === '') return bad(`expected a non-empty string, got ${got(value)}`)
-      if (spec.choices && !spec.choices.includes(s)) return bad(`expected one of ${spec.choices.join(', ')}, got ${got(value)}`)
+      if (spec.choices && !spec.choices.includes(s))
+        return bad(`expected one of ${spec.choices.join(', ')}, got ${got(value)}`)
       return whole(s, spec.grammar)
     }
   }
@@ -446,6 +599,7 @@ export function checkVar(name: VarName, value: unknown): { value?: unknown; erro
 
 /** A value that should have been a secret reference: shown only when it looks like one (op:...), never a pasted secret. */
 export function secretShown(x: unknown): string {
-  if (typeof x === 'string' && !x.startsWith('op:')) return 'a value that is not one (not shown: it may be the secret itself)'
+  if (typeof x === 'string' && !x.startsWith('op:'))
+    return 'a value that is not one (not shown: it may be the secret itself)'
   return g.shown(x)
 }

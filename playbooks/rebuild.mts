@@ -23,7 +23,9 @@ async function rebuild(argv: string[]): Promise<number> {
   const o = parseCli(argv, { positionals: true })
   const [host, ...more] = o.positionals
   if (!host || more.length > 0) {
-    process.stderr.write('usage: npx zx playbooks/rebuild.mts HOST [-i inventory] [flags of site.mts]  (one host at a time)\n')
+    process.stderr.write(
+      'usage: npx zx playbooks/rebuild.mts HOST [-i inventory] [flags of site.mts]  (one host at a time)\n',
+    )
     return 1
   }
   const rest = o.flags
@@ -35,7 +37,12 @@ async function rebuild(argv: string[]): Promise<number> {
   }
   const plays: Play[] = [{ name: `Prepare ${host} again`, hosts: host, roles: [piPrep] }]
   if (inv.groups.get('server')?.includes(host)) {
-    plays.push({ name: `Rebuild the k3s server ${host}`, hosts: host, roles: [{ ...k3sServer, defaults: { ...k3sServer.defaults, k3s_restore: 'latest' } }], anyErrorsFatal: true })
+    plays.push({
+      name: `Rebuild the k3s server ${host}`,
+      hosts: host,
+      roles: [{ ...k3sServer, defaults: { ...k3sServer.defaults, k3s_restore: 'latest' } }],
+      anyErrorsFatal: true,
+    })
     plays.push({ name: 'Check every agent is back', hosts: 'agent', roles: [k3sAgent] })
     // A restored datastore still holds Flux (bootstrap is skipped); a fresh one gets it again. The flux CLI was on the old card.
     plays.push({ name: `Flux on ${host} again`, hosts: host, roles: [fluxBootstrap], anyErrorsFatal: true })
@@ -51,7 +58,9 @@ async function rebuild(argv: string[]): Promise<number> {
       // The address this run connects to, -e included (checked like the inventory's by runCli before this hook).
       const v = hostVars(h, {}, parseExtraVars(o.extra))
       const removed = await removeKnownHost(expandPath(v.known_hosts_file, process.cwd()), v.address!, v.ssh_port)
-      process.stdout.write(`rebuild: dropped ${removed} old known_hosts entr${removed === 1 ? 'y' : 'ies'} of ${host} (${v.address}); its new key is recorded on first contact\n`)
+      process.stdout.write(
+        `rebuild: dropped ${removed} old known_hosts entr${removed === 1 ? 'y' : 'ies'} of ${host} (${v.address}); its new key is recorded on first contact\n`,
+      )
     },
   })
 }

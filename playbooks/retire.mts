@@ -14,7 +14,8 @@ const { isDnsSubdomain } = await import('../lib/grammar.ts')
 const { deleteNodeRole, drainNodeRole, uninstallAgentRole } = await import('../roles/k3s-retire.ts')
 const { serverOf } = await import('../lib/k3s.ts')
 
-const USAGE = 'usage: npx zx playbooks/retire.mts NODE [-i inventory] [--check] [flags of site.mts]  (one node at a time)\n'
+const USAGE =
+  'usage: npx zx playbooks/retire.mts NODE [-i inventory] [--check] [flags of site.mts]  (one node at a time)\n'
 
 async function retire(argv: string[]): Promise<number> {
   const o = parseCli(argv, { positionals: true })
@@ -35,19 +36,26 @@ async function retire(argv: string[]): Promise<number> {
   // A Node the inventory no longer names can still be removed; its name must then be one Kubernetes could have
   // given a Node, so nothing else ("-l...", a selector, a path) ever reaches kubectl, and no host is contacted.
   if (!host && !isDnsSubdomain(arg)) {
-    process.stderr.write(`ERROR: retire.mts NODE: ${JSON.stringify(arg)} is no host of ${inv.file} (hosts: ${[...inv.hosts.keys()].join(', ')}) and no Kubernetes node name (an RFC 1123 name: lowercase letters, digits, "-" and ".")\n`)
+    process.stderr.write(
+      `ERROR: retire.mts NODE: ${JSON.stringify(arg)} is no host of ${inv.file} (hosts: ${[...inv.hosts.keys()].join(', ')}) and no Kubernetes node name (an RFC 1123 name: lowercase letters, digits, "-" and ".")\n`,
+    )
     return 1
   }
   const node = host ? nodeOf(host) : arg
   const server = serverOf(inv).name
   if (host === server || (host && inv.groups.get('server')?.includes(host)) || node === nodeOf(server)) {
-    process.stderr.write(`ERROR: ${arg} is the k3s server of ${inv.file}: retiring it would end the cluster; to replace its Pi, use playbooks/rebuild.mts ${host ?? server}\n`)
+    process.stderr.write(
+      `ERROR: ${arg} is the k3s server of ${inv.file}: retiring it would end the cluster; to replace its Pi, use playbooks/rebuild.mts ${host ?? server}\n`,
+    )
     return 1
   }
   const inInventory = host !== undefined
   const plays: Play[] = [{ name: `Drain ${node}`, hosts: server, roles: [drainNodeRole(node)], anyErrorsFatal: true }]
   if (host) plays.push({ name: `Uninstall k3s from ${host}`, hosts: host, roles: [uninstallAgentRole] })
-  else process.stdout.write(`retire: ${node} is not in ${inv.file}: only its Node is removed from the cluster; the Pi itself is not touched\n`)
+  else
+    process.stdout.write(
+      `retire: ${node} is not in ${inv.file}: only its Node is removed from the cluster; the Pi itself is not touched\n`,
+    )
   plays.push({ name: `Remove ${node} from the cluster`, hosts: server, roles: [deleteNodeRole(node, inInventory)] })
   const rerun = ['npx zx playbooks/retire.mts', arg, ...rest].map((a, i) => (i === 0 ? a : quote(a))).join(' ')
   return runCli({ name: 'retire', plays, rerun }, rest)

@@ -15,8 +15,21 @@ import { runKey, type Role, type StepContext } from '../lib/role.ts'
 import { quote } from '../lib/shell.ts'
 import { waitUntil } from '../lib/steps.ts'
 import type { Vars } from '../lib/vars.ts'
-import { asArray, asRecord, feasibleNodes } from '../lib/scheduling.ts'
-import { FLUX, conditionOf, field, HR, isReady, KS, kubectl, kubeFact, kubeGet, kubeObjects, nameOf, type KubeObject } from '../lib/kube.ts'
+import { asRecord, feasibleNodes } from '../lib/scheduling.ts'
+import {
+  FLUX,
+  conditionOf,
+  field,
+  HR,
+  isReady,
+  KS,
+  kubectl,
+  kubeFact,
+  kubeGet,
+  kubeObjects,
+  nameOf,
+  type KubeObject,
+} from '../lib/kube.ts'
 
 export const SECRET_STORE = 'onepassword'
 /** The revision the source reconcile fetched. */
@@ -58,13 +71,18 @@ export interface Readiness {
  * Kustomization of GitRepository flux-system has applied `revision` (when known), a reconcile request
  * (`requestedAt`) has been handled, and a HelmRelease has observed its latest generation.
  */
-export function readiness(kustomizations: readonly KubeObject[], helmReleases: readonly KubeObject[], opts: { revision?: string; requestedAt?: string } = {}): Readiness {
+export function readiness(
+  kustomizations: readonly KubeObject[],
+  helmReleases: readonly KubeObject[],
+  opts: { revision?: string; requestedAt?: string } = {},
+): Readiness {
   const items: FluxItem[] = []
   const judge = (o: KubeObject, kind: FluxItem['kind']): FluxItem => {
     const c = conditionOf(o)
     const suspended = o.spec?.suspend === true
     const base = { kind, name: nameOf(o), suspended }
-    if (c?.status !== 'True') return { ...base, ready: false, message: c?.message ?? (c ? `Ready=${c.status}` : 'not reconciled yet') }
+    if (c?.status !== 'True')
+      return { ...base, ready: false, message: c?.message ?? (c ? `Ready=${c.status}` : 'not reconciled yet') }
     if (suspended) return { ...base, ready: true, message: 'suspended (last state Ready)' }
     if (kind === 'Kustomization') {
       const src = field(o, 'spec', 'sourceRef', 'name')
@@ -73,12 +91,17 @@ export function readiness(kustomizations: readonly KubeObject[], helmReleases: r
       if (opts.revision && srcKind === 'GitRepository' && src === 'flux-system' && applied !== opts.revision)
         return { ...base, ready: false, message: `still at ${applied ?? 'no revision'}, not ${opts.revision}` }
       const asked = o.metadata.annotations?.[REQUESTED_AT]
-      if (opts.requestedAt && asked === opts.requestedAt && field(o, 'status', 'lastHandledReconcileAt') !== opts.requestedAt)
+      if (
+        opts.requestedAt &&
+        asked === opts.requestedAt &&
+        field(o, 'status', 'lastHandledReconcileAt') !== opts.requestedAt
+      )
         return { ...base, ready: false, message: 'reconcile requested, not handled yet' }
     } else {
       const gen = o.metadata.generation
       const seen = o.status?.observedGeneration
-      if (typeof gen === 'number' && typeof seen === 'number' && seen < gen) return { ...base, ready: false, message: `generation ${gen} not observed yet (at ${seen})` }
+      if (typeof gen === 'number' && typeof seen === 'number' && seen < gen)
+        return { ...base, ready: false, message: `generation ${gen} not observed yet (at ${seen})` }
     }
     return { ...base, ready: true, message: c.message ?? '' }
   }
@@ -104,7 +127,10 @@ export function checkEso(stores: readonly KubeObject[], externalSecrets: readonl
   const store = stores.find((s) => s.metadata.name === SECRET_STORE)
   const problems: string[] = []
   if (!store) problems.push(`ClusterSecretStore ${SECRET_STORE} does not exist`)
-  else if (!isReady(store)) problems.push(`ClusterSecretStore ${SECRET_STORE} is not Ready: ${conditionOf(store)?.message ?? 'no Ready condition'}`)
+  else if (!isReady(store))
+    problems.push(
+      `ClusterSecretStore ${SECRET_STORE} is not Ready: ${conditionOf(store)?.message ?? 'no Ready condition'}`,
+    )
   const unsynced = externalSecrets.filter((e) => !isReady(e))
   for (const e of unsynced) {
     const c = conditionOf(e)
@@ -127,12 +153,24 @@ export interface PlacementRule {
 }
 
 export function parsePlacement(raw: unknown): PlacementRule[] {
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new ProvisionError('inventory', 'placement must be a map of workload -> node')
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw))
+    throw new ProvisionError('inventory', 'placement must be a map of workload -> node')
   return Object.entries(raw).map(([key, node]) => {
-    if (typeof node !== 'string' || node === '') throw new ProvisionError('inventory', `placement ${key}: the node must be a node name, got ${JSON.stringify(node)}`)
+    if (typeof node !== 'string' || node === '')
+      throw new ProvisionError(
+        'inventory',
+        `placement ${key}: the node must be a node name, got ${JSON.stringify(node)}`,
+      )
     const parts = key.split('/')
-    const ok = parts.length <= 2 && parts.every((p) => /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$|^\*$/.test(p)) && !(parts.length === 1 && parts[0] === '*')
-    if (!ok) throw new ProvisionError('inventory', `placement key ${JSON.stringify(key)}: expected name, namespace/name or namespace/*`)
+    const ok =
+      parts.length <= 2 &&
+      parts.every((p) => /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$|^\*$/.test(p)) &&
+      !(parts.length === 1 && parts[0] === '*')
+    if (!ok)
+      throw new ProvisionError(
+        'inventory',
+        `placement key ${JSON.stringify(key)}: expected name, namespace/name or namespace/*`,
+      )
     return parts.length === 2 ? { key, namespace: parts[0], name: parts[1], node } : { key, name: parts[0], node }
   })
 }
@@ -159,7 +197,9 @@ function podsOf(w: KubeObject, pods: readonly KubeObject[]): KubeObject[] {
   if (w.kind === 'CronJob') {
     // Pods of the Jobs this CronJob started (Job names are <cronjob>-<schedule time>).
     const prefix = `${w.metadata.name}-`
-    return inNs.filter((p) => (p.metadata.labels?.['job-name'] ?? p.metadata.labels?.['batch.kubernetes.io/job-name'] ?? '').startsWith(prefix))
+    return inNs.filter((p) =>
+      (p.metadata.labels?.['job-name'] ?? p.metadata.labels?.['batch.kubernetes.io/job-name'] ?? '').startsWith(prefix),
+    )
   }
   const sel = matchLabels(w)
   if (Object.keys(sel).length === 0) return []
@@ -174,14 +214,26 @@ export interface PlacementResult {
 }
 
 /** Each rule against the cluster: the workloads it names have their pods on that node (a CronJob between runs: it is pinned there). */
-export function checkPlacement(rules: readonly PlacementRule[], cluster: { nodes: readonly KubeObject[]; pods: readonly KubeObject[]; workloads: readonly KubeObject[] }): PlacementResult[] {
+export function checkPlacement(
+  rules: readonly PlacementRule[],
+  cluster: { nodes: readonly KubeObject[]; pods: readonly KubeObject[]; workloads: readonly KubeObject[] },
+): PlacementResult[] {
   return rules.map((rule): PlacementResult => {
     const found = cluster.workloads.filter(
-      (w) => (WORKLOAD_KINDS as readonly string[]).includes(w.kind ?? '') && (!rule.namespace || w.metadata.namespace === rule.namespace) && (rule.name === '*' || w.metadata.name === rule.name),
+      (w) =>
+        (WORKLOAD_KINDS as readonly string[]).includes(w.kind ?? '') &&
+        (!rule.namespace || w.metadata.namespace === rule.namespace) &&
+        (rule.name === '*' || w.metadata.name === rule.name),
     )
     const base = { key: rule.key, node: rule.node }
-    if (!cluster.nodes.some((n) => n.metadata.name === rule.node)) return { ...base, ok: false, detail: `there is no node ${rule.node}` }
-    if (found.length === 0) return { ...base, ok: false, detail: `no Deployment, StatefulSet, DaemonSet or CronJob ${rule.name === '*' ? `in namespace ${rule.namespace}` : rule.key}` }
+    if (!cluster.nodes.some((n) => n.metadata.name === rule.node))
+      return { ...base, ok: false, detail: `there is no node ${rule.node}` }
+    if (found.length === 0)
+      return {
+        ...base,
+        ok: false,
+        detail: `no Deployment, StatefulSet, DaemonSet or CronJob ${rule.name === '*' ? `in namespace ${rule.namespace}` : rule.key}`,
+      }
     const problems: string[] = []
     const fine: string[] = []
     for (const w of found) {
@@ -195,8 +247,12 @@ export function checkPlacement(rules: readonly PlacementRule[], cluster: { nodes
           continue
         }
         if (pinned) fine.push(`${what} is pinned to ${rule.node} (no run yet)`)
-        else if (feasible.includes(rule.node)) problems.push(`${what} may run on ${feasible.join(', ')}: pin it to ${rule.node} with a nodeSelector`)
-        else problems.push(`${what} cannot run on ${rule.node}: its nodeSelector/affinity allows ${feasible.join(', ') || 'no node'}`)
+        else if (feasible.includes(rule.node))
+          problems.push(`${what} may run on ${feasible.join(', ')}: pin it to ${rule.node} with a nodeSelector`)
+        else
+          problems.push(
+            `${what} cannot run on ${rule.node}: its nodeSelector/affinity allows ${feasible.join(', ') || 'no node'}`,
+          )
         continue
       }
       const wrong: string[] = []
@@ -208,9 +264,14 @@ export function checkPlacement(rules: readonly PlacementRule[], cluster: { nodes
         } else if (node !== rule.node) wrong.push(`pod ${p.metadata.name} runs on ${node}`)
       }
       if (wrong.length) problems.push(`${what}: ${wrong.join(', ')}`)
-      else fine.push(`${what}: ${pods.length} pod${pods.length > 1 ? 's' : ''} on ${rule.node}${pinned ? '' : ' (not pinned: the scheduler may move it)'}`)
+      else
+        fine.push(
+          `${what}: ${pods.length} pod${pods.length > 1 ? 's' : ''} on ${rule.node}${pinned ? '' : ' (not pinned: the scheduler may move it)'}`,
+        )
     }
-    return problems.length ? { ...base, ok: false, detail: problems.join('; ') } : { ...base, ok: true, detail: fine.join('; ') }
+    return problems.length
+      ? { ...base, ok: false, detail: problems.join('; ') }
+      : { ...base, ok: true, detail: fine.join('; ') }
   })
 }
 
@@ -239,9 +300,15 @@ function validateAppVars(v: Vars): string[] {
 
 /** Every Kustomization and HelmRelease: when git brings nothing new and all are Ready at its revision, nothing is forced. */
 export const fluxObjectsFact = kubeFact('apps', `${KS},${HR} -A`)
-export const esoObjectsFact = kubeFact('apps', 'clustersecretstores.external-secrets.io,externalsecrets.external-secrets.io -A')
+export const esoObjectsFact = kubeFact(
+  'apps',
+  'clustersecretstores.external-secrets.io,externalsecrets.external-secrets.io -A',
+)
 /** What placement is judged on: the nodes, the pods and the workloads that own them. */
-export const placementObjectsFact = kubeFact('apps', 'nodes,pods,deployments.apps,statefulsets.apps,daemonsets.apps,cronjobs.batch -A')
+export const placementObjectsFact = kubeFact(
+  'apps',
+  'nodes,pods,deployments.apps,statefulsets.apps,daemonsets.apps,cronjobs.batch -A',
+)
 
 // ---------------------------------------------------------------- the role
 
@@ -269,7 +336,10 @@ export const apps: Role = {
       facts: () => [fluxObjectsFact, esoObjectsFact, placementObjectsFact],
       onlyForReal: 'would reconcile GitRepository flux-system: it reads the cluster a real run converged',
       async plan(ctx) {
-        const r = await ctx.must(`${FLUX} reconcile source git flux-system -n flux-system --timeout=${ctx.vars.flux_timeout}s`, { what: 'flux reconcile source git flux-system' })
+        const r = await ctx.must(
+          `${FLUX} reconcile source git flux-system -n flux-system --timeout=${ctx.vars.flux_timeout}s`,
+          { what: 'flux reconcile source git flux-system' },
+        )
         const rev = parseRevision(r.stderr + r.stdout)
         if (rev) ctx.state.set(FLUX_REVISION, rev, ctx.host)
         return { status: 'ok', message: `fetched ${rev ?? 'the latest revision'}` }
@@ -293,19 +363,30 @@ export const apps: Role = {
         // From here on the cluster changes: the later checks read it again.
         ctx.facts.invalidate()
         // The root first: it applies the other Kustomizations at the new revision.
-        const r = await ctx.must(`${FLUX} reconcile kustomization flux-system -n flux-system --timeout=${ctx.vars.flux_timeout}s`, { what: 'flux reconcile kustomization flux-system' })
+        const r = await ctx.must(
+          `${FLUX} reconcile kustomization flux-system -n flux-system --timeout=${ctx.vars.flux_timeout}s`,
+          { what: 'flux reconcile kustomization flux-system' },
+        )
         const applied = parseRevision(r.stderr + r.stdout)
-        const others = (await kubeGet(ctx, `${KS} -A`)).filter((k) => !(k.metadata.name === 'flux-system' && k.metadata.namespace === 'flux-system'))
+        const others = (await kubeGet(ctx, `${KS} -A`)).filter(
+          (k) => !(k.metadata.name === 'flux-system' && k.metadata.namespace === 'flux-system'),
+        )
         // What `flux reconcile kustomization X` does, for all of them at once: the wait step then watches them converge.
         const stamp = new Date().toISOString()
         if (others.length) {
           const script = others
-            .map((k) => `${kubectl(`annotate --overwrite -n ${quote(k.metadata.namespace ?? 'flux-system')}`, `${KS}/${k.metadata.name}`, `${REQUESTED_AT}=${stamp}`)} >/dev/null`)
+            .map(
+              (k) =>
+                `${kubectl(`annotate --overwrite -n ${quote(k.metadata.namespace ?? 'flux-system')}`, `${KS}/${k.metadata.name}`, `${REQUESTED_AT}=${stamp}`)} >/dev/null`,
+            )
             .join(' && \\\n')
           await ctx.must(script, { what: 'request reconciliation of the Kustomizations' })
           ctx.state.set(REQUESTED_AT_STAMP, stamp, ctx.host)
         }
-        return { status: 'ok', message: `flux-system applied ${applied ?? 'the latest revision'}; ${others.length} more asked to reconcile` }
+        return {
+          status: 'ok',
+          message: `flux-system applied ${applied ?? 'the latest revision'}; ${others.length} more asked to reconcile`,
+        }
       },
     },
     {
@@ -320,11 +401,23 @@ export const apps: Role = {
         let lastLog = 0
         const { value, seconds } = await waitUntil(
           ctx,
-          { timeoutSec: ctx.vars.apps_timeout, what: 'every Kustomization and HelmRelease to be Ready', intervalMs: 2000 },
+          {
+            timeoutSec: ctx.vars.apps_timeout,
+            what: 'every Kustomization and HelmRelease to be Ready',
+            intervalMs: 2000,
+          },
           async () => {
             const both = await kubeGet(ctx, `${KS},${HR} -A`)
-            const st = readiness(both.filter((o) => o.kind === 'Kustomization'), both.filter((o) => o.kind === 'HelmRelease'), { revision, requestedAt })
-            return { done: st.notReady.length === 0, value: st, waitingFor: `${st.notReady.length} of ${st.total} not Ready: ${describeNotReady(st.notReady)}` }
+            const st = readiness(
+              both.filter((o) => o.kind === 'Kustomization'),
+              both.filter((o) => o.kind === 'HelmRelease'),
+              { revision, requestedAt },
+            )
+            return {
+              done: st.notReady.length === 0,
+              value: st,
+              waitingFor: `${st.notReady.length} of ${st.total} not Ready: ${describeNotReady(st.notReady)}`,
+            }
           },
           (st) => {
             // The live count: a line when it changes, or every 30 s while it does not.
@@ -332,10 +425,15 @@ export const apps: Role = {
             if (count === lastCount && Date.now() - lastLog < 30_000) return
             lastCount = count
             lastLog = Date.now()
-            ctx.log(`flux: ${count} Kustomizations and HelmReleases Ready; waiting for ${describeNotReady(st.notReady, 4)}`)
+            ctx.log(
+              `flux: ${count} Kustomizations and HelmReleases Ready; waiting for ${describeNotReady(st.notReady, 4)}`,
+            )
           },
         )
-        return { status: 'ok', message: `${value.ready}/${value.total} Ready${revision ? ` at ${revision}` : ''} after ${seconds.toFixed(1)}s` }
+        return {
+          status: 'ok',
+          message: `${value.ready}/${value.total} Ready${revision ? ` at ${revision}` : ''} after ${seconds.toFixed(1)}s`,
+        }
       },
     },
     {
@@ -356,8 +454,14 @@ export const apps: Role = {
         const nodes = kubeObjects(await ctx.facts.get(placementObjectsFact), 'Node')
         const strays = strayNodes(nodes, ctx.inventory)
         for (const n of strays)
-          ctx.warn(`Node ${n.metadata.name} (${isReady(n) ? 'Ready' : 'NotReady'}) is in the cluster but not in ${ctx.inventory.file}: retire it with \`npx zx playbooks/retire.mts ${n.metadata.name}\`, or add it to the inventory`)
-        if (strays.length) return { status: 'ok', message: `${strays.length} of ${nodes.length} Nodes not in the inventory: ${strays.map((n) => n.metadata.name).join(', ')}` }
+          ctx.warn(
+            `Node ${n.metadata.name} (${isReady(n) ? 'Ready' : 'NotReady'}) is in the cluster but not in ${ctx.inventory.file}: retire it with \`npx zx playbooks/retire.mts ${n.metadata.name}\`, or add it to the inventory`,
+          )
+        if (strays.length)
+          return {
+            status: 'ok',
+            message: `${strays.length} of ${nodes.length} Nodes not in the inventory: ${strays.map((n) => n.metadata.name).join(', ')}`,
+          }
         return { status: 'ok', message: `${nodes.length} Nodes, all in the inventory` }
       },
     },
@@ -372,7 +476,8 @@ export const apps: Role = {
         const r = { nodes: kubeObjects(read, 'Node'), pods: kubeObjects(read, 'Pod') }
         const results = checkPlacement(rules, { nodes: r.nodes, pods: r.pods, workloads })
         const bad = results.filter((x) => !x.ok)
-        if (bad.length) return { status: 'failed', message: bad.map((x) => `${x.key} -> ${x.node}: ${x.detail}`).join('; ') }
+        if (bad.length)
+          return { status: 'failed', message: bad.map((x) => `${x.key} -> ${x.node}: ${x.detail}`).join('; ') }
         return { status: 'ok', message: results.map((x) => `${x.key} on ${x.node}`).join(', ') }
       },
     },
@@ -387,7 +492,10 @@ export const apps: Role = {
         const vs = verdicts(results)
         const failing = vs.filter((v) => !v.ok)
         if (failing.length)
-          return { status: 'failed', message: `${failing.length} of ${vs.length} apps failing: ${failing.map((v) => `${v.app} (${v.reasons.join('; ')})`).join(', ')}` }
+          return {
+            status: 'failed',
+            message: `${failing.length} of ${vs.length} apps failing: ${failing.map((v) => `${v.app} (${v.reasons.join('; ')})`).join(', ')}`,
+          }
         return { status: 'ok', message: `${vs.length}/${vs.length} apps healthy: ${vs.map((v) => v.app).join(', ')}` }
       },
     },

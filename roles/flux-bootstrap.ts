@@ -9,7 +9,20 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { ProvisionError } from '../lib/errors.ts'
 import { defineFact, type Fact } from '../lib/facts.ts'
-import { conditionOf, field, FLUX_BIN, GITREPO, isReady, KS, KUBECONFIG, KUBECTL, kubeFact, kubeGet, kubeObjects, type KubeObject } from '../lib/kube.ts'
+import {
+  conditionOf,
+  field,
+  FLUX_BIN,
+  GITREPO,
+  isReady,
+  KS,
+  KUBECONFIG,
+  KUBECTL,
+  kubeFact,
+  kubeGet,
+  kubeObjects,
+  type KubeObject,
+} from '../lib/kube.ts'
 import { registerSecret } from '../lib/mask.ts'
 import type { Change, Role, StepContext } from '../lib/role.ts'
 import { quote } from '../lib/shell.ts'
@@ -49,12 +62,18 @@ export function repoLabel(w: BootstrapWant): string {
 
 /** "./clusters/pi-k3s/", "clusters/pi-k3s" -> "clusters/pi-k3s". */
 export function normPath(p: string): string {
-  return p.trim().replace(/^(\.\/)+/, '').replace(/^\/+|\/+$/g, '')
+  return p
+    .trim()
+    .replace(/^(\.\/)+/, '')
+    .replace(/^\/+|\/+$/g, '')
 }
 
 /** ssh://git@github.com/o/r(.git), https://github.com/o/r(.git), git@github.com:o/r -> github.com/o/r (lower case). */
 export function normRepoUrl(url: string): string {
-  let u = url.trim().replace(/\/+$/, '').replace(/\.git$/, '')
+  let u = url
+    .trim()
+    .replace(/\/+$/, '')
+    .replace(/\.git$/, '')
   const scp = /^(?:ssh:\/\/)?[^@/]+@([^:/]+)[:/](.+)$/.exec(u)
   if (scp) u = `${scp[1]}/${scp[2]}`
   else u = u.replace(/^[a-z+]+:\/\//, '').replace(/^[^@/]+@/, '')
@@ -63,10 +82,20 @@ export function normRepoUrl(url: string): string {
 
 /** Variables flux-bootstrap cannot do without: an inventory error before any host is touched. */
 export function checkFluxVars(v: Vars): void {
-  const missing = (['flux_version', 'flux_url', 'github_owner', 'github_repository', 'flux_path', 'github_token_ref', 'eso_token_ref'] as const).filter((k) => !v[k])
+  const missing = (
+    [
+      'flux_version',
+      'flux_url',
+      'github_owner',
+      'github_repository',
+      'flux_path',
+      'github_token_ref',
+      'eso_token_ref',
+    ] as const
+  ).filter((k) => !v[k])
   if (missing.length)
     throw new ProvisionError('inventory', `role flux-bootstrap needs ${missing.join(', ')}`, {
-      hint: 'set them in the inventory (all.vars); docs/gitops.md lists them with the owner\'s values',
+      hint: "set them in the inventory (all.vars); docs/gitops.md lists them with the owner's values",
     })
   if (!/^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$/.test(v.flux_version!.trim()))
     throw new ProvisionError('inventory', `flux_version ${JSON.stringify(v.flux_version)} is not a version like 2.7.3`)
@@ -78,11 +107,9 @@ export function checkFluxVars(v: Vars): void {
 
 // ---------------------------------------------------------------- the flux CLI
 
-
 export const ESO_NAMESPACE = 'external-secrets'
 export const ESO_SECRET = 'onepassword-service-account'
 export const ESO_KEY = 'token'
-
 
 /** `flux --version` -> "2.7.3"; null when there is no flux. */
 export function parseFluxVersion(stdout: string): string | null {
@@ -90,12 +117,27 @@ export function parseFluxVersion(stdout: string): string | null {
   return m ? m[1] : null
 }
 
-export const fluxCliFact = defineFact('flux-cli', `if [ -x ${FLUX_BIN} ]; then ${FLUX_BIN} --version 2>&1 | head -n 1; else echo none; fi`, (r) => parseFluxVersion(r.stdout))
-export const archFact = defineFact('dpkg-arch', 'dpkg --print-architecture 2>/dev/null || uname -m', (r) => r.stdout.trim())
+export const fluxCliFact = defineFact(
+  'flux-cli',
+  `if [ -x ${FLUX_BIN} ]; then ${FLUX_BIN} --version 2>&1 | head -n 1; else echo none; fi`,
+  (r) => parseFluxVersion(r.stdout),
+)
+export const archFact = defineFact('dpkg-arch', 'dpkg --print-architecture 2>/dev/null || uname -m', (r) =>
+  r.stdout.trim(),
+)
 
 /** Flux's release names for an architecture as dpkg (or uname) reports it. */
 export function fluxArch(arch: string): string {
-  const map: Record<string, string> = { arm64: 'arm64', aarch64: 'arm64', armhf: 'arm', armel: 'arm', armv7l: 'arm', armv6l: 'arm', amd64: 'amd64', x86_64: 'amd64' }
+  const map: Record<string, string> = {
+    arm64: 'arm64',
+    aarch64: 'arm64',
+    armhf: 'arm',
+    armel: 'arm',
+    armv7l: 'arm',
+    armv6l: 'arm',
+    amd64: 'amd64',
+    x86_64: 'amd64',
+  }
   return map[arch] ?? arch
 }
 
@@ -124,7 +166,10 @@ export function fluxInstallScript(url: string, version: string, sha256?: string)
       `if [ "$got" != ${quote(want)} ]; then echo ${quote(`sha256 of ${url} is`)} "$got," ${quote(`not ${want} (flux_sha256)`)} >&2; exit 1; fi`,
     )
   }
-  if (tarball) lines.push(`tar -xzf "$work/download" -C "$work" flux || { echo ${quote(`no file "flux" in ${url}`)} >&2; exit 1; }`)
+  if (tarball)
+    lines.push(
+      `tar -xzf "$work/download" -C "$work" flux || { echo ${quote(`no file "flux" in ${url}`)} >&2; exit 1; }`,
+    )
   else lines.push('mv "$work/download" "$work/flux"')
   lines.push(
     'chmod 0755 "$work/flux"',
@@ -156,7 +201,9 @@ export function fluxStateOf(namespaces: readonly KubeObject[], fluxSystem: reado
     namespace: namespaces.find((n) => n.metadata.name === 'flux-system'),
     gitRepository: named('GitRepository'),
     kustomization: named('Kustomization'),
-    controllers: fluxSystem.filter((o) => o.kind === 'Deployment' && o.metadata.labels?.['app.kubernetes.io/part-of'] === 'flux'),
+    controllers: fluxSystem.filter(
+      (o) => o.kind === 'Deployment' && o.metadata.labels?.['app.kubernetes.io/part-of'] === 'flux',
+    ),
   }
 }
 
@@ -190,7 +237,12 @@ export function bootstrapDecision(s: FluxState, want: BootstrapWant): BootstrapD
   const reasons: string[] = []
   if (!s.namespace) return { skip: false, reasons: ['Flux is not installed (no flux-system namespace)'], summary: '' }
   const have = installedFluxVersion(s)
-  if (have !== want.version) reasons.push(have ? `Flux ${have} is installed, the pin is ${want.version}` : 'the flux-system namespace has no Flux version label')
+  if (have !== want.version)
+    reasons.push(
+      have
+        ? `Flux ${have} is installed, the pin is ${want.version}`
+        : 'the flux-system namespace has no Flux version label',
+    )
   if (s.controllers.length === 0) reasons.push('no Flux controllers in flux-system')
   const notReady = s.controllers.filter((d) => !replicasReady(d)).map((d) => d.metadata.name)
   if (notReady.length) reasons.push(`controller${notReady.length > 1 ? 's' : ''} not ready: ${notReady.join(', ')}`)
@@ -199,16 +251,21 @@ export function bootstrapDecision(s: FluxState, want: BootstrapWant): BootstrapD
   if (!gr) reasons.push('no GitRepository flux-system')
   else {
     const url = field(gr, 'spec', 'url') ?? ''
-    if (normRepoUrl(url) !== wantRepo) reasons.push(`GitRepository flux-system syncs ${url || 'nothing'}, not ${wantRepo}`)
+    if (normRepoUrl(url) !== wantRepo)
+      reasons.push(`GitRepository flux-system syncs ${url || 'nothing'}, not ${wantRepo}`)
     const branch = field(gr, 'spec', 'ref', 'branch')
-    if (branch !== want.branch) reasons.push(`GitRepository flux-system follows branch ${branch ?? '(none)'}, not ${want.branch}`)
+    if (branch !== want.branch)
+      reasons.push(`GitRepository flux-system follows branch ${branch ?? '(none)'}, not ${want.branch}`)
   }
   const ks = s.kustomization
   if (!ks) reasons.push('no Kustomization flux-system')
   else {
     const path = normPath(field(ks, 'spec', 'path') ?? '')
     if (path !== want.path) reasons.push(`Kustomization flux-system applies ./${path}, not ./${want.path}`)
-    if (!isReady(ks)) reasons.push(`Kustomization flux-system is not Ready${conditionOf(ks)?.message ? ` (${conditionOf(ks)?.message})` : ''}`)
+    if (!isReady(ks))
+      reasons.push(
+        `Kustomization flux-system is not Ready${conditionOf(ks)?.message ? ` (${conditionOf(ks)?.message})` : ''}`,
+      )
   }
   const summary = `Flux ${have ?? '?'} with ${s.controllers.length} controllers ready; flux-system Ready on ./${want.path} of ${repoLabel(want)}`
   return { skip: reasons.length === 0, reasons, summary }
@@ -257,7 +314,11 @@ export function esoSecretManifest(tokenBase64: string): string {
   return JSON.stringify({
     apiVersion: 'v1',
     kind: 'Secret',
-    metadata: { name: ESO_SECRET, namespace: ESO_NAMESPACE, labels: { 'app.kubernetes.io/managed-by': 'pi-provision' } },
+    metadata: {
+      name: ESO_SECRET,
+      namespace: ESO_NAMESPACE,
+      labels: { 'app.kubernetes.io/managed-by': 'pi-provision' },
+    },
     type: 'Opaque',
     data: { [ESO_KEY]: tokenBase64 },
   })
@@ -286,7 +347,10 @@ export function esoSecretFact(salt: string): Fact<SecretState> {
     const out = r.stdout.trim()
     if (r.code === 0 && out === 'absent') return { state: 'absent' }
     if (r.code === 0 && /^[0-9a-f]{64}$/.test(out)) return { state: 'present', digest: out }
-    return { state: 'error', error: `cannot read Secret ${ESO_NAMESPACE}/${ESO_SECRET}: ${(out || r.stderr.trim() || `exit ${r.code}`).split('\n').slice(-2).join(' ')}` }
+    return {
+      state: 'error',
+      error: `cannot read Secret ${ESO_NAMESPACE}/${ESO_SECRET}: ${(out || r.stderr.trim() || `exit ${r.code}`).split('\n').slice(-2).join(' ')}`,
+    }
   })
 }
 
@@ -299,7 +363,10 @@ const esoSecret = esoSecretFact(ESO_SALT)
  * real run would do. For real, k3s is up by now, so carrying it out fails with the read's own error.
  */
 function notInstalledYet(e: unknown, would: string): Change {
-  return { summary: `${would} (the cluster cannot be read yet: ${e instanceof Error ? e.message.split('\n')[0] : String(e)})`, apply: () => Promise.reject(e) }
+  return {
+    summary: `${would} (the cluster cannot be read yet: ${e instanceof Error ? e.message.split('\n')[0] : String(e)})`,
+    apply: () => Promise.reject(e),
+  }
 }
 
 // ---------------------------------------------------------------- the role
@@ -325,7 +392,10 @@ export const fluxBootstrap: Role = {
           return notInstalledYet(e, `create namespace ${ESO_NAMESPACE}`)
         }
         if (exists) return { status: 'ok', message: `namespace ${ESO_NAMESPACE} exists` }
-        return { summary: `create namespace ${ESO_NAMESPACE}`, commands: [{ script: `${KUBECTL} create namespace ${ESO_NAMESPACE}` }] }
+        return {
+          summary: `create namespace ${ESO_NAMESPACE}`,
+          commands: [{ script: `${KUBECTL} create namespace ${ESO_NAMESPACE}` }],
+        }
       },
     },
     {
@@ -336,12 +406,25 @@ export const fluxBootstrap: Role = {
         const b64 = Buffer.from(value, 'utf8').toString('base64')
         registerSecret(b64) // the value as the API shows it is as secret as the value
         const have = await ctx.facts.get(esoSecret)
-        if (have.state === 'error') return notInstalledYet(new ProvisionError('step', have.error), `create Secret ${ESO_NAMESPACE}/${ESO_SECRET} from ${ref}`)
-        if (have.state === 'present' && have.digest === esoSecretDigest(ESO_SALT, b64)) return { status: 'ok', message: `key ${ESO_KEY} holds the value of ${ref}` }
-        const summary = have.state === 'absent' ? `create Secret ${ESO_NAMESPACE}/${ESO_SECRET} from ${ref}` : `update Secret ${ESO_NAMESPACE}/${ESO_SECRET}: its ${ESO_KEY} differs from ${ref}`
+        if (have.state === 'error')
+          return notInstalledYet(
+            new ProvisionError('step', have.error),
+            `create Secret ${ESO_NAMESPACE}/${ESO_SECRET} from ${ref}`,
+          )
+        if (have.state === 'present' && have.digest === esoSecretDigest(ESO_SALT, b64))
+          return { status: 'ok', message: `key ${ESO_KEY} holds the value of ${ref}` }
+        const summary =
+          have.state === 'absent'
+            ? `create Secret ${ESO_NAMESPACE}/${ESO_SECRET} from ${ref}`
+            : `update Secret ${ESO_NAMESPACE}/${ESO_SECRET}: its ${ESO_KEY} differs from ${ref}`
         return {
           summary,
-          commands: [{ script: `${KUBECTL} apply --server-side --field-manager=pi-provision --force-conflicts -f - >/dev/null`, stdin: esoSecretManifest(b64) }],
+          commands: [
+            {
+              script: `${KUBECTL} apply --server-side --field-manager=pi-provision --force-conflicts -f - >/dev/null`,
+              stdin: esoSecretManifest(b64),
+            },
+          ],
         }
       },
     },
@@ -354,7 +437,10 @@ export const fluxBootstrap: Role = {
         if (cur === want) return { status: 'ok', message: `flux ${want}` }
         const url = fluxDownloadUrl(ctx.vars.flux_url!, want, await ctx.facts.get(archFact))
         const what = cur ? `replace flux ${cur} with ${want}` : `install flux ${want}`
-        return { summary: `${what} from ${url}${ctx.vars.flux_sha256 ? ' (sha256 checked)' : ''}`, commands: [{ script: fluxInstallScript(url, want, ctx.vars.flux_sha256) }] }
+        return {
+          summary: `${what} from ${url}${ctx.vars.flux_sha256 ? ' (sha256 checked)' : ''}`,
+          commands: [{ script: fluxInstallScript(url, want, ctx.vars.flux_sha256) }],
+        }
       },
     },
     {
@@ -370,7 +456,11 @@ export const fluxBootstrap: Role = {
         if (decision.skip) return { status: 'skipped', message: `already bootstrapped: ${decision.summary}` }
         const what = `flux bootstrap github ${repoLabel(want)} --path=${want.path} (${decision.reasons.join('; ')})`
         const token = ctx.secrets.get(ctx.vars.github_token_ref!)
-        return { summary: `run ${what}`, commands: [{ script: bootstrapScript(want, ctx.vars.flux_timeout), stdin: `GITHUB_TOKEN=${quote(token)}\n` }], apply: async () => `ran ${what}` }
+        return {
+          summary: `run ${what}`,
+          commands: [{ script: bootstrapScript(want, ctx.vars.flux_timeout), stdin: `GITHUB_TOKEN=${quote(token)}\n` }],
+          apply: async () => `ran ${what}`,
+        }
       },
     },
     {
@@ -379,17 +469,30 @@ export const fluxBootstrap: Role = {
       async plan(ctx) {
         // Already Ready in the role's first read (nothing was changed since): nothing to wait for.
         const first = (await readFluxState(ctx).catch(() => undefined))?.kustomization
-        if (first && isReady(first)) return { status: 'ok', message: `already Ready${field(first, 'status', 'lastAppliedRevision') ? ` at ${field(first, 'status', 'lastAppliedRevision')}` : ''}` }
+        if (first && isReady(first))
+          return {
+            status: 'ok',
+            message: `already Ready${field(first, 'status', 'lastAppliedRevision') ? ` at ${field(first, 'status', 'lastAppliedRevision')}` : ''}`,
+          }
         const { value, seconds } = await waitUntil(
           ctx,
           { timeoutSec: ctx.vars.flux_timeout, what: 'Kustomization flux-system/flux-system to be Ready' },
           async () => {
             const ks = (await kubeGet(ctx, `${KS} flux-system -n flux-system --ignore-not-found`))[0]
             const c = conditionOf(ks)
-            return { done: isReady(ks), value: ks, waitingFor: ks ? `Ready=${c?.status ?? 'Unknown'}${c?.message ? `: ${c.message}` : ''}` : 'it does not exist' }
+            return {
+              done: isReady(ks),
+              value: ks,
+              waitingFor: ks
+                ? `Ready=${c?.status ?? 'Unknown'}${c?.message ? `: ${c.message}` : ''}`
+                : 'it does not exist',
+            }
           },
         )
-        return { status: 'ok', message: `${field(value, 'status', 'lastAppliedRevision') ?? 'Ready'} after ${seconds.toFixed(1)}s` }
+        return {
+          status: 'ok',
+          message: `${field(value, 'status', 'lastAppliedRevision') ?? 'Ready'} after ${seconds.toFixed(1)}s`,
+        }
       },
     },
   ],

@@ -7,7 +7,23 @@ import { flushHandlers, handler, type Role, type StepContext } from '../lib/role
 import { file, fileFact, systemdUnit } from '../lib/steps.ts'
 import { ProvisionError } from '../lib/errors.ts'
 import { kubectl } from '../lib/kube.ts'
-import { clusterToken, configNeedsRestart, installerWillRestart, extraConfig, K3S_CONFIG, k3sInstallFact, NODE_PASSWORD, nodeLabelsStep, nodeName, nodeOnServer, renderK3sConfig, restartHandlerStep, runInstaller, serverHandle, serverOf, } from '../lib/k3s.ts'
+import {
+  clusterToken,
+  configNeedsRestart,
+  installerWillRestart,
+  extraConfig,
+  K3S_CONFIG,
+  k3sInstallFact,
+  NODE_PASSWORD,
+  nodeLabelsStep,
+  nodeName,
+  nodeOnServer,
+  renderK3sConfig,
+  restartHandlerStep,
+  runInstaller,
+  serverHandle,
+  serverOf,
+} from '../lib/k3s.ts'
 
 /** How long a running agent may stay unknown to the server before it is restarted to rejoin. */
 const REJOIN_AFTER_MS = 15_000
@@ -19,24 +35,38 @@ const NODE_READY_MS = 180_000
  * (ready: false) when the server still does not know the node by then: the agent must be restarted to rejoin.
  * Past the deadline: a timeout naming the node's state and the agent's last log lines.
  */
-async function awaitNode(ctx: StepContext, deadline: number, absentAfterMs?: number): Promise<{ ready: boolean; took: string; deadline: number }> {
+async function awaitNode(
+  ctx: StepContext,
+  deadline: number,
+  absentAfterMs?: number,
+): Promise<{ ready: boolean; took: string; deadline: number }> {
   const started = Date.now()
   for (;;) {
     const node = await nodeOnServer(ctx)
     const took = `${((Date.now() - started) / 1000).toFixed(1)}s`
     if (node.exists && node.ready) return { ready: true, took, deadline }
-    if (!node.exists && absentAfterMs !== undefined && Date.now() - started > absentAfterMs) return { ready: false, took, deadline }
+    if (!node.exists && absentAfterMs !== undefined && Date.now() - started > absentAfterMs)
+      return { ready: false, took, deadline }
     if (Date.now() > deadline) {
       const state = !node.exists ? 'not registered' : 'NotReady'
       const log = await ctx.sh('journalctl -u k3s-agent -n 5 --no-pager -o cat 2>/dev/null | tail -n 5')
-      throw new ProvisionError('timeout', `node ${nodeName(ctx)} is ${state} after ${NODE_READY_MS / 1000}s; last agent log lines:\n    ${log.stdout.trim().split('\n').join('\n    ')}`, { place: { host: ctx.host } })
+      throw new ProvisionError(
+        'timeout',
+        `node ${nodeName(ctx)} is ${state} after ${NODE_READY_MS / 1000}s; last agent log lines:\n    ${log.stdout.trim().split('\n').join('\n    ')}`,
+        { place: { host: ctx.host } },
+      )
     }
     await new Promise((r) => setTimeout(r, 1000))
   }
 }
 
 function agentConfig(ctx: StepContext): string {
-  return renderK3sConfig({ 'node-name': ctx.vars.hostname, 'node-label': ctx.vars.node_labels, 'node-taint': ctx.vars.node_taints, ...extraConfig(ctx.vars.k3s_extra_args) })
+  return renderK3sConfig({
+    'node-name': ctx.vars.hostname,
+    'node-label': ctx.vars.node_labels,
+    'node-taint': ctx.vars.node_taints,
+    ...extraConfig(ctx.vars.k3s_extra_args),
+  })
 }
 
 export const k3sAgent: Role = {
@@ -63,15 +93,27 @@ export const k3sAgent: Role = {
         return {
           summary: `delete the stale Node ${name} (and its node-password secret) on the server`,
           async apply() {
-            await (await serverHandle(ctx)).must(kubectl('delete node', name), { what: `delete the stale Node ${name} on the server` })
+            await (await serverHandle(ctx)).must(kubectl('delete node', name), {
+              what: `delete the stale Node ${name} on the server`,
+            })
             return `deleted the stale Node ${name} (and its node-password secret) on the server`
           },
         }
       },
     },
-    file('Write /etc/rancher/k3s/config.yaml (labels and taints)', (ctx) => ({ path: K3S_CONFIG, content: agentConfig(ctx), mode: '0600', backup: true, notifyIf: configNeedsRestart }), {
-      notify: ['Restart k3s-agent'],
-    }),
+    file(
+      'Write /etc/rancher/k3s/config.yaml (labels and taints)',
+      (ctx) => ({
+        path: K3S_CONFIG,
+        content: agentConfig(ctx),
+        mode: '0600',
+        backup: true,
+        notifyIf: configNeedsRestart,
+      }),
+      {
+        notify: ['Restart k3s-agent'],
+      },
+    ),
     {
       name: 'Join the cluster (install k3s agent only when missing, another version, or another server/token)',
       facts: () => [k3sInstallFact],
@@ -81,17 +123,34 @@ export const k3sAgent: Role = {
         const server = serverOf(ctx.inventory)
         const want = ctx.vars.k3s_version
         const why: string[] = []
-        if (cur.serverUnit) return { status: 'failed', message: 'this host runs a k3s server; it cannot also be an agent (uninstall with k3s-uninstall.sh first)' }
+        if (cur.serverUnit)
+          return {
+            status: 'failed',
+            message: 'this host runs a k3s server; it cannot also be an agent (uninstall with k3s-uninstall.sh first)',
+          }
         if (!cur.agentUnit || !cur.version) why.push(`install k3s ${want} (agent)`)
         else if (cur.version !== want) why.push(`upgrade k3s ${cur.version} -> ${want}`)
-        if (cur.agentUnit && cur.agentEnv.K3S_URL !== server.url) why.push(`server ${cur.agentEnv.K3S_URL ?? 'unset'} -> ${server.url}`)
+        if (cur.agentUnit && cur.agentEnv.K3S_URL !== server.url)
+          why.push(`server ${cur.agentEnv.K3S_URL ?? 'unset'} -> ${server.url}`)
         if (cur.agentUnit && cur.agentEnv.K3S_TOKEN !== token) why.push('new cluster token')
         if (why.length === 0) return { status: 'ok', message: `k3s ${want} agent of ${server.url}` }
         installerWillRestart(ctx)
-        return { summary: why.join(', '), apply: () => runInstaller(ctx, { kind: 'agent', secretEnv: { K3S_URL: server.url, K3S_TOKEN: token } }) }
+        return {
+          summary: why.join(', '),
+          apply: () => runInstaller(ctx, { kind: 'agent', secretEnv: { K3S_URL: server.url, K3S_TOKEN: token } }),
+        }
       },
     },
-    systemdUnit('Keep k3s-agent enabled and running', (ctx) => ({ unit: 'k3s-agent.service', enabled: true, active: true, startTimeout: { seconds: ctx.vars.k3s_start_timeout, setting: 'k3s_start_timeout' } }), { onlyForReal: 'k3s-agent is installed only for real' }),
+    systemdUnit(
+      'Keep k3s-agent enabled and running',
+      (ctx) => ({
+        unit: 'k3s-agent.service',
+        enabled: true,
+        active: true,
+        startTimeout: { seconds: ctx.vars.k3s_start_timeout, setting: 'k3s_start_timeout' },
+      }),
+      { onlyForReal: 'k3s-agent is installed only for real' },
+    ),
     flushHandlers('Restart k3s-agent if its config changed'),
     {
       // A server rebuilt without a backup has a new datastore (and CA): it does not know this node, and the
@@ -115,4 +174,3 @@ export const k3sAgent: Role = {
   ],
   handlers: [handler(restartHandlerStep('k3s-agent'))],
 }
-

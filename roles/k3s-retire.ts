@@ -5,11 +5,10 @@
 // and kubectl drain would wait for pods that never go. Deleting its Node lets its pods start elsewhere.
 
 import { ProvisionError } from '../lib/errors.ts'
-import type { RunResult } from '../lib/connection.ts'
 import { runKey, type Role } from '../lib/role.ts'
 import { bounded } from '../lib/shell.ts'
 import { drainNode, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
-import { isReady, kubectl, kubeFact, kubeObjects, nameOf, type KubeObject } from '../lib/kube.ts'
+import { isReady, kubectl, kubeFact, kubeObjects } from '../lib/kube.ts'
 import { k3sInstallFact, nodeName } from '../lib/k3s.ts'
 
 const AGENT_UNINSTALL = '/usr/local/bin/k3s-agent-uninstall.sh'
@@ -40,17 +39,34 @@ export function drainNodeRole(node: string): Role {
           if (found.metadata.labels?.['node-role.kubernetes.io/control-plane'] === 'true')
             return { status: 'failed', message: `${node} is a k3s server (control-plane): retire removes agents only` }
           if (!isReady(found))
-            return { status: 'skipped', message: `${node} is NotReady (the Pi is off or gone?): nothing can be evicted from it; its pods start elsewhere once its Node is deleted` }
-          const evict = podsToEvict(read.filter((o) => o.kind === 'Pod'), node)
+            return {
+              status: 'skipped',
+              message: `${node} is NotReady (the Pi is off or gone?): nothing can be evicted from it; its pods start elsewhere once its Node is deleted`,
+            }
+          const evict = podsToEvict(
+            read.filter((o) => o.kind === 'Pod'),
+            node,
+          )
           const cordoned = found.spec?.unschedulable === true
-          if (cordoned && evict.length === 0) return { status: 'ok', message: 'cordoned, no pods left on it but DaemonSet pods' }
-          const what = evict.length ? `evict ${evict.length} pod${evict.length === 1 ? '' : 's'} (${list(evict)})` : 'nothing to evict'
+          if (cordoned && evict.length === 0)
+            return { status: 'ok', message: 'cordoned, no pods left on it but DaemonSet pods' }
+          const what = evict.length
+            ? `evict ${evict.length} pod${evict.length === 1 ? '' : 's'} (${list(evict)})`
+            : 'nothing to evict'
           const stuck = podsWithNowhereElse(read, node)
-          if (stuck.length) ctx.warn(`${stuck.length} pod${stuck.length === 1 ? '' : 's'} on ${node} fit${stuck.length === 1 ? 's' : ''} no other node and will stay Pending once evicted: ${list(stuck)} (their nodeSelector, affinity or the other nodes' taints): give them another node first`)
+          if (stuck.length)
+            ctx.warn(
+              `${stuck.length} pod${stuck.length === 1 ? '' : 's'} on ${node} fit${stuck.length === 1 ? 's' : ''} no other node and will stay Pending once evicted: ${list(stuck)} (their nodeSelector, affinity or the other nodes' taints): give them another node first`,
+            )
           return {
             summary: `cordon ${node} and ${what}`,
             async apply() {
-              await drainNode((script) => ctx.sh(script), node, ctx.vars.k3s_drain_timeout, 'it stays cordoned, nothing was uninstalled')
+              await drainNode(
+                (script) => ctx.sh(script),
+                node,
+                ctx.vars.k3s_drain_timeout,
+                'it stays cordoned, nothing was uninstalled',
+              )
               return `cordoned ${node}; ${evict.length ? what.replace(/^evict/, 'evicted') : 'nothing to evict'}`
             },
           }
@@ -69,7 +85,8 @@ export const uninstallAgentRole: Role = {
       facts: () => [k3sInstallFact],
       async plan(ctx) {
         const cur = await ctx.facts.get(k3sInstallFact)
-        if (cur.serverUnit) return { status: 'failed', message: 'this host runs a k3s server: retire removes agents only' }
+        if (cur.serverUnit)
+          return { status: 'failed', message: 'this host runs a k3s server: retire removes agents only' }
         const done = () => ctx.state.set(UNINSTALLED, true, nodeName(ctx))
         if (!cur.agentUnit && !cur.version) {
           done()
@@ -83,7 +100,10 @@ export const uninstallAgentRole: Role = {
             ctx.facts.invalidate()
             const after = await ctx.facts.get(k3sInstallFact)
             if (after.agentUnit || after.version)
-              throw new ProvisionError('step', `${AGENT_UNINSTALL} ran but k3s is still there (unit ${after.agentUnit ? 'present' : 'gone'}, binary ${after.version ?? 'gone'})`)
+              throw new ProvisionError(
+                'step',
+                `${AGENT_UNINSTALL} ran but k3s is still there (unit ${after.agentUnit ? 'present' : 'gone'}, binary ${after.version ?? 'gone'})`,
+              )
             done()
             return `uninstalled k3s-agent ${cur.version ?? ''}`.trim()
           },
@@ -109,8 +129,14 @@ export function deleteNodeRole(node: string, inInventory: boolean): Role {
             commands: [{ script: kubectl('delete node', node) }],
             async apply() {
               const done = `deleted the Node ${node} (and its node-password secret)`
-              if (!inInventory) ctx.warn(`${node} is not in the inventory, so its disk was not touched: if that Pi comes back with k3s-agent on it, it joins again`)
-              else if (!ctx.state.get(UNINSTALLED, node)) ctx.warn(`k3s-agent could not be uninstalled on ${node}: if that Pi comes back, it joins again; run retire again then`)
+              if (!inInventory)
+                ctx.warn(
+                  `${node} is not in the inventory, so its disk was not touched: if that Pi comes back with k3s-agent on it, it joins again`,
+                )
+              else if (!ctx.state.get(UNINSTALLED, node))
+                ctx.warn(
+                  `k3s-agent could not be uninstalled on ${node}: if that Pi comes back, it joins again; run retire again then`,
+                )
               return done
             },
           }

@@ -13,7 +13,21 @@ import { flushHandlers, handler, runKey, type Role, type Step, type StepContext 
 import { file, fileFact, systemdUnit, waitUntil } from '../lib/steps.ts'
 import { kubectl } from '../lib/kube.ts'
 import { findBackup, SERVER_DIR, tokenSecret } from '../lib/k3s-backup.ts'
-import { CLUSTER_TOKEN, clusterToken, installerWillRestart, extraConfig, K3S_CONFIG, k3sInstallFact, nodeName, parseNode, renderK3sConfig, restartHandlerStep, runInstaller, configNeedsRestart, nodeLabelsStep } from '../lib/k3s.ts'
+import {
+  CLUSTER_TOKEN,
+  clusterToken,
+  installerWillRestart,
+  extraConfig,
+  K3S_CONFIG,
+  k3sInstallFact,
+  nodeName,
+  parseNode,
+  renderK3sConfig,
+  restartHandlerStep,
+  runInstaller,
+  configNeedsRestart,
+  nodeLabelsStep,
+} from '../lib/k3s.ts'
 
 /** The server's Node as the API wait read it: the Ready wait starts from it instead of reading again. */
 const NODE_JSON = runKey<string>('server node as read by the API wait')
@@ -86,9 +100,14 @@ const restoreDatastore: Step = {
   async plan(ctx) {
     const present = await ctx.facts.get(fileFact(`${SERVER_DIR}/db/state.db`))
     if (present.exists) return { status: 'ok', message: 'the server has a datastore: nothing to restore' }
-    if (!ctx.vars.k3s_backup_dir) throw new ProvisionError('step', 'k3s_restore is set but k3s_backup_dir is not: say where the backups are')
+    if (!ctx.vars.k3s_backup_dir)
+      throw new ProvisionError('step', 'k3s_restore is set but k3s_backup_dir is not: say where the backups are')
     const backup = findBackup(ctx.vars.k3s_backup_dir, ctx.vars.k3s_restore!)
-    if (!backup) return { status: 'ok', message: `no backup in ${ctx.vars.k3s_backup_dir}: the server starts with a fresh datastore` }
+    if (!backup)
+      return {
+        status: 'ok',
+        message: `no backup in ${ctx.vars.k3s_backup_dir}: the server starts with a fresh datastore`,
+      }
     return {
       summary: `restore backup ${backup.name} (datastore, token, tls, cred)`,
       async apply() {
@@ -103,14 +122,23 @@ const restoreDatastore: Step = {
           ].join('\n'),
           { stdin: readFileSync(backup.db).toString('base64'), what: `restore ${backup.db}` },
         )
-        await ctx.must(`set -e; base64 -d | tar -xzf - -C ${SERVER_DIR}`, { stdin: readFileSync(backup.tarball).toString('base64'), what: `restore ${backup.tarball}` })
+        await ctx.must(`set -e; base64 -d | tar -xzf - -C ${SERVER_DIR}`, {
+          stdin: readFileSync(backup.tarball).toString('base64'),
+          what: `restore ${backup.tarball}`,
+        })
         // The datastore is sealed with the token: a mismatch would only show as a k3s crash loop later.
-        const saved = (await ctx.must(`cat ${SERVER_DIR}/token`, { what: 'read the restored token', secretOutput: true })).stdout.trim()
+        const saved = (
+          await ctx.must(`cat ${SERVER_DIR}/token`, { what: 'read the restored token', secretOutput: true })
+        ).stdout.trim()
         registerSecret(saved)
         if (tokenSecret(saved) !== tokenSecret(token))
-          throw new ProvisionError('step', `backup ${backup.name} was taken with another cluster token than the one at ${ctx.vars.k3s_token_ref}: k3s would refuse it ("bootstrap data already found and encrypted with different token")`, {
-            hint: 'restore the token that was in use when the backup was taken into the secrets store, or rebuild with -e k3s_restore=none',
-          })
+          throw new ProvisionError(
+            'step',
+            `backup ${backup.name} was taken with another cluster token than the one at ${ctx.vars.k3s_token_ref}: k3s would refuse it ("bootstrap data already found and encrypted with different token")`,
+            {
+              hint: 'restore the token that was in use when the backup was taken into the secrets store, or rebuild with -e k3s_restore=none',
+            },
+          )
         return `restored backup ${backup.name} (datastore, token, tls, cred)`
       },
     }
@@ -126,12 +154,26 @@ export const k3sServer: Role = {
         const { token, created } = await clusterToken(ctx, true)
         if (!created) return { status: 'ok', message: `token at ${ctx.vars.k3s_token_ref}` }
         // Made now, so config.yaml below can be planned with it; stored only when the run is for real.
-        return { summary: `create a new cluster token at ${ctx.vars.k3s_token_ref}`, apply: () => ctx.secrets.upsert(ctx.vars.k3s_token_ref!, token) }
+        return {
+          summary: `create a new cluster token at ${ctx.vars.k3s_token_ref}`,
+          apply: () => ctx.secrets.upsert(ctx.vars.k3s_token_ref!, token),
+        }
       },
     },
-    file('Write /etc/rancher/k3s/config.yaml', (ctx) => ({ path: K3S_CONFIG, content: serverConfig(ctx), mode: '0600', secret: true, backup: true, notifyIf: configNeedsRestart }), {
-      notify: ['Restart k3s'],
-    }),
+    file(
+      'Write /etc/rancher/k3s/config.yaml',
+      (ctx) => ({
+        path: K3S_CONFIG,
+        content: serverConfig(ctx),
+        mode: '0600',
+        secret: true,
+        backup: true,
+        notifyIf: configNeedsRestart,
+      }),
+      {
+        notify: ['Restart k3s'],
+      },
+    ),
     restoreDatastore,
     {
       name: 'Install k3s (only when missing or another version)',
@@ -141,13 +183,25 @@ export const k3sServer: Role = {
         const want = ctx.vars.k3s_version
         if (cur.version === want && cur.serverUnit) return { status: 'ok', message: `k3s ${want}` }
         if (cur.agentUnit && !cur.serverUnit)
-          return { status: 'failed', message: 'this host runs a k3s agent; uninstall it (k3s-agent-uninstall.sh) before making it the server' }
+          return {
+            status: 'failed',
+            message: 'this host runs a k3s agent; uninstall it (k3s-agent-uninstall.sh) before making it the server',
+          }
         const what = cur.version ? `upgrade k3s ${cur.version} -> ${want}` : `install k3s ${want} (server)`
         installerWillRestart(ctx)
         return { summary: what, apply: () => runInstaller(ctx, { kind: 'server' }) }
       },
     },
-    systemdUnit('Keep k3s enabled and running', (ctx) => ({ unit: 'k3s.service', enabled: true, active: true, startTimeout: { seconds: ctx.vars.k3s_start_timeout, setting: 'k3s_start_timeout' } }), { onlyForReal: 'k3s is installed only for real' }),
+    systemdUnit(
+      'Keep k3s enabled and running',
+      (ctx) => ({
+        unit: 'k3s.service',
+        enabled: true,
+        active: true,
+        startTimeout: { seconds: ctx.vars.k3s_start_timeout, setting: 'k3s_start_timeout' },
+      }),
+      { onlyForReal: 'k3s is installed only for real' },
+    ),
     flushHandlers('Restart k3s if its config changed'),
     {
       name: 'Wait for the API server',
@@ -156,12 +210,20 @@ export const k3sServer: Role = {
         // Asking for this node proves the API answers (it knows the node or says NotFound), and on a rerun the
         // answer is kept for the next step, which then needs no read of its own.
         const name = nodeName(ctx)
-        const { seconds } = await waitUntil(ctx, { timeoutSec: 180, intervalMs: 1000, what: 'the k3s API server' }, async () => {
-          const r = await ctx.sh(kubectl('get node -o json', name))
-          const up = r.code === 0 || /NotFound/.test(r.stderr)
-          if (r.code === 0) ctx.state.set(NODE_JSON, r.stdout, ctx.host)
-          return { done: up, value: null, waitingFor: `last output: ${(r.stderr || r.stdout).trim().split('\n').pop() ?? ''}` }
-        })
+        const { seconds } = await waitUntil(
+          ctx,
+          { timeoutSec: 180, intervalMs: 1000, what: 'the k3s API server' },
+          async () => {
+            const r = await ctx.sh(kubectl('get node -o json', name))
+            const up = r.code === 0 || /NotFound/.test(r.stderr)
+            if (r.code === 0) ctx.state.set(NODE_JSON, r.stdout, ctx.host)
+            return {
+              done: up,
+              value: null,
+              waitingFor: `last output: ${(r.stderr || r.stdout).trim().split('\n').pop() ?? ''}`,
+            }
+          },
+        )
         return { status: 'ok', message: `API up after ${seconds.toFixed(1)}s` }
       },
     },
@@ -172,15 +234,23 @@ export const k3sServer: Role = {
         const name = nodeName(ctx)
         let json = ctx.state.get(NODE_JSON, ctx.host)
         ctx.state.delete(NODE_JSON, ctx.host)
-        const { value: node, seconds } = await waitUntil(ctx, { timeoutSec: 180, intervalMs: 1000, what: `node ${name} Ready` }, async () => {
-          if (json === undefined) {
-            const r = await ctx.sh(kubectl('get node -o json', name))
-            if (r.code === 0) json = r.stdout
-          }
-          const seen = json === undefined ? undefined : parseNode(0, json, '')
-          json = undefined // the next poll reads again
-          return { done: seen?.ready === true, value: seen, waitingFor: seen ? 'it is NotReady' : 'it is not registered' }
-        })
+        const { value: node, seconds } = await waitUntil(
+          ctx,
+          { timeoutSec: 180, intervalMs: 1000, what: `node ${name} Ready` },
+          async () => {
+            if (json === undefined) {
+              const r = await ctx.sh(kubectl('get node -o json', name))
+              if (r.code === 0) json = r.stdout
+            }
+            const seen = json === undefined ? undefined : parseNode(0, json, '')
+            json = undefined // the next poll reads again
+            return {
+              done: seen?.ready === true,
+              value: seen,
+              waitingFor: seen ? 'it is NotReady' : 'it is not registered',
+            }
+          },
+        )
         if (!node) return { status: 'failed', message: `node ${name} is not Ready` }
         return { status: 'ok', message: `Ready after ${seconds.toFixed(1)}s` }
       },
@@ -196,16 +266,26 @@ export const k3sServer: Role = {
         if (r.code !== 0) {
           // Only a k3s that is not there yet (a --check of a fresh Pi) has none: for real, the waits above saw it up.
           const why = `cannot read /etc/rancher/k3s/k3s.yaml: ${r.stderr.trim()}`
-          return { summary: `fetch /etc/rancher/k3s/k3s.yaml to ${path} once k3s wrote it`, apply: () => Promise.reject(new ProvisionError('step', why)) }
+          return {
+            summary: `fetch /etc/rancher/k3s/k3s.yaml to ${path} once k3s wrote it`,
+            apply: () => Promise.reject(new ProvisionError('step', why)),
+          }
         }
         registerKubeconfigSecrets(r.stdout)
         const addr = ctx.vars.address!.includes(':') ? `[${ctx.vars.address}]` : ctx.vars.address!
-        const want = rewriteKubeconfig(r.stdout, `https://${addr}:${ctx.vars.k3s_api_port}`, ctx.vars.kubeconfig_context ?? ctx.host)
+        const want = rewriteKubeconfig(
+          r.stdout,
+          `https://${addr}:${ctx.vars.k3s_api_port}`,
+          ctx.vars.kubeconfig_context ?? ctx.host,
+        )
         const cur = readController(path)
         if (cur?.text === want) {
           // Same content, but readable by others (a copy made by hand, an older tool): the owner's only, as written.
           if ((cur.mode & 0o077) === 0) return { status: 'ok', message: path }
-          return { summary: `make ${path} 0600 (it is ${(cur.mode & 0o777).toString(8)})`, apply: async () => chmodSync(path, 0o600) }
+          return {
+            summary: `make ${path} 0600 (it is ${(cur.mode & 0o777).toString(8)})`,
+            apply: async () => chmodSync(path, 0o600),
+          }
         }
         return {
           summary: `write ${path} (context ${ctx.vars.kubeconfig_context ?? ctx.host})`,

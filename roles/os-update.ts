@@ -32,16 +32,27 @@ export interface PendingUpgrade {
 /** `apt-get -s full-upgrade` lines "Inst NAME [OLD] (NEW ...)": what an upgrade would install or replace. */
 export function parsePendingUpgrades(stdout: string): PendingUpgrade[] {
   const out: PendingUpgrade[] = []
-  for (const m of stdout.matchAll(/^Inst (\S+) (?:\[([^\]]+)\] )?\((\S+)/gm)) out.push({ name: m[1], from: m[2], to: m[3] })
+  for (const m of stdout.matchAll(/^Inst (\S+) (?:\[([^\]]+)\] )?\((\S+)/gm))
+    out.push({ name: m[1], from: m[2], to: m[3] })
   return out
 }
 
-export const pendingUpgradesFact = defineFact('apt:pending-upgrades', 'LC_ALL=C apt-get -s -q -o Debug::NoLocking=1 full-upgrade 2>&1', (r) => {
-  // A dpkg run that was cut off (power, a timeout) blocks apt until `dpkg --configure -a` finishes it.
-  if (r.code !== 0 && /dpkg was interrupted/.test(r.stdout)) return { upgrades: [] as PendingUpgrade[], interrupted: true }
-  if (r.code !== 0) return { upgrades: [] as PendingUpgrade[], interrupted: false, error: `apt-get -s full-upgrade failed (exit ${r.code}): ${r.stdout.trim().split('\n').slice(-3).join(' ')}` }
-  return { upgrades: parsePendingUpgrades(r.stdout), interrupted: false }
-})
+export const pendingUpgradesFact = defineFact(
+  'apt:pending-upgrades',
+  'LC_ALL=C apt-get -s -q -o Debug::NoLocking=1 full-upgrade 2>&1',
+  (r) => {
+    // A dpkg run that was cut off (power, a timeout) blocks apt until `dpkg --configure -a` finishes it.
+    if (r.code !== 0 && /dpkg was interrupted/.test(r.stdout))
+      return { upgrades: [] as PendingUpgrade[], interrupted: true }
+    if (r.code !== 0)
+      return {
+        upgrades: [] as PendingUpgrade[],
+        interrupted: false,
+        error: `apt-get -s full-upgrade failed (exit ${r.code}): ${r.stdout.trim().split('\n').slice(-3).join(' ')}`,
+      }
+    return { upgrades: parsePendingUpgrades(r.stdout), interrupted: false }
+  },
+)
 
 /**
  * When this role last fetched the package lists: a stamp of its own, since apt gives a list file the mirror's
@@ -50,10 +61,14 @@ export const pendingUpgradesFact = defineFact('apt:pending-upgrades', 'LC_ALL=C 
 const LISTS_STAMP = '/var/lib/pi-provision/apt-lists-updated'
 
 /** Seconds since the package lists were last fetched by this role (Infinity: never). */
-export const listsAgeFact = defineFact('apt:lists-age', `echo "$(date +%s) $(stat -c %Y ${LISTS_STAMP} 2>/dev/null)"`, (r) => {
-  const [now, stamp] = r.stdout.trim().split(/\s+/).map(Number)
-  return stamp > 0 ? Math.max(0, now - stamp) : Infinity
-})
+export const listsAgeFact = defineFact(
+  'apt:lists-age',
+  `echo "$(date +%s) $(stat -c %Y ${LISTS_STAMP} 2>/dev/null)"`,
+  (r) => {
+    const [now, stamp] = r.stdout.trim().split(/\s+/).map(Number)
+    return stamp > 0 ? Math.max(0, now - stamp) : Infinity
+  },
+)
 
 /**
  * Is a reboot owed: /var/run/reboot-required (with the packages that asked), or a newer kernel of the running
@@ -88,7 +103,12 @@ const BOOT_PACKAGES = /^(linux-image-|raspberrypi-kernel|raspberrypi-bootloader|
  */
 export function aptUpdateScript(waitSeconds: number, pauseSeconds = 5): string {
   const attempts = Math.max(1, Math.ceil(waitSeconds / pauseSeconds))
-  const attempt = bounded(`apt-get -o DPkg::Lock::Timeout=${waitSeconds} update -q`, 600, 'apt-get update', 'fixed 600s')
+  const attempt = bounded(
+    `apt-get -o DPkg::Lock::Timeout=${waitSeconds} update -q`,
+    600,
+    'apt-get update',
+    'fixed 600s',
+  )
   return [
     'n=0',
     // "$( (" and not "$((": the bounded command is a subshell, not arithmetic.
@@ -113,7 +133,13 @@ function names(upgrades: readonly PendingUpgrade[]): string {
 /** What a drain of this node would do: the pods it would still evict, and those no other node can take. */
 async function drainOutlook(ctx: StepContext, name: string): Promise<{ left: string[]; stuck: string[] }> {
   const objects = await kubeGet(await serverHandle(ctx), 'nodes,pods -A')
-  return { left: podsToEvict(objects.filter((o) => o.kind === 'Pod'), name), stuck: podsWithNowhereElse(objects, name) }
+  return {
+    left: podsToEvict(
+      objects.filter((o) => o.kind === 'Pod'),
+      name,
+    ),
+    stuck: podsWithNowhereElse(objects, name),
+  }
 }
 
 /** The Node, or undefined while the API cannot answer (the server itself rebooting). */
@@ -135,10 +161,15 @@ export const osUpdate: Role = {
       async plan(ctx) {
         const age = await ctx.facts.get(listsAgeFact)
         const limit = ctx.vars.apt_cache_valid_time
-        if (age < limit) return { status: 'ok', message: `fetched ${Math.round(age / 60)} min ago (apt_cache_valid_time ${limit}s)` }
+        if (age < limit)
+          return { status: 'ok', message: `fetched ${Math.round(age / 60)} min ago (apt_cache_valid_time ${limit}s)` }
         return {
-          summary: Number.isFinite(age) ? `apt-get update (last run by this playbook ${Math.round(age / 60)} min ago)` : 'apt-get update (never run by this playbook on this host)',
-          commands: [{ script: `${aptUpdateScript(APT_LOCK_WAIT)} && mkdir -p ${dirname(LISTS_STAMP)} && touch ${LISTS_STAMP}` }],
+          summary: Number.isFinite(age)
+            ? `apt-get update (last run by this playbook ${Math.round(age / 60)} min ago)`
+            : 'apt-get update (never run by this playbook on this host)',
+          commands: [
+            { script: `${aptUpdateScript(APT_LOCK_WAIT)} && mkdir -p ${dirname(LISTS_STAMP)} && touch ${LISTS_STAMP}` },
+          ],
         }
       },
     },
@@ -149,27 +180,48 @@ export const osUpdate: Role = {
       async plan(ctx) {
         const { upgrades, interrupted } = await pending(ctx)
         const reboot = (await ctx.facts.get(rebootRequiredFact)).required
-        if (upgrades.length === 0 && !interrupted && !reboot) return { status: 'ok', message: 'nothing to install, no reboot owed: no drain' }
+        if (upgrades.length === 0 && !interrupted && !reboot)
+          return { status: 'ok', message: 'nothing to install, no reboot owed: no drain' }
         const node = await nodeOnServer(ctx)
         const name = nodeName(ctx)
         if (!node.exists) return { status: 'skipped', message: `no Node ${name} in the cluster` }
-        if (!node.ready) return { status: 'skipped', message: `${name} is NotReady: nothing can be evicted from it; updating it without a drain` }
+        if (!node.ready)
+          return {
+            status: 'skipped',
+            message: `${name} is NotReady: nothing can be evicted from it; updating it without a drain`,
+          }
         const marked = Boolean(node.annotations[DRAINED_MARK])
         // Cordoned by the owner: drained all the same, but not marked, so it stays cordoned afterwards.
         const byHand = node.unschedulable && !marked
         const { left, stuck } = await drainOutlook(ctx, name)
         if (node.unschedulable && left.length === 0)
-          return { status: 'ok', message: marked ? 'drained by an earlier run that did not finish' : 'cordoned by hand, no pods left to evict (it stays cordoned)' }
+          return {
+            status: 'ok',
+            message: marked
+              ? 'drained by an earlier run that did not finish'
+              : 'cordoned by hand, no pods left to evict (it stays cordoned)',
+          }
         const what = left.length ? `evict ${left.length} pod${left.length === 1 ? '' : 's'}` : 'cordon it'
         // Pinned to this node (Unbound on its DNS node, say): down until the node is back. Said, not refused.
-        if (stuck.length) ctx.warn(`${stuck.length} pod${stuck.length === 1 ? '' : 's'} fit${stuck.length === 1 ? 's' : ''} no other node and will wait Pending until ${name} is back: ${stuck.join(', ')}`)
+        if (stuck.length)
+          ctx.warn(
+            `${stuck.length} pod${stuck.length === 1 ? '' : 's'} fit${stuck.length === 1 ? 's' : ''} no other node and will wait Pending until ${name} is back: ${stuck.join(', ')}`,
+          )
         return {
           summary: `drain ${name} (${what})`,
           async apply() {
             // Marked first: a run cut off mid-drain leaves a Node the next run knows it may uncordon.
             const server = await serverHandle(ctx)
-            if (!byHand && !marked) await server.must(kubectl('annotate --overwrite node', name, `${DRAINED_MARK}=update`), { what: `mark the Node ${name}` })
-            await drainNode((script) => server.sh(script), name, ctx.vars.k3s_drain_timeout, 'the node stays cordoned and nothing was installed; the next run drains it again')
+            if (!byHand && !marked)
+              await server.must(kubectl('annotate --overwrite node', name, `${DRAINED_MARK}=update`), {
+                what: `mark the Node ${name}`,
+              })
+            await drainNode(
+              (script) => server.sh(script),
+              name,
+              ctx.vars.k3s_drain_timeout,
+              'the node stays cordoned and nothing was installed; the next run drains it again',
+            )
             return `drained ${name} (${what.replace(/^evict/, 'evicted').replace(/^cordon it/, 'cordoned')})${byHand ? '; cordoned by hand, it stays cordoned' : ''}`
           },
         }
@@ -181,7 +233,9 @@ export const osUpdate: Role = {
       async plan(ctx) {
         const { upgrades, interrupted } = await pending(ctx)
         if (upgrades.length === 0 && !interrupted) return { status: 'ok', message: 'up to date' }
-        const what = interrupted ? 'an interrupted dpkg run, then the updates' : `${upgrades.length} package${upgrades.length === 1 ? '' : 's'}: ${names(upgrades)}`
+        const what = interrupted
+          ? 'an interrupted dpkg run, then the updates'
+          : `${upgrades.length} package${upgrades.length === 1 ? '' : 's'}: ${names(upgrades)}`
         const apt = `apt-get -o DPkg::Lock::Timeout=${APT_LOCK_WAIT} -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold -y -q full-upgrade`
         const boot = upgrades.map((u) => u.name).filter((n) => BOOT_PACKAGES.test(n))
         const script = [
@@ -191,9 +245,15 @@ export const osUpdate: Role = {
           `dpkg --configure -a --force-confdef --force-confold`,
           bounded(apt, ctx.vars.apt_upgrade_timeout, 'apt-get full-upgrade', 'apt_upgrade_timeout'),
           // Pi OS's kernel and firmware packages do not ask for the reboot they need: ask for them.
-          ...(boot.length ? [`printf '%s\\n' ${boot.map(quote).join(' ')} >> ${REBOOT_REQUIRED}.pkgs`, `touch ${REBOOT_REQUIRED}`] : []),
+          ...(boot.length
+            ? [`printf '%s\\n' ${boot.map(quote).join(' ')} >> ${REBOOT_REQUIRED}.pkgs`, `touch ${REBOOT_REQUIRED}`]
+            : []),
         ].join('\n')
-        return { summary: `${interrupted ? 'finish' : 'upgrade'} ${what}`, commands: [{ script }], apply: async () => (interrupted ? `finished ${what}` : `upgraded ${what}`) }
+        return {
+          summary: `${interrupted ? 'finish' : 'upgrade'} ${what}`,
+          commands: [{ script }],
+          apply: async () => (interrupted ? `finished ${what}` : `upgraded ${what}`),
+        }
       },
     },
     {
@@ -203,7 +263,10 @@ export const osUpdate: Role = {
       async plan(ctx) {
         const r = await ctx.facts.get(rebootRequiredFact)
         if (!r.required) return { status: 'ok', message: 'no reboot asked for' }
-        const why = [...(r.packages.length ? [`asked for by ${r.packages.join(', ')}`] : []), ...(r.kernel ? [`kernel ${r.kernel.installed} installed, ${r.kernel.running} running`] : [])]
+        const why = [
+          ...(r.packages.length ? [`asked for by ${r.packages.join(', ')}`] : []),
+          ...(r.kernel ? [`kernel ${r.kernel.installed} installed, ${r.kernel.running} running`] : []),
+        ]
         // Nothing to run here: the change is the reboot this notifies, carried out by the handler.
         return { summary: `reboot ${why.join('; ') || 'asked for'}` }
       },
@@ -216,15 +279,29 @@ export const osUpdate: Role = {
       onlyForReal: 'it waits for the node the steps above updated and rebooted',
       async plan(ctx) {
         const boot = (await ctx.must('cat /proc/sys/kernel/random/boot_id', { what: 'read the boot id' })).stdout.trim()
-        const back = (n: NodeView | undefined) => n !== undefined && (!n.exists || (n.ready && (n.bootID === undefined || n.bootID === boot)))
+        const back = (n: NodeView | undefined) =>
+          n !== undefined && (!n.exists || (n.ready && (n.bootID === undefined || n.bootID === boot)))
         const first = await nodeIfAnswering(ctx)
         if (first && !first.exists) return { status: 'ok', message: 'not a node of the cluster' }
         if (back(first)) return { status: 'ok', message: 'Ready' }
-        const { seconds } = await waitUntil(ctx, { timeoutSec: ctx.vars.k3s_start_timeout, intervalMs: 1000, what: `node ${nodeName(ctx)} Ready (k3s_start_timeout)` }, async () => {
-          const n = await nodeIfAnswering(ctx)
-          const waitingFor = n === undefined ? 'the API server does not answer yet' : !n.ready ? 'NotReady' : 'the server still shows the boot before the reboot'
-          return { done: back(n), value: n, waitingFor }
-        })
+        const { seconds } = await waitUntil(
+          ctx,
+          {
+            timeoutSec: ctx.vars.k3s_start_timeout,
+            intervalMs: 1000,
+            what: `node ${nodeName(ctx)} Ready (k3s_start_timeout)`,
+          },
+          async () => {
+            const n = await nodeIfAnswering(ctx)
+            const waitingFor =
+              n === undefined
+                ? 'the API server does not answer yet'
+                : !n.ready
+                  ? 'NotReady'
+                  : 'the server still shows the boot before the reboot'
+            return { done: back(n), value: n, waitingFor }
+          },
+        )
         return { status: 'ok', message: `Ready after ${seconds.toFixed(1)}s` }
       },
     },
@@ -234,11 +311,18 @@ export const osUpdate: Role = {
       async plan(ctx) {
         const node = await nodeOnServer(ctx)
         const name = nodeName(ctx)
-        if (!node.exists || !node.annotations[DRAINED_MARK]) return { status: 'ok', message: node.unschedulable ? 'cordoned, but not by this playbook: left so' : 'schedulable' }
+        if (!node.exists || !node.annotations[DRAINED_MARK])
+          return {
+            status: 'ok',
+            message: node.unschedulable ? 'cordoned, but not by this playbook: left so' : 'schedulable',
+          }
         return {
           summary: `uncordon ${name}`,
           async apply() {
-            await (await serverHandle(ctx)).must(`${kubectl('uncordon', name)} && ${kubectl('annotate node', name, `${DRAINED_MARK}-`)}`, { what: `uncordon ${name}` })
+            await (await serverHandle(ctx)).must(
+              `${kubectl('uncordon', name)} && ${kubectl('annotate node', name, `${DRAINED_MARK}-`)}`,
+              { what: `uncordon ${name}` },
+            )
             return `uncordoned ${name}`
           },
         }

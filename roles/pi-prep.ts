@@ -5,14 +5,27 @@
 import { nodeNameFrom } from '../lib/inventory.ts'
 import { defineFact } from '../lib/facts.ts'
 import { flushHandlers, handler, type Role, type StepContext } from '../lib/role.ts'
-import { aptPackages, command, file, fileFact, packagesFact, planFile, rebootHandler, systemdReloadHandler, systemdUnit, tokensInFile } from '../lib/steps.ts'
+import {
+  aptPackages,
+  command,
+  file,
+  fileFact,
+  packagesFact,
+  planFile,
+  rebootHandler,
+  systemdReloadHandler,
+  systemdUnit,
+  tokensInFile,
+} from '../lib/steps.ts'
 import { ProvisionError } from '../lib/errors.ts'
 
 // Bookworm keeps the boot partition at /boot/firmware; older Pi OS at /boot.
 export const CMDLINE_CANDIDATES = ['/boot/firmware/cmdline.txt', '/boot/cmdline.txt']
 
-export const cmdlinePathFact = defineFact('cmdline-path', CMDLINE_CANDIDATES.map((p) => `[ -f ${p} ] && { echo ${p}; exit 0; }`).join('; ') + '; exit 1', (r) =>
-  r.code === 0 ? r.stdout.trim() : null,
+export const cmdlinePathFact = defineFact(
+  'cmdline-path',
+  CMDLINE_CANDIDATES.map((p) => `[ -f ${p} ] && { echo ${p}; exit 0; }`).join('; ') + '; exit 1',
+  (r) => (r.code === 0 ? r.stdout.trim() : null),
 )
 
 export interface ArchFacts {
@@ -25,15 +38,24 @@ export interface ArchFacts {
   mixed: boolean
 }
 
-export const archFact = defineFact('arch', 'uname -m; dpkg --print-architecture; getconf LONG_BIT', (r) => parseArch(r.stdout))
+export const archFact = defineFact('arch', 'uname -m; dpkg --print-architecture; getconf LONG_BIT', (r) =>
+  parseArch(r.stdout),
+)
 
 /** k3s must match the userland, not the kernel: a Pi with 32-bit Pi OS on a 64-bit kernel reports aarch64. */
 export function parseArch(stdout: string): ArchFacts {
-  const [kernel = '', userland = '', bits = ''] = stdout.trim().split('\n').map((s) => s.trim())
+  const [kernel = '', userland = '', bits = ''] = stdout
+    .trim()
+    .split('\n')
+    .map((s) => s.trim())
   const longBit = Number(bits)
   const byUserland: Record<string, string> = { arm64: 'arm64', armhf: 'armhf', armel: 'armhf', amd64: 'amd64' }
   const k3sArch = byUserland[userland]
-  if (!k3sArch) throw new ProvisionError('step', `unsupported architecture: kernel ${kernel}, userland ${userland || 'unknown'} (k3s ships arm64, armhf and amd64)`)
+  if (!k3sArch)
+    throw new ProvisionError(
+      'step',
+      `unsupported architecture: kernel ${kernel}, userland ${userland || 'unknown'} (k3s ships arm64, armhf and amd64)`,
+    )
   const kernel64 = kernel === 'aarch64' || kernel === 'x86_64'
   return { kernel, userland, longBit, k3sArch, mixed: kernel64 && longBit === 32 }
 }
@@ -55,7 +77,12 @@ export const BASE_PACKAGES = ['nfs-common', 'curl', 'ca-certificates', 'iptables
 
 async function cmdlinePath(ctx: StepContext): Promise<string> {
   const p = await ctx.facts.get(cmdlinePathFact)
-  if (!p) throw new ProvisionError('step', `no cmdline.txt on the host (looked for ${CMDLINE_CANDIDATES.join(', ')}): is this Raspberry Pi OS?`, { place: { host: ctx.host } })
+  if (!p)
+    throw new ProvisionError(
+      'step',
+      `no cmdline.txt on the host (looked for ${CMDLINE_CANDIDATES.join(', ')}): is this Raspberry Pi OS?`,
+      { place: { host: ctx.host } },
+    )
   return p
 }
 
@@ -85,10 +112,15 @@ export const piPrep: Role = {
       facts: () => [archFact],
       async plan(ctx) {
         const a = await ctx.facts.get(archFact)
-        return { status: 'ok', message: `${a.k3sArch}${a.mixed ? ` (32-bit userland on a 64-bit ${a.kernel} kernel)` : ''}` }
+        return {
+          status: 'ok',
+          message: `${a.k3sArch}${a.mixed ? ` (32-bit userland on a 64-bit ${a.kernel} kernel)` : ''}`,
+        }
       },
     },
-    file('Set the hostname', (ctx) => ({ path: '/etc/hostname', content: `${hostnameOf(ctx)}\n`, mode: '0644' }), { notify: ['Apply the hostname'] }),
+    file('Set the hostname', (ctx) => ({ path: '/etc/hostname', content: `${hostnameOf(ctx)}\n`, mode: '0644' }), {
+      notify: ['Apply the hostname'],
+    }),
     {
       name: 'Map the hostname in /etc/hosts',
       facts: () => [fileFact('/etc/hosts')],
@@ -107,25 +139,49 @@ export const piPrep: Role = {
       notify: ['Reboot'],
       facts: () => [cmdlinePathFact],
     }),
-    command('Turn swap off now', () => ({ script: 'swapoff -a', unless: `[ "$(wc -l < /proc/swaps)" -le 1 ]`, summary: 'swapoff -a' })),
-    systemdUnit('Stop and disable dphys-swapfile', () => ({ unit: 'dphys-swapfile.service', enabled: false, active: false, deferReload: true }), {
-      notify: ['Reload systemd units'],
-      when: async (ctx) => (await ctx.facts.get(packagesFact(['dphys-swapfile']))).get('dphys-swapfile') === true,
-      facts: () => [packagesFact(['dphys-swapfile']), fileFact('/var/swap')],
-    }),
+    command('Turn swap off now', () => ({
+      script: 'swapoff -a',
+      unless: `[ "$(wc -l < /proc/swaps)" -le 1 ]`,
+      summary: 'swapoff -a',
+    })),
+    systemdUnit(
+      'Stop and disable dphys-swapfile',
+      () => ({ unit: 'dphys-swapfile.service', enabled: false, active: false, deferReload: true }),
+      {
+        notify: ['Reload systemd units'],
+        when: async (ctx) => (await ctx.facts.get(packagesFact(['dphys-swapfile']))).get('dphys-swapfile') === true,
+        facts: () => [packagesFact(['dphys-swapfile']), fileFact('/var/swap')],
+      },
+    ),
     command('Remove the dphys-swapfile swap file', () => ({
       script: 'dphys-swapfile uninstall >/dev/null 2>&1 || true; rm -f /var/swap',
       unless: '[ ! -e /var/swap ]',
       summary: 'remove /var/swap',
     })),
-    ...SWAP_UNITS.map((unit) => systemdUnit(`Mask ${unit}`, () => ({ unit, masked: true, deferReload: true }), { notify: ['Reload systemd units'] })),
-    aptPackages('Install the packages the cluster needs', (ctx) => ({ present: [...BASE_PACKAGES, ...ctx.vars.extra_packages] })),
-    file('Load the kernel modules k3s needs at boot', () => ({ path: '/etc/modules-load.d/k3s.conf', content: K3S_MODULES.join('\n') + '\n' }), {
-      notify: ['Load the kernel modules'],
-    }),
+    ...SWAP_UNITS.map((unit) =>
+      systemdUnit(`Mask ${unit}`, () => ({ unit, masked: true, deferReload: true }), {
+        notify: ['Reload systemd units'],
+      }),
+    ),
+    aptPackages('Install the packages the cluster needs', (ctx) => ({
+      present: [...BASE_PACKAGES, ...ctx.vars.extra_packages],
+    })),
+    file(
+      'Load the kernel modules k3s needs at boot',
+      () => ({ path: '/etc/modules-load.d/k3s.conf', content: K3S_MODULES.join('\n') + '\n' }),
+      {
+        notify: ['Load the kernel modules'],
+      },
+    ),
     file(
       'Set the sysctls k3s needs',
-      () => ({ path: '/etc/sysctl.d/90-k3s.conf', content: Object.entries(K3S_SYSCTLS).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n' }),
+      () => ({
+        path: '/etc/sysctl.d/90-k3s.conf',
+        content:
+          Object.entries(K3S_SYSCTLS)
+            .map(([k, v]) => `${k} = ${v}`)
+            .join('\n') + '\n',
+      }),
       { notify: ['Apply the sysctls'] },
     ),
     flushHandlers('Reboot where cmdline.txt changed, then verify'),
@@ -163,13 +219,19 @@ export const piPrep: Role = {
       name: 'Load the kernel modules',
       async plan() {
         // Ask for what k3s needs, not for a module file: built into the kernel, a module may not exist at all.
-        return { summary: 'modprobe ' + K3S_MODULES.join(' '), commands: K3S_MODULES.map((m) => ({ script: `${MODULE_PRESENT[m]} || modprobe ${m}` })) }
+        return {
+          summary: 'modprobe ' + K3S_MODULES.join(' '),
+          commands: K3S_MODULES.map((m) => ({ script: `${MODULE_PRESENT[m]} || modprobe ${m}` })),
+        }
       },
     }),
     handler({
       name: 'Apply the sysctls',
       async plan() {
-        return { summary: 'apply /etc/sysctl.d/90-k3s.conf', commands: [{ script: 'sysctl -q -p /etc/sysctl.d/90-k3s.conf' }] }
+        return {
+          summary: 'apply /etc/sysctl.d/90-k3s.conf',
+          commands: [{ script: 'sysctl -q -p /etc/sysctl.d/90-k3s.conf' }],
+        }
       },
     }),
     systemdReloadHandler('Reload systemd units'),

@@ -18,31 +18,80 @@ export function isNfsExport(s: string): boolean {
   if (!m || s.length > 1024) return false
   const host = m[1].startsWith('[') ? m[1].slice(1, -1) : m[1]
   // The path is one fstab field: no white space, no control characters, no "\" (fstab's escapes).
-  return isAddress(host) && (host.includes(':') === m[1].startsWith('[')) && !/[\s\\\x00-\x1f\x7f]/.test(m[2])
+  return isAddress(host) && host.includes(':') === m[1].startsWith('[') && !/[\s\\\x00-\x1f\x7f]/.test(m[2])
 }
 
 /** Directories a mount must never hide. */
-const SYSTEM_DIRS = ['/bin', '/boot', '/dev', '/etc', '/lib', '/proc', '/root', '/run', '/sbin', '/sys', '/tmp', '/usr', '/var']
+const SYSTEM_DIRS = [
+  '/bin',
+  '/boot',
+  '/dev',
+  '/etc',
+  '/lib',
+  '/proc',
+  '/root',
+  '/run',
+  '/sbin',
+  '/sys',
+  '/tmp',
+  '/usr',
+  '/var',
+]
 
 /** An absolute, normalised path below "/" (no "//", "." or ".." parts, no trailing "/"), and not a system directory. */
 export function isMountPoint(s: string): boolean {
   const parts = s.split('/').slice(1)
-  return s.length <= 1024 && /^(\/[A-Za-z0-9._@+-]+)+$/.test(s) && !parts.includes('.') && !parts.includes('..') && !SYSTEM_DIRS.includes(s)
+  return (
+    s.length <= 1024 &&
+    /^(\/[A-Za-z0-9._@+-]+)+$/.test(s) &&
+    !parts.includes('.') &&
+    !parts.includes('..') &&
+    !SYSTEM_DIRS.includes(s)
+  )
 }
 
 /** One mount option: name or name=value, no "," (one option per list item) and no white space. */
 export const isMountOption = (s: string): boolean => s.length <= 256 && /^[A-Za-z0-9_][A-Za-z0-9_.=:+@/-]*$/.test(s)
 
 // Grammars of this role's own, made like lib/grammar.ts's: a noun for messages and a valibot schema.
-const NfsExport = defineGrammar('NFS export', v.pipe(v.string('expected a string: host:/path'), v.check(isNfsExport, 'expected host:/path (an address or host name, ":", an absolute path without spaces), like nas.lan:/volume1/data')))
+const NfsExport = defineGrammar(
+  'NFS export',
+  v.pipe(
+    v.string('expected a string: host:/path'),
+    v.check(
+      isNfsExport,
+      'expected host:/path (an address or host name, ":", an absolute path without spaces), like nas.lan:/volume1/data',
+    ),
+  ),
+)
 const MountPoint = defineGrammar(
   'mount point',
-  v.pipe(v.string('expected a string: an absolute path'), v.check(isMountPoint, `expected an absolute path like /mnt/nas (letters, digits, "._@+-" between "/"; not ${SYSTEM_DIRS.join(', ')})`)),
+  v.pipe(
+    v.string('expected a string: an absolute path'),
+    v.check(
+      isMountPoint,
+      `expected an absolute path like /mnt/nas (letters, digits, "._@+-" between "/"; not ${SYSTEM_DIRS.join(', ')})`,
+    ),
+  ),
 )
-const MountOption = defineGrammar('mount option', v.pipe(v.string('expected a string: one mount option'), v.check(isMountOption, 'expected one mount option like soft or timeo=50 (no "," or spaces: one option per list item)')))
+const MountOption = defineGrammar(
+  'mount option',
+  v.pipe(
+    v.string('expected a string: one mount option'),
+    v.check(
+      isMountOption,
+      'expected one mount option like soft or timeo=50 (no "," or spaces: one option per list item)',
+    ),
+  ),
+)
 
 export const NAS_VARS = defineVars({
-  nas_export: { type: 'string', doc: 'the NFS export to mount on every node, host:/path', grammar: NfsExport, required: true },
+  nas_export: {
+    type: 'string',
+    doc: 'the NFS export to mount on every node, host:/path',
+    grammar: NfsExport,
+    required: true,
+  },
   nas_mount_point: { type: 'path', doc: 'where every node mounts it', grammar: MountPoint, default: '/mnt/nas' },
   nas_mount_options: {
     type: 'list',
@@ -101,14 +150,25 @@ export function mountPointFact(path: string): Fact<MountPointState> {
 }
 
 /** Whether systemd can automount here: its own test (a container, such as the lab's hosts, has no /dev/autofs). */
-export const autofsFact = defineFact('autofs', '[ -e /dev/autofs ] && echo yes || echo no', (r) => r.stdout.trim() === 'yes')
+export const autofsFact = defineFact(
+  'autofs',
+  '[ -e /dev/autofs ] && echo yes || echo no',
+  (r) => r.stdout.trim() === 'yes',
+)
 
 /** `systemctl show` of the generated units: where each was loaded from, and what starts the automount at boot. */
 export function parseUnitShow(stdout: string): Record<string, string>[] {
   return stdout
     .trim()
     .split(/\n\s*\n/)
-    .map((block) => Object.fromEntries(block.split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])))
+    .map((block) =>
+      Object.fromEntries(
+        block
+          .split('\n')
+          .filter((l) => l.includes('='))
+          .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+      ),
+    )
 }
 
 // ---------------------------------------------------------------- the role
@@ -133,7 +193,11 @@ export const nasMount: Role = {
       'Add the NAS to /etc/fstab',
       (ctx) => {
         const { nas_export, nas_mount_point, nas_mount_options } = nas(ctx)
-        return { path: '/etc/fstab', line: fstabLine(nas_export, nas_mount_point, nas_mount_options), match: fstabMatch(nas_export, nas_mount_point) }
+        return {
+          path: '/etc/fstab',
+          line: fstabLine(nas_export, nas_mount_point, nas_mount_options),
+          match: fstabMatch(nas_export, nas_mount_point),
+        }
       },
       { notify: ['Reload systemd units'] },
     ),
@@ -144,13 +208,23 @@ export const nasMount: Role = {
       async plan(ctx) {
         const path = nas(ctx).nas_mount_point
         const units = [unitOfPath(path, 'mount'), unitOfPath(path, 'automount')]
-        const r = await ctx.must(`systemctl show -p Id,LoadState,SourcePath,FragmentPath,WantedBy,RequiredBy ${units.map(quote).join(' ')}`)
+        const r = await ctx.must(
+          `systemctl show -p Id,LoadState,SourcePath,FragmentPath,WantedBy,RequiredBy ${units.map(quote).join(' ')}`,
+        )
         const [mount, automount] = parseUnitShow(r.stdout)
-        const fromFstab = (u: Record<string, string> | undefined) => u?.LoadState === 'loaded' && u.SourcePath === '/etc/fstab'
+        const fromFstab = (u: Record<string, string> | undefined) =>
+          u?.LoadState === 'loaded' && u.SourcePath === '/etc/fstab'
         if (!fromFstab(mount) || !fromFstab(automount))
-          return { status: 'failed', message: `systemd has no ${units.join(' and ')} from /etc/fstab (systemctl show says:\n${r.stdout.trim()})` }
+          return {
+            status: 'failed',
+            message: `systemd has no ${units.join(' and ')} from /etc/fstab (systemctl show says:\n${r.stdout.trim()})`,
+          }
         const atBoot = `${automount.WantedBy} ${automount.RequiredBy}`.trim()
-        if (!/\bremote-fs\.target\b/.test(atBoot)) return { status: 'failed', message: `${units[1]} is not started at boot by remote-fs.target (wanted by: ${atBoot || 'nothing'})` }
+        if (!/\bremote-fs\.target\b/.test(atBoot))
+          return {
+            status: 'failed',
+            message: `${units[1]} is not started at boot by remote-fs.target (wanted by: ${atBoot || 'nothing'})`,
+          }
         return { status: 'ok', message: `${units[0]} from /etc/fstab; ${units[1]} started at boot by remote-fs.target` }
       },
     },
@@ -158,7 +232,11 @@ export const nasMount: Role = {
       name: 'Start the automount, so the share is there without a reboot',
       facts: (ctx) => [autofsFact, unitFact(unitOfPath(nas(ctx).nas_mount_point, 'automount'))],
       async plan(ctx) {
-        if (!(await ctx.facts.get(autofsFact))) return { status: 'skipped', message: 'systemd cannot automount on this host (no /dev/autofs, as in a container)' }
+        if (!(await ctx.facts.get(autofsFact)))
+          return {
+            status: 'skipped',
+            message: 'systemd cannot automount on this host (no /dev/autofs, as in a container)',
+          }
         const unit = unitOfPath(nas(ctx).nas_mount_point, 'automount')
         return planUnit(await ctx.facts.get(unitFact(unit)), { unit, active: true })
       },

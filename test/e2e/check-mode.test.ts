@@ -29,11 +29,20 @@ async function hostState(host: string): Promise<string> {
 
 /** The Nodes as the server has them (names, labels, taints, cordon), or "no cluster" on a fresh lab. */
 async function clusterState(): Promise<string> {
-  const r = await labExec('pi-k3s', "command -v k3s >/dev/null || { echo 'no cluster'; exit 0; }; k3s kubectl get nodes -o json")
+  const r = await labExec(
+    'pi-k3s',
+    "command -v k3s >/dev/null || { echo 'no cluster'; exit 0; }; k3s kubectl get nodes -o json",
+  )
   if (r.code !== 0) throw new Error(`reading the Nodes: ${r.stderr}`)
   if (r.stdout.trim() === 'no cluster') return 'no cluster'
-  const items = (JSON.parse(r.stdout) as { items: { metadata: { name: string; labels?: object }; spec?: { taints?: object; unschedulable?: boolean } }[] }).items
-  return JSON.stringify(items.map((n) => [n.metadata.name, n.metadata.labels, n.spec?.taints, n.spec?.unschedulable ?? false]))
+  const items = (
+    JSON.parse(r.stdout) as {
+      items: { metadata: { name: string; labels?: object }; spec?: { taints?: object; unschedulable?: boolean } }[]
+    }
+  ).items
+  return JSON.stringify(
+    items.map((n) => [n.metadata.name, n.metadata.labels, n.spec?.taints, n.spec?.unschedulable ?? false]),
+  )
 }
 
 async function everything(): Promise<Record<string, string>> {
@@ -106,7 +115,9 @@ describe('--check on a fresh lab', () => {
     expect(real.run.code, real.run.out).toBe(0)
     const predicted = check.steps.filter((e) => e.status === 'changed').map(key)
     // Skipped under --check because they only make sense for real (waits for what earlier steps did).
-    const forRealOnly = new Set(check.steps.filter((e) => e.status === 'skipped' && e.message?.startsWith('check mode: ')).map(key))
+    const forRealOnly = new Set(
+      check.steps.filter((e) => e.status === 'skipped' && e.message?.startsWith('check mode: ')).map(key),
+    )
     const done = real.steps.filter((e) => e.status === 'changed').map(key)
     // Every change the real run made was announced (or belongs to a step that only runs for real) ...
     expect(done.filter((s) => !predicted.includes(s) && !forRealOnly.has(s))).toEqual([])
@@ -124,8 +135,12 @@ describe('--check on the converged cluster', () => {
       expect(run.code, run.out).toBe(0)
       expect(await everything()).toEqual(before)
       // Nothing to do for the playbooks that converge the cluster: the plan is empty.
-      if (['pi-prep', 'site', 'rebuild'].includes(pb.name)) for (const h of Object.keys(run.recap)) expect(run.recap[h].changed, `${h}\n${run.out}`).toBe(0)
-      if (pb.name === 'retire') expect(run.out).toContain('changed: [pi-k3s] k3s-retire | Delete the Node pi3-worker-2 (would delete the Node pi3-worker-2)')
+      if (['pi-prep', 'site', 'rebuild'].includes(pb.name))
+        for (const h of Object.keys(run.recap)) expect(run.recap[h].changed, `${h}\n${run.out}`).toBe(0)
+      if (pb.name === 'retire')
+        expect(run.out).toContain(
+          'changed: [pi-k3s] k3s-retire | Delete the Node pi3-worker-2 (would delete the Node pi3-worker-2)',
+        )
     })
 
   it('and the real rerun of site.mts then does nothing either', async () => {

@@ -11,7 +11,17 @@ import { LAB_INVENTORY, parseRecap, REPO, type PlaybookRun } from './helpers.ts'
 /** The --json events the tests read (a subset of lib/reporter.ts's RunEvent, plus the time every line gets). */
 export type JsonEvent =
   | { time: string; kind: 'step-start'; host: string; role: string; step: string; handler: boolean }
-  | { time: string; kind: 'step-end'; host: string; role: string; step: string; handler: boolean; status: string; message?: string; ms: number }
+  | {
+      time: string
+      kind: 'step-end'
+      host: string
+      role: string
+      step: string
+      handler: boolean
+      status: string
+      message?: string
+      ms: number
+    }
   | { time: string; kind: 'command'; host: string; script: string; code: number; ms: number }
   | { time: string; kind: 'unreachable'; host: string; message: string }
   | { time: string; kind: 'warning'; host?: string; message: string }
@@ -25,7 +35,10 @@ export function readEvents(file: string): JsonEvent[] {
   if (!existsSync(file)) return []
   const text = readFileSync(file, 'utf8')
   const complete = text.slice(0, text.lastIndexOf('\n') + 1)
-  return complete.split('\n').filter(Boolean).map((l) => JSON.parse(l) as JsonEvent)
+  return complete
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as JsonEvent)
 }
 
 export interface LiveRun {
@@ -72,7 +85,13 @@ function signalNumber(signal: NodeJS.Signals): number {
  * Wait (bounded) until the run's --json file has an event matching `match`; returns it. Fails early, with the
  * output, when the run ends first, and names what it waited for when the time is up.
  */
-export async function waitForEvent<E extends JsonEvent>(run: LiveRun, file: string, what: string, match: (e: JsonEvent) => e is E, timeoutMs: number): Promise<E> {
+export async function waitForEvent<E extends JsonEvent>(
+  run: LiveRun,
+  file: string,
+  what: string,
+  match: (e: JsonEvent) => e is E,
+  timeoutMs: number,
+): Promise<E> {
   const end = Date.now() + timeoutMs
   for (;;) {
     const hit = readEvents(file).find(match)
@@ -96,16 +115,26 @@ export const isCommand =
 /** The recap line a user reads for one host, as printed (for assertion messages). */
 export function recapLine(out: string, host: string): string {
   const at = out.lastIndexOf('PLAY RECAP')
-  return (at < 0 ? '' : out.slice(at)).split('\n').find((l) => l.startsWith(`${host} `)) ?? `(no recap line for ${host})`
+  return (
+    (at < 0 ? '' : out.slice(at)).split('\n').find((l) => l.startsWith(`${host} `)) ?? `(no recap line for ${host})`
+  )
 }
 
 // ---------------------------------------------------------------- the "no half-written file" check
 
-export const ORIGINAL_CMDLINE = 'console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait'
+export const ORIGINAL_CMDLINE =
+  'console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait'
 export const CMDLINE_FLAGS = ['cgroup_memory=1', 'cgroup_enable=memory', 'cgroup_enable=cpuset']
 
 /** Directories the roles write files into with planFile (temp file `.<name>.XXXXXX` + rename). */
-export const WRITTEN_DIRS = ['/etc', '/etc/rancher/k3s', '/boot/firmware', '/etc/modules-load.d', '/etc/sysctl.d', '/etc/systemd/system']
+export const WRITTEN_DIRS = [
+  '/etc',
+  '/etc/rancher/k3s',
+  '/boot/firmware',
+  '/etc/modules-load.d',
+  '/etc/sysctl.d',
+  '/etc/systemd/system',
+]
 /** Where the runner keeps owed handlers (temp file `<role>.tmp` + rename). */
 const PENDING_DIR = '/var/lib/pi-provision/handlers'
 
@@ -114,21 +143,30 @@ function editedFiles(host: string): { path: string; before: string | null; after
   const exact = (want: string) => (text: string) => text === want
   const hosts = `127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t${host}\n`
   return [
-    { path: '/boot/firmware/cmdline.txt', before: `${ORIGINAL_CMDLINE}\n`, after: exact(`${ORIGINAL_CMDLINE} ${CMDLINE_FLAGS.join(' ')}\n`) },
+    {
+      path: '/boot/firmware/cmdline.txt',
+      before: `${ORIGINAL_CMDLINE}\n`,
+      after: exact(`${ORIGINAL_CMDLINE} ${CMDLINE_FLAGS.join(' ')}\n`),
+    },
     { path: '/etc/hostname', before: `${host}\n`, after: exact(`${host}\n`) },
     { path: '/etc/hosts', before: hosts, after: exact(hosts) },
     { path: '/etc/modules-load.d/k3s.conf', before: null, after: exact('overlay\nbr_netfilter\n') },
     {
       path: '/etc/sysctl.d/90-k3s.conf',
       before: null,
-      after: exact('net.ipv4.ip_forward = 1\nnet.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\n'),
+      after: exact(
+        'net.ipv4.ip_forward = 1\nnet.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\n',
+      ),
     },
     // k3s's config.yaml holds the token: its exact bytes are the role's business; whole means the role's
     // header line first, one entry per line, and the final newline (a cut-off write loses the end).
     {
       path: '/etc/rancher/k3s/config.yaml',
       before: null,
-      after: (t) => t.startsWith('# Managed by pi-provision from the inventory') && t.endsWith('\n') && /^node-label:|^token:|^tls-san:/m.test(t),
+      after: (t) =>
+        t.startsWith('# Managed by pi-provision from the inventory') &&
+        t.endsWith('\n') &&
+        /^node-label:|^token:|^tls-san:/m.test(t),
     },
   ]
 }
@@ -142,7 +180,10 @@ export async function halfWrittenFiles(host: string): Promise<string[]> {
   const problems: string[] = []
   const dirs = WRITTEN_DIRS.join(' ')
   // planFile's temp files: mktemp "$d/.$(basename path).XXXXXX" (six random letters or digits).
-  const temps = await labExec(host, `find ${dirs} -maxdepth 1 -name '.*' -type f 2>/dev/null | grep -E '/\\.[^/]+\\.[A-Za-z0-9]{6}$'; find ${PENDING_DIR} -name '*.tmp' 2>/dev/null; true`)
+  const temps = await labExec(
+    host,
+    `find ${dirs} -maxdepth 1 -name '.*' -type f 2>/dev/null | grep -E '/\\.[^/]+\\.[A-Za-z0-9]{6}$'; find ${PENDING_DIR} -name '*.tmp' 2>/dev/null; true`,
+  )
   if (temps.code !== 0) problems.push(`${host}: cannot list temp files: ${temps.stderr.trim()}`)
   for (const f of temps.stdout.split('\n').filter(Boolean)) problems.push(`${host}: leftover temp file ${f}`)
   for (const f of editedFiles(host)) {
@@ -157,7 +198,8 @@ export async function halfWrittenFiles(host: string): Promise<string[]> {
       continue
     }
     const text = Buffer.from(b64, 'base64').toString('utf8')
-    if (text !== f.before && !f.after(text)) problems.push(`${host}: ${f.path} is neither the original nor the complete new content: ${JSON.stringify(text)}`)
+    if (text !== f.before && !f.after(text))
+      problems.push(`${host}: ${f.path} is neither the original nor the complete new content: ${JSON.stringify(text)}`)
   }
   return problems
 }

@@ -17,7 +17,16 @@ import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { DEFAULT_HOSTS, labCut, labDown, labExec, labHeal, labStart, labStop, labUp } from '../lab/lab.ts'
 import { onHost, runPlaybookCli, type PlaybookRun } from './helpers.ts'
 import {
-  CMDLINE_FLAGS, halfWrittenOn, isCommand, isStepStart, ORIGINAL_CMDLINE, readEvents, recapLine, startPlaybook, waitForEvent, type LiveRun,
+  CMDLINE_FLAGS,
+  halfWrittenOn,
+  isCommand,
+  isStepStart,
+  ORIGINAL_CMDLINE,
+  readEvents,
+  recapLine,
+  startPlaybook,
+  waitForEvent,
+  type LiveRun,
 } from './fault-helpers.ts'
 
 const INSTALL = 'Install the packages the cluster needs'
@@ -39,7 +48,10 @@ function start(name: string, args: string[]): LiveRun {
 async function finished(run: LiveRun, what: string, timeoutMs: number): Promise<PlaybookRun> {
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: the run did not end within ${timeoutMs / 1000}s:\n${run.output()}`)), timeoutMs)
+    timer = setTimeout(
+      () => reject(new Error(`${what}: the run did not end within ${timeoutMs / 1000}s:\n${run.output()}`)),
+      timeoutMs,
+    )
   })
   try {
     return await Promise.race([run.done, timeout])
@@ -74,11 +86,21 @@ function expectOthersFinished(run: PlaybookRun, hit: string): void {
  * pi-prep runs until pi3-worker-2 is in the middle of its package install (apt-get running on the host), then
  * `fault` strikes it; `undo` brings it back once the run has ended, and its files are checked for half-writes.
  */
-async function faultMidInstall(fault: () => Promise<unknown>, undo: () => Promise<unknown>, after: string): Promise<{ res: PlaybookRun; retry: string; broken: string[] }> {
+async function faultMidInstall(
+  fault: () => Promise<unknown>,
+  undo: () => Promise<unknown>,
+  after: string,
+): Promise<{ res: PlaybookRun; retry: string; broken: string[] }> {
   const json = join(dir, 'events.json')
   const retry = join(dir, 'r.retry')
   const run = start('pi-prep', ['--json', json, '--retry-file', retry, '-e', 'connect_timeout=3'])
-  await waitForEvent(run, json, `step-start of "${INSTALL}" on pi3-worker-2`, isStepStart('pi3-worker-2', INSTALL), 60_000)
+  await waitForEvent(
+    run,
+    json,
+    `step-start of "${INSTALL}" on pi3-worker-2`,
+    isStepStart('pi3-worker-2', INSTALL),
+    60_000,
+  )
   await untilOnHost('pi3-worker-2', 'pgrep -x apt-get', 'apt-get running', 30_000)
   await fault()
   const res = await finished(run, after, 120_000)
@@ -89,9 +111,15 @@ async function faultMidInstall(fault: () => Promise<unknown>, undo: () => Promis
 /** What the user sees when pi3-worker-2 went away mid-install: that step failed (not unreachable), the others finished. */
 function expectWentAwayMidInstall(res: PlaybookRun, retry: string, broken: string[]): void {
   expect.soft(res.code, res.out).toBe(2)
-  expect.soft(recapOf(res, 'pi3-worker-2'), recapLine(res.out, 'pi3-worker-2')).toMatchObject({ failed: 1, unreachable: 0 })
+  expect
+    .soft(recapOf(res, 'pi3-worker-2'), recapLine(res.out, 'pi3-worker-2'))
+    .toMatchObject({ failed: 1, unreachable: 0 })
   // The host went away, not that a command of the step failed on its own.
-  expect.soft(res.out).toMatch(new RegExp(`FAILED: \\[pi3-worker-2\\] pi-prep \\| ${INSTALL} \\(pi3-worker-2: the host went away mid-run`))
+  expect
+    .soft(res.out)
+    .toMatch(
+      new RegExp(`FAILED: \\[pi3-worker-2\\] pi-prep \\| ${INSTALL} \\(pi3-worker-2: the host went away mid-run`),
+    )
   expectOthersFinished(res, 'pi3-worker-2')
   expect.soft(existsSync(retry) && readFileSync(retry, 'utf8'), 'the retry file').toBe('pi3-worker-2\n')
   expect(broken).toEqual([])
@@ -112,11 +140,14 @@ afterAll(async () => {
 
 describe('faults of a real homelab', () => {
   it('(the check itself) finds a leftover temp file, a cut-off cmdline.txt and a short config on a host', async () => {
-    await onHost('pi-k3s', [
-      'echo pi-k3s > /etc/.hostname.Ab12Cd',
-      `printf '%s' 'console=serial0,115200 console=tty1 root=PART' > /boot/firmware/cmdline.txt`,
-      `printf 'overlay\\n' > /etc/modules-load.d/k3s.conf`,
-    ].join('; '))
+    await onHost(
+      'pi-k3s',
+      [
+        'echo pi-k3s > /etc/.hostname.Ab12Cd',
+        `printf '%s' 'console=serial0,115200 console=tty1 root=PART' > /boot/firmware/cmdline.txt`,
+        `printf 'overlay\\n' > /etc/modules-load.d/k3s.conf`,
+      ].join('; '),
+    )
     expect(await halfWrittenOn(DEFAULT_HOSTS)).toEqual([
       'pi-k3s: leftover temp file /etc/.hostname.Ab12Cd',
       'pi-k3s: /boot/firmware/cmdline.txt is neither the original nor the complete new content: "console=serial0,115200 console=tty1 root=PART"',
@@ -130,7 +161,13 @@ describe('faults of a real homelab', () => {
     const first = await runPlaybookCli('pi-prep', ['--retry-file', retry, '-e', 'connect_timeout=3'])
     expect(first.code, first.out).toBe(4)
     expect(first.out).toMatch(/UNREACHABLE: \[pi3-worker-1\] cannot connect to 10\.199\.55\.53:22/)
-    expect(recapOf(first, 'pi3-worker-1'), first.out).toEqual({ ok: 0, changed: 0, unreachable: 1, failed: 0, skipped: 0 })
+    expect(recapOf(first, 'pi3-worker-1'), first.out).toEqual({
+      ok: 0,
+      changed: 0,
+      unreachable: 1,
+      failed: 0,
+      skipped: 0,
+    })
     expectOthersFinished(first, 'pi3-worker-1')
     expect(readFileSync(retry, 'utf8')).toBe('pi3-worker-1\n')
     expect(first.out).toContain(`retry the failed and unreachable hosts with: --limit @${retry}`)
@@ -145,19 +182,28 @@ describe('faults of a real homelab', () => {
 
     const plain = await runPlaybookCli('pi-prep', ['--retry-file', join(dir, 'plain.retry')])
     expect(plain.code, plain.out).toBe(0)
-    for (const h of DEFAULT_HOSTS) expect(recapOf(plain, h), recapLine(plain.out, h)).toMatchObject({ changed: 0, ...clean })
+    for (const h of DEFAULT_HOSTS)
+      expect(recapOf(plain, h), recapLine(plain.out, h)).toMatchObject({ changed: 0, ...clean })
     expect(await halfWrittenOn(DEFAULT_HOSTS)).toEqual([])
   })
 
   it('a host that loses power mid-step: its step fails (failed=1, not unreachable), the others finish, exit 2', async () => {
     // Pull the cord; powered on again, what its disk kept must be whole.
-    const { res, retry, broken } = await faultMidInstall(() => labStop('pi3-worker-2'), () => labStart('pi3-worker-2'), 'after pi3-worker-2 lost power')
+    const { res, retry, broken } = await faultMidInstall(
+      () => labStop('pi3-worker-2'),
+      () => labStart('pi3-worker-2'),
+      'after pi3-worker-2 lost power',
+    )
     expectWentAwayMidInstall(res, retry, broken)
   })
 
   it('a host whose cable is pulled mid-step (no FIN, as a dead Pi): its step fails, the others finish, exit 2, the recap is printed', async () => {
     // ssh2's keepalive (3 x 5 s) notices, then the reconnect attempts (3 x 3 s) fail.
-    const { res, retry, broken } = await faultMidInstall(() => labCut('pi3-worker-2'), () => labHeal('pi3-worker-2'), 'after pi3-worker-2 was cut')
+    const { res, retry, broken } = await faultMidInstall(
+      () => labCut('pi3-worker-2'),
+      () => labHeal('pi3-worker-2'),
+      'after pi3-worker-2 was cut',
+    )
     expect.soft(res.out, 'the runner crashed').not.toContain("Unhandled 'error' event")
     expect.soft(res.out).toContain('PLAY RECAP')
     expectWentAwayMidInstall(res, retry, broken)
@@ -170,24 +216,40 @@ describe('faults of a real homelab', () => {
     // -v: --json carries command events from -v on, as the terminal shows them.
     const run = start('pi-prep', ['-v', '--json', json, '--retry-file', retry, '-e', `reboot_timeout=${timeoutS}`])
     // The reboot was asked for (the handler's detached `systemctl reboot` returned): the host never comes back.
-    await waitForEvent(run, json, 'the reboot command of pi3-worker-1', isCommand('pi3-worker-1', 'systemctl reboot'), 60_000)
+    await waitForEvent(
+      run,
+      json,
+      'the reboot command of pi3-worker-1',
+      isCommand('pi3-worker-1', 'systemctl reboot'),
+      60_000,
+    )
     await labStop('pi3-worker-1')
     const res = await finished(run, 'after pi3-worker-1 went down for good', 180_000)
     await labStart('pi3-worker-1')
     const broken = await halfWrittenOn(DEFAULT_HOSTS)
 
     expect.soft(res.code, res.out).toBe(2)
-    expect.soft(recapOf(res, 'pi3-worker-1'), recapLine(res.out, 'pi3-worker-1')).toMatchObject({ failed: 1, unreachable: 0 })
-    expect.soft(res.out).toMatch(/FAILED: \[pi3-worker-1\] pi-prep \| handler: Reboot \(pi3-worker-1: pi3-worker-1 did not come back from the reboot within 10s/)
+    expect
+      .soft(recapOf(res, 'pi3-worker-1'), recapLine(res.out, 'pi3-worker-1'))
+      .toMatchObject({ failed: 1, unreachable: 0 })
+    expect
+      .soft(res.out)
+      .toMatch(
+        /FAILED: \[pi3-worker-1\] pi-prep \| handler: Reboot \(pi3-worker-1: pi3-worker-1 did not come back from the reboot within 10s/,
+      )
     expect.soft(res.out).toContain('raise reboot_timeout')
     expectOthersFinished(res, 'pi3-worker-1')
     expect.soft(existsSync(retry) && readFileSync(retry, 'utf8'), 'the retry file').toBe('pi3-worker-1\n')
     // Bounded: reboot_timeout, plus at most the one connection attempt in flight when the time is up.
     const end = readEvents(json).find((e) => e.kind === 'step-end' && e.host === 'pi3-worker-1' && e.step === 'Reboot')
     const waited = end?.kind === 'step-end' ? end.ms : Infinity
-    expect.soft(waited, `the Reboot handler of pi3-worker-1 took ${waited} ms with reboot_timeout=${timeoutS}`).toBeLessThanOrEqual((timeoutS + CONNECT_TIMEOUT_S + 3) * 1000)
+    expect
+      .soft(waited, `the Reboot handler of pi3-worker-1 took ${waited} ms with reboot_timeout=${timeoutS}`)
+      .toBeLessThanOrEqual((timeoutS + CONNECT_TIMEOUT_S + 3) * 1000)
     // The edit that asked for the reboot is whole, and the reboot is still owed to the next run.
-    expect.soft(await onHost('pi3-worker-1', 'cat /boot/firmware/cmdline.txt')).toBe(`${ORIGINAL_CMDLINE} ${CMDLINE_FLAGS.join(' ')}\n`)
+    expect
+      .soft(await onHost('pi3-worker-1', 'cat /boot/firmware/cmdline.txt'))
+      .toBe(`${ORIGINAL_CMDLINE} ${CMDLINE_FLAGS.join(' ')}\n`)
     expect.soft(await onHost('pi3-worker-1', 'cat /var/lib/pi-provision/handlers/pi-prep')).toBe('Reboot\n')
     expect(broken).toEqual([])
 
@@ -201,7 +263,13 @@ describe('faults of a real homelab', () => {
   it('an SSH connection dropped mid-step: the runner reconnects and runs the step again, exit 0, a rerun is changed=0', async () => {
     const json = join(dir, 'events.json')
     const run = start('pi-prep', ['--json', json, '--retry-file', join(dir, 'r.retry')])
-    await waitForEvent(run, json, `step-start of "${INSTALL}" on pi3-worker-2`, isStepStart('pi3-worker-2', INSTALL), 60_000)
+    await waitForEvent(
+      run,
+      json,
+      `step-start of "${INSTALL}" on pi3-worker-2`,
+      isStepStart('pi3-worker-2', INSTALL),
+      60_000,
+    )
     await untilOnHost('pi3-worker-2', 'pgrep -x apt-get', 'apt-get running', 30_000)
     // The pi user's session processes (sshd: pi [priv], sshd: pi@notty), not the listening sshd.
     const kill = await labExec('pi3-worker-2', "pkill -KILL -f '^sshd: pi'")
@@ -217,7 +285,8 @@ describe('faults of a real homelab', () => {
 
     const again = await runPlaybookCli('pi-prep', ['--retry-file', join(dir, 'again.retry')])
     expect(again.code, again.out).toBe(0)
-    for (const h of DEFAULT_HOSTS) expect.soft(recapOf(again, h), recapLine(again.out, h)).toMatchObject({ changed: 0, ...clean })
+    for (const h of DEFAULT_HOSTS)
+      expect.soft(recapOf(again, h), recapLine(again.out, h)).toMatchObject({ changed: 0, ...clean })
   })
 
   it('Ctrl-C: no new step starts, the steps in flight finish, the recap is printed, exit 130, nothing half written', async () => {
@@ -225,7 +294,8 @@ describe('faults of a real homelab', () => {
     const retry = join(dir, 'r.retry')
     const run = start('site', ['--json', json, '--retry-file', retry])
     // Every host is in its apt step (seconds long): that is what is in flight when Ctrl-C comes.
-    for (const h of DEFAULT_HOSTS) await waitForEvent(run, json, `step-start of "${INSTALL}" on ${h}`, isStepStart(h, INSTALL), 60_000)
+    for (const h of DEFAULT_HOSTS)
+      await waitForEvent(run, json, `step-start of "${INSTALL}" on ${h}`, isStepStart(h, INSTALL), 60_000)
     process.kill(run.pid, 'SIGINT')
     const res = await finished(run, 'after Ctrl-C', 120_000)
 
@@ -252,8 +322,12 @@ describe('faults of a real homelab', () => {
       // The steps after it did not run.
       expect(await onHost(h, '[ -e /etc/modules-load.d/k3s.conf ] && echo written || echo absent')).toBe('absent\n')
       // The reboot cmdline.txt asked for is done, or still owed (written on the host for the next run): never lost.
-      const rebooted = events.some((e) => e.kind === 'step-end' && e.host === h && e.step === 'Reboot' && e.status === 'changed')
-      const owed = (await onHost(h, 'cat /var/lib/pi-provision/handlers/pi-prep 2>/dev/null; true')).split('\n').includes('Reboot')
+      const rebooted = events.some(
+        (e) => e.kind === 'step-end' && e.host === h && e.step === 'Reboot' && e.status === 'changed',
+      )
+      const owed = (await onHost(h, 'cat /var/lib/pi-provision/handlers/pi-prep 2>/dev/null; true'))
+        .split('\n')
+        .includes('Reboot')
       expect(rebooted || owed, `${h}: the reboot for cmdline.txt ran or is owed`).toBe(true)
     }
     expect(await halfWrittenOn(DEFAULT_HOSTS)).toEqual([])

@@ -22,7 +22,11 @@ export interface PlaybookCliRun extends PlaybookRun {
 }
 
 /** `npx zx playbooks/<name>.mts -i inventory/lab.yaml ...args`, with output captured. */
-export function runPlaybookCli(name: string, args: string[], opts: { onSpawn?: (pid: number) => void; env?: Record<string, string> } = {}): Promise<PlaybookCliRun> {
+export function runPlaybookCli(
+  name: string,
+  args: string[],
+  opts: { onSpawn?: (pid: number) => void; env?: Record<string, string> } = {},
+): Promise<PlaybookCliRun> {
   return new Promise((resolveRun, reject) => {
     const child = spawn('npx', ['zx', `playbooks/${name}.mts`, '-i', LAB_INVENTORY, ...args], {
       cwd: REPO,
@@ -43,7 +47,13 @@ export function runPlaybookCli(name: string, args: string[], opts: { onSpawn?: (
     })
     child.on('error', reject)
     child.on('close', (code) =>
-      resolveRun({ code: code ?? 255, out, stdout: Buffer.concat(stdout).toString(), stderr: Buffer.concat(stderr).toString(), recap: parseRecap(out) }),
+      resolveRun({
+        code: code ?? 255,
+        out,
+        stdout: Buffer.concat(stdout).toString(),
+        stderr: Buffer.concat(stderr).toString(),
+        recap: parseRecap(out),
+      }),
     )
   })
 }
@@ -62,7 +72,13 @@ export function parseRecap(out: string): Record<string, Record<string, number>> 
   for (const line of out.slice(at).split('\n')) {
     const m = /^(\S+)\s+: (ok=.*)$/.exec(line)
     if (!m) continue
-    recap[m[1]] = Object.fromEntries(m[2].trim().split(/\s+/).map((kv) => kv.split('=')).map(([k, v]) => [k, Number(v)]))
+    recap[m[1]] = Object.fromEntries(
+      m[2]
+        .trim()
+        .split(/\s+/)
+        .map((kv) => kv.split('='))
+        .map(([k, v]) => [k, Number(v)]),
+    )
   }
   return recap
 }
@@ -75,7 +91,12 @@ export async function onHost(host: string, cmd: string): Promise<string> {
 }
 
 /** Poll until probe gives a value (errors count as "not yet"); a bounded wait that names what it waited for. */
-export async function until<T>(what: string, ms: number, probe: () => Promise<T | undefined>, intervalMs = 500): Promise<T> {
+export async function until<T>(
+  what: string,
+  ms: number,
+  probe: () => Promise<T | undefined>,
+  intervalMs = 500,
+): Promise<T> {
   const end = Date.now() + ms
   for (;;) {
     const v = await probe().catch(() => undefined)

@@ -10,26 +10,60 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { createArtifactServer } from '../lab/artifacts.ts'
 import { containerLeaders } from '../lab/host.ts'
 import {
-  DEFAULT_HOSTS, LAB_ARTIFACT_BASE, LAB_DIR, LAB_KEY, LAB_KNOWN_HOSTS, LAB_SECRETS_FILE, labAddress, labBootId, labCut,
-  labDown, labExec, labHeal, labStart, labStatus, labStop, labUp, labWipe, type LabHost,
+  DEFAULT_HOSTS,
+  LAB_ARTIFACT_BASE,
+  LAB_DIR,
+  LAB_KEY,
+  LAB_KNOWN_HOSTS,
+  LAB_SECRETS_FILE,
+  labAddress,
+  labBootId,
+  labCut,
+  labDown,
+  labExec,
+  labHeal,
+  labStart,
+  labStatus,
+  labStop,
+  labUp,
+  labWipe,
+  type LabHost,
 } from '../lab/lab.ts'
 import { sshBanner } from '../lab/network.ts'
 import { LAB_ARTIFACT_PORT, LAB_IP_FORWARD_FILE, LAB_SUBNET } from '../lab/paths.ts'
 import { processes } from '../lab/procs.ts'
 import { until } from './helpers.ts'
 
-const CMDLINE = 'console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait\n'
+const CMDLINE =
+  'console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait\n'
 
 function ssh(address: string, command: string): { code: number; out: string } {
-  const r = spawnSync('ssh', [
-    '-i', LAB_KEY, '-o', `UserKnownHostsFile=${LAB_KNOWN_HOSTS}`, '-o', 'StrictHostKeyChecking=yes',
-    '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=5', `pi@${address}`, command,
-  ], { encoding: 'utf8' })
+  const r = spawnSync(
+    'ssh',
+    [
+      '-i',
+      LAB_KEY,
+      '-o',
+      `UserKnownHostsFile=${LAB_KNOWN_HOSTS}`,
+      '-o',
+      'StrictHostKeyChecking=yes',
+      '-o',
+      'BatchMode=yes',
+      '-o',
+      'ConnectTimeout=5',
+      `pi@${address}`,
+      command,
+    ],
+    { encoding: 'utf8' },
+  )
   return { code: r.status ?? -1, out: r.stdout + r.stderr }
 }
 
 function hostKey(address: string): string {
-  return execFileSync('ssh-keyscan', ['-t', 'ed25519', '-T', '5', address], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
+  return execFileSync('ssh-keyscan', ['-t', 'ed25519', '-T', '5', address], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'ignore'],
+  }).trim()
 }
 
 async function exec(name: string, command: string): Promise<string> {
@@ -38,18 +72,23 @@ async function exec(name: string, command: string): Promise<string> {
   return r.stdout.trim()
 }
 
-
 /** Live (non-zombie) processes that belong to the lab. */
 function labProcesses(): string[] {
   return processes()
-    .filter((p) => p.argv[0]?.endsWith('systemd-nspawn') || p.argv.some((a) => a.startsWith('pi-lab-supervisor:')) ||
-      (p.argv.some((a) => a.endsWith('/artifacts.ts')) && p.argv.includes(LAB_DIR)))
+    .filter(
+      (p) =>
+        p.argv[0]?.endsWith('systemd-nspawn') ||
+        p.argv.some((a) => a.startsWith('pi-lab-supervisor:')) ||
+        (p.argv.some((a) => a.endsWith('/artifacts.ts')) && p.argv.includes(LAB_DIR)),
+    )
     .map((p) => `${p.pid} ${p.argv.join(' ').slice(0, 120)}`)
 }
 
 /** TCP ports something listens on, from /proc/net/tcp (no network probe: without the bridge, lab addresses route off the machine). */
 function listeningPorts(): number[] {
-  return readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)
+  return readFileSync('/proc/net/tcp', 'utf8')
+    .split('\n')
+    .slice(1)
     .map((l) => l.trim().split(/\s+/))
     .filter((f) => f[3] === '0A')
     .map((f) => parseInt(f[1].split(':')[1], 16))
@@ -84,14 +123,24 @@ describe('lab hosts', () => {
       expect(await exec(h.name, 'python3 -c "print(6 * 7)"')).toBe('42')
       expect(await exec(h.name, 'cat /boot/firmware/cmdline.txt')).toBe(CMDLINE.trim())
       expect((await labExec(h.name, 'cat /boot/firmware/cmdline.txt')).stdout).toBe(CMDLINE)
-      expect(await exec(h.name, 'test -f /boot/firmware/config.txt && sqlite3 -version >/dev/null && echo ok')).toBe('ok')
-      expect(await exec(h.name, 'stat -c "%n %a %U" /etc/hostname /etc/sudoers.d/010_pi-nopasswd /home/pi/.ssh/authorized_keys'))
-        .toBe('/etc/hostname 644 root\n/etc/sudoers.d/010_pi-nopasswd 440 root\n/home/pi/.ssh/authorized_keys 600 pi')
+      expect(await exec(h.name, 'test -f /boot/firmware/config.txt && sqlite3 -version >/dev/null && echo ok')).toBe(
+        'ok',
+      )
+      expect(
+        await exec(
+          h.name,
+          'stat -c "%n %a %U" /etc/hostname /etc/sudoers.d/010_pi-nopasswd /home/pi/.ssh/authorized_keys',
+        ),
+      ).toBe('/etc/hostname 644 root\n/etc/sudoers.d/010_pi-nopasswd 440 root\n/home/pi/.ssh/authorized_keys 600 pi')
     }
   })
 
   test('labExec runs a shell command as root with the given input and returns its exit code', async () => {
-    expect(await labExec('pi-k3s', 'id -un; wc -c', { input: 'hello' })).toEqual({ code: 0, stdout: 'root\n5\n', stderr: '' })
+    expect(await labExec('pi-k3s', 'id -un; wc -c', { input: 'hello' })).toEqual({
+      code: 0,
+      stdout: 'root\n5\n',
+      stderr: '',
+    })
     expect(await labExec('pi-k3s', 'echo oops >&2; exit 3')).toEqual({ code: 3, stdout: '', stderr: 'oops\n' })
   })
 
@@ -108,14 +157,18 @@ describe('lab hosts', () => {
     expect(statSync(LAB_SECRETS_FILE).mode & 0o777).toBe(0o600)
     const secrets = readFileSync(LAB_SECRETS_FILE, 'utf8')
     // The lab plants these two; runs may add values of their own (the k3s token they create) below them.
-    expect(secrets).toMatch(/^pi-cluster:\n {2}onepassword-service-account:\n {4}token: ops_[\w-]{40,}\n {2}flux-github-pat:\n {4}token: ghp_[A-Za-z0-9]{36}\n/)
+    expect(secrets).toMatch(
+      /^pi-cluster:\n {2}onepassword-service-account:\n {4}token: ops_[\w-]{40,}\n {2}flux-github-pat:\n {4}token: ghp_[A-Za-z0-9]{36}\n/,
+    )
   })
 
   test('hosts reach each other and the artifact server on the bridge', async () => {
     const server = labAddress('pi-k3s')
     expect(await exec('pi3-worker-1', `timeout 3 bash -c '</dev/tcp/${server}/22' && echo open`)).toBe('open')
     expect(await exec('pi3-worker-2', `curl -s ${LAB_ARTIFACT_BASE}/_lab/ping`)).toBe('pi-lab artifacts')
-    expect(await exec('pi3-worker-2', `curl -s -o /dev/null -w '%{http_code}' ${LAB_ARTIFACT_BASE}/no/such/file`)).toBe('404')
+    expect(await exec('pi3-worker-2', `curl -s -o /dev/null -w '%{http_code}' ${LAB_ARTIFACT_BASE}/no/such/file`)).toBe(
+      '404',
+    )
   })
 
   test('systemctl reboot inside a host is a real reboot: new boot_id, empty /run, SSH back', async () => {
@@ -125,10 +178,15 @@ describe('lab hosts', () => {
     const started = Date.now()
     void labExec(name, 'systemctl reboot').catch(() => {}) // the command dies with the host
     // While it shuts down the host may briefly show no boot_id or the kernel's: wait for one that answers SSH.
-    const after = await until('new boot_id', 60_000, async () => {
-      const id = await labBootId(name)
-      return id !== before && (await sshBanner(labAddress(name))) ? id : undefined
-    }, 100)
+    const after = await until(
+      'new boot_id',
+      60_000,
+      async () => {
+        const id = await labBootId(name)
+        return id !== before && (await sshBanner(labAddress(name))) ? id : undefined
+      },
+      100,
+    )
     console.log(`reboot: new boot_id and SSH back in ${Date.now() - started} ms`)
     expect(after).toMatch(/^[0-9a-f-]{36}$/)
     expect(after).not.toBe(readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim())
@@ -185,9 +243,15 @@ describe('lab hosts', () => {
 
   test('up recovers a lab whose processes were all killed (mounts, bridge, NAT and pidfiles left behind)', async () => {
     const victims = [
-      ...processes().filter((p) => p.argv.some((a) => a.startsWith(`pi-lab-supervisor:${LAB_DIR}:`))).map((p) => p.pid),
-      ...processes().filter((p) => p.argv[0]?.endsWith('systemd-nspawn') && p.argv.some((a) => a.startsWith(LAB_DIR))).map((p) => p.pid),
-      ...processes().filter((p) => p.argv.some((a) => a.endsWith('/artifacts.ts')) && p.argv.includes(LAB_DIR)).map((p) => p.pid),
+      ...processes()
+        .filter((p) => p.argv.some((a) => a.startsWith(`pi-lab-supervisor:${LAB_DIR}:`)))
+        .map((p) => p.pid),
+      ...processes()
+        .filter((p) => p.argv[0]?.endsWith('systemd-nspawn') && p.argv.some((a) => a.startsWith(LAB_DIR)))
+        .map((p) => p.pid),
+      ...processes()
+        .filter((p) => p.argv.some((a) => a.endsWith('/artifacts.ts')) && p.argv.includes(LAB_DIR))
+        .map((p) => p.pid),
       ...containerLeaders().values(),
     ]
     for (const pid of victims) {
@@ -215,7 +279,11 @@ describe('lab hosts', () => {
     await labDown()
     console.log(`lab down in ${Date.now() - started} ms`)
     expect(labProcesses()).toEqual([])
-    expect(readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.includes(LAB_DIR))).toEqual([])
+    expect(
+      readFileSync('/proc/mounts', 'utf8')
+        .split('\n')
+        .filter((l) => l.includes(LAB_DIR)),
+    ).toEqual([])
     expect(spawnSync('ip', ['link', 'show', 'pilab0']).status).not.toBe(0)
     expect(execFileSync('iptables', ['-t', 'nat', '-S'], { encoding: 'utf8' })).not.toContain(`${LAB_SUBNET}.0/24`)
     expect(execFileSync('iptables', ['-S'], { encoding: 'utf8' })).not.toContain('pilab0')
@@ -242,7 +310,14 @@ describe('artifact server', () => {
       const install = await fetch(`${url}/k3s/install.sh`)
       expect(install.status).toBe(200)
       expect(await install.text()).toBe('#!/bin/sh\ncurl -sfL http://10.0.0.1:8780/k3s/k3s-arm64\n')
-      for (const path of ['/k3s/missing', '/k3s', '/../secret.txt', '/%2e%2e/secret.txt', '/k3s/..%2f..%2fsecret.txt', '/escape.txt']) {
+      for (const path of [
+        '/k3s/missing',
+        '/k3s',
+        '/../secret.txt',
+        '/%2e%2e/secret.txt',
+        '/k3s/..%2f..%2fsecret.txt',
+        '/escape.txt',
+      ]) {
         const res = await fetch(url + path)
         expect(res.status, path).toBe(404)
         expect(await res.text(), path).not.toContain('outside')

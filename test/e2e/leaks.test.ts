@@ -10,15 +10,42 @@
 // Run under the shared lab lock: flock /tmp/pi-lab-test.lock npx vitest run --project lab test/e2e/leaks.test.ts
 
 import { spawn } from 'node:child_process'
-import { closeSync, existsSync, fstatSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync, mkdirSync } from 'node:fs'
+import {
+  closeSync,
+  existsSync,
+  fstatSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  mkdirSync,
+} from 'node:fs'
 import { homedir, tmpdir } from 'node:os'
 import { isAbsolute, join } from 'node:path'
 import { parse } from 'yaml'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { DEFAULT_HOSTS, LAB_DIR, LAB_KEY, LAB_KNOWN_HOSTS, LAB_SECRETS_FILE, labDown, labExec, labStart, labStop, labUp, labWipe } from '../lab/lab.ts'
+import {
+  DEFAULT_HOSTS,
+  LAB_DIR,
+  LAB_KEY,
+  LAB_KNOWN_HOSTS,
+  LAB_SECRETS_FILE,
+  labDown,
+  labExec,
+  labStart,
+  labStop,
+  labUp,
+  labWipe,
+} from '../lab/lab.ts'
 import { LAB_INVENTORY, onHost, REPO, runPlaybookCli, until, type PlaybookCliRun } from './helpers.ts'
 
-const VARS = (parse(readFileSync(LAB_INVENTORY, 'utf8')) as { all: { vars: { kubeconfig_path: string; k3s_backup_dir: string } } }).all.vars
+const VARS = (
+  parse(readFileSync(LAB_INVENTORY, 'utf8')) as { all: { vars: { kubeconfig_path: string; k3s_backup_dir: string } } }
+).all.vars
 const KUBECONFIG = VARS.kubeconfig_path
 const NAS = VARS.k3s_backup_dir
 /** Not searched: the kubeconfig (it is the key material) and the secrets store (the run keeps the cluster token there). */
@@ -48,7 +75,10 @@ interface RunRecord {
   artifacts: Artifact[]
 }
 interface NodeList {
-  items: { metadata: { name: string }; status: { conditions: { type: string; status: string; lastHeartbeatTime?: string }[] } }[]
+  items: {
+    metadata: { name: string }
+    status: { conditions: { type: string; status: string; lastHeartbeatTime?: string }[] }
+  }[]
 }
 
 /** Every form of a secret searched for, by value; the label is what a report names (never the value). */
@@ -58,31 +88,42 @@ const timings: Record<string, number> = {}
 let work = ''
 
 function plant(label: string, value: string): void {
-  if (value.length < MIN_SECRET) throw new Error(`${label} is shorter than ${MIN_SECRET} characters: too short to search for without false hits`)
+  if (value.length < MIN_SECRET)
+    throw new Error(`${label} is shorter than ${MIN_SECRET} characters: too short to search for without false hits`)
   if (!planted.has(value)) planted.set(value, label)
 }
 
 /** The value, and its base64 as a Secret's data or `base64` shows it (whole 3-byte groups: also base64 of value + "\n"). */
 function plantWithBase64(label: string, value: string): void {
   plant(label, value)
-  plant(`${label} (base64)`, Buffer.from(value).toString('base64').slice(0, Math.floor(Buffer.byteLength(value) / 3) * 4))
+  plant(
+    `${label} (base64)`,
+    Buffer.from(value)
+      .toString('base64')
+      .slice(0, Math.floor(Buffer.byteLength(value) / 3) * 4),
+  )
 }
 
 /** Every leaf of a parsed YAML document, with its dotted path. */
 function leaves(node: unknown, path: string[] = []): [string, string][] {
   if (typeof node === 'string' || typeof node === 'number') return [[path.join('.'), String(node)]]
-  if (node !== null && typeof node === 'object') return Object.entries(node).flatMap(([k, v]) => leaves(v, [...path, k]))
+  if (node !== null && typeof node === 'object')
+    return Object.entries(node).flatMap(([k, v]) => leaves(v, [...path, k]))
   return []
 }
 
 /** The base64 lines between a PEM's BEGIN and END (a short last line is left out). */
 function pemBodyLines(pem: string): string[] {
-  return pem.split('\n').map((l) => l.trim()).filter((l) => l.length >= 16 && !l.startsWith('-----'))
+  return pem
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l.length >= 16 && !l.startsWith('-----'))
 }
 
 /** What the secrets are now: the store, the server's token files (read through the lab), the kubeconfig, the login key. */
 async function learnSecrets(after: string): Promise<void> {
-  for (const [path, value] of leaves(parse(readFileSync(LAB_SECRETS_FILE, 'utf8')) as unknown)) plantWithBase64(`secrets file ${path}`, value)
+  for (const [path, value] of leaves(parse(readFileSync(LAB_SECRETS_FILE, 'utf8')) as unknown))
+    plantWithBase64(`secrets file ${path}`, value)
   // node-token is a copy of token that a server restored from a backup (token, tls, cred) may not have again.
   for (const f of ['token', 'node-token']) {
     const r = await labExec('pi-k3s', `cat /var/lib/rancher/k3s/server/${f}`)
@@ -108,20 +149,24 @@ async function learnSecrets(after: string): Promise<void> {
       }
     }
   }
-  pemBodyLines(readFileSync(LAB_KEY, 'utf8')).forEach((line, i) => plant(`lab SSH login key (ssh_key_file), line ${i + 1}`, line))
+  pemBodyLines(readFileSync(LAB_KEY, 'utf8')).forEach((line, i) =>
+    plant(`lab SSH login key (ssh_key_file), line ${i + 1}`, line),
+  )
 }
 
 /** `where: label` for every planted secret found in these texts. */
 function leaksIn(artifacts: readonly Artifact[]): string[] {
   const hits: string[] = []
-  for (const a of artifacts) for (const [value, label] of planted) if (a.text.includes(value)) hits.push(`${a.where}: ${label}`)
+  for (const a of artifacts)
+    for (const [value, label] of planted) if (a.text.includes(value)) hits.push(`${a.where}: ${label}`)
   return hits
 }
 
 /** Text fit for a failure message: every planted secret replaced by its label. */
 function redact(text: string): string {
   let out = text
-  for (const [value, label] of [...planted].sort((a, b) => b[0].length - a[0].length)) out = out.split(value).join(`<${label}>`)
+  for (const [value, label] of [...planted].sort((a, b) => b[0].length - a[0].length))
+    out = out.split(value).join(`<${label}>`)
   return out
 }
 
@@ -129,7 +174,11 @@ function redact(text: string): string {
  * Regular files under root whose ctime is at or after sinceNs. Every create, write, rename or chmod sets a file's
  * ctime to now and nothing can set it back, so this is what a before/after comparison finds, with one walk.
  */
-function filesChangedSince(sinceNs: bigint, root: string, opts: { prune?: string[]; maxDepth?: number } = {}): Promise<string[]> {
+function filesChangedSince(
+  sinceNs: bigint,
+  root: string,
+  opts: { prune?: string[]; maxDepth?: number } = {},
+): Promise<string[]> {
   if (!existsSync(root)) return Promise.resolve([])
   const args = [root, '-xdev', ...(opts.maxDepth === undefined ? [] : ['-maxdepth', String(opts.maxDepth)])]
   for (const p of opts.prune ?? []) args.push('-path', p, '-prune', '-o')
@@ -161,7 +210,8 @@ interface RunStart {
 
 function tmpDirsNow(): Set<string> {
   const dirs = new Set<string>()
-  for (const tmp of TMP_DIRS) for (const d of readdirSync(tmp, { withFileTypes: true })) if (d.isDirectory()) dirs.add(join(tmp, d.name))
+  for (const tmp of TMP_DIRS)
+    for (const d of readdirSync(tmp, { withFileTypes: true })) if (d.isDirectory()) dirs.add(join(tmp, d.name))
   return dirs
 }
 
@@ -243,7 +293,12 @@ async function leakRun(name: string, playbook: string, args: string[]): Promise<
 }
 
 function expectNoLeaks(rec: RunRecord): void {
-  expect.soft(leaksIn(rec.artifacts), `planted secrets in what \`${rec.command}\` wrote (${rec.artifacts.length} streams and files searched)`).toEqual([])
+  expect
+    .soft(
+      leaksIn(rec.artifacts),
+      `planted secrets in what \`${rec.command}\` wrote (${rec.artifacts.length} streams and files searched)`,
+    )
+    .toEqual([])
 }
 
 /** The --json file, the retry file (when written) and the kubeconfig are the owner's only. */
@@ -260,14 +315,19 @@ const readyCondition = (n: NodeList['items'][number]) => n.status.conditions.fin
 async function takeBackup(date: string): Promise<void> {
   const dir = join(NAS, date, 'k3s')
   mkdirSync(dir, { recursive: true })
-  const db = await onHost('pi-k3s', 'set -e; sqlite3 -cmd ".timeout 10000" /var/lib/rancher/k3s/server/db/state.db ".backup /tmp/state-backup.db"; base64 -w0 /tmp/state-backup.db; rm -f /tmp/state-backup.db')
+  const db = await onHost(
+    'pi-k3s',
+    'set -e; sqlite3 -cmd ".timeout 10000" /var/lib/rancher/k3s/server/db/state.db ".backup /tmp/state-backup.db"; base64 -w0 /tmp/state-backup.db; rm -f /tmp/state-backup.db',
+  )
   writeFileSync(join(dir, 'state.db'), Buffer.from(db, 'base64'))
   const tar = await onHost('pi-k3s', 'tar -czf - -C /var/lib/rancher/k3s/server token tls cred | base64 -w0')
   writeFileSync(join(dir, 'server-token-tls-cred.tar.gz'), Buffer.from(tar, 'base64'))
 }
 
 beforeAll(async () => {
-  expect(isAbsolute(KUBECONFIG) && isAbsolute(NAS), 'kubeconfig_path and k3s_backup_dir of the lab inventory').toBe(true)
+  expect(isAbsolute(KUBECONFIG) && isAbsolute(NAS), 'kubeconfig_path and k3s_backup_dir of the lab inventory').toBe(
+    true,
+  )
   work = mkdtempSync(join(tmpdir(), 'leaks-e2e-'))
   rmSync(NAS, { recursive: true, force: true })
   // down first: an artifact server left running by an older checkout would lack the lab's app routes.
@@ -296,13 +356,27 @@ describe('no planted secret in anything a run writes on the controller', () => {
     expect(typeof keyData, 'client-key-data in the kubeconfig').toBe('string')
     const keyLabel = planted.get(String(keyData))
     expect(keyLabel).toBe('kubeconfig client-key-data (after site-fresh)')
-    expect(leaksIn([{ where: KUBECONFIG, text: readFileSync(KUBECONFIG, 'latin1') }])).toContain(`${KUBECONFIG}: ${keyLabel}`)
+    expect(leaksIn([{ where: KUBECONFIG, text: readFileSync(KUBECONFIG, 'latin1') }])).toContain(
+      `${KUBECONFIG}: ${keyLabel}`,
+    )
     const store = leaves(parse(readFileSync(LAB_SECRETS_FILE, 'utf8')) as unknown)
-    expect(store.map(([path]) => path)).toEqual(expect.arrayContaining(['pi-cluster.onepassword-service-account.token', 'pi-cluster.flux-github-pat.token', 'pi-cluster.pihole.password', 'pi-cluster.k3s-node-token.token']))
+    expect(store.map(([path]) => path)).toEqual(
+      expect.arrayContaining([
+        'pi-cluster.onepassword-service-account.token',
+        'pi-cluster.flux-github-pat.token',
+        'pi-cluster.pihole.password',
+        'pi-cluster.k3s-node-token.token',
+      ]),
+    )
     const inStore = leaksIn([{ where: 'store', text: readFileSync(LAB_SECRETS_FILE, 'latin1') }])
     for (const [path] of store) expect(inStore).toContain(`store: secrets file ${path}`)
-    const eso = await onHost('pi-k3s', "k3s kubectl -n external-secrets get secret onepassword-service-account -o jsonpath='{.data.token}'")
-    expect(leaksIn([{ where: 'the ESO Secret', text: eso }])).toEqual(['the ESO Secret: secrets file pi-cluster.onepassword-service-account.token (base64)'])
+    const eso = await onHost(
+      'pi-k3s',
+      "k3s kubectl -n external-secrets get secret onepassword-service-account -o jsonpath='{.data.token}'",
+    )
+    expect(leaksIn([{ where: 'the ESO Secret', text: eso }])).toEqual([
+      'the ESO Secret: secrets file pi-cluster.onepassword-service-account.token (base64)',
+    ])
     // The run did handle the secrets it could leak: the PAT (bootstrap), the Pi-hole password (the API login).
     expect(redact(rec.run.out)).toMatch(/changed: \[pi-k3s\] flux-bootstrap \| Bootstrap Flux/)
     expect(redact(rec.run.out)).toMatch(/ {2}pihole +ok +Pi-hole API \S+: login, blocking, logout/)
@@ -337,7 +411,9 @@ describe('no planted secret in anything a run writes on the controller', () => {
       // Ready from a heartbeat of this boot (the Node stays Ready for a few seconds after the power cut).
       await until('pi3-worker-1 Ready again after its power-on', 90_000, async () => {
         const ready = readyCondition((await nodes()).find((n) => n.metadata.name === 'pi3-worker-1')!)
-        return ready?.status === 'True' && Date.parse(ready.lastHeartbeatTime ?? '') >= started - 1000 ? true : undefined
+        return ready?.status === 'True' && Date.parse(ready.lastHeartbeatTime ?? '') >= started - 1000
+          ? true
+          : undefined
       })
     }
   })
@@ -347,7 +423,9 @@ describe('no planted secret in anything a run writes on the controller', () => {
     await labWipe('pi-k3s')
     const rec = await leakRun('rebuild-server', 'rebuild', ['pi-k3s'])
     expect.soft(rec.run.code, redact(rec.run.out)).toBe(0)
-    expect.soft(redact(rec.run.out)).toMatch(/changed: \[pi-k3s\] k3s-server \| Restore the datastore .*backup 2026-11-26\b/)
+    expect
+      .soft(redact(rec.run.out))
+      .toMatch(/changed: \[pi-k3s\] k3s-server \| Restore the datastore .*backup 2026-11-26\b/)
     expect(rec.changed).toContain(LAB_KNOWN_HOSTS) // pi-k3s's new host key, recorded
     expectNoLeaks(rec)
     expectPrivate(rec)
@@ -366,7 +444,13 @@ describe('no planted secret in anything a run writes on the controller', () => {
   })
 
   it('every stream and file of every run, searched again for every secret known at the end: none', () => {
-    expect(records.map((r) => r.name)).toEqual(['site-fresh', 'site-rerun', 'site-unreachable', 'rebuild-server', 'retire-worker-2'])
+    expect(records.map((r) => r.name)).toEqual([
+      'site-fresh',
+      'site-rerun',
+      'site-unreachable',
+      'rebuild-server',
+      'retire-worker-2',
+    ])
     const hits = records.flatMap((r) => leaksIn(r.artifacts).map((h) => `${r.command}: ${h}`))
     expect(hits).toEqual([])
     const files = new Set(records.flatMap((r) => r.artifacts.map((a) => a.where)))

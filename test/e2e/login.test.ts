@@ -64,7 +64,11 @@ async function run(inv: string, env: Record<string, string | undefined>, args: s
   for (const [k, v] of Object.entries(env)) v === undefined ? delete process.env[k] : (process.env[k] = v)
   const lines: string[] = []
   try {
-    const code = await runCli(whoami, ['-i', inv, '-vv', '--retry-file', join(work, 'r.retry'), '-e', 'connect_timeout=3', ...args], { write: (l) => lines.push(l) })
+    const code = await runCli(
+      whoami,
+      ['-i', inv, '-vv', '--retry-file', join(work, 'r.retry'), '-e', 'connect_timeout=3', ...args],
+      { write: (l) => lines.push(l) },
+    )
     return { code, out: lines.join('\n') }
   } finally {
     if (saved.SSH_AUTH_SOCK === undefined) delete process.env.SSH_AUTH_SOCK
@@ -94,8 +98,15 @@ beforeAll(async () => {
     ].join(' && '),
   )
   // The secrets store with the key's passphrase and the owner's sudo password.
-  const secrets = (parse(readFileSync(LAB_SECRETS_FILE, 'utf8')) ?? {}) as Record<string, Record<string, Record<string, string>>>
-  secrets['pi-cluster'] = { ...secrets['pi-cluster'], 'pi-ssh': { passphrase: PASSPHRASE }, 'owner-sudo': { password: SUDO_PASSWORD } }
+  const secrets = (parse(readFileSync(LAB_SECRETS_FILE, 'utf8')) ?? {}) as Record<
+    string,
+    Record<string, Record<string, string>>
+  >
+  secrets['pi-cluster'] = {
+    ...secrets['pi-cluster'],
+    'pi-ssh': { passphrase: PASSPHRASE },
+    'owner-sudo': { password: SUDO_PASSWORD },
+  }
   writeFileSync(join(work, 'secrets.yaml'), stringify(secrets), { mode: 0o600 })
 }, 600_000)
 
@@ -105,17 +116,23 @@ afterAll(async () => {
 })
 
 describe('logging in as the owner does', () => {
-  const secretsLine: [string, string] = [`secrets_file: ${LAB_SECRETS_FILE}`, `secrets_file: ${join(work, 'secrets.yaml')}`]
+  const secretsLine: [string, string] = [
+    `secrets_file: ${LAB_SECRETS_FILE}`,
+    `secrets_file: ${join(work, 'secrets.yaml')}`,
+  ]
 
   it('through an ssh-agent only: no key file in the inventory, the agent at SSH_AUTH_SOCK holds the key', async () => {
     const inv = inventory('agent', [[`    ssh_key_file: ${LAB_KEY}\n`, '']])
     const ok = await run(inv, { SSH_AUTH_SOCK: agentSock })
     expect(ok.code, ok.out).toBe(0)
-    for (const h of DEFAULT_HOSTS) expect(ok.out).toContain(`ok: [${h}] probe | Ask who runs the commands (root via pi)`)
+    for (const h of DEFAULT_HOSTS)
+      expect(ok.out).toContain(`ok: [${h}] probe | Ask who runs the commands (root via pi)`)
     // Without the agent there is nothing to log in with, and the message says so.
     const none = await run(inv, { SSH_AUTH_SOCK: undefined })
     expect(none.code, none.out).toBe(4)
-    expect(none.out).toContain('authentication failed for user pi (check ssh_user and ssh_key_file or ssh_key_ref; no ssh-agent: SSH_AUTH_SOCK is not set)')
+    expect(none.out).toContain(
+      'authentication failed for user pi (check ssh_user and ssh_key_file or ssh_key_ref; no ssh-agent: SSH_AUTH_SOCK is not set)',
+    )
   })
 
   it('with a passphrase-protected key: the passphrase comes from the secrets store and is never shown', async () => {
@@ -125,7 +142,10 @@ describe('logging in as the owner does', () => {
     expect(readFileSync(key, 'utf8')).not.toBe(readFileSync(LAB_KEY, 'utf8'))
     const edits: [string, string][] = [[`ssh_key_file: ${LAB_KEY}`, `ssh_key_file: ${key}`], secretsLine]
     const inv = inventory('passphrase', edits, '')
-    const withRef = inventory('passphrase-ref', [...edits, ['    ssh_user: pi\n', '    ssh_user: pi\n    ssh_key_passphrase_ref: op://pi-cluster/pi-ssh/passphrase\n']])
+    const withRef = inventory('passphrase-ref', [
+      ...edits,
+      ['    ssh_user: pi\n', '    ssh_user: pi\n    ssh_key_passphrase_ref: op://pi-cluster/pi-ssh/passphrase\n'],
+    ])
     const ok = await run(withRef, { SSH_AUTH_SOCK: undefined })
     expect(ok.code, ok.out).toBe(0)
     expect(ok.out).toContain('ok: [pi-k3s] probe | Ask who runs the commands (root via pi)')
@@ -133,14 +153,26 @@ describe('logging in as the owner does', () => {
     // Without it: refused at once, saying what to do (not four retries as if the host were down).
     const refused = await run(inv, { SSH_AUTH_SOCK: undefined }, ['--limit', 'pi-k3s'])
     expect(refused.code, refused.out).toBe(4)
-    expect(refused.out).toContain(`cannot use the SSH key (ssh_key_file ${key}): it is encrypted and no passphrase was given`)
+    expect(refused.out).toContain(
+      `cannot use the SSH key (ssh_key_file ${key}): it is encrypted and no passphrase was given`,
+    )
     expect(refused.out).not.toContain('attempts over')
   })
 
   it('as a normal user whose sudo asks for a password: given on stdin from the secrets store, never in argv or output', async () => {
     const host = '          address: 10.199.55.51\n'
     const base: [string, string][] = [secretsLine, [host, `${host}          ssh_user: owner\n`]]
-    const ok = await run(inventory('sudo', [...base, [host + '          ssh_user: owner\n', `${host}          ssh_user: owner\n          become_password_ref: op://pi-cluster/owner-sudo/password\n`]]), {}, ['--limit', 'pi3-worker-2'])
+    const ok = await run(
+      inventory('sudo', [
+        ...base,
+        [
+          host + '          ssh_user: owner\n',
+          `${host}          ssh_user: owner\n          become_password_ref: op://pi-cluster/owner-sudo/password\n`,
+        ],
+      ]),
+      {},
+      ['--limit', 'pi3-worker-2'],
+    )
     expect(ok.code, ok.out).toBe(0)
     expect(ok.out).toContain('ok: [pi3-worker-2] probe | Ask who runs the commands (root via owner)')
     expect(ok.out).not.toContain(SUDO_PASSWORD)

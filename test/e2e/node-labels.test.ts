@@ -14,7 +14,8 @@ interface NodeObj {
   metadata: { labels: Record<string, string> }
   spec: { taints?: { key: string; value?: string; effect: string }[] }
 }
-const node = async (name: string) => JSON.parse(await onHost('pi-k3s', `k3s kubectl get node ${name} -o json`)) as NodeObj
+const node = async (name: string) =>
+  JSON.parse(await onHost('pi-k3s', `k3s kubectl get node ${name} -o json`)) as NodeObj
 const agentPid = async () => (await onHost('pi3-worker-2', 'systemctl show -p MainPID --value k3s-agent')).trim()
 
 let inventory = ''
@@ -38,7 +39,8 @@ beforeAll(async () => {
             - role=batch
           node_taints:
             - dedicated=batch:NoSchedule`
-  if (!text.includes(before)) throw new Error(`inventory/lab.yaml no longer has pi3-worker-2 as this test expects:\n${before}`)
+  if (!text.includes(before))
+    throw new Error(`inventory/lab.yaml no longer has pi3-worker-2 as this test expects:\n${before}`)
   inventory = join(mkdtempSync(join(tmpdir(), 'labels-')), 'lab.yaml')
   writeFileSync(inventory, text.replace(before, after))
 }, 900_000)

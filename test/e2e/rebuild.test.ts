@@ -12,17 +12,23 @@ import { convergedLab, onHost, runPlaybookCli, until } from './helpers.ts'
 const NAS = join(LAB_DIR, 'nas', 'k3s-backups')
 
 interface NodeList {
-  items: { metadata: { name: string; labels: Record<string, string> }; spec: { taints?: { key: string; value?: string; effect: string }[] }; status: { conditions: { type: string; status: string }[] } }[]
+  items: {
+    metadata: { name: string; labels: Record<string, string> }
+    spec: { taints?: { key: string; value?: string; effect: string }[] }
+    status: { conditions: { type: string; status: string }[] }
+  }[]
 }
 const nodes = async () => (JSON.parse(await onHost('pi-k3s', 'k3s kubectl get nodes -o json')) as NodeList).items
 const ready = (n: NodeList['items'][number]) => n.status.conditions.find((c) => c.type === 'Ready')?.status === 'True'
-
 
 /** The owner's 02:15 job: sqlite3 .backup of state.db (waiting out k3s's own writes, as a live backup must) and a tarball of token, tls and cred, to the NAS under {date}/k3s/. */
 async function takeBackup(date: string): Promise<void> {
   const dir = join(NAS, date, 'k3s')
   mkdirSync(dir, { recursive: true })
-  const db = await onHost('pi-k3s', 'set -e; sqlite3 -cmd ".timeout 10000" /var/lib/rancher/k3s/server/db/state.db ".backup /tmp/state-backup.db"; base64 -w0 /tmp/state-backup.db; rm -f /tmp/state-backup.db')
+  const db = await onHost(
+    'pi-k3s',
+    'set -e; sqlite3 -cmd ".timeout 10000" /var/lib/rancher/k3s/server/db/state.db ".backup /tmp/state-backup.db"; base64 -w0 /tmp/state-backup.db; rm -f /tmp/state-backup.db',
+  )
   writeFileSync(join(dir, 'state.db'), Buffer.from(db, 'base64'))
   const tar = await onHost('pi-k3s', 'tar -czf - -C /var/lib/rancher/k3s/server token tls cred | base64 -w0')
   writeFileSync(join(dir, 'server-token-tls-cred.tar.gz'), Buffer.from(tar, 'base64'))
@@ -56,7 +62,10 @@ describe('rebuild after an SD-card failure', () => {
   })
 
   it('server: wipe pi-k3s after a nightly backup, rebuild it from the backup: agents Ready again unwiped, old objects still there', async () => {
-    await onHost('pi-k3s', 'k3s kubectl create namespace before-failure && k3s kubectl create secret generic kept -n before-failure --from-literal=note=made-before-the-sd-card-died')
+    await onHost(
+      'pi-k3s',
+      'k3s kubectl create namespace before-failure && k3s kubectl create secret generic kept -n before-failure --from-literal=note=made-before-the-sd-card-died',
+    )
     await takeBackup('2026-11-26')
     const agentBoots = { a1: await labBootId('pi3-worker-1'), a2: await labBootId('pi3-worker-2') }
     const caHash = (await onHost('pi-k3s', 'sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt')).split(' ')[0]
@@ -65,13 +74,17 @@ describe('rebuild after an SD-card failure', () => {
     expect(run.code, run.out).toBe(0)
     expect(run.out).toContain('restored backup 2026-11-26 (datastore, token, tls, cred)')
     // Same CA as before the failure: the agents' trust in the server still holds.
-    expect((await onHost('pi-k3s', 'sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt')).split(' ')[0]).toBe(caHash)
+    expect((await onHost('pi-k3s', 'sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt')).split(' ')[0]).toBe(
+      caHash,
+    )
     const all = await until('all three nodes Ready', 120_000, async () => {
       const ns = await nodes()
       return ns.length === 3 && ns.every(ready) ? ns : undefined
     })
     expect(all.map((n) => n.metadata.name).sort()).toEqual([...DEFAULT_HOSTS].sort())
-    const kept = JSON.parse(await onHost('pi-k3s', 'k3s kubectl get secret kept -n before-failure -o json')) as { data: Record<string, string> }
+    const kept = JSON.parse(await onHost('pi-k3s', 'k3s kubectl get secret kept -n before-failure -o json')) as {
+      data: Record<string, string>
+    }
     expect(Buffer.from(kept.data.note, 'base64').toString()).toBe('made-before-the-sd-card-died')
     expect(await labBootId('pi3-worker-1')).toBe(agentBoots.a1)
     expect(await labBootId('pi3-worker-2')).toBe(agentBoots.a2)
@@ -89,7 +102,9 @@ describe('rebuild after an SD-card failure', () => {
     expect(run.out).not.toContain('restored backup')
     expect(run.out).toMatch(/changed: \[pi-k3s\] flux-bootstrap \| Bootstrap Flux/)
     // A new cluster CA: the agents joined with the cluster token, which the secrets store kept, so they rejoin.
-    expect((await onHost('pi-k3s', 'sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt')).split(' ')[0]).not.toBe(caHash)
+    expect((await onHost('pi-k3s', 'sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt')).split(' ')[0]).not.toBe(
+      caHash,
+    )
     const all = await until('all three nodes Ready', 120_000, async () => {
       const ns = await nodes()
       return ns.length === 3 && ns.every(ready) ? ns : undefined
@@ -106,12 +121,17 @@ describe('rebuild after an SD-card failure', () => {
     const dir = join(NAS, '2026-11-27', 'k3s')
     await takeBackup('2026-11-27')
     // Forge a token file with another secret into the newest backup.
-    const tar = await onHost('pi-k3s', 'set -e; d=$(mktemp -d); tar -xzf - -C "$d" < /dev/null 2>/dev/null || true; cp -r /var/lib/rancher/k3s/server/tls /var/lib/rancher/k3s/server/cred "$d"/; echo "K10abc::server:not-the-cluster-token" > "$d/token"; tar -czf - -C "$d" token tls cred | base64 -w0; rm -rf "$d"')
+    const tar = await onHost(
+      'pi-k3s',
+      'set -e; d=$(mktemp -d); tar -xzf - -C "$d" < /dev/null 2>/dev/null || true; cp -r /var/lib/rancher/k3s/server/tls /var/lib/rancher/k3s/server/cred "$d"/; echo "K10abc::server:not-the-cluster-token" > "$d/token"; tar -czf - -C "$d" token tls cred | base64 -w0; rm -rf "$d"',
+    )
     writeFileSync(join(dir, 'server-token-tls-cred.tar.gz'), Buffer.from(tar, 'base64'))
     await labWipe('pi-k3s')
     const run = await runPlaybookCli('rebuild', ['pi-k3s'])
     expect(run.code).toBe(2)
-    expect(run.out).toContain('backup 2026-11-27 was taken with another cluster token than the one at op://pi-cluster/k3s-node-token/token')
+    expect(run.out).toContain(
+      'backup 2026-11-27 was taken with another cluster token than the one at op://pi-cluster/k3s-node-token/token',
+    )
     expect(await onHost('pi-k3s', 'systemctl is-active k3s || true')).not.toBe('active\n')
   })
 })

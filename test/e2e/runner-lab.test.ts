@@ -18,19 +18,51 @@ const inv = () => loadInventory(LAB_INVENTORY)
 
 function sshTo(name: string): SshConnection {
   const v = hostVars(inv().hosts.get(name)!)
-  return new SshConnection({ host: name, address: v.address!, port: v.ssh_port, user: v.ssh_user, keyFile: v.ssh_key_file, knownHostsFile: v.known_hosts_file, trustNewHostKeys: false, connectTimeoutSec: 5 })
+  return new SshConnection({
+    host: name,
+    address: v.address!,
+    port: v.ssh_port,
+    user: v.ssh_user,
+    keyFile: v.ssh_key_file,
+    knownHostsFile: v.known_hosts_file,
+    trustNewHostKeys: false,
+    connectTimeoutSec: 5,
+  })
 }
 
 const whoami: Playbook = {
   name: 'whoami',
-  plays: [{ name: 'Who is there', hosts: 'all', roles: [{ name: 'probe', steps: [{ name: 'Read the hostname', async plan(ctx) { const r = await ctx.must('hostname'); return { status: 'ok', message: r.stdout.trim() } } }] }] }],
+  plays: [
+    {
+      name: 'Who is there',
+      hosts: 'all',
+      roles: [
+        {
+          name: 'probe',
+          steps: [
+            {
+              name: 'Read the hostname',
+              async plan(ctx) {
+                const r = await ctx.must('hostname')
+                return { status: 'ok', message: r.stdout.trim() }
+              },
+            },
+          ],
+        },
+      ],
+    },
+  ],
 }
 
 async function runWhoami(args: string[] = []) {
   resetSecretsForTest()
   const lines: string[] = []
   const dir = mkdtempSync(join(tmpdir(), 'lab-run-'))
-  const code = await runCli(whoami, ['-i', LAB_INVENTORY, '--retry-file', join(dir, 'r.retry'), '-e', 'connect_timeout=3', ...args], { write: (l) => lines.push(l) })
+  const code = await runCli(
+    whoami,
+    ['-i', LAB_INVENTORY, '--retry-file', join(dir, 'r.retry'), '-e', 'connect_timeout=3', ...args],
+    { write: (l) => lines.push(l) },
+  )
   return { code, out: lines.join('\n') }
 }
 
@@ -65,7 +97,27 @@ describe('the runner on real lab hosts', () => {
     const before = await labBootId('pi3-worker-1')
     const pb: Playbook = {
       name: 'reboot',
-      plays: [{ name: 'Reboot one', hosts: 'pi3-worker-1', roles: [{ name: 'r', steps: [{ name: 'Ask for a reboot', notify: ['Reboot'], async plan() { return { summary: 'ask for a reboot' } } }], handlers: [rebootHandler('Reboot')] }] }],
+      plays: [
+        {
+          name: 'Reboot one',
+          hosts: 'pi3-worker-1',
+          roles: [
+            {
+              name: 'r',
+              steps: [
+                {
+                  name: 'Ask for a reboot',
+                  notify: ['Reboot'],
+                  async plan() {
+                    return { summary: 'ask for a reboot' }
+                  },
+                },
+              ],
+              handlers: [rebootHandler('Reboot')],
+            },
+          ],
+        },
+      ],
     }
     resetSecretsForTest()
     const lines: string[] = []
@@ -79,7 +131,9 @@ describe('the runner on real lab hosts', () => {
     await labWipe('pi3-worker-2')
     const { code, out } = await runWhoami()
     expect(code).toBe(4)
-    expect(out).toMatch(/UNREACHABLE: \[pi3-worker-2\] HOST KEY CHANGED for pi3-worker-2 \(10\.199\.55\.51\): known_hosts has SHA256:\S+.*, the host now presents SHA256:\S+\. Refusing to connect\./)
+    expect(out).toMatch(
+      /UNREACHABLE: \[pi3-worker-2\] HOST KEY CHANGED for pi3-worker-2 \(10\.199\.55\.51\): known_hosts has SHA256:\S+.*, the host now presents SHA256:\S+\. Refusing to connect\./,
+    )
     expect(out).toContain('hint: if the host was reflashed, run playbooks/rebuild.mts pi3-worker-2')
     expect(out).toMatch(/ok: \[pi-k3s\] probe \| Read the hostname/)
     expect(out).toMatch(/pi3-worker-2\s+: ok=0\s+changed=0\s+unreachable=1\s+failed=0/)
@@ -104,4 +158,3 @@ describe('the runner on real lab hosts', () => {
     expect(healed.code).toBe(0)
   })
 })
-

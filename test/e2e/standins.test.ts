@@ -7,8 +7,8 @@ import { LAB_ARTIFACT_BASE, labAddress, labDown, labExec, labUp, labWipe } from 
 import { onHost, until } from './helpers.ts'
 
 const VERSION = 'v1.34.3+k3s1'
-const NODE_PASSWORD_ERROR = "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server node-passwd entry, try enabling a unique node name with the --with-node-id flag"
-
+const NODE_PASSWORD_ERROR =
+  "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server node-passwd entry, try enabling a unique node name with the --with-node-id flag"
 
 const nodeReady = async (name: string): Promise<string> => {
   const r = await labExec('pi-k3s', `k3s kubectl get node ${name} -o json`)
@@ -20,7 +20,11 @@ const nodeReady = async (name: string): Promise<string> => {
 /** Install an agent as the k3s docs say, with the env (token included) fed through a file, not argv. */
 async function installAgent(host: string, token: string, extraEnv = ''): Promise<void> {
   const env = `K3S_URL=https://${labAddress('pi-k3s')}:6443\nK3S_TOKEN=${token}\nINSTALL_K3S_VERSION=${VERSION}\n${extraEnv}`
-  const r = await labExec(host, `umask 077; cat > /root/k3s.env; set -a; . /root/k3s.env; set +a; curl -sfL ${LAB_ARTIFACT_BASE}/k3s/install.sh | sh -`, { input: env })
+  const r = await labExec(
+    host,
+    `umask 077; cat > /root/k3s.env; set -a; . /root/k3s.env; set +a; curl -sfL ${LAB_ARTIFACT_BASE}/k3s/install.sh | sh -`,
+    { input: env },
+  )
   expect(r.code, r.stderr).toBe(0)
 }
 
@@ -36,20 +40,35 @@ describe('k3s stand-in on the lab', () => {
   let token = ''
 
   it('installs a server through the install-script URL: unit, version, node-token with the CA hash', async () => {
-    const r = await labExec('pi-k3s', `curl -sfL ${LAB_ARTIFACT_BASE}/k3s/install.sh | INSTALL_K3S_VERSION=${VERSION} INSTALL_K3S_EXEC='server --disable=traefik' sh -`)
+    const r = await labExec(
+      'pi-k3s',
+      `curl -sfL ${LAB_ARTIFACT_BASE}/k3s/install.sh | INSTALL_K3S_VERSION=${VERSION} INSTALL_K3S_EXEC='server --disable=traefik' sh -`,
+    )
     expect(r.code, r.stderr).toBe(0)
-    expect(await onHost('pi-k3s', 'k3s --version | head -n 1')).toMatch(/^k3s version v1\.34\.3\+k3s1 \([0-9a-f]{8}\)\n$/)
+    expect(await onHost('pi-k3s', 'k3s --version | head -n 1')).toMatch(
+      /^k3s version v1\.34\.3\+k3s1 \([0-9a-f]{8}\)\n$/,
+    )
     expect(await onHost('pi-k3s', 'systemctl is-active k3s')).toBe('active\n')
     token = (await onHost('pi-k3s', 'cat /var/lib/rancher/k3s/server/node-token')).trim()
-    const caHash = (await onHost('pi-k3s', 'sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt | cut -d" " -f1')).trim()
+    const caHash = (
+      await onHost('pi-k3s', 'sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt | cut -d" " -f1')
+    ).trim()
     expect(token).toMatch(new RegExp(`^K10${caHash}::server:\\S+$`))
-    expect(await until('server node Ready', 60_000, async () => ((await nodeReady('pi-k3s')) === 'Ready' ? true : undefined))).toBe(true)
+    expect(
+      await until('server node Ready', 60_000, async () =>
+        (await nodeReady('pi-k3s')) === 'Ready' ? true : undefined,
+      ),
+    ).toBe(true)
   })
 
   it('joins an agent over the lab network: it appears as a Ready node', async () => {
     await installAgent('pi3-worker-1', token)
     expect(await onHost('pi3-worker-1', 'stat -c %a /etc/systemd/system/k3s-agent.service.env')).toBe('600\n')
-    expect(await until('agent Ready', 60_000, async () => ((await nodeReady('pi3-worker-1')) === 'Ready' ? true : undefined))).toBe(true)
+    expect(
+      await until('agent Ready', 60_000, async () =>
+        (await nodeReady('pi3-worker-1')) === 'Ready' ? true : undefined,
+      ),
+    ).toBe(true)
   })
 
   it('a reflashed agent is refused with the node-password error until its Node is deleted, then joins', async () => {
@@ -66,6 +85,10 @@ describe('k3s stand-in on the lab', () => {
     await new Promise((r) => setTimeout(r, 5000))
     expect(await onHost('pi3-worker-1', 'systemctl is-active k3s-agent || true')).not.toBe('active\n')
     expect(await onHost('pi-k3s', 'k3s kubectl delete node pi3-worker-1')).toBe('node "pi3-worker-1" deleted\n')
-    expect(await until('agent Ready after the Node was deleted', 60_000, async () => ((await nodeReady('pi3-worker-1')) === 'Ready' ? true : undefined))).toBe(true)
+    expect(
+      await until('agent Ready after the Node was deleted', 60_000, async () =>
+        (await nodeReady('pi3-worker-1')) === 'Ready' ? true : undefined,
+      ),
+    ).toBe(true)
   })
 })

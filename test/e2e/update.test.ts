@@ -50,7 +50,8 @@ interface NodeObj {
   spec: { unschedulable?: boolean }
   status: { conditions: { type: string; status: string }[] }
 }
-const nodes = async () => (JSON.parse(await onHost('pi-k3s', 'k3s kubectl get nodes -o json')) as { items: NodeObj[] }).items
+const nodes = async () =>
+  (JSON.parse(await onHost('pi-k3s', 'k3s kubectl get nodes -o json')) as { items: NodeObj[] }).items
 
 beforeAll(async () => {
   await convergedLab()
@@ -69,8 +70,12 @@ describe('update.mts: Debian updates, one node at a time', () => {
     const boots = await Promise.all(ALL.map(labBootId))
     const run = await runPlaybookCli('update', ['--check'])
     expect(run.code, run.out).toBe(0)
-    expect(run.out).toMatch(/changed: \[pi3-worker-1\] os-update \| Drain this node from the server before updating it \(agents, update_drain\) \(would drain pi3-worker-1 \((evict \d+ pods?|cordon it)\)\)/)
-    expect(run.out).toContain('changed: [pi3-worker-1] os-update | Install the updates (apt-get full-upgrade) (would upgrade 1 package: lab-probe 1.0 -> 1.1)')
+    expect(run.out).toMatch(
+      /changed: \[pi3-worker-1\] os-update \| Drain this node from the server before updating it \(agents, update_drain\) \(would drain pi3-worker-1 \((evict \d+ pods?|cordon it)\)\)/,
+    )
+    expect(run.out).toContain(
+      'changed: [pi3-worker-1] os-update | Install the updates (apt-get full-upgrade) (would upgrade 1 package: lab-probe 1.0 -> 1.1)',
+    )
     expect(run.out).toMatch(/^ok: \[pi3-worker-2\] os-update \| Install the updates \(apt-get full-upgrade\)$/m)
     for (const h of ALL) expect(await probeVersion(h)).toBe('1.0')
     expect(await Promise.all(ALL.map(labBootId))).toEqual(boots)
@@ -83,18 +88,33 @@ describe('update.mts: Debian updates, one node at a time', () => {
     const run = await runPlaybookCli('update', ['-e', 'apt_cache_valid_time=0'])
     expect(run.code, run.out).toBe(0)
 
-    expect(run.out).toMatch(/changed: \[pi3-worker-1\] os-update \| Drain this node from the server before updating it \(agents, update_drain\) \(drained pi3-worker-1 \((evicted \d+ pods?|cordoned)\)\)/)
+    expect(run.out).toMatch(
+      /changed: \[pi3-worker-1\] os-update \| Drain this node from the server before updating it \(agents, update_drain\) \(drained pi3-worker-1 \((evicted \d+ pods?|cordoned)\)\)/,
+    )
     // Unbound is pinned to pi3-worker-1 (nodeSelector workload/dns=unbound): the owner is told it waits for the node.
-    expect(run.out).toMatch(/WARNING: \[pi3-worker-1\] 1 pod fits no other node and will wait Pending until pi3-worker-1 is back: pihole\/unbound-\S+/)
-    expect(run.out).toContain('changed: [pi3-worker-1] os-update | Install the updates (apt-get full-upgrade) (upgraded 1 package: lab-probe 1.0 -> 1.1)')
-    expect(run.out).toContain('changed: [pi3-worker-1] os-update | Reboot when an update asks for it (/var/run/reboot-required, or a newer kernel) (reboot asked for by lab-probe)')
+    expect(run.out).toMatch(
+      /WARNING: \[pi3-worker-1\] 1 pod fits no other node and will wait Pending until pi3-worker-1 is back: pihole\/unbound-\S+/,
+    )
+    expect(run.out).toContain(
+      'changed: [pi3-worker-1] os-update | Install the updates (apt-get full-upgrade) (upgraded 1 package: lab-probe 1.0 -> 1.1)',
+    )
+    expect(run.out).toContain(
+      'changed: [pi3-worker-1] os-update | Reboot when an update asks for it (/var/run/reboot-required, or a newer kernel) (reboot asked for by lab-probe)',
+    )
     expect(run.out).toMatch(/changed: \[pi3-worker-1\] os-update \| handler: Reboot \(rebooted in [\d.]+s\)/)
-    expect(run.out).toContain('changed: [pi3-worker-1] os-update | Uncordon this node (only when this playbook drained it) (uncordoned pi3-worker-1)')
-    expect(run.out).toMatch(/changed: \[pi3-worker-1\] os-update \| Refresh the package lists \(when older than apt_cache_valid_time\) \(apt-get update \(never run by this playbook on this host\)\)/)
+    expect(run.out).toContain(
+      'changed: [pi3-worker-1] os-update | Uncordon this node (only when this playbook drained it) (uncordoned pi3-worker-1)',
+    )
+    expect(run.out).toMatch(
+      /changed: \[pi3-worker-1\] os-update \| Refresh the package lists \(when older than apt_cache_valid_time\) \(apt-get update \(never run by this playbook on this host\)\)/,
+    )
     // pi3-worker-2 has nothing to install: its lists are fetched, nothing else changes (no drain, no reboot).
-    expect(run.out.split('\n').filter((l) => l.startsWith('changed: [pi3-worker-2]')).map((l) => l.replace(/ \(apt-get update .*$/, ''))).toEqual([
-      'changed: [pi3-worker-2] os-update | Refresh the package lists (when older than apt_cache_valid_time)',
-    ])
+    expect(
+      run.out
+        .split('\n')
+        .filter((l) => l.startsWith('changed: [pi3-worker-2]'))
+        .map((l) => l.replace(/ \(apt-get update .*$/, '')),
+    ).toEqual(['changed: [pi3-worker-2] os-update | Refresh the package lists (when older than apt_cache_valid_time)'])
     // The server is updated and rebooted, never drained; it comes back Ready.
     expect(run.out).toMatch(/skipping: \[pi-k3s\] os-update \| Drain this node/)
     expect(run.out).toMatch(/changed: \[pi-k3s\] os-update \| handler: Reboot \(rebooted in [\d.]+s\)/)
@@ -102,7 +122,9 @@ describe('update.mts: Debian updates, one node at a time', () => {
     // One node at a time: pi3-worker-1 was uncordoned before pi3-worker-2 started, and both before the server.
     const at = (re: RegExp) => run.out.search(re)
     expect(at(/uncordoned pi3-worker-1/)).toBeLessThan(at(/\[pi3-worker-2\] os-update \| Refresh the package lists/))
-    expect(at(/\[pi3-worker-2\] os-update \| Uncordon/)).toBeLessThan(at(/\[pi-k3s\] os-update \| Refresh the package lists/))
+    expect(at(/\[pi3-worker-2\] os-update \| Uncordon/)).toBeLessThan(
+      at(/\[pi-k3s\] os-update \| Refresh the package lists/),
+    )
 
     for (const h of UPDATED) expect(await probeVersion(h), h).toBe('1.1')
     expect(await probeVersion('pi3-worker-2')).toBe('1.0')
@@ -110,9 +132,16 @@ describe('update.mts: Debian updates, one node at a time', () => {
     expect(await labBootId('pi-k3s')).not.toBe(boots['pi-k3s'])
     expect(await labBootId('pi3-worker-2')).toBe(boots['pi3-worker-2'])
     const after = await nodes()
-    expect(after.map((n) => [n.metadata.name, n.status.conditions.find((c) => c.type === 'Ready')?.status, n.spec.unschedulable ?? false, n.metadata.annotations?.['pi-provision/drained-for'] ?? null]).sort()).toEqual(
-      ALL.map((h) => [h, 'True', false, null]),
-    )
+    expect(
+      after
+        .map((n) => [
+          n.metadata.name,
+          n.status.conditions.find((c) => c.type === 'Ready')?.status,
+          n.spec.unschedulable ?? false,
+          n.metadata.annotations?.['pi-provision/drained-for'] ?? null,
+        ])
+        .sort(),
+    ).toEqual(ALL.map((h) => [h, 'True', false, null]))
 
     const again = await runPlaybookCli('update', [])
     expect(again.code, again.out).toBe(0)

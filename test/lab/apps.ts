@@ -38,7 +38,11 @@ export const LAB_APPS: Readonly<Record<string, AppEndpoint>> = {
   jellyfin: { path: '/health', body: 'Healthy', contentType: 'text/plain; charset=utf-8' },
   immich: { path: '/api/server/ping', body: '{"res":"pong"}', contentType: 'application/json' },
   homepage: { path: '/api/healthcheck', body: 'up', contentType: 'text/plain; charset=utf-8' },
-  'uptime-kuma': { path: '/api/entry-page', body: '{"type":"entryPage","entryPage":"dashboard"}', contentType: 'application/json' },
+  'uptime-kuma': {
+    path: '/api/entry-page',
+    body: '{"type":"entryPage","entryPage":"dashboard"}',
+    contentType: 'application/json',
+  },
 }
 
 /** How a test makes an app answer instead: any of status, body, content type, and a delay before answering. */
@@ -119,7 +123,10 @@ export function setLabPiholeBlocking(state: PiholeBlocking | null, labDir = LAB_
 
 function labPiholePassword(labDir: string): string | undefined {
   try {
-    const doc = parseYaml(readFileSync(join(labDir, 'secrets.yaml'), 'utf8')) as Record<string, Record<string, Record<string, unknown>>>
+    const doc = parseYaml(readFileSync(join(labDir, 'secrets.yaml'), 'utf8')) as Record<
+      string,
+      Record<string, Record<string, unknown>>
+    >
     const v = doc['pi-cluster']?.pihole?.password
     return typeof v === 'string' ? v : undefined
   } catch {
@@ -129,9 +136,11 @@ function labPiholePassword(labDir: string): string | undefined {
 
 function piholeRoutes(labDir: string): Route[] {
   const sessions = new Set<string>()
-  const json = (res: ServerResponse, status: number, v: unknown) => send(res, status, JSON.stringify(v), 'application/json')
+  const json = (res: ServerResponse, status: number, v: unknown) =>
+    send(res, status, JSON.stringify(v), 'application/json')
   const sidOf = (req: IncomingMessage) => (typeof req.headers['x-ftl-sid'] === 'string' ? req.headers['x-ftl-sid'] : '')
-  const unauthorized = (res: ServerResponse) => json(res, 401, { error: { key: 'unauthorized', message: 'Unauthorized', hint: null }, took: 0 })
+  const unauthorized = (res: ServerResponse) =>
+    json(res, 401, { error: { key: 'unauthorized', message: 'Unauthorized', hint: null }, took: 0 })
   return [
     {
       method: 'POST',
@@ -146,10 +155,24 @@ function piholeRoutes(labDir: string): Route[] {
           return json(res, 400, { error: { key: 'bad_request', message: 'Invalid JSON' }, took: 0 })
         }
         const want = labPiholePassword(labDir)
-        if (want === undefined || given !== want) return json(res, 401, { session: { valid: false, totp: false, sid: null, validity: -1, message: 'password incorrect' }, took: 0 })
+        if (want === undefined || given !== want)
+          return json(res, 401, {
+            session: { valid: false, totp: false, sid: null, validity: -1, message: 'password incorrect' },
+            took: 0,
+          })
         const sid = randomBytes(18).toString('base64')
         sessions.add(sid)
-        json(res, 200, { session: { valid: true, totp: false, sid, csrf: randomBytes(12).toString('base64'), validity: 1800, message: 'password correct' }, took: 0 })
+        json(res, 200, {
+          session: {
+            valid: true,
+            totp: false,
+            sid,
+            csrf: randomBytes(12).toString('base64'),
+            validity: 1800,
+            message: 'password correct',
+          },
+          took: 0,
+        })
       },
     },
     {
@@ -175,7 +198,11 @@ function piholeRoutes(labDir: string): Route[] {
         res.end()
       },
     },
-    { method: 'GET', path: '/apps/pihole/api/_standin/sessions', handle: (_req, res) => json(res, 200, { open: sessions.size }) },
+    {
+      method: 'GET',
+      path: '/apps/pihole/api/_standin/sessions',
+      handle: (_req, res) => json(res, 200, { open: sessions.size }),
+    },
   ]
 }
 
@@ -191,7 +218,11 @@ function deployment(namespace: string, name: string, podSpec: Record<string, unk
     apiVersion: 'apps/v1',
     kind: 'Deployment',
     metadata: { name, namespace, labels: { app: name } },
-    spec: { replicas: 1, selector: { matchLabels: { app: name } }, template: { metadata: { labels: { app: name } }, spec: podSpec } },
+    spec: {
+      replicas: 1,
+      selector: { matchLabels: { app: name } },
+      template: { metadata: { labels: { app: name } }, spec: podSpec },
+    },
   }
 }
 
@@ -233,10 +264,27 @@ function externalSecret(namespace: string, name: string): RepoEntry {
 /** The owner's cluster as clusters/pi-k3s describes it, in the stand-in repository's format. */
 export function labGitopsRepo(): { path: string; branch: string; objects: RepoEntry[] } {
   const kustomizations = [
-    'external-secrets', 'external-secrets-config', 'flux-notifications', 'ingress', 'cert-manager', 'cert-manager-config',
-    'pihole', 'monitoring', 'uptime-kuma', 'homepage', 'backup-jobs', 'immich', 'jellyfin',
+    'external-secrets',
+    'external-secrets-config',
+    'flux-notifications',
+    'ingress',
+    'cert-manager',
+    'cert-manager-config',
+    'pihole',
+    'monitoring',
+    'uptime-kuma',
+    'homepage',
+    'backup-jobs',
+    'immich',
+    'jellyfin',
   ].map((name): RepoEntry => ({ kind: 'Kustomization', name, path: `./clusters/pi-k3s/${name}` }))
-  const helm = (namespace: string, name: string, chart: string, version: string): RepoEntry => ({ kind: 'HelmRelease', namespace, name, chart, version })
+  const helm = (namespace: string, name: string, chart: string, version: string): RepoEntry => ({
+    kind: 'HelmRelease',
+    namespace,
+    name,
+    chart,
+    version,
+  })
   return {
     path: 'clusters/pi-k3s',
     branch: 'main',
@@ -251,7 +299,20 @@ export function labGitopsRepo(): { path: string; branch: string; objects: RepoEn
         apiVersion: 'external-secrets.io/v1',
         kind: 'ClusterSecretStore',
         metadata: { name: 'onepassword' },
-        spec: { provider: { onepasswordSDK: { vault: 'pi-cluster', auth: { serviceAccountSecretRef: { name: 'onepassword-service-account', key: 'token', namespace: 'external-secrets' } } } } },
+        spec: {
+          provider: {
+            onepasswordSDK: {
+              vault: 'pi-cluster',
+              auth: {
+                serviceAccountSecretRef: {
+                  name: 'onepassword-service-account',
+                  key: 'token',
+                  namespace: 'external-secrets',
+                },
+              },
+            },
+          },
+        },
         ready: true,
         message: 'store validated',
       },
@@ -264,19 +325,35 @@ export function labGitopsRepo(): { path: string; branch: string; objects: RepoEn
         hostNetwork: true,
         dnsPolicy: 'ClusterFirstWithHostNet',
         nodeSelector: { 'kubernetes.io/hostname': 'pi-k3s' },
-        containers: [{
-          name: 'pihole',
-          image: 'pihole/pihole:2025.11.0',
-          ports: [{ containerPort: 80, name: 'http' }, { containerPort: 53, protocol: 'UDP', name: 'dns-udp' }, { containerPort: 53, protocol: 'TCP', name: 'dns-tcp' }],
-        }],
+        containers: [
+          {
+            name: 'pihole',
+            image: 'pihole/pihole:2025.11.0',
+            ports: [
+              { containerPort: 80, name: 'http' },
+              { containerPort: 53, protocol: 'UDP', name: 'dns-udp' },
+              { containerPort: 53, protocol: 'TCP', name: 'dns-tcp' },
+            ],
+          },
+        ],
       }),
       deployment('pihole', 'unbound', {
         nodeSelector: { 'workload/dns': 'unbound' },
-        containers: [{ name: 'unbound', image: 'madnuttah/unbound:latest', ports: [{ containerPort: 5335, protocol: 'UDP' }] }],
+        containers: [
+          { name: 'unbound', image: 'madnuttah/unbound:latest', ports: [{ containerPort: 5335, protocol: 'UDP' }] },
+        ],
       }),
-      deployment('homepage', 'homepage', { containers: [{ name: 'homepage', image: 'ghcr.io/gethomepage/homepage:latest', ports: [{ containerPort: 3000 }] }] }),
-      deployment('jellyfin', 'jellyfin', { containers: [{ name: 'jellyfin', image: 'jellyfin/jellyfin:latest', ports: [{ containerPort: 8096 }] }] }),
-      deployment('uptime-kuma', 'uptime-kuma', { containers: [{ name: 'uptime-kuma', image: 'louislam/uptime-kuma:2', ports: [{ containerPort: 3001 }] }] }),
+      deployment('homepage', 'homepage', {
+        containers: [
+          { name: 'homepage', image: 'ghcr.io/gethomepage/homepage:latest', ports: [{ containerPort: 3000 }] },
+        ],
+      }),
+      deployment('jellyfin', 'jellyfin', {
+        containers: [{ name: 'jellyfin', image: 'jellyfin/jellyfin:latest', ports: [{ containerPort: 8096 }] }],
+      }),
+      deployment('uptime-kuma', 'uptime-kuma', {
+        containers: [{ name: 'uptime-kuma', image: 'louislam/uptime-kuma:2', ports: [{ containerPort: 3001 }] }],
+      }),
       cronJob('pvc-backup', '0 2 * * *', 'instrumentisto/rsync-ssh:alpine'),
       cronJob('k3s-datastore-backup', '15 2 * * *', 'alpine:3.22'),
       cronJob('postgres-backup', '30 2 * * *', 'postgres:16-alpine'),
@@ -318,7 +395,8 @@ export function tarGz(name: string, content: Buffer, mode = 0o755): Buffer {
   return gzipSync(Buffer.concat([header, content, padding, Buffer.alloc(1024)]), { level: 9 })
 }
 
-const RELEASE = /^\/flux\/releases\/download\/v([0-9A-Za-z.+-]+)\/flux_([0-9A-Za-z.+-]+?)_(?:linux_([a-z0-9]+)\.tar\.gz|checksums\.txt)$/
+const RELEASE =
+  /^\/flux\/releases\/download\/v([0-9A-Za-z.+-]+)\/flux_([0-9A-Za-z.+-]+?)_(?:linux_([a-z0-9]+)\.tar\.gz|checksums\.txt)$/
 const ARCHES = ['amd64', 'arm64', 'arm'] as const
 
 /** The flux stand-in with the version stamped in, as its install.sh does. */
@@ -337,12 +415,18 @@ export function fluxReleaseRoute(root: string, base: string): Route {
       const version = m[1]
       const tarball = tarGz('flux', await stampedFlux(root, base, version))
       if (m[3]) {
-        if (!(ARCHES as readonly string[]).includes(m[3])) return send(res, 404, 'not found\n', 'text/plain; charset=utf-8')
+        if (!(ARCHES as readonly string[]).includes(m[3]))
+          return send(res, 404, 'not found\n', 'text/plain; charset=utf-8')
         return send(res, 200, tarball, 'application/gzip')
       }
       // The stand-in is one script for every architecture, so every tarball is the same.
       const sha = createHash('sha256').update(tarball).digest('hex')
-      send(res, 200, ARCHES.map((a) => `${sha}  flux_${version}_linux_${a}.tar.gz\n`).join(''), 'text/plain; charset=utf-8')
+      send(
+        res,
+        200,
+        ARCHES.map((a) => `${sha}  flux_${version}_linux_${a}.tar.gz\n`).join(''),
+        'text/plain; charset=utf-8',
+      )
     },
   }
 }

@@ -48,8 +48,11 @@ export function createArtifactServer(opts: ArtifactServerOptions): Server {
   const routes = [pingRoute, ...(opts.routes ?? [])]
   return createServer((req, res) => {
     const url = new URL(req.url ?? '/', opts.base)
-    const route = routes.find((r) => (req.method === r.method || (req.method === 'HEAD' && r.method === 'GET')) &&
-      (typeof r.path === 'string' ? r.path === url.pathname : r.path.test(url.pathname)))
+    const route = routes.find(
+      (r) =>
+        (req.method === r.method || (req.method === 'HEAD' && r.method === 'GET')) &&
+        (typeof r.path === 'string' ? r.path === url.pathname : r.path.test(url.pathname)),
+    )
     const handled = route ? route.handle(req, res, url) : serveFile(req, res, url, opts)
     Promise.resolve(handled)
       .catch((e: unknown) => {
@@ -59,7 +62,12 @@ export function createArtifactServer(opts: ArtifactServerOptions): Server {
   })
 }
 
-async function serveFile(req: IncomingMessage, res: ServerResponse, url: URL, opts: ArtifactServerOptions): Promise<void> {
+async function serveFile(
+  req: IncomingMessage,
+  res: ServerResponse,
+  url: URL,
+  opts: ArtifactServerOptions,
+): Promise<void> {
   if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, 'method not allowed\n')
   const file = await resolveFile(opts.root, url.pathname)
   if (!file) return send(res, 404, 'not found\n')

@@ -2,7 +2,17 @@
 import { spawn } from 'node:child_process'
 import { execArgv } from './host.ts'
 import {
-  DEFAULT_HOSTS, LabError, labCut, labDown, labHeal, labStart, labStatus, labStop, labUp, labWipe, type LabHost,
+  DEFAULT_HOSTS,
+  LabError,
+  labCut,
+  labDown,
+  labHeal,
+  labStart,
+  labStatus,
+  labStop,
+  labUp,
+  labWipe,
+  type LabHost,
 } from './lab.ts'
 import { ensureTools } from './run.ts'
 
@@ -17,7 +27,11 @@ const USAGE = `usage: npm run lab -- <command>
 
 function table(hosts: readonly LabHost[]): string {
   return hosts
-    .map((h) => [h.name.padEnd(14), h.address.padEnd(14), (h.state + (h.cut ? ',cut' : '')).padEnd(12), h.bootId ?? '-'].join(' '))
+    .map((h) =>
+      [h.name.padEnd(14), h.address.padEnd(14), (h.state + (h.cut ? ',cut' : '')).padEnd(12), h.bootId ?? '-'].join(
+        ' ',
+      ),
+    )
     .join('\n')
 }
 
@@ -69,7 +83,9 @@ async function main(argv: readonly string[]): Promise<number> {
       allow()
       const s = await labStatus()
       console.log(s.hosts.length ? table(s.hosts) : 'no hosts (npm run lab -- up)')
-      console.log(`bridge: ${s.bridge}  nat: ${s.nat ? 'on' : 'off'}  artifacts: ${s.artifactServer.running ? s.artifactServer.url : 'not running'}`)
+      console.log(
+        `bridge: ${s.bridge}  nat: ${s.nat ? 'on' : 'off'}  artifacts: ${s.artifactServer.running ? s.artifactServer.url : 'not running'}`,
+      )
       return 0
     }
     case 'stop':

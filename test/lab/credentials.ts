@@ -16,7 +16,9 @@ export async function ensureLabKey(): Promise<void> {
 export function writeKnownHosts(entries: readonly { address: string; keys: readonly string[] }[]): void {
   const addresses = new Set(entries.map((e) => e.address))
   const kept = existsSync(LAB_KNOWN_HOSTS)
-    ? readFileSync(LAB_KNOWN_HOSTS, 'utf8').split('\n').filter((l) => l && !addresses.has(l.split(' ')[0]))
+    ? readFileSync(LAB_KNOWN_HOSTS, 'utf8')
+        .split('\n')
+        .filter((l) => l && !addresses.has(l.split(' ')[0]))
     : []
   const fresh = entries.flatMap((e) => e.keys.map((k) => `${e.address} ${k}`))
   writeFileSync(LAB_KNOWN_HOSTS, [...kept, ...fresh].join('\n') + '\n', { mode: 0o644 })

@@ -2,7 +2,18 @@
 // loop that turns exit 133 (`systemctl reboot` in the host) into a real reboot. Processes are found
 // through /proc (see procs.ts), so hosts left behind by a killed run are found and ended too.
 import { randomBytes } from 'node:crypto'
-import { chmodSync, chownSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import {
+  chmodSync,
+  chownSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs'
 import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { IMAGE_DIR, IMAGE_ID, imageDir } from './image.ts'
@@ -45,7 +56,9 @@ export function containerLeaders(): Map<string, number> {
   for (const p of processes()) {
     if (p.nsPid !== 1 || p.pid === 1) continue
     try {
-      const root = readFileSync(`/proc/${p.pid}/mountinfo`, 'utf8').split('\n').find((l) => l.split(' ')[4] === '/')
+      const root = readFileSync(`/proc/${p.pid}/mountinfo`, 'utf8')
+        .split('\n')
+        .find((l) => l.split(' ')[4] === '/')
       const upper = /[ ,]upperdir=([^,\s]+)/.exec(root ?? '')?.[1]
       if (upper) leaders.set(upper, p.pid)
     } catch {}
@@ -59,7 +72,9 @@ export function leaderPid(name: string): number | undefined {
 
 function supervisorPids(name: string): number[] {
   const marker = supervisorMarker(name)
-  return processes().filter((p) => p.argv.includes(marker)).map((p) => p.pid)
+  return processes()
+    .filter((p) => p.argv.includes(marker))
+    .map((p) => p.pid)
 }
 
 function nspawnPids(root: string): number[] {
@@ -137,10 +152,14 @@ export async function startHost(name: string, say: (line: string) => void): Prom
   const kubectl = controllerKubectl()
 
   const log = openSync(paths.log, 'w')
-  const child = spawn('bash', ['-c', SUPERVISOR, supervisorMarker(name), paths.root, name, kubectl ? `${kubectl}:${HOST_KUBECTL}` : ''], {
-    detached: true, // own session: survives the command that started it, like a Pi's power supply
-    stdio: ['ignore', log, log],
-  })
+  const child = spawn(
+    'bash',
+    ['-c', SUPERVISOR, supervisorMarker(name), paths.root, name, kubectl ? `${kubectl}:${HOST_KUBECTL}` : ''],
+    {
+      detached: true, // own session: survives the command that started it, like a Pi's power supply
+      stdio: ['ignore', log, log],
+    },
+  )
   closeSync(log)
   if (child.pid === undefined) throw new LabError(`${name}: could not start its supervisor`)
   writeFileSync(paths.pidfile, `${child.pid}\n`)
@@ -151,14 +170,20 @@ export async function startHost(name: string, say: (line: string) => void): Prom
 async function writeFirstBootFiles(name: string, root: string): Promise<void> {
   const address = hostAddress(name)
   writeFile(join(root, 'etc/hostname'), `${name}\n`)
-  writeFile(join(root, 'etc/hosts'), `127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t${name}\n`)
+  writeFile(
+    join(root, 'etc/hosts'),
+    `127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t${name}\n`,
+  )
   writeFile(join(root, 'etc/machine-id'), randomBytes(16).toString('hex') + '\n', 0o444)
   writeFile(
     join(root, 'etc/systemd/network/10-pi-lab-host0.network'),
     `[Match]\nName=host0\n\n[Network]\nAddress=${address}/24\nGateway=${LAB_BRIDGE_IP}\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n`,
   )
   await newHostKeys(name, root)
-  const pi = readFileSync(join(root, 'etc/passwd'), 'utf8').split('\n').find((l) => l.startsWith('pi:'))?.split(':')
+  const pi = readFileSync(join(root, 'etc/passwd'), 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith('pi:'))
+    ?.split(':')
   if (!pi) throw new LabError(`${name}: the image has no user pi`)
   const keysFile = join(root, 'home/pi/.ssh/authorized_keys')
   writeFile(keysFile, readFileSync(`${LAB_KEY}.pub`, 'utf8'), 0o600)
@@ -175,8 +200,11 @@ async function newHostKeys(name: string, root: string): Promise<void> {
   for (const f of readdirSync(join(root, 'etc/ssh'))) {
     if (f.startsWith('ssh_host_')) rmSync(join(root, 'etc/ssh', f))
   }
-  await Promise.all(HOST_KEY_TYPES.map((t) =>
-    run('ssh-keygen', ['-q', '-t', t, '-N', '', '-C', `root@${name}`, '-f', join(root, `etc/ssh/ssh_host_${t}_key`)])))
+  await Promise.all(
+    HOST_KEY_TYPES.map((t) =>
+      run('ssh-keygen', ['-q', '-t', t, '-N', '', '-C', `root@${name}`, '-f', join(root, `etc/ssh/ssh_host_${t}_key`)]),
+    ),
+  )
 }
 
 /** The controller's resolvers, as DHCP would hand them out; loopback ones are unreachable from a host. */
@@ -205,21 +233,50 @@ export function hostPublicKeys(name: string): string[] {
   const dir = join(hostPaths(name).upper, 'etc/ssh')
   return HOST_KEY_TYPES.flatMap((t) => {
     try {
-      return [readFileSync(join(dir, `ssh_host_${t}_key.pub`), 'utf8').split(' ').slice(0, 2).join(' ')]
+      return [
+        readFileSync(join(dir, `ssh_host_${t}_key.pub`), 'utf8')
+          .split(' ')
+          .slice(0, 2)
+          .join(' '),
+      ]
     } catch {
       return []
     }
   })
 }
 
-const EXEC_ENV = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/root', 'LANG=C.UTF-8', 'USER=root', 'LOGNAME=root']
+const EXEC_ENV = [
+  'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+  'HOME=/root',
+  'LANG=C.UTF-8',
+  'USER=root',
+  'LOGNAME=root',
+]
 
 /** argv that runs `sh -c command` as root inside the host through its namespaces, not through the network. */
 export function execArgv(name: string, command: string): string[] {
   const leader = leaderPid(name)
   if (leader === undefined) throw new LabError(`${name} is not running (start it with: npm run lab -- start ${name})`)
-  return ['nsenter', '-t', String(leader), '-m', '-u', '-i', '-n', '-p', '-C', '-r', '-w', '--',
-    '/usr/bin/env', '-i', ...EXEC_ENV, '/bin/sh', '-c', command]
+  return [
+    'nsenter',
+    '-t',
+    String(leader),
+    '-m',
+    '-u',
+    '-i',
+    '-n',
+    '-p',
+    '-C',
+    '-r',
+    '-w',
+    '--',
+    '/usr/bin/env',
+    '-i',
+    ...EXEC_ENV,
+    '/bin/sh',
+    '-c',
+    command,
+  ]
 }
 
 export async function bootId(name: string): Promise<string> {

@@ -10,7 +10,8 @@ import { alive } from './procs.ts'
 import { LabError, run } from './run.ts'
 import { unmountUnder } from './mounts.ts'
 
-const CMDLINE = 'console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait\n'
+const CMDLINE =
+  'console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait\n'
 
 const CONFIG_TXT = `# For more options and information see
 # http://rptl.io/configtxt
@@ -69,8 +70,21 @@ const RECIPE = {
   variant: 'minbase',
   // ca-certificates depends on openssl, which the k3s stand-in runs to make its CA and certificates (kubeapi.py).
   packages: [
-    'systemd', 'systemd-sysv', 'openssh-server', 'sudo', 'dbus', 'iproute2', 'curl', 'ca-certificates',
-    'dphys-swapfile', 'iptables', 'python3', 'kmod', 'procps', 'systemd-zram-generator', 'sqlite3',
+    'systemd',
+    'systemd-sysv',
+    'openssh-server',
+    'sudo',
+    'dbus',
+    'iproute2',
+    'curl',
+    'ca-certificates',
+    'dphys-swapfile',
+    'iptables',
+    'python3',
+    'kmod',
+    'procps',
+    'systemd-zram-generator',
+    'sqlite3',
   ],
   files: [
     { path: '/boot/firmware/cmdline.txt', mode: 0o755, content: CMDLINE },
@@ -120,9 +134,11 @@ export async function ensureImage(say: (line: string) => void): Promise<void> {
   const started = Date.now()
   say(`building the lab image ${IMAGE_ID} with debootstrap (a few minutes, once; log: ${IMAGE_LOG})`)
   try {
-    const boot = await run('debootstrap', [
-      `--variant=${RECIPE.variant}`, `--include=${RECIPE.packages.join(',')}`, RECIPE.suite, tmp, RECIPE.mirror,
-    ], { allowFail: true })
+    const boot = await run(
+      'debootstrap',
+      [`--variant=${RECIPE.variant}`, `--include=${RECIPE.packages.join(',')}`, RECIPE.suite, tmp, RECIPE.mirror],
+      { allowFail: true },
+    )
     writeFileSync(IMAGE_LOG, boot.stdout + boot.stderr)
     if (boot.code !== 0) {
       const why = (boot.stderr.trim() || boot.stdout.trim()).split('\n').pop()
@@ -134,7 +150,8 @@ export async function ensureImage(say: (line: string) => void): Promise<void> {
     }
     const setup = await run('chroot', [tmp, '/bin/sh', '-c', RECIPE.script], { allowFail: true })
     writeFileSync(IMAGE_LOG, setup.stdout + setup.stderr, { flag: 'a' })
-    if (setup.code !== 0) throw new LabError(`image setup script failed: ${setup.stderr.trim().split('\n').pop()}; see ${IMAGE_LOG}`)
+    if (setup.code !== 0)
+      throw new LabError(`image setup script failed: ${setup.stderr.trim().split('\n').pop()}; see ${IMAGE_LOG}`)
     await unmountUnder(tmp)
     renameSync(tmp, IMAGE_DIR)
   } catch (e) {

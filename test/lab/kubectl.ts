@@ -26,7 +26,9 @@ export function controllerKubectl(): string | null {
   if (!named || !existsSync(named)) return resolved
   const bin = realpathSync(named)
   try {
-    const v = JSON.parse(execFileSync(bin, ['version', '--client', '-o', 'json'], { encoding: 'utf8', timeout: 20_000 })) as {
+    const v = JSON.parse(
+      execFileSync(bin, ['version', '--client', '-o', 'json'], { encoding: 'utf8', timeout: 20_000 }),
+    ) as {
       clientVersion?: { gitVersion?: string; major?: string; minor?: string }
     }
     const cv = v.clientVersion ?? {}

@@ -8,22 +8,55 @@ import { fileURLToPath } from 'node:url'
 import { ensureLabKey, ensureSecrets, writeKnownHosts } from './credentials.ts'
 import { IMAGE_DIR, ensureImage, pruneImages } from './image.ts'
 import {
-  bootId, containerLeaders, execArgv, hostHealthy, hostPublicKeys, knownHosts, leaderPid, startHost, stopHost, wipeDisk,
+  bootId,
+  containerLeaders,
+  execArgv,
+  hostHealthy,
+  hostPublicKeys,
+  knownHosts,
+  leaderPid,
+  startHost,
+  stopHost,
+  wipeDisk,
 } from './host.ts'
 import { unmountUnder } from './mounts.ts'
 import {
-  bridgeAddressed, bridgeState, hostAddress, hostLink, linkConnected, natRulePresent, networkDown, networkUp, setLinkConnected, waitForSsh,
+  bridgeAddressed,
+  bridgeState,
+  hostAddress,
+  hostLink,
+  linkConnected,
+  natRulePresent,
+  networkDown,
+  networkUp,
+  setLinkConnected,
+  waitForSsh,
 } from './network.ts'
 import {
-  ARTIFACT_ROOT, DEFAULT_HOSTS, LAB_ARTIFACT_BASE, LAB_ARTIFACT_LOG, LAB_ARTIFACT_PIDFILE, LAB_ARTIFACT_PORT,
-  LAB_BRIDGE_IP, LAB_DIR, LAB_HOSTS_DIR, REPO_DIR, hostPaths,
+  ARTIFACT_ROOT,
+  DEFAULT_HOSTS,
+  LAB_ARTIFACT_BASE,
+  LAB_ARTIFACT_LOG,
+  LAB_ARTIFACT_PIDFILE,
+  LAB_ARTIFACT_PORT,
+  LAB_BRIDGE_IP,
+  LAB_DIR,
+  LAB_HOSTS_DIR,
+  REPO_DIR,
+  hostPaths,
 } from './paths.ts'
 import { locked } from './lock.ts'
 import { aliveWith, alive, processes, readPidfile, signal, sleep, terminate, waitGone } from './procs.ts'
 import { LabError, ensureTools, requireRootOnLinux, run, which } from './run.ts'
 
 export {
-  DEFAULT_HOSTS, LAB_ARTIFACT_BASE, LAB_BRIDGE_IP, LAB_DIR, LAB_KEY, LAB_KNOWN_HOSTS, LAB_SECRETS_FILE,
+  DEFAULT_HOSTS,
+  LAB_ARTIFACT_BASE,
+  LAB_BRIDGE_IP,
+  LAB_DIR,
+  LAB_KEY,
+  LAB_KNOWN_HOSTS,
+  LAB_SECRETS_FILE,
 } from './paths.ts'
 export { LabError } from './run.ts'
 
@@ -70,7 +103,8 @@ export function labUp(names: readonly string[] = DEFAULT_HOSTS, opts: { fresh?: 
         await stopHost(name)
         wipeDisk(name)
       }
-      if (hostHealthy(name)) await connect(name, true) // up means on the network: a cut host is healed
+      if (hostHealthy(name))
+        await connect(name, true) // up means on the network: a cut host is healed
       else await startHost(name, say)
       await awaitSsh(name)
     })
@@ -135,7 +169,11 @@ export async function labHeal(name: string): Promise<void> {
 }
 
 /** Runs `sh -c command` as root in the host through its namespaces: works without its network. */
-export async function labExec(name: string, command: string, opts: { input?: string; timeoutMs?: number } = {}): Promise<ExecResult> {
+export async function labExec(
+  name: string,
+  command: string,
+  opts: { input?: string; timeoutMs?: number } = {},
+): Promise<ExecResult> {
   await ensureTools(['nsenter'])
   const [cmd, ...args] = execArgv(name, command)
   // Bounded by default: a command entering a host that is shutting down can hang; no lab command needs 2 minutes.
@@ -183,7 +221,9 @@ async function hostStatus(name: string): Promise<LabHost> {
 /** Runs fn for every host in parallel; reports every failure, not just the first. */
 async function eachHost(names: readonly string[], fn: (name: string) => Promise<void>): Promise<void> {
   const results = await Promise.allSettled(names.map(fn))
-  const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [`${names[i]}: ${(r.reason as Error).message}`] : []))
+  const failed = results.flatMap((r, i) =>
+    r.status === 'rejected' ? [`${names[i]}: ${(r.reason as Error).message}`] : [],
+  )
   if (failed.length) throw new LabError(failed.join('; '))
 }
 
@@ -191,7 +231,9 @@ async function awaitSsh(name: string): Promise<void> {
   const address = hostAddress(name)
   const started = Date.now()
   if (!(await waitForSsh(address, SSH_WAIT_MS))) {
-    throw new LabError(`${name} (${address}) did not answer on SSH within ${SSH_WAIT_MS / 1000} s; console: ${hostPaths(name).log}`)
+    throw new LabError(
+      `${name} (${address}) did not answer on SSH within ${SSH_WAIT_MS / 1000} s; console: ${hostPaths(name).log}`,
+    )
   }
   // sshd answers before boot is over, but PAM refuses logins while /run/nologin exists ("System is booting up"):
   // "up" means a person could log in, so wait for that too.
@@ -203,7 +245,9 @@ async function awaitSsh(name: string): Promise<void> {
     if (r.code === 0) return
     await sleep(100)
   }
-  throw new LabError(`${name} (${address}) still refuses logins (/run/nologin) after ${SSH_WAIT_MS / 1000} s; console: ${hostPaths(name).log}`)
+  throw new LabError(
+    `${name} (${address}) still refuses logins (/run/nologin) after ${SSH_WAIT_MS / 1000} s; console: ${hostPaths(name).log}`,
+  )
 }
 
 async function connect(name: string, connected: boolean): Promise<void> {
@@ -230,13 +274,22 @@ async function infraUp(): Promise<void> {
 /** Lab processes no host disk accounts for (e.g. the state dir was deleted under a running lab). */
 async function endStrays(): Promise<void> {
   const supervisorPrefix = `pi-lab-supervisor:${LAB_DIR}:`
-  const supervisors = processes().filter((p) => p.argv.some((a) => a.startsWith(supervisorPrefix))).map((p) => p.pid)
+  const supervisors = processes()
+    .filter((p) => p.argv.some((a) => a.startsWith(supervisorPrefix)))
+    .map((p) => p.pid)
   for (const pid of supervisors) signal(pid, 'SIGKILL')
-  const leaders = [...containerLeaders()].filter(([upper]) => upper.startsWith(LAB_HOSTS_DIR + '/')).map(([, pid]) => pid)
+  const leaders = [...containerLeaders()]
+    .filter(([upper]) => upper.startsWith(LAB_HOSTS_DIR + '/'))
+    .map(([, pid]) => pid)
   for (const pid of leaders) signal(pid, 'SIGKILL')
   await waitGone([...supervisors, ...leaders], 5000)
-  const nspawns = processes().filter((p) => p.argv[0]?.endsWith('systemd-nspawn') && p.argv.some((a) => a.startsWith(LAB_HOSTS_DIR + '/')))
-  await terminate(nspawns.map((p) => p.pid), 3000)
+  const nspawns = processes().filter(
+    (p) => p.argv[0]?.endsWith('systemd-nspawn') && p.argv.some((a) => a.startsWith(LAB_HOSTS_DIR + '/')),
+  )
+  await terminate(
+    nspawns.map((p) => p.pid),
+    3000,
+  )
 }
 
 // --- artifact server: a detached Node process, found by its script name and the state dir in its argv ---
@@ -265,9 +318,21 @@ async function ensureArtifactServer(): Promise<void> {
   const node = process.features.typescript ? process.execPath : join(REPO_DIR, 'node_modules', '.bin', 'node')
   mkdirSync(LAB_DIR, { recursive: true })
   const log = openSync(LAB_ARTIFACT_LOG, 'a')
-  const child = spawn(node, [
-    ARTIFACT_SCRIPT, '--host', LAB_BRIDGE_IP, '--port', String(LAB_ARTIFACT_PORT), '--root', ARTIFACT_ROOT, '--lab', LAB_DIR,
-  ], { detached: true, stdio: ['ignore', log, log] })
+  const child = spawn(
+    node,
+    [
+      ARTIFACT_SCRIPT,
+      '--host',
+      LAB_BRIDGE_IP,
+      '--port',
+      String(LAB_ARTIFACT_PORT),
+      '--root',
+      ARTIFACT_ROOT,
+      '--lab',
+      LAB_DIR,
+    ],
+    { detached: true, stdio: ['ignore', log, log] },
+  )
   closeSync(log)
   child.unref()
   if (child.pid === undefined) throw new LabError('could not start the artifact server')

@@ -29,14 +29,16 @@ async function withLockFile<T>(fn: () => Promise<T>): Promise<T> {
     const [pid, started] = readText(LAB_LOCK_FILE).trim().split(' ')
     const holder = Number(pid) || undefined
     // No pid yet may be a lock being written this instant: only an old empty one is stale.
-    const stale = holder === undefined
-      ? Date.now() - mtimeMs(LAB_LOCK_FILE) > 5000
-      : holder === process.pid || startTime(holder) !== started
+    const stale =
+      holder === undefined
+        ? Date.now() - mtimeMs(LAB_LOCK_FILE) > 5000
+        : holder === process.pid || startTime(holder) !== started
     if (stale) {
       rmSync(LAB_LOCK_FILE, { force: true })
       continue
     }
-    if (!waiting && holder !== undefined) process.stderr.write(`lab: waiting for another lab command (pid ${holder}) to finish\n`)
+    if (!waiting && holder !== undefined)
+      process.stderr.write(`lab: waiting for another lab command (pid ${holder}) to finish\n`)
     waiting = holder !== undefined
     await sleep(200)
   }

@@ -3,8 +3,15 @@
 import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import {
-  FIRST_FREE_OCTET, FIXED_OCTETS, LAB_ADDRESSES_FILE, LAB_BRIDGE, LAB_BRIDGE_IP, LAB_DIR, LAB_IP_FORWARD_FILE,
-  LAB_SUBNET, hostPaths,
+  FIRST_FREE_OCTET,
+  FIXED_OCTETS,
+  LAB_ADDRESSES_FILE,
+  LAB_BRIDGE,
+  LAB_BRIDGE_IP,
+  LAB_DIR,
+  LAB_IP_FORWARD_FILE,
+  LAB_SUBNET,
+  hostPaths,
 } from './paths.ts'
 import { LabError, run, which } from './run.ts'
 import { sleep } from './procs.ts'
@@ -81,12 +88,17 @@ export async function networkUp(): Promise<void> {
   for (const a of addrs) {
     if (a.ifname === LAB_BRIDGE) continue
     const clash = a.addr_info.find((i) => i.local.startsWith(`${LAB_SUBNET}.`))
-    if (clash) throw new LabError(`${LAB_SUBNET}.0/24 is already used by ${a.ifname} (${clash.local}): set PI_LAB_SUBNET to another /24`)
+    if (clash)
+      throw new LabError(
+        `${LAB_SUBNET}.0/24 is already used by ${a.ifname} (${clash.local}): set PI_LAB_SUBNET to another /24`,
+      )
   }
   if ((await bridgeState()) === 'missing') {
     // A fixed MAC: by default a bridge takes the lowest MAC of its ports, so the gateway's MAC would change
     // under the hosts' ARP caches whenever a host is cut, stopped or started.
-    const mac = ['02', '50', '4c', ...LAB_SUBNET.split('.').map((o) => Number(o).toString(16).padStart(2, '0'))].join(':')
+    const mac = ['02', '50', '4c', ...LAB_SUBNET.split('.').map((o) => Number(o).toString(16).padStart(2, '0'))].join(
+      ':',
+    )
     await run('ip', ['link', 'add', LAB_BRIDGE, 'address', mac, 'type', 'bridge'])
   }
   const mine = addrs.find((a) => a.ifname === LAB_BRIDGE)?.addr_info ?? []
@@ -104,7 +116,8 @@ export async function networkUp(): Promise<void> {
 /** Undoes networkUp; safe to run when some or all of it is already gone. */
 export async function networkDown(): Promise<void> {
   if ((await bridgeState()) !== 'missing') await run('ip', ['link', 'del', LAB_BRIDGE])
-  if (which('iptables')) { // without iptables installed there is no rule to delete
+  if (which('iptables')) {
+    // without iptables installed there is no rule to delete
     await deleteRule('nat', NAT_RULE)
     for (const rule of FORWARD_RULES) await deleteRule('filter', rule)
   }

@@ -60,7 +60,14 @@ function lastLine(text: string): string {
 
 /** Absolute path of a command, looking in the sbin directories too (root's tools live there). */
 export function which(cmd: string): string | undefined {
-  const dirs = new Set([...(process.env.PATH ?? '').split(':'), '/usr/local/sbin', '/usr/sbin', '/sbin', '/usr/bin', '/bin'])
+  const dirs = new Set([
+    ...(process.env.PATH ?? '').split(':'),
+    '/usr/local/sbin',
+    '/usr/sbin',
+    '/sbin',
+    '/usr/bin',
+    '/bin',
+  ])
   for (const dir of dirs) {
     if (!dir) continue
     try {
@@ -83,7 +90,8 @@ const PACKAGE_OF: Readonly<Record<string, string>> = {
 }
 
 export function requireRootOnLinux(): void {
-  if (process.platform !== 'linux') throw new LabError(`the lab needs Linux (systemd-nspawn); this is ${process.platform}`)
+  if (process.platform !== 'linux')
+    throw new LabError(`the lab needs Linux (systemd-nspawn); this is ${process.platform}`)
   if (process.getuid?.() !== 0) throw new LabError('the lab needs root (mounts, bridges, containers): run it with sudo')
 }
 
@@ -101,7 +109,9 @@ export async function ensureTools(cmds: readonly string[]): Promise<void> {
     await run(apt, ['update', '-qq'], { env })
     await run(apt, ['install', '-y', '-qq', '--no-install-recommends', ...packages], { env })
   } catch (e) {
-    throw new LabError(`apt-get could not install ${packages.join(' ')} (${(e as Error).message}); install them by hand`)
+    throw new LabError(
+      `apt-get could not install ${packages.join(' ')} (${(e as Error).message}); install them by hand`,
+    )
   }
   const still = cmds.filter((c) => !which(c))
   if (still.length) throw new LabError(`still missing after apt-get: ${still.join(', ')}`)

@@ -8,7 +8,15 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
 import { thrown } from './fakes.ts'
-import { checkHosts, hostVars, loadInventory, nodeNameOf, parseInventory, type Inventory, type InventoryHost } from '../../lib/inventory.ts'
+import {
+  checkHosts,
+  hostVars,
+  loadInventory,
+  nodeNameOf,
+  parseInventory,
+  type Inventory,
+  type InventoryHost,
+} from '../../lib/inventory.ts'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const fixture = (name: string): string => join(here, 'fixtures/inventory/ansible', name)
@@ -40,17 +48,26 @@ describe('a k3s-ansible inventory as it is (fixtures/inventory/ansible/k3s-ansib
 
   it("names this tool's counterpart of each", () => {
     const hints = Object.fromEntries(e.problems.map((p) => [/"(\w+)"/.exec(p.message)![1], p.hint ?? '']))
-    expect(hints.token).toMatch(/k3s_token_ref here: a secret reference \(op:\/\/vault\/item\/field\) to the cluster token in the secrets store, not the token itself/)
-    expect(hints.api_endpoint).toMatch(/the server host's address here: agents join the address of the first host of group "server"/)
+    expect(hints.token).toMatch(
+      /k3s_token_ref here: a secret reference \(op:\/\/vault\/item\/field\) to the cluster token in the secrets store, not the token itself/,
+    )
+    expect(hints.api_endpoint).toMatch(
+      /the server host's address here: agents join the address of the first host of group "server"/,
+    )
     expect(hints.api_port).toBe(`k3s-ansible's "api_port" is k3s_api_port here`)
-    expect(hints.extra_server_args).toBe(`k3s-ansible's "extra_server_args" is k3s_extra_args here, in the vars of group "server": a list of --flag=value`)
-    expect(hints.extra_agent_args).toBe(`k3s-ansible's "extra_agent_args" is k3s_extra_args here, in the vars of group "agent": a list of --flag=value`)
+    expect(hints.extra_server_args).toBe(
+      `k3s-ansible's "extra_server_args" is k3s_extra_args here, in the vars of group "server": a list of --flag=value`,
+    )
+    expect(hints.extra_agent_args).toBe(
+      `k3s-ansible's "extra_agent_args" is k3s_extra_args here, in the vars of group "agent": a list of --flag=value`,
+    )
     expect(hints.cluster_context).toBe(`k3s-ansible's "cluster_context" is kubeconfig_context here`)
     expect(hints.user_kubectl).toMatch(/kubeconfig_path/)
   })
 
   it('takes the Ansible connection variables and the shared k3s_version without complaint', () => {
-    for (const name of ['ansible_host', 'ansible_user', 'ansible_port', 'k3s_version']) expect(e.describe()).not.toContain(`"${name}"`)
+    for (const name of ['ansible_host', 'ansible_user', 'ansible_port', 'k3s_version'])
+      expect(e.describe()).not.toContain(`"${name}"`)
   })
 
   it('never shows the token', () => {
@@ -58,7 +75,9 @@ describe('a k3s-ansible inventory as it is (fixtures/inventory/ansible/k3s-ansib
   })
 
   it('extra_args (k3s-ansible, older) and kubeconfig have counterparts too', () => {
-    const more = thrown(() => parseInventory('k3s_cluster:\n  vars:\n    extra_args: --x\n    kubeconfig: ~/.kube/config.new\n', 'i.yaml'))
+    const more = thrown(() =>
+      parseInventory('k3s_cluster:\n  vars:\n    extra_args: --x\n    kubeconfig: ~/.kube/config.new\n', 'i.yaml'),
+    )
     expect(more.problems.map((p) => p.hint)).toEqual([
       `k3s-ansible's "extra_args" is k3s_extra_args here: a list of --flag=value`,
       `k3s-ansible's "kubeconfig" is kubeconfig_path here`,
@@ -80,7 +99,7 @@ describe('the same inventory with its k3s variables renamed (fixtures/inventory/
     expect(host(inv, 'pi3-worker-2').groups).toEqual(['all', 'k3s_cluster', 'agent'])
   })
 
-  it('takes the addresses from ansible_host, the user and port from ansible_user and ansible_port (a host\'s own port first)', () => {
+  it("takes the addresses from ansible_host, the user and port from ansible_user and ansible_port (a host's own port first)", () => {
     const v = (name: string) => hostVars(host(inv, name))
     expect([...inv.hosts.keys()].map((n) => v(n).address)).toEqual(['192.0.2.10', '192.0.2.11', '192.0.2.12'])
     expect([...inv.hosts.keys()].map((n) => v(n).ssh_user)).toEqual(['debian', 'debian', 'debian'])
@@ -107,7 +126,10 @@ describe('the same inventory with its k3s variables renamed (fixtures/inventory/
 describe("k3s-ansible's sample hosts (inventory names that are addresses, no ansible_host)", () => {
   it('each host without an address is named, with where to put one', () => {
     const e = thrown(() =>
-      parseInventory('k3s_cluster:\n  children:\n    server:\n      hosts:\n        192.0.2.10:\n    agent:\n      hosts:\n        192.0.2.11:\n', 'i.yaml'),
+      parseInventory(
+        'k3s_cluster:\n  children:\n    server:\n      hosts:\n        192.0.2.10:\n    agent:\n      hosts:\n        192.0.2.11:\n',
+        'i.yaml',
+      ),
     )
     expect(e.describe()).toBe(
       [

@@ -12,7 +12,16 @@ import { hostVars, parseInventory } from '../../lib/inventory.ts'
 import { resetSecretsForTest } from '../../lib/mask.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import { requiredSecrets, runPlaybook } from '../../lib/runner.ts'
-import { appChecksFor, apps, checkEso, checkPlacement, describeNotReady, parsePlacement, parseRevision, readiness } from '../../roles/apps.ts'
+import {
+  appChecksFor,
+  apps,
+  checkEso,
+  checkPlacement,
+  describeNotReady,
+  parsePlacement,
+  parseRevision,
+  readiness,
+} from '../../roles/apps.ts'
 import { feasibleNodes } from '../../lib/scheduling.ts'
 import type { KubeObject } from '../../lib/kube.ts'
 import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'
@@ -37,7 +46,11 @@ function hr(ns: string, name: string, status: Record<string, unknown>, generatio
 
 describe('flux output', () => {
   it('reads the revision flux reconcile fetched or applied', () => {
-    expect(parseRevision('► annotating GitRepository flux-system in flux-system namespace\n✔ fetched revision main@sha1:1f2e3d\n')).toBe('main@sha1:1f2e3d')
+    expect(
+      parseRevision(
+        '► annotating GitRepository flux-system in flux-system namespace\n✔ fetched revision main@sha1:1f2e3d\n',
+      ),
+    ).toBe('main@sha1:1f2e3d')
     expect(parseRevision('✔ applied revision main@sha1:abc\n')).toBe('main@sha1:abc')
     expect(parseRevision('✗ timeout\n')).toBeUndefined()
   })
@@ -49,11 +62,19 @@ describe('readiness of Kustomizations and HelmReleases', () => {
       [
         ks('flux-system', ready(`Applied revision: ${REV}`, { lastAppliedRevision: REV })),
         ks('pihole', ready('Applied', { lastAppliedRevision: REV })),
-        ks('immich', notReady("dependency 'flux-system/external-secrets-config' is not ready", { lastAppliedRevision: 'main@sha1:old' })),
+        ks(
+          'immich',
+          notReady("dependency 'flux-system/external-secrets-config' is not ready", {
+            lastAppliedRevision: 'main@sha1:old',
+          }),
+        ),
         ks('jellyfin', ready('Applied', { lastAppliedRevision: 'main@sha1:old' })),
         ks('new', {}),
       ],
-      [hr('immich', 'immich', notReady('install retries exhausted')), hr('monitoring', 'kube-prometheus-stack', ready('Helm install succeeded', { observedGeneration: 1 }))],
+      [
+        hr('immich', 'immich', notReady('install retries exhausted')),
+        hr('monitoring', 'kube-prometheus-stack', ready('Helm install succeeded', { observedGeneration: 1 })),
+      ],
       { revision: REV },
     )
     expect([st.ready, st.total]).toEqual([3, 7])
@@ -65,34 +86,89 @@ describe('readiness of Kustomizations and HelmReleases', () => {
 
   it('waits for a requested reconcile to be handled and a HelmRelease to see its generation', () => {
     const asked = '2026-11-27T12:00:00.000Z'
-    const pending = ks('pihole', ready('Applied', { lastAppliedRevision: REV, lastHandledReconcileAt: 'earlier' }), { metadata: { name: 'pihole', annotations: { 'reconcile.fluxcd.io/requestedAt': asked } } })
-    const handled = ks('pihole', ready('Applied', { lastAppliedRevision: REV, lastHandledReconcileAt: asked }), { metadata: { name: 'pihole', annotations: { 'reconcile.fluxcd.io/requestedAt': asked } } })
-    expect(readiness([pending], [], { revision: REV, requestedAt: asked }).notReady.map((i) => i.message)).toEqual(['reconcile requested, not handled yet'])
+    const pending = ks('pihole', ready('Applied', { lastAppliedRevision: REV, lastHandledReconcileAt: 'earlier' }), {
+      metadata: { name: 'pihole', annotations: { 'reconcile.fluxcd.io/requestedAt': asked } },
+    })
+    const handled = ks('pihole', ready('Applied', { lastAppliedRevision: REV, lastHandledReconcileAt: asked }), {
+      metadata: { name: 'pihole', annotations: { 'reconcile.fluxcd.io/requestedAt': asked } },
+    })
+    expect(readiness([pending], [], { revision: REV, requestedAt: asked }).notReady.map((i) => i.message)).toEqual([
+      'reconcile requested, not handled yet',
+    ])
     expect(readiness([handled], [], { revision: REV, requestedAt: asked }).notReady).toEqual([])
-    expect(readiness([], [hr('immich', 'immich', ready('ok', { observedGeneration: 1 }), 2)]).notReady.map((i) => i.message)).toEqual(['generation 2 not observed yet (at 1)'])
+    expect(
+      readiness([], [hr('immich', 'immich', ready('ok', { observedGeneration: 1 }), 2)]).notReady.map((i) => i.message),
+    ).toEqual(['generation 2 not observed yet (at 1)'])
     const suspended = ks('old', ready('Applied', { lastAppliedRevision: 'main@sha1:old' }), { spec: { suspend: true } })
-    expect(readiness([suspended], [], { revision: REV }).items[0]).toMatchObject({ ready: true, suspended: true, message: 'suspended (last state Ready)' })
+    expect(readiness([suspended], [], { revision: REV }).items[0]).toMatchObject({
+      ready: true,
+      suspended: true,
+      message: 'suspended (last state Ready)',
+    })
   })
 })
 
 describe('External Secrets', () => {
-  const store = (status: Record<string, unknown>): KubeObject => ({ kind: 'ClusterSecretStore', metadata: { name: 'onepassword' }, status })
-  const es = (ns: string, name: string, status: Record<string, unknown>): KubeObject => ({ kind: 'ExternalSecret', metadata: { name, namespace: ns }, status })
+  const store = (status: Record<string, unknown>): KubeObject => ({
+    kind: 'ClusterSecretStore',
+    metadata: { name: 'onepassword' },
+    status,
+  })
+  const es = (ns: string, name: string, status: Record<string, unknown>): KubeObject => ({
+    kind: 'ExternalSecret',
+    metadata: { name, namespace: ns },
+    status,
+  })
   it('wants the onepassword store Ready and every ExternalSecret synced', () => {
-    const synced = { conditions: [{ type: 'Ready', status: 'True', reason: 'SecretSynced', message: 'Secret was synced' }] }
-    expect(checkEso([store(ready('store validated'))], [es('pihole', 'pihole-secret', synced)])).toEqual({ ok: true, message: 'ClusterSecretStore onepassword Ready; 1/1 ExternalSecrets synced' })
-    expect(checkEso([], [])).toEqual({ ok: false, message: 'ClusterSecretStore onepassword does not exist (0/0 ExternalSecrets synced)' })
-    expect(checkEso([store(notReady('unable to validate store: invalid service account token'))], [es('pihole', 'pihole-secret', synced), es('monitoring', 'grafana-admin', { conditions: [{ type: 'Ready', status: 'False', reason: 'SecretSyncedError', message: 'could not get secret data from provider' }] })])).toEqual({
+    const synced = {
+      conditions: [{ type: 'Ready', status: 'True', reason: 'SecretSynced', message: 'Secret was synced' }],
+    }
+    expect(checkEso([store(ready('store validated'))], [es('pihole', 'pihole-secret', synced)])).toEqual({
+      ok: true,
+      message: 'ClusterSecretStore onepassword Ready; 1/1 ExternalSecrets synced',
+    })
+    expect(checkEso([], [])).toEqual({
       ok: false,
-      message: 'ClusterSecretStore onepassword is not Ready: unable to validate store: invalid service account token; ExternalSecret monitoring/grafana-admin not synced: could not get secret data from provider (1/2 ExternalSecrets synced)',
+      message: 'ClusterSecretStore onepassword does not exist (0/0 ExternalSecrets synced)',
+    })
+    expect(
+      checkEso(
+        [store(notReady('unable to validate store: invalid service account token'))],
+        [
+          es('pihole', 'pihole-secret', synced),
+          es('monitoring', 'grafana-admin', {
+            conditions: [
+              {
+                type: 'Ready',
+                status: 'False',
+                reason: 'SecretSyncedError',
+                message: 'could not get secret data from provider',
+              },
+            ],
+          }),
+        ],
+      ),
+    ).toEqual({
+      ok: false,
+      message:
+        'ClusterSecretStore onepassword is not Ready: unable to validate store: invalid service account token; ExternalSecret monitoring/grafana-admin not synced: could not get secret data from provider (1/2 ExternalSecrets synced)',
     })
   })
 })
 
 // ---------------------------------------------------------------- placement
 
-function node(name: string, labels: Record<string, string>, taints: { key: string; value?: string; effect: string }[] = [], unschedulable = false): KubeObject {
-  return { kind: 'Node', metadata: { name, labels: { 'kubernetes.io/hostname': name, ...labels } }, spec: { taints, ...(unschedulable ? { unschedulable: true } : {}) } }
+function node(
+  name: string,
+  labels: Record<string, string>,
+  taints: { key: string; value?: string; effect: string }[] = [],
+  unschedulable = false,
+): KubeObject {
+  return {
+    kind: 'Node',
+    metadata: { name, labels: { 'kubernetes.io/hostname': name, ...labels } },
+    spec: { taints, ...(unschedulable ? { unschedulable: true } : {}) },
+  }
 }
 const NODES = [
   node('pi-k3s', { hardware: 'pi5', 'node-role.kubernetes.io/control-plane': 'true' }),
@@ -101,17 +177,36 @@ const NODES = [
 ]
 
 function deploy(ns: string, name: string, podSpec: Record<string, unknown>): KubeObject {
-  return { kind: 'Deployment', metadata: { name, namespace: ns }, spec: { selector: { matchLabels: { app: name } }, template: { metadata: { labels: { app: name } }, spec: podSpec } } }
+  return {
+    kind: 'Deployment',
+    metadata: { name, namespace: ns },
+    spec: {
+      selector: { matchLabels: { app: name } },
+      template: { metadata: { labels: { app: name } }, spec: podSpec },
+    },
+  }
 }
 function cron(ns: string, name: string, podSpec: Record<string, unknown>): KubeObject {
-  return { kind: 'CronJob', metadata: { name, namespace: ns }, spec: { jobTemplate: { spec: { template: { spec: podSpec } } } } }
+  return {
+    kind: 'CronJob',
+    metadata: { name, namespace: ns },
+    spec: { jobTemplate: { spec: { template: { spec: podSpec } } } },
+  }
 }
-function pod(ns: string, name: string, labels: Record<string, string>, nodeName?: string, message?: string): KubeObject {
+function pod(
+  ns: string,
+  name: string,
+  labels: Record<string, string>,
+  nodeName?: string,
+  message?: string,
+): KubeObject {
   return {
     kind: 'Pod',
     metadata: { name, namespace: ns, labels },
     spec: nodeName ? { nodeName } : {},
-    status: nodeName ? { phase: 'Running' } : { phase: 'Pending', conditions: [{ type: 'PodScheduled', status: 'False', reason: 'Unschedulable', message }] },
+    status: nodeName
+      ? { phase: 'Running' }
+      : { phase: 'Pending', conditions: [{ type: 'PodScheduled', status: 'False', reason: 'Unschedulable', message }] },
   }
 }
 
@@ -122,7 +217,9 @@ describe('placement', () => {
       { key: 'unbound', name: 'unbound', node: 'pi3-worker-1' },
       { key: 'backup-jobs/*', namespace: 'backup-jobs', name: '*', node: 'pi-k3s' },
     ])
-    expect(() => parsePlacement({ 'a/b/c': 'x' })).toThrow('placement key "a/b/c": expected name, namespace/name or namespace/*')
+    expect(() => parsePlacement({ 'a/b/c': 'x' })).toThrow(
+      'placement key "a/b/c": expected name, namespace/name or namespace/*',
+    )
     expect(() => parsePlacement({ '*': 'x' })).toThrow('placement key "*"')
     expect(() => parsePlacement({ a: 3 })).toThrow('placement a: the node must be a node name, got 3')
     expect(() => parsePlacement(['a'])).toThrow('placement must be a map of workload -> node')
@@ -132,13 +229,26 @@ describe('placement', () => {
     expect(feasibleNodes({ nodeSelector: { 'kubernetes.io/hostname': 'pi-k3s' } }, NODES)).toEqual(['pi-k3s'])
     expect(feasibleNodes({ nodeSelector: { 'workload/dns': 'unbound' } }, NODES)).toEqual(['pi3-worker-1'])
     expect(feasibleNodes({}, NODES)).toEqual(['pi-k3s', 'pi3-worker-1', 'pi3-worker-2'])
-    const affinity = (op: string, values?: string[]) => ({ affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'hardware', operator: op, values }] }] } } } })
+    const affinity = (op: string, values?: string[]) => ({
+      affinity: {
+        nodeAffinity: {
+          requiredDuringSchedulingIgnoredDuringExecution: {
+            nodeSelectorTerms: [{ matchExpressions: [{ key: 'hardware', operator: op, values }] }],
+          },
+        },
+      },
+    })
     expect(feasibleNodes(affinity('In', ['pi3']), NODES)).toEqual(['pi3-worker-1', 'pi3-worker-2'])
     expect(feasibleNodes(affinity('NotIn', ['pi3']), NODES)).toEqual(['pi-k3s'])
     expect(feasibleNodes(affinity('DoesNotExist'), NODES)).toEqual([])
     const tainted = [node('a', {}, [{ key: 'dedicated', value: 'dns', effect: 'NoSchedule' }]), node('b', {}, [], true)]
     expect(feasibleNodes({}, tainted)).toEqual([])
-    expect(feasibleNodes({ tolerations: [{ key: 'dedicated', operator: 'Equal', value: 'dns', effect: 'NoSchedule' }] }, tainted)).toEqual(['a'])
+    expect(
+      feasibleNodes(
+        { tolerations: [{ key: 'dedicated', operator: 'Equal', value: 'dns', effect: 'NoSchedule' }] },
+        tainted,
+      ),
+    ).toEqual(['a'])
     expect(feasibleNodes({ tolerations: [{ operator: 'Exists' }] }, tainted)).toEqual(['a'])
   })
 
@@ -156,12 +266,33 @@ describe('placement', () => {
       pod('homepage', 'homepage-1a2-klmno', { app: 'homepage' }, 'pi-k3s'),
       pod('backup-jobs', 'postgres-backup-29373150-xyz12', { 'job-name': 'postgres-backup-29373150' }, 'pi-k3s'),
     ]
-    const rules = parsePlacement({ 'pihole/pihole': 'pi-k3s', 'pihole/unbound': 'pi3-worker-1', homepage: 'pi-k3s', 'backup-jobs/*': 'pi-k3s' })
+    const rules = parsePlacement({
+      'pihole/pihole': 'pi-k3s',
+      'pihole/unbound': 'pi3-worker-1',
+      homepage: 'pi-k3s',
+      'backup-jobs/*': 'pi-k3s',
+    })
     expect(checkPlacement(rules, { nodes: NODES, pods, workloads })).toEqual([
       { key: 'pihole/pihole', node: 'pi-k3s', ok: true, detail: 'Deployment pihole/pihole: 1 pod on pi-k3s' },
-      { key: 'pihole/unbound', node: 'pi3-worker-1', ok: true, detail: 'Deployment pihole/unbound: 1 pod on pi3-worker-1' },
-      { key: 'homepage', node: 'pi-k3s', ok: true, detail: 'Deployment homepage/homepage: 1 pod on pi-k3s (not pinned: the scheduler may move it)' },
-      { key: 'backup-jobs/*', node: 'pi-k3s', ok: true, detail: 'CronJob backup-jobs/pvc-backup is pinned to pi-k3s (no run yet); CronJob backup-jobs/postgres-backup: 1 pod on pi-k3s' },
+      {
+        key: 'pihole/unbound',
+        node: 'pi3-worker-1',
+        ok: true,
+        detail: 'Deployment pihole/unbound: 1 pod on pi3-worker-1',
+      },
+      {
+        key: 'homepage',
+        node: 'pi-k3s',
+        ok: true,
+        detail: 'Deployment homepage/homepage: 1 pod on pi-k3s (not pinned: the scheduler may move it)',
+      },
+      {
+        key: 'backup-jobs/*',
+        node: 'pi-k3s',
+        ok: true,
+        detail:
+          'CronJob backup-jobs/pvc-backup is pinned to pi-k3s (no run yet); CronJob backup-jobs/postgres-backup: 1 pod on pi-k3s',
+      },
     ])
   })
 
@@ -174,11 +305,28 @@ describe('placement', () => {
       cron('backup-jobs', 'k3s-datastore-backup', { nodeSelector: { hardware: 'pi3' } }),
     ]
     const pods = [
-      pod('pihole', 'unbound-1', { app: 'unbound' }, undefined, "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."),
+      pod(
+        'pihole',
+        'unbound-1',
+        { app: 'unbound' },
+        undefined,
+        "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.",
+      ),
       pod('pihole', 'pihole-1', { app: 'pihole' }, 'pi3-worker-2'),
     ]
-    const rules = parsePlacement({ 'pihole/unbound': 'pi3-worker-1', 'pihole/pihole': 'pi-k3s', 'jellyfin/jellyfin': 'pi-k3s', 'backup-jobs/*': 'pi-k3s', 'nope/*': 'pi-k3s', immich: 'pi-k3s-2' })
-    expect(checkPlacement(rules, { nodes: NODES, pods, workloads }).map((r) => `${r.ok ? 'ok' : 'BAD'} ${r.key}: ${r.detail}`)).toEqual([
+    const rules = parsePlacement({
+      'pihole/unbound': 'pi3-worker-1',
+      'pihole/pihole': 'pi-k3s',
+      'jellyfin/jellyfin': 'pi-k3s',
+      'backup-jobs/*': 'pi-k3s',
+      'nope/*': 'pi-k3s',
+      immich: 'pi-k3s-2',
+    })
+    expect(
+      checkPlacement(rules, { nodes: NODES, pods, workloads }).map(
+        (r) => `${r.ok ? 'ok' : 'BAD'} ${r.key}: ${r.detail}`,
+      ),
+    ).toEqual([
       "BAD pihole/unbound: Deployment pihole/unbound: pod unbound-1 is not scheduled: 0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.",
       'BAD pihole/pihole: Deployment pihole/pihole: pod pihole-1 runs on pi3-worker-2',
       'BAD jellyfin/jellyfin: Deployment jellyfin/jellyfin has no pods',
@@ -197,7 +345,8 @@ let jellyfin = { status: 200, body: 'Healthy' }
 beforeAll(async () => {
   http = createServer((req, res) => {
     if (req.url === '/jellyfin/health') res.writeHead(jellyfin.status).end(jellyfin.body)
-    else if (req.url === '/immich/api/server/ping') res.writeHead(200, { 'content-type': 'application/json' }).end('{"res":"pong"}')
+    else if (req.url === '/immich/api/server/ping')
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"res":"pong"}')
     else res.writeHead(404).end()
   })
   await new Promise<void>((done) => http.listen(0, '127.0.0.1', done))
@@ -233,23 +382,37 @@ function fakeServer(opts: { lag?: number } = {}): { conn: FakeConnection; annota
     const late = reads <= (opts.lag ?? 0)
     return [
       ks('flux-system', ready('Applied', { lastAppliedRevision: REV })),
-      ks('pihole', late ? notReady('health check failed after 9s: Deployment/pihole/pihole not ready') : ready('Applied', { lastAppliedRevision: REV })),
+      ks(
+        'pihole',
+        late
+          ? notReady('health check failed after 9s: Deployment/pihole/pihole not ready')
+          : ready('Applied', { lastAppliedRevision: REV }),
+      ),
       ks('jellyfin', ready('Applied', { lastAppliedRevision: REV })),
     ]
   }
   const hrs = () => [hr('immich', 'immich', ready('Helm install succeeded', { observedGeneration: 1 }))]
   const kube = (q: string) => {
     // The role's own reads (several kinds at once, as kubectl lists them) and its polls (one kind).
-    if (q === 'kustomizations.kustomize.toolkit.fluxcd.io,helmreleases.helm.toolkit.fluxcd.io -A') return list([...kss(), ...hrs()])
+    if (q === 'kustomizations.kustomize.toolkit.fluxcd.io,helmreleases.helm.toolkit.fluxcd.io -A')
+      return list([...kss(), ...hrs()])
     if (q === 'kustomizations.kustomize.toolkit.fluxcd.io -A') return list(kss())
     if (q === 'helmreleases.helm.toolkit.fluxcd.io -A') return list(hrs())
     if (q === 'clustersecretstores.external-secrets.io,externalsecrets.external-secrets.io -A')
       return list([
         { kind: 'ClusterSecretStore', metadata: { name: 'onepassword' }, status: ready('store validated') },
-        { kind: 'ExternalSecret', metadata: { name: 'pihole-secret', namespace: 'pihole' }, status: ready('Secret was synced') },
+        {
+          kind: 'ExternalSecret',
+          metadata: { name: 'pihole-secret', namespace: 'pihole' },
+          status: ready('Secret was synced'),
+        },
       ])
     if (q === 'nodes,pods,deployments.apps,statefulsets.apps,daemonsets.apps,cronjobs.batch -A')
-      return list([...NODES, pod('pihole', 'pihole-1', { app: 'pihole' }, 'pi-k3s'), deploy('pihole', 'pihole', { nodeSelector: { 'kubernetes.io/hostname': 'pi-k3s' } })])
+      return list([
+        ...NODES,
+        pod('pihole', 'pihole-1', { app: 'pihole' }, 'pi-k3s'),
+        deploy('pihole', 'pihole', { nodeSelector: { 'kubernetes.io/hostname': 'pi-k3s' } }),
+      ])
     return list([])
   }
   const conn = new FakeConnection('pi-k3s', (script) => {
@@ -257,7 +420,8 @@ function fakeServer(opts: { lag?: number } = {}): { conn: FakeConnection; annota
     if (batch) return batch
     const single = answerKubeFact(script, kube)
     if (single) return single
-    if (script.includes('reconcile source git flux-system')) return { stderr: `► annotating GitRepository flux-system in flux-system namespace\n✔ fetched revision ${REV}\n` }
+    if (script.includes('reconcile source git flux-system'))
+      return { stderr: `► annotating GitRepository flux-system in flux-system namespace\n✔ fetched revision ${REV}\n` }
     if (script.includes('reconcile kustomization flux-system')) return { stderr: `✔ applied revision ${REV}\n` }
     if (script.includes(' annotate --overwrite')) {
       for (const m of script.matchAll(/kustomizations\.kustomize\.toolkit\.fluxcd\.io\/(\S+) /g)) annotated.push(m[1])
@@ -270,12 +434,15 @@ function fakeServer(opts: { lag?: number } = {}): { conn: FakeConnection; annota
 
 function runApps(conn: FakeConnection, inventory = INV()) {
   const rep = new RecordingReporter(1)
-  const run = runPlaybook({ name: 'apps', plays: [{ name: 'Check the apps', hosts: 'server', roles: [apps] }] }, {
-    inventory: parseInventory(inventory, '/tmp/inv.yaml'),
-    reporter: rep,
-    secrets: new MemorySecrets(),
-    connect: () => conn,
-  })
+  const run = runPlaybook(
+    { name: 'apps', plays: [{ name: 'Check the apps', hosts: 'server', roles: [apps] }] },
+    {
+      inventory: parseInventory(inventory, '/tmp/inv.yaml'),
+      reporter: rep,
+      secrets: new MemorySecrets(),
+      connect: () => conn,
+    },
+  )
   return { rep, run }
 }
 
@@ -288,7 +455,11 @@ describe('the apps role', () => {
     expect(s.exitCode, rep.lines.join('\n')).toBe(0)
     expect(annotated).toEqual([])
     expect(conn.scripts.some((x) => x.script.includes('reconcile kustomization'))).toBe(false)
-    expect(rep.lines).toContainEqual(expect.stringMatching(/^ok: \[pi-k3s\] apps \| Reconcile the Kustomizations \(all 4 Ready at main@sha1:1f2e3d: nothing new to apply\)$/))
+    expect(rep.lines).toContainEqual(
+      expect.stringMatching(
+        /^ok: \[pi-k3s\] apps \| Reconcile the Kustomizations \(all 4 Ready at main@sha1:1f2e3d: nothing new to apply\)$/,
+      ),
+    )
   })
 
   it('converged: reconciles, waits (with a live count), checks ESO and placement, prints the app table', async () => {
@@ -299,14 +470,26 @@ describe('the apps role', () => {
     expect(s.exitCode, rep.lines.join('\n')).toBe(0)
     expect(annotated).toEqual(['pihole', 'jellyfin'])
     const lines = rep.lines.filter((l) => !l.startsWith('  '))
-    expect(lines).toContain('[pi-k3s] flux: 3/4 Kustomizations and HelmReleases Ready; waiting for Kustomization flux-system/pihole: health check failed after 9s: Deployment/pihole/pihole not ready')
-    expect(lines).toContainEqual(expect.stringMatching(/^ok: \[pi-k3s\] apps \| Wait until every Kustomization and HelmRelease is Ready \(4\/4 Ready at main@sha1:1f2e3d after [\d.]+s\)$/))
-    expect(lines).toContain('ok: [pi-k3s] apps | Check the ClusterSecretStore onepassword and the ExternalSecrets (ClusterSecretStore onepassword Ready; 1/1 ExternalSecrets synced)')
+    expect(lines).toContain(
+      '[pi-k3s] flux: 3/4 Kustomizations and HelmReleases Ready; waiting for Kustomization flux-system/pihole: health check failed after 9s: Deployment/pihole/pihole not ready',
+    )
+    expect(lines).toContainEqual(
+      expect.stringMatching(
+        /^ok: \[pi-k3s\] apps \| Wait until every Kustomization and HelmRelease is Ready \(4\/4 Ready at main@sha1:1f2e3d after [\d.]+s\)$/,
+      ),
+    )
+    expect(lines).toContain(
+      'ok: [pi-k3s] apps | Check the ClusterSecretStore onepassword and the ExternalSecrets (ClusterSecretStore onepassword Ready; 1/1 ExternalSecrets synced)',
+    )
     expect(lines).toContain('ok: [pi-k3s] apps | Check where the pinned workloads run (pihole/pihole on pi-k3s)')
-    expect(lines).toContain('ok: [pi-k3s] apps | Probe the apps from the controller (2/2 apps healthy: jellyfin, immich)')
+    expect(lines).toContain(
+      'ok: [pi-k3s] apps | Probe the apps from the controller (2/2 apps healthy: jellyfin, immich)',
+    )
     const table = rep.lines.join('\n')
     expect(table).toMatch(/app health \(from the controller\):\n {2}APP {7}RESULT {2}CHECK/)
-    expect(table).toMatch(/\n {2}jellyfin {2}ok {6}GET http:\/\/127\.0\.0\.1:\d+\/jellyfin\/health +HTTP 200 Healthy \(\d+ ms\)/)
+    expect(table).toMatch(
+      /\n {2}jellyfin {2}ok {6}GET http:\/\/127\.0\.0\.1:\d+\/jellyfin\/health +HTTP 200 Healthy \(\d+ ms\)/,
+    )
   }, 15_000)
 
   it('an unhealthy app fails the run (exit 2) and names itself with the reason', async () => {
@@ -315,33 +498,58 @@ describe('the apps role', () => {
     const { rep, run } = runApps(conn)
     const s = await run
     expect(s.exitCode).toBe(2)
-    expect(rep.lines).toContain('FAILED: [pi-k3s] apps | Probe the apps from the controller (1 of 2 apps failing: jellyfin (HTTP 503 (expected 2xx): Unhealthy))')
-    expect(rep.lines.join('\n')).toMatch(/\n {2}jellyfin {2}FAILING {2}GET http:\/\/127\.0\.0\.1:\d+\/jellyfin\/health +HTTP 503 \(expected 2xx\): Unhealthy/)
+    expect(rep.lines).toContain(
+      'FAILED: [pi-k3s] apps | Probe the apps from the controller (1 of 2 apps failing: jellyfin (HTTP 503 (expected 2xx): Unhealthy))',
+    )
+    expect(rep.lines.join('\n')).toMatch(
+      /\n {2}jellyfin {2}FAILING {2}GET http:\/\/127\.0\.0\.1:\d+\/jellyfin\/health +HTTP 503 \(expected 2xx\): Unhealthy/,
+    )
   }, 15_000)
 
-  it("a Node the inventory does not name (a Pi retired by hand) is a warning with the way to retire it; the run still passes", async () => {
+  it('a Node the inventory does not name (a Pi retired by hand) is a warning with the way to retire it; the run still passes', async () => {
     jellyfin = { status: 200, body: 'Healthy' }
     // INV() names pi-k3s and pi3-worker-1; the cluster also has pi3-worker-2 (NotReady: no status).
     const stray = runApps(fakeServer().conn)
     expect((await stray.run).exitCode, stray.rep.lines.join('\n')).toBe(0)
-    expect(stray.rep.lines).toContain('WARNING: [pi-k3s] Node pi3-worker-2 (NotReady) is in the cluster but not in /tmp/inv.yaml: retire it with `npx zx playbooks/retire.mts pi3-worker-2`, or add it to the inventory')
-    expect(stray.rep.lines).toContain('ok: [pi-k3s] apps | Check every Node of the cluster is in the inventory (1 of 3 Nodes not in the inventory: pi3-worker-2)')
+    expect(stray.rep.lines).toContain(
+      'WARNING: [pi-k3s] Node pi3-worker-2 (NotReady) is in the cluster but not in /tmp/inv.yaml: retire it with `npx zx playbooks/retire.mts pi3-worker-2`, or add it to the inventory',
+    )
+    expect(stray.rep.lines).toContain(
+      'ok: [pi-k3s] apps | Check every Node of the cluster is in the inventory (1 of 3 Nodes not in the inventory: pi3-worker-2)',
+    )
 
-    const all = runApps(fakeServer().conn, INV().replace('        pi3-worker-1: { address: 127.0.0.53 }\n', '        pi3-worker-1: { address: 127.0.0.53 }\n        pi3-worker-2: { address: 127.0.0.51 }\n'))
+    const all = runApps(
+      fakeServer().conn,
+      INV().replace(
+        '        pi3-worker-1: { address: 127.0.0.53 }\n',
+        '        pi3-worker-1: { address: 127.0.0.53 }\n        pi3-worker-2: { address: 127.0.0.51 }\n',
+      ),
+    )
     expect((await all.run).exitCode, all.rep.lines.join('\n')).toBe(0)
     expect(all.rep.lines.filter((l) => l.startsWith('WARNING'))).toEqual([])
-    expect(all.rep.lines).toContain('ok: [pi-k3s] apps | Check every Node of the cluster is in the inventory (3 Nodes, all in the inventory)')
+    expect(all.rep.lines).toContain(
+      'ok: [pi-k3s] apps | Check every Node of the cluster is in the inventory (3 Nodes, all in the inventory)',
+    )
   }, 15_000)
 
   it('check mode reads nothing from the cluster and probes nothing', async () => {
     const { conn } = fakeServer()
     const rep = new RecordingReporter(0)
-    const s = await runPlaybook({ name: 'apps', plays: [{ name: 'Check the apps', hosts: 'server', roles: [apps] }] }, {
-      inventory: parseInventory(INV(), '/tmp/inv.yaml'), reporter: rep, secrets: new MemorySecrets(), connect: () => conn, check: true,
-    })
+    const s = await runPlaybook(
+      { name: 'apps', plays: [{ name: 'Check the apps', hosts: 'server', roles: [apps] }] },
+      {
+        inventory: parseInventory(INV(), '/tmp/inv.yaml'),
+        reporter: rep,
+        secrets: new MemorySecrets(),
+        connect: () => conn,
+        check: true,
+      },
+    )
     expect(s.exitCode).toBe(0)
     expect(s.counts['pi-k3s']).toMatchObject({ skipped: 7, changed: 0 })
-    expect(conn.scripts.filter((x) => !x.script.includes('pending') && !x.script.includes('pi-provision/handlers'))).toEqual([])
+    expect(
+      conn.scripts.filter((x) => !x.script.includes('pending') && !x.script.includes('pi-provision/handlers')),
+    ).toEqual([])
   })
 
   it('bad app_checks or placement are inventory errors before any host is touched; DNS servers resolve to inventory addresses', () => {
@@ -356,10 +564,23 @@ describe('the apps role', () => {
       }
       throw new Error('no error')
     }
-    expect(err({ app_checks: [{ app: 'jellyfin', url: 'http://x/', expct: 'Healthy' }] }).message).toBe('app_checks[0]: unknown key expct')
+    expect(err({ app_checks: [{ app: 'jellyfin', url: 'http://x/', expct: 'Healthy' }] }).message).toBe(
+      'app_checks[0]: unknown key expct',
+    )
     expect(err({ placement: { 'a/b/c': 'pi-k3s' } }).kind).toBe('inventory')
-    const vars = hostVars(inv.hosts.get('pi-k3s')!, {}, { app_checks: [{ app: 'pihole', dns: 'google.com' }, { app: 'unbound', dns: 'example.org', server: 'pi3-worker-1', port: 5335 }] })
-    expect(appChecksFor({ vars, inventory: inv }).map((c) => (c.kind === 'dns' ? `${c.server}:${c.port}` : c.kind))).toEqual(['127.0.0.55:53', '127.0.0.53:5335'])
+    const vars = hostVars(
+      inv.hosts.get('pi-k3s')!,
+      {},
+      {
+        app_checks: [
+          { app: 'pihole', dns: 'google.com' },
+          { app: 'unbound', dns: 'example.org', server: 'pi3-worker-1', port: 5335 },
+        ],
+      },
+    )
+    expect(
+      appChecksFor({ vars, inventory: inv }).map((c) => (c.kind === 'dns' ? `${c.server}:${c.port}` : c.kind)),
+    ).toEqual(['127.0.0.55:53', '127.0.0.53:5335'])
   })
 })
 

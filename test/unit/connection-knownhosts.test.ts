@@ -78,7 +78,16 @@ async function server(key: HostKey, port = 0): Promise<number> {
 }
 
 function connection(port: number, knownHostsFile: string, more: Partial<SshTarget> = {}): SshConnection {
-  const c = new SshConnection({ host: 'pi', address: '127.0.0.1', port, user: 'pi', knownHostsFile, trustNewHostKeys: false, connectTimeoutSec: 5, ...more })
+  const c = new SshConnection({
+    host: 'pi',
+    address: '127.0.0.1',
+    port,
+    user: 'pi',
+    knownHostsFile,
+    trustNewHostKeys: false,
+    connectTimeoutSec: 5,
+    ...more,
+  })
   conns.push(c)
   return c
 }
@@ -92,7 +101,11 @@ describe('a host key seen for the first time', () => {
     const port = await server(keyA)
     const kh = join(dir, 'check-mode', 'ssh', 'known_hosts')
     const told: Array<[string, boolean]> = []
-    const c = connection(port, kh, { trustNewHostKeys: true, recordNewHostKeys: false, onNewHostKey: (fp, recorded) => told.push([fp, recorded]) })
+    const c = connection(port, kh, {
+      trustNewHostKeys: true,
+      recordNewHostKeys: false,
+      onNewHostKey: (fp, recorded) => told.push([fp, recorded]),
+    })
 
     await runOk(c)
     expect(told).toEqual([[fingerprint(keyA.blob), false]])
@@ -127,7 +140,10 @@ describe('a host key seen for the first time', () => {
     const port = await server(keyA)
     const kh = join(dir, 'record', 'known_hosts')
     const told: Array<[string, boolean]> = []
-    const c = connection(port, kh, { trustNewHostKeys: true, onNewHostKey: (fp, recorded) => told.push([fp, recorded]) })
+    const c = connection(port, kh, {
+      trustNewHostKeys: true,
+      onNewHostKey: (fp, recorded) => told.push([fp, recorded]),
+    })
     await runOk(c)
     expect(told).toEqual([[fingerprint(keyA.blob), true]])
     expect(readFileSync(kh, 'utf8')).toBe(`[127.0.0.1]:${port} ${keyA.line}\n`)
@@ -137,7 +153,13 @@ describe('a host key seen for the first time', () => {
     const port = await server(keyA)
     const fps: string[] = []
     const onNewHostKey = (fp: string) => fps.push(fp)
-    await runOk(connection(port, join(dir, 'one-param', 'known_hosts'), { trustNewHostKeys: true, recordNewHostKeys: false, onNewHostKey }))
+    await runOk(
+      connection(port, join(dir, 'one-param', 'known_hosts'), {
+        trustNewHostKeys: true,
+        recordNewHostKeys: false,
+        onNewHostKey,
+      }),
+    )
     expect(fps).toEqual([fingerprint(keyA.blob)])
   })
 
@@ -146,7 +168,10 @@ describe('a host key seen for the first time', () => {
     const kh = join(dir, 'untrusted', 'known_hosts')
     let told = 0
     const c = connection(port, kh, { recordNewHostKeys: false, onNewHostKey: () => told++ })
-    await expect(c.run('true', { sudo: false })).rejects.toMatchObject({ kind: 'hostkey', message: expect.stringContaining('unknown host key') })
+    await expect(c.run('true', { sudo: false })).rejects.toMatchObject({
+      kind: 'hostkey',
+      message: expect.stringContaining('unknown host key'),
+    })
     expect(told).toBe(0)
     expect(existsSync(join(dir, 'untrusted'))).toBe(false)
   })
@@ -156,7 +181,17 @@ describe('malformed known_hosts lines', () => {
   function fileWithBadLines(name: string, port: number): string {
     const kh = join(dir, name)
     const b64 = keyA.line.split(' ')[1]
-    writeFileSync(kh, [`garbage`, `[127.0.0.1]:${port} ${keyA.line}`, `@bogus pi ${keyA.line}`, `other ssh-ed25519 ${b64.slice(0, -2)}`, ''].join('\n'), { mode: 0o600 })
+    writeFileSync(
+      kh,
+      [
+        `garbage`,
+        `[127.0.0.1]:${port} ${keyA.line}`,
+        `@bogus pi ${keyA.line}`,
+        `other ssh-ed25519 ${b64.slice(0, -2)}`,
+        '',
+      ].join('\n'),
+      { mode: 0o600 },
+    )
     return kh
   }
 
@@ -194,7 +229,14 @@ describe('malformed known_hosts lines', () => {
     const heard: string[] = []
     await runOk(connection(port, kh1, { onKnownHostsWarning: (m) => heard.push(m) }))
     await runOk(connection(port, kh2, { onKnownHostsWarning: (m) => heard.push(m) }))
-    expect(heard.map((m) => m.split(': ')[0])).toEqual([`${kh1}:1`, `${kh1}:3`, `${kh1}:4`, `${kh2}:1`, `${kh2}:3`, `${kh2}:4`])
+    expect(heard.map((m) => m.split(': ')[0])).toEqual([
+      `${kh1}:1`,
+      `${kh1}:3`,
+      `${kh1}:4`,
+      `${kh2}:1`,
+      `${kh2}:3`,
+      `${kh2}:4`,
+    ])
   })
 
   it('with trustNewHostKeys, a new host is still recorded into a file that has bad lines (they stay as they were)', async () => {

@@ -29,7 +29,9 @@ function kubeconfig(): { text: string; keyPem: string; keyB64: string; certB64: 
   const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' })
   const keyPem = privateKey.export({ type: 'sec1', format: 'pem' }).toString()
   const keyB64 = Buffer.from(keyPem).toString('base64')
-  const certB64 = Buffer.from('-----BEGIN CERTIFICATE-----\nMIIBkTCCATegAwIBAgIIQ2xpZW50Q2VydGlmaWNhdGVEYXRhRm9yVGVzdHM=\n-----END CERTIFICATE-----\n').toString('base64')
+  const certB64 = Buffer.from(
+    '-----BEGIN CERTIFICATE-----\nMIIBkTCCATegAwIBAgIIQ2xpZW50Q2VydGlmaWNhdGVEYXRhRm9yVGVzdHM=\n-----END CERTIFICATE-----\n',
+  ).toString('base64')
   const text = [
     'apiVersion: v1',
     'clusters:',
@@ -92,7 +94,12 @@ describe('a credential read off a host', () => {
       ],
     }
     const conn = new FakeConnection('s1', () => ({ stdout: k.text, code: fail ? 1 : 0 }))
-    const summary = await runPlaybook(pb, { inventory: parseInventory(INV, '/tmp/inv.yaml'), reporter: rep, secrets: new MemorySecrets(), connect: () => conn })
+    const summary = await runPlaybook(pb, {
+      inventory: parseInventory(INV, '/tmp/inv.yaml'),
+      reporter: rep,
+      secrets: new MemorySecrets(),
+      connect: () => conn,
+    })
     rep.close()
     return { k, summary, lines: rec.lines.join('\n'), events: rec.events, json: readFileSync(jsonFile, 'utf8') }
   }
@@ -178,7 +185,9 @@ describe('a kubeconfig fetched from the server', () => {
     for (const secret of keyMaterial(k)) expect(mask(`x ${secret} y`)).toBe('x ******** y')
     expect(mask(k.certB64)).toBe('********')
     // The armour lines and the public server address are not secrets.
-    expect(mask('https://127.0.0.1:6443 -----BEGIN EC PRIVATE KEY-----')).toBe('https://127.0.0.1:6443 -----BEGIN EC PRIVATE KEY-----')
+    expect(mask('https://127.0.0.1:6443 -----BEGIN EC PRIVATE KEY-----')).toBe(
+      'https://127.0.0.1:6443 -----BEGIN EC PRIVATE KEY-----',
+    )
   })
 })
 
@@ -196,17 +205,52 @@ describe('kubectl command lines', () => {
       expect(words.indexOf('--')).toBe(words.length - 2)
     }
     expect(await argvOf(kubectl('drain --ignore-daemonsets --timeout=300s', 'pi3-worker-2'))).toEqual([
-      'kubectl', '--kubeconfig', '/etc/rancher/k3s/k3s.yaml', 'drain', '--ignore-daemonsets', '--timeout=300s', '--', 'pi3-worker-2',
+      'kubectl',
+      '--kubeconfig',
+      '/etc/rancher/k3s/k3s.yaml',
+      'drain',
+      '--ignore-daemonsets',
+      '--timeout=300s',
+      '--',
+      'pi3-worker-2',
     ])
   })
 })
 
 describe('the retry file', () => {
-  const pb: Playbook = { name: 'p', plays: [{ name: 'x', hosts: 'all', roles: [{ name: 'r', steps: [{ name: 'Fail', async plan() { return { status: 'failed', message: 'no' } } }] }] }] }
+  const pb: Playbook = {
+    name: 'p',
+    plays: [
+      {
+        name: 'x',
+        hosts: 'all',
+        roles: [
+          {
+            name: 'r',
+            steps: [
+              {
+                name: 'Fail',
+                async plan() {
+                  return { status: 'failed', message: 'no' }
+                },
+              },
+            ],
+          },
+        ],
+      },
+    ],
+  }
   const runWith = async (check: boolean) => {
     const dir = mkdtempSync(join(tmpdir(), 'retry-'))
     const retryFile = join(dir, 'p.retry')
-    const s = await runPlaybook(pb, { inventory: parseInventory(INV, '/tmp/inv.yaml'), reporter: new RecordingReporter(0), secrets: new MemorySecrets(), connect: (h) => new FakeConnection(h.name), retryFile, check })
+    const s = await runPlaybook(pb, {
+      inventory: parseInventory(INV, '/tmp/inv.yaml'),
+      reporter: new RecordingReporter(0),
+      secrets: new MemorySecrets(),
+      connect: (h) => new FakeConnection(h.name),
+      retryFile,
+      check,
+    })
     return { s, retryFile }
   }
 

@@ -11,7 +11,8 @@ beforeAll(() => {
 })
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
 
-const lines = (n: number, f: (i: number) => string = (i) => `line ${i}`): string => Array.from({ length: n }, (_, i) => `${f(i + 1)}\n`).join('')
+const lines = (n: number, f: (i: number) => string = (i) => `line ${i}`): string =>
+  Array.from({ length: n }, (_, i) => `${f(i + 1)}\n`).join('')
 
 /** GNU `diff -U<context>` output without its two header lines, hunk headers written with explicit lengths. */
 function gnuHunks(a: string, b: string, context = 3): string[] {
@@ -22,7 +23,13 @@ function gnuHunks(a: string, b: string, context = 3): string[] {
   return r.stdout
     .split('\n')
     .slice(2, -1)
-    .map((l) => l.replace(/^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@$/, (_m, a1: string, a2: string | undefined, b1: string, b2: string | undefined) => `@@ -${a1},${a2 ?? '1'} +${b1},${b2 ?? '1'} @@`))
+    .map((l) =>
+      l.replace(
+        /^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@$/,
+        (_m, a1: string, a2: string | undefined, b1: string, b2: string | undefined) =>
+          `@@ -${a1},${a2 ?? '1'} +${b1},${b2 ?? '1'} @@`,
+      ),
+    )
 }
 
 /** Our diff without its two header lines. */
@@ -41,7 +48,10 @@ describe('unifiedDiff', () => {
 
   it('names the file in its header lines', () => {
     const d = unifiedDiff('a\n', 'b\n', '/etc/modules-load.d/k3s.conf')
-    expect(d.split('\n').slice(0, 2)).toEqual(['--- /etc/modules-load.d/k3s.conf (before)', '+++ /etc/modules-load.d/k3s.conf (after)'])
+    expect(d.split('\n').slice(0, 2)).toEqual([
+      '--- /etc/modules-load.d/k3s.conf (before)',
+      '+++ /etc/modules-load.d/k3s.conf (after)',
+    ])
     expect(d.endsWith('\n')).toBe(true)
   })
 
@@ -83,7 +93,16 @@ describe('unifiedDiff', () => {
   it('deletion in the middle matches diff -u exactly', () => {
     const a = lines(9)
     const b = a.replace('line 5\n', '')
-    expect(ourHunks(a, b)).toEqual(['@@ -2,7 +2,6 @@', ' line 2', ' line 3', ' line 4', '-line 5', ' line 6', ' line 7', ' line 8'])
+    expect(ourHunks(a, b)).toEqual([
+      '@@ -2,7 +2,6 @@',
+      ' line 2',
+      ' line 3',
+      ' line 4',
+      '-line 5',
+      ' line 6',
+      ' line 7',
+      ' line 8',
+    ])
     expect(ourHunks(a, b)).toEqual(gnuHunks(a, b))
   })
 
@@ -154,7 +173,10 @@ describe('unifiedDiff', () => {
         continue
       }
       writeFileSync(join(dir, 'old'), oldText)
-      const r = spawnSync('patch', ['-s', '-f', '-o', join(dir, 'patched'), join(dir, 'old')], { input: d, encoding: 'utf8' })
+      const r = spawnSync('patch', ['-s', '-f', '-o', join(dir, 'patched'), join(dir, 'old')], {
+        input: d,
+        encoding: 'utf8',
+      })
       expect(r.stderr + r.stdout, `case ${t}:\n${d}`).toBe('')
       expect(r.status).toBe(0)
       expect(readFileSync(join(dir, 'patched'), 'utf8'), `case ${t}:\n${d}`).toBe(newText)

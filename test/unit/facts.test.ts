@@ -91,7 +91,11 @@ describe('FactCache.get', () => {
 
   it('the parser sees the exit code, stdout and stderr of the run', async () => {
     const facts = new FactCache(new RecordingConnection())
-    expect(await facts.get(raw('fail', "printf out; printf err >&2; exit 4"))).toEqual({ code: 4, stdout: 'out', stderr: 'err' })
+    expect(await facts.get(raw('fail', 'printf out; printf err >&2; exit 4'))).toEqual({
+      code: 4,
+      stdout: 'out',
+      stderr: 'err',
+    })
   })
 
   it('a connection error rejects the get and is not cached: the next get tries again', async () => {
@@ -130,7 +134,8 @@ describe('FactCache.gather', () => {
     await facts.gather(list)
     expect(conn.scripts).toHaveLength(1)
     expect(facts.roundTrips).toBe(1)
-    for (const [k, v] of Object.entries(batch)) expect({ fact: k, ...(await facts.get(raw(k, 'exit 99'))) }).toEqual({ fact: k, ...v.expected, stderr: '' })
+    for (const [k, v] of Object.entries(batch))
+      expect({ fact: k, ...(await facts.get(raw(k, 'exit 99'))) }).toEqual({ fact: k, ...v.expected, stderr: '' })
     expect(conn.scripts).toHaveLength(1) // every get above came from the cache
   })
 
@@ -147,7 +152,10 @@ describe('FactCache.gather', () => {
     // Run one after another, "waits" would give up (exit 1) before "creates" ever ran.
     const flag = join(dir, 'side-by-side')
     const facts = new FactCache(new RecordingConnection())
-    const waits = raw('waits', `i=0; while [ ! -e ${flag} ]; do i=$((i+1)); [ $i -gt 500 ] && exit 1; sleep 0.01; done; printf saw`)
+    const waits = raw(
+      'waits',
+      `i=0; while [ ! -e ${flag} ]; do i=$((i+1)); [ $i -gt 500 ] && exit 1; sleep 0.01; done; printf saw`,
+    )
     const creates = raw('creates', `touch ${flag}; printf made`)
     await facts.gather([waits, creates])
     expect(await facts.get(waits)).toEqual({ code: 0, stdout: 'saw', stderr: '' })
@@ -159,7 +167,8 @@ describe('FactCache.gather', () => {
     const facts = new FactCache(conn)
     const list = Object.entries(batch).map(([k, v]) => raw(k, v.script))
     await facts.gather(list)
-    for (const [k, v] of Object.entries(batch)) expect({ fact: k, ...(await facts.get(raw(k, 'exit 99'))) }).toEqual({ fact: k, ...v.expected, stderr: '' })
+    for (const [k, v] of Object.entries(batch))
+      expect({ fact: k, ...(await facts.get(raw(k, 'exit 99'))) }).toEqual({ fact: k, ...v.expected, stderr: '' })
   })
 
   it('the text of each fact is sent once, whichever way the batch runs it', async () => {

@@ -19,7 +19,10 @@ export function one(item: unknown): KubeAnswer {
 
 export const NONE: KubeAnswer = { stdout: '' }
 
-export function ready(message = 'Applied revision: main@sha1:abc', extra: Record<string, unknown> = {}): Record<string, unknown> {
+export function ready(
+  message = 'Applied revision: main@sha1:abc',
+  extra: Record<string, unknown> = {},
+): Record<string, unknown> {
   return { conditions: [{ type: 'Ready', status: 'True', reason: 'ReconciliationSucceeded', message }], ...extra }
 }
 
@@ -28,7 +31,10 @@ export function notReady(message: string, extra: Record<string, unknown> = {}): 
 }
 
 /** Answer one kubeFact script (in a gathered batch, or alone as kubeGet runs it): `answer` gets the query. */
-export function answerKubeFact(script: string, answer: (query: string) => KubeAnswer): { stdout: string; code: number } | undefined {
+export function answerKubeFact(
+  script: string,
+  answer: (query: string) => KubeAnswer,
+): { stdout: string; code: number } | undefined {
   const q = /^k3s kubectl --kubeconfig \S+ get (.*?) -o json(?: -- (.*))? 2>"\$e"$/m.exec(script)
   if (!q) return undefined
   // The names after `--` as the query's last words, unquoted ('pi3-worker-2' -> pi3-worker-2).

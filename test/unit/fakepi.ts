@@ -19,7 +19,14 @@ export interface FakePiState {
 export function freshPi(): FakePiState {
   return {
     files: new Map([
-      ['/boot/firmware/cmdline.txt', { content: 'console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait\n', mode: '755' }],
+      [
+        '/boot/firmware/cmdline.txt',
+        {
+          content:
+            'console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait\n',
+          mode: '755',
+        },
+      ],
       ['/etc/hostname', { content: 'raspberrypi\n' }],
       ['/etc/hosts', { content: '127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n' }],
       ['/var/swap', { content: '' }],
@@ -41,7 +48,9 @@ export function answerFact(s: FakePiState, script: string): Partial<RunResult> |
     const path = fileMatch[1].replace(/^'|'$/g, '')
     const f = s.files.get(path)
     if (!f) return { stdout: 'ABSENT\n' }
-    return { stdout: `regular file|${f.mode ?? '644'}|${f.owner ?? 'root'}|${f.owner ?? 'root'}\n${Buffer.from(f.content).toString('base64')}` }
+    return {
+      stdout: `regular file|${f.mode ?? '644'}|${f.owner ?? 'root'}|${f.owner ?? 'root'}\n${Buffer.from(f.content).toString('base64')}`,
+    }
   }
   if (script.startsWith('[ -f /boot/firmware/cmdline.txt ]')) {
     const p = ['/boot/firmware/cmdline.txt', '/boot/cmdline.txt'].find((x) => s.files.has(x))
@@ -53,8 +62,16 @@ export function answerFact(s: FakePiState, script: string): Partial<RunResult> |
     return { stdout: `LoadState=${u.load}\nUnitFileState=${u.fileState}\nActiveState=${u.active}\n` }
   }
   if (script.startsWith('dpkg-query -W')) {
-    const names = script.split(' ').slice(3, -2).map((n) => n.replace(/^'|'$/g, ''))
-    return { stdout: names.filter((n) => s.packages.has(n)).map((n) => `${n}\tii \n`).join('') }
+    const names = script
+      .split(' ')
+      .slice(3, -2)
+      .map((n) => n.replace(/^'|'$/g, ''))
+    return {
+      stdout: names
+        .filter((n) => s.packages.has(n))
+        .map((n) => `${n}\tii \n`)
+        .join(''),
+    }
   }
   if (script.startsWith('uname -m')) return { stdout: s.arch }
   if (script.includes('/proc/swaps')) {
@@ -92,7 +109,11 @@ export class FakePi extends FakeConnection {
 /** A Pi that pi-prep already converged. */
 export function convergedPi(name: string): FakePiState {
   const s = freshPi()
-  s.files.set('/boot/firmware/cmdline.txt', { content: 'console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait cgroup_memory=1 cgroup_enable=memory cgroup_enable=cpuset\n', mode: '755' })
+  s.files.set('/boot/firmware/cmdline.txt', {
+    content:
+      'console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait cgroup_memory=1 cgroup_enable=memory cgroup_enable=cpuset\n',
+    mode: '755',
+  })
   s.files.set('/etc/hostname', { content: `${name}\n` })
   s.files.set('/etc/hosts', { content: `127.0.0.1\tlocalhost\n127.0.1.1\t${name}\n` })
   s.files.delete('/var/swap')
@@ -101,7 +122,10 @@ export function convergedPi(name: string): FakePiState {
   s.units.set('rpi-swap.service', { load: 'masked', fileState: 'masked', active: 'inactive' })
   for (const p of ['nfs-common', 'curl', 'ca-certificates', 'iptables']) s.packages.add(p)
   s.files.set('/etc/modules-load.d/k3s.conf', { content: 'overlay\nbr_netfilter\n' })
-  s.files.set('/etc/sysctl.d/90-k3s.conf', { content: 'net.ipv4.ip_forward = 1\nnet.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\n' })
+  s.files.set('/etc/sysctl.d/90-k3s.conf', {
+    content:
+      'net.ipv4.ip_forward = 1\nnet.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\n',
+  })
   s.swaps = []
   return s
 }

@@ -19,7 +19,10 @@ export class FakeConnection implements Connection {
     this.responder = responder
   }
   async run(script: string, opts: RunOptions = {}): Promise<RunResult> {
-    if (this.unreachable) throw new ProvisionError('unreachable', `cannot connect to ${this.host}: no route to host`, { place: { host: this.host } })
+    if (this.unreachable)
+      throw new ProvisionError('unreachable', `cannot connect to ${this.host}: no route to host`, {
+        place: { host: this.host },
+      })
     this.scripts.push({ script, stdin: opts.stdin })
     const r = this.responder(script, opts) ?? {}
     return { code: r.code ?? 0, stdout: r.stdout ?? '', stderr: r.stderr ?? '' }
@@ -58,7 +61,10 @@ export class MemorySecrets implements SecretStore {
 }
 
 /** Answer a batched facts script (see FactCache.gather) by answering each fact's script on its own. */
-export function answerBatch(script: string, answer: (sub: string) => Partial<RunResult>): Partial<RunResult> | undefined {
+export function answerBatch(
+  script: string,
+  answer: (sub: string) => Partial<RunResult>,
+): Partial<RunResult> | undefined {
   const m = /printf '%s\\n' '?(__FACT_\w+__) 0'?;/.exec(script)
   if (!m) return undefined
   const marker = m[1]

@@ -23,8 +23,24 @@ const tables: Record<string, Table> = {
   'DNS subdomain': {
     rule: g.DnsSubdomain,
     is: g.isDnsSubdomain,
-    good: ['a', 'pi-k3s.lan', '192.168.1.55', `${long(63)}.${long(63)}`, [long(63), long(63), long(63), long(61)].join('.')],
-    bad: ['', '.a', 'a.', 'a..b', 'Pi.lan', 'a_b.c', `${long(64)}.b`, [long(63), long(63), long(63), long(62)].join('.'), '-lfoo'],
+    good: [
+      'a',
+      'pi-k3s.lan',
+      '192.168.1.55',
+      `${long(63)}.${long(63)}`,
+      [long(63), long(63), long(63), long(61)].join('.'),
+    ],
+    bad: [
+      '',
+      '.a',
+      'a.',
+      'a..b',
+      'Pi.lan',
+      'a_b.c',
+      `${long(64)}.b`,
+      [long(63), long(63), long(63), long(62)].join('.'),
+      '-lfoo',
+    ],
   },
   'node name': {
     rule: g.NodeName,
@@ -54,7 +70,16 @@ const tables: Record<string, Table> = {
     rule: g.Taint,
     is: g.isTaint,
     good: ['hardware=pi3:PreferNoSchedule', 'dedicated:NoSchedule', 'example.com/gpu=true:NoExecute', 'k=:NoSchedule'],
-    bad: ['hardware=pi3', 'hardware=pi3:Sometimes', 'hardware=pi3:noschedule', ':NoSchedule', '=x:NoSchedule', '-k=v:NoSchedule', 'k=v v:NoSchedule', 'k=v:NoSchedule:NoSchedule'],
+    bad: [
+      'hardware=pi3',
+      'hardware=pi3:Sometimes',
+      'hardware=pi3:noschedule',
+      ':NoSchedule',
+      '=x:NoSchedule',
+      '-k=v:NoSchedule',
+      'k=v v:NoSchedule',
+      'k=v:NoSchedule:NoSchedule',
+    ],
   },
   workload: {
     rule: g.Workload,
@@ -66,7 +91,17 @@ const tables: Record<string, Table> = {
     rule: g.Address,
     is: g.isAddress,
     good: ['10.0.0.1', '192.168.1.55', 'fe80::1', '::1', '2001:db8::5', 'pi-k3s.lan', 'PI-K3S', 'localhost'],
-    bad: ['203.0.113.300', '10.0.0', '-oProxyCommand=x', 'not an ip!', 'fe80::1%eth0', 'a..b', '', 'host_name', '1.2.3.4.5'],
+    bad: [
+      '203.0.113.300',
+      '10.0.0',
+      '-oProxyCommand=x',
+      'not an ip!',
+      'fe80::1%eth0',
+      'a..b',
+      '',
+      'host_name',
+      '1.2.3.4.5',
+    ],
   },
   user: {
     rule: g.UserName,
@@ -78,7 +113,17 @@ const tables: Record<string, Table> = {
     rule: g.K3sVersion,
     is: g.isK3sVersion,
     good: ['v1.34.3+k3s1', 'v1.31.12+k3s1', 'v1.35.0-rc1+k3s1', 'v1.30.2+k3s2'],
-    bad: ['v1', '1.34.3+k3s1', 'v1.34.3', 'v1.34.3+k3s', 'v1.34.3-k3s1', 'latest', 'v1.34.3+k3s1 ', '-v1.34.3+k3s1', 'v1.34.3-rc.1+k3s1'],
+    bad: [
+      'v1',
+      '1.34.3+k3s1',
+      'v1.34.3',
+      'v1.34.3+k3s',
+      'v1.34.3-k3s1',
+      'latest',
+      'v1.34.3+k3s1 ',
+      '-v1.34.3+k3s1',
+      'v1.34.3-rc.1+k3s1',
+    ],
   },
   'flux version': {
     rule: g.FluxVersion,
@@ -101,8 +146,29 @@ const tables: Record<string, Table> = {
   'Debian package': {
     rule: g.DebPackage,
     is: g.isDebPackage,
-    good: ['nfs-common', 'libstdc++6', 'python3.11', '7zip', 'curl=7.88.1-10+deb12u8', 'tzdata=2025a-0+deb12u1', 'vim=2:9.0.1378-2'],
-    bad: ['', 'a', '-lfoo', 'Nfs-common', 'nfs common', 'curl=', 'curl=-1', 'curl=x1', 'curl=1 2', 'nfs-common;rm', '.hidden', '+x'],
+    good: [
+      'nfs-common',
+      'libstdc++6',
+      'python3.11',
+      '7zip',
+      'curl=7.88.1-10+deb12u8',
+      'tzdata=2025a-0+deb12u1',
+      'vim=2:9.0.1378-2',
+    ],
+    bad: [
+      '',
+      'a',
+      '-lfoo',
+      'Nfs-common',
+      'nfs common',
+      'curl=',
+      'curl=-1',
+      'curl=x1',
+      'curl=1 2',
+      'nfs-common;rm',
+      '.hidden',
+      '+x',
+    ],
   },
   'kernel flag': {
     rule: g.CmdlineFlag,
@@ -119,8 +185,27 @@ const tables: Record<string, Table> = {
   'k3s flag': {
     rule: g.K3sFlag,
     is: g.isK3sFlag,
-    good: ['--kubelet-arg=max-pods=50', '--disable-cloud-controller', '--flannel-backend=host-gw', '--kube-apiserver-arg=a b', '--x='],
-    bad: ['flannel-backend=host-gw', '-t', '--Bad', '--flag=a\nb', '--', '---x', '--token=abc', '--node-name=x', '--disable=traefik', '--data-dir=/x', '--server=https://x', '--node-label=a=b'],
+    good: [
+      '--kubelet-arg=max-pods=50',
+      '--disable-cloud-controller',
+      '--flannel-backend=host-gw',
+      '--kube-apiserver-arg=a b',
+      '--x=',
+    ],
+    bad: [
+      'flannel-backend=host-gw',
+      '-t',
+      '--Bad',
+      '--flag=a\nb',
+      '--',
+      '---x',
+      '--token=abc',
+      '--node-name=x',
+      '--disable=traefik',
+      '--data-dir=/x',
+      '--server=https://x',
+      '--node-label=a=b',
+    ],
   },
   'GitHub owner': {
     rule: g.GitHubOwner,
@@ -138,7 +223,28 @@ const tables: Record<string, Table> = {
     rule: g.GitBranch,
     is: g.isGitBranch,
     good: ['main', 'feature/x', 'release-1.2', 'a.b', 'v2@x'],
-    bad: ['', '-main', '@', 'a..b', 'a b', 'a~1', 'a^', 'a:b', 'a?', 'a*', 'a[', 'a\\b', 'a@{1}', '/a', 'a/', 'a//b', '.a', 'a/.b', 'a.lock', 'a.'],
+    bad: [
+      '',
+      '-main',
+      '@',
+      'a..b',
+      'a b',
+      'a~1',
+      'a^',
+      'a:b',
+      'a?',
+      'a*',
+      'a[',
+      'a\\b',
+      'a@{1}',
+      '/a',
+      'a/',
+      'a//b',
+      '.a',
+      'a/.b',
+      'a.lock',
+      'a.',
+    ],
   },
   'repository path': {
     rule: g.RepoPath,
@@ -149,7 +255,12 @@ const tables: Record<string, Table> = {
   URL: {
     rule: g.HttpUrl,
     is: g.isHttpUrl,
-    good: ['https://get.k3s.io', 'http://10.199.55.1:8780/k3s/install.sh', 'https://[fe80::1]/x', 'https://example.com/a?b=c'],
+    good: [
+      'https://get.k3s.io',
+      'http://10.199.55.1:8780/k3s/install.sh',
+      'https://[fe80::1]/x',
+      'https://example.com/a?b=c',
+    ],
     bad: ['get.k3s.io', 'ftp://x', 'https://', 'https://a b', 'file:///etc/passwd', 'https://x/\n', '-https://x', ''],
   },
   'flux URL': {
@@ -173,7 +284,7 @@ const tables: Record<string, Table> = {
     good: ['pi-k3s', 'pi-k3s-lab', 'admin@cluster', 'arn:aws:eks:x/y', 'k3s_ansible'],
     bad: ['', '-x', '.x', 'a b', 'a\nb', long(254)],
   },
-  'k3s_restore': {
+  k3s_restore: {
     rule: g.RestoreName,
     is: g.isRestoreName,
     good: ['latest', 'none', '2025-12-27', '20251227_0215'],
@@ -229,7 +340,9 @@ describe('what the messages say', () => {
   })
 
   it('a taint lists the effects', () => {
-    expect(g.complaint(g.Taint, 'a=b:Sometimes')).toMatch(/^node taint "a=b:Sometimes": expected key\[=value\]:Effect with Effect one of NoSchedule, PreferNoSchedule, NoExecute/)
+    expect(g.complaint(g.Taint, 'a=b:Sometimes')).toMatch(
+      /^node taint "a=b:Sometimes": expected key\[=value\]:Effect with Effect one of NoSchedule, PreferNoSchedule, NoExecute/,
+    )
   })
 
   it('a k3s flag the roles write names the inventory variable to use instead', () => {
@@ -249,11 +362,15 @@ describe('what the messages say', () => {
   })
 
   it('a k3s flag without its dashes says how to write it', () => {
-    expect(g.complaint(g.K3sFlag, 'flannel-backend=host-gw')).toBe('k3s flag "flannel-backend=host-gw": expected --flag or --flag=value: write it as "--flannel-backend=host-gw"')
+    expect(g.complaint(g.K3sFlag, 'flannel-backend=host-gw')).toBe(
+      'k3s flag "flannel-backend=host-gw": expected --flag or --flag=value: write it as "--flannel-backend=host-gw"',
+    )
   })
 
   it('a non-string is named by its kind', () => {
-    expect(g.complaint(g.NodeName, 5)).toBe('node name 5: expected a string: a Kubernetes node name, an RFC 1123 subdomain (lowercase letters, digits, "-" and ".", each dot-separated part 1-63 characters starting and ending with a letter or digit, at most 253 in all)')
+    expect(g.complaint(g.NodeName, 5)).toBe(
+      'node name 5: expected a string: a Kubernetes node name, an RFC 1123 subdomain (lowercase letters, digits, "-" and ".", each dot-separated part 1-63 characters starting and ending with a letter or digit, at most 253 in all)',
+    )
     expect(g.complaint(g.NodeLabel, { a: 1 })).toMatch(/^node label a map: expected a string/)
   })
 
@@ -263,6 +380,9 @@ describe('what the messages say', () => {
 
   it('durations stop where a timer can no longer wait', () => {
     expect(g.MAX_SECONDS).toBe(2147483)
-    expect(g.verdict(g.Duration, 2147484)).toEqual({ ok: false, expected: 'expected a number of seconds, 1 to 2147483' })
+    expect(g.verdict(g.Duration, 2147484)).toEqual({
+      ok: false,
+      expected: 'expected a number of seconds, 1 to 2147483',
+    })
   })
 })

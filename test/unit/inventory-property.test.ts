@@ -85,12 +85,20 @@ const value: fc.Arbitrary<unknown> = fc.oneof(
   { weight: 3, arbitrary: scalar },
   { weight: 2, arbitrary: fc.array(scalar, { maxLength: 4 }) },
   { weight: 1, arbitrary: fc.dictionary(fc.oneof(fc.string({ maxLength: 8 }), hostile), scalar, { maxKeys: 3 }) },
-  { weight: 1, arbitrary: fc.array(fc.dictionary(fc.string({ maxLength: 5 }), scalar, { maxKeys: 2 }), { maxLength: 2 }) },
+  {
+    weight: 1,
+    arbitrary: fc.array(fc.dictionary(fc.string({ maxLength: 5 }), scalar, { maxKeys: 2 }), { maxLength: 2 }),
+  },
 )
 
 /** A variable: usually a known name with a good or a random value, sometimes anything. */
 const variable: fc.Arbitrary<[string, unknown]> = fc.oneof(
-  { weight: 4, arbitrary: fc.constantFrom(...Object.keys(goodValues)).chain((k) => fc.tuple(fc.constant(k), fc.constantFrom(...goodValues[k]))) },
+  {
+    weight: 4,
+    arbitrary: fc
+      .constantFrom(...Object.keys(goodValues))
+      .chain((k) => fc.tuple(fc.constant(k), fc.constantFrom(...goodValues[k]))),
+  },
   { weight: 3, arbitrary: fc.tuple(fc.constantFrom(...varNames), value) },
   { weight: 1, arbitrary: fc.tuple(fc.oneof(fc.string({ maxLength: 10 }), hostile), value) },
 )
@@ -98,13 +106,21 @@ const variable: fc.Arbitrary<[string, unknown]> = fc.oneof(
 const vars = fc.array(variable, { maxLength: 4 }).map((pairs) => Object.fromEntries(pairs))
 
 const hostName = fc.oneof(
-  { weight: 6, arbitrary: fc.constantFrom('pi-k3s', 'pi3-worker-1', 'pi3-worker-2', 'node-a', 'node-b', 'Pi_K3s', '192.0.2.10') },
+  {
+    weight: 6,
+    arbitrary: fc.constantFrom('pi-k3s', 'pi3-worker-1', 'pi3-worker-2', 'node-a', 'node-b', 'Pi_K3s', '192.0.2.10'),
+  },
   { weight: 1, arbitrary: fc.oneof(fc.string({ maxLength: 10 }), hostile) },
 )
 
 const hostBody = fc.oneof(
   { weight: 1, arbitrary: fc.constant(null) },
-  { weight: 4, arbitrary: fc.tuple(fc.constantFrom('10.0.0.1', '10.0.0.2', '10.0.0.3', 'pi.lan'), vars).map(([address, v]) => ({ address, ...v })) },
+  {
+    weight: 4,
+    arbitrary: fc
+      .tuple(fc.constantFrom('10.0.0.1', '10.0.0.2', '10.0.0.3', 'pi.lan'), vars)
+      .map(([address, v]) => ({ address, ...v })),
+  },
   { weight: 1, arbitrary: value },
 )
 
@@ -181,15 +197,26 @@ const fragments = fc.constantFrom(
   '\ufeff',
   '\r\n',
 )
-const noise = fc.array(fc.oneof(fragments, fc.string({ maxLength: 4 })), { maxLength: 40 }).map((parts) => parts.join(''))
+const noise = fc
+  .array(fc.oneof(fragments, fc.string({ maxLength: 4 })), { maxLength: 40 })
+  .map((parts) => parts.join(''))
 const spliced = fc
-  .tuple(document.map((d) => stringify(d)), fc.nat(), fc.nat(), noise)
+  .tuple(
+    document.map((d) => stringify(d)),
+    fc.nat(),
+    fc.nat(),
+    noise,
+  )
   .map(([text, a, b, insert]) => {
     const i = a % (text.length + 1)
     const j = Math.min(text.length, i + (b % 8))
     return text.slice(0, i) + insert + text.slice(j)
   })
-const yamlText = fc.oneof({ weight: 3, arbitrary: document.map((d) => stringify(d)) }, { weight: 2, arbitrary: spliced }, { weight: 1, arbitrary: noise })
+const yamlText = fc.oneof(
+  { weight: 3, arbitrary: document.map((d) => stringify(d)) },
+  { weight: 2, arbitrary: spliced },
+  { weight: 1, arbitrary: noise },
+)
 
 // ---------------------------------------------------------------- the property
 
@@ -201,7 +228,10 @@ function load(text: string): Outcome {
     return { loaded: parseInventory(text, FILE) }
   } catch (e) {
     if (e instanceof ProvisionError) return { refused: e }
-    throw new Error(`not a ProvisionError: ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}\n--- text ---\n${text}`, { cause: e })
+    throw new Error(
+      `not a ProvisionError: ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}\n--- text ---\n${text}`,
+      { cause: e },
+    )
   }
 }
 
@@ -258,7 +288,9 @@ describe('generated inventories: each loads or is refused with the file named, n
 
   it('what loads passes checkHosts, and random -e either parses or is a usage error', () => {
     const extraPair = fc.oneof(
-      fc.tuple(fc.constantFrom(...varNames), fc.oneof(fc.string({ maxLength: 12 }), hostile)).map(([k, v]) => `${k}=${v}`),
+      fc
+        .tuple(fc.constantFrom(...varNames), fc.oneof(fc.string({ maxLength: 12 }), hostile))
+        .map(([k, v]) => `${k}=${v}`),
       fc.oneof(fc.string({ maxLength: 16 }), hostile),
     )
     fc.assert(
@@ -279,7 +311,10 @@ describe('generated inventories: each loads or is refused with the file named, n
           checkHosts(o.loaded, extra)
         } catch (e) {
           if (!(e instanceof ProvisionError)) throw e
-          for (const p of e.problems) expect(p.kind === 'usage' ? p.message : p.place.file).toMatch(p.kind === 'usage' ? /^-e / : /generated\.yaml$/)
+          for (const p of e.problems)
+            expect(p.kind === 'usage' ? p.message : p.place.file).toMatch(
+              p.kind === 'usage' ? /^-e / : /generated\.yaml$/,
+            )
         }
       }),
       { numRuns: 600 },

@@ -4,14 +4,23 @@ import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
 import { thrown } from './fakes.ts'
-import { checkHosts, expandPath, hostVars, loadInventory, nodeNameOf, parseExtraVars, parseInventory, type Inventory, type InventoryHost } from '../../lib/inventory.ts'
+import {
+  checkHosts,
+  expandPath,
+  hostVars,
+  loadInventory,
+  nodeNameOf,
+  parseExtraVars,
+  parseInventory,
+  type Inventory,
+  type InventoryHost,
+} from '../../lib/inventory.ts'
 import { BUILTIN_DEFAULTS, type Vars } from '../../lib/vars.ts'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const ownerInventory = resolve(here, '../../inventory/hosts.yaml')
 const fixtures = join(here, 'fixtures/inventory')
 const errorFixture = (name: string): string => join(fixtures, 'errors', name)
-
 
 function host(inv: Inventory, name: string): InventoryHost {
   const h = inv.hosts.get(name)
@@ -178,19 +187,40 @@ describe('inventory errors: message and file:line:col', () => {
       col: 5,
       hint: 'did you mean "k3s_version"?',
     },
-    { fixture: 'host-only-in-group.yaml', message: '"address" is per host; it cannot be set in vars of group "server"', line: 7, col: 9 },
+    {
+      fixture: 'host-only-in-group.yaml',
+      message: '"address" is per host; it cannot be set in vars of group "server"',
+      line: 7,
+      col: 9,
+    },
     { fixture: 'bad-int.yaml', message: 'ssh_port: expected a whole number, got "twenty-two"', line: 7, col: 21 },
     { fixture: 'bad-list.yaml', message: 'k3s_disable: expected a list, got a map', line: 6, col: 11 },
     {
       fixture: 'bad-secret-ref.yaml',
       // Not shown: a value that is not a reference may be the secret itself.
-      message: 'k3s_token_ref: expected a secret reference like op://vault/item/field, got a value that is not one (not shown: it may be the secret itself)',
+      message:
+        'k3s_token_ref: expected a secret reference like op://vault/item/field, got a value that is not one (not shown: it may be the secret itself)',
       line: 3,
       col: 20,
     },
-    { fixture: 'bad-url.yaml', message: 'k3s_install_url: expected an http(s) URL, got "get.k3s.io"', line: 3, col: 22 },
-    { fixture: 'bad-address-octet.yaml', message: 'address: expected an IPv4/IPv6 address or host name, got "203.0.113.300"', line: 6, col: 20 },
-    { fixture: 'bad-address-text.yaml', message: 'address: expected an IPv4/IPv6 address or host name, got "not an ip!"', line: 7, col: 20 },
+    {
+      fixture: 'bad-url.yaml',
+      message: 'k3s_install_url: expected an http(s) URL, got "get.k3s.io"',
+      line: 3,
+      col: 22,
+    },
+    {
+      fixture: 'bad-address-octet.yaml',
+      message: 'address: expected an IPv4/IPv6 address or host name, got "203.0.113.300"',
+      line: 6,
+      col: 20,
+    },
+    {
+      fixture: 'bad-address-text.yaml',
+      message: 'address: expected an IPv4/IPv6 address or host name, got "not an ip!"',
+      line: 7,
+      col: 20,
+    },
     {
       fixture: 'agent-without-server.yaml',
       message: 'group "agent" has hosts but no host is in group "server"',
@@ -198,7 +228,12 @@ describe('inventory errors: message and file:line:col', () => {
       col: 1,
       hint: 'agents join a server: add one host under children.server.hosts',
     },
-    { fixture: 'same-address.yaml', message: 'hosts "pi3-worker-1" and "pi3-worker-2" have the same address 203.0.113.53', line: 11, col: 9 },
+    {
+      fixture: 'same-address.yaml',
+      message: 'hosts "pi3-worker-1" and "pi3-worker-2" have the same address 203.0.113.53',
+      line: 11,
+      col: 9,
+    },
     {
       fixture: 'no-address.yaml',
       message: 'host "pi3-worker-1" has no address',
@@ -273,31 +308,55 @@ describe('inventory errors: message and file:line:col', () => {
 
   it('unknown variable far from every known name: hint points at the README list', () => {
     const e = thrown(() => parseInventory('all:\n  vars:\n    zzqq_flux: 1\n', 'inv.yaml'))
-    expect(e.describe()).toBe('inv.yaml:3:5: unknown variable "zzqq_flux" in vars of group "all"\n  hint: known variables: see README "Inventory variables"')
+    expect(e.describe()).toBe(
+      'inv.yaml:3:5: unknown variable "zzqq_flux" in vars of group "all"\n  hint: known variables: see README "Inventory variables"',
+    )
   })
 
   it('unknown variable in host vars names the host', () => {
-    const e = thrown(() => parseInventory('all:\n  children:\n    server:\n      hosts:\n        a:\n          address: 10.0.0.1\n          hardwar: pi5\n', 'inv.yaml'))
+    const e = thrown(() =>
+      parseInventory(
+        'all:\n  children:\n    server:\n      hosts:\n        a:\n          address: 10.0.0.1\n          hardwar: pi5\n',
+        'inv.yaml',
+      ),
+    )
     expect(e.describe()).toBe('inv.yaml:7:11: unknown variable "hardwar" in host "a"\n  hint: did you mean "hardware"?')
   })
 
   it('a group key that is neither hosts/children/vars nor a variable', () => {
-    const e = thrown(() => parseInventory('all:\n  children:\n    server:\n      host:\n        a: {address: 10.0.0.1}\n', 'inv.yaml'))
-    expect(e.describe()).toBe('inv.yaml:4:7: unknown key "host" in group "server"\n  hint: a group has only hosts:, children: and vars:')
+    const e = thrown(() =>
+      parseInventory('all:\n  children:\n    server:\n      host:\n        a: {address: 10.0.0.1}\n', 'inv.yaml'),
+    )
+    expect(e.describe()).toBe(
+      'inv.yaml:4:7: unknown key "host" in group "server"\n  hint: a group has only hosts:, children: and vars:',
+    )
   })
 
   it('ints: negative, fractional and word values are refused; a quoted number is accepted', () => {
-    const inv = (v: string): string => `all:\n  vars:\n    ssh_port: ${v}\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n`
-    expect(thrown(() => parseInventory(inv('-1'), 'i.yaml')).describe()).toBe('i.yaml:3:15: ssh_port: expected a whole number, got -1')
-    expect(thrown(() => parseInventory(inv('22.5'), 'i.yaml')).describe()).toBe('i.yaml:3:15: ssh_port: expected a whole number, got 22.5')
-    expect(thrown(() => parseInventory(inv('[22]'), 'i.yaml')).describe()).toBe('i.yaml:3:15: ssh_port: expected a whole number, got a list')
+    const inv = (v: string): string =>
+      `all:\n  vars:\n    ssh_port: ${v}\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n`
+    expect(thrown(() => parseInventory(inv('-1'), 'i.yaml')).describe()).toBe(
+      'i.yaml:3:15: ssh_port: expected a whole number, got -1',
+    )
+    expect(thrown(() => parseInventory(inv('22.5'), 'i.yaml')).describe()).toBe(
+      'i.yaml:3:15: ssh_port: expected a whole number, got 22.5',
+    )
+    expect(thrown(() => parseInventory(inv('[22]'), 'i.yaml')).describe()).toBe(
+      'i.yaml:3:15: ssh_port: expected a whole number, got a list',
+    )
     expect(host(parseInventory(inv('"2222"'), 'i.yaml'), 'a').vars.ssh_port).toBe(2222)
   })
 
   it('lists: a scalar is taken as a comma list; a number is refused', () => {
-    const inv = (v: string): string => `all:\n  vars:\n    k3s_disable: ${v}\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n`
-    expect(host(parseInventory(inv('traefik, servicelb'), 'i.yaml'), 'a').vars.k3s_disable).toEqual(['traefik', 'servicelb'])
-    expect(thrown(() => parseInventory(inv('5'), 'i.yaml')).describe()).toBe('i.yaml:3:18: k3s_disable: expected a list, got 5')
+    const inv = (v: string): string =>
+      `all:\n  vars:\n    k3s_disable: ${v}\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n`
+    expect(host(parseInventory(inv('traefik, servicelb'), 'i.yaml'), 'a').vars.k3s_disable).toEqual([
+      'traefik',
+      'servicelb',
+    ])
+    expect(thrown(() => parseInventory(inv('5'), 'i.yaml')).describe()).toBe(
+      'i.yaml:3:18: k3s_disable: expected a list, got 5',
+    )
   })
 
   it('choices: secrets_backend must be one of the known backends', () => {
@@ -307,7 +366,9 @@ describe('inventory errors: message and file:line:col', () => {
 
   it('secret refs need all of op://vault/item/field', () => {
     const e = thrown(() => parseInventory('all:\n  vars:\n    github_token_ref: op://vault/item\n', 'i.yaml'))
-    expect(e.message).toBe('github_token_ref: expected a secret reference like op://vault/item/field, got "op://vault/item"')
+    expect(e.message).toBe(
+      'github_token_ref: expected a secret reference like op://vault/item/field, got "op://vault/item"',
+    )
   })
 
   it('addresses: IPv4, IPv6 and DNS names are accepted', () => {
@@ -359,19 +420,27 @@ describe('inventory errors: message and file:line:col', () => {
 
   it('the same group under two parents is refused at its second definition', () => {
     const e = thrown(() =>
-      parseInventory('all:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n    pis:\n      children:\n        server:\n', 'i.yaml'),
+      parseInventory(
+        'all:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n    pis:\n      children:\n        server:\n',
+        'i.yaml',
+      ),
     )
     expect(e.describe()).toBe('i.yaml:8:9: group "server" is defined twice')
   })
 
   it('a document that is not a map with all:', () => {
-    expect(thrown(() => parseInventory('- a\n- b\n', 'i.yaml')).describe()).toBe('i.yaml:1:1: expected a map with a top-level "all:" key')
+    expect(thrown(() => parseInventory('- a\n- b\n', 'i.yaml')).describe()).toBe(
+      'i.yaml:1:1: expected a map with a top-level "all:" key',
+    )
     expect(thrown(() => parseInventory('', 'i.yaml')).message).toBe('expected a map with a top-level "all:" key')
   })
 
   it('a host whose name is an existing group is refused', () => {
     const e = thrown(() =>
-      parseInventory('all:\n  children:\n    agent:\n      hosts:\n        b: {address: 10.0.0.2}\n    server:\n      hosts:\n        agent: {address: 10.0.0.1}\n', 'i.yaml'),
+      parseInventory(
+        'all:\n  children:\n    agent:\n      hosts:\n        b: {address: 10.0.0.2}\n    server:\n      hosts:\n        agent: {address: 10.0.0.1}\n',
+        'i.yaml',
+      ),
     )
     expect(e.describe()).toBe('i.yaml:8:9: "agent" is both a group and a host')
   })
@@ -381,7 +450,10 @@ describe('inventory errors: message and file:line:col', () => {
   // host named agent is silently also in "all".
   it('a host named like a group defined later is refused too', () => {
     const e = thrown(() =>
-      parseInventory('all:\n  children:\n    server:\n      hosts:\n        agent: {address: 10.0.0.1}\n    agent:\n      hosts:\n        b: {address: 10.0.0.2}\n', 'i.yaml'),
+      parseInventory(
+        'all:\n  children:\n    server:\n      hosts:\n        agent: {address: 10.0.0.1}\n    agent:\n      hosts:\n        b: {address: 10.0.0.2}\n',
+        'i.yaml',
+      ),
     )
     expect(e.message).toBe('"agent" is both a group and a host')
   })
@@ -390,7 +462,9 @@ describe('inventory errors: message and file:line:col', () => {
     const file = join(fixtures, 'does-not-exist.yaml')
     const e = thrown(() => loadInventory(file))
     expect(e.kind).toBe('inventory')
-    expect(e.describe()).toBe(`${file}: cannot read inventory: ENOENT\n  hint: pass the inventory with -i FILE (default inventory/hosts.yaml)`)
+    expect(e.describe()).toBe(
+      `${file}: cannot read inventory: ENOENT\n  hint: pass the inventory with -i FILE (default inventory/hosts.yaml)`,
+    )
   })
 })
 
@@ -400,7 +474,12 @@ describe('every error of a file at once (fixtures/inventory/errors/many-errors.y
   const NODE_NAME =
     'an RFC 1123 subdomain (lowercase letters, digits, "-" and ".", each dot-separated part 1-63 characters starting and ending with a letter or digit, at most 253 in all)'
   const expected: { line: number; col: number; message: string; hint?: string }[] = [
-    { line: 4, col: 5, message: 'unknown variable "k3s_verison" in vars of group "all"', hint: 'did you mean "k3s_version"?' },
+    {
+      line: 4,
+      col: 5,
+      message: 'unknown variable "k3s_verison" in vars of group "all"',
+      hint: 'did you mean "k3s_version"?',
+    },
     {
       line: 5,
       col: 34,
@@ -419,7 +498,12 @@ describe('every error of a file at once (fixtures/inventory/errors/many-errors.y
       message:
         'node_labels: node label "-lfoo": expected key=value, key in Kubernetes label grammar ([prefix/]name: name 1-63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit; prefix a DNS subdomain), value empty or 1-63 of the same characters',
     },
-    { line: 16, col: 9, message: 'bad host name "-lfoo": expected letters, digits, ".", "_" and "-", starting with a letter or digit (at most 253)' },
+    {
+      line: 16,
+      col: 9,
+      message:
+        'bad host name "-lfoo": expected letters, digits, ".", "_" and "-", starting with a letter or digit (at most 253)',
+    },
     { line: 20, col: 21, message: `hostname: expected a Kubernetes node name, ${NODE_NAME}, got "Pi3 Worker"` },
     {
       line: 21,
@@ -432,7 +516,9 @@ describe('every error of a file at once (fixtures/inventory/errors/many-errors.y
 
   it('is one inventory error listing every problem with its file:line:col, in file order', () => {
     expect(e.kind).toBe('inventory')
-    expect(e.problems.map((p) => ({ line: p.place.line, col: p.place.col, message: p.message, hint: p.hint }))).toEqual(expected)
+    expect(e.problems.map((p) => ({ line: p.place.line, col: p.place.col, message: p.message, hint: p.hint }))).toEqual(
+      expected,
+    )
     for (const p of e.problems) expect(p.place.file).toBe(file)
   })
 
@@ -473,7 +559,12 @@ describe('every error of a file at once (fixtures/inventory/errors/many-errors.y
   })
 
   it('a misspelt variable is one error, not also "has no address"', () => {
-    const one = thrown(() => parseInventory('all:\n  children:\n    server:\n      hosts:\n        a:\n          adress: 10.0.0.1\n', 'i.yaml'))
+    const one = thrown(() =>
+      parseInventory(
+        'all:\n  children:\n    server:\n      hosts:\n        a:\n          adress: 10.0.0.1\n',
+        'i.yaml',
+      ),
+    )
     expect(one.describe()).toBe('i.yaml:6:11: unknown variable "adress" in host "a"\n  hint: did you mean "address"?')
   })
 })
@@ -488,7 +579,10 @@ describe('node names', () => {
   })
 
   it('the same inventory name is fine with a hostname that is a node name', () => {
-    const inv = parseInventory('all:\n  children:\n    server:\n      hosts:\n        Pi_K3s: {address: 10.0.0.1, hostname: pi-k3s}\n', 'i.yaml')
+    const inv = parseInventory(
+      'all:\n  children:\n    server:\n      hosts:\n        Pi_K3s: {address: 10.0.0.1, hostname: pi-k3s}\n',
+      'i.yaml',
+    )
     expect(nodeNameOf(host(inv, 'Pi_K3s'))).toBe('pi-k3s')
   })
 
@@ -503,28 +597,43 @@ describe('node names', () => {
 
   it("a hostname equal to another host's inventory name is the same Node too", () => {
     const e = thrown(() =>
-      parseInventory('all:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1, hostname: b}\n        b: {address: 10.0.0.2}\n', 'i.yaml'),
+      parseInventory(
+        'all:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1, hostname: b}\n        b: {address: 10.0.0.2}\n',
+        'i.yaml',
+      ),
     )
     expect(e.message).toBe('hosts "a" and "b" have the same node name "b"')
     expect(e.place).toEqual({ file: 'i.yaml', line: 6, col: 9 })
   })
 
   it('nodeNameOf: -e hostname, else the hostname var, else the inventory name', () => {
-    const inv = parseInventory('all:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1, hostname: node-a}\n        b: {address: 10.0.0.2}\n', 'i.yaml')
+    const inv = parseInventory(
+      'all:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1, hostname: node-a}\n        b: {address: 10.0.0.2}\n',
+      'i.yaml',
+    )
     expect(nodeNameOf(host(inv, 'a'))).toBe('node-a')
     expect(nodeNameOf(host(inv, 'b'))).toBe('b')
     expect(nodeNameOf(host(inv, 'b'), parseExtraVars(['hostname=other']))).toBe('other')
   })
 
   it('a host name starting with "-" is refused at its key (it would read as an option)', () => {
-    const e = thrown(() => parseInventory('all:\n  children:\n    server:\n      hosts:\n        -lfoo: {address: 10.0.0.1}\n', 'i.yaml'))
-    expect(e.describe()).toBe('i.yaml:5:9: bad host name "-lfoo": expected letters, digits, ".", "_" and "-", starting with a letter or digit (at most 253)')
+    const e = thrown(() =>
+      parseInventory('all:\n  children:\n    server:\n      hosts:\n        -lfoo: {address: 10.0.0.1}\n', 'i.yaml'),
+    )
+    expect(e.describe()).toBe(
+      'i.yaml:5:9: bad host name "-lfoo": expected letters, digits, ".", "_" and "-", starting with a letter or digit (at most 253)',
+    )
   })
 })
 
 describe('value grammars in the inventory point at the value, the list item or the map entry', () => {
   const one = (vars: string): string =>
-    thrown(() => parseInventory(`all:\n  vars:\n${vars}\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n`, 'i.yaml')).describe()
+    thrown(() =>
+      parseInventory(
+        `all:\n  vars:\n${vars}\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n`,
+        'i.yaml',
+      ),
+    ).describe()
 
   it('a bad list item, at the item', () => {
     expect(one('    node_taints:\n      - hardware=pi3:PreferNoSchedule\n      - hardware=pi3:Sometimes')).toMatch(
@@ -533,7 +642,9 @@ describe('value grammars in the inventory point at the value, the list item or t
   })
 
   it('a flow list item, at the item', () => {
-    expect(one('    k3s_disable: [traefik, traefic]')).toBe('i.yaml:3:28: k3s_disable: k3s component "traefic": expected one of coredns, servicelb, traefik, local-storage, metrics-server, runtimes')
+    expect(one('    k3s_disable: [traefik, traefic]')).toBe(
+      'i.yaml:3:28: k3s_disable: k3s component "traefic": expected one of coredns, servicelb, traefik, local-storage, metrics-server, runtimes',
+    )
   })
 
   it('cmdline flags with a space (one string holding two flags) are refused: cmdline.txt would change on every run', () => {
@@ -558,9 +669,13 @@ describe('value grammars in the inventory point at the value, the list item or t
   })
 
   it('versions, ports and durations', () => {
-    expect(one('    k3s_version: 1.34.3')).toBe('i.yaml:3:18: k3s_version: expected a k3s version like v1.34.3+k3s1 (or v1.34.3-rc1+k3s1), got "1.34.3"')
+    expect(one('    k3s_version: 1.34.3')).toBe(
+      'i.yaml:3:18: k3s_version: expected a k3s version like v1.34.3+k3s1 (or v1.34.3-rc1+k3s1), got "1.34.3"',
+    )
     expect(one('    k3s_api_port: 70000')).toBe('i.yaml:3:19: k3s_api_port: expected a port number 1-65535, got 70000')
-    expect(one('    reboot_timeout: 0')).toBe('i.yaml:3:21: reboot_timeout: expected a number of seconds, 1 to 2147483, got 0')
+    expect(one('    reboot_timeout: 0')).toBe(
+      'i.yaml:3:21: reboot_timeout: expected a number of seconds, 1 to 2147483, got 0',
+    )
   })
 
   it('a template is not expanded: the hint says so', () => {
@@ -570,29 +685,41 @@ describe('value grammars in the inventory point at the value, the list item or t
   })
 
   it("the owner's and the lab's inventories pass every grammar", () => {
-    for (const f of ['inventory/hosts.yaml', 'inventory/lab.yaml']) expect(() => loadInventory(resolve(here, '../..', f))).not.toThrow()
+    for (const f of ['inventory/hosts.yaml', 'inventory/lab.yaml'])
+      expect(() => loadInventory(resolve(here, '../..', f))).not.toThrow()
   })
 })
 
 describe('cluster shapes', () => {
   it('a server with no agents loads (a single-node cluster)', () => {
-    const inv = parseInventory('all:\n  children:\n    server:\n      hosts:\n        pi-k3s: {address: 10.0.0.1}\n    agent:\n      hosts:\n', 'i.yaml')
+    const inv = parseInventory(
+      'all:\n  children:\n    server:\n      hosts:\n        pi-k3s: {address: 10.0.0.1}\n    agent:\n      hosts:\n',
+      'i.yaml',
+    )
     expect([...inv.hosts.keys()]).toEqual(['pi-k3s'])
     expect(inv.groups.get('server')).toEqual(['pi-k3s'])
     expect(inv.groups.get('agent')).toEqual([])
   })
 
   it('top-level groups are children of all, with or without "all:"', () => {
-    const noAll = parseInventory('server:\n  hosts:\n    a: {address: 10.0.0.1}\nagent:\n  hosts:\n    b: {address: 10.0.0.2}\n', 'i.yaml')
+    const noAll = parseInventory(
+      'server:\n  hosts:\n    a: {address: 10.0.0.1}\nagent:\n  hosts:\n    b: {address: 10.0.0.2}\n',
+      'i.yaml',
+    )
     expect(noAll.groups.get('all')).toEqual(['a', 'b'])
     expect(host(noAll, 'b').groups).toEqual(['all', 'agent'])
-    const withAll = parseInventory('all:\n  vars: {ssh_user: debian}\ncluster:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n', 'i.yaml')
+    const withAll = parseInventory(
+      'all:\n  vars: {ssh_user: debian}\ncluster:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n',
+      'i.yaml',
+    )
     expect(host(withAll, 'a').groups).toEqual(['all', 'cluster', 'server'])
     expect(host(withAll, 'a').vars.ssh_user).toBe('debian')
   })
 
   it('a top-level group defined again under all is refused at the second definition', () => {
-    const e = thrown(() => parseInventory('server:\n  hosts:\n    a: {address: 10.0.0.1}\nall:\n  children:\n    server:\n', 'i.yaml'))
+    const e = thrown(() =>
+      parseInventory('server:\n  hosts:\n    a: {address: 10.0.0.1}\nall:\n  children:\n    server:\n', 'i.yaml'),
+    )
     expect(e.describe()).toBe('i.yaml:6:5: group "server" is defined twice')
   })
 })
@@ -634,20 +761,36 @@ describe("Ansible's names for this tool's variables", () => {
   })
 
   it('a synonym goes through the same grammar', () => {
-    expect(thrown(() => parseInventory('all:\n  vars:\n    ansible_port: 0\n', 'i.yaml')).describe()).toBe('i.yaml:3:19: ansible_port: expected a port number 1-65535, got 0')
-    expect(thrown(() => parseInventory('all:\n  vars:\n    ansible_user: -oProxyCommand\n', 'i.yaml')).message).toMatch(/^ansible_user: expected a login name/)
+    expect(thrown(() => parseInventory('all:\n  vars:\n    ansible_port: 0\n', 'i.yaml')).describe()).toBe(
+      'i.yaml:3:19: ansible_port: expected a port number 1-65535, got 0',
+    )
+    expect(thrown(() => parseInventory('all:\n  vars:\n    ansible_user: -oProxyCommand\n', 'i.yaml')).message).toMatch(
+      /^ansible_user: expected a login name/,
+    )
   })
 
   it('a synonym and its counterpart in one place is an error; in two places, precedence decides', () => {
-    const e = thrown(() => parseInventory('all:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1, ansible_host: 10.0.0.2}\n', 'i.yaml'))
-    expect(e.describe()).toBe('i.yaml:5:32: "ansible_host" and "address" both set address in host "a"\n  hint: keep one of them (ansible_host is Ansible\'s name for address)')
-    const two = parseInventory('all:\n  vars: {ansible_user: debian}\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1, ssh_user: pi}\n', 'i.yaml')
+    const e = thrown(() =>
+      parseInventory(
+        'all:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1, ansible_host: 10.0.0.2}\n',
+        'i.yaml',
+      ),
+    )
+    expect(e.describe()).toBe(
+      'i.yaml:5:32: "ansible_host" and "address" both set address in host "a"\n  hint: keep one of them (ansible_host is Ansible\'s name for address)',
+    )
+    const two = parseInventory(
+      'all:\n  vars: {ansible_user: debian}\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1, ssh_user: pi}\n',
+      'i.yaml',
+    )
     expect(host(two, 'a').vars.ssh_user).toBe('pi')
   })
 
   it('ansible_host is per host like address', () => {
     const e = thrown(() => parseInventory('all:\n  vars:\n    ansible_host: 10.0.0.1\n', 'i.yaml'))
-    expect(e.describe()).toBe('i.yaml:3:5: "ansible_host" (address) is per host; it cannot be set in vars of group "all"')
+    expect(e.describe()).toBe(
+      'i.yaml:3:5: "ansible_host" (address) is per host; it cannot be set in vars of group "all"',
+    )
   })
 
   it('a near miss of a synonym gets "did you mean"', () => {
@@ -686,25 +829,36 @@ describe('checkHosts: the final values after -e, before any connection', () => {
   })
 
   it('-e ssh_port that makes two hosts on one address meet', () => {
-    const same = parseInventory('all:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n        b: {address: 10.0.0.1, ssh_port: 2222}\n', 'i.yaml')
+    const same = parseInventory(
+      'all:\n  children:\n    server:\n      hosts:\n        a: {address: 10.0.0.1}\n        b: {address: 10.0.0.1, ssh_port: 2222}\n',
+      'i.yaml',
+    )
     expect(thrown(() => checkHosts(same, parseExtraVars(['ssh_port=22']))).describe()).toBe(
       '-e ssh_port=22: hosts "a" and "b" would all be reached at 10.0.0.1 port 22\n  hint: -e ssh_port applies to every host the run takes: use it with --limit to one host',
     )
   })
 
-  it('an inventory built by hand is held to the same rules, at the hosts\' places', () => {
+  it("an inventory built by hand is held to the same rules, at the hosts' places", () => {
     const made: Inventory = {
       file: 'made.yaml',
       hosts: new Map([
         ['Bad_Name', { name: 'Bad_Name', groups: ['all', 'server'], vars: { address: '10.0.0.1' }, line: 3, col: 5 }],
         ['x', { name: 'x', groups: ['all', 'server'], vars: { address: '10.0.0.1' }, line: 4, col: 5 }],
       ]),
-      groups: new Map([['server', ['Bad_Name', 'x']], ['all', ['Bad_Name', 'x']]]),
+      groups: new Map([
+        ['server', ['Bad_Name', 'x']],
+        ['all', ['Bad_Name', 'x']],
+      ]),
     }
     const e = thrown(() => checkHosts(made, {}))
     expect(e.kind).toBe('inventory')
     expect(e.problems.map((p) => [p.place, p.message])).toEqual([
-      [{ file: 'made.yaml', line: 3, col: 5 }, expect.stringMatching(/^host "Bad_Name": its name is its Kubernetes node name and must be an RFC 1123 subdomain/)],
+      [
+        { file: 'made.yaml', line: 3, col: 5 },
+        expect.stringMatching(
+          /^host "Bad_Name": its name is its Kubernetes node name and must be an RFC 1123 subdomain/,
+        ),
+      ],
       [{ file: 'made.yaml', line: 4, col: 5 }, 'hosts "Bad_Name" and "x" have the same address 10.0.0.1'],
     ])
   })
@@ -716,7 +870,10 @@ describe('-e extra vars', () => {
   })
 
   it('ints are converted; the last -e of a name wins', () => {
-    expect(parseExtraVars(['ssh_port=2222', 'reboot_timeout=90', 'ssh_port=2223'])).toEqual({ ssh_port: 2223, reboot_timeout: 90 })
+    expect(parseExtraVars(['ssh_port=2222', 'reboot_timeout=90', 'ssh_port=2223'])).toEqual({
+      ssh_port: 2223,
+      reboot_timeout: 90,
+    })
   })
 
   it('a JSON list, and a plain comma list', () => {
@@ -729,7 +886,9 @@ describe('-e extra vars', () => {
   })
 
   it('a value with "=" in it keeps everything after the first "="', () => {
-    expect(parseExtraVars(['k3s_extra_args=--kubelet-arg=max-pods=50'])).toEqual({ k3s_extra_args: ['--kubelet-arg=max-pods=50'] })
+    expect(parseExtraVars(['k3s_extra_args=--kubelet-arg=max-pods=50'])).toEqual({
+      k3s_extra_args: ['--kubelet-arg=max-pods=50'],
+    })
   })
 
   it('relative paths are relative to the current directory', () => {
@@ -749,26 +908,42 @@ describe('-e extra vars', () => {
   })
 
   it('bad values are usage errors naming the variable', () => {
-    expect(thrown(() => parseExtraVars(['ssh_port=abc'])).describe()).toBe('-e ssh_port=abc: expected a whole number, got "abc"')
-    expect(thrown(() => parseExtraVars(['k3s_version='])).describe()).toBe('-e k3s_version=: expected a non-empty string, got ""')
-    expect(thrown(() => parseExtraVars(['k3s_install_url=ftp://x'])).describe()).toBe('-e k3s_install_url=ftp://x: expected an http(s) URL, got "ftp://x"')
+    expect(thrown(() => parseExtraVars(['ssh_port=abc'])).describe()).toBe(
+      '-e ssh_port=abc: expected a whole number, got "abc"',
+    )
+    expect(thrown(() => parseExtraVars(['k3s_version='])).describe()).toBe(
+      '-e k3s_version=: expected a non-empty string, got ""',
+    )
+    expect(thrown(() => parseExtraVars(['k3s_install_url=ftp://x'])).describe()).toBe(
+      '-e k3s_install_url=ftp://x: expected an http(s) URL, got "ftp://x"',
+    )
     // A value where a secret reference belongs may be the secret itself: neither the flag nor the message shows it.
     expect(thrown(() => parseExtraVars(['k3s_token_ref=K10abc::server:s3cr3t'])).describe()).toBe(
       '-e k3s_token_ref=********: expected a secret reference like op://vault/item/field, got a value that is not one (not shown: it may be the secret itself)',
     )
-    expect(thrown(() => parseExtraVars(['placement=["a"]'])).describe()).toBe('-e placement=["a"]: expected a map, got a list')
+    expect(thrown(() => parseExtraVars(['placement=["a"]'])).describe()).toBe(
+      '-e placement=["a"]: expected a map, got a list',
+    )
   })
 
   it("Ansible's names work with -e too, through the same grammar", () => {
-    expect(parseExtraVars(['ansible_host=10.0.0.9', 'ansible_user=debian', 'ansible_port=2222'])).toEqual({ address: '10.0.0.9', ssh_user: 'debian', ssh_port: 2222 })
+    expect(parseExtraVars(['ansible_host=10.0.0.9', 'ansible_user=debian', 'ansible_port=2222'])).toEqual({
+      address: '10.0.0.9',
+      ssh_user: 'debian',
+      ssh_port: 2222,
+    })
     expect(thrown(() => parseExtraVars(['ansible_host=-oProxyCommand=x'])).describe()).toBe(
       '-e ansible_host=-oProxyCommand=x: expected an IPv4/IPv6 address or host name, got "-oProxyCommand=x"',
     )
-    expect(thrown(() => parseExtraVars(['ansible_user=a', 'ssh_user=b'])).describe()).toBe('-e ssh_user=b: ssh_user and ansible_user both set ssh_user\n  hint: give one of them')
+    expect(thrown(() => parseExtraVars(['ansible_user=a', 'ssh_user=b'])).describe()).toBe(
+      '-e ssh_user=b: ssh_user and ansible_user both set ssh_user\n  hint: give one of them',
+    )
   })
 
   it('every bad -e at once, each naming its flag; secrets are not shown', () => {
-    const e = thrown(() => parseExtraVars(['ssh_port=0', 'token=K10secret', 'node_labels=hardware=pi3,-lfoo', 'nonsense']))
+    const e = thrown(() =>
+      parseExtraVars(['ssh_port=0', 'token=K10secret', 'node_labels=hardware=pi3,-lfoo', 'nonsense']),
+    )
     expect(e.kind).toBe('usage')
     expect(e.problems.map((p) => p.message)).toEqual([
       '-e ssh_port=0: expected a port number 1-65535, got "0"',
@@ -782,7 +957,9 @@ describe('-e extra vars', () => {
   })
 
   it('a control character in a value is shown escaped, not as a line break', () => {
-    expect(thrown(() => parseExtraVars(['k3s_restore=a\nb'])).message).toMatch(/^-e k3s_restore="a\\nb": expected "latest", "none" or a backup folder name/)
+    expect(thrown(() => parseExtraVars(['k3s_restore=a\nb'])).message).toMatch(
+      /^-e k3s_restore="a\\nb": expected "latest", "none" or a backup folder name/,
+    )
   })
 
   it('broken JSON and a missing "=" are usage errors', () => {

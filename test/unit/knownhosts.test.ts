@@ -1,5 +1,18 @@
 import { execFileSync } from 'node:child_process'
-import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import {
+  chmodSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
@@ -95,7 +108,12 @@ describe('key blobs', () => {
   })
 
   it('rejects malformed blobs with a hostkey error', () => {
-    const bad = [Buffer.alloc(0), Buffer.from([0, 0, 0, 50, 0x61]), Buffer.from([0, 0, 0, 0, 1, 2]), Buffer.from([0, 0, 0, 3, 0x61, 0x0a, 0x62, 1])]
+    const bad = [
+      Buffer.alloc(0),
+      Buffer.from([0, 0, 0, 50, 0x61]),
+      Buffer.from([0, 0, 0, 0, 1, 2]),
+      Buffer.from([0, 0, 0, 3, 0x61, 0x0a, 0x62, 1]),
+    ]
     for (const b of bad) {
       expect(() => keyType(b)).toThrow(ProvisionError)
       try {
@@ -115,7 +133,9 @@ describe('loadKnownHosts', () => {
   })
 
   it('skips comments and blank lines, keeps line numbers, markers and comments', async () => {
-    const k = await kh(`# a comment\n\n   \n  # indented comment\npi-k3s ${keys.ed1.line} root@pi\r\n@revoked * ${keys.ed2.line}\n`)
+    const k = await kh(
+      `# a comment\n\n   \n  # indented comment\npi-k3s ${keys.ed1.line} root@pi\r\n@revoked * ${keys.ed2.line}\n`,
+    )
     expect(k.entries.map((e) => [e.line, e.marker, e.hostField, e.keyType, e.comment])).toEqual([
       [5, undefined, 'pi-k3s', 'ssh-ed25519', 'root@pi'],
       [6, 'revoked', '*', 'ssh-ed25519', ''],
@@ -130,17 +150,45 @@ describe('loadKnownHosts', () => {
     ['a missing key field', () => 'pi ssh-ed25519', /^missing the key$/],
     ['a marker and nothing else', () => '@revoked', /^missing the host names, key type and key$/],
     ['a marker with a missing key', () => '@revoked pi ssh-ed25519', /^missing the key$/],
-    ['an unknown marker', () => `@trusted pi ${keys.ed1.line}`, /^unknown marker @trusted \(expected @revoked or @cert-authority\)$/],
-    ['an unknown marker that could be anything', () => `@${b64()} pi ${keys.ed1.line}`, /^unknown marker \(an unreadable name\)/],
+    [
+      'an unknown marker',
+      () => `@trusted pi ${keys.ed1.line}`,
+      /^unknown marker @trusted \(expected @revoked or @cert-authority\)$/,
+    ],
+    [
+      'an unknown marker that could be anything',
+      () => `@${b64()} pi ${keys.ed1.line}`,
+      /^unknown marker \(an unreadable name\)/,
+    ],
     ['bad base64 (bad characters)', () => 'pi ssh-ed25519 AAAA!!!!', /^bad base64 in the key$/],
     ['bad base64 (cut short)', () => `pi ssh-ed25519 ${b64().slice(0, -3)}`, /^bad base64 in the key$/],
-    ['base64 that is no SSH key', () => `pi ssh-ed25519 ${Buffer.from('hello, world').toString('base64')}`, /^the key is not an SSH public key \(implausible key type length \d+\)$/],
+    [
+      'base64 that is no SSH key',
+      () => `pi ssh-ed25519 ${Buffer.from('hello, world').toString('base64')}`,
+      /^the key is not an SSH public key \(implausible key type length \d+\)$/,
+    ],
     // 4-byte length + 'ssh-ed25519' and nothing after it.
-    ['a key cut after its type', () => `pi ssh-ed25519 ${keys.ed1.blob.subarray(0, 15).toString('base64')}`, /^the key is not an SSH public key \(no key data after the type ssh-ed25519\)$/],
-    ['a key type that disagrees with the key', () => `pi ssh-rsa ${b64()}`, /^the line says ssh-rsa but the key is ssh-ed25519$/],
-    ['the key pasted where the type goes', () => `pi ${b64()} ${b64()}`, /^the line says \(an unreadable name\) but the key is ssh-ed25519$/],
+    [
+      'a key cut after its type',
+      () => `pi ssh-ed25519 ${keys.ed1.blob.subarray(0, 15).toString('base64')}`,
+      /^the key is not an SSH public key \(no key data after the type ssh-ed25519\)$/,
+    ],
+    [
+      'a key type that disagrees with the key',
+      () => `pi ssh-rsa ${b64()}`,
+      /^the line says ssh-rsa but the key is ssh-ed25519$/,
+    ],
+    [
+      'the key pasted where the type goes',
+      () => `pi ${b64()} ${b64()}`,
+      /^the line says \(an unreadable name\) but the key is ssh-ed25519$/,
+    ],
     ['a broken hashed name', () => `|1|abc|def ${keys.ed1.line}`, /^malformed hashed host name/],
-    ['an unknown hash kind', () => `|2|${'A'.repeat(28)}|${'A'.repeat(28)} ${keys.ed1.line}`, /^unsupported hashed host name/],
+    [
+      'an unknown hash kind',
+      () => `|2|${'A'.repeat(28)}|${'A'.repeat(28)} ${keys.ed1.line}`,
+      /^unsupported hashed host name/,
+    ],
     ['an empty name in the host list', () => `pi,,other ${keys.ed1.line}`, /^an empty name in the host list$/],
     ['an SSH-1 RSA key', () => 'pi 2048 35 1234567890123456789', /^an SSH-1 key \(not supported\)$/],
     ['a private key pasted by mistake', () => '-----BEGIN OPENSSH PRIVATE KEY-----', /^bad base64 in the key$/],
@@ -165,7 +213,15 @@ describe('loadKnownHosts', () => {
   })
 
   it('keeps going after many bad lines, CRLF lines and a bad last line without a newline', async () => {
-    const lines = [`a ${keys.ed1.line}\r`, 'x', `b ${keys.ed2.line}`, `@nope b ${keys.ed2.line}\r`, '', `c ${keys.rsa.line}`, `pi ssh-ed25519 AAAA!!!!`]
+    const lines = [
+      `a ${keys.ed1.line}\r`,
+      'x',
+      `b ${keys.ed2.line}`,
+      `@nope b ${keys.ed2.line}\r`,
+      '',
+      `c ${keys.rsa.line}`,
+      `pi ssh-ed25519 AAAA!!!!`,
+    ]
     const k = await kh(lines.join('\n'))
     expect(k.entries.map((e) => [e.line, e.hostField])).toEqual([
       [1, 'a'],
@@ -232,20 +288,30 @@ describe('checkHostKey', () => {
     expect(checkHostKey(k, '203.0.113.55', 2222, keys.ed1.blob)).toEqual({ status: 'match' })
     expect(checkHostKey(k, '203.0.113.55', 22, keys.ed2.blob)).toEqual({ status: 'match' })
     // Each port has its own key: ed1 on port 22 is a changed key, not a match.
-    expect(checkHostKey(k, '203.0.113.55', 22, keys.ed1.blob)).toEqual({ status: 'changed', expected: [keys.ed2.sshKeygenFingerprint], got: keys.ed1.sshKeygenFingerprint })
+    expect(checkHostKey(k, '203.0.113.55', 22, keys.ed1.blob)).toEqual({
+      status: 'changed',
+      expected: [keys.ed2.sshKeygenFingerprint],
+      got: keys.ed1.sshKeygenFingerprint,
+    })
     expect(checkHostKey(k, '203.0.113.55', 2200, keys.ed1.blob)).toEqual({ status: 'unknown' })
   })
 
   it('matches comma-separated host lists', async () => {
     const k = await kh(`pi-k3s,203.0.113.55,[pi-k3s]:2222 ${keys.ed1.line}\n`)
-    for (const [h, p] of [['pi-k3s', 22], ['203.0.113.55', 22], ['pi-k3s', 2222]] as const) {
+    for (const [h, p] of [
+      ['pi-k3s', 22],
+      ['203.0.113.55', 22],
+      ['pi-k3s', 2222],
+    ] as const) {
       expect(checkHostKey(k, h, p, keys.ed1.blob)).toEqual({ status: 'match' })
     }
     expect(checkHostKey(k, '203.0.113.5', 22, keys.ed1.blob)).toEqual({ status: 'unknown' })
   })
 
   it('supports * and ? wildcards and !negation', async () => {
-    const k = await kh(`*.lan,!evil.lan ${keys.ed1.line}\npi3-worker-? ${keys.ec256.line}\n203.0.113.* ${keys.rsa.line}\n`)
+    const k = await kh(
+      `*.lan,!evil.lan ${keys.ed1.line}\npi3-worker-? ${keys.ec256.line}\n203.0.113.* ${keys.rsa.line}\n`,
+    )
     expect(checkHostKey(k, 'pi-k3s.lan', 22, keys.ed1.blob)).toEqual({ status: 'match' })
     expect(checkHostKey(k, 'evil.lan', 22, keys.ed1.blob)).toEqual({ status: 'unknown' })
     expect(checkHostKey(k, 'lan', 22, keys.ed1.blob)).toEqual({ status: 'unknown' })
@@ -257,7 +323,10 @@ describe('checkHostKey', () => {
   })
 
   it('matches entries hashed by ssh-keygen -H, and agrees with ssh-keygen -F', async () => {
-    const path = khFile('hashed', `pi-k3s ${keys.ed1.line}\n[pi-k3s]:2222 ${keys.ec256.line}\n203.0.113.53 ${keys.rsa.line}\n`)
+    const path = khFile(
+      'hashed',
+      `pi-k3s ${keys.ed1.line}\n[pi-k3s]:2222 ${keys.ec256.line}\n203.0.113.53 ${keys.rsa.line}\n`,
+    )
     sh('ssh-keygen', ['-q', '-H', '-f', path])
     const k = await loadKnownHosts(path)
     expect(k.entries).toHaveLength(3)
@@ -265,8 +334,17 @@ describe('checkHostKey', () => {
     expect(checkHostKey(k, 'pi-k3s', 22, keys.ed1.blob)).toEqual({ status: 'match' })
     expect(checkHostKey(k, 'pi-k3s', 2222, keys.ec256.blob)).toEqual({ status: 'match' })
     expect(checkHostKey(k, '203.0.113.53', 22, keys.rsa.blob)).toEqual({ status: 'match' })
-    expect(checkHostKey(k, 'pi-k3s', 22, keys.ed2.blob)).toEqual({ status: 'changed', expected: [keys.ed1.sshKeygenFingerprint], got: keys.ed2.sshKeygenFingerprint })
-    for (const [name, host, port] of [['pi-k3s', 'pi-k3s', 22], ['[pi-k3s]:2222', 'pi-k3s', 2222], ['203.0.113.53', '203.0.113.53', 22], ['pi3', 'pi3', 22]] as const) {
+    expect(checkHostKey(k, 'pi-k3s', 22, keys.ed2.blob)).toEqual({
+      status: 'changed',
+      expected: [keys.ed1.sshKeygenFingerprint],
+      got: keys.ed2.sshKeygenFingerprint,
+    })
+    for (const [name, host, port] of [
+      ['pi-k3s', 'pi-k3s', 22],
+      ['[pi-k3s]:2222', 'pi-k3s', 2222],
+      ['203.0.113.53', '203.0.113.53', 22],
+      ['pi3', 'pi3', 22],
+    ] as const) {
       let found = false
       try {
         found = sh('ssh-keygen', ['-F', name, '-f', path]).includes('found')
@@ -279,7 +357,10 @@ describe('checkHostKey', () => {
 
   it('reports a revoked key even when it is also listed as valid', async () => {
     const k = await kh(`pi-k3s ${keys.ed1.line}\n@revoked * ${keys.ed1.line}\n`)
-    expect(checkHostKey(k, 'pi-k3s', 22, keys.ed1.blob)).toEqual({ status: 'revoked', got: keys.ed1.sshKeygenFingerprint })
+    expect(checkHostKey(k, 'pi-k3s', 22, keys.ed1.blob)).toEqual({
+      status: 'revoked',
+      got: keys.ed1.sshKeygenFingerprint,
+    })
     // Revocation is per key, not per host: the host's other keys are unaffected.
     const k2 = await kh(`pi-k3s ${keys.ed1.line}\npi-k3s ${keys.rsa.line}\n@revoked * ${keys.ed1.line}\n`)
     expect(checkHostKey(k2, 'pi-k3s', 22, keys.rsa.blob)).toEqual({ status: 'match' })
@@ -295,12 +376,19 @@ describe('checkHostKey', () => {
     const k = await kh(`pi-k3s ${keys.ed1.line}\n*.lan,pi-k3s ${keys.ed2.line}\npi-k3s ${keys.rsa.line}\n`)
     const ed3 = makeKey('ed3', ['-t', 'ed25519'])
     const v = checkHostKey(k, 'pi-k3s', 22, ed3.blob)
-    expect(v).toEqual({ status: 'changed', expected: [keys.ed1.sshKeygenFingerprint, keys.ed2.sshKeygenFingerprint], got: ed3.sshKeygenFingerprint })
+    expect(v).toEqual({
+      status: 'changed',
+      expected: [keys.ed1.sshKeygenFingerprint, keys.ed2.sshKeygenFingerprint],
+      got: ed3.sshKeygenFingerprint,
+    })
   })
 
   it('treats a key of a type not known for the host as unknown (like OpenSSH), naming the known types', async () => {
     const k = await kh(`pi-k3s ${keys.rsa.line}\npi-k3s ${keys.ec256.line}\nother ${keys.ed1.line}\n`)
-    expect(checkHostKey(k, 'pi-k3s', 22, keys.ed1.blob)).toEqual({ status: 'unknown', knownTypes: ['ssh-rsa', 'ecdsa-sha2-nistp256'] })
+    expect(checkHostKey(k, 'pi-k3s', 22, keys.ed1.blob)).toEqual({
+      status: 'unknown',
+      knownTypes: ['ssh-rsa', 'ecdsa-sha2-nistp256'],
+    })
     expect(knownKeyTypes(k, 'pi-k3s', 22)).toEqual(['ssh-rsa', 'ecdsa-sha2-nistp256'])
     expect(knownKeyTypes(k, 'pi-k3s', 2222)).toEqual([])
     expect(knownKeyTypes(k, 'nobody', 22)).toEqual([])
@@ -365,16 +453,15 @@ describe('addKnownHost', () => {
 })
 
 describe('removeKnownHost', () => {
-  const others = () =>
-    [
-      '# managed by hand',
-      `pi3-worker-1 ${keys.ec256.line} kept comment`,
-      '',
-      `[pi-k3s]:2222 ${keys.ed2.line}`,
-      `*.lan ${keys.rsa.line}`,
-      `@revoked pi-k3s ${keys.ed2.line}`,
-      `203.0.113.56\t${keys.ed1.line}`,
-    ]
+  const others = () => [
+    '# managed by hand',
+    `pi3-worker-1 ${keys.ec256.line} kept comment`,
+    '',
+    `[pi-k3s]:2222 ${keys.ed2.line}`,
+    `*.lan ${keys.rsa.line}`,
+    `@revoked pi-k3s ${keys.ed2.line}`,
+    `203.0.113.56\t${keys.ed1.line}`,
+  ]
 
   it('removes plain and hashed entries of the host and leaves other lines byte-identical', async () => {
     // Hash two entries the way ssh-keygen does, then mix them with plain lines.
@@ -382,7 +469,19 @@ describe('removeKnownHost', () => {
     sh('ssh-keygen', ['-q', '-H', '-f', hashedPath])
     const [hashedPi, hashedWorker2] = readFileSync(hashedPath, 'utf8').trimEnd().split('\n')
     const o = others()
-    const lines = [o[0], `pi-k3s ${keys.ed1.line}`, o[1], hashedPi, o[2], o[3], `PI-K3S ${keys.rsa.line}\r`, hashedWorker2, o[4], o[5], o[6]]
+    const lines = [
+      o[0],
+      `pi-k3s ${keys.ed1.line}`,
+      o[1],
+      hashedPi,
+      o[2],
+      o[3],
+      `PI-K3S ${keys.rsa.line}\r`,
+      hashedWorker2,
+      o[4],
+      o[5],
+      o[6],
+    ]
     const path = khFile('remove', lines.join('\n') + '\n', 0o640)
     const inode = statSync(path).ino
 
@@ -442,8 +541,15 @@ describe('withSessionKey (a key accepted for this run, not recorded)', () => {
     const s = withSessionKey(k, '203.0.113.9', 2222, keys.ed1.blob)
     expect(k.entries).toHaveLength(1)
     expect(checkHostKey(s, '203.0.113.9', 2222, keys.ed1.blob)).toEqual({ status: 'match' })
-    expect(checkHostKey(s, '203.0.113.9', 2222, keys.ed2.blob)).toEqual({ status: 'changed', expected: [keys.ed1.sshKeygenFingerprint], got: keys.ed2.sshKeygenFingerprint })
-    expect(checkHostKey(s, '203.0.113.9', 2222, keys.rsa.blob)).toEqual({ status: 'unknown', knownTypes: ['ssh-ed25519'] })
+    expect(checkHostKey(s, '203.0.113.9', 2222, keys.ed2.blob)).toEqual({
+      status: 'changed',
+      expected: [keys.ed1.sshKeygenFingerprint],
+      got: keys.ed2.sshKeygenFingerprint,
+    })
+    expect(checkHostKey(s, '203.0.113.9', 2222, keys.rsa.blob)).toEqual({
+      status: 'unknown',
+      knownTypes: ['ssh-ed25519'],
+    })
     expect(checkHostKey(s, '203.0.113.9', 22, keys.ed1.blob)).toEqual({ status: 'unknown' })
     expect(checkHostKey(s, '203.0.113.90', 2222, keys.ed1.blob)).toEqual({ status: 'unknown' })
     expect(knownKeyTypes(s, '203.0.113.9', 2222)).toEqual(['ssh-ed25519'])
@@ -513,7 +619,10 @@ describe('known_hosts writes', () => {
     const base = mkdtempSync(join(dir, 'loop-'))
     symlinkSync('b', join(base, 'a'))
     symlinkSync('a', join(base, 'b'))
-    await expect(addKnownHost(join(base, 'a'), 'pi', 22, keys.ed1.blob)).rejects.toMatchObject({ kind: 'hostkey', message: expect.stringContaining('symbolic links') })
+    await expect(addKnownHost(join(base, 'a'), 'pi', 22, keys.ed1.blob)).rejects.toMatchObject({
+      kind: 'hostkey',
+      message: expect.stringContaining('symbolic links'),
+    })
     await expect(removeKnownHost(join(base, 'a'), 'pi')).rejects.toMatchObject({ kind: 'hostkey' })
     expect(readdirSync(base).sort()).toEqual(['a', 'b'])
   })
@@ -532,7 +641,10 @@ describe('known_hosts writes', () => {
     symlinkSync(victim, tmp)
     nextTempBytes.value = bytes
 
-    await expect(addKnownHost(path, 'pi-b', 22, keys.ed2.blob)).rejects.toMatchObject({ kind: 'hostkey', message: expect.stringContaining('EEXIST') })
+    await expect(addKnownHost(path, 'pi-b', 22, keys.ed2.blob)).rejects.toMatchObject({
+      kind: 'hostkey',
+      message: expect.stringContaining('EEXIST'),
+    })
     expect(nextTempBytes.value).toBe(null) // the planted name was the one tried
     if (victimExists) expect(readFileSync(victim, 'utf8')).toBe('precious\n')
     else expect(existsSync(victim)).toBe(false)

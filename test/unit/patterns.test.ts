@@ -15,7 +15,6 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }))
 
 const ALL = ['pi-k3s', 'pi3-worker-1', 'pi3-worker-2']
 
-
 describe('selectHosts on the owner inventory', () => {
   it('a host name', () => {
     expect(selectHosts(inv, 'pi3-worker-2')).toEqual(['pi3-worker-2'])
@@ -39,7 +38,10 @@ describe('selectHosts on the owner inventory', () => {
   })
 
   it('a glob treats "." literally', () => {
-    const dotted = parseInventory('all:\n  children:\n    server:\n      hosts:\n        a.lan: {address: 10.0.0.1}\n        axlan: {address: 10.0.0.2}\n', 'i.yaml')
+    const dotted = parseInventory(
+      'all:\n  children:\n    server:\n      hosts:\n        a.lan: {address: 10.0.0.1}\n        axlan: {address: 10.0.0.2}\n',
+      'i.yaml',
+    )
     expect(selectHosts(dotted, 'a.l*')).toEqual(['a.lan'])
   })
 
@@ -125,8 +127,12 @@ describe('selectHosts on the owner inventory', () => {
   })
 
   it('an unknown name after ! or & is an error too', () => {
-    expect(thrown(() => selectHosts(inv, 'all:!agnet')).message).toBe('host pattern "all:!agnet": "agnet" is neither a host nor a group of the inventory')
-    expect(thrown(() => selectHosts(inv, 'all:&severs')).message).toBe('host pattern "all:&severs": "severs" is neither a host nor a group of the inventory')
+    expect(thrown(() => selectHosts(inv, 'all:!agnet')).message).toBe(
+      'host pattern "all:!agnet": "agnet" is neither a host nor a group of the inventory',
+    )
+    expect(thrown(() => selectHosts(inv, 'all:&severs')).message).toBe(
+      'host pattern "all:&severs": "severs" is neither a host nor a group of the inventory',
+    )
   })
 
   it('an empty pattern is a usage error', () => {
@@ -138,7 +144,10 @@ describe('selectHosts on the owner inventory', () => {
 describe('@file patterns (retry files)', () => {
   it('reads one host per line, skipping comments and blank lines, trimming spaces', () => {
     expect(selectHosts(inv, '@retry-two-agents.retry', retryDir)).toEqual(['pi3-worker-1', 'pi3-worker-2'])
-    expect(selectHosts(inv, `@${join(retryDir, 'retry-two-agents.retry')}`, '/nonexistent')).toEqual(['pi3-worker-1', 'pi3-worker-2'])
+    expect(selectHosts(inv, `@${join(retryDir, 'retry-two-agents.retry')}`, '/nonexistent')).toEqual([
+      'pi3-worker-1',
+      'pi3-worker-2',
+    ])
   })
 
   it('a file relative to the given cwd (default: the process cwd)', () => {
@@ -178,7 +187,9 @@ describe('@file patterns (retry files)', () => {
 
   it('an empty (zero-byte) file is the same error', () => {
     writeFileSync(join(tmp, 'zero.retry'), '')
-    expect(thrown(() => selectHosts(inv, '@zero.retry', tmp)).message).toBe('--limit @zero.retry: the file lists no hosts')
+    expect(thrown(() => selectHosts(inv, '@zero.retry', tmp)).message).toBe(
+      '--limit @zero.retry: the file lists no hosts',
+    )
   })
 })
 

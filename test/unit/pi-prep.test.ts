@@ -20,7 +20,13 @@ async function runPrep(state: FakePiState, check = false) {
   const rep = new RecordingReporter(0)
   const s = await runPlaybook(
     { name: 'prep', plays: [{ name: 'prep', hosts: 'all', roles: [piPrep] }] },
-    { inventory: parseInventory(INV, '/tmp/inv.yaml'), reporter: rep, secrets: new MemorySecrets(), connect: () => pi, check },
+    {
+      inventory: parseInventory(INV, '/tmp/inv.yaml'),
+      reporter: rep,
+      secrets: new MemorySecrets(),
+      connect: () => pi,
+      check,
+    },
   )
   return { pi, rep, s }
 }
@@ -41,17 +47,44 @@ describe('pi-prep planning (facts in, commands out)', () => {
   it('a fresh Pi: adds the flags once (keeping the line), turns swap off, installs packages, and notifies the reboot', async () => {
     const state = freshPi()
     const { pi, rep, s } = await runPrep(state)
-    const changed = rep.events.filter((e) => e.kind === 'step-end' && e.status === 'changed').map((e) => (e.kind === 'step-end' ? e.step : ''))
-    expect(changed).toEqual(expect.arrayContaining(['Set the hostname', 'Map the hostname in /etc/hosts', 'Add the cgroup flags to cmdline.txt', 'Turn swap off now', 'Stop and disable dphys-swapfile', 'Remove the dphys-swapfile swap file', 'Install the packages the cluster needs', 'Reboot']))
-    const cmdlineWrite = pi.scripts.find((x) => x.script.includes("mv -f \"$tmp\" /boot/firmware/cmdline.txt"))
-    expect(cmdlineWrite?.stdin).toBe('console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait cgroup_memory=1 cgroup_enable=memory cgroup_enable=cpuset\n')
-    expect(cmdlineWrite?.script).toMatch(/cp -p \/boot\/firmware\/cmdline.txt \/boot\/firmware\/cmdline.txt\.\d{8}T\d{6}\.bak/)
-    expect(pi.changes.some((c) => c.includes('apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends iptables nfs-common') || c.includes('nfs-common'))).toBe(true)
+    const changed = rep.events
+      .filter((e) => e.kind === 'step-end' && e.status === 'changed')
+      .map((e) => (e.kind === 'step-end' ? e.step : ''))
+    expect(changed).toEqual(
+      expect.arrayContaining([
+        'Set the hostname',
+        'Map the hostname in /etc/hosts',
+        'Add the cgroup flags to cmdline.txt',
+        'Turn swap off now',
+        'Stop and disable dphys-swapfile',
+        'Remove the dphys-swapfile swap file',
+        'Install the packages the cluster needs',
+        'Reboot',
+      ]),
+    )
+    const cmdlineWrite = pi.scripts.find((x) => x.script.includes('mv -f "$tmp" /boot/firmware/cmdline.txt'))
+    expect(cmdlineWrite?.stdin).toBe(
+      'console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait cgroup_memory=1 cgroup_enable=memory cgroup_enable=cpuset\n',
+    )
+    expect(cmdlineWrite?.script).toMatch(
+      /cp -p \/boot\/firmware\/cmdline.txt \/boot\/firmware\/cmdline.txt\.\d{8}T\d{6}\.bak/,
+    )
+    expect(
+      pi.changes.some(
+        (c) =>
+          c.includes('apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends iptables nfs-common') ||
+          c.includes('nfs-common'),
+      ),
+    ).toBe(true)
     // Mask and disable skip systemd's implicit reload; one daemon-reload runs as a handler, after all of them.
-    expect(pi.changes).toContain('systemctl disable --no-reload dphys-swapfile.service && systemctl stop dphys-swapfile.service')
+    expect(pi.changes).toContain(
+      'systemctl disable --no-reload dphys-swapfile.service && systemctl stop dphys-swapfile.service',
+    )
     expect(pi.changes).toContain('systemctl mask --no-reload rpi-swap.service')
     expect(pi.changes.filter((c) => c === 'systemctl daemon-reload')).toHaveLength(1)
-    expect(pi.changes.indexOf('systemctl daemon-reload')).toBeGreaterThan(pi.changes.indexOf('systemctl mask --no-reload rpi-swap.service'))
+    expect(pi.changes.indexOf('systemctl daemon-reload')).toBeGreaterThan(
+      pi.changes.indexOf('systemctl mask --no-reload rpi-swap.service'),
+    )
     expect(s.counts['pi-k3s'].failed).toBe(0)
     expect(state.reboots).toBe(1)
   })
@@ -60,13 +93,18 @@ describe('pi-prep planning (facts in, commands out)', () => {
     const { pi, rep, s } = await runPrep(freshPi(), true)
     expect(pi.changes).toEqual([])
     expect(s.counts['pi-k3s'].changed).toBeGreaterThanOrEqual(7)
-    expect(rep.lines).toContain('changed: [pi-k3s] pi-prep | Add the cgroup flags to cmdline.txt (would add cgroup_memory=1 cgroup_enable=memory cgroup_enable=cpuset to /boot/firmware/cmdline.txt)')
+    expect(rep.lines).toContain(
+      'changed: [pi-k3s] pi-prep | Add the cgroup flags to cmdline.txt (would add cgroup_memory=1 cgroup_enable=memory cgroup_enable=cpuset to /boot/firmware/cmdline.txt)',
+    )
     expect(rep.lines).toContain('changed: [pi-k3s] pi-prep | handler: Reboot (would reboot)')
   })
 
   it('flags already present in another order, with trailing spaces and newline: cmdline.txt left alone, no reboot', async () => {
     const state = convergedPi('pi-k3s')
-    state.files.set('/boot/firmware/cmdline.txt', { content: 'cgroup_enable=cpuset console=tty1  cgroup_enable=memory root=PARTUUID=x rootwait cgroup_memory=1   \n', mode: '755' })
+    state.files.set('/boot/firmware/cmdline.txt', {
+      content: 'cgroup_enable=cpuset console=tty1  cgroup_enable=memory root=PARTUUID=x rootwait cgroup_memory=1   \n',
+      mode: '755',
+    })
     const { rep, s } = await runPrep(state)
     expect(s.counts['pi-k3s'].changed).toBe(0)
     expect(rep.lines.some((l) => l.includes('Reboot'))).toBe(false)
@@ -86,7 +124,9 @@ describe('pi-prep planning (facts in, commands out)', () => {
     state.files.delete('/boot/firmware/cmdline.txt')
     const { rep, s } = await runPrep(state)
     expect(s.exitCode).toBe(2)
-    expect(rep.lines.join('\n')).toContain('no cmdline.txt on the host (looked for /boot/firmware/cmdline.txt, /boot/cmdline.txt): is this Raspberry Pi OS?')
+    expect(rep.lines.join('\n')).toContain(
+      'no cmdline.txt on the host (looked for /boot/firmware/cmdline.txt, /boot/cmdline.txt): is this Raspberry Pi OS?',
+    )
   })
 
   it('fails with the k3s error text when the memory cgroup is missing after the reboot', async () => {
@@ -100,7 +140,10 @@ describe('pi-prep planning (facts in, commands out)', () => {
 
 describe('memory cgroup check', () => {
   it('reads cgroup v2 controllers, and the enabled column of /proc/cgroups on cgroup v1 (older Pi OS)', () => {
-    expect(parseMemoryCgroup('v2\ncpuset cpu io memory pids\n')).toEqual({ ok: true, detail: 'cgroup v2, controllers: cpuset cpu io memory pids' })
+    expect(parseMemoryCgroup('v2\ncpuset cpu io memory pids\n')).toEqual({
+      ok: true,
+      detail: 'cgroup v2, controllers: cpuset cpu io memory pids',
+    })
     expect(parseMemoryCgroup('v2\ncpuset cpu io pids\n').ok).toBe(false)
     const v1 = 'v1\n#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t2\t1\t1\nmemory\t0\t1\t0\n'
     expect(parseMemoryCgroup(v1)).toEqual({ ok: false, detail: 'cgroup v1, memory controller disabled' })
@@ -110,10 +153,24 @@ describe('memory cgroup check', () => {
 
 describe('architecture fact', () => {
   it('picks the k3s binary by userland, and notices a 32-bit userland on a 64-bit kernel', () => {
-    expect(parseArch('aarch64\narm64\n64\n')).toEqual({ kernel: 'aarch64', userland: 'arm64', longBit: 64, k3sArch: 'arm64', mixed: false })
-    expect(parseArch('aarch64\narmhf\n32\n')).toEqual({ kernel: 'aarch64', userland: 'armhf', longBit: 32, k3sArch: 'armhf', mixed: true })
+    expect(parseArch('aarch64\narm64\n64\n')).toEqual({
+      kernel: 'aarch64',
+      userland: 'arm64',
+      longBit: 64,
+      k3sArch: 'arm64',
+      mixed: false,
+    })
+    expect(parseArch('aarch64\narmhf\n32\n')).toEqual({
+      kernel: 'aarch64',
+      userland: 'armhf',
+      longBit: 32,
+      k3sArch: 'armhf',
+      mixed: true,
+    })
     expect(parseArch('armv7l\narmhf\n32\n').k3sArch).toBe('armhf')
     expect(parseArch('x86_64\namd64\n64\n').k3sArch).toBe('amd64')
-    expect(() => parseArch('riscv64\nriscv64\n64\n')).toThrow('unsupported architecture: kernel riscv64, userland riscv64')
+    expect(() => parseArch('riscv64\nriscv64\n64\n')).toThrow(
+      'unsupported architecture: kernel riscv64, userland riscv64',
+    )
   })
 })

@@ -7,7 +7,23 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ProvisionError } from '../../lib/errors.ts'
 import { mask } from '../../lib/mask.ts'
 import { freePort } from './fakes.ts'
-import { checkSecretRefs, describeNetError, formatAppTable, judgeHttp, jsonContains, parseAppChecks, probeDns, probeHttp, probePihole, runChecks, verdicts, type DnsCheck, type HttpCheck, type PiholeCheck, type ProbeResult } from '../../lib/probes.ts'
+import {
+  checkSecretRefs,
+  describeNetError,
+  formatAppTable,
+  judgeHttp,
+  jsonContains,
+  parseAppChecks,
+  probeDns,
+  probeHttp,
+  probePihole,
+  runChecks,
+  verdicts,
+  type DnsCheck,
+  type HttpCheck,
+  type PiholeCheck,
+  type ProbeResult,
+} from '../../lib/probes.ts'
 
 let http: Server
 let base = ''
@@ -63,7 +79,10 @@ beforeAll(async () => {
     q.copy(header, 0, 0, 2)
     header.writeUInt16BE(0x8180 | rcode, 2)
     header.writeUInt16BE(1, 4)
-    const answer = dnsMode === 'answer' ? Buffer.from([0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 51, 100, 53]) : Buffer.alloc(0)
+    const answer =
+      dnsMode === 'answer'
+        ? Buffer.from([0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 51, 100, 53])
+        : Buffer.alloc(0)
     header.writeUInt16BE(answer.length ? 1 : 0, 6)
     dns.send(Buffer.concat([header, question, answer]), peer.port, peer.address)
   })
@@ -76,8 +95,23 @@ afterAll(async () => {
   await new Promise<void>((done) => dns.close(done))
 })
 
-const get = (path: string, extra: Partial<HttpCheck> = {}): HttpCheck => ({ kind: 'http', app: 'x', url: `${base}${path}`, timeoutMs: 1500, ...extra })
-const ask = (extra: Partial<DnsCheck> = {}): DnsCheck => ({ kind: 'dns', app: 'pihole', server: '127.0.0.1', port: dnsPort, name: 'google.com', type: 'A', timeoutMs: 800, ...extra })
+const get = (path: string, extra: Partial<HttpCheck> = {}): HttpCheck => ({
+  kind: 'http',
+  app: 'x',
+  url: `${base}${path}`,
+  timeoutMs: 1500,
+  ...extra,
+})
+const ask = (extra: Partial<DnsCheck> = {}): DnsCheck => ({
+  kind: 'dns',
+  app: 'pihole',
+  server: '127.0.0.1',
+  port: dnsPort,
+  name: 'google.com',
+  type: 'A',
+  timeoutMs: 800,
+  ...extra,
+})
 
 describe('HTTP probes', () => {
   it('a healthy answer is ok, with the status and body shown', async () => {
@@ -86,8 +120,12 @@ describe('HTTP probes', () => {
   })
 
   it('names the status and what the app said when it is unhealthy', async () => {
-    expect((await probeHttp(get('/unhealthy', { expectBody: 'Healthy' }))).detail).toBe('HTTP 503 (expected 2xx): Unhealthy')
-    expect((await probeHttp(get('/degraded', { expectBody: 'Healthy' }))).detail).toBe('answered "Degraded", expected "Healthy"')
+    expect((await probeHttp(get('/unhealthy', { expectBody: 'Healthy' }))).detail).toBe(
+      'HTTP 503 (expected 2xx): Unhealthy',
+    )
+    expect((await probeHttp(get('/degraded', { expectBody: 'Healthy' }))).detail).toBe(
+      'answered "Degraded", expected "Healthy"',
+    )
     expect((await probeHttp(get('/redirect'))).detail).toBe('HTTP 302 (expected 2xx) -> /login')
     expect((await probeHttp(get('/health', { expectStatus: 204 }))).detail).toBe('HTTP 200 (expected 204): Healthy')
     expect((await probeHttp(get('/empty', { expectStatus: 204 }))).ok).toBe(true)
@@ -95,8 +133,12 @@ describe('HTTP probes', () => {
 
   it('checks JSON answers by the keys it names (Immich: {"res":"pong"})', async () => {
     expect((await probeHttp(get('/ping', { expectJson: { res: 'pong' } }))).ok).toBe(true)
-    expect((await probeHttp(get('/ping-wrong', { expectJson: { res: 'pong' } }))).detail).toBe('answered {"res":"ping"}, expected {"res":"pong"}')
-    expect((await probeHttp(get('/html', { expectJson: { res: 'pong' } }))).detail).toBe('answered "<html><body>login</body></html>", not JSON (expected {"res":"pong"})')
+    expect((await probeHttp(get('/ping-wrong', { expectJson: { res: 'pong' } }))).detail).toBe(
+      'answered {"res":"ping"}, expected {"res":"pong"}',
+    )
+    expect((await probeHttp(get('/html', { expectJson: { res: 'pong' } }))).detail).toBe(
+      'answered "<html><body>login</body></html>", not JSON (expected {"res":"pong"})',
+    )
   })
 
   it('gives up after its timeout, and says so', async () => {
@@ -110,11 +152,19 @@ describe('HTTP probes', () => {
 
   it('says when nothing listens; names resolver and TLS failures (no lookup leaves this machine)', async () => {
     const port = await freePort()
-    expect((await probeHttp({ kind: 'http', app: 'x', url: `http://127.0.0.1:${port}/health`, timeoutMs: 1000 })).detail).toBe(`connection refused by 127.0.0.1:${port}`)
+    expect(
+      (await probeHttp({ kind: 'http', app: 'x', url: `http://127.0.0.1:${port}/health`, timeoutMs: 1000 })).detail,
+    ).toBe(`connection refused by 127.0.0.1:${port}`)
     const err = (code: string, message: string): Error => Object.assign(new Error(message), { code })
-    expect(describeNetError(err('ENOTFOUND', 'getaddrinfo ENOTFOUND jellyfin.lab.mtgibbs.dev'), 'jellyfin.lab.mtgibbs.dev')).toBe('cannot resolve jellyfin.lab.mtgibbs.dev (ENOTFOUND)')
-    expect(describeNetError(err('CERT_HAS_EXPIRED', 'certificate has expired'), 'immich.lab.mtgibbs.dev')).toBe('TLS: certificate has expired (CERT_HAS_EXPIRED)')
-    expect(describeNetError(err('EHOSTUNREACH', 'x'), '203.0.113.55:443')).toBe('203.0.113.55:443 is unreachable (EHOSTUNREACH)')
+    expect(
+      describeNetError(err('ENOTFOUND', 'getaddrinfo ENOTFOUND jellyfin.lab.mtgibbs.dev'), 'jellyfin.lab.mtgibbs.dev'),
+    ).toBe('cannot resolve jellyfin.lab.mtgibbs.dev (ENOTFOUND)')
+    expect(describeNetError(err('CERT_HAS_EXPIRED', 'certificate has expired'), 'immich.lab.mtgibbs.dev')).toBe(
+      'TLS: certificate has expired (CERT_HAS_EXPIRED)',
+    )
+    expect(describeNetError(err('EHOSTUNREACH', 'x'), '203.0.113.55:443')).toBe(
+      '203.0.113.55:443 is unreachable (EHOSTUNREACH)',
+    )
   })
 
   it('judges answers without a network (the pure part)', () => {
@@ -131,7 +181,11 @@ describe('HTTP probes', () => {
 describe('DNS probes', () => {
   it('an answer from the server named is ok', async () => {
     dnsMode = 'answer'
-    expect(await probeDns(ask())).toMatchObject({ ok: true, check: `DNS A google.com @127.0.0.1:${dnsPort}`, detail: 'google.com -> 198.51.100.53' })
+    expect(await probeDns(ask())).toMatchObject({
+      ok: true,
+      check: `DNS A google.com @127.0.0.1:${dnsPort}`,
+      detail: 'google.com -> 198.51.100.53',
+    })
   })
 
   it('names SERVFAIL, NXDOMAIN, REFUSED and an empty answer', async () => {
@@ -179,8 +233,20 @@ describe('runChecks and the app table', () => {
 
   it('one verdict per app; the table lists every check with its answer or reason', () => {
     const results: ProbeResult[] = [
-      { app: 'pihole', check: 'DNS A google.com @10.199.55.55:53', ok: true, detail: 'google.com -> 198.51.100.53', ms: 3 },
-      { app: 'jellyfin', check: 'GET http://10.199.55.1:8780/apps/jellyfin/health', ok: false, detail: 'HTTP 503 (expected 2xx): Unhealthy', ms: 5 },
+      {
+        app: 'pihole',
+        check: 'DNS A google.com @10.199.55.55:53',
+        ok: true,
+        detail: 'google.com -> 198.51.100.53',
+        ms: 3,
+      },
+      {
+        app: 'jellyfin',
+        check: 'GET http://10.199.55.1:8780/apps/jellyfin/health',
+        ok: false,
+        detail: 'HTTP 503 (expected 2xx): Unhealthy',
+        ms: 5,
+      },
       { app: 'immich', check: 'GET http://i/api/server/ping', ok: true, detail: 'HTTP 200 {"res":"pong"}', ms: 4 },
       { app: 'immich', check: 'GET http://i/api/other', ok: false, detail: 'no answer within 5s', ms: 5000 },
     ]
@@ -200,7 +266,11 @@ describe('runChecks and the app table', () => {
 })
 
 describe('app_checks from the inventory', () => {
-  const opts = { timeoutSec: 5, defaultServer: '203.0.113.55', resolveServer: (n: string) => (n === 'pi-k3s' ? '203.0.113.55' : n) }
+  const opts = {
+    timeoutSec: 5,
+    defaultServer: '203.0.113.55',
+    resolveServer: (n: string) => (n === 'pi-k3s' ? '203.0.113.55' : n),
+  }
 
   it('reads HTTP and DNS checks, with defaults and inventory host names', () => {
     expect(
@@ -209,15 +279,42 @@ describe('app_checks from the inventory', () => {
           { app: 'pihole', dns: 'google.com' },
           { app: 'pihole-2', dns: 'example.org', server: 'pi-k3s', port: 5353, type: 'AAAA', timeout: 2 },
           { app: 'jellyfin', url: 'https://jellyfin.lab.mtgibbs.dev/health', expect: 'Healthy' },
-          { app: 'immich', url: 'https://immich.lab.mtgibbs.dev/api/server/ping', expect_json: { res: 'pong' }, expect_status: 200, timeout: 0.5 },
+          {
+            app: 'immich',
+            url: 'https://immich.lab.mtgibbs.dev/api/server/ping',
+            expect_json: { res: 'pong' },
+            expect_status: 200,
+            timeout: 0.5,
+          },
         ],
         opts,
       ),
     ).toEqual([
       { kind: 'dns', app: 'pihole', server: '203.0.113.55', port: 53, name: 'google.com', type: 'A', timeoutMs: 5000 },
-      { kind: 'dns', app: 'pihole-2', server: '203.0.113.55', port: 5353, name: 'example.org', type: 'AAAA', timeoutMs: 2000 },
-      { kind: 'http', app: 'jellyfin', url: 'https://jellyfin.lab.mtgibbs.dev/health', expectBody: 'Healthy', timeoutMs: 5000 },
-      { kind: 'http', app: 'immich', url: 'https://immich.lab.mtgibbs.dev/api/server/ping', expectJson: { res: 'pong' }, expectStatus: 200, timeoutMs: 500 },
+      {
+        kind: 'dns',
+        app: 'pihole-2',
+        server: '203.0.113.55',
+        port: 5353,
+        name: 'example.org',
+        type: 'AAAA',
+        timeoutMs: 2000,
+      },
+      {
+        kind: 'http',
+        app: 'jellyfin',
+        url: 'https://jellyfin.lab.mtgibbs.dev/health',
+        expectBody: 'Healthy',
+        timeoutMs: 5000,
+      },
+      {
+        kind: 'http',
+        app: 'immich',
+        url: 'https://immich.lab.mtgibbs.dev/api/server/ping',
+        expectJson: { res: 'pong' },
+        expectStatus: 200,
+        timeoutMs: 500,
+      },
     ])
   })
 
@@ -234,27 +331,58 @@ describe('app_checks from the inventory', () => {
     }
     expect(err('jellyfin')).toBe('app_checks[0]: expected a map')
     expect(err({ url: 'http://x/' })).toBe('app_checks[0]: needs app: the name shown in the table')
-    expect(err({ app: 'a' })).toBe("app_checks[0]: a: needs url (an HTTP check), dns (a name to resolve) or pihole_api (Pi-hole's API)")
-    expect(err({ app: 'a', url: 'http://x/', dns: 'x' })).toBe('app_checks[0]: a: one of url, dns or pihole_api, not url and dns')
-    expect(err({ app: 'p', pihole_api: 'http://x/api' })).toBe('app_checks[0]: p: pihole_api needs password_ref, the password\'s secret reference (op://vault/item/field)')
-    expect(err({ app: 'p', pihole_api: 'http://x/api', password_ref: 'hunter2' })).toBe('app_checks[0]: p: pihole_api needs password_ref, the password\'s secret reference (op://vault/item/field)')
-    expect(err({ app: 'p', pihole_api: 'x', password_ref: 'op://v/i/f' })).toBe('app_checks[0]: p: pihole_api "x" is not a URL (e.g. http://<Pi-hole\'s address>/api)')
-    expect(err({ app: 'p', pihole_api: 'http://x/api', password_ref: 'op://v/i/f', expect: 'y' })).toBe('app_checks[0]: p: expect is not for pihole_api checks')
-    expect(err({ app: 'p', url: 'http://x/', password_ref: 'op://v/i/f' })).toBe('app_checks[0]: p: password_ref is for pihole_api checks')
-    expect(parseAppChecks([{ app: 'pihole', pihole_api: 'http://203.0.113.55/api/', password_ref: 'op://pi-cluster/pihole/password' }], opts)).toEqual([
-      { kind: 'pihole', app: 'pihole', api: 'http://203.0.113.55/api', passwordRef: 'op://pi-cluster/pihole/password', timeoutMs: 5000 },
+    expect(err({ app: 'a' })).toBe(
+      "app_checks[0]: a: needs url (an HTTP check), dns (a name to resolve) or pihole_api (Pi-hole's API)",
+    )
+    expect(err({ app: 'a', url: 'http://x/', dns: 'x' })).toBe(
+      'app_checks[0]: a: one of url, dns or pihole_api, not url and dns',
+    )
+    expect(err({ app: 'p', pihole_api: 'http://x/api' })).toBe(
+      "app_checks[0]: p: pihole_api needs password_ref, the password's secret reference (op://vault/item/field)",
+    )
+    expect(err({ app: 'p', pihole_api: 'http://x/api', password_ref: 'hunter2' })).toBe(
+      "app_checks[0]: p: pihole_api needs password_ref, the password's secret reference (op://vault/item/field)",
+    )
+    expect(err({ app: 'p', pihole_api: 'x', password_ref: 'op://v/i/f' })).toBe(
+      'app_checks[0]: p: pihole_api "x" is not a URL (e.g. http://<Pi-hole\'s address>/api)',
+    )
+    expect(err({ app: 'p', pihole_api: 'http://x/api', password_ref: 'op://v/i/f', expect: 'y' })).toBe(
+      'app_checks[0]: p: expect is not for pihole_api checks',
+    )
+    expect(err({ app: 'p', url: 'http://x/', password_ref: 'op://v/i/f' })).toBe(
+      'app_checks[0]: p: password_ref is for pihole_api checks',
+    )
+    expect(
+      parseAppChecks(
+        [{ app: 'pihole', pihole_api: 'http://203.0.113.55/api/', password_ref: 'op://pi-cluster/pihole/password' }],
+        opts,
+      ),
+    ).toEqual([
+      {
+        kind: 'pihole',
+        app: 'pihole',
+        api: 'http://203.0.113.55/api',
+        passwordRef: 'op://pi-cluster/pihole/password',
+        timeoutMs: 5000,
+      },
     ])
     expect(err({ app: 'a', url: 'not a url' })).toBe('app_checks[0]: a: url "not a url" is not a URL')
     expect(err({ app: 'a', url: 'ftp://x/' })).toBe('app_checks[0]: a: url must be http:// or https://')
-    expect(err({ app: 'a', url: 'http://x/', expect_status: '200' })).toBe('app_checks[0]: a: expect_status must be a status code')
-    expect(err({ app: 'a', url: 'http://x/', expect: { res: 'pong' } })).toBe('app_checks[0]: a: expect must be a string (the whole body)')
+    expect(err({ app: 'a', url: 'http://x/', expect_status: '200' })).toBe(
+      'app_checks[0]: a: expect_status must be a status code',
+    )
+    expect(err({ app: 'a', url: 'http://x/', expect: { res: 'pong' } })).toBe(
+      'app_checks[0]: a: expect must be a string (the whole body)',
+    )
     expect(err({ app: 'a', url: 'http://x/', server: 'pi-k3s' })).toBe('app_checks[0]: a: server is for dns checks')
     expect(err({ app: 'a', dns: 'x', expect: 'y' })).toBe('app_checks[0]: a: expect is for url checks')
     expect(err({ app: 'a', dns: 'x', port: 70000 })).toBe('app_checks[0]: a: port must be a port number')
     expect(err({ app: 'a', dns: 'x', type: 'MX' })).toBe('app_checks[0]: a: type must be A or AAAA')
     expect(err({ app: 'a', dns: 'x', timeout: 0 })).toBe('app_checks[0]: a: timeout must be a number of seconds')
     expect(err({ app: 'a', url: 'http://x/', expct: 'typo' })).toBe('app_checks[0]: unknown key expct')
-    expect(() => parseAppChecks([{ app: 'a', dns: 'x' }], { timeoutSec: 5 })).toThrow('app_checks[0]: a: no server to ask')
+    expect(() => parseAppChecks([{ app: 'a', dns: 'x' }], { timeoutSec: 5 })).toThrow(
+      'app_checks[0]: a: no server to ask',
+    )
   })
 })
 
@@ -280,13 +408,23 @@ describe('Pi-hole v6 API probe', () => {
         }
         if (req.method === 'POST' && req.url === '/api/auth') {
           if ((JSON.parse(body) as { password?: string }).password !== PASSWORD)
-            return json(401, { session: { valid: false, totp: false, sid: null, validity: -1, message: 'password incorrect' }, took: 0.001 })
+            return json(401, {
+              session: { valid: false, totp: false, sid: null, validity: -1, message: 'password incorrect' },
+              took: 0.001,
+            })
           const id = `sid-${++n}-Zm9vYmFy`
           sessions.add(id)
-          return json(200, { session: { valid: true, totp: false, sid: id, csrf: 'x', validity: 300, message: 'password correct' }, took: 0.01 })
+          return json(200, {
+            session: { valid: true, totp: false, sid: id, csrf: 'x', validity: 300, message: 'password correct' },
+            took: 0.01,
+          })
         }
-        if (!sessions.has(sid)) return json(401, { error: { key: 'unauthorized', message: 'Unauthorized', hint: null }, took: 0 })
-        if (req.method === 'GET' && req.url === '/api/dns/blocking') return blocking === 'error' ? json(500, { error: { key: 'ftl', message: 'FTL not ready' } }) : json(200, { ...blocking, took: 0 })
+        if (!sessions.has(sid))
+          return json(401, { error: { key: 'unauthorized', message: 'Unauthorized', hint: null }, took: 0 })
+        if (req.method === 'GET' && req.url === '/api/dns/blocking')
+          return blocking === 'error'
+            ? json(500, { error: { key: 'ftl', message: 'FTL not ready' } })
+            : json(200, { ...blocking, took: 0 })
         if (req.method === 'DELETE' && req.url === '/api/auth') {
           sessions.delete(sid)
           res.writeHead(204)
@@ -300,7 +438,13 @@ describe('Pi-hole v6 API probe', () => {
   })
   afterAll(() => new Promise<void>((done) => server.close(() => done())))
 
-  const check = (): PiholeCheck => ({ kind: 'pihole', app: 'pihole', api, passwordRef: 'op://pi-cluster/pihole/password', timeoutMs: 2000 })
+  const check = (): PiholeCheck => ({
+    kind: 'pihole',
+    app: 'pihole',
+    api,
+    passwordRef: 'op://pi-cluster/pihole/password',
+    timeoutMs: 2000,
+  })
   const run = async (password: string) => {
     seen.length = 0
     const r = await probePihole(check(), password)
@@ -310,9 +454,18 @@ describe('Pi-hole v6 API probe', () => {
   it('logs in, reads the blocking status with the session, logs out; the password and the session id show nowhere', async () => {
     blocking = { blocking: 'enabled', timer: null }
     const { r, requests } = await run(PASSWORD)
-    expect(r).toMatchObject({ app: 'pihole', ok: true, detail: 'blocking enabled', check: `Pi-hole API ${api}: login, blocking, logout` })
+    expect(r).toMatchObject({
+      app: 'pihole',
+      ok: true,
+      detail: 'blocking enabled',
+      check: `Pi-hole API ${api}: login, blocking, logout`,
+    })
     const sid = /sid=(\S+)/.exec(requests[1])![1]
-    expect(requests).toEqual([`POST /api/auth {"password":"${PASSWORD}"}`, `GET /api/dns/blocking sid=${sid}`, `DELETE /api/auth sid=${sid}`])
+    expect(requests).toEqual([
+      `POST /api/auth {"password":"${PASSWORD}"}`,
+      `GET /api/dns/blocking sid=${sid}`,
+      `DELETE /api/auth sid=${sid}`,
+    ])
     expect(sessions.size).toBe(0)
     const shown = JSON.stringify(r) + formatAppTable([r]).join('\n')
     expect(shown).not.toContain(PASSWORD)
@@ -322,7 +475,10 @@ describe('Pi-hole v6 API probe', () => {
 
   it('a refused password names its reference; no session is left behind', async () => {
     const { r, requests } = await run('wrong')
-    expect(r).toMatchObject({ ok: false, detail: 'the password at op://pi-cluster/pihole/password was refused (HTTP 401: password incorrect)' })
+    expect(r).toMatchObject({
+      ok: false,
+      detail: 'the password at op://pi-cluster/pihole/password was refused (HTTP 401: password incorrect)',
+    })
     expect(requests).toEqual(['POST /api/auth {"password":"wrong"}'])
   })
 
@@ -332,7 +488,10 @@ describe('Pi-hole v6 API probe', () => {
     expect(sessions.size).toBe(0)
     blocking = 'error'
     const { r, requests } = await run(PASSWORD)
-    expect(r).toMatchObject({ ok: false, detail: 'blocking status: HTTP 500: {"error":{"key":"ftl","message":"FTL not ready"}}' })
+    expect(r).toMatchObject({
+      ok: false,
+      detail: 'blocking status: HTTP 500: {"error":{"key":"ftl","message":"FTL not ready"}}',
+    })
     expect(requests.at(-1)).toMatch(/^DELETE \/api\/auth sid=/)
     expect(sessions.size).toBe(0)
     blocking = { blocking: 'enabled', timer: null }
@@ -349,6 +508,8 @@ describe('Pi-hole v6 API probe', () => {
     const [r] = await runChecks([check()], { secret: (ref) => (asked.push(ref), PASSWORD) })
     expect(r.ok).toBe(true)
     expect(asked).toEqual(['op://pi-cluster/pihole/password'])
-    expect(checkSecretRefs([check(), check(), { kind: 'http', app: 'x', url: 'http://x/', timeoutMs: 1 }])).toEqual(['op://pi-cluster/pihole/password'])
+    expect(checkSecretRefs([check(), check(), { kind: 'http', app: 'x', url: 'http://x/', timeoutMs: 1 }])).toEqual([
+      'op://pi-cluster/pihole/password',
+    ])
   })
 })

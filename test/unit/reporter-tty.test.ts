@@ -75,12 +75,43 @@ describe('the live reporter on a terminal', () => {
     const t = terminal()
     const rep = new TtyReporter({ verbosity: 0, showDiff: false, terminal: t as unknown as NodeJS.WriteStream })
     rep.emit({ kind: 'step-start', host: 'pi-k3s', role: 'k3s-server', step: 'Install k3s', handler: false })
-    rep.emit({ kind: 'step-start', host: 'pi3-worker-1', role: 'k3s-agent', step: 'Join the cluster with s3cr3t-token-value', handler: false })
+    rep.emit({
+      kind: 'step-start',
+      host: 'pi3-worker-1',
+      role: 'k3s-agent',
+      step: 'Join the cluster with s3cr3t-token-value',
+      handler: false,
+    })
     await new Promise((r) => setTimeout(r, 250)) // the spinner redraws on its own timer
     const whileRunning = t.text
-    rep.emit({ kind: 'step-end', host: 'pi3-worker-1', role: 'k3s-agent', step: 'Join the cluster', handler: false, status: 'ok', ms: 5 })
-    rep.emit({ kind: 'step-end', host: 'pi-k3s', role: 'k3s-server', step: 'Install k3s', handler: false, status: 'changed', message: 'install k3s v1.34.3+k3s1 with token s3cr3t-token-value', ms: 9 })
-    rep.emit({ kind: 'recap', hosts: { 'pi-k3s': { ok: 1, changed: 1, unreachable: 0, failed: 0, skipped: 0 }, 'pi3-worker-1': { ok: 1, changed: 0, unreachable: 0, failed: 0, skipped: 0 } }, seconds: 1.2, exitCode: 0 })
+    rep.emit({
+      kind: 'step-end',
+      host: 'pi3-worker-1',
+      role: 'k3s-agent',
+      step: 'Join the cluster',
+      handler: false,
+      status: 'ok',
+      ms: 5,
+    })
+    rep.emit({
+      kind: 'step-end',
+      host: 'pi-k3s',
+      role: 'k3s-server',
+      step: 'Install k3s',
+      handler: false,
+      status: 'changed',
+      message: 'install k3s v1.34.3+k3s1 with token s3cr3t-token-value',
+      ms: 9,
+    })
+    rep.emit({
+      kind: 'recap',
+      hosts: {
+        'pi-k3s': { ok: 1, changed: 1, unreachable: 0, failed: 0, skipped: 0 },
+        'pi3-worker-1': { ok: 1, changed: 0, unreachable: 0, failed: 0, skipped: 0 },
+      },
+      seconds: 1.2,
+      exitCode: 0,
+    })
     rep.close()
     // the spinner named both hosts and their steps
     expect(whileRunning).toContain('[pi-k3s] k3s-server | Install k3s')
@@ -96,7 +127,15 @@ describe('the live reporter on a terminal', () => {
     const t = terminal()
     const rep = new TtyReporter({ verbosity: 1, showDiff: false, terminal: t as unknown as NodeJS.WriteStream })
     rep.emit({ kind: 'step-start', host: 'pi-k3s', role: 'pi-prep', step: 'Set the hostname', handler: false })
-    rep.emit({ kind: 'step-end', host: 'pi-k3s', role: 'pi-prep', step: 'Set the hostname', handler: false, status: 'ok', ms: 3 })
+    rep.emit({
+      kind: 'step-end',
+      host: 'pi-k3s',
+      role: 'pi-prep',
+      step: 'Set the hostname',
+      handler: false,
+      status: 'ok',
+      ms: 3,
+    })
     rep.close()
     expect(screenLines(t)).toContain('ok: [pi-k3s] pi-prep | Set the hostname')
   })
@@ -113,7 +152,13 @@ describe('when to draw the spinner', () => {
   it('each host line is cut to the width, so a long step name never wraps', async () => {
     const t = terminal(40)
     const rep = new TtyReporter({ verbosity: 0, showDiff: false, terminal: t as unknown as NodeJS.WriteStream })
-    rep.emit({ kind: 'step-start', host: 'pi3-worker-2', role: 'k3s-agent', step: 'Wait until the server reports this node Ready with its labels and taints', handler: false })
+    rep.emit({
+      kind: 'step-start',
+      host: 'pi3-worker-2',
+      role: 'k3s-agent',
+      step: 'Wait until the server reports this node Ready with its labels and taints',
+      handler: false,
+    })
     await new Promise((r) => setTimeout(r, 150))
     rep.close()
     expect(t.text).toContain('[pi3-worker-2] k3s-agent | Wait unt…') // 36 characters: 40 columns less the spinner's

@@ -36,8 +36,23 @@ function node(name: string, status: Record<string, unknown>, unschedulable = fal
   return { metadata: { name }, spec: unschedulable ? { unschedulable: true } : {}, status }
 }
 
-function pod(ns: string, name: string, on: string, owner: string, extra: Partial<KubeObject> = {}): Record<string, unknown> {
-  return { metadata: { name, namespace: ns, ownerReferences: [{ kind: owner, name: 'x', controller: true }], ...extra.metadata }, spec: { nodeName: on }, status: { phase: 'Running', ...extra.status } }
+function pod(
+  ns: string,
+  name: string,
+  on: string,
+  owner: string,
+  extra: Partial<KubeObject> = {},
+): Record<string, unknown> {
+  return {
+    metadata: {
+      name,
+      namespace: ns,
+      ownerReferences: [{ kind: owner, name: 'x', controller: true }],
+      ...extra.metadata,
+    },
+    spec: { nodeName: on },
+    status: { phase: 'Running', ...extra.status },
+  }
 }
 
 const PODS = [
@@ -49,13 +64,19 @@ const PODS = [
 ]
 
 /** The server: answers the role's cluster reads from `cluster`, records drain/delete, fails a drain on demand. */
-function fakeServer(cluster: { nodes: Record<string, unknown>[]; pods?: Record<string, unknown>[]; drain?: KubeAnswer }) {
+function fakeServer(cluster: {
+  nodes: Record<string, unknown>[]
+  pods?: Record<string, unknown>[]
+  drain?: KubeAnswer
+}) {
   const kube = (q: string): KubeAnswer => {
     if (q === 'nodes,pods -A') return list([...kinded('Node', cluster.nodes), ...kinded('Pod', cluster.pods ?? [])])
     const one = /^node '?([\w-]+)'?$/.exec(q)
     if (one) {
       const n = cluster.nodes.find((x) => (x.metadata as { name: string }).name === one[1])
-      return n ? { stdout: JSON.stringify({ kind: 'Node', ...n }) } : { code: 1, stderr: `Error from server (NotFound): nodes "${one[1]}" not found` }
+      return n
+        ? { stdout: JSON.stringify({ kind: 'Node', ...n }) }
+        : { code: 1, stderr: `Error from server (NotFound): nodes "${one[1]}" not found` }
     }
     return list([])
   }
@@ -64,9 +85,14 @@ function fakeServer(cluster: { nodes: Record<string, unknown>[]; pods?: Record<s
     if (batch) return batch
     const single = answerKubeFact(script, kube)
     if (single) return single
-    if (script.includes(' drain ')) return cluster.drain ?? { stdout: 'node/pi3-worker-2 cordoned\nnode/pi3-worker-2 drained\n' }
+    if (script.includes(' drain '))
+      return cluster.drain ?? { stdout: 'node/pi3-worker-2 cordoned\nnode/pi3-worker-2 drained\n' }
     if (script.includes(' delete node ')) {
-      cluster.nodes = cluster.nodes.filter((n) => !script.includes(`'${(n.metadata as { name: string }).name}'`) && !script.includes(` ${(n.metadata as { name: string }).name}`))
+      cluster.nodes = cluster.nodes.filter(
+        (n) =>
+          !script.includes(`'${(n.metadata as { name: string }).name}'`) &&
+          !script.includes(` ${(n.metadata as { name: string }).name}`),
+      )
       return { stdout: 'node "pi3-worker-2" deleted\n' }
     }
     return undefined
@@ -78,10 +104,13 @@ function fakeAgent(opts: { installed: boolean; stuck?: boolean }) {
   let installed = opts.installed
   return new FakeConnection('pi3-worker-2', (script) => {
     const batch = answerBatch(script, (sub) =>
-      sub.includes('/usr/local/bin/k3s --version') ? { stdout: installed ? 'k3s version v1.34.3+k3s1 (abc)\nagent-unit\n' : 'none\n' } : { stdout: '' },
+      sub.includes('/usr/local/bin/k3s --version')
+        ? { stdout: installed ? 'k3s version v1.34.3+k3s1 (abc)\nagent-unit\n' : 'none\n' }
+        : { stdout: '' },
     )
     if (batch) return batch
-    if (script.includes('/usr/local/bin/k3s --version')) return { stdout: installed ? 'k3s version v1.34.3+k3s1 (abc)\nagent-unit\n' : 'none\n' }
+    if (script.includes('/usr/local/bin/k3s --version'))
+      return { stdout: installed ? 'k3s version v1.34.3+k3s1 (abc)\nagent-unit\n' : 'none\n' }
     if (script.includes('k3s-agent-uninstall.sh')) {
       if (!opts.stuck) installed = false
       return { stdout: '' }
@@ -97,15 +126,22 @@ function retirePlays(name: string, inInventory = true): Play[] {
   return plays
 }
 
-async function retire(server: FakeConnection, agent: FakeConnection, opts: { check?: boolean; name?: string; inInventory?: boolean } = {}) {
+async function retire(
+  server: FakeConnection,
+  agent: FakeConnection,
+  opts: { check?: boolean; name?: string; inInventory?: boolean } = {},
+) {
   const rep = new RecordingReporter(1)
-  const s = await runPlaybook({ name: 'retire', plays: retirePlays(opts.name ?? 'pi3-worker-2', opts.inInventory) }, {
-    inventory: parseInventory(INV, '/tmp/inv.yaml'),
-    reporter: rep,
-    secrets: new MemorySecrets(),
-    connect: (h) => (h.name === 'pi-k3s' ? server : agent),
-    check: opts.check,
-  })
+  const s = await runPlaybook(
+    { name: 'retire', plays: retirePlays(opts.name ?? 'pi3-worker-2', opts.inInventory) },
+    {
+      inventory: parseInventory(INV, '/tmp/inv.yaml'),
+      reporter: rep,
+      secrets: new MemorySecrets(),
+      connect: (h) => (h.name === 'pi-k3s' ? server : agent),
+      check: opts.check,
+    },
+  )
   return { s, lines: rep.lines }
 }
 
@@ -113,8 +149,13 @@ const ran = (c: FakeConnection, part: string) => c.scripts.filter((x) => x.scrip
 
 describe('which pods a drain evicts', () => {
   it("the node's own pods, not DaemonSet pods, static pods or finished ones", () => {
-    const mirror = pod('kube-system', 'static-1', 'pi3-worker-2', 'Node', { metadata: { name: 'static-1', annotations: { 'kubernetes.io/config.mirror': 'x' } } })
-    expect(podsToEvict(kinded('Pod', [...PODS, mirror]) as unknown as KubeObject[], 'pi3-worker-2')).toEqual(['homepage/homepage-1', 'immich/immich-db-0'])
+    const mirror = pod('kube-system', 'static-1', 'pi3-worker-2', 'Node', {
+      metadata: { name: 'static-1', annotations: { 'kubernetes.io/config.mirror': 'x' } },
+    })
+    expect(podsToEvict(kinded('Pod', [...PODS, mirror]) as unknown as KubeObject[], 'pi3-worker-2')).toEqual([
+      'homepage/homepage-1',
+      'immich/immich-db-0',
+    ])
   })
 })
 
@@ -125,14 +166,24 @@ describe('the retire roles', () => {
     const agent = fakeAgent({ installed: true })
     const first = await retire(server, agent)
     expect(first.s.exitCode, first.lines.join('\n')).toBe(0)
-    expect(first.lines).toContain('changed: [pi-k3s] k3s-retire | Cordon pi3-worker-2 and drain its pods (DaemonSet pods stay) (cordoned pi3-worker-2; evicted 2 pods (homepage/homepage-1, immich/immich-db-0))')
-    expect(first.lines).toContain('changed: [pi3-worker-2] k3s-retire | Stop and uninstall k3s-agent (k3s-agent-uninstall.sh) (uninstalled k3s-agent v1.34.3+k3s1)')
-    expect(first.lines).toContain('changed: [pi-k3s] k3s-retire | Delete the Node pi3-worker-2 (deleted the Node pi3-worker-2 (and its node-password secret))')
+    expect(first.lines).toContain(
+      'changed: [pi-k3s] k3s-retire | Cordon pi3-worker-2 and drain its pods (DaemonSet pods stay) (cordoned pi3-worker-2; evicted 2 pods (homepage/homepage-1, immich/immich-db-0))',
+    )
+    expect(first.lines).toContain(
+      'changed: [pi3-worker-2] k3s-retire | Stop and uninstall k3s-agent (k3s-agent-uninstall.sh) (uninstalled k3s-agent v1.34.3+k3s1)',
+    )
+    expect(first.lines).toContain(
+      'changed: [pi-k3s] k3s-retire | Delete the Node pi3-worker-2 (deleted the Node pi3-worker-2 (and its node-password secret))',
+    )
     expect(first.lines.filter((l) => l.startsWith('WARNING'))).toEqual([])
     const [drain] = ran(server, ' drain ')
-    expect(drain.script).toMatch(/timeout -k 10 330 k3s kubectl --kubeconfig \S+ drain --ignore-daemonsets --delete-emptydir-data --timeout=300s -- pi3-worker-2;/)
+    expect(drain.script).toMatch(
+      /timeout -k 10 330 k3s kubectl --kubeconfig \S+ drain --ignore-daemonsets --delete-emptydir-data --timeout=300s -- pi3-worker-2;/,
+    )
     // The order that keeps a node from coming back: drain (server), uninstall (agent), delete (server).
-    expect(server.scripts.findIndex((x) => x.script.includes(' delete node '))).toBeGreaterThan(server.scripts.indexOf(drain))
+    expect(server.scripts.findIndex((x) => x.script.includes(' delete node '))).toBeGreaterThan(
+      server.scripts.indexOf(drain),
+    )
     expect(ran(agent, 'k3s-agent-uninstall.sh')).toHaveLength(1)
 
     // The cluster now: the node gone. Nothing left to do.
@@ -140,7 +191,9 @@ describe('the retire roles', () => {
     expect(again.s.exitCode).toBe(0)
     expect(again.s.counts['pi-k3s']).toMatchObject({ changed: 0, failed: 0 })
     expect(again.s.counts['pi3-worker-2']).toMatchObject({ changed: 0, failed: 0 })
-    expect(again.lines).toContain('ok: [pi-k3s] k3s-retire | Cordon pi3-worker-2 and drain its pods (DaemonSet pods stay) (no Node pi3-worker-2 in the cluster: nothing to drain)')
+    expect(again.lines).toContain(
+      'ok: [pi-k3s] k3s-retire | Cordon pi3-worker-2 and drain its pods (DaemonSet pods stay) (no Node pi3-worker-2 in the cluster: nothing to drain)',
+    )
   })
 
   it('--check says what would be evicted and uninstalled, and runs no drain, uninstall or delete', async () => {
@@ -148,16 +201,27 @@ describe('the retire roles', () => {
     const agent = fakeAgent({ installed: true })
     const { s, lines } = await retire(server, agent, { check: true })
     expect(s.exitCode).toBe(0)
-    expect(lines).toContain('changed: [pi-k3s] k3s-retire | Cordon pi3-worker-2 and drain its pods (DaemonSet pods stay) (would cordon pi3-worker-2 and evict 2 pods (homepage/homepage-1, immich/immich-db-0))')
-    expect(lines).toContain('changed: [pi3-worker-2] k3s-retire | Stop and uninstall k3s-agent (k3s-agent-uninstall.sh) (would run /usr/local/bin/k3s-agent-uninstall.sh)')
-    expect(lines).toContain('changed: [pi-k3s] k3s-retire | Delete the Node pi3-worker-2 (would delete the Node pi3-worker-2)')
+    expect(lines).toContain(
+      'changed: [pi-k3s] k3s-retire | Cordon pi3-worker-2 and drain its pods (DaemonSet pods stay) (would cordon pi3-worker-2 and evict 2 pods (homepage/homepage-1, immich/immich-db-0))',
+    )
+    expect(lines).toContain(
+      'changed: [pi3-worker-2] k3s-retire | Stop and uninstall k3s-agent (k3s-agent-uninstall.sh) (would run /usr/local/bin/k3s-agent-uninstall.sh)',
+    )
+    expect(lines).toContain(
+      'changed: [pi-k3s] k3s-retire | Delete the Node pi3-worker-2 (would delete the Node pi3-worker-2)',
+    )
     expect([...ran(server, ' drain '), ...ran(server, ' delete node '), ...ran(agent, 'uninstall.sh')]).toEqual([])
   })
 
   it('a cordoned node with only DaemonSet pods left is not drained again', async () => {
-    const server = fakeServer({ nodes: [node('pi3-worker-2', READY, true)], pods: [pod('kube-system', 'svclb-1', 'pi3-worker-2', 'DaemonSet')] })
+    const server = fakeServer({
+      nodes: [node('pi3-worker-2', READY, true)],
+      pods: [pod('kube-system', 'svclb-1', 'pi3-worker-2', 'DaemonSet')],
+    })
     const { lines } = await retire(server, fakeAgent({ installed: false }))
-    expect(lines).toContain('ok: [pi-k3s] k3s-retire | Cordon pi3-worker-2 and drain its pods (DaemonSet pods stay) (cordoned, no pods left on it but DaemonSet pods)')
+    expect(lines).toContain(
+      'ok: [pi-k3s] k3s-retire | Cordon pi3-worker-2 and drain its pods (DaemonSet pods stay) (cordoned, no pods left on it but DaemonSet pods)',
+    )
     expect(ran(server, ' drain ')).toEqual([])
   })
 
@@ -168,9 +232,15 @@ describe('the retire roles', () => {
     const { s, lines } = await retire(server, agent)
     expect(s.exitCode).toBe(4)
     expect(ran(server, ' drain ')).toEqual([])
-    expect(lines).toContain('skipping: [pi-k3s] k3s-retire | Cordon pi3-worker-2 and drain its pods (DaemonSet pods stay) (pi3-worker-2 is NotReady (the Pi is off or gone?): nothing can be evicted from it; its pods start elsewhere once its Node is deleted)')
-    expect(lines).toContain('changed: [pi-k3s] k3s-retire | Delete the Node pi3-worker-2 (deleted the Node pi3-worker-2 (and its node-password secret))')
-    expect(lines).toContain('WARNING: [pi-k3s] k3s-agent could not be uninstalled on pi3-worker-2: if that Pi comes back, it joins again; run retire again then')
+    expect(lines).toContain(
+      'skipping: [pi-k3s] k3s-retire | Cordon pi3-worker-2 and drain its pods (DaemonSet pods stay) (pi3-worker-2 is NotReady (the Pi is off or gone?): nothing can be evicted from it; its pods start elsewhere once its Node is deleted)',
+    )
+    expect(lines).toContain(
+      'changed: [pi-k3s] k3s-retire | Delete the Node pi3-worker-2 (deleted the Node pi3-worker-2 (and its node-password secret))',
+    )
+    expect(lines).toContain(
+      'WARNING: [pi-k3s] k3s-agent could not be uninstalled on pi3-worker-2: if that Pi comes back, it joins again; run retire again then',
+    )
   })
 
   it('a node no longer in the inventory: only its Node goes, with a warning that the Pi was not touched', async () => {
@@ -179,7 +249,9 @@ describe('the retire roles', () => {
     const { s, lines } = await retire(server, agent, { name: 'pi4-old', inInventory: false })
     expect(s.exitCode).toBe(0)
     expect(agent.scripts).toEqual([])
-    expect(lines).toContain('WARNING: [pi-k3s] pi4-old is not in the inventory, so its disk was not touched: if that Pi comes back with k3s-agent on it, it joins again')
+    expect(lines).toContain(
+      'WARNING: [pi-k3s] pi4-old is not in the inventory, so its disk was not touched: if that Pi comes back with k3s-agent on it, it joins again',
+    )
   })
 
   it('pods that fit no other node are named before the drain (they would stay Pending for good)', async () => {
@@ -188,15 +260,27 @@ describe('the retire roles', () => {
     const server = fakeServer({ nodes: [node('pi-k3s', READY), node('pi3-worker-2', READY)], pods: [...PODS, pinned] })
     const { s, lines } = await retire(server, fakeAgent({ installed: true }))
     expect(s.exitCode).toBe(0)
-    expect(lines).toContain('WARNING: [pi-k3s] 1 pod on pi3-worker-2 fits no other node and will stay Pending once evicted: pihole/unbound-1 (their nodeSelector, affinity or the other nodes\' taints): give them another node first')
+    expect(lines).toContain(
+      "WARNING: [pi-k3s] 1 pod on pi3-worker-2 fits no other node and will stay Pending once evicted: pihole/unbound-1 (their nodeSelector, affinity or the other nodes' taints): give them another node first",
+    )
   })
 
   it('a Node labelled control-plane is refused, whatever the inventory says of it', async () => {
-    const server = fakeServer({ nodes: [node('pi-k3s', READY), { ...node('pi3-worker-2', READY), metadata: { name: 'pi3-worker-2', labels: { 'node-role.kubernetes.io/control-plane': 'true' } } }] })
+    const server = fakeServer({
+      nodes: [
+        node('pi-k3s', READY),
+        {
+          ...node('pi3-worker-2', READY),
+          metadata: { name: 'pi3-worker-2', labels: { 'node-role.kubernetes.io/control-plane': 'true' } },
+        },
+      ],
+    })
     const agent = fakeAgent({ installed: true })
     const { s, lines } = await retire(server, agent)
     expect(s.exitCode).toBe(2)
-    expect(lines).toContain('FAILED: [pi-k3s] k3s-retire | Cordon pi3-worker-2 and drain its pods (DaemonSet pods stay) (pi3-worker-2 is a k3s server (control-plane): retire removes agents only)')
+    expect(lines).toContain(
+      'FAILED: [pi-k3s] k3s-retire | Cordon pi3-worker-2 and drain its pods (DaemonSet pods stay) (pi3-worker-2 is a k3s server (control-plane): retire removes agents only)',
+    )
     expect([...agent.scripts, ...ran(server, ' drain '), ...ran(server, ' delete node ')]).toEqual([])
   })
 
@@ -204,13 +288,19 @@ describe('the retire roles', () => {
     const server = fakeServer({
       nodes: [node('pi-k3s', READY), node('pi3-worker-2', READY)],
       pods: PODS,
-      drain: { code: 1, stderr: 'evicting pod immich/immich-db-0\nerror when evicting pods/"immich-db-0" -n "immich" (will retry after 5s): Cannot evict pod as it would violate the pod\'s disruption budget.\nerror: timed out waiting for the condition' },
+      drain: {
+        code: 1,
+        stderr:
+          'evicting pod immich/immich-db-0\nerror when evicting pods/"immich-db-0" -n "immich" (will retry after 5s): Cannot evict pod as it would violate the pod\'s disruption budget.\nerror: timed out waiting for the condition',
+      },
     })
     const agent = fakeAgent({ installed: true })
     const { s, lines } = await retire(server, agent)
     expect(s.exitCode).toBe(2)
     const out = lines.join('\n')
-    expect(out).toContain("FAILED: [pi-k3s] k3s-retire | Cordon pi3-worker-2 and drain its pods (DaemonSet pods stay) (kubectl drain pi3-worker-2 failed (exit 1); it stays cordoned, nothing was uninstalled:")
+    expect(out).toContain(
+      'FAILED: [pi-k3s] k3s-retire | Cordon pi3-worker-2 and drain its pods (DaemonSet pods stay) (kubectl drain pi3-worker-2 failed (exit 1); it stays cordoned, nothing was uninstalled:',
+    )
     expect(out).toContain("Cannot evict pod as it would violate the pod's disruption budget.")
     expect(out).toContain('hint: a PodDisruptionBudget that allows no eviction')
     expect(agent.scripts).toEqual([])
@@ -221,17 +311,34 @@ describe('the retire roles', () => {
     const server = fakeServer({ nodes: [node('pi-k3s', READY), node('pi3-worker-2', READY, true)] })
     const { s, lines } = await retire(server, fakeAgent({ installed: true, stuck: true }))
     expect(s.exitCode).toBe(2)
-    expect(lines).toContain('FAILED: [pi3-worker-2] k3s-retire | Stop and uninstall k3s-agent (k3s-agent-uninstall.sh) (/usr/local/bin/k3s-agent-uninstall.sh ran but k3s is still there (unit present, binary v1.34.3+k3s1))')
-    expect(lines).toContain('WARNING: [pi-k3s] k3s-agent could not be uninstalled on pi3-worker-2: if that Pi comes back, it joins again; run retire again then')
+    expect(lines).toContain(
+      'FAILED: [pi3-worker-2] k3s-retire | Stop and uninstall k3s-agent (k3s-agent-uninstall.sh) (/usr/local/bin/k3s-agent-uninstall.sh ran but k3s is still there (unit present, binary v1.34.3+k3s1))',
+    )
+    expect(lines).toContain(
+      'WARNING: [pi-k3s] k3s-agent could not be uninstalled on pi3-worker-2: if that Pi comes back, it joins again; run retire again then',
+    )
   })
 })
 
 describe('retire.mts on the command line (no connection: --list-tasks and refusals)', () => {
   const repo = resolve(import.meta.dirname, '../..')
   const inv = join(mkdtempSync(join(tmpdir(), 'retire-cli-')), 'inv.yaml')
-  writeFileSync(inv, INV.replace('        pi-k3s: { address: 127.0.0.55 }', '        pi-k3s: { address: 127.0.0.55, hostname: k3s-main }').replace('        pi3-worker-2: { address: 127.0.0.51 }', '        pi3-worker-2: { address: 127.0.0.51, hostname: worker-b }'))
+  writeFileSync(
+    inv,
+    INV.replace(
+      '        pi-k3s: { address: 127.0.0.55 }',
+      '        pi-k3s: { address: 127.0.0.55, hostname: k3s-main }',
+    ).replace(
+      '        pi3-worker-2: { address: 127.0.0.51 }',
+      '        pi3-worker-2: { address: 127.0.0.51, hostname: worker-b }',
+    ),
+  )
   const retireCli = (...args: string[]) => {
-    const r = spawnSync(join(repo, 'node_modules/.bin/zx'), ['playbooks/retire.mts', ...args, '-i', inv], { cwd: repo, encoding: 'utf8', env: { ...process.env, CI: '1' } })
+    const r = spawnSync(join(repo, 'node_modules/.bin/zx'), ['playbooks/retire.mts', ...args, '-i', inv], {
+      cwd: repo,
+      encoding: 'utf8',
+      env: { ...process.env, CI: '1' },
+    })
     return { code: r.status, out: r.stdout + r.stderr }
   }
 
@@ -249,12 +356,15 @@ describe('retire.mts on the command line (no connection: --list-tasks and refusa
     for (const name of ['pi-k3s', 'k3s-main']) {
       const r = retireCli(name)
       expect(r.code).toBe(1)
-      expect(r.out).toContain(`ERROR: ${name} is the k3s server of ${inv}: retiring it would end the cluster; to replace its Pi, use playbooks/rebuild.mts pi-k3s`)
+      expect(r.out).toContain(
+        `ERROR: ${name} is the k3s server of ${inv}: retiring it would end the cluster; to replace its Pi, use playbooks/rebuild.mts pi-k3s`,
+      )
     }
     const gone = retireCli('pi4-old', '--list-tasks')
     expect(gone.code, gone.out).toBe(0)
-    expect(gone.out).toContain(`retire: pi4-old is not in ${inv}: only its Node is removed from the cluster; the Pi itself is not touched`)
+    expect(gone.out).toContain(
+      `retire: pi4-old is not in ${inv}: only its Node is removed from the cluster; the Pi itself is not touched`,
+    )
     expect(gone.out).not.toContain('Uninstall k3s')
   })
 })
-

@@ -57,11 +57,17 @@ describe('declared variables in the inventory', () => {
           address: 127.0.0.11
           nas_mount_point: /srv/nas
 `
-    expect(host(text).vars).toMatchObject({ nas_export: 'nas.lan:/volume1/data', nas_mount_options: ['soft', 'timeo=50'], nas_mount_point: '/srv/nas' })
+    expect(host(text).vars).toMatchObject({
+      nas_export: 'nas.lan:/volume1/data',
+      nas_mount_options: ['soft', 'timeo=50'],
+      nas_mount_point: '/srv/nas',
+    })
   })
 
   it('a bad value is refused at file:line:col with what was expected, every problem of the file at once', () => {
-    const text = INV('    nas_export: nas.lan/volume1\n    nas_mount_point: /etc\n    nas_mount_options: [soft, "a,b"]\n    ssh_port: 0\n')
+    const text = INV(
+      '    nas_export: nas.lan/volume1\n    nas_mount_point: /etc\n    nas_mount_options: [soft, "a,b"]\n    ssh_port: 0\n',
+    )
     const e = thrown(() => parseInventory(text, 'inv.yaml', { declared }))
     expect(e.kind).toBe('inventory')
     expect(e.describe()).toBe(
@@ -77,14 +83,20 @@ describe('declared variables in the inventory', () => {
 
   it('an unknown name is still refused, and did-you-mean knows the declared names', () => {
     const e = thrown(() => parseInventory(INV('    nas_exprot: nas.lan:/data\n'), 'inv.yaml', { declared }))
-    expect(e.describe()).toBe('inv.yaml:5:5: unknown variable "nas_exprot" in vars of group "all"\n  hint: did you mean "nas_export"?')
+    expect(e.describe()).toBe(
+      'inv.yaml:5:5: unknown variable "nas_exprot" in vars of group "all"\n  hint: did you mean "nas_export"?',
+    )
     // Built-in names are still suggested with declared ones around.
-    expect(thrown(() => parseInventory(INV('    ssh_prot: 22\n'), 'inv.yaml', { declared })).hint).toBe('did you mean "ssh_port"?')
+    expect(thrown(() => parseInventory(INV('    ssh_prot: 22\n'), 'inv.yaml', { declared })).hint).toBe(
+      'did you mean "ssh_port"?',
+    )
   })
 
   it('without the declaration (a playbook without the role) the name is unknown', () => {
     const e = thrown(() => parseInventory(INV('    nas_export: nas.lan:/data\n'), 'inv.yaml'))
-    expect(e.describe()).toBe('inv.yaml:5:5: unknown variable "nas_export" in vars of group "all"\n  hint: known variables: see README "Inventory variables"')
+    expect(e.describe()).toBe(
+      'inv.yaml:5:5: unknown variable "nas_export" in vars of group "all"\n  hint: known variables: see README "Inventory variables"',
+    )
   })
 
   it('a host-side path variable is kept as written (only the built-in controller paths are taken relative to the inventory)', () => {
@@ -101,7 +113,9 @@ describe('declared variables with -e', () => {
   })
 
   it('bad values and unknown names are refused together, each naming its flag; did-you-mean knows declared names', () => {
-    const e = thrown(() => parseExtraVars(['nas_export=nas.lan', 'nas_mount_pint=/mnt/x', 'nas_mount_options=a b'], { declared }))
+    const e = thrown(() =>
+      parseExtraVars(['nas_export=nas.lan', 'nas_mount_pint=/mnt/x', 'nas_mount_options=a b'], { declared }),
+    )
     expect(e.kind).toBe('usage')
     expect(e.describe()).toBe(
       [
@@ -111,15 +125,22 @@ describe('declared variables with -e', () => {
         '-e nas_mount_options=a b: mount option "a b": expected one mount option like soft or timeo=50 (no "," or spaces: one option per list item)',
       ].join('\n'),
     )
-    expect(thrown(() => parseExtraVars(['nas_export=nas.lan:/x'])).describe()).toBe('-e nas_export=nas.lan:/x: unknown variable')
+    expect(thrown(() => parseExtraVars(['nas_export=nas.lan:/x'])).describe()).toBe(
+      '-e nas_export=nas.lan:/x: unknown variable',
+    )
   })
 })
 
-describe('declaredVars: the playbook\'s declarations checked', () => {
+describe("declaredVars: the playbook's declarations checked", () => {
   const role = (name: string, vars: Role['vars']): Role => ({ name, vars, steps: [] })
 
-  it('a name of a built-in variable or of Ansible\'s synonym for one is refused, naming the role and the built-in', () => {
-    const e = thrown(() => declaredVars([role('backup', { ssh_port: { type: 'int', doc: 'port of the backup server' } }), role('b2', { ansible_user: { type: 'string', doc: 'x' } })]))
+  it("a name of a built-in variable or of Ansible's synonym for one is refused, naming the role and the built-in", () => {
+    const e = thrown(() =>
+      declaredVars([
+        role('backup', { ssh_port: { type: 'int', doc: 'port of the backup server' } }),
+        role('b2', { ansible_user: { type: 'string', doc: 'x' } }),
+      ]),
+    )
     expect(e.kind).toBe('usage')
     expect(e.problems.map((p) => p.describe())).toEqual([
       'role backup declares variable "ssh_port", which is a built-in variable (SSH port)\n  hint: read the built-in one as ctx.vars.ssh_port, or give the role\'s own another name (e.g. backup_ssh_port)',
@@ -129,14 +150,27 @@ describe('declaredVars: the playbook\'s declarations checked', () => {
 
   it('two roles declaring one name with different specs are refused, naming both; the same spec twice is one variable', () => {
     const shared = { type: 'string', doc: 'x', grammar: DebPackage } as const
-    expect(declaredVars([role('a', { pkg: shared }), role('b', { pkg: shared }), role('c', { pkg: { ...shared, doc: 'said otherwise' } })])).toEqual({ pkg: shared })
-    const e = thrown(() => declaredVars([role('a', { pkg: shared }), role('b', { pkg: { type: 'list', doc: 'x', grammar: DebPackage } })]))
+    expect(
+      declaredVars([
+        role('a', { pkg: shared }),
+        role('b', { pkg: shared }),
+        role('c', { pkg: { ...shared, doc: 'said otherwise' } }),
+      ]),
+    ).toEqual({ pkg: shared })
+    const e = thrown(() =>
+      declaredVars([role('a', { pkg: shared }), role('b', { pkg: { type: 'list', doc: 'x', grammar: DebPackage } })]),
+    )
     expect(e.describe()).toBe(
       'roles a and b both declare variable "pkg", with different specs (type string and list)\n  hint: one variable has one spec: declare it once (export the spec and use it in both roles), or give one of them another name',
     )
-    expect(thrown(() => declaredVars([role('a', { port: { type: 'int', doc: 'x', grammar: Port } }), role('b', { port: { type: 'int', doc: 'x' } })])).message).toBe(
-      'roles a and b both declare variable "port", with different specs (their grammar differs)',
-    )
+    expect(
+      thrown(() =>
+        declaredVars([
+          role('a', { port: { type: 'int', doc: 'x', grammar: Port } }),
+          role('b', { port: { type: 'int', doc: 'x' } }),
+        ]),
+      ).message,
+    ).toBe('roles a and b both declare variable "port", with different specs (their grammar differs)')
   })
 
   it('a default its own spec refuses, a required variable with a default, and a name -e cannot carry are refused', () => {
@@ -157,7 +191,7 @@ describe('declaredVars: the playbook\'s declarations checked', () => {
   })
 })
 
-describe('roleVars: typed reading of a role\'s variables', () => {
+describe("roleVars: typed reading of a role's variables", () => {
   const SPECS = defineVars({
     backup_host: { type: 'string', doc: 'x', required: true },
     backup_port: { type: 'int', doc: 'x', grammar: Port, default: 873 },
@@ -167,15 +201,25 @@ describe('roleVars: typed reading of a role\'s variables', () => {
   })
   const vars = (set: Record<string, unknown>) => ({ host: 'h1', vars: { ...set } as unknown as Vars })
 
-  it('the inventory\'s or -e\'s value, else the declared default; typed by the declaration', () => {
+  it("the inventory's or -e's value, else the declared default; typed by the declaration", () => {
     const v = roleVars(vars({ backup_host: 'nas', backup_port: 2222 }), SPECS)
-    expect(v).toEqual({ backup_host: 'nas', backup_port: 2222, backup_paths: ['/etc'], backup_mode: 'push', backup_verbose: undefined })
+    expect(v).toEqual({
+      backup_host: 'nas',
+      backup_port: 2222,
+      backup_paths: ['/etc'],
+      backup_mode: 'push',
+      backup_verbose: undefined,
+    })
     expectTypeOf(v.backup_host).toEqualTypeOf<string>()
     expectTypeOf(v.backup_port).toEqualTypeOf<number>()
     expectTypeOf(v.backup_paths).toEqualTypeOf<readonly unknown[]>()
     expectTypeOf(v.backup_mode).toEqualTypeOf<'push' | 'pull'>()
     expectTypeOf(v.backup_verbose).toEqualTypeOf<boolean | undefined>()
-    expectTypeOf(roleVars(vars({ nas_export: 'nas:/x' }), NAS_VARS)).toEqualTypeOf<{ readonly nas_export: string; readonly nas_mount_point: string; readonly nas_mount_options: readonly string[] }>()
+    expectTypeOf(roleVars(vars({ nas_export: 'nas:/x' }), NAS_VARS)).toEqualTypeOf<{
+      readonly nas_export: string
+      readonly nas_mount_point: string
+      readonly nas_mount_options: readonly string[]
+    }>()
   })
 
   it('a default of the wrong type does not compile', () => {
@@ -184,7 +228,9 @@ describe('roleVars: typed reading of a role\'s variables', () => {
   })
 
   it('a required variable that is missing fails the step naming it (the command line refuses that earlier)', () => {
-    expect(thrown(() => roleVars(vars({}), SPECS)).describe()).toBe('h1: variable backup_host is not set (x)\n  hint: set it in the inventory or with -e backup_host=...')
+    expect(thrown(() => roleVars(vars({}), SPECS)).describe()).toBe(
+      'h1: variable backup_host is not set (x)\n  hint: set it in the inventory or with -e backup_host=...',
+    )
   })
 })
 
@@ -197,7 +243,10 @@ describe('the command line with a role that declares variables', () => {
     writeFileSync(file, INV(vars))
     return file
   }
-  const SPECS = defineVars({ greeting: { type: 'string', doc: 'what to say', choices: ['hello', 'hi'], required: true }, times: { type: 'int', doc: 'how often', default: 1 } })
+  const SPECS = defineVars({
+    greeting: { type: 'string', doc: 'what to say', choices: ['hello', 'hi'], required: true },
+    times: { type: 'int', doc: 'how often', default: 1 },
+  })
   const seen: string[] = []
   const greeter: Role = {
     name: 'greeter',
@@ -223,7 +272,11 @@ describe('the command line with a role that declares variables', () => {
   it('values from the inventory, -e on top, reach the steps', async () => {
     seen.length = 0
     const file = inventoryFile('    greeting: hello\n')
-    const r = await run(pb(greeter), ['-i', file, '-e', 'times=3', '-l', 's1', '--retry-file', join(tmpdir(), 'role-vars.retry')], () => new FakeConnection('s1'))
+    const r = await run(
+      pb(greeter),
+      ['-i', file, '-e', 'times=3', '-l', 's1', '--retry-file', join(tmpdir(), 'role-vars.retry')],
+      () => new FakeConnection('s1'),
+    )
     expect(r.code, r.out).toBe(0)
     expect(seen).toEqual(['s1: hello x3'])
   })
@@ -238,27 +291,43 @@ describe('the command line with a role that declares variables', () => {
   it('a required variable set for no host, or not for every host the run takes, exits 1 before any connection; --list-hosts needs none', async () => {
     const none = await run(pb(greeter), ['-i', inventoryFile('')])
     expect(none.code).toBe(1)
-    expect(none.out).toContain('role greeter needs variable greeting (what to say), and it is not set for any host\n  hint: set greeting in the inventory')
+    expect(none.out).toContain(
+      'role greeter needs variable greeting (what to say), and it is not set for any host\n  hint: set greeting in the inventory',
+    )
     const file = join(mkdtempSync(join(tmpdir(), 'role-vars-')), 'inv.yaml')
     writeFileSync(file, INV('').replace('a1: { address: 127.0.0.12 }', 'a1: { address: 127.0.0.12, greeting: hi }'))
     const some = await run(pb(greeter), ['-i', file])
-    expect(some.out).toContain(`ERROR: ${file}: role greeter needs variable greeting (what to say), and it is not set for s1`)
+    expect(some.out).toContain(
+      `ERROR: ${file}: role greeter needs variable greeting (what to say), and it is not set for s1`,
+    )
     expect((await run(pb(greeter), ['-i', file, '-l', 'a1', '--list-hosts'])).code).toBe(0)
-    expect((await run(pb(greeter), ['-i', file, '-e', 'greeting=hi', '--check', '--retry-file', join(tmpdir(), 'role-vars.retry')], () => new FakeConnection('h'))).code).toBe(0)
+    expect(
+      (
+        await run(
+          pb(greeter),
+          ['-i', file, '-e', 'greeting=hi', '--check', '--retry-file', join(tmpdir(), 'role-vars.retry')],
+          () => new FakeConnection('h'),
+        )
+      ).code,
+    ).toBe(0)
   })
 
   it('-e of a declared variable is checked; an unknown one gets did-you-mean with the declared names', async () => {
     const r = await run(pb(greeter), ['-i', inventoryFile(''), '-e', 'greeting=yo', '-e', 'time=2'])
     expect(r.code).toBe(1)
-    expect(r.out).toBe('ERROR: -e: 2 problems\n-e greeting=yo: expected one of hello, hi, got "yo"\n-e time=2: unknown variable\n  hint: did you mean "times"?')
+    expect(r.out).toBe(
+      'ERROR: -e: 2 problems\n-e greeting=yo: expected one of hello, hi, got "yo"\n-e time=2: unknown variable\n  hint: did you mean "times"?',
+    )
   })
 
-  it('a declaration colliding with a built-in or with another role\'s exits 1 naming both, before the inventory is read', async () => {
+  it("a declaration colliding with a built-in or with another role's exits 1 naming both, before the inventory is read", async () => {
     const other: Role = { name: 'other', vars: { times: { type: 'string', doc: 'when' } }, steps: [] }
     const builtin: Role = { name: 'shadow', vars: { hostname: { type: 'string', doc: 'x' } }, steps: [] }
     const r = await run(pb(greeter, other, builtin), ['-i', '/nonexistent/inv.yaml'])
     expect(r.code).toBe(1)
-    expect(r.out).toContain('roles greeter and other both declare variable "times", with different specs (type int and string)')
+    expect(r.out).toContain(
+      'roles greeter and other both declare variable "times", with different specs (type int and string)',
+    )
     expect(r.out).toContain('role shadow declares variable "hostname", which is a built-in variable')
     expect(r.out).not.toContain('cannot read inventory')
   })
@@ -266,19 +335,46 @@ describe('the command line with a role that declares variables', () => {
 
 describe('the worked example: roles/examples/nas-mount.ts', () => {
   it('grammars: an NFS export, a mount point, one mount option', () => {
-    for (const ok of ['nas.lan:/volume1/data', '192.0.2.5:/export', '[2001:db8::5]:/e', 'nas:/']) expect(isNfsExport(ok), ok).toBe(true)
-    for (const bad of ['nas.lan', 'nas.lan:data', ':/x', '2001:db8::5:/e', '[nas.lan]:/e', 'nas.lan:/a b', 'nas.lan:/a\\040b', '-o:/x', 'nas lan:/x']) expect(isNfsExport(bad), bad).toBe(false)
+    for (const ok of ['nas.lan:/volume1/data', '192.0.2.5:/export', '[2001:db8::5]:/e', 'nas:/'])
+      expect(isNfsExport(ok), ok).toBe(true)
+    for (const bad of [
+      'nas.lan',
+      'nas.lan:data',
+      ':/x',
+      '2001:db8::5:/e',
+      '[nas.lan]:/e',
+      'nas.lan:/a b',
+      'nas.lan:/a\\040b',
+      '-o:/x',
+      'nas lan:/x',
+    ])
+      expect(isNfsExport(bad), bad).toBe(false)
     for (const ok of ['/mnt/nas', '/srv/media-1', '/mnt/.hidden', '/home']) expect(isMountPoint(ok), ok).toBe(true)
-    for (const bad of ['/', 'mnt/nas', '/mnt/nas/', '/mnt//nas', '/mnt/../etc', '/mnt/a b', '/etc', '/usr', '/mnt/.', '/mnt/a\\b']) expect(isMountPoint(bad), bad).toBe(false)
-    for (const ok of ['soft', 'timeo=50', 'x-systemd.mount-timeout=30', 'nfsvers=4.1', '_netdev']) expect(isMountOption(ok), ok).toBe(true)
+    for (const bad of [
+      '/',
+      'mnt/nas',
+      '/mnt/nas/',
+      '/mnt//nas',
+      '/mnt/../etc',
+      '/mnt/a b',
+      '/etc',
+      '/usr',
+      '/mnt/.',
+      '/mnt/a\\b',
+    ])
+      expect(isMountPoint(bad), bad).toBe(false)
+    for (const ok of ['soft', 'timeo=50', 'x-systemd.mount-timeout=30', 'nfsvers=4.1', '_netdev'])
+      expect(isMountOption(ok), ok).toBe(true)
     for (const bad of ['a,b', 'a b', '-o', '', 'x#y']) expect(isMountOption(bad), bad).toBe(false)
   })
 
-  it('the fstab line: the three boot-safe options first, the owner\'s after, none twice', () => {
+  it("the fstab line: the three boot-safe options first, the owner's after, none twice", () => {
     expect(fstabLine('nas.lan:/volume1/data', '/mnt/nas', ['x-systemd.mount-timeout=30'])).toBe(
       'nas.lan:/volume1/data /mnt/nas nfs _netdev,nofail,x-systemd.automount,x-systemd.mount-timeout=30 0 0',
     )
-    expect(fstabLine('n:/d', '/mnt/nas', ['nofail', 'soft', 'soft'])).toBe('n:/d /mnt/nas nfs _netdev,nofail,x-systemd.automount,soft 0 0')
+    expect(fstabLine('n:/d', '/mnt/nas', ['nofail', 'soft', 'soft'])).toBe(
+      'n:/d /mnt/nas nfs _netdev,nofail,x-systemd.automount,soft 0 0',
+    )
   })
 
   it('the fstab line it owns: same mount point or same export, never a comment or another mount', () => {
@@ -308,8 +404,10 @@ describe('the worked example: roles/examples/nas-mount.ts', () => {
     const fstab = 'proc /proc proc defaults 0 0\n'
     const answer = (script: string) => {
       if (script.includes('/proc/self/mountinfo')) return { stdout: 'absent\n' }
-      if (script.includes("stat -c '%F|%a|%U|%G' /etc/fstab")) return { stdout: `regular file|644|root|root\n${Buffer.from(fstab).toString('base64')}` }
-      if (script.startsWith('systemctl show -p LoadState')) return { stdout: 'LoadState=not-found\nUnitFileState=\nActiveState=inactive\n' }
+      if (script.includes("stat -c '%F|%a|%U|%G' /etc/fstab"))
+        return { stdout: `regular file|644|root|root\n${Buffer.from(fstab).toString('base64')}` }
+      if (script.startsWith('systemctl show -p LoadState'))
+        return { stdout: 'LoadState=not-found\nUnitFileState=\nActiveState=inactive\n' }
       if (script.includes('/dev/autofs')) return { stdout: autofs ? 'yes\n' : 'no\n' }
       return { stdout: '' } // dpkg-query: nothing installed; the pending handlers: none
     }
@@ -321,7 +419,9 @@ describe('the worked example: roles/examples/nas-mount.ts', () => {
       { inventory, reporter: rep, secrets: new MemorySecrets(), connect: () => conn, check: true, diff: true },
     )
     expect(s.exitCode).toBe(0)
-    const ends = rep.events.flatMap((e) => (e.kind === 'step-end' ? [`${e.status}: ${e.step}${e.message ? ` (${e.message})` : ''}`] : []))
+    const ends = rep.events.flatMap((e) =>
+      e.kind === 'step-end' ? [`${e.status}: ${e.step}${e.message ? ` (${e.message})` : ''}`] : [],
+    )
     expect(ends.slice(0, -1)).toEqual([
       'changed: Install the NFS client (would install nfs-common)',
       'changed: Create the mount point (would create /mnt/nas)',
@@ -330,18 +430,25 @@ describe('the worked example: roles/examples/nas-mount.ts', () => {
       'skipped: Check systemd made the mount from /etc/fstab (check mode: systemd makes the units from the fstab line only at the daemon-reload)',
     ])
     const diff = rep.events.find((e) => e.kind === 'step-end' && e.step === 'Add the NAS to /etc/fstab')
-    expect(diff?.kind === 'step-end' && diff.diff).toContain('+nas.lan:/volume1/data /mnt/nas nfs _netdev,nofail,x-systemd.automount,x-systemd.mount-timeout=30 0 0')
+    expect(diff?.kind === 'step-end' && diff.diff).toContain(
+      '+nas.lan:/volume1/data /mnt/nas nfs _netdev,nofail,x-systemd.automount,x-systemd.mount-timeout=30 0 0',
+    )
     // Only reads went to the host: facts (in batches) and nothing that changes it.
-    for (const { script } of conn.scripts) expect(script).not.toMatch(/apt-get|mkdir|daemon-reload|systemctl start|mv -f/)
+    for (const { script } of conn.scripts)
+      expect(script).not.toMatch(/apt-get|mkdir|daemon-reload|systemctl start|mv -f/)
     return ends
   }
 
   it('--check on a fresh host: says what it would do, runs nothing but reads', async () => {
-    expect((await checkRun(true)).at(-1)).toBe('changed: Start the automount, so the share is there without a reboot (would mnt-nas.automount: start)')
+    expect((await checkRun(true)).at(-1)).toBe(
+      'changed: Start the automount, so the share is there without a reboot (would mnt-nas.automount: start)',
+    )
   })
 
   it('where systemd cannot automount (a container), the start is skipped and says why', async () => {
-    expect((await checkRun(false)).at(-1)).toBe('skipped: Start the automount, so the share is there without a reboot (systemd cannot automount on this host (no /dev/autofs, as in a container))')
+    expect((await checkRun(false)).at(-1)).toBe(
+      'skipped: Start the automount, so the share is there without a reboot (systemd cannot automount on this host (no /dev/autofs, as in a container))',
+    )
   })
 })
 
@@ -352,7 +459,13 @@ describe('the worked example: roles/examples/nas-mount.ts', () => {
 
 // "Reading a credential": a password the host made, kept in the secrets store, never in any output.
 const RESTIC_VARS = defineVars({
-  restic_password_ref: { type: 'secret-ref', doc: 'where the restic password is kept', grammar: SecretRef, secret: true, required: true },
+  restic_password_ref: {
+    type: 'secret-ref',
+    doc: 'where the restic password is kept',
+    grammar: SecretRef,
+    secret: true,
+    required: true,
+  },
 })
 
 const keepResticPassword: Step = {
@@ -377,7 +490,10 @@ const labelNasNodes: Step = {
     const nodes = kubeObjects(await ctx.facts.get(nodesFact), 'Node')
     const names = nodes.filter((n) => n.metadata.labels?.nas !== 'mounted').map((n) => n.metadata.name)
     if (names.length === 0) return null
-    return { summary: `label ${names.join(', ')} nas=mounted`, commands: [{ script: kubectl('label --overwrite node', ...names, 'nas=mounted') }] }
+    return {
+      summary: `label ${names.join(', ')} nas=mounted`,
+      commands: [{ script: kubectl('label --overwrite node', ...names, 'nas=mounted') }],
+    }
   },
 }
 
@@ -386,7 +502,9 @@ describe('docs/writing-a-role.md', () => {
   const read = (f: string) => readFileSync(join(REPO, f), 'utf8')
 
   it('every ts block of the page is the text of a file tsc checks (pieces between "// ..." lines, in order)', () => {
-    const sources = ['roles/examples/nas-mount.ts', 'playbooks/examples/nas.mts', 'test/unit/role-vars.test.ts'].map(read)
+    const sources = ['roles/examples/nas-mount.ts', 'playbooks/examples/nas.mts', 'test/unit/role-vars.test.ts'].map(
+      read,
+    )
     const blocks = [...read('docs/writing-a-role.md').matchAll(/^```ts\n([\s\S]*?)^```$/gm)].map((m) => m[1])
     // An indented block (in a list) would not be checked: there is none.
     expect(read('docs/writing-a-role.md')).not.toMatch(/^ +```/m)
@@ -409,9 +527,13 @@ describe('docs/writing-a-role.md', () => {
   it('the credential example stores what the host made, shows it nowhere, and changes nothing the second time', async () => {
     resetSecretsForTest()
     const role: Role = { name: 'restic', vars: RESTIC_VARS, steps: [keepResticPassword] }
-    const conn = new FakeConnection('s1', (script) => (script === 'cat /etc/restic/password' ? { stdout: 'correct-horse-battery\n' } : undefined))
+    const conn = new FakeConnection('s1', (script) =>
+      script === 'cat /etc/restic/password' ? { stdout: 'correct-horse-battery\n' } : undefined,
+    )
     const secrets = new MemorySecrets()
-    const inventory = parseInventory(INV('    restic_password_ref: op://lab/restic/password\n'), '/tmp/inv.yaml', { declared: declaredVars([role]) })
+    const inventory = parseInventory(INV('    restic_password_ref: op://lab/restic/password\n'), '/tmp/inv.yaml', {
+      declared: declaredVars([role]),
+    })
     const pb: Playbook = { name: 'restic', plays: [{ name: 'p', hosts: 's1', roles: [role] }] }
     const rep = new RecordingReporter(2)
     const first = await runPlaybook(pb, { inventory, reporter: rep, secrets, connect: () => conn })
@@ -423,13 +545,29 @@ describe('docs/writing-a-role.md', () => {
   })
 
   it('the cluster example labels the nodes that lack the label, with names after --', async () => {
-    const nodes = { items: [{ kind: 'Node', metadata: { name: 'pi-k3s', labels: { nas: 'mounted' } } }, { kind: 'Node', metadata: { name: 'pi3-worker-1', labels: {} } }] }
-    const answer = (script: string) => (script.includes('get nodes -o json') ? { stdout: JSON.stringify(nodes) } : { stdout: '' })
+    const nodes = {
+      items: [
+        { kind: 'Node', metadata: { name: 'pi-k3s', labels: { nas: 'mounted' } } },
+        { kind: 'Node', metadata: { name: 'pi3-worker-1', labels: {} } },
+      ],
+    }
+    const answer = (script: string) =>
+      script.includes('get nodes -o json') ? { stdout: JSON.stringify(nodes) } : { stdout: '' }
     const conn = new FakeConnection('s1', (script) => answerBatch(script, answer) ?? answer(script))
     const rep = new RecordingReporter(0)
-    const pb: Playbook = { name: 'label', plays: [{ name: 'p', hosts: 's1', roles: [{ name: 'nas-label', steps: [labelNasNodes] }] }] }
-    const s = await runPlaybook(pb, { inventory: parseInventory(INV(''), '/tmp/inv.yaml'), reporter: rep, secrets: new MemorySecrets(), connect: () => conn })
+    const pb: Playbook = {
+      name: 'label',
+      plays: [{ name: 'p', hosts: 's1', roles: [{ name: 'nas-label', steps: [labelNasNodes] }] }],
+    }
+    const s = await runPlaybook(pb, {
+      inventory: parseInventory(INV(''), '/tmp/inv.yaml'),
+      reporter: rep,
+      secrets: new MemorySecrets(),
+      connect: () => conn,
+    })
     expect(s.exitCode).toBe(0)
-    expect(conn.scripts.map((x) => x.script)).toContain("k3s kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml label --overwrite node -- pi3-worker-1 nas=mounted")
+    expect(conn.scripts.map((x) => x.script)).toContain(
+      'k3s kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml label --overwrite node -- pi3-worker-1 nas=mounted',
+    )
   })
 })

@@ -29,7 +29,12 @@ const INV = `all:
 const inventory = () => parseInventory(INV, '/tmp/test-inventory.yaml')
 
 /** A step that reports a fixed status; records its run order. */
-function stub(name: string, status: 'ok' | 'changed' | 'failed' | 'skipped', extra: Partial<Step> = {}, order?: string[]): Step {
+function stub(
+  name: string,
+  status: 'ok' | 'changed' | 'failed' | 'skipped',
+  extra: Partial<Step> = {},
+  order?: string[],
+): Step {
   return {
     name,
     ...extra,
@@ -64,8 +69,17 @@ describe('handlers', () => {
     const order: string[] = []
     const role: Role = {
       name: 'r',
-      steps: [stub('A', 'changed', { notify: ['h2'] }, order), stub('B', 'changed', { notify: ['h1'] }, order), stub('C', 'changed', { notify: ['h2'] }, order), stub('D', 'ok', { notify: ['h3'] }, order)],
-      handlers: [handler(stub('h1', 'changed', {}, order)), handler(stub('h2', 'changed', {}, order)), handler(stub('h3', 'changed', {}, order))],
+      steps: [
+        stub('A', 'changed', { notify: ['h2'] }, order),
+        stub('B', 'changed', { notify: ['h1'] }, order),
+        stub('C', 'changed', { notify: ['h2'] }, order),
+        stub('D', 'ok', { notify: ['h3'] }, order),
+      ],
+      handlers: [
+        handler(stub('h1', 'changed', {}, order)),
+        handler(stub('h2', 'changed', {}, order)),
+        handler(stub('h3', 'changed', {}, order)),
+      ],
     }
     const { run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] })
     const s = await run()
@@ -74,8 +88,14 @@ describe('handlers', () => {
   })
 
   it('a notify naming no handler of the role is refused before anything runs', async () => {
-    const role: Role = { name: 'r', steps: [stub('A', 'changed', { notify: ['Reboot'] })], handlers: [handler(stub('reboot', 'ok'))] }
-    await expect(setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }).run()).rejects.toThrow('role r, step "A" notifies "Reboot", but the role has no such handler (handlers: reboot)')
+    const role: Role = {
+      name: 'r',
+      steps: [stub('A', 'changed', { notify: ['Reboot'] })],
+      handlers: [handler(stub('reboot', 'ok'))],
+    }
+    await expect(setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }).run()).rejects.toThrow(
+      'role r, step "A" notifies "Reboot", but the role has no such handler (handlers: reboot)',
+    )
   })
 
   it('handlers owed by a run that failed before they ran are run by the next run', async () => {
@@ -84,7 +104,11 @@ describe('handlers', () => {
     const conn = new FakeConnection('s1', (script) => {
       if (script.startsWith('cat ') && script.includes('/var/lib/pi-provision/handlers/r')) return { stdout: owed }
       const m = /^mkdir -p \S+ && printf '%s\\n' (.*) > \S+ && mv/.exec(script)
-      if (m) owed = m[1].split(' ').map((x) => x + '\n').join('')
+      if (m)
+        owed = m[1]
+          .split(' ')
+          .map((x) => x + '\n')
+          .join('')
       if (script.startsWith('rm -f ') && script.includes('handlers/r')) owed = ''
       return undefined
     })
@@ -94,8 +118,21 @@ describe('handlers', () => {
     const role: Role = {
       name: 'r',
       steps: [
-        { name: 'edit cmdline', notify: ['Reboot'], async plan(ctx) { order.push('edit'); return ++edits === 1 ? { summary: 'edit', commands: [{ script: 'true' }] } : { status: 'ok' } } },
-        { name: 'then fail', async plan() { order.push('fail?'); return failLater ? { status: 'failed' } : { status: 'ok' } } },
+        {
+          name: 'edit cmdline',
+          notify: ['Reboot'],
+          async plan(_ctx) {
+            order.push('edit')
+            return ++edits === 1 ? { summary: 'edit', commands: [{ script: 'true' }] } : { status: 'ok' }
+          },
+        },
+        {
+          name: 'then fail',
+          async plan() {
+            order.push('fail?')
+            return failLater ? { status: 'failed' } : { status: 'ok' }
+          },
+        },
       ],
       handlers: [handler(stub('Reboot', 'changed', {}, order))],
     }
@@ -129,7 +166,10 @@ describe('handlers', () => {
 describe('check mode', () => {
   it('reports what would change and runs no changing command', async () => {
     const role: Role = { name: 'r', steps: [stub('A', 'changed'), stub('B', 'changed')] }
-    const { rep, conns, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] }, { check: true })
+    const { rep, conns, run } = setup(
+      { name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] },
+      { check: true },
+    )
     const s = await run()
     expect(s.exitCode).toBe(0)
     expect(s.counts.a1.changed).toBe(2)
@@ -157,11 +197,20 @@ describe('recap and exit codes', () => {
     const role: Role = {
       name: 'r',
       steps: [
-        { name: 'maybe fail', async plan(ctx) { order.push(`${ctx.host}:1`); return ctx.host === 'a1' ? { status: 'failed', message: 'disk full' } : { status: 'ok' } } },
+        {
+          name: 'maybe fail',
+          async plan(ctx) {
+            order.push(`${ctx.host}:1`)
+            return ctx.host === 'a1' ? { status: 'failed', message: 'disk full' } : { status: 'ok' }
+          },
+        },
         stub('after', 'ok', {}, order),
       ],
     }
-    const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] }, { retryFile: join(dir, 'site.retry') })
+    const { rep, run } = setup(
+      { name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] },
+      { retryFile: join(dir, 'site.retry') },
+    )
     const s = await run()
     expect(s.exitCode).toBe(2)
     expect(s.failed).toEqual(['a1'])
@@ -178,7 +227,18 @@ describe('recap and exit codes', () => {
     const down = new FakeConnection('a2')
     down.unreachable = true
     conns.set('a2', down)
-    const role: Role = { name: 'r', steps: [{ name: 'touch host', async plan(ctx) { await ctx.sh('true'); return { status: 'ok' } } }] }
+    const role: Role = {
+      name: 'r',
+      steps: [
+        {
+          name: 'touch host',
+          async plan(ctx) {
+            await ctx.sh('true')
+            return { status: 'ok' }
+          },
+        },
+      ],
+    }
     const pb: Playbook = { name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] }
     const retry = join(dir, 'p.retry')
     const { rep, run } = setup(pb, { retryFile: retry }, conns)
@@ -198,12 +258,29 @@ describe('recap and exit codes', () => {
     const dir = mkdtempSync(join(tmpdir(), 'runner-'))
     const down = new FakeConnection('a2')
     down.unreachable = true
-    const role: Role = { name: 'r', steps: [{ name: 'touch host', async plan(ctx) { await ctx.sh('true'); return { status: 'ok' } } }] }
-    const pb: Playbook = { name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }], rerun: 'npx zx playbooks/retire.mts a2' }
+    const role: Role = {
+      name: 'r',
+      steps: [
+        {
+          name: 'touch host',
+          async plan(ctx) {
+            await ctx.sh('true')
+            return { status: 'ok' }
+          },
+        },
+      ],
+    }
+    const pb: Playbook = {
+      name: 'p',
+      plays: [{ name: 'play', hosts: 'all', roles: [role] }],
+      rerun: 'npx zx playbooks/retire.mts a2',
+    }
     const retry = join(dir, 'p.retry')
     const { rep, run } = setup(pb, { retryFile: retry }, new Map([['a2', down]]))
     expect((await run()).exitCode).toBe(4)
-    expect(rep.lines).toContain('once the failed and unreachable hosts are fixed, run it again: npx zx playbooks/retire.mts a2')
+    expect(rep.lines).toContain(
+      'once the failed and unreachable hosts are fixed, run it again: npx zx playbooks/retire.mts a2',
+    )
     expect(rep.lines.some((l) => l.includes('--limit @'))).toBe(false)
     expect(existsSync(retry)).toBe(false)
     // All well: nothing to say.
@@ -218,43 +295,101 @@ describe('recap and exit codes', () => {
     const down = new FakeConnection('a2')
     down.unreachable = true
     conns.set('a2', down)
-    const role: Role = { name: 'r', steps: [{ name: 's', async plan(ctx) { await ctx.sh('true'); return ctx.host === 'a1' ? { status: 'failed' } : { status: 'ok' } } }] }
+    const role: Role = {
+      name: 'r',
+      steps: [
+        {
+          name: 's',
+          async plan(ctx) {
+            await ctx.sh('true')
+            return ctx.host === 'a1' ? { status: 'failed' } : { status: 'ok' }
+          },
+        },
+      ],
+    }
     const s = await setup({ name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] }, {}, conns).run()
     expect(s.exitCode).toBe(2)
   })
 
   it('a thrown error fails the step with its message, and a failing command names its output', async () => {
-    const conns = new Map([['s1', new FakeConnection('s1', () => ({ code: 3, stderr: 'E: Unable to locate package nfs-common\n' }))]])
-    const role: Role = { name: 'r', steps: [{ name: 'install', async plan(ctx) { await ctx.must('apt-get install -y nfs-common', { what: 'install nfs-common' }); return { status: 'ok' } } }] }
+    const conns = new Map([
+      ['s1', new FakeConnection('s1', () => ({ code: 3, stderr: 'E: Unable to locate package nfs-common\n' }))],
+    ])
+    const role: Role = {
+      name: 'r',
+      steps: [
+        {
+          name: 'install',
+          async plan(ctx) {
+            await ctx.must('apt-get install -y nfs-common', { what: 'install nfs-common' })
+            return { status: 'ok' }
+          },
+        },
+      ],
+    }
     const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, {}, conns)
     const s = await run()
     expect(s.exitCode).toBe(2)
-    expect(rep.lines.join('\n')).toContain('FAILED: [s1] r | install (s1: install nfs-common (exit 3):\n    E: Unable to locate package nfs-common)')
+    expect(rep.lines.join('\n')).toContain(
+      'FAILED: [s1] r | install (s1: install nfs-common (exit 3):\n    E: Unable to locate package nfs-common)',
+    )
   })
 
   it('a connection dropped mid-step: reconnect and run the (idempotent) step again; a host that stays gone fails its step', async () => {
     let drops = 1
     const flaky = new FakeConnection('s1', (script) => {
-      if (script === 'do-it' && drops-- > 0) throw new ProvisionError('unreachable', 'connection lost while running a command: read ECONNRESET', { place: { host: 's1' } })
+      if (script === 'do-it' && drops-- > 0)
+        throw new ProvisionError('unreachable', 'connection lost while running a command: read ECONNRESET', {
+          place: { host: 's1' },
+        })
       return { stdout: 'done\n' }
     })
     let runs = 0
-    const role: Role = { name: 'r', steps: [{ name: 'work', async plan(ctx) { runs++; const r = await ctx.must('do-it'); return { status: 'ok', message: r.stdout.trim() } } }] }
-    const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, {}, new Map([['s1', flaky]]))
+    const role: Role = {
+      name: 'r',
+      steps: [
+        {
+          name: 'work',
+          async plan(ctx) {
+            runs++
+            const r = await ctx.must('do-it')
+            return { status: 'ok', message: r.stdout.trim() }
+          },
+        },
+      ],
+    }
+    const { rep, run } = setup(
+      { name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] },
+      {},
+      new Map([['s1', flaky]]),
+    )
     const s = await run()
     expect(s.exitCode).toBe(0)
     expect(runs).toBe(2)
-    expect(rep.lines).toContain('WARNING: [s1] connection lost while running a command: read ECONNRESET: reconnecting and running "work" again (attempt 2)')
+    expect(rep.lines).toContain(
+      'WARNING: [s1] connection lost while running a command: read ECONNRESET: reconnecting and running "work" again (attempt 2)',
+    )
 
     const dead = new FakeConnection('s1', (script) => {
-      if (script === 'do-it') { dead.unreachable = true; throw new ProvisionError('unreachable', 'connection lost while running a command: socket closed', { place: { host: 's1' } }) }
+      if (script === 'do-it') {
+        dead.unreachable = true
+        throw new ProvisionError('unreachable', 'connection lost while running a command: socket closed', {
+          place: { host: 's1' },
+        })
+      }
       return undefined
     })
-    const second = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, {}, new Map([['s1', dead]]))
+    const second = setup(
+      { name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] },
+      {},
+      new Map([['s1', dead]]),
+    )
     const s2 = await second.run()
     expect(s2.exitCode).toBe(2)
     expect(s2.counts.s1.failed).toBe(1)
-    expect(second.rep.lines.join('\n')).toContain('FAILED: [s1] r | work (s1: the host went away mid-run: cannot connect to s1: no route to host)')
+    expect(second.rep.lines.join('\n')).toContain(
+      'FAILED: [s1] r | work (s1: the host went away mid-run: cannot connect to s1: no route to host)',
+    )
   })
 
   it('Ctrl-C: no new step starts, the recap is printed, exit 130', async () => {
@@ -262,9 +397,22 @@ describe('recap and exit codes', () => {
     const order: string[] = []
     const role: Role = {
       name: 'r',
-      steps: [{ name: 'first', async plan(ctx) { order.push(`${ctx.host}:first`); abort.abort(); return { status: 'ok' } } }, stub('second', 'ok', {}, order)],
+      steps: [
+        {
+          name: 'first',
+          async plan(ctx) {
+            order.push(`${ctx.host}:first`)
+            abort.abort()
+            return { status: 'ok' }
+          },
+        },
+        stub('second', 'ok', {}, order),
+      ],
     }
-    const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, { signal: abort.signal })
+    const { rep, run } = setup(
+      { name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] },
+      { signal: abort.signal },
+    )
     const s = await run()
     expect(s.exitCode).toBe(130)
     expect(order).toEqual(['s1:first'])
@@ -275,26 +423,69 @@ describe('recap and exit codes', () => {
 describe('plays', () => {
   it('serial runs rolling batches and max_fail_percentage stops the rest', async () => {
     const order: string[] = []
-    const role: Role = { name: 'r', steps: [{ name: 's', async plan(ctx) { order.push(ctx.host); return ctx.host === 's1' ? { status: 'failed' } : { status: 'ok' } } }] }
-    const s = await setup({ name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role], serial: 1, maxFailPercentage: 0 }] }).run()
+    const role: Role = {
+      name: 'r',
+      steps: [
+        {
+          name: 's',
+          async plan(ctx) {
+            order.push(ctx.host)
+            return ctx.host === 's1' ? { status: 'failed' } : { status: 'ok' }
+          },
+        },
+      ],
+    }
+    const s = await setup({
+      name: 'p',
+      plays: [{ name: 'play', hosts: 'all', roles: [role], serial: 1, maxFailPercentage: 0 }],
+    }).run()
     expect(order).toEqual(['s1'])
     expect(s.exitCode).toBe(2)
   })
 
   it('any_errors_fatal stops later plays; failed hosts skip later plays otherwise', async () => {
     const order: string[] = []
-    const failS1: Role = { name: 'r1', steps: [{ name: 's', async plan(ctx) { return ctx.host === 's1' ? { status: 'failed' } : { status: 'ok' } } }] }
+    const failS1: Role = {
+      name: 'r1',
+      steps: [
+        {
+          name: 's',
+          async plan(ctx) {
+            return ctx.host === 's1' ? { status: 'failed' } : { status: 'ok' }
+          },
+        },
+      ],
+    }
     const second: Role = { name: 'r2', steps: [stub('later', 'ok', {}, order)] }
-    await setup({ name: 'p', plays: [{ name: 'one', hosts: 'all', roles: [failS1] }, { name: 'two', hosts: 'all', roles: [second] }] }).run()
+    await setup({
+      name: 'p',
+      plays: [
+        { name: 'one', hosts: 'all', roles: [failS1] },
+        { name: 'two', hosts: 'all', roles: [second] },
+      ],
+    }).run()
     expect(order.sort()).toEqual(['a1:later', 'a2:later'])
     order.length = 0
-    await setup({ name: 'p', plays: [{ name: 'one', hosts: 'all', roles: [failS1], anyErrorsFatal: true }, { name: 'two', hosts: 'all', roles: [second] }] }).run()
+    await setup({
+      name: 'p',
+      plays: [
+        { name: 'one', hosts: 'all', roles: [failS1], anyErrorsFatal: true },
+        { name: 'two', hosts: 'all', roles: [second] },
+      ],
+    }).run()
     expect(order).toEqual([])
   })
 
   it('--tags and --skip-tags select steps; the role name is a tag; "always" runs with any tag', async () => {
     const order: string[] = []
-    const role: Role = { name: 'prep', steps: [stub('a', 'ok', { tags: ['swap'] }, order), stub('b', 'ok', { tags: ['cgroups'] }, order), stub('c', 'ok', { tags: ['always'] }, order)] }
+    const role: Role = {
+      name: 'prep',
+      steps: [
+        stub('a', 'ok', { tags: ['swap'] }, order),
+        stub('b', 'ok', { tags: ['cgroups'] }, order),
+        stub('c', 'ok', { tags: ['always'] }, order),
+      ],
+    }
     const pb: Playbook = { name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }
     await setup(pb, { tags: ['swap'] }).run()
     expect(order).toEqual(['s1:a', 's1:c'])
@@ -308,7 +499,9 @@ describe('plays', () => {
 
   it('--limit that matches nothing is a usage error', async () => {
     const role: Role = { name: 'r', steps: [stub('a', 'ok')] }
-    await expect(setup({ name: 'p', plays: [{ name: 'play', hosts: 'server', roles: [role] }] }, { limit: 'a1' }).run()).rejects.toThrow(/matches no host/)
+    await expect(
+      setup({ name: 'p', plays: [{ name: 'play', hosts: 'server', roles: [role] }] }, { limit: 'a1' }).run(),
+    ).rejects.toThrow(/matches no host/)
   })
 })
 
@@ -317,22 +510,44 @@ describe('masking', () => {
     const dir = mkdtempSync(join(tmpdir(), 'mask-'))
     const SECRET = 'ops_planted-secret-value-9f8e7d'
     const secrets = new MemorySecrets({ 'op://v/i/f': SECRET })
-    const conns = new Map([['s1', new FakeConnection('s1', () => ({ code: 1, stdout: `token is ${SECRET}\n`, stderr: `bad token ${SECRET}` }))]])
+    const conns = new Map([
+      [
+        's1',
+        new FakeConnection('s1', () => ({ code: 1, stdout: `token is ${SECRET}\n`, stderr: `bad token ${SECRET}` })),
+      ],
+    ])
     const role: Role = {
       name: 'r',
       secrets: () => ['op://v/i/f'],
       steps: [
-        { name: 'show', async plan(ctx) { const v = ctx.secrets.get('op://v/i/f'); await ctx.sh(`echo ${v}`, { stdin: v }); return { summary: `set ${v}`, diff: `+token: ${v}\n` } } },
-        { name: 'fail', async plan(ctx) { await ctx.must('false'); return { status: 'ok' } } },
+        {
+          name: 'show',
+          async plan(ctx) {
+            const v = ctx.secrets.get('op://v/i/f')
+            await ctx.sh(`echo ${v}`, { stdin: v })
+            return { summary: `set ${v}`, diff: `+token: ${v}\n` }
+          },
+        },
+        {
+          name: 'fail',
+          async plan(ctx) {
+            await ctx.must('false')
+            return { status: 'ok' }
+          },
+        },
       ],
     }
     const json = join(dir, 'events.jsonl')
     const lines: string[] = []
-    const code = await runCli({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, ['-i', writeInv(dir), '-vv', '--diff', '--json', json, '--retry-file', join(dir, 'r.retry')], {
-      secrets,
-      connect: (h) => conns.get(h.name)!,
-      write: (l) => lines.push(l),
-    })
+    const code = await runCli(
+      { name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] },
+      ['-i', writeInv(dir), '-vv', '--diff', '--json', json, '--retry-file', join(dir, 'r.retry')],
+      {
+        secrets,
+        connect: (h) => conns.get(h.name)!,
+        write: (l) => lines.push(l),
+      },
+    )
     expect(code).toBe(2)
     const all = [lines.join('\n'), readFileSync(json, 'utf8'), readFileSync(join(dir, 'r.retry'), 'utf8')].join('\n')
     expect(all).toContain('********')
@@ -348,14 +563,29 @@ describe('command line', () => {
 
   it('--list-hosts and --list-tasks open no connection and need no secrets', async () => {
     const lines: string[] = []
-    const role: Role = { name: 'r', steps: [stub('Do the thing', 'ok', { tags: ['t1'] })], handlers: [handler(stub('Restart', 'ok'))] }
+    const role: Role = {
+      name: 'r',
+      steps: [stub('Do the thing', 'ok', { tags: ['t1'] })],
+      handlers: [handler(stub('Restart', 'ok'))],
+    }
     const pb: Playbook = { name: 'p', plays: [{ name: 'Prepare', hosts: 'agent', roles: [role] }] }
     const dir = mkdtempSync(join(tmpdir(), 'cli-'))
-    expect(await runCli(pb, ['-i', writeInv(dir), '--list-hosts'], { connect: refuse, write: (l) => lines.push(l) })).toBe(0)
+    expect(
+      await runCli(pb, ['-i', writeInv(dir), '--list-hosts'], { connect: refuse, write: (l) => lines.push(l) }),
+    ).toBe(0)
     expect(lines).toEqual(['play #1 (agent): Prepare  HOSTS (2):', '    a1  127.0.0.12', '    a2  127.0.0.13'])
     lines.length = 0
-    expect(await runCli(pb, ['-i', writeInv(dir), '--list-tasks', '-l', 'a2'], { connect: refuse, write: (l) => lines.push(l) })).toBe(0)
-    expect(lines).toEqual(['play #1 (agent): Prepare  HOSTS: a2', '    r | Do the thing  TAGS: [t1]', '    r | handler: Restart'])
+    expect(
+      await runCli(pb, ['-i', writeInv(dir), '--list-tasks', '-l', 'a2'], {
+        connect: refuse,
+        write: (l) => lines.push(l),
+      }),
+    ).toBe(0)
+    expect(lines).toEqual([
+      'play #1 (agent): Prepare  HOSTS: a2',
+      '    r | Do the thing  TAGS: [t1]',
+      '    r | handler: Restart',
+    ])
   })
 
   it('a playbook that takes a host name (rebuild, retire) gets it apart from the flags, even when a flag value is the same word', () => {
@@ -375,7 +605,9 @@ describe('command line', () => {
     writeFileSync(bad, 'all:\n  children:\n    server:\n      hosts:\n        s1:\n          adress: 127.0.0.1\n')
     lines.length = 0
     expect(await runCli(pb, ['-i', bad, '--list-hosts'], { write: (l) => lines.push(l) })).toBe(1)
-    expect(lines.join('\n')).toContain(`ERROR: ${bad}:6:11: unknown variable "adress" in host "s1"\n  hint: did you mean "address"?`)
+    expect(lines.join('\n')).toContain(
+      `ERROR: ${bad}:6:11: unknown variable "adress" in host "s1"\n  hint: did you mean "address"?`,
+    )
   })
 
   it('Ctrl-C (SIGINT) mid-step: says so, lets the step finish, starts no other, exit 130; --json marks the moment', async () => {
@@ -398,16 +630,23 @@ describe('command line', () => {
     }
     const lines: string[] = []
     const before = process.listenerCount('SIGINT')
-    const code = await runCli({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, ['-i', writeInv(dir), '--json', json, '--retry-file', join(dir, 'r.retry')], {
-      secrets: new MemorySecrets(),
-      connect: (h) => new FakeConnection(h.name),
-      write: (l) => lines.push(l),
-    })
+    const code = await runCli(
+      { name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] },
+      ['-i', writeInv(dir), '--json', json, '--retry-file', join(dir, 'r.retry')],
+      {
+        secrets: new MemorySecrets(),
+        connect: (h) => new FakeConnection(h.name),
+        write: (l) => lines.push(l),
+      },
+    )
     expect(code).toBe(130)
     expect(order).toEqual(['s1:long'])
     expect(lines).toContain('interrupted: finishing the steps in flight, then the recap (Ctrl-C again to quit at once)')
     expect(lines.some((l) => l.startsWith('PLAY RECAP'))).toBe(true)
-    const kinds = readFileSync(json, 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { kind: string; step?: string }))
+    const kinds = readFileSync(json, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { kind: string; step?: string })
     const mark = kinds.findIndex((e) => e.kind === 'interrupted')
     // Between the step's start and its end: the step in flight ends after the mark, and nothing else starts.
     expect(kinds.slice(0, mark).map((e) => e.kind + (e.step ? `:${e.step}` : ''))).toContain('step-start:long')
@@ -430,15 +669,32 @@ describe('fact round trips in the output', () => {
     const role: Role = {
       name: 'r',
       steps: [
-        { name: 'read', facts: () => [conf, arch], async plan(ctx) { return { status: 'ok', message: `${(await ctx.facts.get(arch))}` } } },
+        {
+          name: 'read',
+          facts: () => [conf, arch],
+          async plan(ctx) {
+            return { status: 'ok', message: `${await ctx.facts.get(arch)}` }
+          },
+        },
       ],
     }
-    const conns = new Map([['s1', new FakeConnection('s1', (script) => answerBatch(script, (sub) => ({ stdout: sub === 'uname -m' ? 'aarch64\n' : 'token: planted-secret-value\n' })))]])
+    const conns = new Map([
+      [
+        's1',
+        new FakeConnection('s1', (script) =>
+          answerBatch(script, (sub) => ({
+            stdout: sub === 'uname -m' ? 'aarch64\n' : 'token: planted-secret-value\n',
+          })),
+        ),
+      ],
+    ])
     const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, {}, conns)
     expect((await run()).exitCode).toBe(0)
     const lines = rep.lines.filter((l) => l.includes('read 3 facts'))
     expect(lines).toHaveLength(1)
-    expect(lines[0]).toMatch(/^ {2}\[s1\] read 3 facts in one round trip: pending-handlers:r, file:\/etc\/app\.conf, arch {2}-> exit 0 \(\d+ ms\)$/)
+    expect(lines[0]).toMatch(
+      /^ {2}\[s1\] read 3 facts in one round trip: pending-handlers:r, file:\/etc\/app\.conf, arch {2}-> exit 0 \(\d+ ms\)$/,
+    )
     expect(rep.events.filter((e) => e.kind === 'facts')).toHaveLength(1)
     expect(JSON.stringify(rep.events) + rep.lines.join('\n')).not.toContain('planted-secret-value')
   })
@@ -446,7 +702,10 @@ describe('fact round trips in the output', () => {
 
 describe('a one-Pi cluster', () => {
   it('an inventory with a server and no agent group runs the agent plays on no host', async () => {
-    const one = parseInventory('all:\n  children:\n    server:\n      hosts:\n        s1: { address: 127.0.0.11 }\n', '/tmp/one.yaml')
+    const one = parseInventory(
+      'all:\n  children:\n    server:\n      hosts:\n        s1: { address: 127.0.0.11 }\n',
+      '/tmp/one.yaml',
+    )
     const order: string[] = []
     const pb: Playbook = {
       name: 'site',
@@ -461,7 +720,9 @@ describe('a one-Pi cluster', () => {
     expect(order).toEqual(['s1:install'])
     expect(rep.lines).toContain('skipping: no hosts matched')
     // In --limit an unknown name is still the owner's typo.
-    await expect(setup(pb, { inventory: one, limit: 'agent' }).run()).rejects.toThrow('"agent" is neither a host nor a group')
+    await expect(setup(pb, { inventory: one, limit: 'agent' }).run()).rejects.toThrow(
+      '"agent" is neither a host nor a group',
+    )
   })
 })
 
@@ -469,9 +730,26 @@ describe('a fact batch that does not run at all', () => {
   it('fails the host saying why (sudo refused), instead of answering every fact as empty', async () => {
     const conn = new FakeConnection('s1', () => ({ code: 1, stderr: 'sudo: a password is required\n' }))
     const facts = [defineFact('one', 'echo 1', (r) => r.stdout), defineFact('two', 'echo 2', (r) => r.stdout)]
-    const role: Role = { name: 'r', steps: [{ name: 'read', facts: () => facts, async plan() { return { status: 'ok' } } }] }
-    const { rep, run } = setup({ name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] }, {}, new Map([['s1', conn]]))
+    const role: Role = {
+      name: 'r',
+      steps: [
+        {
+          name: 'read',
+          facts: () => facts,
+          async plan() {
+            return { status: 'ok' }
+          },
+        },
+      ],
+    }
+    const { rep, run } = setup(
+      { name: 'p', plays: [{ name: 'play', hosts: 's1', roles: [role] }] },
+      {},
+      new Map([['s1', conn]]),
+    )
     expect((await run()).exitCode).toBe(2)
-    expect(rep.lines.filter((l) => l.startsWith('FAILED'))).toEqual(['FAILED: [s1] r | read (s1: reading facts failed (exit 1): sudo: a password is required)'])
+    expect(rep.lines.filter((l) => l.startsWith('FAILED'))).toEqual([
+      'FAILED: [s1] r | read (s1: reading facts failed (exit 1): sudo: a password is required)',
+    ])
   })
 })

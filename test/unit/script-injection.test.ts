@@ -13,16 +13,23 @@ const ROOT = join(import.meta.dirname, '..', '..')
 
 /** Every `${expr}` inside a "double-quoted" part of a shell-building template literal in the product's code. */
 function doubleQuotedInterpolations(): { where: string; expr: string }[] {
-  const files = ['roles', 'lib', 'playbooks'].flatMap((d) => readdirSync(join(ROOT, d)).filter((f) => /\.m?ts$/.test(f)).map((f) => join(d, f)))
+  const files = ['roles', 'lib', 'playbooks'].flatMap((d) =>
+    readdirSync(join(ROOT, d))
+      .filter((f) => /\.m?ts$/.test(f))
+      .map((f) => join(d, f)),
+  )
   const out: { where: string; expr: string }[] = []
   for (const f of files) {
     readFileSync(join(ROOT, f), 'utf8')
       .split('\n')
       .forEach((line, i) => {
         // Only lines that build shell: a template literal with shell syntax in it; messages for people are not shell.
-        if (!line.includes('`') || !/(\becho\b|\bprintf\b|>&2|\bif \[|\$\(|&&|\|\|)/.test(line)) return
+        // The shell syntax must be in the literal's text, not in the JavaScript of its ${...} (a `a || b` there).
+        const text = line.replace(/\$\{[^}]*\}/g, '')
+        if (!line.includes('`') || !/(\becho\b|\bprintf\b|>&2|\bif \[|\$\(|&&|\|\|)/.test(text)) return
         if (/ProvisionError\(|\bfail\(|\bmessage:|\bemit\(/.test(line)) return
-        for (const expr of interpolationsInDoubleQuotes(line.slice(line.indexOf('`') + 1))) out.push({ where: `${f}:${i + 1}`, expr })
+        for (const expr of interpolationsInDoubleQuotes(line.slice(line.indexOf('`') + 1)))
+          out.push({ where: `${f}:${i + 1}`, expr })
       })
   }
   return out
@@ -58,7 +65,9 @@ function interpolationsInDoubleQuotes(text: string): string[] {
 describe('values in remote scripts', () => {
   it('are never interpolated inside a double-quoted shell string (only constants and numbers may be)', () => {
     // Constants of the tool's own (UPPER_CASE) and loop indexes are not input; anything else must go through quote().
-    const unsafe = doubleQuotedInterpolations().filter(({ expr }) => !/^[A-Z][A-Z0-9_]*$/.test(expr) && !/^(i|head\(i\))$/.test(expr))
+    const unsafe = doubleQuotedInterpolations().filter(
+      ({ expr }) => !/^[A-Z][A-Z0-9_]*$/.test(expr) && !/^(i|head\(i\))$/.test(expr),
+    )
     expect(unsafe).toEqual([])
   })
 

@@ -1,4 +1,14 @@
-import { chmodSync, lstatSync, mkdtempSync, symlinkSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import {
+  chmodSync,
+  lstatSync,
+  mkdtempSync,
+  symlinkSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ItemCategory, ItemFieldType, RateLimitExceededError } from '@1password/sdk'
@@ -34,17 +44,27 @@ async function failure(p: Promise<unknown> | (() => unknown)): Promise<Provision
 
 describe('parseSecretRef', () => {
   it('splits op://vault/item/field', () => {
-    expect(parseSecretRef('op://pi-cluster/k3s node token/credential')).toEqual({ vault: 'pi-cluster', item: 'k3s node token', field: 'credential' })
+    expect(parseSecretRef('op://pi-cluster/k3s node token/credential')).toEqual({
+      vault: 'pi-cluster',
+      item: 'k3s node token',
+      field: 'credential',
+    })
   })
 
-  it.each(['pi-cluster/item/field', 'op://pi-cluster/item', 'op://pi-cluster/item/section/field', 'op://v//f', 'op://v/i/f?attribute=otp', 'op://v/i/f/', ' op://v/i/f', ''])(
-    'rejects %j naming it',
-    async (ref) => {
-      const e = await failure(() => parseSecretRef(ref))
-      expect(e.kind).toBe('secrets')
-      expect(e.message).toContain(JSON.stringify(ref))
-    },
-  )
+  it.each([
+    'pi-cluster/item/field',
+    'op://pi-cluster/item',
+    'op://pi-cluster/item/section/field',
+    'op://v//f',
+    'op://v/i/f?attribute=otp',
+    'op://v/i/f/',
+    ' op://v/i/f',
+    '',
+  ])('rejects %j naming it', async (ref) => {
+    const e = await failure(() => parseSecretRef(ref))
+    expect(e.kind).toBe('secrets')
+    expect(e.message).toContain(JSON.stringify(ref))
+  })
 })
 
 // ---------------------------------------------------------------------------------------------
@@ -78,11 +98,14 @@ describe('file backend', () => {
     const store = await openSecretStore({ backend: 'file', file: secretsFile('basic.yaml', FILE_CONTENT) })
     expect(store.backend).toBe('file')
     const refs = ['op://pi-cluster/k3s/token', 'op://pi-cluster/flux-github-pat/credential', 'op://pi-cluster/ssh/key']
-    for (const v of ['file-secret-1', 'ghp_fileSecret2', 'file-secret-3-body']) expect(mask(`x ${v} x`)).toBe(`x ${v} x`)
+    for (const v of ['file-secret-1', 'ghp_fileSecret2', 'file-secret-3-body'])
+      expect(mask(`x ${v} x`)).toBe(`x ${v} x`)
     await store.resolveAll(refs)
     expect(store.get(refs[0])).toBe('K10deadbeef::server:file-secret-1')
     expect(store.get(refs[1])).toBe('ghp_fileSecret2')
-    expect(store.get(refs[2])).toBe('-----BEGIN OPENSSH PRIVATE KEY-----\nfile-secret-3-body\n-----END OPENSSH PRIVATE KEY-----\n')
+    expect(store.get(refs[2])).toBe(
+      '-----BEGIN OPENSSH PRIVATE KEY-----\nfile-secret-3-body\n-----END OPENSSH PRIVATE KEY-----\n',
+    )
     for (const r of refs) expect(mask(`value=${store.get(r)}.`)).toBe(`value=${MASKED}.`)
     // Not resolved, so not registered: only values the run uses are masked.
     expect(mask('file-secret-4')).toBe('file-secret-4')
@@ -99,7 +122,14 @@ describe('file backend', () => {
   it('names every missing ref and why, with the file, and no value', async () => {
     const path = secretsFile('missing.yaml', FILE_CONTENT)
     const store = await openSecretStore({ backend: 'file', file: path })
-    const e = await failure(store.resolveAll(['op://pi-cluster/k3s/token', 'op://nope/a/b', 'op://pi-cluster/absent/f', 'op://pi-cluster/k3s/nofield']))
+    const e = await failure(
+      store.resolveAll([
+        'op://pi-cluster/k3s/token',
+        'op://nope/a/b',
+        'op://pi-cluster/absent/f',
+        'op://pi-cluster/k3s/nofield',
+      ]),
+    )
     expect(e.kind).toBe('secrets')
     expect(e.place.file).toBe(path)
     expect(e.message).toContain('cannot resolve 3 secret references')
@@ -109,7 +139,9 @@ describe('file backend', () => {
     expect(errorText(e)).not.toContain('file-secret')
     // The resolvable one is still usable, and masked.
     expect(mask(store.get('op://pi-cluster/k3s/token'))).toBe(MASKED)
-    await expect(failure(() => store.get('op://nope/a/b'))).resolves.toMatchObject({ message: expect.stringContaining('op://nope/a/b') })
+    await expect(failure(() => store.get('op://nope/a/b'))).resolves.toMatchObject({
+      message: expect.stringContaining('op://nope/a/b'),
+    })
   })
 
   it('reports bad YAML as file:line:col without quoting the line (it may hold a secret)', async () => {
@@ -193,7 +225,8 @@ describe('file backend', () => {
     const all = {
       'op://pi-cluster/k3s/token': 'new-secret-6',
       'op://pi-cluster/flux-github-pat/credential': 'ghp_fileSecret2',
-      'op://pi-cluster/ssh/key': '-----BEGIN OPENSSH PRIVATE KEY-----\nfile-secret-3-body\n-----END OPENSSH PRIVATE KEY-----\n',
+      'op://pi-cluster/ssh/key':
+        '-----BEGIN OPENSSH PRIVATE KEY-----\nfile-secret-3-body\n-----END OPENSSH PRIVATE KEY-----\n',
       'op://other/x/y': 'file-secret-4',
       'op://pi-cluster/newitem/multi': 'line one\nline two: # not a comment\n',
       'op://brand-new/item/field': 'new-secret-7',
@@ -237,7 +270,21 @@ function field(id: string, title: string, value: string, fieldType = ItemFieldTy
 
 function item(id: string, vaultId: string, title: string, fields: ItemField[], category = ItemCategory.Password): Item {
   const at = new Date('2025-01-01T00:00:00Z')
-  return { id, title, category, vaultId, fields, sections: [], notes: 'keep me', tags: ['k3s'], websites: [], version: 3, files: [], createdAt: at, updatedAt: at }
+  return {
+    id,
+    title,
+    category,
+    vaultId,
+    fields,
+    sections: [],
+    notes: 'keep me',
+    tags: ['k3s'],
+    websites: [],
+    version: 3,
+    files: [],
+    createdAt: at,
+    updatedAt: at,
+  }
 }
 
 class FakeOnePassword implements OnePasswordClient {
@@ -248,7 +295,10 @@ class FakeOnePassword implements OnePasswordClient {
   ]
   records: Item[] = [
     item('itm-k3s', 'vlt-pi', 'k3s-token', [field('password', 'password', 'op-secret-k3s')]),
-    item('itm-pat', 'vlt-pi', 'flux-github-pat', [field('username', 'username', 'mtgibbs', ItemFieldType.Text), field('credential', 'credential', 'ghp_opSecretPat')]),
+    item('itm-pat', 'vlt-pi', 'flux-github-pat', [
+      field('username', 'username', 'mtgibbs', ItemFieldType.Text),
+      field('credential', 'credential', 'ghp_opSecretPat'),
+    ]),
     item('itm-eso', 'vlt-pi', 'eso', [field('token', 'token', 'ops_opSecretEso')]),
   ]
   failNext: { method: string; error: Error } | undefined
@@ -273,7 +323,7 @@ class FakeOnePassword implements OnePasswordClient {
         const [v, i, f] = ref.slice('op://'.length).split('/')
         const vault = this.vaultList.find((x) => x.title === v)
         const it = vault && this.records.find((x) => x.vaultId === vault.id && x.title === i)
-        const fl = it && it.fields.find((x) => x.title === f)
+        const fl = it?.fields.find((x) => x.title === f)
         out.individualResponses[ref] = !vault
           ? { error: { type: 'vaultNotFound' } }
           : !it
@@ -309,7 +359,13 @@ class FakeOnePassword implements OnePasswordClient {
     create: async (params: ItemCreateParams): Promise<Item> => {
       this.calls.push(['items.create', structuredClone(params)])
       this.#maybeFail('items.create')
-      const created = item(`itm-new-${this.#nextId++}`, params.vaultId, params.title, params.fields ?? [], params.category)
+      const created = item(
+        `itm-new-${this.#nextId++}`,
+        params.vaultId,
+        params.title,
+        params.fields ?? [],
+        params.category,
+      )
       this.records.push(created)
       return created
     },
@@ -321,8 +377,10 @@ class FakeOnePassword implements OnePasswordClient {
   }
 }
 
-
-async function open1p(fake: FakeOnePassword, env: Record<string, string | undefined> = { OP_SERVICE_ACCOUNT_TOKEN: TOKEN }): Promise<{ store: SecretStore; tokens: string[] }> {
+async function open1p(
+  fake: FakeOnePassword,
+  env: Record<string, string | undefined> = { OP_SERVICE_ACCOUNT_TOKEN: TOKEN },
+): Promise<{ store: SecretStore; tokens: string[] }> {
   const tokens: string[] = []
   const store = await openSecretStore({
     backend: 'onepassword',
@@ -342,10 +400,25 @@ describe('1Password backend', () => {
     const { store, tokens } = await open1p(fake)
     expect(store.backend).toBe('onepassword')
     expect(fake.calls).toEqual([]) // signing in waits until a secret is needed
-    const refs = ['op://pi-cluster/k3s-token/password', 'op://pi-cluster/flux-github-pat/credential', 'op://pi-cluster/eso/token', 'op://pi-cluster/k3s-token/password']
+    const refs = [
+      'op://pi-cluster/k3s-token/password',
+      'op://pi-cluster/flux-github-pat/credential',
+      'op://pi-cluster/eso/token',
+      'op://pi-cluster/k3s-token/password',
+    ]
     await store.resolveAll(refs)
     expect(tokens).toEqual([TOKEN])
-    expect(fake.calls).toEqual([['createClient'], ['secrets.resolveAll', ['op://pi-cluster/k3s-token/password', 'op://pi-cluster/flux-github-pat/credential', 'op://pi-cluster/eso/token']]])
+    expect(fake.calls).toEqual([
+      ['createClient'],
+      [
+        'secrets.resolveAll',
+        [
+          'op://pi-cluster/k3s-token/password',
+          'op://pi-cluster/flux-github-pat/credential',
+          'op://pi-cluster/eso/token',
+        ],
+      ],
+    ])
 
     expect(store.get(refs[0])).toBe('op-secret-k3s')
     expect(store.get(refs[1])).toBe('ghp_opSecretPat')
@@ -355,7 +428,8 @@ describe('1Password backend', () => {
     expect(await store.lookup(refs[1])).toBe('ghp_opSecretPat')
     expect(fake.calls).toHaveLength(2)
 
-    for (const v of ['op-secret-k3s', 'ghp_opSecretPat', 'ops_opSecretEso', TOKEN]) expect(mask(`[${v}]`)).toBe(`[${MASKED}]`)
+    for (const v of ['op-secret-k3s', 'ghp_opSecretPat', 'ops_opSecretEso', TOKEN])
+      expect(mask(`[${v}]`)).toBe(`[${MASKED}]`)
   })
 
   it('shares one in-flight call between concurrent callers', async () => {
@@ -372,13 +446,20 @@ describe('1Password backend', () => {
     const fake = new FakeOnePassword()
     const { store } = await open1p(fake)
     const e = await failure(
-      store.resolveAll(['op://pi-cluster/k3s-token/password', 'op://pi-klaster/k3s-token/password', 'op://pi-cluster/k3s-tokn/password', 'op://pi-cluster/k3s-token/credential']),
+      store.resolveAll([
+        'op://pi-cluster/k3s-token/password',
+        'op://pi-klaster/k3s-token/password',
+        'op://pi-cluster/k3s-tokn/password',
+        'op://pi-cluster/k3s-token/credential',
+      ]),
     )
     expect(e.kind).toBe('secrets')
     expect(e.message).toContain('cannot resolve 3 secret references')
     expect(e.message).toContain('op://pi-klaster/k3s-token/password: no vault "pi-klaster"')
     expect(e.message).toContain('op://pi-cluster/k3s-tokn/password: no item "k3s-tokn" in vault "pi-cluster"')
-    expect(e.message).toContain('op://pi-cluster/k3s-token/credential: item "k3s-token" in vault "pi-cluster" has no field "credential"')
+    expect(e.message).toContain(
+      'op://pi-cluster/k3s-token/credential: item "k3s-token" in vault "pi-cluster" has no field "credential"',
+    )
     expect(errorText(e)).not.toContain('op-secret-k3s')
     expect(errorText(e)).not.toContain(TOKEN)
     expect(store.get('op://pi-cluster/k3s-token/password')).toBe('op-secret-k3s')
@@ -400,7 +481,11 @@ describe('1Password backend', () => {
     expect(await store.lookup('op://pi-cluster/k3s-node-token/token')).toBeUndefined()
     expect(await store.lookup('op://pi-cluster/k3s-node-token/token')).toBeUndefined()
     expect(await store.lookup('op://pi-cluster/eso/other')).toBeUndefined()
-    expect(fake.calls).toEqual([['createClient'], ['secrets.resolveAll', ['op://pi-cluster/k3s-node-token/token']], ['secrets.resolveAll', ['op://pi-cluster/eso/other']]])
+    expect(fake.calls).toEqual([
+      ['createClient'],
+      ['secrets.resolveAll', ['op://pi-cluster/k3s-node-token/token']],
+      ['secrets.resolveAll', ['op://pi-cluster/eso/other']],
+    ])
     const e = await failure(store.lookup('op://nope/x/y'))
     expect(e.message).toContain('op://nope/x/y')
     expect(e.message).toContain('no vault "nope"')
@@ -461,7 +546,10 @@ describe('1Password backend', () => {
       ['vaults.list'],
       ['items.list', 'vlt-pi', ACTIVE],
       ['items.get', 'vlt-pi', 'itm-pat'],
-      ['items.put', { ...original, fields: [original.fields[0], { ...original.fields[1], value: 'ghp_rotatedSecret' }] }],
+      [
+        'items.put',
+        { ...original, fields: [original.fields[0], { ...original.fields[1], value: 'ghp_rotatedSecret' }] },
+      ],
     ])
     expect(mask('ghp_rotatedSecret')).toBe(MASKED)
     expect(store.get('op://pi-cluster/flux-github-pat/credential')).toBe('ghp_rotatedSecret')
@@ -473,7 +561,10 @@ describe('1Password backend', () => {
     expect(fake.calls.map((c) => c[0])).toEqual(['items.list', 'items.get', 'items.put'])
     expect(put.id).toBe('itm-eso')
     expect(put.vaultId).toBe('vlt-pi')
-    expect(put.fields).toEqual([field('token', 'token', 'ops_opSecretEso'), { id: 'backup_token', title: 'Backup Token', fieldType: ItemFieldType.Concealed, value: 'ops_newFieldSecret' }])
+    expect(put.fields).toEqual([
+      field('token', 'token', 'ops_opSecretEso'),
+      { id: 'backup_token', title: 'Backup Token', fieldType: ItemFieldType.Concealed, value: 'ops_newFieldSecret' },
+    ])
 
     // The field is found as 1Password finds it: by label ignoring case, so no duplicate is added.
     fake.calls = []
@@ -516,7 +607,10 @@ describe('1Password backend', () => {
   it('translates SDK errors, naming the ref and masking secrets they echo', async () => {
     const fake = new FakeOnePassword()
     const { store } = await open1p(fake)
-    fake.failNext = { method: 'items.create', error: new Error('item validation failed: value leaked-secret-10 too long') }
+    fake.failNext = {
+      method: 'items.create',
+      error: new Error('item validation failed: value leaked-secret-10 too long'),
+    }
     const e = await failure(store.upsert('op://pi-cluster/new/token', 'leaked-secret-10'))
     expect(e.message).toContain('op://pi-cluster/new/token')
     expect(e.message).toContain('item validation failed')
@@ -578,7 +672,9 @@ describe('1Password backend', () => {
     const saved = process.env.OP_SERVICE_ACCOUNT_TOKEN
     delete process.env.OP_SERVICE_ACCOUNT_TOKEN
     try {
-      const e = await failure(openSecretStore({ backend: 'onepassword', createClient: async () => new FakeOnePassword() }))
+      const e = await failure(
+        openSecretStore({ backend: 'onepassword', createClient: async () => new FakeOnePassword() }),
+      )
       expect(e.message).toContain('OP_SERVICE_ACCOUNT_TOKEN is not set')
     } finally {
       if (saved !== undefined) process.env.OP_SERVICE_ACCOUNT_TOKEN = saved

@@ -46,7 +46,12 @@ const shells = ['/bin/sh', 'bash']
 
 /** Run a command line in `shell` with cwd=dir (which has files, so an unquoted * would expand). */
 function run(shell: string, line: string, stdin = ''): { stdout: string; stderr: string; status: number | null } {
-  const r = spawnSync(shell, ['-c', line], { cwd: dir, input: stdin, encoding: 'utf8', env: { ...process.env, HOME: '/home/someone' } })
+  const r = spawnSync(shell, ['-c', line], {
+    cwd: dir,
+    input: stdin,
+    encoding: 'utf8',
+    env: { ...process.env, HOME: '/home/someone' },
+  })
   return { stdout: r.stdout, stderr: r.stderr, status: r.status }
 }
 
@@ -128,7 +133,12 @@ describe('asRoot', () => {
         const r = spawnSync(shell, ['-c', line], {
           cwd: dir,
           encoding: 'utf8',
-          env: { ...process.env, HOME: '/home/someone', PATH: `${binDir}:${process.env.PATH ?? ''}`, SUDO_LOG: logFile },
+          env: {
+            ...process.env,
+            HOME: '/home/someone',
+            PATH: `${binDir}:${process.env.PATH ?? ''}`,
+            SUDO_LOG: logFile,
+          },
         })
         expect(r.stderr).toBe('')
         expect(r.stdout).toBe(expected)

@@ -51,29 +51,50 @@ describe('keyForSsh', () => {
   })
 
   it('takes an encrypted PKCS#8 key with its passphrase, and says what is wrong without it', () => {
-    const { privateKey } = generateKeyPairSync('ed25519', { privateKeyEncoding: { type: 'pkcs8', format: 'pem', cipher: 'aes-256-cbc', passphrase: 'correct horse' }, publicKeyEncoding: { type: 'spki', format: 'pem' } })
+    const { privateKey } = generateKeyPairSync('ed25519', {
+      privateKeyEncoding: { type: 'pkcs8', format: 'pem', cipher: 'aes-256-cbc', passphrase: 'correct horse' },
+      publicKeyEncoding: { type: 'spki', format: 'pem' },
+    })
     expect(parsed(keyForSsh(privateKey, src, 'correct horse')).type).toBe('ssh-ed25519')
     const none = refusal(() => keyForSsh(privateKey, src))
-    expect(none.message).toBe('cannot use the SSH key (ssh_key_ref op://pi-cluster/pi-ssh/private key): it is encrypted and no passphrase was given')
+    expect(none.message).toBe(
+      'cannot use the SSH key (ssh_key_ref op://pi-cluster/pi-ssh/private key): it is encrypted and no passphrase was given',
+    )
     expect(none.place.host).toBe('pi-k3s')
     expect(refusal(() => keyForSsh(privateKey, src, 'wrong')).message).toContain('the passphrase does not open it')
   })
 
   it('converts PKCS#8 RSA and ECDSA keys to the PEM forms ssh2 reads', () => {
-    const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+    const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 })
+      .privateKey.export({ type: 'pkcs8', format: 'pem' })
+      .toString()
     expect(parsed(keyForSsh(rsa, src)).type).toBe('ssh-rsa')
-    const ec = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+    const ec = generateKeyPairSync('ec', { namedCurve: 'prime256v1' })
+      .privateKey.export({ type: 'pkcs8', format: 'pem' })
+      .toString()
     expect(parsed(keyForSsh(ec, src)).type).toBe('ecdsa-sha2-nistp256')
   })
 
   it('an encrypted OpenSSH key file (ssh-keygen -N): opened with the passphrase from the store, refused with a hint without', () => {
     const dir = mkdtempSync(join(tmpdir(), 'sshkeys-'))
-    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', 'pass phrase', '-f', join(dir, 'id'), '-C', 'owner@laptop'])
+    execFileSync('ssh-keygen', [
+      '-q',
+      '-t',
+      'ed25519',
+      '-N',
+      'pass phrase',
+      '-f',
+      join(dir, 'id'),
+      '-C',
+      'owner@laptop',
+    ])
     const text = readFileSync(join(dir, 'id'), 'utf8')
     const file = { what: 'ssh_key_file ~/.ssh/id_ed25519', host: 'pi3-worker-1' }
     expect(parsed(keyForSsh(text, file, 'pass phrase'), 'pass phrase').type).toBe('ssh-ed25519')
     const e = refusal(() => keyForSsh(text, file))
-    expect(e.message).toBe('cannot use the SSH key (ssh_key_file ~/.ssh/id_ed25519): it is encrypted and no passphrase was given')
+    expect(e.message).toBe(
+      'cannot use the SSH key (ssh_key_file ~/.ssh/id_ed25519): it is encrypted and no passphrase was given',
+    )
     expect(e.hint).toContain('ssh-agent')
     expect(e.hint).toContain('ssh_key_passphrase_ref')
   })

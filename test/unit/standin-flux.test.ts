@@ -13,13 +13,17 @@ import { cleanEnv, run, stopProcess, type RunResult } from './standin-procs.ts'
 const STANDINS = resolve(import.meta.dirname, '../standins')
 const K3S = join(STANDINS, 'k3s/k3s-standin.py')
 
-
-
-
-
 /** Rows of a `flux get` table: cells are padded and end with a tab, as tablewriter prints them. */
 const cells = (stdout: string): string[][] =>
-  stdout.split('\n').filter(Boolean).map((l) => l.replace(/\t$/, '').split('\t').map((c) => c.trim()))
+  stdout
+    .split('\n')
+    .filter(Boolean)
+    .map((l) =>
+      l
+        .replace(/\t$/, '')
+        .split('\t')
+        .map((c) => c.trim()),
+    )
 
 interface FluxObject {
   metadata: { name: string; namespace?: string; labels?: Record<string, string> }
@@ -49,16 +53,41 @@ describe('flux stand-in (test fixture imitating the flux CLI)', { timeout: 60_00
   const writeRepo = async (objects: readonly Record<string, unknown>[]): Promise<void> =>
     writeFile(repoJson, JSON.stringify({ path: 'clusters/pi-k3s', branch: 'main', objects }, null, 2))
   const bootstrapArgs = [
-    'bootstrap', 'github', '--owner=mtgibbs', '--repository=pi-cluster', '--branch=main', '--path=clusters/pi-k3s',
-    '--personal', '--read-write-key',
+    'bootstrap',
+    'github',
+    '--owner=mtgibbs',
+    '--repository=pi-cluster',
+    '--branch=main',
+    '--path=clusters/pi-k3s',
+    '--personal',
+    '--read-write-key',
   ]
   const apps = (ready: boolean): Record<string, unknown>[] => [
     { kind: 'Kustomization', name: 'infrastructure' },
     ready
       ? { kind: 'Kustomization', name: 'apps' }
-      : { kind: 'Kustomization', name: 'apps', ready: false, message: 'dependency \'flux-system/infrastructure\' is not ready' },
-    { kind: 'HelmRelease', namespace: 'immich', name: 'immich', chart: 'immich', version: '0.9.3', ready, message: ready ? undefined : 'install retries exhausted' },
-    { apiVersion: 'external-secrets.io/v1', kind: 'ClusterSecretStore', metadata: { name: 'onepassword' }, spec: { provider: { onepasswordSDK: { vault: 'pi-cluster' } } }, ready: true },
+      : {
+          kind: 'Kustomization',
+          name: 'apps',
+          ready: false,
+          message: "dependency 'flux-system/infrastructure' is not ready",
+        },
+    {
+      kind: 'HelmRelease',
+      namespace: 'immich',
+      name: 'immich',
+      chart: 'immich',
+      version: '0.9.3',
+      ready,
+      message: ready ? undefined : 'install retries exhausted',
+    },
+    {
+      apiVersion: 'external-secrets.io/v1',
+      kind: 'ClusterSecretStore',
+      metadata: { name: 'onepassword' },
+      spec: { provider: { onepasswordSDK: { vault: 'pi-cluster' } } },
+      ready: true,
+    },
   ]
 
   beforeAll(async () => {
@@ -81,7 +110,12 @@ describe('flux stand-in (test fixture imitating the flux CLI)', { timeout: 60_00
     // install flux the way fluxcd.io/install.sh is used: curl ... | FLUX_VERSION=... sh
     const installer = await run('curl', ['-sfL', `${base}/flux/install.sh`])
     expect(installer.code).toBe(0)
-    const installed = await run('sh', ['-s'], { FLUX_STANDIN_ROOT: join(work, 'ctl'), FLUX_VERSION: '2.7.3' }, installer.stdout)
+    const installed = await run(
+      'sh',
+      ['-s'],
+      { FLUX_STANDIN_ROOT: join(work, 'ctl'), FLUX_VERSION: '2.7.3' },
+      installer.stdout,
+    )
     expect(installed.stderr).toBe('')
     expect(installed.stdout).toContain('[INFO]  Installing flux to /usr/local/bin/flux')
     flux = join(work, 'ctl/usr/local/bin/flux')
@@ -119,7 +153,9 @@ describe('flux stand-in (test fixture imitating the flux CLI)', { timeout: 60_00
     })
     const full = await fx(['check'])
     expect(full.code).toBe(1)
-    expect(full.stderr).toContain("✗ no controllers found in the 'flux-system' namespace with the label selector 'app.kubernetes.io/part-of=flux'")
+    expect(full.stderr).toContain(
+      "✗ no controllers found in the 'flux-system' namespace with the label selector 'app.kubernetes.io/part-of=flux'",
+    )
   })
 
   it('bootstrap github without GITHUB_TOKEN asks for it and fails on empty stdin', async () => {
@@ -134,17 +170,32 @@ describe('flux stand-in (test fixture imitating the flux CLI)', { timeout: 60_00
     await writeRepo(apps(false))
     const r = await fx(bootstrapArgs, { GITHUB_TOKEN: 'ghp_standin' })
     expect(r.stderr).toContain('✔ committed component manifests to "main"')
-    expect(r.stderr).toContain('✔ configured deploy key "flux-system-main-flux-system-./clusters/pi-k3s" for "https://github.com/mtgibbs/pi-cluster"')
+    expect(r.stderr).toContain(
+      '✔ configured deploy key "flux-system-main-flux-system-./clusters/pi-k3s" for "https://github.com/mtgibbs/pi-cluster"',
+    )
     expect(r.stderr).toContain('✔ Kustomization reconciled successfully')
     expect(r.stderr).toMatch(/✔ all components are healthy\n$/)
     expect(r.code).toBe(0)
 
     const gr = await getJson(['get', 'gitrepository', 'flux-system', '-n', 'flux-system'])
-    expect(gr.spec).toMatchObject({ url: 'ssh://git@github.com/mtgibbs/pi-cluster', ref: { branch: 'main' }, secretRef: { name: 'flux-system' } })
+    expect(gr.spec).toMatchObject({
+      url: 'ssh://git@github.com/mtgibbs/pi-cluster',
+      ref: { branch: 'main' },
+      secretRef: { name: 'flux-system' },
+    })
     const ks = await getJson(['get', 'kustomizations.kustomize.toolkit.fluxcd.io', 'flux-system', '-n', 'flux-system'])
-    expect(ks.spec).toMatchObject({ path: './clusters/pi-k3s', prune: true, sourceRef: { kind: 'GitRepository', name: 'flux-system' } })
+    expect(ks.spec).toMatchObject({
+      path: './clusters/pi-k3s',
+      prune: true,
+      sourceRef: { kind: 'GitRepository', name: 'flux-system' },
+    })
     const record = await getJson(['get', 'configmap', 'flux-standin-bootstrap', '-n', 'flux-system'])
-    expect(record.data).toMatchObject({ 'read-write-key': 'true', personal: 'true', version: 'v2.7.3', components: 'source-controller,kustomize-controller,helm-controller,notification-controller' })
+    expect(record.data).toMatchObject({
+      'read-write-key': 'true',
+      personal: 'true',
+      version: 'v2.7.3',
+      components: 'source-controller,kustomize-controller,helm-controller,notification-controller',
+    })
     const dep = await getJson(['get', 'deployment', 'kustomize-controller', '-n', 'flux-system'])
     expect(dep.metadata.labels?.['app.kubernetes.io/version']).toBe('v1.7.2')
     const css = await kubectl(['get', 'clustersecretstores'])
@@ -153,7 +204,9 @@ describe('flux stand-in (test fixture imitating the flux CLI)', { timeout: 60_00
     const check = await fx(['check'])
     expect(check.code).toBe(0)
     expect(check.stderr).toContain('✔ distribution: flux-v2.7.3\n✔ bootstrapped: true\n')
-    expect(check.stderr).toContain('✔ kustomize-controller: deployment ready\n► ghcr.io/fluxcd/kustomize-controller:v1.7.2\n')
+    expect(check.stderr).toContain(
+      '✔ kustomize-controller: deployment ready\n► ghcr.io/fluxcd/kustomize-controller:v1.7.2\n',
+    )
   })
 
   it('a second bootstrap with the same arguments changes nothing and says so', async () => {
@@ -169,7 +222,7 @@ describe('flux stand-in (test fixture imitating the flux CLI)', { timeout: 60_00
   it('flux get kustomizations/helmreleases -A print the real columns and honour --status-selector', async () => {
     const ks = await fx(['get', 'kustomizations', '-A'])
     expect(ks.code).toBe(0)
-    expect(ks.stdout).toMatch(/^NAMESPACE  \tNAME {10}\tREVISION {42}\tSUSPENDED\tREADY\tMESSAGE *\t\n/)
+    expect(ks.stdout).toMatch(/^NAMESPACE {2}\tNAME {10}\tREVISION {42}\tSUSPENDED\tREADY\tMESSAGE *\t\n/)
     const lines = cells(ks.stdout)
     expect(lines[0]).toEqual(['NAMESPACE', 'NAME', 'REVISION', 'SUSPENDED', 'READY', 'MESSAGE'])
     const byName = new Map(lines.slice(1).map((l) => [l[1], l]))
@@ -179,14 +232,22 @@ describe('flux stand-in (test fixture imitating the flux CLI)', { timeout: 60_00
     expect(byName.get('infrastructure')?.[4]).toBe('True')
 
     const failing = await fx(['get', 'kustomizations', '-A', '--status-selector', 'ready=false'])
-    expect(cells(failing.stdout).slice(1).map((l) => l[1])).toEqual(['apps'])
+    expect(
+      cells(failing.stdout)
+        .slice(1)
+        .map((l) => l[1]),
+    ).toEqual(['apps'])
     const hr = await fx(['get', 'helmreleases', '-A'])
     expect(cells(hr.stdout)).toEqual([
       ['NAMESPACE', 'NAME', 'REVISION', 'SUSPENDED', 'READY', 'MESSAGE'],
       ['immich', 'immich', '0.9.3', 'False', 'False', 'install retries exhausted'],
     ])
     const none = await fx(['get', 'helmreleases'])
-    expect(none).toMatchObject({ code: 0, stdout: '', stderr: '✗ no HelmRelease objects found in "flux-system" namespace\n' })
+    expect(none).toMatchObject({
+      code: 0,
+      stdout: '',
+      stderr: '✗ no HelmRelease objects found in "flux-system" namespace\n',
+    })
   })
 
   it('reconciling a Kustomization without its source re-applies the old revision; --with-source picks up the change', async () => {
@@ -218,7 +279,9 @@ describe('flux stand-in (test fixture imitating the flux CLI)', { timeout: 60_00
     await writeFile(repoJson, JSON.stringify({ path: 'clusters/other', objects: [] }))
     const r = await fx(['reconcile', 'kustomization', 'flux-system', '--with-source'])
     expect(r.code).toBe(1)
-    expect(r.stderr).toMatch(/✗ kustomization path not found: stat \/tmp\/kustomization-\d+\/clusters\/pi-k3s: no such file or directory\n$/)
+    expect(r.stderr).toMatch(
+      /✗ kustomization path not found: stat \/tmp\/kustomization-\d+\/clusters\/pi-k3s: no such file or directory\n$/,
+    )
     const notFound = await fx(['reconcile', 'kustomization', 'nope'])
     expect(notFound).toMatchObject({ code: 1 })
     expect(notFound.stderr).toContain('✗ Kustomization.kustomize.toolkit.fluxcd.io "nope" not found')

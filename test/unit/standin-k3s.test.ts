@@ -17,7 +17,6 @@ const NODE_PASSWORD_TEXT =
   "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server " +
   'node-passwd entry, try enabling a unique node name with the --with-node-id flag'
 
-
 interface Daemon {
   proc: ChildProcess
   output: () => string
@@ -28,8 +27,6 @@ const daemons: Daemon[] = []
 let work = ''
 let artifacts: Server | undefined
 let artifactBase = ''
-
-
 
 function start(cmd: string, args: readonly string[], env: Record<string, string>): Daemon {
   const proc = spawn(cmd, args, { env: cleanEnv(env), stdio: ['ignore', 'pipe', 'pipe'] })
@@ -60,12 +57,16 @@ async function waitUntil(what: string, check: () => boolean | Promise<boolean>, 
 
 async function waitForOutput(d: Daemon, text: string | RegExp, ms = 15_000): Promise<void> {
   const has = (): boolean => (typeof text === 'string' ? d.output().includes(text) : text.test(d.output()))
-  await waitUntil(`output ${String(text)}; got:\n${d.output()}`, () => {
-    if (d.proc.exitCode !== null && !has()) throw new Error(`process exited (${d.proc.exitCode}) before ${String(text)}:\n${d.output()}`)
-    return has()
-  }, ms)
+  await waitUntil(
+    `output ${String(text)}; got:\n${d.output()}`,
+    () => {
+      if (d.proc.exitCode !== null && !has())
+        throw new Error(`process exited (${d.proc.exitCode}) before ${String(text)}:\n${d.output()}`)
+      return has()
+    },
+    ms,
+  )
 }
-
 
 /** Serves test/standins like the lab's artifact server: @@ARTIFACT_BASE@@ becomes the base URL. */
 async function serveArtifacts(): Promise<void> {
@@ -110,7 +111,8 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
   let port = 0
   let server: Daemon | undefined
   let fullToken = ''
-  const kc = (args: readonly string[], input = ''): Promise<RunResult> => run(kubectl, args, { K3S_STANDIN_ROOT: serverRoot }, input)
+  const kc = (args: readonly string[], input = ''): Promise<RunResult> =>
+    run(kubectl, args, { K3S_STANDIN_ROOT: serverRoot }, input)
   const node = async (name: string): Promise<NodeJson | undefined> => {
     const r = await kc(['get', 'node', name, '-o', 'json'])
     return r.code === 0 ? (JSON.parse(r.stdout) as NodeJson) : undefined
@@ -166,7 +168,11 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
     expect(v.stdout).toMatch(/^k3s version v1\.34\.3\+k3s1 \([0-9a-f]{8}\)\ngo version go1\.24\.\d+\n$/)
 
     // same flags without K3S_TOKEN: the old token is gone from the env file
-    const again = await run('sh', [script], { K3S_STANDIN_ROOT: serverRoot, INSTALL_K3S_VERSION: VERSION, INSTALL_K3S_EXEC: 'server --disable=traefik' })
+    const again = await run('sh', [script], {
+      K3S_STANDIN_ROOT: serverRoot,
+      INSTALL_K3S_VERSION: VERSION,
+      INSTALL_K3S_EXEC: 'server --disable=traefik',
+    })
     expect(again.code).toBe(0)
     expect(again.stdout).toContain('Skipping binary downloaded, installed k3s matches hash')
     expect(await readFile(envFile, 'utf8')).toBe('')
@@ -206,9 +212,22 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
     await mkdir(join(serverRoot, 'etc/rancher/k3s'), { recursive: true })
     await writeFile(
       join(serverRoot, 'etc/rancher/k3s/config.yaml'),
-      ['token: "lab-secret"', 'node-name: srv', 'write-kubeconfig-mode: "0644"', 'node-label:', '  - "tier=control"', 'disable:', '  - traefik', ''].join('\n'),
+      [
+        'token: "lab-secret"',
+        'node-name: srv',
+        'write-kubeconfig-mode: "0644"',
+        'node-label:',
+        '  - "tier=control"',
+        'disable:',
+        '  - traefik',
+        '',
+      ].join('\n'),
     )
-    server = start(bin, ['server'], { K3S_STANDIN_ROOT: serverRoot, K3S_STANDIN_PORT: String(port), K3S_STANDIN_NOTREADY_SECONDS: '3' })
+    server = start(bin, ['server'], {
+      K3S_STANDIN_ROOT: serverRoot,
+      K3S_STANDIN_PORT: String(port),
+      K3S_STANDIN_NOTREADY_SECONDS: '3',
+    })
     await waitForOutput(server, 'k3s is up and running')
     expect(server.output()).toContain(`msg="Starting k3s ${VERSION} (`)
 
@@ -244,7 +263,9 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
   it('an agent joins with the full token and is Ready with the labels and taints of its config.yaml', async () => {
     const a1 = await agent(
       join(work, 'agent1'),
-      ['node-name: w1', 'node-label:', '  - "role=dns"', 'node-taint:', '  - "dedicated=dns:NoSchedule"', ''].join('\n'),
+      ['node-name: w1', 'node-label:', '  - "role=dns"', 'node-taint:', '  - "dedicated=dns:NoSchedule"', ''].join(
+        '\n',
+      ),
       { K3S_TOKEN: fullToken },
     )
     await waitForOutput(a1, 'Successfully registered node \\"w1\\"')
@@ -268,7 +289,10 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
   })
 
   it("a second agent with the same name and another node password is refused with k3s's text until the Node is deleted", async () => {
-    const a2 = await agent(join(work, 'agent2'), 'node-name: w1\n', { K3S_TOKEN: 'lab-secret', K3S_STANDIN_RETRY_SECONDS: '0.5' })
+    const a2 = await agent(join(work, 'agent2'), 'node-name: w1\n', {
+      K3S_TOKEN: 'lab-secret',
+      K3S_STANDIN_RETRY_SECONDS: '0.5',
+    })
     await waitForOutput(a2, `Waiting to retrieve agent configuration; server is not ready: ${NODE_PASSWORD_TEXT}`)
     expect(a2.output()).not.toContain('Successfully registered')
     const secret = await kc(['get', 'secret', 'w1.node-password.k3s', '-n', 'kube-system', '-o', 'json'])
@@ -287,7 +311,10 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
 
   it('an agent holding a full token with another CA hash keeps logging the CA-hash error', async () => {
     const bad = `K10${'0'.repeat(64)}::server:lab-secret`
-    const a3 = await agent(join(work, 'agent3'), 'node-name: w3\n', { K3S_TOKEN: bad, K3S_STANDIN_RETRY_SECONDS: '0.3' })
+    const a3 = await agent(join(work, 'agent3'), 'node-name: w3\n', {
+      K3S_TOKEN: bad,
+      K3S_STANDIN_RETRY_SECONDS: '0.3',
+    })
     const text = `token CA hash does not match the Cluster CA certificate hash: ${'0'.repeat(64)} != ${fullToken.slice(3, 67)}`
     await waitUntil('the CA-hash error twice', () => a3.output().split(text).length > 2)
     expect(a3.proc.exitCode).toBeNull()
@@ -328,10 +355,17 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
     expect(Buffer.from(secret.data.token, 'base64').toString()).toBe('ops_second')
     expect(secret.metadata.namespace).toBe('external-secrets')
 
-    const single = JSON.stringify({ apiVersion: 'v1', kind: 'Secret', metadata: { name: 's', namespace: 'nope' }, data: {} })
+    const single = JSON.stringify({
+      apiVersion: 'v1',
+      kind: 'Secret',
+      metadata: { name: 's', namespace: 'nope' },
+      data: {},
+    })
     const refused = await kc(['apply', '-f', '-'], single)
     expect(refused.code).toBe(1)
-    expect(refused.stderr).toBe('Error from server (NotFound): error when creating "STDIN": namespaces "nope" not found\n')
+    expect(refused.stderr).toBe(
+      'Error from server (NotFound): error when creating "STDIN": namespaces "nope" not found\n',
+    )
     expect((await kc(['get', 'namespace', 'external-secrets', '-o', 'json'])).stdout).toContain('"phase": "Active"')
   })
 
@@ -341,11 +375,23 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
       code: 1,
       stderr: "error: 'disk' already has a value (ssd), and --overwrite is false\n",
     })
-    expect(await kc(['taint', 'node', 'w1', 'dedicated=dns:NoSchedule'])).toMatchObject({ code: 0, stdout: 'node/w1 tainted\n' })
+    expect(await kc(['taint', 'node', 'w1', 'dedicated=dns:NoSchedule'])).toMatchObject({
+      code: 0,
+      stdout: 'node/w1 tainted\n',
+    })
     expect((await node('w1'))?.spec.taints).toEqual([{ key: 'dedicated', value: 'dns', effect: 'NoSchedule' }])
-    expect(await kc(['taint', 'node', 'w1', 'dedicated:NoSchedule-'])).toMatchObject({ code: 0, stdout: 'node/w1 untainted\n' })
-    expect(await kc(['get', 'node', 'nope'])).toMatchObject({ code: 1, stderr: 'Error from server (NotFound): nodes "nope" not found\n' })
-    expect(await kc(['wait', '--for=condition=Ready', 'node/w1', '--timeout=5s'])).toMatchObject({ code: 0, stdout: 'node/w1 condition met\n' })
+    expect(await kc(['taint', 'node', 'w1', 'dedicated:NoSchedule-'])).toMatchObject({
+      code: 0,
+      stdout: 'node/w1 untainted\n',
+    })
+    expect(await kc(['get', 'node', 'nope'])).toMatchObject({
+      code: 1,
+      stderr: 'Error from server (NotFound): nodes "nope" not found\n',
+    })
+    expect(await kc(['wait', '--for=condition=Ready', 'node/w1', '--timeout=5s'])).toMatchObject({
+      code: 0,
+      stdout: 'node/w1 condition met\n',
+    })
     const unsupported = await kc(['exec', 'pod/x', '--', 'true'])
     expect(unsupported.code).toBe(1)
     expect(unsupported.stderr).toContain('not supported by the k3s stand-in')
@@ -394,13 +440,20 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
     expect(backup.code).toBe(0)
     await writeFile(join(fresh, 'var/lib/rancher/k3s/server/token'), `${fullToken}\n`)
     const p2 = await freePort()
-    const restored = start(bin, ['server', '--node-name', 'srv'], { K3S_STANDIN_ROOT: fresh, K3S_STANDIN_PORT: String(p2) })
+    const restored = start(bin, ['server', '--node-name', 'srv'], {
+      K3S_STANDIN_ROOT: fresh,
+      K3S_STANDIN_PORT: String(p2),
+    })
     await waitForOutput(restored, 'k3s is up and running')
     expect(restored.output()).toContain('Reconciling bootstrap data between datastore and disk')
     expect(await readFile(join(fresh, 'var/lib/rancher/k3s/server/node-token'), 'utf8')).toBe(`${fullToken}\n`)
-    const r = await run(join(fresh, '..', 'server/usr/local/bin/kubectl'), ['get', 'secret', '-n', 'external-secrets', '-o', 'name'], {
-      K3S_STANDIN_ROOT: fresh,
-    })
+    const r = await run(
+      join(fresh, '..', 'server/usr/local/bin/kubectl'),
+      ['get', 'secret', '-n', 'external-secrets', '-o', 'name'],
+      {
+        K3S_STANDIN_ROOT: fresh,
+      },
+    )
     expect(r).toMatchObject({ code: 0, stdout: 'secret/onepassword-service-account\n' })
     await stop(restored)
   })

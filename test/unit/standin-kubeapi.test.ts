@@ -12,12 +12,28 @@ import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { freePort } from './fakes.ts'
 import { cleanEnv, run, stopProcess, type RunResult } from './standin-procs.ts'
-import { HR, KS, KUBECTL, kubeFact, kubectl, kubeGet, kubeObjects, type KubeObject, type KubeRead } from '../../lib/kube.ts'
+import {
+  HR,
+  KS,
+  KUBECTL,
+  kubeFact,
+  kubectl,
+  kubeGet,
+  kubeObjects,
+  type KubeObject,
+  type KubeRead,
+} from '../../lib/kube.ts'
 import { parseNode } from '../../lib/k3s.ts'
 import { rewriteKubeconfig } from '../../roles/k3s-server.ts'
 import { DRAINED_MARK } from '../../roles/os-update.ts'
 import { drainNode, podsToEvict } from '../../lib/scheduling.ts'
-import { esoSecretDigest, esoSecretFact, esoSecretManifest, fluxSystemFact, namespacesFact } from '../../roles/flux-bootstrap.ts'
+import {
+  esoSecretDigest,
+  esoSecretFact,
+  esoSecretManifest,
+  fluxSystemFact,
+  namespacesFact,
+} from '../../roles/flux-bootstrap.ts'
 import { esoObjectsFact, fluxObjectsFact, placementObjectsFact } from '../../roles/apps.ts'
 import { quote } from '../../lib/shell.ts'
 
@@ -30,285 +46,400 @@ const REQUESTED_AT = 'reconcile.fluxcd.io/requestedAt' // roles/apps.ts's annota
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-describe.skipIf(!existsSync(REAL_KUBECTL))(`the k3s stand-in's Kubernetes API with the real kubectl (${REAL_KUBECTL})`, { timeout: 60_000 }, () => {
-  let work = ''
-  let root = ''
-  let home = ''
-  let kubeconfig = ''
-  let server: ChildProcess | undefined
-  let serverLog = ''
-  let port = 0
+describe.skipIf(!existsSync(REAL_KUBECTL))(
+  `the k3s stand-in's Kubernetes API with the real kubectl (${REAL_KUBECTL})`,
+  { timeout: 60_000 },
+  () => {
+    let work = ''
+    let root = ''
+    let home = ''
+    let kubeconfig = ''
+    let server: ChildProcess | undefined
+    let serverLog = ''
+    let port = 0
 
-  /** Runs a product script on "the server": its `k3s kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml` is the real kubectl here. */
-  const sh = (script: string, input = '', config = kubeconfig): Promise<RunResult> =>
-    new Promise((done, fail) => {
-      const p = spawn('sh', ['-c', script.replaceAll(KUBECTL, `${quote(REAL_KUBECTL)} --kubeconfig ${quote(config)}`)], {
-        env: cleanEnv({ HOME: home }),
-        stdio: ['pipe', 'pipe', 'pipe'],
+    /** Runs a product script on "the server": its `k3s kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml` is the real kubectl here. */
+    const sh = (script: string, input = '', config = kubeconfig): Promise<RunResult> =>
+      new Promise((done, fail) => {
+        const p = spawn(
+          'sh',
+          ['-c', script.replaceAll(KUBECTL, `${quote(REAL_KUBECTL)} --kubeconfig ${quote(config)}`)],
+          {
+            env: cleanEnv({ HOME: home }),
+            stdio: ['pipe', 'pipe', 'pipe'],
+          },
+        )
+        let stdout = ''
+        let stderr = ''
+        p.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
+        p.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
+        p.on('error', fail)
+        p.on('close', (code) => done({ code: code ?? -1, stdout, stderr }))
+        p.stdin.on('error', () => undefined)
+        p.stdin.end(input)
       })
-      let stdout = ''
-      let stderr = ''
-      p.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
-      p.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-      p.on('error', fail)
-      p.on('close', (code) => done({ code: code ?? -1, stdout, stderr }))
-      p.stdin.on('error', () => undefined)
-      p.stdin.end(input)
+    const server_ = { sh: (script: string) => sh(script) }
+    const fact = async <T>(f: { script: string; parse: (r: RunResult) => T }): Promise<T> => f.parse(await sh(f.script))
+    const node = async (name = NODE) => {
+      const r = await sh(kubectl('get node -o json', name))
+      return parseNode(r.code, r.stdout, r.stderr)
+    }
+    /** Test setup (not a product line): objects put in with the real kubectl. */
+    const setup = async (manifest: unknown): Promise<void> => {
+      const r = await sh(`${KUBECTL} apply -f -`, JSON.stringify(manifest))
+      expect(r.code, r.stderr).toBe(0)
+    }
+    const readOk = (read: KubeRead): KubeObject[] => {
+      expect(read.error).toBeUndefined()
+      return read.objects
+    }
+
+    beforeAll(async () => {
+      work = mkdtempSync(join(tmpdir(), 'standin-kubeapi-'))
+      root = join(work, 'server')
+      home = join(work, 'home')
+      mkdirSync(home)
+      mkdirSync(join(root, 'etc/rancher/k3s'), { recursive: true })
+      writeFileSync(
+        join(root, 'etc/rancher/k3s/config.yaml'),
+        `token: kubeapi-test\nnode-name: ${NODE}\ntls-san:\n  - pi-k3s.lab\n  - 10.9.8.7\nnode-label:\n  - hardware=pi5\n`,
+      )
+      port = await freePort()
+      server = spawn('python3', [K3S, 'server'], {
+        env: cleanEnv({
+          K3S_STANDIN_ROOT: root,
+          K3S_STANDIN_PORT: String(port),
+          K3S_STANDIN_DNS_PORT: String(await freePort()),
+        }),
+        stdio: ['ignore', 'ignore', 'pipe'],
+      })
+      server.stderr?.on('data', (d: Buffer) => (serverLog += d.toString()))
+      const end = Date.now() + 20_000
+      while (!serverLog.includes('k3s is up and running')) {
+        if (server.exitCode !== null || Date.now() > end)
+          throw new Error(`the k3s stand-in did not start:\n${serverLog}`)
+        await sleep(100)
+      }
+      kubeconfig = join(root, 'etc/rancher/k3s/k3s.yaml')
+    }, 30_000)
+
+    afterAll(async () => {
+      await stopProcess(server)
+      if (work) rmSync(work, { recursive: true, force: true })
+    }, 30_000)
+
+    it('k3s.yaml holds a real CA, an admin client certificate and key; the serving certificate names every tls-san', () => {
+      const kc = readFileSync(kubeconfig, 'utf8')
+      const data = (key: string) => Buffer.from(new RegExp(`${key}: (\\S+)`).exec(kc)?.[1] ?? '', 'base64').toString()
+      const ca = new X509Certificate(data('certificate-authority-data'))
+      expect(ca.ca).toBe(true)
+      expect(ca.subject).toMatch(/^CN=k3s-server-ca@\d+$/)
+      const admin = new X509Certificate(data('client-certificate-data'))
+      expect(admin.subject).toBe('O=system:masters\nCN=system:admin')
+      expect(admin.checkPrivateKey).toBeDefined()
+      expect(data('client-key-data')).toContain('PRIVATE KEY')
+      const serving = new X509Certificate(
+        readFileSync(join(root, 'var/lib/rancher/k3s/server/tls/serving-kube-apiserver.crt')),
+      )
+      expect(serving.verify(ca.publicKey)).toBe(true)
+      for (const san of [
+        'DNS:pi-k3s.lab',
+        'DNS:localhost',
+        `DNS:${NODE}`,
+        'IP Address:127.0.0.1',
+        'IP Address:10.9.8.7',
+        'DNS:kubernetes.default.svc',
+      ])
+        expect(serving.subjectAltName?.split(', ')).toContain(san)
     })
-  const server_ = { sh: (script: string) => sh(script) }
-  const fact = async <T>(f: { script: string; parse: (r: RunResult) => T }): Promise<T> => f.parse(await sh(f.script))
-  const node = async (name = NODE) => {
-    const r = await sh(kubectl('get node -o json', name))
-    return parseNode(r.code, r.stdout, r.stderr)
-  }
-  /** Test setup (not a product line): objects put in with the real kubectl. */
-  const setup = async (manifest: unknown): Promise<void> => {
-    const r = await sh(`${KUBECTL} apply -f -`, JSON.stringify(manifest))
-    expect(r.code, r.stderr).toBe(0)
-  }
-  const readOk = (read: KubeRead): KubeObject[] => {
-    expect(read.error).toBeUndefined()
-    return read.objects
-  }
 
-  beforeAll(async () => {
-    work = mkdtempSync(join(tmpdir(), 'standin-kubeapi-'))
-    root = join(work, 'server')
-    home = join(work, 'home')
-    mkdirSync(home)
-    mkdirSync(join(root, 'etc/rancher/k3s'), { recursive: true })
-    writeFileSync(join(root, 'etc/rancher/k3s/config.yaml'), `token: kubeapi-test\nnode-name: ${NODE}\ntls-san:\n  - pi-k3s.lab\n  - 10.9.8.7\nnode-label:\n  - hardware=pi5\n`)
-    port = await freePort()
-    server = spawn('python3', [K3S, 'server'], {
-      env: cleanEnv({ K3S_STANDIN_ROOT: root, K3S_STANDIN_PORT: String(port), K3S_STANDIN_DNS_PORT: String(await freePort()) }),
-      stdio: ['ignore', 'ignore', 'pipe'],
+    it('kubectl version reaches the server over TLS with the client certificate', async () => {
+      const r = await sh(`${KUBECTL} version -o json`)
+      expect(r.code, r.stderr).toBe(0)
+      expect(JSON.parse(r.stdout).serverVersion.gitVersion).toBe('v1.34.3+k3s1')
     })
-    server.stderr?.on('data', (d: Buffer) => (serverLog += d.toString()))
-    const end = Date.now() + 20_000
-    while (!serverLog.includes('k3s is up and running')) {
-      if (server.exitCode !== null || Date.now() > end) throw new Error(`the k3s stand-in did not start:\n${serverLog}`)
-      await sleep(100)
-    }
-    kubeconfig = join(root, 'etc/rancher/k3s/k3s.yaml')
-  }, 30_000)
 
-  afterAll(async () => {
-    await stopProcess(server)
-    if (work) rmSync(work, { recursive: true, force: true })
-  }, 30_000)
+    it('a kubeconfig trusting another CA fails with a certificate error; without the client certificate it is Unauthorized', async () => {
+      const kc = readFileSync(kubeconfig, 'utf8')
+      const clientCa = readFileSync(join(root, 'var/lib/rancher/k3s/server/tls/client-ca.crt'))
+      const wrongCa = join(work, 'wrong-ca.yaml')
+      writeFileSync(
+        wrongCa,
+        kc.replace(/certificate-authority-data: \S+/, `certificate-authority-data: ${clientCa.toString('base64')}`),
+      )
+      const bad = await sh(`${KUBECTL} get nodes -o json`, '', wrongCa)
+      expect(bad.code).toBe(1)
+      expect(bad.stderr).toContain('x509: certificate signed by unknown authority')
 
-  it('k3s.yaml holds a real CA, an admin client certificate and key; the serving certificate names every tls-san', () => {
-    const kc = readFileSync(kubeconfig, 'utf8')
-    const data = (key: string) => Buffer.from(new RegExp(`${key}: (\\S+)`).exec(kc)?.[1] ?? '', 'base64').toString()
-    const ca = new X509Certificate(data('certificate-authority-data'))
-    expect(ca.ca).toBe(true)
-    expect(ca.subject).toMatch(/^CN=k3s-server-ca@\d+$/)
-    const admin = new X509Certificate(data('client-certificate-data'))
-    expect(admin.subject).toBe('O=system:masters\nCN=system:admin')
-    expect(admin.checkPrivateKey).toBeDefined()
-    expect(data('client-key-data')).toContain('PRIVATE KEY')
-    const serving = new X509Certificate(readFileSync(join(root, 'var/lib/rancher/k3s/server/tls/serving-kube-apiserver.crt')))
-    expect(serving.verify(ca.publicKey)).toBe(true)
-    for (const san of ['DNS:pi-k3s.lab', 'DNS:localhost', `DNS:${NODE}`, 'IP Address:127.0.0.1', 'IP Address:10.9.8.7', 'DNS:kubernetes.default.svc'])
-      expect(serving.subjectAltName?.split(', ')).toContain(san)
-  })
+      const anonymous = join(work, 'anonymous.yaml')
+      // a token instead of the client certificate (with no credential at all kubectl would ask for a password)
+      writeFileSync(
+        anonymous,
+        kc
+          .replace(/\n {4}client-certificate-data: \S+/, '')
+          .replace(/\n {4}client-key-data: \S+/, '\n    token: not-a-credential'),
+      )
+      const denied = await sh(`${KUBECTL} get nodes -o json`, '', anonymous)
+      expect(denied.code).toBe(1)
+      expect(denied.stderr).toMatch(/^error: You must be logged in to the server \(/m)
+    })
 
-  it('kubectl version reaches the server over TLS with the client certificate', async () => {
-    const r = await sh(`${KUBECTL} version -o json`)
-    expect(r.code, r.stderr).toBe(0)
-    expect(JSON.parse(r.stdout).serverVersion.gitVersion).toBe('v1.34.3+k3s1')
-  })
+    it('the server reached by a tls-san name verifies; by a name it does not carry, it does not', async () => {
+      const kc = readFileSync(kubeconfig, 'utf8')
+      const named = (name: string) => {
+        const p = join(work, `${name}.yaml`)
+        writeFileSync(p, kc.replace(/(\n {4}server: \S+)/, `$1\n    tls-server-name: ${name}`))
+        return p
+      }
+      const ok = await sh(`${KUBECTL} get node -o json -- ${NODE}`, '', named('pi-k3s.lab'))
+      expect(ok.code, ok.stderr).toBe(0)
+      const other = await sh(`${KUBECTL} get node -o json -- ${NODE}`, '', named('elsewhere.example'))
+      expect(other.code).toBe(1)
+      expect(other.stderr).toMatch(/x509: certificate is valid for .*pi-k3s\.lab.*, not elsewhere\.example/)
+    })
 
-  it('a kubeconfig trusting another CA fails with a certificate error; without the client certificate it is Unauthorized', async () => {
-    const kc = readFileSync(kubeconfig, 'utf8')
-    const clientCa = readFileSync(join(root, 'var/lib/rancher/k3s/server/tls/client-ca.crt'))
-    const wrongCa = join(work, 'wrong-ca.yaml')
-    writeFileSync(wrongCa, kc.replace(/certificate-authority-data: \S+/, `certificate-authority-data: ${clientCa.toString('base64')}`))
-    const bad = await sh(`${KUBECTL} get nodes -o json`, '', wrongCa)
-    expect(bad.code).toBe(1)
-    expect(bad.stderr).toContain('x509: certificate signed by unknown authority')
+    it("the kubeconfig the product fetches (its server rewritten to the node's address, a named context) works with the real kubectl", async () => {
+      const serving = new X509Certificate(
+        readFileSync(join(root, 'var/lib/rancher/k3s/server/tls/serving-kube-apiserver.crt')),
+      )
+      // the address the stand-in found for this machine (as a Pi's own address), else a name it carries
+      const own =
+        (serving.subjectAltName ?? '')
+          .split(', ')
+          .map((s) => s.replace(/^IP Address:/, ''))
+          .find((a) => /^\d+\.\d+\.\d+\.\d+$/.test(a) && !['127.0.0.1', '10.43.0.1', '10.9.8.7'].includes(a)) ??
+        'localhost'
+      const fetched = join(work, 'fetched.yaml')
+      writeFileSync(
+        fetched,
+        rewriteKubeconfig(readFileSync(kubeconfig, 'utf8'), `https://${own}:${port}`, 'pi-k3s-lab'),
+      )
+      const r = await sh(`${KUBECTL} get node -o json -- ${NODE}`, '', fetched)
+      expect(r.code, r.stderr).toBe(0)
+      expect(parseNode(r.code, r.stdout, r.stderr).ready).toBe(true)
+      expect((await sh(`${KUBECTL} config current-context`, '', fetched)).stdout).toBe('pi-k3s-lab\n')
+    })
 
-    const anonymous = join(work, 'anonymous.yaml')
-    // a token instead of the client certificate (with no credential at all kubectl would ask for a password)
-    writeFileSync(anonymous, kc.replace(/\n {4}client-certificate-data: \S+/, '').replace(/\n {4}client-key-data: \S+/, '\n    token: not-a-credential'))
-    const denied = await sh(`${KUBECTL} get nodes -o json`, '', anonymous)
-    expect(denied.code).toBe(1)
-    expect(denied.stderr).toMatch(/^error: You must be logged in to the server \(/m)
-  })
+    it("the lab's switch: with /etc/k3s-standin/kubectl naming the real client, `k3s kubectl` runs it with k3s.yaml", async () => {
+      const k3sKubectl = (args: readonly string[]) =>
+        run('python3', [K3S, 'kubectl', ...args], { K3S_STANDIN_ROOT: root, HOME: home })
+      expect((await k3sKubectl(['version', '--client'])).stdout).toContain('Client Version: v1.34.3+k3s1') // the imitation
+      const switchFile = join(root, 'etc/k3s-standin/kubectl')
+      mkdirSync(join(root, 'etc/k3s-standin'), { recursive: true })
+      writeFileSync(switchFile, `${REAL_KUBECTL}\n`)
+      try {
+        const version = await k3sKubectl(['version', '--client', '-o', 'json'])
+        expect(JSON.parse(version.stdout).clientVersion.gitVersion).not.toContain('k3s')
+        const n = await k3sKubectl(['get', 'node', '-o', 'json', '--', NODE])
+        expect(parseNode(n.code, n.stdout, n.stderr)).toMatchObject({ exists: true, ready: true })
+      } finally {
+        rmSync(switchFile)
+      }
+    })
 
-  it('the server reached by a tls-san name verifies; by a name it does not carry, it does not', async () => {
-    const kc = readFileSync(kubeconfig, 'utf8')
-    const named = (name: string) => {
-      const p = join(work, `${name}.yaml`)
-      writeFileSync(p, kc.replace(/(\n {4}server: \S+)/, `$1\n    tls-server-name: ${name}`))
-      return p
-    }
-    const ok = await sh(`${KUBECTL} get node -o json -- ${NODE}`, '', named('pi-k3s.lab'))
-    expect(ok.code, ok.stderr).toBe(0)
-    const other = await sh(`${KUBECTL} get node -o json -- ${NODE}`, '', named('elsewhere.example'))
-    expect(other.code).toBe(1)
-    expect(other.stderr).toMatch(/x509: certificate is valid for .*pi-k3s\.lab.*, not elsewhere\.example/)
-  })
+    // ------------------------------------------------------------------------------------------------------------
+    // The conformance list: every kubectl command line the product issues, in the order a site / update / retire
+    // run issues them, with what the product's parser makes of the answer.
+    //
+    // | role (file)                | product line (builder)                                                                |
+    // |----------------------------|----------------------------------------------------------------------------------------|
+    // | flux-bootstrap             | namespacesFact: get namespaces -o json                                                 |
+    // | flux-bootstrap             | fluxSystemFact: get GITREPO,KS,deployments.apps -n flux-system -o json                 |
+    // | flux-bootstrap             | esoSecretFact: -n external-secrets get secret ... --ignore-not-found -o jsonpath=...   |
+    // | flux-bootstrap             | KUBECTL create namespace external-secrets                                              |
+    // | flux-bootstrap             | KUBECTL apply --server-side --field-manager=pi-provision --force-conflicts -f -        |
+    // | k3s-server, k3s-common     | kubectl('get node -o json', name) -> parseNode                                         |
+    // | k3s-retire                 | kubeFact('k3s-retire', 'node', name); kubeFact('k3s-retire', 'nodes,pods -A')          |
+    // | os-update                  | kubeGet('nodes,pods -A'); kubectl('annotate --overwrite node', name, MARK=update)      |
+    // | os-update, k3s-retire      | drainNode: kubectl('drain --ignore-daemonsets --delete-emptydir-data --timeout=Ns', n) |
+    // | os-update                  | kubectl('uncordon', name) && kubectl('annotate node', name, MARK-)                     |
+    // | apps                       | fluxObjectsFact, esoObjectsFact, placementObjectsFact (several types, -A, -o json)     |
+    // | apps                       | kubectl('annotate --overwrite -n NS', KS/name, requestedAt=STAMP); kubeGet(KS -A) ...  |
+    // | flux-bootstrap             | kubeGet(KS flux-system -n flux-system --ignore-not-found)                              |
+    // | k3s-agent, k3s-retire      | kubectl('delete node', name)                                                           |
+    // ------------------------------------------------------------------------------------------------------------
 
-  it('the kubeconfig the product fetches (its server rewritten to the node\'s address, a named context) works with the real kubectl', async () => {
-    const serving = new X509Certificate(readFileSync(join(root, 'var/lib/rancher/k3s/server/tls/serving-kube-apiserver.crt')))
-    // the address the stand-in found for this machine (as a Pi's own address), else a name it carries
-    const own = (serving.subjectAltName ?? '').split(', ').map((s) => s.replace(/^IP Address:/, '')).find((a) => /^\d+\.\d+\.\d+\.\d+$/.test(a) && !['127.0.0.1', '10.43.0.1', '10.9.8.7'].includes(a)) ?? 'localhost'
-    const fetched = join(work, 'fetched.yaml')
-    writeFileSync(fetched, rewriteKubeconfig(readFileSync(kubeconfig, 'utf8'), `https://${own}:${port}`, 'pi-k3s-lab'))
-    const r = await sh(`${KUBECTL} get node -o json -- ${NODE}`, '', fetched)
-    expect(r.code, r.stderr).toBe(0)
-    expect(parseNode(r.code, r.stdout, r.stderr).ready).toBe(true)
-    expect((await sh(`${KUBECTL} config current-context`, '', fetched)).stdout).toBe('pi-k3s-lab\n')
-  })
+    it('flux-bootstrap: the cluster reads before Flux (namespaces; flux-system objects none yet; the ESO Secret absent)', async () => {
+      const namespaces = readOk(await fact(namespacesFact)).map((n) => n.metadata.name)
+      expect(namespaces).toEqual(expect.arrayContaining(['default', 'kube-system', 'kube-public', 'kube-node-lease']))
+      expect(namespaces).not.toContain('external-secrets')
+      expect(readOk(await fact(fluxSystemFact))).toEqual([])
+      expect(await fact(esoSecretFact(SALT))).toEqual({ state: 'absent' })
+    })
 
-  it('the lab\'s switch: with /etc/k3s-standin/kubectl naming the real client, `k3s kubectl` runs it with k3s.yaml', async () => {
-    const k3sKubectl = (args: readonly string[]) => run('python3', [K3S, 'kubectl', ...args], { K3S_STANDIN_ROOT: root, HOME: home })
-    expect((await k3sKubectl(['version', '--client'])).stdout).toContain('Client Version: v1.34.3+k3s1') // the imitation
-    const switchFile = join(root, 'etc/k3s-standin/kubectl')
-    mkdirSync(join(root, 'etc/k3s-standin'), { recursive: true })
-    writeFileSync(switchFile, `${REAL_KUBECTL}\n`)
-    try {
-      const version = await k3sKubectl(['version', '--client', '-o', 'json'])
-      expect(JSON.parse(version.stdout).clientVersion.gitVersion).not.toContain('k3s')
-      const n = await k3sKubectl(['get', 'node', '-o', 'json', '--', NODE])
-      expect(parseNode(n.code, n.stdout, n.stderr)).toMatchObject({ exists: true, ready: true })
-    } finally {
-      rmSync(switchFile)
-    }
-  })
+    it('flux-bootstrap: create namespace, then the ESO Secret by server-side apply (created, then changed), read back as a digest', async () => {
+      const created = await sh(`${KUBECTL} create namespace external-secrets`)
+      expect(created).toMatchObject({ code: 0, stdout: 'namespace/external-secrets created\n' })
+      expect(readOk(await fact(namespacesFact)).map((n) => n.metadata.name)).toContain('external-secrets')
+      const again = await sh(`${KUBECTL} create namespace external-secrets`)
+      expect(again.code).toBe(1)
+      expect(again.stderr).toBe('Error from server (AlreadyExists): namespaces "external-secrets" already exists\n')
 
-  // ------------------------------------------------------------------------------------------------------------
-  // The conformance list: every kubectl command line the product issues, in the order a site / update / retire
-  // run issues them, with what the product's parser makes of the answer.
-  //
-  // | role (file)                | product line (builder)                                                                |
-  // |----------------------------|----------------------------------------------------------------------------------------|
-  // | flux-bootstrap             | namespacesFact: get namespaces -o json                                                 |
-  // | flux-bootstrap             | fluxSystemFact: get GITREPO,KS,deployments.apps -n flux-system -o json                 |
-  // | flux-bootstrap             | esoSecretFact: -n external-secrets get secret ... --ignore-not-found -o jsonpath=...   |
-  // | flux-bootstrap             | KUBECTL create namespace external-secrets                                              |
-  // | flux-bootstrap             | KUBECTL apply --server-side --field-manager=pi-provision --force-conflicts -f -        |
-  // | k3s-server, k3s-common     | kubectl('get node -o json', name) -> parseNode                                         |
-  // | k3s-retire                 | kubeFact('k3s-retire', 'node', name); kubeFact('k3s-retire', 'nodes,pods -A')          |
-  // | os-update                  | kubeGet('nodes,pods -A'); kubectl('annotate --overwrite node', name, MARK=update)      |
-  // | os-update, k3s-retire      | drainNode: kubectl('drain --ignore-daemonsets --delete-emptydir-data --timeout=Ns', n) |
-  // | os-update                  | kubectl('uncordon', name) && kubectl('annotate node', name, MARK-)                     |
-  // | apps                       | fluxObjectsFact, esoObjectsFact, placementObjectsFact (several types, -A, -o json)     |
-  // | apps                       | kubectl('annotate --overwrite -n NS', KS/name, requestedAt=STAMP); kubeGet(KS -A) ...  |
-  // | flux-bootstrap             | kubeGet(KS flux-system -n flux-system --ignore-not-found)                              |
-  // | k3s-agent, k3s-retire      | kubectl('delete node', name)                                                           |
-  // ------------------------------------------------------------------------------------------------------------
+      const ssa = `${KUBECTL} apply --server-side --field-manager=pi-provision --force-conflicts -f - >/dev/null`
+      for (const value of ['ops_first', 'ops_second']) {
+        const b64 = Buffer.from(value).toString('base64')
+        const r = await sh(ssa, esoSecretManifest(b64))
+        expect(r, r.stderr).toMatchObject({ code: 0, stderr: '' })
+        expect(await fact(esoSecretFact(SALT))).toEqual({ state: 'present', digest: esoSecretDigest(SALT, b64) })
+      }
+      const shown = await sh(
+        `${KUBECTL} apply --server-side --field-manager=pi-provision --force-conflicts -f -`,
+        esoSecretManifest('eA=='),
+      )
+      expect(shown.stdout).toBe('secret/onepassword-service-account serverside-applied\n')
+    })
 
-  it('flux-bootstrap: the cluster reads before Flux (namespaces; flux-system objects none yet; the ESO Secret absent)', async () => {
-    const namespaces = readOk(await fact(namespacesFact)).map((n) => n.metadata.name)
-    expect(namespaces).toEqual(expect.arrayContaining(['default', 'kube-system', 'kube-public', 'kube-node-lease']))
-    expect(namespaces).not.toContain('external-secrets')
-    expect(readOk(await fact(fluxSystemFact))).toEqual([])
-    expect(await fact(esoSecretFact(SALT))).toEqual({ state: 'absent' })
-  })
+    it('k3s-server / k3s-common: get node -o json -- NAME, read by parseNode (and a missing Node is "no node")', async () => {
+      const n = await node()
+      expect(n).toMatchObject({ exists: true, ready: true, unschedulable: false })
+      expect(n.labels).toMatchObject({
+        hardware: 'pi5',
+        'node-role.kubernetes.io/control-plane': 'true',
+        'kubernetes.io/hostname': NODE,
+      })
+      const missing = await sh(kubectl('get node -o json', 'pi3-nothing'))
+      expect(missing).toMatchObject({
+        code: 1,
+        stdout: '',
+        stderr: 'Error from server (NotFound): nodes "pi3-nothing" not found\n',
+      })
+      expect((await node('pi3-nothing')).exists).toBe(false)
+      const unknown = await fact(kubeFact('conformance', 'nosuchthings'))
+      expect(unknown).toEqual({ objects: [] }) // kubectl: the server doesn't have a resource type "nosuchthings"
+    })
 
-  it('flux-bootstrap: create namespace, then the ESO Secret by server-side apply (created, then changed), read back as a digest', async () => {
-    const created = await sh(`${KUBECTL} create namespace external-secrets`)
-    expect(created).toMatchObject({ code: 0, stdout: 'namespace/external-secrets created\n' })
-    expect(readOk(await fact(namespacesFact)).map((n) => n.metadata.name)).toContain('external-secrets')
-    const again = await sh(`${KUBECTL} create namespace external-secrets`)
-    expect(again.code).toBe(1)
-    expect(again.stderr).toBe('Error from server (AlreadyExists): namespaces "external-secrets" already exists\n')
+    it('os-update / k3s-retire: nodes,pods -A; mark, drain (evictions), uncordon and unmark the Node', async () => {
+      const labels = { app: 'web' }
+      await setup({
+        apiVersion: 'apps/v1',
+        kind: 'Deployment',
+        metadata: { name: 'web', namespace: 'default' },
+        spec: {
+          replicas: 2,
+          selector: { matchLabels: labels },
+          template: { metadata: { labels }, spec: { containers: [{ name: 'c', image: 'x' }] } },
+        },
+      })
+      const dsLabels = { app: 'node-agent' }
+      await setup({
+        apiVersion: 'apps/v1',
+        kind: 'DaemonSet',
+        metadata: { name: 'node-agent', namespace: 'default' },
+        spec: {
+          selector: { matchLabels: dsLabels },
+          template: {
+            metadata: { labels: dsLabels },
+            spec: { containers: [{ name: 'c', image: 'x' }], volumes: [{ name: 'scratch', emptyDir: {} }] },
+          },
+        },
+      })
+      let evictable: string[] = []
+      for (let i = 0; i < 50 && evictable.length < 2; i++, await sleep(200))
+        evictable = podsToEvict(await kubeGet(server_, 'nodes,pods -A', 'Pod'), NODE)
+      expect(evictable).toHaveLength(2)
+      const both = readOk(await fact(kubeFact('k3s-retire', 'nodes,pods -A')))
+      expect(new Set(both.map((o) => o.kind))).toEqual(new Set(['Node', 'Pod']))
+      expect(readOk(await fact(kubeFact('k3s-retire', 'node', NODE))).map((o) => o.metadata.name)).toEqual([NODE])
 
-    const ssa = `${KUBECTL} apply --server-side --field-manager=pi-provision --force-conflicts -f - >/dev/null`
-    for (const value of ['ops_first', 'ops_second']) {
-      const b64 = Buffer.from(value).toString('base64')
-      const r = await sh(ssa, esoSecretManifest(b64))
-      expect(r, r.stderr).toMatchObject({ code: 0, stderr: '' })
-      expect(await fact(esoSecretFact(SALT))).toEqual({ state: 'present', digest: esoSecretDigest(SALT, b64) })
-    }
-    const shown = await sh(`${KUBECTL} apply --server-side --field-manager=pi-provision --force-conflicts -f -`, esoSecretManifest('eA=='))
-    expect(shown.stdout).toBe('secret/onepassword-service-account serverside-applied\n')
-  })
+      const mark = await sh(kubectl('annotate --overwrite node', NODE, `${DRAINED_MARK}=update`))
+      expect(mark).toMatchObject({ code: 0, stdout: `node/${NODE} annotated\n` })
+      expect((await node()).annotations[DRAINED_MARK]).toBe('update')
 
-  it('k3s-server / k3s-common: get node -o json -- NAME, read by parseNode (and a missing Node is "no node")', async () => {
-    const n = await node()
-    expect(n).toMatchObject({ exists: true, ready: true, unschedulable: false })
-    expect(n.labels).toMatchObject({ hardware: 'pi5', 'node-role.kubernetes.io/control-plane': 'true', 'kubernetes.io/hostname': NODE })
-    const missing = await sh(kubectl('get node -o json', 'pi3-nothing'))
-    expect(missing).toMatchObject({ code: 1, stdout: '', stderr: 'Error from server (NotFound): nodes "pi3-nothing" not found\n' })
-    expect((await node('pi3-nothing')).exists).toBe(false)
-    const unknown = await fact(kubeFact('conformance', 'nosuchthings'))
-    expect(unknown).toEqual({ objects: [] }) // kubectl: the server doesn't have a resource type "nosuchthings"
-  })
+      let drained: RunResult | undefined
+      await drainNode(async (script) => (drained = await sh(script)), NODE, 30, 'left as it was')
+      expect(drained?.stdout).toMatch(new RegExp(`^node/${NODE} cordoned\n`))
+      for (const p of evictable) expect(drained?.stdout).toContain(`evicting pod ${p}\n`)
+      expect(drained?.stdout).toMatch(new RegExp(`node/${NODE} drained\n$`))
+      expect(drained?.stderr).toMatch(/^Warning: ignoring DaemonSet-managed Pods: default\/node-agent-\w+\n$/)
+      expect((await node()).unschedulable).toBe(true)
+      expect(podsToEvict(await kubeGet(server_, 'nodes,pods -A', 'Pod'), NODE)).toEqual([]) // back Pending: one node, cordoned
 
-  it('os-update / k3s-retire: nodes,pods -A; mark, drain (evictions), uncordon and unmark the Node', async () => {
-    const labels = { app: 'web' }
-    await setup({ apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'web', namespace: 'default' }, spec: { replicas: 2, selector: { matchLabels: labels }, template: { metadata: { labels }, spec: { containers: [{ name: 'c', image: 'x' }] } } } })
-    const dsLabels = { app: 'node-agent' }
-    await setup({ apiVersion: 'apps/v1', kind: 'DaemonSet', metadata: { name: 'node-agent', namespace: 'default' }, spec: { selector: { matchLabels: dsLabels }, template: { metadata: { labels: dsLabels }, spec: { containers: [{ name: 'c', image: 'x' }], volumes: [{ name: 'scratch', emptyDir: {} }] } } } })
-    let evictable: string[] = []
-    for (let i = 0; i < 50 && evictable.length < 2; i++, await sleep(200))
-      evictable = podsToEvict(await kubeGet(server_, 'nodes,pods -A', 'Pod'), NODE)
-    expect(evictable).toHaveLength(2)
-    const both = readOk(await fact(kubeFact('k3s-retire', 'nodes,pods -A')))
-    expect(new Set(both.map((o) => o.kind))).toEqual(new Set(['Node', 'Pod']))
-    expect(readOk(await fact(kubeFact('k3s-retire', 'node', NODE))).map((o) => o.metadata.name)).toEqual([NODE])
+      const back = await sh(`${kubectl('uncordon', NODE)} && ${kubectl('annotate node', NODE, `${DRAINED_MARK}-`)}`)
+      expect(back).toMatchObject({ code: 0, stdout: `node/${NODE} uncordoned\nnode/${NODE} annotated\n` })
+      const after = await node()
+      expect(after.unschedulable).toBe(false)
+      expect(after.annotations[DRAINED_MARK]).toBeUndefined()
+    })
 
-    const mark = await sh(kubectl('annotate --overwrite node', NODE, `${DRAINED_MARK}=update`))
-    expect(mark).toMatchObject({ code: 0, stdout: `node/${NODE} annotated\n` })
-    expect((await node()).annotations[DRAINED_MARK]).toBe('update')
+    it("apps: the Flux, ESO and placement reads (several types, -A) carry each item's kind", async () => {
+      await sh(`${KUBECTL} create namespace flux-system`)
+      await setup({
+        apiVersion: 'kustomize.toolkit.fluxcd.io/v1',
+        kind: 'Kustomization',
+        metadata: { name: 'apps', namespace: 'flux-system' },
+        spec: {
+          interval: '10m',
+          path: './apps',
+          prune: true,
+          sourceRef: { kind: 'GitRepository', name: 'flux-system' },
+        },
+      })
+      await setup({
+        apiVersion: 'helm.toolkit.fluxcd.io/v2',
+        kind: 'HelmRelease',
+        metadata: { name: 'immich', namespace: 'default' },
+        spec: {
+          interval: '10m',
+          chart: { spec: { chart: 'immich', sourceRef: { kind: 'HelmRepository', name: 'immich' } } },
+        },
+      })
+      await setup({
+        apiVersion: 'external-secrets.io/v1',
+        kind: 'ClusterSecretStore',
+        metadata: { name: 'onepassword' },
+        spec: { provider: { onepasswordSDK: { vault: 'pi-cluster' } } },
+      })
+      const flux = readOk(await fact(fluxObjectsFact))
+      expect(flux.map((o) => `${o.kind} ${o.metadata.namespace}/${o.metadata.name}`).sort()).toEqual([
+        'HelmRelease default/immich',
+        'Kustomization flux-system/apps',
+      ])
+      expect(kubeObjects(await fact(esoObjectsFact), 'ClusterSecretStore').map((o) => o.metadata.name)).toEqual([
+        'onepassword',
+      ])
+      const placement = readOk(await fact(placementObjectsFact))
+      expect(new Set(placement.map((o) => o.kind))).toEqual(new Set(['Node', 'Pod', 'Deployment', 'DaemonSet']))
+      expect(await kubeGet(server_, `${KS},${HR} -A`)).toHaveLength(2)
+    })
 
-    let drained: RunResult | undefined
-    await drainNode(async (script) => (drained = await sh(script)), NODE, 30, 'left as it was')
-    expect(drained?.stdout).toMatch(new RegExp(`^node/${NODE} cordoned\n`))
-    for (const p of evictable) expect(drained?.stdout).toContain(`evicting pod ${p}\n`)
-    expect(drained?.stdout).toMatch(new RegExp(`node/${NODE} drained\n$`))
-    expect(drained?.stderr).toMatch(/^Warning: ignoring DaemonSet-managed Pods: default\/node-agent-\w+\n$/)
-    expect((await node()).unschedulable).toBe(true)
-    expect(podsToEvict(await kubeGet(server_, 'nodes,pods -A', 'Pod'), NODE)).toEqual([]) // back Pending: one node, cordoned
+    it('apps / flux-bootstrap: annotate a Kustomization to reconcile it; read it back by name with --ignore-not-found', async () => {
+      const stamp = '2026-12-03T10:00:00.000Z'
+      const r = await sh(
+        `${kubectl(`annotate --overwrite -n ${quote('flux-system')}`, `${KS}/apps`, `${REQUESTED_AT}=${stamp}`)} >/dev/null`,
+      )
+      expect(r).toMatchObject({ code: 0, stderr: '' })
+      const [ks] = await kubeGet(server_, `${KS} -A`)
+      expect(ks.metadata.annotations?.[REQUESTED_AT]).toBe(stamp)
+      expect(await kubeGet(server_, `${KS} flux-system -n flux-system --ignore-not-found`)).toEqual([])
+      expect(
+        (await kubeGet(server_, `${KS} apps -n flux-system --ignore-not-found`)).map((o) => o.metadata.name),
+      ).toEqual(['apps'])
+    })
 
-    const back = await sh(`${kubectl('uncordon', NODE)} && ${kubectl('annotate node', NODE, `${DRAINED_MARK}-`)}`)
-    expect(back).toMatchObject({ code: 0, stdout: `node/${NODE} uncordoned\nnode/${NODE} annotated\n` })
-    const after = await node()
-    expect(after.unschedulable).toBe(false)
-    expect(after.annotations[DRAINED_MARK]).toBeUndefined()
-  })
+    it("by hand (not the product): kubectl get nodes / pods -A -o wide print kubectl's columns from the server's Tables", async () => {
+      const nodes = await sh(`${KUBECTL} get nodes`)
+      expect(nodes.stdout).toMatch(
+        new RegExp(
+          `^NAME +STATUS +ROLES +AGE +VERSION\n${NODE} +Ready +control-plane,master +\\S+ +v1\\.34\\.3\\+k3s1\n$`,
+        ),
+      )
+      const pods = await sh(`${KUBECTL} get pods -A -o wide`)
+      expect(pods.stdout).toMatch(/^NAMESPACE +NAME +READY +STATUS +RESTARTS +AGE +IP +NODE\n/)
+      expect(pods.stdout).toMatch(/^default +node-agent-\w+ +\S+ +Running +0 /m)
+    })
 
-  it('apps: the Flux, ESO and placement reads (several types, -A) carry each item\'s kind', async () => {
-    await sh(`${KUBECTL} create namespace flux-system`)
-    await setup({ apiVersion: 'kustomize.toolkit.fluxcd.io/v1', kind: 'Kustomization', metadata: { name: 'apps', namespace: 'flux-system' }, spec: { interval: '10m', path: './apps', prune: true, sourceRef: { kind: 'GitRepository', name: 'flux-system' } } })
-    await setup({ apiVersion: 'helm.toolkit.fluxcd.io/v2', kind: 'HelmRelease', metadata: { name: 'immich', namespace: 'default' }, spec: { interval: '10m', chart: { spec: { chart: 'immich', sourceRef: { kind: 'HelmRepository', name: 'immich' } } } } })
-    await setup({ apiVersion: 'external-secrets.io/v1', kind: 'ClusterSecretStore', metadata: { name: 'onepassword' }, spec: { provider: { onepasswordSDK: { vault: 'pi-cluster' } } } })
-    const flux = readOk(await fact(fluxObjectsFact))
-    expect(flux.map((o) => `${o.kind} ${o.metadata.namespace}/${o.metadata.name}`).sort()).toEqual(['HelmRelease default/immich', 'Kustomization flux-system/apps'])
-    expect(kubeObjects(await fact(esoObjectsFact), 'ClusterSecretStore').map((o) => o.metadata.name)).toEqual(['onepassword'])
-    const placement = readOk(await fact(placementObjectsFact))
-    expect(new Set(placement.map((o) => o.kind))).toEqual(new Set(['Node', 'Pod', 'Deployment', 'DaemonSet']))
-    expect(await kubeGet(server_, `${KS},${HR} -A`)).toHaveLength(2)
-  })
-
-  it('apps / flux-bootstrap: annotate a Kustomization to reconcile it; read it back by name with --ignore-not-found', async () => {
-    const stamp = '2026-12-03T10:00:00.000Z'
-    const r = await sh(`${kubectl(`annotate --overwrite -n ${quote('flux-system')}`, `${KS}/apps`, `${REQUESTED_AT}=${stamp}`)} >/dev/null`)
-    expect(r).toMatchObject({ code: 0, stderr: '' })
-    const [ks] = await kubeGet(server_, `${KS} -A`)
-    expect(ks.metadata.annotations?.[REQUESTED_AT]).toBe(stamp)
-    expect(await kubeGet(server_, `${KS} flux-system -n flux-system --ignore-not-found`)).toEqual([])
-    expect((await kubeGet(server_, `${KS} apps -n flux-system --ignore-not-found`)).map((o) => o.metadata.name)).toEqual(['apps'])
-  })
-
-  it('by hand (not the product): kubectl get nodes / pods -A -o wide print kubectl\'s columns from the server\'s Tables', async () => {
-    const nodes = await sh(`${KUBECTL} get nodes`)
-    expect(nodes.stdout).toMatch(new RegExp(`^NAME +STATUS +ROLES +AGE +VERSION\n${NODE} +Ready +control-plane,master +\\S+ +v1\\.34\\.3\\+k3s1\n$`))
-    const pods = await sh(`${KUBECTL} get pods -A -o wide`)
-    expect(pods.stdout).toMatch(/^NAMESPACE +NAME +READY +STATUS +RESTARTS +AGE +IP +NODE\n/)
-    expect(pods.stdout).toMatch(/^default +node-agent-\w+ +\S+ +Running +0 /m)
-  })
-
-  it('k3s-agent / k3s-retire: delete node -- NAME; the Node and its node-password Secret are gone', async () => {
-    await setup({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'pi3-worker-9', labels: { 'kubernetes.io/hostname': 'pi3-worker-9' } } })
-    expect(readOk(await fact(kubeFact('k3s-retire', 'node', 'pi3-worker-9')))).toHaveLength(1)
-    const r = await sh(kubectl('delete node', 'pi3-worker-9'))
-    expect(r).toMatchObject({ code: 0, stdout: 'node "pi3-worker-9" deleted\n', stderr: '' })
-    expect(readOk(await fact(kubeFact('k3s-retire', 'node', 'pi3-worker-9')))).toEqual([])
-    const again = await sh(kubectl('delete node', 'pi3-worker-9'))
-    expect(again).toMatchObject({ code: 1, stderr: 'Error from server (NotFound): nodes "pi3-worker-9" not found\n' })
-  })
-})
+    it('k3s-agent / k3s-retire: delete node -- NAME; the Node and its node-password Secret are gone', async () => {
+      await setup({
+        apiVersion: 'v1',
+        kind: 'Node',
+        metadata: { name: 'pi3-worker-9', labels: { 'kubernetes.io/hostname': 'pi3-worker-9' } },
+      })
+      expect(readOk(await fact(kubeFact('k3s-retire', 'node', 'pi3-worker-9')))).toHaveLength(1)
+      const r = await sh(kubectl('delete node', 'pi3-worker-9'))
+      expect(r).toMatchObject({ code: 0, stdout: 'node "pi3-worker-9" deleted\n', stderr: '' })
+      expect(readOk(await fact(kubeFact('k3s-retire', 'node', 'pi3-worker-9')))).toEqual([])
+      const again = await sh(kubectl('delete node', 'pi3-worker-9'))
+      expect(again).toMatchObject({ code: 1, stderr: 'Error from server (NotFound): nodes "pi3-worker-9" not found\n' })
+    })
+  },
+)

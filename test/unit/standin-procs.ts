@@ -17,7 +17,12 @@ export function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   return { ...env, ...extra }
 }
 
-export function run(cmd: string, args: readonly string[], env: Record<string, string> = {}, input = ''): Promise<RunResult> {
+export function run(
+  cmd: string,
+  args: readonly string[],
+  env: Record<string, string> = {},
+  input = '',
+): Promise<RunResult> {
   return new Promise((done, fail) => {
     const p = spawn(cmd, args, { env: cleanEnv(env), stdio: ['pipe', 'pipe', 'pipe'] })
     let stdout = ''

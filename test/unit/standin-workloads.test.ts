@@ -22,10 +22,6 @@ import { labAppsRoutes, labGitopsRepo, setLabAppHealth } from '../lab/apps.ts'
 
 const STANDINS = resolve(import.meta.dirname, '../standins')
 
-
-
-
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, () => {
@@ -40,10 +36,22 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
   let flux = ''
   let kubeconfig = ''
   let dnsPort = 0
-  const kubectl = (args: readonly string[], input = ''): Promise<RunResult> => run('python3', [k3s, 'kubectl', '--kubeconfig', kubeconfig, ...args], { K3S_STANDIN_ROOT: root }, input)
-  const get = async (args: string): Promise<KubeObject[]> => parseKubeJson(await kubectl(['get', ...args.split(' '), '-o', 'json']), args)
-  const fx = (args: readonly string[], env: Record<string, string> = {}) => run(flux, [...args, '--kubeconfig', kubeconfig], env)
-  const dns = () => probeDns({ kind: 'dns', app: 'pihole', server: '127.0.0.1', port: dnsPort, name: 'google.com', type: 'A', timeoutMs: 700 })
+  const kubectl = (args: readonly string[], input = ''): Promise<RunResult> =>
+    run('python3', [k3s, 'kubectl', '--kubeconfig', kubeconfig, ...args], { K3S_STANDIN_ROOT: root }, input)
+  const get = async (args: string): Promise<KubeObject[]> =>
+    parseKubeJson(await kubectl(['get', ...args.split(' '), '-o', 'json']), args)
+  const fx = (args: readonly string[], env: Record<string, string> = {}) =>
+    run(flux, [...args, '--kubeconfig', kubeconfig], env)
+  const dns = () =>
+    probeDns({
+      kind: 'dns',
+      app: 'pihole',
+      server: '127.0.0.1',
+      port: dnsPort,
+      name: 'google.com',
+      type: 'A',
+      timeoutMs: 700,
+    })
   const repoJson = () => join(root, 'var/lib/flux-standin/repo.json')
   const dnsControl = () => join(root, 'var/lib/flux-standin/dns.json')
 
@@ -52,7 +60,8 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
     for (;;) {
       const v = await fn()
       if (v !== undefined) return v
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}\n${serverLog.split('\n').slice(-15).join('\n')}`)
+      if (Date.now() > end)
+        throw new Error(`timed out waiting for ${what}\n${serverLog.split('\n').slice(-15).join('\n')}`)
       await sleep(200)
     }
   }
@@ -75,7 +84,10 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
     writeFileSync(join(work, 'kubeapi.py'), await (await fetch(`${base}/k3s/kubeapi.py`)).text())
 
     mkdirSync(join(root, 'etc/rancher/k3s'), { recursive: true })
-    writeFileSync(join(root, 'etc/rancher/k3s/config.yaml'), 'token: workloads-test\nnode-name: pi-k3s\nnode-label:\n  - hardware=pi5\n  - workload/dns=unbound\n')
+    writeFileSync(
+      join(root, 'etc/rancher/k3s/config.yaml'),
+      'token: workloads-test\nnode-name: pi-k3s\nnode-label:\n  - hardware=pi5\n  - workload/dns=unbound\n',
+    )
     const port = await freePort()
     dnsPort = await freePort()
     server = spawn('python3', [k3s, 'server'], {
@@ -83,7 +95,13 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
       stdio: ['ignore', 'ignore', 'pipe'],
     })
     server.stderr?.on('data', (d: Buffer) => (serverLog += d.toString()))
-    await until('the k3s stand-in', async () => (serverLog.includes('k3s is up and running') ? true : server?.exitCode !== null ? Promise.reject(new Error(serverLog)) : undefined))
+    await until('the k3s stand-in', async () =>
+      serverLog.includes('k3s is up and running')
+        ? true
+        : server?.exitCode !== null
+          ? Promise.reject(new Error(serverLog))
+          : undefined,
+    )
     kubeconfig = join(root, 'etc/rancher/k3s/k3s.yaml')
   }, 30_000)
 
@@ -108,9 +126,12 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
   })
 
   it('app endpoints answer like the apps, and a test can make one unhealthy or slow', async () => {
-    const ask = (path: string, expectBody?: string) => probeHttp({ kind: 'http', app: 'x', url: `${base}${path}`, expectBody, timeoutMs: 500 })
+    const ask = (path: string, expectBody?: string) =>
+      probeHttp({ kind: 'http', app: 'x', url: `${base}${path}`, expectBody, timeoutMs: 500 })
     expect(await ask('/apps/jellyfin/health', 'Healthy')).toMatchObject({ ok: true })
-    expect((await fetch(`${base}/apps/immich/api/server/ping`).then((r) => r.json())) as unknown).toEqual({ res: 'pong' })
+    expect((await fetch(`${base}/apps/immich/api/server/ping`).then((r) => r.json())) as unknown).toEqual({
+      res: 'pong',
+    })
     expect((await fetch(`${base}/apps/jellyfin/nope`)).status).toBe(404)
     setLabAppHealth('jellyfin', { status: 503, body: 'Unhealthy' }, labDir)
     expect((await ask('/apps/jellyfin/health', 'Healthy')).detail).toBe('HTTP 503 (expected 2xx): Unhealthy')
@@ -121,11 +142,25 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
     expect(() => setLabAppHealth('plex', null, labDir)).toThrow('no lab app plex')
   })
 
-  it('bootstrap clones the owner\'s repository from the lab; the roles\' parsers read the result as converged', async () => {
-    const boot = await fx(['bootstrap', 'github', '--owner=mtgibbs', '--repository=pi-cluster', '--branch=main', '--path=clusters/pi-k3s', '--personal', '--read-write-key'], { GITHUB_TOKEN: 'ghp_test' })
+  it("bootstrap clones the owner's repository from the lab; the roles' parsers read the result as converged", async () => {
+    const boot = await fx(
+      [
+        'bootstrap',
+        'github',
+        '--owner=mtgibbs',
+        '--repository=pi-cluster',
+        '--branch=main',
+        '--path=clusters/pi-k3s',
+        '--personal',
+        '--read-write-key',
+      ],
+      { GITHUB_TOKEN: 'ghp_test' },
+    )
     expect(boot.code, boot.stderr).toBe(0)
     expect(JSON.parse(readFileSync(repoJson(), 'utf8'))).toEqual(labGitopsRepo())
-    expect(serverLog).toContain('source-controller stand-in: cloned ssh://git@github.com/mtgibbs/pi-cluster from the lab into /var/lib/flux-standin/repo.json')
+    expect(serverLog).toContain(
+      'source-controller stand-in: cloned ssh://git@github.com/mtgibbs/pi-cluster from the lab into /var/lib/flux-standin/repo.json',
+    )
 
     const state = {
       namespace: (await get('namespace flux-system'))[0],
@@ -133,17 +168,41 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
       kustomization: (await get('kustomizations.kustomize.toolkit.fluxcd.io flux-system -n flux-system'))[0],
       controllers: await get('deployments.apps -n flux-system -l app.kubernetes.io/part-of=flux'),
     }
-    expect(bootstrapDecision(state, { version: '2.7.3', owner: 'mtgibbs', repository: 'pi-cluster', branch: 'main', path: 'clusters/pi-k3s', host: 'github.com' })).toMatchObject({ skip: true })
-    expect(bootstrapDecision(state, { version: '2.7.3', owner: 'mtgibbs', repository: 'pi-cluster', branch: 'main', path: 'clusters/other', host: 'github.com' }).reasons).toEqual([
-      'Kustomization flux-system applies ./clusters/pi-k3s, not ./clusters/other',
-    ])
+    expect(
+      bootstrapDecision(state, {
+        version: '2.7.3',
+        owner: 'mtgibbs',
+        repository: 'pi-cluster',
+        branch: 'main',
+        path: 'clusters/pi-k3s',
+        host: 'github.com',
+      }),
+    ).toMatchObject({ skip: true })
+    expect(
+      bootstrapDecision(state, {
+        version: '2.7.3',
+        owner: 'mtgibbs',
+        repository: 'pi-cluster',
+        branch: 'main',
+        path: 'clusters/other',
+        host: 'github.com',
+      }).reasons,
+    ).toEqual(['Kustomization flux-system applies ./clusters/pi-k3s, not ./clusters/other'])
 
     const st = await until('every Kustomization and HelmRelease Ready', async () => {
-      const r = readiness(await get('kustomizations.kustomize.toolkit.fluxcd.io -A'), await get('helmreleases.helm.toolkit.fluxcd.io -A'))
+      const r = readiness(
+        await get('kustomizations.kustomize.toolkit.fluxcd.io -A'),
+        await get('helmreleases.helm.toolkit.fluxcd.io -A'),
+      )
       return r.notReady.length === 0 && r.total > 1 ? r : undefined
     })
     expect([st.ready, st.total]).toEqual([19, 19])
-    expect(checkEso(await get('clustersecretstores.external-secrets.io'), await get('externalsecrets.external-secrets.io -A'))).toEqual({
+    expect(
+      checkEso(
+        await get('clustersecretstores.external-secrets.io'),
+        await get('externalsecrets.external-secrets.io -A'),
+      ),
+    ).toEqual({
       ok: true,
       message: 'ClusterSecretStore onepassword Ready; 5/5 ExternalSecrets synced',
     })
@@ -166,12 +225,39 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
       'CronJob backup-jobs/k3s-datastore-backup is pinned to pi-k3s (no run yet); CronJob backup-jobs/postgres-backup is pinned to pi-k3s (no run yet); CronJob backup-jobs/pvc-backup is pinned to pi-k3s (no run yet)',
     ])
     const wide = await kubectl(['get', 'pods', '-n', 'pihole', '-o', 'wide'])
-    expect(wide.stdout).toMatch(/^NAME +READY +STATUS +RESTARTS +AGE +IP +NODE\npihole-[0-9a-f]{10}-[0-9a-f]{5} +1\/1 +Running +0 +\S+ +127\.0\.0\.1 +pi-k3s\n/)
+    expect(wide.stdout).toMatch(
+      /^NAME +READY +STATUS +RESTARTS +AGE +IP +NODE\npihole-[0-9a-f]{10}-[0-9a-f]{5} +1\/1 +Running +0 +\S+ +127\.0\.0\.1 +pi-k3s\n/,
+    )
 
-    const pi3Only = { apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'needs-pi3', namespace: 'default' }, spec: { selector: { matchLabels: { app: 'needs-pi3' } }, template: { metadata: { labels: { app: 'needs-pi3' } }, spec: { nodeSelector: { hardware: 'pi3' }, containers: [{ name: 'c', image: 'x' }] } } } }
-    expect((await kubectl(['apply', '-f', '-'], JSON.stringify(pi3Only))).stdout).toBe('deployment.apps/needs-pi3 created\n')
-    const pending = await until('a Pending pod', async () => (await get('pods -n default')).find((p) => p.metadata.name.startsWith('needs-pi3-')))
-    expect(pending.status).toMatchObject({ phase: 'Pending', conditions: [{ type: 'PodScheduled', status: 'False', reason: 'Unschedulable', message: "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector." }] })
+    const pi3Only = {
+      apiVersion: 'apps/v1',
+      kind: 'Deployment',
+      metadata: { name: 'needs-pi3', namespace: 'default' },
+      spec: {
+        selector: { matchLabels: { app: 'needs-pi3' } },
+        template: {
+          metadata: { labels: { app: 'needs-pi3' } },
+          spec: { nodeSelector: { hardware: 'pi3' }, containers: [{ name: 'c', image: 'x' }] },
+        },
+      },
+    }
+    expect((await kubectl(['apply', '-f', '-'], JSON.stringify(pi3Only))).stdout).toBe(
+      'deployment.apps/needs-pi3 created\n',
+    )
+    const pending = await until('a Pending pod', async () =>
+      (await get('pods -n default')).find((p) => p.metadata.name.startsWith('needs-pi3-')),
+    )
+    expect(pending.status).toMatchObject({
+      phase: 'Pending',
+      conditions: [
+        {
+          type: 'PodScheduled',
+          status: 'False',
+          reason: 'Unschedulable',
+          message: "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.",
+        },
+      ],
+    })
     expect(checkPlacement(parsePlacement({ 'default/needs-pi3': 'pi-k3s' }), await cluster())[0].detail).toBe(
       `Deployment default/needs-pi3: pod ${pending.metadata.name} is not scheduled: 0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.`,
     )
@@ -179,8 +265,11 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
     await until('its pod gone', async () => ((await get('pods -n default')).length === 0 ? true : undefined))
   })
 
-  it('Pi-hole\'s DNS answers while its pod runs here; a test can make it fail; it stops when Pi-hole is gone', async () => {
-    expect(await until('DNS', async () => ((await dns()).ok ? dns() : undefined))).toMatchObject({ ok: true, detail: 'google.com -> 198.51.100.53' })
+  it("Pi-hole's DNS answers while its pod runs here; a test can make it fail; it stops when Pi-hole is gone", async () => {
+    expect(await until('DNS', async () => ((await dns()).ok ? dns() : undefined))).toMatchObject({
+      ok: true,
+      detail: 'google.com -> 198.51.100.53',
+    })
     writeFileSync(dnsControl(), '{"rcode": "SERVFAIL"}')
     expect((await dns()).detail).toBe('the server failed to answer (SERVFAIL)')
     writeFileSync(dnsControl(), '{"drop": true}')
@@ -190,10 +279,14 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
 
     // Pi-hole leaves the repository: Flux prunes it, its pod goes, nothing answers on port 53 any more.
     const repo = labGitopsRepo()
-    repo.objects = repo.objects.filter((o) => !(o.kind === 'Deployment' && (o.metadata as { name: string }).name === 'pihole'))
+    repo.objects = repo.objects.filter(
+      (o) => !(o.kind === 'Deployment' && (o.metadata as { name: string }).name === 'pihole'),
+    )
     writeFileSync(repoJson(), JSON.stringify(repo))
     expect((await fx(['reconcile', 'kustomization', 'flux-system', '--with-source'])).code).toBe(0)
-    await until('the pihole pod gone', async () => ((await get('pods -n pihole')).some((p) => p.metadata.name.startsWith('pihole-')) ? undefined : true))
+    await until('the pihole pod gone', async () =>
+      (await get('pods -n pihole')).some((p) => p.metadata.name.startsWith('pihole-')) ? undefined : true,
+    )
     const r = await until('DNS to stop', async () => {
       const x = await dns()
       return x.ok ? undefined : x
@@ -203,22 +296,64 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
   })
 
   it('kubectl apply --server-side keeps no last-applied copy of a Secret', async () => {
-    const secret = (v: string) => JSON.stringify({ apiVersion: 'v1', kind: 'Secret', metadata: { name: 'onepassword-service-account', namespace: 'default' }, type: 'Opaque', data: { token: Buffer.from(v).toString('base64') } })
+    const secret = (v: string) =>
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Secret',
+        metadata: { name: 'onepassword-service-account', namespace: 'default' },
+        type: 'Opaque',
+        data: { token: Buffer.from(v).toString('base64') },
+      })
     const ssa = ['apply', '--server-side', '--field-manager=pi-provision', '--force-conflicts', '-f', '-']
-    expect((await kubectl(ssa, secret('ops_first'))).stdout).toBe('secret/onepassword-service-account serverside-applied\n')
-    expect((await kubectl(ssa, secret('ops_second'))).stdout).toBe('secret/onepassword-service-account serverside-applied\n')
+    expect((await kubectl(ssa, secret('ops_first'))).stdout).toBe(
+      'secret/onepassword-service-account serverside-applied\n',
+    )
+    expect((await kubectl(ssa, secret('ops_second'))).stdout).toBe(
+      'secret/onepassword-service-account serverside-applied\n',
+    )
     const [s] = await get('secret onepassword-service-account')
     expect(s.metadata.annotations ?? {}).toEqual({})
     expect(Buffer.from(s.data?.token ?? '', 'base64').toString()).toBe('ops_second')
-    const jp = await kubectl(['get', 'secret', 'onepassword-service-account', '--ignore-not-found', '-o', 'jsonpath={.metadata.name}{"="}{.data.token}'])
+    const jp = await kubectl([
+      'get',
+      'secret',
+      'onepassword-service-account',
+      '--ignore-not-found',
+      '-o',
+      'jsonpath={.metadata.name}{"="}{.data.token}',
+    ])
     expect(jp.stdout).toBe(`onepassword-service-account=${Buffer.from('ops_second').toString('base64')}`)
-    expect((await kubectl(['get', 'secret', 'nope', '--ignore-not-found', '-o', 'jsonpath={.metadata.name}{"="}{.data.token}'])).stdout).toBe('')
+    expect(
+      (
+        await kubectl([
+          'get',
+          'secret',
+          'nope',
+          '--ignore-not-found',
+          '-o',
+          'jsonpath={.metadata.name}{"="}{.data.token}',
+        ])
+      ).stdout,
+    ).toBe('')
   })
   it('kubectl cordon / drain / uncordon as the retire playbook uses them: DaemonSet pods need --ignore-daemonsets and stay; the rest are evicted', async () => {
-    const ds = { apiVersion: 'apps/v1', kind: 'DaemonSet', metadata: { name: 'node-agent', namespace: 'default' }, spec: { selector: { matchLabels: { app: 'node-agent' } }, template: { metadata: { labels: { app: 'node-agent' } }, spec: { containers: [{ name: 'c', image: 'x' }] } } } }
+    const ds = {
+      apiVersion: 'apps/v1',
+      kind: 'DaemonSet',
+      metadata: { name: 'node-agent', namespace: 'default' },
+      spec: {
+        selector: { matchLabels: { app: 'node-agent' } },
+        template: { metadata: { labels: { app: 'node-agent' } }, spec: { containers: [{ name: 'c', image: 'x' }] } },
+      },
+    }
     expect((await kubectl(['apply', '-f', '-'], JSON.stringify(ds))).code).toBe(0)
-    const podsOn = async (ns: string) => (await get(`pods -n ${ns}`)).filter((p) => (p.spec as { nodeName?: string } | undefined)?.nodeName === 'pi-k3s').map((p) => p.metadata.name)
-    const daemon = await until('the DaemonSet pod', async () => (await podsOn('default')).find((n) => n.startsWith('node-agent-')))
+    const podsOn = async (ns: string) =>
+      (await get(`pods -n ${ns}`))
+        .filter((p) => (p.spec as { nodeName?: string } | undefined)?.nodeName === 'pi-k3s')
+        .map((p) => p.metadata.name)
+    const daemon = await until('the DaemonSet pod', async () =>
+      (await podsOn('default')).find((n) => n.startsWith('node-agent-')),
+    )
     await until('homepage bound', async () => ((await podsOn('homepage')).length ? true : undefined))
 
     expect(await kubectl(['cordon', 'pi-k3s'])).toMatchObject({ code: 0, stdout: 'node/pi-k3s cordoned\n' })
@@ -227,7 +362,9 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
 
     const refused = await kubectl(['drain', 'pi-k3s', '--timeout=60s'])
     expect(refused.code).toBe(1)
-    expect(refused.stderr).toContain(`cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore): default/${daemon}`)
+    expect(refused.stderr).toContain(
+      `cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore): default/${daemon}`,
+    )
     expect((await podsOn('homepage')).length, 'a refused drain evicts nothing').toBeGreaterThan(0)
 
     const drained = await kubectl(['drain', 'pi-k3s', '--ignore-daemonsets', '--delete-emptydir-data', '--timeout=60s'])
@@ -237,12 +374,18 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
     expect(drained.stdout).toMatch(/node\/pi-k3s drained\n$/)
     expect(drained.stderr).toBe(`Warning: ignoring DaemonSet-managed Pods: default/${daemon}\n`)
     // One node, cordoned: the evicted workloads come back Pending; the DaemonSet pod stays (it tolerates the cordon).
-    const pending = await until('homepage Pending', async () => (await get('pods -n homepage')).find((p) => p.metadata.name.startsWith('homepage-') && (p.status as { phase?: string }).phase === 'Pending'))
+    const pending = await until('homepage Pending', async () =>
+      (await get('pods -n homepage')).find(
+        (p) => p.metadata.name.startsWith('homepage-') && (p.status as { phase?: string }).phase === 'Pending',
+      ),
+    )
     expect(JSON.stringify(pending.status)).toContain('node(s) were unschedulable')
     expect(await podsOn('default')).toEqual([daemon])
 
     expect(await kubectl(['uncordon', 'pi-k3s'])).toMatchObject({ code: 0, stdout: 'node/pi-k3s uncordoned\n' })
-    await until('homepage bound again', async () => ((await podsOn('homepage')).some((n) => n.startsWith('homepage-')) ? true : undefined))
+    await until('homepage bound again', async () =>
+      (await podsOn('homepage')).some((n) => n.startsWith('homepage-')) ? true : undefined,
+    )
     expect((await kubectl(['delete', 'daemonset', 'node-agent'])).code).toBe(0)
     await until('its pod gone', async () => ((await podsOn('default')).length === 0 ? true : undefined))
   })

@@ -19,13 +19,16 @@ const owner = process.getuid?.() === 0 ? 'root' : null
 
 async function runRole(role: Role, check = false) {
   const rep = new RecordingReporter(0)
-  const s = await runPlaybook({ name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] }, {
-    inventory: parseInventory(INV, '/tmp/inv.yaml'),
-    reporter: rep,
-    secrets: new MemorySecrets(),
-    connect: () => new LocalConnection('here'),
-    check,
-  })
+  const s = await runPlaybook(
+    { name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] },
+    {
+      inventory: parseInventory(INV, '/tmp/inv.yaml'),
+      reporter: rep,
+      secrets: new MemorySecrets(),
+      connect: () => new LocalConnection('here'),
+      check,
+    },
+  )
   return { s, rep }
 }
 
@@ -34,7 +37,16 @@ describe.runIf(owner)('lineInFile (as root: the planned script chowns to root)',
     const dir = mkdtempSync(join(tmpdir(), 'line-'))
     const f = join(dir, 'sshd_config')
     writeFileSync(f, 'Port 22\n#PasswordAuthentication yes\nUsePAM yes\n')
-    const role: Role = { name: 'r', steps: [lineInFile('No password logins', () => ({ path: f, line: 'PasswordAuthentication no', match: /^#?PasswordAuthentication\b/ }))] }
+    const role: Role = {
+      name: 'r',
+      steps: [
+        lineInFile('No password logins', () => ({
+          path: f,
+          line: 'PasswordAuthentication no',
+          match: /^#?PasswordAuthentication\b/,
+        })),
+      ],
+    }
     const dry = await runRole(role, true)
     expect(dry.s.counts.here.changed).toBe(1)
     expect(readFileSync(f, 'utf8')).toBe('Port 22\n#PasswordAuthentication yes\nUsePAM yes\n')
@@ -59,12 +71,18 @@ describe('waitForPort', () => {
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
     const port = (server.address() as { port: number }).port
     try {
-      const up = await runRole({ name: 'r', steps: [waitForPort('Wait for the API', () => ({ host: '127.0.0.1', port, timeoutSec: 5 }))] })
+      const up = await runRole({
+        name: 'r',
+        steps: [waitForPort('Wait for the API', () => ({ host: '127.0.0.1', port, timeoutSec: 5 }))],
+      })
       expect(up.s.exitCode, up.rep.lines.join('\n')).toBe(0)
     } finally {
       server.close()
     }
-    const down = await runRole({ name: 'r', steps: [waitForPort('Wait for the API', () => ({ host: '127.0.0.1', port, timeoutSec: 1 }))] })
+    const down = await runRole({
+      name: 'r',
+      steps: [waitForPort('Wait for the API', () => ({ host: '127.0.0.1', port, timeoutSec: 1 }))],
+    })
     expect(down.s.exitCode).toBe(2)
     expect(down.rep.lines.join('\n')).toContain(`timed out after 1s waiting for port ${port} on 127.0.0.1`)
   })

@@ -1,5 +1,16 @@
 import { execFileSync } from 'node:child_process'
-import { chmodSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import {
+  chmodSync,
+  linkSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs'
 import { tmpdir, userInfo } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -23,7 +34,6 @@ import {
 
 const STAMP = '20250101T120000'
 const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64')
-
 
 function must<T>(v: T | null): T {
   expect(v).not.toBeNull()
@@ -60,11 +70,25 @@ describe('parseFileState', () => {
   })
 
   it('an empty regular file has content ""', () => {
-    expect(parseFileState('regular empty file|600|pi|pi\n')).toEqual({ exists: true, kind: 'file', mode: '600', owner: 'pi', group: 'pi', content: '' })
+    expect(parseFileState('regular empty file|600|pi|pi\n')).toEqual({
+      exists: true,
+      kind: 'file',
+      mode: '600',
+      owner: 'pi',
+      group: 'pi',
+      content: '',
+    })
   })
 
   it('a directory and a symlink carry no content', () => {
-    expect(parseFileState('directory|755|root|root\n')).toEqual({ exists: true, kind: 'directory', mode: '755', owner: 'root', group: 'root', content: undefined })
+    expect(parseFileState('directory|755|root|root\n')).toEqual({
+      exists: true,
+      kind: 'directory',
+      mode: '755',
+      owner: 'root',
+      group: 'root',
+      content: undefined,
+    })
     expect(parseFileState(`symbolic link|777|root|root\n${b64('x')}`).kind).toBe('other')
   })
 
@@ -80,7 +104,14 @@ describe('parseFileState', () => {
       const p = join(dir, "fact it's here.txt")
       writeFileSync(p, 'héllo\nwörld ✓')
       chmodSync(p, 0o640)
-      expect(await fact(p)).toEqual({ exists: true, kind: 'file', mode: '640', owner: me, group: myGroup(), content: 'héllo\nwörld ✓' })
+      expect(await fact(p)).toEqual({
+        exists: true,
+        kind: 'file',
+        mode: '640',
+        owner: me,
+        group: myGroup(),
+        content: 'héllo\nwörld ✓',
+      })
     })
 
     it('missing file, empty file, directory, symlink', async () => {
@@ -111,7 +142,15 @@ describe('parseFileState', () => {
 describe('planFile', () => {
   const path = '/etc/modules-load.d/k3s.conf'
   const content = 'br_netfilter\noverlay\n'
-  const current = (over: Partial<FileState> = {}): FileState => ({ exists: true, kind: 'file', mode: '644', owner: 'root', group: 'root', content, ...over })
+  const current = (over: Partial<FileState> = {}): FileState => ({
+    exists: true,
+    kind: 'file',
+    mode: '644',
+    owner: 'root',
+    group: 'root',
+    content,
+    ...over,
+  })
 
   it('creates a missing file: summary, content on stdin, all-added diff', () => {
     const c = must(planFile({ exists: false }, { path, content }, STAMP))
@@ -128,7 +167,9 @@ describe('planFile', () => {
   it('no change when content, mode, owner and group match ("644" and "0644" are the same mode)', () => {
     expect(planFile(current(), { path, content }, STAMP)).toBeNull()
     expect(planFile(current(), { path, content, mode: '644' }, STAMP)).toBeNull()
-    expect(planFile(current({ mode: '600', owner: 'pi', group: 'pi' }), { path, content, mode: '0600', owner: 'pi' }, STAMP)).toBeNull()
+    expect(
+      planFile(current({ mode: '600', owner: 'pi', group: 'pi' }), { path, content, mode: '0600', owner: 'pi' }, STAMP),
+    ).toBeNull()
   })
 
   it('content change: update with a diff of the changed line', () => {
@@ -140,31 +181,49 @@ describe('planFile', () => {
 
   it('mode-only change: chown+chmod in place, no rewrite, no stdin, no diff', () => {
     const c = must(planFile(current({ mode: '600' }), { path, content }, STAMP))
-    expect(c).toEqual({ summary: `${path}: mode 600 -> 0644`, commands: [{ script: `chown root:root ${path} && chmod 0644 ${path}` }] })
+    expect(c).toEqual({
+      summary: `${path}: mode 600 -> 0644`,
+      commands: [{ script: `chown root:root ${path} && chmod 0644 ${path}` }],
+    })
   })
 
   it('owner-only change, and the group defaulting to the owner', () => {
     const c = must(planFile(current({ owner: 'pi', group: 'pi' }), { path, content }, STAMP))
-    expect(c).toEqual({ summary: `${path}: owner pi:pi -> root:root`, commands: [{ script: `chown root:root ${path} && chmod 0644 ${path}` }] })
+    expect(c).toEqual({
+      summary: `${path}: owner pi:pi -> root:root`,
+      commands: [{ script: `chown root:root ${path} && chmod 0644 ${path}` }],
+    })
     const g = must(planFile(current(), { path, content, owner: 'pi' }, STAMP))
     expect(g.summary).toBe(`${path}: owner root:root -> pi:pi`)
   })
 
   it('mode and owner change together are one command with both in the summary', () => {
-    const c = must(planFile(current({ mode: '0777', owner: 'pi', group: 'users' }), { path, content, mode: '0600' }, STAMP))
+    const c = must(
+      planFile(current({ mode: '0777', owner: 'pi', group: 'users' }), { path, content, mode: '0600' }, STAMP),
+    )
     expect(c.summary).toBe(`${path}: mode 0777 -> 0600, owner pi:users -> root:root`)
   })
 
   it('backup: a content change keeps a stamped copy; a create or a mode change does not', () => {
     const c = must(planFile(current(), { path, content: 'x\n', backup: true }, STAMP))
     expect(c.commands[0].script).toContain(`cp -p ${path} ${path}.${STAMP}.bak\nmv -f "$tmp" ${path}`)
-    expect(must(planFile({ exists: false }, { path, content, backup: true }, STAMP)).commands[0].script).not.toContain('cp -p')
-    expect(must(planFile(current({ mode: '600' }), { path, content, backup: true }, STAMP)).commands[0].script).not.toContain('cp -p')
+    expect(must(planFile({ exists: false }, { path, content, backup: true }, STAMP)).commands[0].script).not.toContain(
+      'cp -p',
+    )
+    expect(
+      must(planFile(current({ mode: '600' }), { path, content, backup: true }, STAMP)).commands[0].script,
+    ).not.toContain('cp -p')
   })
 
   it('secret content: the diff says hidden, and the secret is nowhere but stdin', () => {
     const secret = 'token: K10abcdef::server:s3cr3t\n'
-    const c = must(planFile(current({ content: 'token: old-s3cr3t\n' }), { path: '/etc/rancher/k3s/config.yaml', content: secret, secret: true, mode: '0600' }, STAMP))
+    const c = must(
+      planFile(
+        current({ content: 'token: old-s3cr3t\n' }),
+        { path: '/etc/rancher/k3s/config.yaml', content: secret, secret: true, mode: '0600' },
+        STAMP,
+      ),
+    )
     expect(c.diff).toBe('--- /etc/rancher/k3s/config.yaml\n(content hidden: it holds secrets)\n')
     expect(c.summary).toBe('update /etc/rancher/k3s/config.yaml')
     expect(JSON.stringify({ ...c, commands: c.commands.map((x) => x.script) })).not.toMatch(/s3cr3t/)
@@ -172,15 +231,25 @@ describe('planFile', () => {
   })
 
   it('a path that exists but is not a regular file is a step error', () => {
-    const e = thrown(() => planFile({ exists: true, kind: 'directory', mode: '755', owner: 'root', group: 'root' }, { path, content }, STAMP))
+    const e = thrown(() =>
+      planFile(
+        { exists: true, kind: 'directory', mode: '755', owner: 'root', group: 'root' },
+        { path, content },
+        STAMP,
+      ),
+    )
     expect(e.kind).toBe('step')
     expect(e.message).toBe(`${path} exists but is not a regular file (directory)`)
-    expect(thrown(() => planFile({ exists: true, kind: 'other' }, { path, content }, STAMP)).message).toBe(`${path} exists but is not a regular file (other)`)
+    expect(thrown(() => planFile({ exists: true, kind: 'other' }, { path, content }, STAMP)).message).toBe(
+      `${path} exists but is not a regular file (other)`,
+    )
   })
 
   it('quotes awkward paths', () => {
     const c = must(planFile(current({ mode: '600' }), { path: "/etc/it's here.conf", content }, STAMP))
-    expect(c.commands[0].script).toBe(`chown root:root '/etc/it'\\''s here.conf' && chmod 0644 '/etc/it'\\''s here.conf'`)
+    expect(c.commands[0].script).toBe(
+      `chown root:root '/etc/it'\\''s here.conf' && chmod 0644 '/etc/it'\\''s here.conf'`,
+    )
   })
 })
 
@@ -198,7 +267,8 @@ describe('planFile scripts run for real (sh, temp dir, the current user instead 
       expect(r.code).toBe(0)
     }
   }
-  const factOf = async (path: string): Promise<FileState> => fileFact(path).parse(await local.run(fileFact(path).script))
+  const factOf = async (path: string): Promise<FileState> =>
+    fileFact(path).parse(await local.run(fileFact(path).script))
   const leftovers = (d: string, base: string): string[] => readdirSync(d).filter((n) => n.startsWith(`.${base}.`))
 
   it('creates the file (and its missing directories) with content and mode; a rerun plans nothing', async () => {
@@ -266,7 +336,8 @@ describe('planFile scripts run for real (sh, temp dir, the current user instead 
 
 describe('addTokens on cmdline.txt', () => {
   const FLAGS = ['cgroup_memory=1', 'cgroup_enable=memory', 'cgroup_enable=cpuset']
-  const PI_CMDLINE = 'console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait'
+  const PI_CMDLINE =
+    'console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait'
 
   it('missing flags are appended once, before the newline', () => {
     const r = addTokens(`${PI_CMDLINE}\n`, FLAGS)
@@ -287,15 +358,21 @@ describe('addTokens on cmdline.txt', () => {
   })
 
   it('no trailing newline stays without one', () => {
-    expect(addTokens(PI_CMDLINE, FLAGS).content).toBe(`${PI_CMDLINE} cgroup_memory=1 cgroup_enable=memory cgroup_enable=cpuset`)
+    expect(addTokens(PI_CMDLINE, FLAGS).content).toBe(
+      `${PI_CMDLINE} cgroup_memory=1 cgroup_enable=memory cgroup_enable=cpuset`,
+    )
   })
 
   it('trailing spaces are kept after the added flags', () => {
-    expect(addTokens('console=tty1 rootwait  \n', ['cgroup_memory=1']).content).toBe('console=tty1 rootwait cgroup_memory=1  \n')
+    expect(addTokens('console=tty1 rootwait  \n', ['cgroup_memory=1']).content).toBe(
+      'console=tty1 rootwait cgroup_memory=1  \n',
+    )
   })
 
   it('multiple spaces and tabs between tokens are kept', () => {
-    expect(addTokens('console=tty1   root=/dev/mmcblk0p2\trootwait\n', ['quiet']).content).toBe('console=tty1   root=/dev/mmcblk0p2\trootwait quiet\n')
+    expect(addTokens('console=tty1   root=/dev/mmcblk0p2\trootwait\n', ['quiet']).content).toBe(
+      'console=tty1   root=/dev/mmcblk0p2\trootwait quiet\n',
+    )
   })
 
   it('partial presence adds only the missing ones, in request order', () => {
@@ -310,7 +387,9 @@ describe('addTokens on cmdline.txt', () => {
   })
 
   it('a token must match whole: cgroup_memory=0 does not count as cgroup_memory=1', () => {
-    expect(addTokens('rootwait cgroup_memory=0\n', ['cgroup_memory=1']).content).toBe('rootwait cgroup_memory=0 cgroup_memory=1\n')
+    expect(addTokens('rootwait cgroup_memory=0\n', ['cgroup_memory=1']).content).toBe(
+      'rootwait cgroup_memory=0 cgroup_memory=1\n',
+    )
   })
 
   it('only the first line is edited; later lines and CRLF are kept', () => {
@@ -360,19 +439,82 @@ describe('parseUnitState and planUnit', () => {
   }
   const u = 'dphys-swapfile.service'
   const cases: Case[] = [
-    { name: 'disable+stop a running enabled unit', show: SHOW.enabledRunning, spec: { enabled: false, active: false }, script: `systemctl disable ${u} && systemctl stop ${u}`, summary: `${u}: disable, stop` },
-    { name: 'disable+stop when already disabled and stopped', show: SHOW.disabledStopped, spec: { enabled: false, active: false }, script: null },
-    { name: 'disable+stop a unit that is not installed', show: SHOW.notFound, spec: { enabled: false, active: false }, script: null },
-    { name: 'enable+start a stopped disabled unit', show: SHOW.disabledStopped, spec: { enabled: true, active: true }, script: `systemctl enable ${u} && systemctl start ${u}`, summary: `${u}: enable, start` },
-    { name: 'enable+start when already so', show: SHOW.enabledRunning, spec: { enabled: true, active: true }, script: null },
-    { name: 'start a failed unit', show: SHOW.failed, spec: { active: true }, script: `systemctl start ${u}`, summary: `${u}: start` },
+    {
+      name: 'disable+stop a running enabled unit',
+      show: SHOW.enabledRunning,
+      spec: { enabled: false, active: false },
+      script: `systemctl disable ${u} && systemctl stop ${u}`,
+      summary: `${u}: disable, stop`,
+    },
+    {
+      name: 'disable+stop when already disabled and stopped',
+      show: SHOW.disabledStopped,
+      spec: { enabled: false, active: false },
+      script: null,
+    },
+    {
+      name: 'disable+stop a unit that is not installed',
+      show: SHOW.notFound,
+      spec: { enabled: false, active: false },
+      script: null,
+    },
+    {
+      name: 'enable+start a stopped disabled unit',
+      show: SHOW.disabledStopped,
+      spec: { enabled: true, active: true },
+      script: `systemctl enable ${u} && systemctl start ${u}`,
+      summary: `${u}: enable, start`,
+    },
+    {
+      name: 'enable+start when already so',
+      show: SHOW.enabledRunning,
+      spec: { enabled: true, active: true },
+      script: null,
+    },
+    {
+      name: 'start a failed unit',
+      show: SHOW.failed,
+      spec: { active: true },
+      script: `systemctl start ${u}`,
+      summary: `${u}: start`,
+    },
     { name: 'an activating unit counts as running', show: SHOW.activating, spec: { active: true }, script: null },
-    { name: 'stop an activating unit', show: SHOW.activating, spec: { active: false }, script: `systemctl stop ${u}`, summary: `${u}: stop` },
-    { name: 'mask a running unit also stops it', show: SHOW.enabledRunning, spec: { masked: true }, script: `systemctl mask ${u} && systemctl stop ${u}`, summary: `${u}: mask, stop` },
-    { name: 'mask a stopped unit', show: SHOW.disabledStopped, spec: { masked: true }, script: `systemctl mask ${u}`, summary: `${u}: mask` },
+    {
+      name: 'stop an activating unit',
+      show: SHOW.activating,
+      spec: { active: false },
+      script: `systemctl stop ${u}`,
+      summary: `${u}: stop`,
+    },
+    {
+      name: 'mask a running unit also stops it',
+      show: SHOW.enabledRunning,
+      spec: { masked: true },
+      script: `systemctl mask ${u} && systemctl stop ${u}`,
+      summary: `${u}: mask, stop`,
+    },
+    {
+      name: 'mask a stopped unit',
+      show: SHOW.disabledStopped,
+      spec: { masked: true },
+      script: `systemctl mask ${u}`,
+      summary: `${u}: mask`,
+    },
     { name: 'mask an already masked unit', show: SHOW.masked, spec: { masked: true }, script: null },
-    { name: 'mask a unit that does not exist (keeps it from appearing later)', show: SHOW.notFound, spec: { masked: true }, script: `systemctl mask ${u}`, summary: `${u}: mask` },
-    { name: 'unmask+enable+start a masked unit', show: SHOW.masked, spec: { masked: false, enabled: true, active: true }, script: `systemctl unmask ${u} && systemctl enable ${u} && systemctl start ${u}`, summary: `${u}: unmask, enable, start` },
+    {
+      name: 'mask a unit that does not exist (keeps it from appearing later)',
+      show: SHOW.notFound,
+      spec: { masked: true },
+      script: `systemctl mask ${u}`,
+      summary: `${u}: mask`,
+    },
+    {
+      name: 'unmask+enable+start a masked unit',
+      show: SHOW.masked,
+      spec: { masked: false, enabled: true, active: true },
+      script: `systemctl unmask ${u} && systemctl enable ${u} && systemctl start ${u}`,
+      summary: `${u}: unmask, enable, start`,
+    },
     { name: 'unmask a unit that is not masked', show: SHOW.disabledStopped, spec: { masked: false }, script: null },
     { name: 'an empty spec changes nothing', show: SHOW.enabledRunning, spec: {}, script: null },
   ]
@@ -390,23 +532,33 @@ describe('parseUnitState and planUnit', () => {
   })
 
   it('deferReload: mask and disable skip the implicit daemon-reload; unmask and enable never do (a start follows)', () => {
-    const script = (show: string, spec: Omit<UnitSpec, 'unit'>) => must(planUnit(parseUnitState(show), { unit: u, deferReload: true, ...spec })).commands[0].script
+    const script = (show: string, spec: Omit<UnitSpec, 'unit'>) =>
+      must(planUnit(parseUnitState(show), { unit: u, deferReload: true, ...spec })).commands[0].script
     expect(script(SHOW.disabledStopped, { masked: true })).toBe(`systemctl mask --no-reload ${u}`)
-    expect(script(SHOW.enabledRunning, { enabled: false, active: false })).toBe(`systemctl disable --no-reload ${u} && systemctl stop ${u}`)
-    expect(script(SHOW.disabledStopped, { enabled: true, active: true })).toBe(`systemctl enable ${u} && systemctl start ${u}`)
+    expect(script(SHOW.enabledRunning, { enabled: false, active: false })).toBe(
+      `systemctl disable --no-reload ${u} && systemctl stop ${u}`,
+    )
+    expect(script(SHOW.disabledStopped, { enabled: true, active: true })).toBe(
+      `systemctl enable ${u} && systemctl start ${u}`,
+    )
   })
 
   it('enabling a unit that is not there is a step error naming it', () => {
-    const e = thrown(() => planUnit(parseUnitState(SHOW.notFound), { unit: 'k3s-agent.service', enabled: true, active: true }))
+    const e = thrown(() =>
+      planUnit(parseUnitState(SHOW.notFound), { unit: 'k3s-agent.service', enabled: true, active: true }),
+    )
     expect(e.kind).toBe('step')
     expect(e.message).toBe('unit k3s-agent.service does not exist on the host')
   })
 
   it('unit names are shell-quoted only when needed', () => {
-    expect(must(planUnit(parseUnitState(SHOW.disabledStopped), { unit: 'systemd-zram-setup@zram0.service', masked: true })).commands[0].script).toBe(
-      'systemctl mask systemd-zram-setup@zram0.service',
-    )
-    expect(must(planUnit(parseUnitState(SHOW.disabledStopped), { unit: 'a b.service', masked: true })).commands[0].script).toBe("systemctl mask 'a b.service'")
+    expect(
+      must(planUnit(parseUnitState(SHOW.disabledStopped), { unit: 'systemd-zram-setup@zram0.service', masked: true }))
+        .commands[0].script,
+    ).toBe('systemctl mask systemd-zram-setup@zram0.service')
+    expect(
+      must(planUnit(parseUnitState(SHOW.disabledStopped), { unit: 'a b.service', masked: true })).commands[0].script,
+    ).toBe("systemctl mask 'a b.service'")
   })
 })
 
@@ -419,7 +571,12 @@ describe('parsePackages and planPackages', () => {
   const NAMES = ['curl', 'dphys-swapfile', 'iptables', 'nfs-common']
 
   it('installed (ii) is true; config-files (rc) and absent from the output are false', () => {
-    expect(Object.fromEntries(parsePackages(DPKG, NAMES))).toEqual({ curl: true, 'dphys-swapfile': false, iptables: true, 'nfs-common': false })
+    expect(Object.fromEntries(parsePackages(DPKG, NAMES))).toEqual({
+      curl: true,
+      'dphys-swapfile': false,
+      iptables: true,
+      'nfs-common': false,
+    })
   })
 
   it('half-installed states (unpacked, half-configured) and "un" are not installed', () => {
@@ -456,11 +613,28 @@ describe('parsePackages and planPackages', () => {
 
   it('purges what must be absent', () => {
     const c = must(planPackages(new Map([['dphys-swapfile', true]]), [], ['dphys-swapfile']))
-    expect(c).toEqual({ summary: 'remove dphys-swapfile', commands: [{ script: 'export DEBIAN_FRONTEND=noninteractive; apt-get -o DPkg::Lock::Timeout=300 purge -y -q dphys-swapfile' }] })
+    expect(c).toEqual({
+      summary: 'remove dphys-swapfile',
+      commands: [
+        {
+          script:
+            'export DEBIAN_FRONTEND=noninteractive; apt-get -o DPkg::Lock::Timeout=300 purge -y -q dphys-swapfile',
+        },
+      ],
+    })
   })
 
   it('install and purge together: two commands, one summary', () => {
-    const c = must(planPackages(new Map([['a', false], ['b', true]]), ['a'], ['b']))
+    const c = must(
+      planPackages(
+        new Map([
+          ['a', false],
+          ['b', true],
+        ]),
+        ['a'],
+        ['b'],
+      ),
+    )
     expect(c.summary).toBe('install a; remove b')
     expect(c.commands.map((x) => x.script)).toEqual([
       'export DEBIAN_FRONTEND=noninteractive; apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends a || { apt-get -o DPkg::Lock::Timeout=300 update -q && apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends a; }',
@@ -516,7 +690,9 @@ describe('parsePackages and planPackages', () => {
       writeFileSync(lists, '')
       const r = await run(script())
       expect(r.code).toBe(0)
-      expect(r.calls).toEqual(['noninteractive -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends nfs-common open-iscsi'])
+      expect(r.calls).toEqual([
+        'noninteractive -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends nfs-common open-iscsi',
+      ])
     })
   })
 
