@@ -10,7 +10,15 @@ import { createReporter } from './reporter.ts'
 import type { Connection } from './connection.ts'
 import type { InventoryHost } from './inventory.ts'
 import type { Playbook } from './role.ts'
-import { EXIT, planHosts, requiredSecrets, runPlaybook, stepSelected, type RunSummary } from './runner.ts'
+import {
+  checkRoleSecrets,
+  EXIT,
+  planHosts,
+  requiredSecrets,
+  runPlaybook,
+  stepSelected,
+  type RunSummary,
+} from './runner.ts'
 import { openSecretStore, type SecretStore } from './secrets.ts'
 import { declaredVars, type DeclaredVars, type Vars } from './vars.ts'
 
@@ -188,6 +196,7 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
     // Every secret the run needs, resolved (once; the runner's own call is then answered from the cache) before
     // anything is touched: a before-hook changes local state (rebuild drops known_hosts entries).
     await secrets.resolveAll(requiredSecrets(pb, inv, o.limit, extra))
+    await checkRoleSecrets(pb, inv, o.limit, extra, secrets)
     await hooks.before?.(inv, o)
     const reporter = createReporter({ verbosity: o.verbosity, showDiff: o.diff, jsonFile: o.json, write: hooks.write })
     // The first Ctrl-C lets the steps in flight finish (a half-run apt or a cut-off file is worse than waiting);

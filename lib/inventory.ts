@@ -449,7 +449,7 @@ export function nodeNameFrom(vars: { hostname?: unknown }, hostName: string): st
  */
 export function checkHosts(inv: Inventory, extra: VarLayer, only?: Iterable<string>): void {
   const names = only ? [...only].filter((n) => inv.hosts.has(n)) : [...inv.hosts.keys()]
-  const problems = hostProblems(inv, extra, names, {})
+  const problems = [...hostProblems(inv, extra, names, {}), ...clashesOutsideLimit(inv, extra, names)]
   if (problems.length === 0) return
   const kind = problems.every((p) => p.kind === 'usage') ? 'usage' : 'inventory'
   throw ProvisionError.all(
@@ -457,6 +457,52 @@ export function checkHosts(inv: Inventory, extra: VarLayer, only?: Iterable<stri
     `${problems.length} problems with the hosts${Object.keys(extra).length ? ' (with -e)' : ''}`,
     kind,
   )
+}
+
+/**
+ * A host the run takes that -e would give the node name or the address of a host it does not take (--limit):
+ * the run would log into that other machine as this host, or change that other Node.
+ */
+function clashesOutsideLimit(inv: Inventory, extra: VarLayer, names: readonly string[]): ProvisionError[] {
+  const others = [...inv.hosts.values()].filter((h) => !names.includes(h.name))
+  const problems: ProvisionError[] = []
+  const addrOf = (h: InventoryHost, e: VarLayer) =>
+    `${String(e.address ?? h.vars.address)}:${String(e.ssh_port ?? h.vars.ssh_port ?? 22)}`
+  for (const n of names) {
+    const h = inv.hosts.get(n)!
+    if (extra.hostname !== undefined) {
+      const node = nodeNameOf(h, extra)
+      const other = others.find((o) => nodeNameOf(o) === node)
+      if (other)
+        problems.push(
+          new ProvisionError(
+            'usage',
+            `${flagOf(extra, 'hostname')}: host "${n}" would be the node "${node}", which is host "${other.name}" of the inventory`,
+            {
+              hint: "a node name is one host's: give this host a name no other host has",
+            },
+          ),
+        )
+    }
+    if (extra.address !== undefined || extra.ssh_port !== undefined) {
+      const other = others.find((o) => addrOf(o, {}) === addrOf(h, extra))
+      if (other) {
+        const flags = (['address', 'ssh_port'] as const)
+          .filter((k) => extra[k] !== undefined)
+          .map((k) => flagOf(extra, k))
+        problems.push(
+          new ProvisionError(
+            'usage',
+            `${flags.join(' ')}: host "${n}" would be reached at ${addrOf(h, extra).replace(/:(\d+)$/, ' port $1')}, which is host "${other.name}" of the inventory`,
+            {
+              hint: 'the run would log into that machine as this host: give the address this host really has',
+            },
+          ),
+        )
+      }
+    }
+  }
+  return problems
 }
 
 /** The checks across hosts, shared by parseInventory (no -e) and checkHosts. */

@@ -3,6 +3,8 @@
 
 import { randomBytes } from 'node:crypto'
 import { ProvisionError } from './errors.ts'
+import type { SecretStore } from './secrets.ts'
+import type { Vars } from './vars.ts'
 import { defineFact } from './facts.ts'
 import type { Inventory } from './inventory.ts'
 import { hostVars, nodeNameFrom } from './inventory.ts'
@@ -108,6 +110,29 @@ export function isClusterToken(s: string): boolean {
   return s.length >= 1 && s.length <= 512 && /^[A-Za-z0-9._~:+=/@%^,-]+$/.test(s) && !s.startsWith('-')
 }
 
+function notATokenError(ref: string, place: { host?: string }, kind: 'step' | 'secrets' = 'step'): ProvisionError {
+  return new ProvisionError(
+    kind,
+    `the cluster token at ${ref} is not a k3s token: expected 1-512 printable characters without spaces, quotes, "\\", "$" or "\`", not starting with "-"`,
+    {
+      place,
+      hint: 'put the token k3s gave the cluster (server/token on the server, K10...::server:...) or the secret part of it at that reference',
+    },
+  )
+}
+
+/**
+ * The cluster token, checked before any host is touched (the k3s roles' checkSecrets): it goes into config.yaml
+ * and the agents' env files, so a value in the store that is no k3s token stops the run at once. None there yet is
+ * fine: the server role makes one.
+ */
+export async function checkClusterToken(vars: Vars, secrets: SecretStore): Promise<void> {
+  const ref = vars.k3s_token_ref
+  if (!ref) return
+  const found = await secrets.lookup(ref)
+  if (found !== undefined && !isClusterToken(found)) throw notATokenError(ref, {}, 'secrets')
+}
+
 /** The token of the cluster, from the secrets store; the server role creates it on first run. */
 export async function clusterToken(ctx: StepContext, create: boolean): Promise<{ token: string; created: boolean }> {
   const ref = ctx.vars.k3s_token_ref
@@ -123,15 +148,7 @@ export async function clusterToken(ctx: StepContext, create: boolean): Promise<{
   if (found) {
     // The token goes into config.yaml and the agents' env files: a value that is no k3s token (a line break, a
     // quote, a leading "-") is refused here, before any host sees it.
-    if (!isClusterToken(found))
-      throw new ProvisionError(
-        'step',
-        `the cluster token at ${ref} is not a k3s token: expected 1-512 printable characters without spaces, quotes, "\\", "$" or "\`", not starting with "-"`,
-        {
-          place: { host: ctx.host },
-          hint: 'put the token k3s gave the cluster (server/token on the server, K10...::server:...) or the secret part of it at that reference',
-        },
-      )
+    if (!isClusterToken(found)) throw notATokenError(ref, { host: ctx.host })
     ctx.state.set(CLUSTER_TOKEN, found)
     return { token: found, created: false }
   }

@@ -174,6 +174,11 @@ export interface Role {
   vars?: RoleVarSpecs
   /** Secret references the role needs resolved before any host is touched. */
   secrets?: (vars: Vars) => (string | undefined)[]
+  /**
+   * Checks of what the role will read from the secrets store and may not exist yet (so it cannot be in `secrets`),
+   * run before any host is touched: a value that is there but unusable stops the run then (exit 1).
+   */
+  checkSecrets?: (vars: Vars, secrets: SecretStore) => Promise<void>
   steps: Step[]
   handlers?: Handler[]
 }

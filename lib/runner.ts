@@ -87,11 +87,22 @@ interface HostRuntime extends Omit<HostHandle, 'sh' | 'must'> {
 
 /** Hosts a playbook run would touch, play by play (for --list-hosts; opens no connection). */
 export function planHosts(pb: Playbook, inv: Inventory, limit?: string): { play: Play; hosts: string[] }[] {
-  const selected = limit ? new Set(selectHosts(inv, limit)) : null
+  const selected = limit ? new Set(limitHosts(inv, limit)) : null
   return pb.plays.map((play) => ({
     play,
     hosts: playHosts(inv, play.hosts).filter((h) => !selected || selected.has(h)),
   }))
+}
+
+/** --limit's hosts; a mistake in the pattern says it is --limit's. */
+function limitHosts(inv: Inventory, limit: string): string[] {
+  try {
+    return selectHosts(inv, limit)
+  } catch (e) {
+    if (e instanceof ProvisionError && !e.message.startsWith('--limit'))
+      throw new ProvisionError(e.kind, `--limit ${limit}: ${e.message}`, { place: e.place, hint: e.hint, cause: e })
+    throw e
+  }
 }
 
 /**
@@ -124,6 +135,27 @@ export function requiredSecrets(pb: Playbook, inv: Inventory, limit: string | un
         for (const r of role.secrets?.(vars) ?? []) if (r) refs.add(r)
       }
   return [...refs]
+}
+
+/** Every selected role's checkSecrets, once per role and host variables, before any host is touched. */
+export async function checkRoleSecrets(
+  pb: Playbook,
+  inv: Inventory,
+  limit: string | undefined,
+  extra: VarLayer,
+  secrets: SecretStore,
+): Promise<void> {
+  const done = new Set<string>()
+  for (const { play, hosts } of planHosts(pb, inv, limit))
+    for (const name of hosts)
+      for (const role of play.roles) {
+        if (!role.checkSecrets) continue
+        const vars = hostVars(inv.hosts.get(name)!, role.defaults, extra)
+        const key = `${role.name}\0${JSON.stringify(vars)}`
+        if (done.has(key)) continue
+        done.add(key)
+        await role.checkSecrets(vars, secrets)
+      }
 }
 
 /** Mistakes in a playbook's own code, caught before any host is touched. */

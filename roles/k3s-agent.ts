@@ -23,6 +23,7 @@ import {
   runInstaller,
   serverHandle,
   serverOf,
+  checkClusterToken,
 } from '../lib/k3s.ts'
 
 /** How long a running agent may stay unknown to the server before it is restarted to rejoin. */
@@ -71,6 +72,7 @@ function agentConfig(ctx: StepContext): string {
 
 export const k3sAgent: Role = {
   name: 'k3s-agent',
+  checkSecrets: checkClusterToken,
   steps: [
     {
       name: 'Get the cluster token from the secrets store',

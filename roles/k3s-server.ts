@@ -27,6 +27,7 @@ import {
   runInstaller,
   configNeedsRestart,
   nodeLabelsStep,
+  checkClusterToken,
 } from '../lib/k3s.ts'
 
 /** The server's Node as the API wait read it: the Ready wait starts from it instead of reading again. */
@@ -147,6 +148,7 @@ const restoreDatastore: Step = {
 
 export const k3sServer: Role = {
   name: 'k3s-server',
+  checkSecrets: checkClusterToken,
   steps: [
     {
       name: 'Get the cluster token from the secrets store (create it on first run)',

@@ -970,3 +970,22 @@ describe('-e extra vars', () => {
     expect(thrown(() => parseExtraVars(['=v1'])).message).toBe('-e =v1: expected key=value')
   })
 })
+
+describe('-e with --limit: the hosts the run does not take still own their names and addresses', () => {
+  const inv = () =>
+    parseInventory(
+      'all:\n  children:\n    server:\n      hosts:\n        s1: { address: 203.0.113.1 }\n    agent:\n      hosts:\n        a1: { address: 203.0.113.2 }\n        a2: { address: 203.0.113.3 }\n',
+      '/tmp/i.yaml',
+    )
+  it('-e address of another host is refused, naming both', () => {
+    const e = thrown(() => checkHosts(inv(), parseExtraVars(['address=203.0.113.2']), ['a2']))
+    expect(e.message).toBe('-e address=203.0.113.2: host "a2" would be reached at 203.0.113.2 port 22, which is host "a1" of the inventory')
+  })
+  it('-e hostname of another host is refused, naming both', () => {
+    const e = thrown(() => checkHosts(inv(), parseExtraVars(['hostname=a1']), ['a2']))
+    expect(e.message).toBe('-e hostname=a1: host "a2" would be the node "a1", which is host "a1" of the inventory')
+  })
+  it('an address or name no other host has is fine', () => {
+    expect(() => checkHosts(inv(), parseExtraVars(['address=203.0.113.9', 'hostname=a9']), ['a2'])).not.toThrow()
+  })
+})

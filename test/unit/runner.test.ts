@@ -9,6 +9,7 @@ import { resetSecretsForTest } from '../../lib/mask.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import { flushHandlers, handler, type Playbook, type Role, type Step } from '../../lib/role.ts'
 import { pendingHandlersFact, runPlaybook, type RunnerOptions } from '../../lib/runner.ts'
+import { checkClusterToken } from '../../lib/k3s.ts'
 import { defineFact } from '../../lib/facts.ts'
 import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'
 
@@ -751,5 +752,43 @@ describe('a fact batch that does not run at all', () => {
     expect(rep.lines.filter((l) => l.startsWith('FAILED'))).toEqual([
       'FAILED: [s1] r | read (s1: reading facts failed (exit 1): sudo: a password is required)',
     ])
+  })
+})
+
+describe('secrets a role reads later, checked before any host is touched', () => {
+  it('a cluster token in the store that is no k3s token stops the run with exit 1, no connection made', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'token-'))
+    const inv = join(dir, 'inv.yaml')
+    writeFileSync(inv, INV.replace('    ssh_user: pi\n', '    ssh_user: pi\n    k3s_token_ref: op://v/k3s/token\n'))
+    const role: Role = { name: 'k3s', checkSecrets: checkClusterToken, steps: [stub('install', 'ok')] }
+    const lines: string[] = []
+    let connected = 0
+    for (const bad of ['K10feed::server:cafe\ninjected: line', 'K10feed::server:ca"fe', '-lfoo-token-cafe']) {
+      const code = await runCli({ name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] }, ['-i', inv], {
+        secrets: new MemorySecrets({ 'op://v/k3s/token': bad }),
+        connect: (h) => {
+          connected++
+          return new FakeConnection(h.name)
+        },
+        write: (l) => lines.push(l),
+      })
+      expect(code).toBe(1)
+    }
+    expect(connected).toBe(0)
+    expect(lines.filter((l) => l.startsWith('ERROR:'))).toHaveLength(3)
+    expect(lines[0]).toContain('the cluster token at op://v/k3s/token is not a k3s token')
+    // A token that is one, or none yet (the server role makes it), goes on.
+    const stores: Record<string, string>[] = [
+      { 'op://v/k3s/token': 'K10' + 'a'.repeat(64) + '::server:' + 'b'.repeat(32) },
+      {},
+    ]
+    for (const store of stores) {
+      const code = await runCli({ name: 'p', plays: [{ name: 'play', hosts: 'all', roles: [role] }] }, ['-i', inv], {
+        secrets: new MemorySecrets(store),
+        connect: (h) => new FakeConnection(h.name),
+        write: () => undefined,
+      })
+      expect(code).toBe(0)
+    }
   })
 })
