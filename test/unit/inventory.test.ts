@@ -979,7 +979,9 @@ describe('-e with --limit: the hosts the run does not take still own their names
     )
   it('-e address of another host is refused, naming both', () => {
     const e = thrown(() => checkHosts(inv(), parseExtraVars(['address=203.0.113.2']), ['a2']))
-    expect(e.message).toBe('-e address=203.0.113.2: host "a2" would be reached at 203.0.113.2 port 22, which is host "a1" of the inventory')
+    expect(e.message).toBe(
+      '-e address=203.0.113.2: host "a2" would be reached at 203.0.113.2 port 22, which is host "a1" of the inventory',
+    )
   })
   it('-e hostname of another host is refused, naming both', () => {
     const e = thrown(() => checkHosts(inv(), parseExtraVars(['hostname=a1']), ['a2']))
