@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { dirname, isAbsolute, resolve } from 'node:path'
 import { isAlias, isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, type Pair, type YAMLMap } from 'yaml'
+import { parseAppChecks } from './probes.ts'
 import { ProvisionError } from './errors.ts'
 import { isDnsSubdomain } from './grammar.ts'
 import {
@@ -231,9 +232,32 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
         continue
       }
       layer.vars[name] = PATH_VARS.has(name) ? expandPath(String(checked.value), baseDir) : checked.value
+      const value = resolved(pair.value)
+      // Each app check as the apps role will read it, so a bad entry is named at its line, before any host.
+      if (name === 'app_checks' && isSeq(value))
+        value.items.forEach((item, i) => {
+          try {
+            parseAppChecks([isNode(item) ? item.toJS(doc, { maxAliasCount: 1000 }) : item], {
+              timeoutSec: 5,
+              defaultServer: 'server',
+            })
+          } catch (e) {
+            if (e instanceof ProvisionError)
+              report(e.message.replace(/^app_checks\[0\]/, `app_checks[${i}]`), item, e.hint)
+          }
+        })
+      // Where each placement names a node, to check once every host's node name is known.
+      if (name === 'placement' && isMap(value))
+        for (const entry of value.items) {
+          const workload = keyOf(entry)
+          const target = resolved(entry.value)
+          if (workload !== undefined && isScalar(target) && typeof target.value === 'string')
+            placements.push({ workload, node: target.value, at: at(target) })
+        }
     }
     return layer
   }
+  const placements: { workload: string; node: string; at: { line: number; col: number } }[] = []
 
   /** The node a variable's problem is in: the list item, the map key or value, else the value. */
   const problemNode = (pair: Pair, p: VarProblem): unknown => {
@@ -418,6 +442,16 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
 
   const inv: Inventory = { file, hosts, groups: members }
   problems.push(...hostProblems(inv, {}, [...hosts.keys()], { skipAddress, skipNode }))
+
+  // A workload pinned to a node no host of the inventory is would fail every run's apps check: said here.
+  const nodeNames = new Set([...hosts.values()].map((h) => nodeNameOf(h)))
+  for (const p of placements)
+    if (!nodeNames.has(p.node))
+      reportAt(
+        `placement: "${p.workload}" -> "${p.node}": no host of the inventory is the node "${p.node}"`,
+        p.at,
+        `placement names the node a workload must run on: one of ${[...nodeNames].join(', ')}`,
+      )
 
   const agents = members.get('agent') ?? []
   const servers = members.get('server') ?? []

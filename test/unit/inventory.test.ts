@@ -991,3 +991,26 @@ describe('-e with --limit: the hosts the run does not take still own their names
     expect(() => checkHosts(inv(), parseExtraVars(['address=203.0.113.9', 'hostname=a9']), ['a2'])).not.toThrow()
   })
 })
+
+describe('references the inventory can check itself', () => {
+  const base = (extra: string) =>
+    `all:\n  vars:\n${extra}  children:\n    server:\n      hosts:\n        pi-k3s: { address: 203.0.113.1 }\n    agent:\n      hosts:\n        w1: { address: 203.0.113.2 }\n`
+  it('a placement on a node no host of the inventory is, at its line', () => {
+    const e = thrown(() => parseInventory(base('    placement:\n      pihole/pihole: pi3-worker-9\n'), '/tmp/i.yaml'))
+    expect(e.describe()).toContain(
+      '/tmp/i.yaml:4:22: placement: "pihole/pihole" -> "pi3-worker-9": no host of the inventory is the node "pi3-worker-9"',
+    )
+    expect(() => parseInventory(base('    placement:\n      pihole/pihole: w1\n'), '/tmp/i.yaml')).not.toThrow()
+  })
+  it('an app check the apps role would refuse, at its line', () => {
+    const e = thrown(() =>
+      parseInventory(
+        base(
+          '    app_checks:\n      - { app: a, url: http://203.0.113.9/ }\n      - { app: jellyfin, url: "file:///etc/passwd" }\n',
+        ),
+        '/tmp/i.yaml',
+      ),
+    )
+    expect(e.describe()).toContain('/tmp/i.yaml:5:9: app_checks[1]: jellyfin: url must be http:// or https://')
+  })
+})
