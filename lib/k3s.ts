@@ -10,7 +10,7 @@ import type { Inventory } from './inventory.ts'
 import { hostVars, nodeNameFrom } from './inventory.ts'
 import { runKey, type HostHandle, type Step, type StepContext } from './role.ts'
 import { bounded, quote } from './shell.ts'
-import { kubectl, NO_K3S, planNodeMetadata } from './kube.ts'
+import { kubectl, NO_K3S, parseTaint, planNodeMetadata, sameTaint, type Taint } from './kube.ts'
 import { parse as parseYaml } from 'yaml'
 
 export const K3S_CONFIG = '/etc/rancher/k3s/config.yaml'
@@ -297,7 +297,7 @@ export interface NodeView {
   bootID?: string
   labels: Record<string, string>
   annotations: Record<string, string>
-  taints: { key: string; value?: string; effect: string }[]
+  taints: Taint[]
 }
 
 const NO_NODE: NodeView = { exists: false, ready: false, unschedulable: false, labels: {}, annotations: {}, taints: [] }
@@ -311,7 +311,7 @@ export function parseNode(code: number, stdout: string, stderr: string): NodeVie
   }
   const j = JSON.parse(stdout) as {
     metadata?: { labels?: Record<string, string>; annotations?: Record<string, string> }
-    spec?: { taints?: { key: string; value?: string; effect: string }[]; unschedulable?: boolean }
+    spec?: { taints?: Taint[]; unschedulable?: boolean }
     status?: { conditions?: { type: string; status: string }[]; nodeInfo?: { bootID?: string } }
   }
   const ready = (j.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True')
@@ -405,13 +405,14 @@ export function missingOnNode(node: NodeView, labels: readonly string[], taints:
     if (node.labels[k] !== v) missing.push(`label ${l}`)
   }
   for (const t of taints) {
-    const m = /^([^=:]+)(?:=([^:]*))?:(\w+)$/.exec(t)
-    if (!m) {
+    let want: Taint
+    try {
+      want = parseTaint(t)
+    } catch {
       missing.push(`taint ${t} (malformed: expected key=value:Effect)`)
       continue
     }
-    if (!node.taints.some((x) => x.key === m[1] && (x.value ?? '') === (m[2] ?? '') && x.effect === m[3]))
-      missing.push(`taint ${t}`)
+    if (!node.taints.some((x) => sameTaint(x, want))) missing.push(`taint ${t}`)
   }
   return missing
 }

@@ -210,7 +210,7 @@ export function parseTaint(t: string): Taint {
 }
 
 const taintId = (t: Taint) => `${t.key}:${t.effect}`
-const sameTaint = (a: Taint, b: Taint) =>
+export const sameTaint = (a: Taint, b: Taint): boolean =>
   a.key === b.key && a.effect === b.effect && (a.value ?? '') === (b.value ?? '')
 
 function managedKeys(annotations: Record<string, string>, name: string): string[] | undefined {
