@@ -2,7 +2,8 @@
 // host state through the lab (not through the tool under test).
 
 import { spawn } from 'node:child_process'
-import { resolve } from 'node:path'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { join, resolve } from 'node:path'
 import { DEFAULT_HOSTS, labExec, labUp } from '../lab/lab.ts'
 
 export const REPO = resolve(import.meta.dirname, '../..')
@@ -104,4 +105,20 @@ export async function until<T>(
     if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
     await new Promise((r) => setTimeout(r, intervalMs))
   }
+}
+
+/**
+ * The owner's 02:15 job, as the rebuild and leak tests take it: a sqlite3 .backup of state.db (waiting out k3s's
+ * own writes, as a live backup must) and a tarball of token, tls and cred, to the NAS folder under {date}/k3s/.
+ */
+export async function takeNightlyBackup(nas: string, date: string): Promise<void> {
+  const dir = join(nas, date, 'k3s')
+  mkdirSync(dir, { recursive: true })
+  const db = await onHost(
+    'pi-k3s',
+    'set -e; sqlite3 -cmd ".timeout 10000" /var/lib/rancher/k3s/server/db/state.db ".backup /tmp/state-backup.db"; base64 -w0 /tmp/state-backup.db; rm -f /tmp/state-backup.db',
+  )
+  writeFileSync(join(dir, 'state.db'), Buffer.from(db, 'base64'))
+  const tar = await onHost('pi-k3s', 'tar -czf - -C /var/lib/rancher/k3s/server token tls cred | base64 -w0')
+  writeFileSync(join(dir, 'server-token-tls-cred.tar.gz'), Buffer.from(tar, 'base64'))
 }

@@ -22,7 +22,6 @@ import {
   rmSync,
   statSync,
   writeFileSync,
-  mkdirSync,
 } from 'node:fs'
 import { homedir, tmpdir } from 'node:os'
 import { isAbsolute, join } from 'node:path'
@@ -41,7 +40,15 @@ import {
   labUp,
   labWipe,
 } from '../lab/lab.ts'
-import { LAB_INVENTORY, onHost, REPO, runPlaybookCli, until, type PlaybookCliRun } from './helpers.ts'
+import {
+  LAB_INVENTORY,
+  onHost,
+  REPO,
+  runPlaybookCli,
+  until,
+  type PlaybookCliRun,
+  takeNightlyBackup,
+} from './helpers.ts'
 
 const VARS = (
   parse(readFileSync(LAB_INVENTORY, 'utf8')) as { all: { vars: { kubeconfig_path: string; k3s_backup_dir: string } } }
@@ -311,19 +318,6 @@ function expectPrivate(rec: RunRecord): void {
 const nodes = async () => (JSON.parse(await onHost('pi-k3s', 'k3s kubectl get nodes -o json')) as NodeList).items
 const readyCondition = (n: NodeList['items'][number]) => n.status.conditions.find((c) => c.type === 'Ready')
 
-/** The owner's nightly job, as rebuild.test.ts takes it: sqlite3 .backup of state.db and a tarball of token, tls, cred. */
-async function takeBackup(date: string): Promise<void> {
-  const dir = join(NAS, date, 'k3s')
-  mkdirSync(dir, { recursive: true })
-  const db = await onHost(
-    'pi-k3s',
-    'set -e; sqlite3 -cmd ".timeout 10000" /var/lib/rancher/k3s/server/db/state.db ".backup /tmp/state-backup.db"; base64 -w0 /tmp/state-backup.db; rm -f /tmp/state-backup.db',
-  )
-  writeFileSync(join(dir, 'state.db'), Buffer.from(db, 'base64'))
-  const tar = await onHost('pi-k3s', 'tar -czf - -C /var/lib/rancher/k3s/server token tls cred | base64 -w0')
-  writeFileSync(join(dir, 'server-token-tls-cred.tar.gz'), Buffer.from(tar, 'base64'))
-}
-
 beforeAll(async () => {
   expect(isAbsolute(KUBECONFIG) && isAbsolute(NAS), 'kubeconfig_path and k3s_backup_dir of the lab inventory').toBe(
     true,
@@ -419,7 +413,7 @@ describe('no planted secret in anything a run writes on the controller', () => {
   })
 
   it('rebuild of the server (wiped) from a backup: agents Ready again, no secret in anything it wrote', async () => {
-    await takeBackup('2026-11-26')
+    await takeNightlyBackup(NAS, '2026-11-26')
     await labWipe('pi-k3s')
     const rec = await leakRun('rebuild-server', 'rebuild', ['pi-k3s'])
     expect.soft(rec.run.code, redact(rec.run.out)).toBe(0)

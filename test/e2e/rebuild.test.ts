@@ -2,11 +2,11 @@
 // the server comes back from a datastore backup taken the way the owner's nightly job takes it, and the
 // agents, never wiped, are Ready again with the Nodes and Secrets made before the failure still there.
 
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DEFAULT_HOSTS, LAB_DIR, labBootId, labDown, labWipe } from '../lab/lab.ts'
-import { convergedLab, onHost, runPlaybookCli, until } from './helpers.ts'
+import { convergedLab, onHost, runPlaybookCli, until, takeNightlyBackup } from './helpers.ts'
 
 // Must match k3s_backup_dir in inventory/lab.yaml.
 const NAS = join(LAB_DIR, 'nas', 'k3s-backups')
@@ -20,19 +20,6 @@ interface NodeList {
 }
 const nodes = async () => (JSON.parse(await onHost('pi-k3s', 'k3s kubectl get nodes -o json')) as NodeList).items
 const ready = (n: NodeList['items'][number]) => n.status.conditions.find((c) => c.type === 'Ready')?.status === 'True'
-
-/** The owner's 02:15 job: sqlite3 .backup of state.db (waiting out k3s's own writes, as a live backup must) and a tarball of token, tls and cred, to the NAS under {date}/k3s/. */
-async function takeBackup(date: string): Promise<void> {
-  const dir = join(NAS, date, 'k3s')
-  mkdirSync(dir, { recursive: true })
-  const db = await onHost(
-    'pi-k3s',
-    'set -e; sqlite3 -cmd ".timeout 10000" /var/lib/rancher/k3s/server/db/state.db ".backup /tmp/state-backup.db"; base64 -w0 /tmp/state-backup.db; rm -f /tmp/state-backup.db',
-  )
-  writeFileSync(join(dir, 'state.db'), Buffer.from(db, 'base64'))
-  const tar = await onHost('pi-k3s', 'tar -czf - -C /var/lib/rancher/k3s/server token tls cred | base64 -w0')
-  writeFileSync(join(dir, 'server-token-tls-cred.tar.gz'), Buffer.from(tar, 'base64'))
-}
 
 beforeAll(async () => {
   rmSync(join(LAB_DIR, 'nas'), { recursive: true, force: true })
@@ -66,7 +53,7 @@ describe('rebuild after an SD-card failure', () => {
       'pi-k3s',
       'k3s kubectl create namespace before-failure && k3s kubectl create secret generic kept -n before-failure --from-literal=note=made-before-the-sd-card-died',
     )
-    await takeBackup('2026-11-26')
+    await takeNightlyBackup(NAS, '2026-11-26')
     const agentBoots = { a1: await labBootId('pi3-worker-1'), a2: await labBootId('pi3-worker-2') }
     const caHash = (await onHost('pi-k3s', 'sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt')).split(' ')[0]
     await labWipe('pi-k3s')
@@ -119,7 +106,7 @@ describe('rebuild after an SD-card failure', () => {
 
   it('a backup taken with another token is refused before k3s starts, saying why', async () => {
     const dir = join(NAS, '2026-11-27', 'k3s')
-    await takeBackup('2026-11-27')
+    await takeNightlyBackup(NAS, '2026-11-27')
     // Forge a token file with another secret into the newest backup.
     const tar = await onHost(
       'pi-k3s',
