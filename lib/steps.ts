@@ -2,6 +2,8 @@
 // so tests feed recorded facts in and check the commands that come out), and lets the context apply it.
 
 import { defineFact, type Fact } from './facts.ts'
+import { registerSecret } from './mask.ts'
+import type { RunResult } from './connection.ts'
 import { unifiedDiff } from './diff.ts'
 import type { Change, Command, Handler, Plan, Step, StepContext, StepResult } from './role.ts'
 import { handler } from './role.ts'
@@ -27,6 +29,16 @@ export function fileFact(path: string): Fact<FileState> {
     `if [ -e ${p} ]; then stat -c '%F|%a|%U|%G' ${p}; if [ -f ${p} ]; then base64 -w0 ${p}; fi; else echo ABSENT; fi`,
     (r) => parseFileState(r.stdout),
   )
+}
+
+/**
+ * A credential file on the host (a kubeconfig, a token, a key): its bytes reach the caller and no reporter (the
+ * command is marked secretOutput), and the whole of it is masked from then on. Exit code and stderr as cat gives them.
+ */
+export async function readCredential(on: Pick<StepContext, 'sh'>, path: string): Promise<RunResult> {
+  const r = await on.sh(`cat ${quote(path)}`, { secretOutput: true })
+  if (r.code === 0) registerSecret(r.stdout.trim())
+  return r
 }
 
 export function parseFileState(stdout: string): FileState {

@@ -10,7 +10,7 @@ import { parseDocument, stringify } from 'yaml'
 import { ProvisionError } from '../lib/errors.ts'
 import { registerEncodedSecret, registerSecret } from '../lib/mask.ts'
 import { flushHandlers, handler, runKey, type Role, type Step, type StepContext } from '../lib/role.ts'
-import { file, fileFact, systemdUnit, waitUntil } from '../lib/steps.ts'
+import { file, fileFact, readCredential, systemdUnit, waitUntil } from '../lib/steps.ts'
 import { kubectl } from '../lib/kube.ts'
 import { findBackup, SERVER_DIR, tokenSecret } from '../lib/k3s-backup.ts'
 import {
@@ -128,10 +128,10 @@ const restoreDatastore: Step = {
           what: `restore ${backup.tarball}`,
         })
         // The datastore is sealed with the token: a mismatch would only show as a k3s crash loop later.
-        const saved = (
-          await ctx.must(`cat ${SERVER_DIR}/token`, { what: 'read the restored token', secretOutput: true })
-        ).stdout.trim()
-        registerSecret(saved)
+        const read = await readCredential(ctx, `${SERVER_DIR}/token`)
+        if (read.code !== 0)
+          throw new ProvisionError('step', `cannot read the restored token (exit ${read.code}): ${read.stderr.trim()}`)
+        const saved = read.stdout.trim()
         if (tokenSecret(saved) !== tokenSecret(token))
           throw new ProvisionError(
             'step',
@@ -264,7 +264,7 @@ export const k3sServer: Role = {
       async plan(ctx) {
         const path = ctx.vars.kubeconfig_path!
         // The admin credential: read so that its bytes reach this step and no reporter, and masked from now on.
-        const r = await ctx.sh('cat /etc/rancher/k3s/k3s.yaml', { secretOutput: true })
+        const r = await readCredential(ctx, '/etc/rancher/k3s/k3s.yaml')
         if (r.code !== 0) {
           // Only a k3s that is not there yet (a --check of a fresh Pi) has none: for real, the waits above saw it up.
           const why = `cannot read /etc/rancher/k3s/k3s.yaml: ${r.stderr.trim()}`

@@ -14,6 +14,7 @@ import { FanOut, JsonReporter, RecordingReporter, type RunEvent } from '../../li
 import type { Playbook } from '../../lib/role.ts'
 import { runPlaybook } from '../../lib/runner.ts'
 import { registerKubeconfigSecrets } from '../../roles/k3s-server.ts'
+import { readCredential } from '../../lib/steps.ts'
 import { FakeConnection, MemorySecrets } from './fakes.ts'
 
 const INV = `all:
@@ -264,5 +265,52 @@ describe('the retry file', () => {
     const { retryFile } = await runWith(false)
     expect(readFileSync(retryFile, 'utf8')).toBe('s1\n')
     expect(statSync(retryFile).mode & 0o777).toBe(0o600)
+  })
+})
+
+describe('readCredential', () => {
+  it('gives the step the file and the reporters its size; the content is masked from then on', async () => {
+    const token = 'K10' + 'c'.repeat(64) + '::server:' + 'd'.repeat(32)
+    const rec = new RecordingReporter(2)
+    let said = ''
+    const pb: Playbook = {
+      name: 'p',
+      plays: [
+        {
+          name: 'read',
+          hosts: 'all',
+          roles: [
+            {
+              name: 'r',
+              steps: [
+                {
+                  name: 'Read the token',
+                  async plan(ctx) {
+                    const r = await readCredential(ctx, '/var/lib/rancher/k3s/server/token')
+                    said = r.stdout.trim()
+                    ctx.log(`the token is ${said}`)
+                    return { status: 'ok' }
+                  },
+                },
+              ],
+            },
+          ],
+        },
+      ],
+    }
+    const conn = new FakeConnection('s1', (script) =>
+      script === 'cat /var/lib/rancher/k3s/server/token' ? { stdout: `${token}\n` } : undefined,
+    )
+    await runPlaybook(pb, {
+      inventory: parseInventory(INV, '/tmp/inv.yaml'),
+      reporter: rec,
+      secrets: new MemorySecrets(),
+      connect: () => conn,
+    })
+    expect(said).toBe(token)
+    const out = rec.lines.join('\n') + JSON.stringify(rec.events)
+    expect(out).not.toContain(token)
+    expect(out).toContain('the token is ********')
+    expect(out).toContain('bytes of credential output not shown')
   })
 })

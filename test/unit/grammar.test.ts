@@ -26,7 +26,7 @@ const tables: Record<string, Table> = {
     good: [
       'a',
       'pi-k3s.lan',
-      '192.168.1.55',
+      '198.51.100.55',
       `${long(63)}.${long(63)}`,
       [long(63), long(63), long(63), long(61)].join('.'),
     ],
@@ -90,7 +90,7 @@ const tables: Record<string, Table> = {
   address: {
     rule: g.Address,
     is: g.isAddress,
-    good: ['10.0.0.1', '192.168.1.55', 'fe80::1', '::1', '2001:db8::5', 'pi-k3s.lan', 'PI-K3S', 'localhost'],
+    good: ['10.0.0.1', '198.51.100.55', 'fe80::1', '::1', '2001:db8::5', 'pi-k3s.lan', 'PI-K3S', 'localhost'],
     bad: [
       '203.0.113.300',
       '10.0.0',
