@@ -11,7 +11,7 @@ import { parseInventory } from '../../lib/inventory.ts'
 import { kubectl } from '../../lib/kube.ts'
 import { mask, resetSecretsForTest } from '../../lib/mask.ts'
 import { FanOut, JsonReporter, RecordingReporter, type RunEvent } from '../../lib/reporter.ts'
-import type { Playbook } from '../../lib/role.ts'
+import type { Playbook, Step } from '../../lib/role.ts'
 import { runPlaybook } from '../../lib/runner.ts'
 import { registerKubeconfigSecrets } from '../../roles/k3s-server.ts'
 import { readCredential } from '../../lib/steps.ts'
@@ -60,6 +60,11 @@ function keyMaterial(k: ReturnType<typeof kubeconfig>): string[] {
   return [k.keyB64, k.keyPem, ...body]
 }
 
+/** A playbook of one role with one step, on every host. */
+function oneStep(step: Step): Playbook {
+  return { name: 'p', plays: [{ name: 'read', hosts: 'all', roles: [{ name: 'r', steps: [step] }] }] }
+}
+
 beforeEach(() => resetSecretsForTest())
 
 describe('a credential read off a host', () => {
@@ -69,31 +74,15 @@ describe('a credential read off a host', () => {
     const jsonFile = join(dir, 'run.json')
     const rec = new RecordingReporter(verbosity)
     const rep = new FanOut([rec, new JsonReporter(jsonFile, verbosity)])
-    const pb: Playbook = {
-      name: 'p',
-      plays: [
-        {
-          name: 'read',
-          hosts: 'all',
-          roles: [
-            {
-              name: 'r',
-              steps: [
-                {
-                  name: 'Read the kubeconfig',
-                  async plan(ctx) {
-                    const r = fail
-                      ? await ctx.must('cat /etc/rancher/k3s/k3s.yaml', { secretOutput, what: 'read it' })
-                      : await ctx.sh('cat /etc/rancher/k3s/k3s.yaml', { secretOutput })
-                    return { status: r.stdout.includes('client-key-data') ? 'ok' : 'failed' }
-                  },
-                },
-              ],
-            },
-          ],
-        },
-      ],
-    }
+    const pb = oneStep({
+      name: 'Read the kubeconfig',
+      async plan(ctx) {
+        const r = fail
+          ? await ctx.must('cat /etc/rancher/k3s/k3s.yaml', { secretOutput, what: 'read it' })
+          : await ctx.sh('cat /etc/rancher/k3s/k3s.yaml', { secretOutput })
+        return { status: r.stdout.includes('client-key-data') ? 'ok' : 'failed' }
+      },
+    })
     const conn = new FakeConnection('s1', () => ({ stdout: k.text, code: fail ? 1 : 0 }))
     const summary = await runPlaybook(pb, {
       inventory: parseInventory(INV, '/tmp/inv.yaml'),
@@ -219,28 +208,12 @@ describe('kubectl command lines', () => {
 })
 
 describe('the retry file', () => {
-  const pb: Playbook = {
-    name: 'p',
-    plays: [
-      {
-        name: 'x',
-        hosts: 'all',
-        roles: [
-          {
-            name: 'r',
-            steps: [
-              {
-                name: 'Fail',
-                async plan() {
-                  return { status: 'failed', message: 'no' }
-                },
-              },
-            ],
-          },
-        ],
-      },
-    ],
-  }
+  const pb = oneStep({
+    name: 'Fail',
+    async plan() {
+      return { status: 'failed', message: 'no' }
+    },
+  })
   const runWith = async (check: boolean) => {
     const dir = mkdtempSync(join(tmpdir(), 'retry-'))
     const retryFile = join(dir, 'p.retry')
@@ -273,31 +246,15 @@ describe('readCredential', () => {
     const token = 'K10' + 'c'.repeat(64) + '::server:' + 'd'.repeat(32)
     const rec = new RecordingReporter(2)
     let said = ''
-    const pb: Playbook = {
-      name: 'p',
-      plays: [
-        {
-          name: 'read',
-          hosts: 'all',
-          roles: [
-            {
-              name: 'r',
-              steps: [
-                {
-                  name: 'Read the token',
-                  async plan(ctx) {
-                    const r = await readCredential(ctx, '/var/lib/rancher/k3s/server/token')
-                    said = r.stdout.trim()
-                    ctx.log(`the token is ${said}`)
-                    return { status: 'ok' }
-                  },
-                },
-              ],
-            },
-          ],
-        },
-      ],
-    }
+    const pb = oneStep({
+      name: 'Read the token',
+      async plan(ctx) {
+        const r = await readCredential(ctx, '/var/lib/rancher/k3s/server/token')
+        said = r.stdout.trim()
+        ctx.log(`the token is ${said}`)
+        return { status: 'ok' }
+      },
+    })
     const conn = new FakeConnection('s1', (script) =>
       script === 'cat /var/lib/rancher/k3s/server/token' ? { stdout: `${token}\n` } : undefined,
     )
