@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { dirname, isAbsolute, resolve } from 'node:path'
 import { isAlias, isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, type Pair, type YAMLMap } from 'yaml'
-import { parseAppChecks } from './probes.ts'
+import { parseAppChecks } from './appchecks.ts'
 import { ProvisionError } from './errors.ts'
 import { isDnsSubdomain } from './grammar.ts'
 import {

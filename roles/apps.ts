@@ -10,7 +10,8 @@
 
 import { ProvisionError } from '../lib/errors.ts'
 import { hostVars, nodeNameOf, type Inventory } from '../lib/inventory.ts'
-import { checkSecretRefs, formatAppTable, parseAppChecks, runChecks, verdicts, type AppCheck } from '../lib/probes.ts'
+import { parseAppChecks, type AppCheck } from '../lib/appchecks.ts'
+import { checkSecretRefs, formatAppTable, runChecks, verdicts } from '../lib/probes.ts'
 import { runKey, type Role, type StepContext } from '../lib/role.ts'
 import { quote } from '../lib/shell.ts'
 import { waitUntil } from '../lib/steps.ts'

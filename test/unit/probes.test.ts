@@ -13,17 +13,14 @@ import {
   formatAppTable,
   judgeHttp,
   jsonContains,
-  parseAppChecks,
   probeDns,
   probeHttp,
   probePihole,
   runChecks,
   verdicts,
-  type DnsCheck,
-  type HttpCheck,
-  type PiholeCheck,
   type ProbeResult,
 } from '../../lib/probes.ts'
+import { parseAppChecks, type DnsCheck, type HttpCheck, type PiholeCheck } from '../../lib/appchecks.ts'
 
 let http: Server
 let base = ''
