@@ -6,7 +6,8 @@
 
 import { ProvisionError } from '../lib/errors.ts'
 import { runKey, type Role } from '../lib/role.ts'
-import { bounded } from '../lib/shell.ts'
+import { bounded, quote } from '../lib/shell.ts'
+import { agrees, counted } from '../lib/words.ts'
 import { drainNode, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
 import { isReady, kubectl, kubeFact, kubeObjects } from '../lib/kube.ts'
 import { k3sInstallFact, nodeName } from '../lib/k3s.ts'
@@ -41,7 +42,9 @@ export function drainNodeRole(node: string): Role {
           if (!isReady(found))
             return {
               status: 'skipped',
-              message: `${node} is NotReady (the Pi is off or gone?): nothing can be evicted from it; its pods start elsewhere once its Node is deleted`,
+              message:
+                `${node} is NotReady (the Pi is off or gone?): nothing can be evicted from it; ` +
+                'its pods start elsewhere once its Node is deleted',
             }
           const evict = podsToEvict(
             read.filter((o) => o.kind === 'Pod'),
@@ -50,13 +53,13 @@ export function drainNodeRole(node: string): Role {
           const cordoned = found.spec?.unschedulable === true
           if (cordoned && evict.length === 0)
             return { status: 'ok', message: 'cordoned, no pods left on it but DaemonSet pods' }
-          const what = evict.length
-            ? `evict ${evict.length} pod${evict.length === 1 ? '' : 's'} (${list(evict)})`
-            : 'nothing to evict'
+          const what = evict.length ? `evict ${counted(evict.length, 'pod')} (${list(evict)})` : 'nothing to evict'
           const stuck = podsWithNowhereElse(read, node)
           if (stuck.length)
             ctx.warn(
-              `${stuck.length} pod${stuck.length === 1 ? '' : 's'} on ${node} fit${stuck.length === 1 ? 's' : ''} no other node and will stay Pending once evicted: ${list(stuck)} (their nodeSelector, affinity or the other nodes' taints): give them another node first`,
+              `${counted(stuck.length, 'pod')} on ${node} ${agrees(stuck.length, 'fits', 'fit')} no other node ` +
+                `and will stay Pending once evicted: ${list(stuck)} ` +
+                "(their nodeSelector, affinity or the other nodes' taints): give them another node first",
             )
           return {
             summary: `cordon ${node} and ${what}`,
@@ -92,7 +95,11 @@ export const uninstallAgentRole: Role = {
           done()
           return { status: 'ok', message: 'no k3s on this host' }
         }
-        const script = `[ -x ${AGENT_UNINSTALL} ] || { echo "k3s-agent is installed but ${AGENT_UNINSTALL} is missing: remove it by hand" >&2; exit 3; }\n${bounded(AGENT_UNINSTALL, ctx.vars.k3s_start_timeout, AGENT_UNINSTALL, 'k3s_start_timeout')}`
+        const missing = `k3s-agent is installed but ${AGENT_UNINSTALL} is missing: remove it by hand`
+        const script = [
+          `[ -x ${AGENT_UNINSTALL} ] || { echo ${quote(missing)} >&2; exit 3; }`,
+          bounded(AGENT_UNINSTALL, ctx.vars.k3s_start_timeout, AGENT_UNINSTALL, 'k3s_start_timeout'),
+        ].join('\n')
         return {
           summary: `run ${AGENT_UNINSTALL}`,
           commands: [{ script }],
@@ -102,7 +109,8 @@ export const uninstallAgentRole: Role = {
             if (after.agentUnit || after.version)
               throw new ProvisionError(
                 'step',
-                `${AGENT_UNINSTALL} ran but k3s is still there (unit ${after.agentUnit ? 'present' : 'gone'}, binary ${after.version ?? 'gone'})`,
+                `${AGENT_UNINSTALL} ran but k3s is still there ` +
+                  `(unit ${after.agentUnit ? 'present' : 'gone'}, binary ${after.version ?? 'gone'})`,
               )
             done()
             return `uninstalled k3s-agent ${cur.version ?? ''}`.trim()
@@ -131,11 +139,13 @@ export function deleteNodeRole(node: string, inInventory: boolean): Role {
               const done = `deleted the Node ${node} (and its node-password secret)`
               if (!inInventory)
                 ctx.warn(
-                  `${node} is not in the inventory, so its disk was not touched: if that Pi comes back with k3s-agent on it, it joins again`,
+                  `${node} is not in the inventory, so its disk was not touched: ` +
+                    'if that Pi comes back with k3s-agent on it, it joins again',
                 )
               else if (!ctx.state.get(UNINSTALLED, node))
                 ctx.warn(
-                  `k3s-agent could not be uninstalled on ${node}: if that Pi comes back, it joins again; run retire again then`,
+                  `k3s-agent could not be uninstalled on ${node}: ` +
+                    'if that Pi comes back, it joins again; run retire again then',
                 )
               return done
             },

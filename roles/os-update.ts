@@ -2,7 +2,8 @@
 // (playbooks/update.mts runs the agents with serial 1, then the server):
 //   kubectl drain NODE --ignore-daemonsets --delete-emptydir-data      (agents only; the server is not drained)
 //   sudo apt update && sudo apt full-upgrade -y
-//   [ -e /var/run/reboot-required ] && sudo reboot                     (a kernel update also asks for one)
+//   sudo rpi-eeprom-update -a                                           (Pi 4/5, when a bootloader update is out)
+//   [ -e /var/run/reboot-required ] && sudo reboot                     (a kernel or bootloader update asks for one)
 //   wait for the node to be Ready; kubectl uncordon NODE
 // The drain marks the Node with an annotation, and only a Node this role drained is uncordoned: a node the owner
 // cordoned by hand stays cordoned, and a run that failed after the drain is finished by the next one.
@@ -10,8 +11,10 @@
 import { dirname } from 'node:path'
 import { ProvisionError } from '../lib/errors.ts'
 import { defineFact } from '../lib/facts.ts'
-import { flushHandlers, type Role, type StepContext } from '../lib/role.ts'
+import { eepromAction, eepromDate, eepromFact, hasEeprom } from '../lib/eeprom.ts'
+import { flushHandlers, runKey, type Role, type StepContext } from '../lib/role.ts'
 import { bounded, quote } from '../lib/shell.ts'
+import { agrees, counted } from '../lib/words.ts'
 import { rebootHandler, waitUntil } from '../lib/steps.ts'
 import { nodeName, nodeOnServer, serverHandle, type NodeView } from '../lib/k3s.ts'
 import { kubeGet, kubectl } from '../lib/kube.ts'
@@ -22,6 +25,8 @@ export const DRAINED_MARK = 'pi-provision/drained-for'
 const APT_LOCK_WAIT = 300
 /** Written by packages that need a reboot (Debian's convention, on tmpfs: a reboot clears it); a kernel change too. */
 const REBOOT_REQUIRED = '/var/run/reboot-required'
+/** The bootloader update this run staged on a host (from -> to), checked after the reboot that flashes it. */
+const EEPROM_STAGED = runKey<string>('bootloader update staged')
 
 export interface PendingUpgrade {
   name: string
@@ -79,7 +84,9 @@ export const rebootRequiredFact = defineFact(
   [
     `[ -e ${REBOOT_REQUIRED} ] && { echo R; sed 's/^/P /' ${REBOOT_REQUIRED}.pkgs 2>/dev/null | sort -u; }`,
     'r=$(uname -r); s=$(printf %s "$r" | sed -E "s/^[0-9.]+(-[0-9]+)?//")',
-    `n=$(ls -1 /lib/modules 2>/dev/null | awk -v s="$s" 'substr($0, length($0) - length(s) + 1) == s' | sort -V | tail -n 1)`,
+    // The newest installed kernel whose name ends like the running one's (same flavour: -v8, -2712, ...).
+    `same='substr($0, length($0) - length(s) + 1) == s'`,
+    'n=$(ls -1 /lib/modules 2>/dev/null | awk -v s="$s" "$same" | sort -V | tail -n 1)',
     '[ -n "$n" ] && [ "$n" != "$r" ] && echo "K $n $r"',
     'true',
   ].join('\n'),
@@ -113,7 +120,9 @@ export function aptUpdateScript(waitSeconds: number, pauseSeconds = 5): string {
     'n=0',
     // "$( (" and not "$((": the bounded command is a subshell, not arithmetic.
     `while ! out=$( ${attempt} 2>&1); do`,
-    `  case "$out" in *"Could not get lock"*) n=$((n + 1)); [ $n -lt ${attempts} ] && { sleep ${pauseSeconds}; continue; } ;; esac`,
+    '  case "$out" in *"Could not get lock"*)',
+    `    n=$((n + 1)); [ $n -lt ${attempts} ] && { sleep ${pauseSeconds}; continue; } ;;`,
+    '  esac',
     '  printf \'%s\\n\' "$out" >&2; exit 1',
     'done',
   ].join('\n')
@@ -176,11 +185,12 @@ export const osUpdate: Role = {
     {
       name: 'Drain this node from the server before updating it (agents, update_drain)',
       when: (ctx) => ctx.vars.update_drain && ctx.groups.includes('agent'),
-      facts: () => [pendingUpgradesFact, rebootRequiredFact],
+      facts: () => [pendingUpgradesFact, rebootRequiredFact, eepromFact],
       async plan(ctx) {
         const { upgrades, interrupted } = await pending(ctx)
         const reboot = (await ctx.facts.get(rebootRequiredFact)).required
-        if (upgrades.length === 0 && !interrupted && !reboot)
+        const bootloader = eepromAction(await ctx.facts.get(eepromFact), ctx.vars.hardware) !== 'none'
+        if (upgrades.length === 0 && !interrupted && !reboot && !bootloader)
           return { status: 'ok', message: 'nothing to install, no reboot owed: no drain' }
         const node = await nodeOnServer(ctx)
         const name = nodeName(ctx)
@@ -201,11 +211,12 @@ export const osUpdate: Role = {
               ? 'drained by an earlier run that did not finish'
               : 'cordoned by hand, no pods left to evict (it stays cordoned)',
           }
-        const what = left.length ? `evict ${left.length} pod${left.length === 1 ? '' : 's'}` : 'cordon it'
+        const what = left.length ? `evict ${counted(left.length, 'pod')}` : 'cordon it'
         // Pinned to this node (Unbound on its DNS node, say): down until the node is back. Said, not refused.
         if (stuck.length)
           ctx.warn(
-            `${stuck.length} pod${stuck.length === 1 ? '' : 's'} fit${stuck.length === 1 ? 's' : ''} no other node and will wait Pending until ${name} is back: ${stuck.join(', ')}`,
+            `${counted(stuck.length, 'pod')} ${agrees(stuck.length, 'fits', 'fit')} no other node ` +
+              `and will wait Pending until ${name} is back: ${stuck.join(', ')}`,
           )
         return {
           summary: `drain ${name} (${what})`,
@@ -222,7 +233,8 @@ export const osUpdate: Role = {
               ctx.vars.k3s_drain_timeout,
               'the node stays cordoned and nothing was installed; the next run drains it again',
             )
-            return `drained ${name} (${what.replace(/^evict/, 'evicted').replace(/^cordon it/, 'cordoned')})${byHand ? '; cordoned by hand, it stays cordoned' : ''}`
+            const done = what.replace(/^evict/, 'evicted').replace(/^cordon it/, 'cordoned')
+            return `drained ${name} (${done})${byHand ? '; cordoned by hand, it stays cordoned' : ''}`
           },
         }
       },
@@ -235,8 +247,11 @@ export const osUpdate: Role = {
         if (upgrades.length === 0 && !interrupted) return { status: 'ok', message: 'up to date' }
         const what = interrupted
           ? 'an interrupted dpkg run, then the updates'
-          : `${upgrades.length} package${upgrades.length === 1 ? '' : 's'}: ${names(upgrades)}`
-        const apt = `apt-get -o DPkg::Lock::Timeout=${APT_LOCK_WAIT} -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold -y -q full-upgrade`
+          : `${counted(upgrades.length, 'package')}: ${names(upgrades)}`
+        const apt = [
+          `apt-get -o DPkg::Lock::Timeout=${APT_LOCK_WAIT}`,
+          '-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold -y -q full-upgrade',
+        ].join(' ')
         const boot = upgrades.map((u) => u.name).filter((n) => BOOT_PACKAGES.test(n))
         const script = [
           'set -e',
@@ -253,6 +268,39 @@ export const osUpdate: Role = {
           summary: `${interrupted ? 'finish' : 'upgrade'} ${what}`,
           commands: [{ script }],
           apply: async () => (interrupted ? `finished ${what}` : `upgraded ${what}`),
+        }
+      },
+    },
+    {
+      name: 'Stage the bootloader EEPROM update (Pi 4/5: rpi-eeprom-update -a, flashed by the reboot)',
+      facts: () => [eepromFact],
+      notify: ['Reboot'],
+      async plan(ctx) {
+        const e = await ctx.facts.get(eepromFact)
+        if (!hasEeprom(e, ctx.vars.hardware))
+          return {
+            status: 'ok',
+            message: e.tool
+              ? `no bootloader EEPROM (${e.model ?? ctx.vars.hardware ?? 'model unknown'})`
+              : 'no rpi-eeprom-update on this host',
+          }
+        if (e.error) {
+          ctx.warn(`bootloader EEPROM not checked: ${e.error}`)
+          return { status: 'ok', message: 'not checked (see the warning)' }
+        }
+        const versions = `${eepromDate(e.current)} -> ${eepromDate(e.latest)}`
+        if (e.frozen && e.available)
+          return { status: 'ok', message: `bootloader ${eepromDate(e.current)}, frozen (FREEZE_VERSION=1): left so` }
+        const action = eepromAction(e, ctx.vars.hardware)
+        if (action === 'none') return { status: 'ok', message: `bootloader ${eepromDate(e.current)}, up to date` }
+        // Remembered when applied, for the check after the reboot.
+        const remember = async () => void ctx.state.set(EEPROM_STAGED, versions, ctx.host)
+        if (action === 'reboot')
+          return { summary: `reboot to flash the staged bootloader update (${versions})`, apply: remember }
+        return {
+          summary: `stage the bootloader update ${versions} (flashed by the reboot)`,
+          commands: [{ script: 'rpi-eeprom-update -a </dev/null' }],
+          apply: remember,
         }
       },
     },
@@ -303,6 +351,22 @@ export const osUpdate: Role = {
           },
         )
         return { status: 'ok', message: `Ready after ${seconds.toFixed(1)}s` }
+      },
+    },
+    {
+      name: 'Check that the reboot flashed the bootloader update',
+      when: (ctx) => ctx.state.get(EEPROM_STAGED, ctx.host) !== undefined,
+      onlyForReal: 'the update is only flashed by the reboot',
+      facts: () => [eepromFact],
+      async plan(ctx) {
+        const e = await ctx.facts.get(eepromFact)
+        const staged = ctx.state.get(EEPROM_STAGED, ctx.host)
+        if (!e.available) return { status: 'ok', message: `bootloader ${eepromDate(e.current)} (was ${staged})` }
+        ctx.warn(
+          `the reboot did not flash the bootloader update ${staged}: it still runs ${eepromDate(e.current)}. ` +
+            'Look at `rpi-eeprom-update` and the boot partition on the host; the next run reboots for it again.',
+        )
+        return { status: 'ok', message: `still ${eepromDate(e.current)}` }
       },
     },
     {
