@@ -70,7 +70,10 @@ export function parseAppChecks(
 ): AppCheck[] {
   const bad = (i: number, what: string): ProvisionError =>
     new ProvisionError('inventory', `app_checks[${i}]: ${what}`, {
-      hint: 'each entry is {app, url, expect?, expect_json?, expect_status?, timeout?}, {app, dns: NAME, server?, port?, type?, timeout?} or {app, pihole_api: URL, password_ref, timeout?} (see docs/gitops.md)',
+      hint:
+        'each entry is {app, url, expect?, expect_json?, expect_status?, timeout?}, ' +
+        '{app, dns: NAME, server?, port?, type?, timeout?} or {app, pihole_api: URL, password_ref, timeout?} ' +
+        '(see docs/gitops.md)',
     })
   return raw.map((entry, i): AppCheck => {
     if (!isRecord(entry)) throw bad(i, 'expected a map')

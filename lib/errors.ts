@@ -54,7 +54,10 @@ export class ProvisionError extends Error {
     return this.#problems ?? [this]
   }
 
-  /** "file:line:col: message" or "host: message", then the hint on its own line; for several problems, the summary and then each. */
+  /**
+   * "file:line:col: message" or "host: message", then the hint on its own line; for several problems, the summary
+   * and then each.
+   */
   describe(): string {
     if (this.#problems) return [this.message, ...this.#problems.map((p) => p.describe())].join('\n')
     const { file, line, col, host, role, step } = this.place

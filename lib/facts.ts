@@ -116,7 +116,8 @@ export function batchScript(scripts: readonly string[], marker: string): string 
     ...scripts.map((s, i) => `f${i}() (\n${s}\n)`),
     'if d=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d 2>/dev/null); then',
     `trap 'rm -rf "$d"' EXIT`,
-    // Each job writes its own marked answer; one cat prints them in order (few process starts: 12 lab hosts share 2 cores).
+    // Each job writes its own marked answer; one cat prints them in order (few process starts: 12 lab hosts share
+    // 2 cores).
     ...scripts.map((_s, i) => `{ ${head(i)}; f${i} 2>/dev/null; ${tail('$?')}; } >"$d/${i}" &`),
     'wait',
     `cat ${scripts.map((_s, i) => `"$d/${i}"`).join(' ')}`,

@@ -339,7 +339,8 @@ export async function addKnownHost(
     if (verdict.status === 'changed' || verdict.status === 'revoked') {
       throw new ProvisionError(
         'hostkey',
-        `refusing to record ${fingerprint(blob)} for ${knownHostName(host, port)}: known_hosts says its key is ${verdict.status}`,
+        `refusing to record ${fingerprint(blob)} for ${knownHostName(host, port)}: ` +
+          `known_hosts says its key is ${verdict.status}`,
         {
           place: { file: path },
           hint:

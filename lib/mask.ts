@@ -5,7 +5,10 @@ const MASK = '********'
 const values = new Set<string>()
 let pattern: RegExp | null = null
 
-/** Remember a secret so it is masked everywhere from now on. Short values are ignored: masking "1" would garble all output. */
+/**
+ * Remember a secret so it is masked everywhere from now on. Short values are ignored: masking "1" would garble all
+ * output.
+ */
 export function registerSecret(value: string): void {
   if (typeof value !== 'string' || value.length < 4 || values.has(value)) return
   values.add(value)

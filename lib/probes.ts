@@ -255,7 +255,9 @@ export async function probePihole(c: PiholeCheck, password: string): Promise<Pro
     if (!loggedOut)
       verdict = {
         ...verdict,
-        detail: `${verdict.detail}; logout failed (${typeof out === 'string' ? out : `HTTP ${out.status}`}): the session stays until it expires`,
+        detail:
+          `${verdict.detail}; logout failed (${typeof out === 'string' ? out : `HTTP ${out.status}`}): ` +
+          'the session stays until it expires',
       }
   }
   return { ...verdict, ms: Date.now() - started }
@@ -318,7 +320,10 @@ function noSecrets(ref: string): string {
   throw new ProvisionError('secrets', `no secrets store to read ${ref} from`)
 }
 
-/** Every check at once; a failing one is asked again (attempts in all) after a pause, since a pod may be just starting. */
+/**
+ * Every check at once; a failing one is asked again (attempts in all) after a pause, since a pod may be just
+ * starting.
+ */
 export async function runChecks(
   checks: readonly AppCheck[],
   opts: { attempts?: number; retryDelayMs?: number; secret?: (ref: string) => string } = {},

@@ -57,7 +57,10 @@ function tolerates(tolerations: readonly Toleration[], t: Taint): boolean {
   })
 }
 
-/** The nodes a pod with this spec may be scheduled on: nodeSelector, required node affinity, NoSchedule/NoExecute taints. */
+/**
+ * The nodes a pod with this spec may be scheduled on: nodeSelector, required node affinity, NoSchedule/NoExecute
+ * taints.
+ */
 export function feasibleNodes(podSpec: Record<string, unknown>, nodes: readonly KubeObject[]): string[] {
   const selector = asRecord(podSpec.nodeSelector)
   const terms = asArray<{ matchExpressions?: SelectorRequirement[] }>(
@@ -136,6 +139,9 @@ export async function drainNode(
   if (r.code === 0) return
   const said = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-4).join('\n    ')
   throw new ProvisionError('step', `kubectl drain ${node} failed (exit ${r.code}); ${left}:\n    ${said}`, {
-    hint: 'a PodDisruptionBudget that allows no eviction, or a pod without a controller (kubectl drain --force would delete it for good), keeps a drain from finishing; deal with that pod, then run again (k3s_drain_timeout gives a slow eviction more time)',
+    hint:
+      'a PodDisruptionBudget that allows no eviction, or a pod without a controller ' +
+      '(kubectl drain --force would delete it for good), keeps a drain from finishing; ' +
+      'deal with that pod, then run again (k3s_drain_timeout gives a slow eviction more time)',
   })
 }

@@ -19,7 +19,8 @@ export function asRoot(script: string, loginUser: string, opts: { password?: boo
   if (!opts.password) return `sudo -n sh -c ${quote(script)}`
   return [
     'IFS= read -r pi_provision_pw',
-    `printf '%s\\n' "$pi_provision_pw" | sudo -S -p '' -v 2>/dev/null || { unset pi_provision_pw; echo 'sudo did not take the password from become_password_ref' >&2; exit 126; }`,
+    `printf '%s\\n' "$pi_provision_pw" | sudo -S -p '' -v 2>/dev/null || { unset pi_provision_pw; ` +
+      `echo 'sudo did not take the password from become_password_ref' >&2; exit 126; }`,
     'unset pi_provision_pw',
     `sudo -n sh -c ${quote(script)}`,
   ].join('; ')
@@ -32,5 +33,6 @@ export function asRoot(script: string, loginUser: string, opts: { password?: boo
  */
 export function bounded(command: string, seconds: number, what: string, setting: string): string {
   const said = quote(`${what} did not finish within ${seconds}s (${setting})`)
-  return `( timeout -k 10 ${seconds} ${command}; rc=$?; if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo ${said} >&2; exit 124; fi; exit $rc )`
+  const timedOut = `if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo ${said} >&2; exit 124; fi`
+  return `( timeout -k 10 ${seconds} ${command}; rc=$?; ${timedOut}; exit $rc )`
 }

@@ -26,16 +26,22 @@ export function keyForSsh(text: string, source: KeySource, passphrase?: string):
     const encrypted = /encrypted|passphrase|decrypt/i.test(parsed.message)
     throw new ProvisionError(
       'unreachable',
-      `cannot use the SSH key (${source.what}): ${encrypted ? (passphrase ? 'the passphrase does not open it' : 'it is encrypted and no passphrase was given') : parsed.message}`,
+      `cannot use the SSH key (${source.what}): ${encrypted ? lockedKey(passphrase) : parsed.message}`,
       {
         place: { host: source.host },
         hint: encrypted
-          ? 'load it into your ssh-agent (ssh-add; the 1Password SSH agent works) or set ssh_key_passphrase_ref to its passphrase in the secrets store'
+          ? 'load it into your ssh-agent (ssh-add; the 1Password SSH agent works) ' +
+            'or set ssh_key_passphrase_ref to its passphrase in the secrets store'
           : undefined,
       },
     )
   }
   return pem
+}
+
+/** Why an encrypted key did not open. */
+function lockedKey(passphrase: string | undefined): string {
+  return passphrase ? 'the passphrase does not open it' : 'it is encrypted and no passphrase was given'
 }
 
 function fromPkcs8(pem: string, source: KeySource, passphrase?: string): string {
@@ -46,7 +52,8 @@ function fromPkcs8(pem: string, source: KeySource, passphrase?: string): string 
     const encrypted = /ENCRYPTED/.test(pem)
     throw new ProvisionError(
       'unreachable',
-      `cannot use the SSH key (${source.what}): ${encrypted ? (passphrase ? 'the passphrase does not open it' : 'it is encrypted and no passphrase was given') : `not a private key PKCS#8 can read (${(e as Error).message})`}`,
+      `cannot use the SSH key (${source.what}): ` +
+        (encrypted ? lockedKey(passphrase) : `not a private key PKCS#8 can read (${(e as Error).message})`),
       {
         place: { host: source.host },
         hint: encrypted
@@ -65,7 +72,8 @@ function fromPkcs8(pem: string, source: KeySource, passphrase?: string): string 
     default:
       throw new ProvisionError(
         'unreachable',
-        `cannot use the SSH key (${source.what}): ${key.asymmetricKeyType} keys are not supported for SSH here (use ed25519, RSA or ECDSA)`,
+        `cannot use the SSH key (${source.what}): ${key.asymmetricKeyType} keys are not supported for SSH here ` +
+          '(use ed25519, RSA or ECDSA)',
         { place: { host: source.host } },
       )
   }

@@ -185,7 +185,10 @@ export interface UnitSpec {
   masked?: boolean
   enabled?: boolean
   active?: boolean
-  /** Bound on `systemctl start` (a unit that never reports ready would block the run): seconds, and the variable that sets it. */
+  /**
+   * Bound on `systemctl start` (a unit that never reports ready would block the run): seconds, and the variable that
+   * sets it.
+   */
   startTimeout?: { seconds: number; setting: string }
   /**
    * Mask and disable without systemd's implicit daemon-reload (each costs 0.1 s on the lab, about a second on a
@@ -256,8 +259,9 @@ export function planPackages(
     // Try with the lists the host has; refresh them only if that fails (a fresh image has none).
     // Wait for the dpkg lock rather than fail: an apt run orphaned by a dropped connection may still hold it.
     const apt = `apt-get -o DPkg::Lock::Timeout=${APT_LOCK_WAIT}`
+    const install = `${apt} install -y -q --no-install-recommends ${pk}`
     cmds.push({
-      script: `${env}; ${apt} install -y -q --no-install-recommends ${pk} || { ${apt} update -q && ${apt} install -y -q --no-install-recommends ${pk}; }`,
+      script: `${env}; ${install} || { ${apt} update -q && ${install}; }`,
     })
   }
   if (toRemove.length > 0)
@@ -500,7 +504,8 @@ async function rebootAndWait(ctx: StepContext): Promise<string> {
   }
   throw new ProvisionError(
     'timeout',
-    `${ctx.host} did not come back from the reboot within ${ctx.vars.reboot_timeout}s${lastError ? ` (last error: ${lastError})` : ''}`,
+    `${ctx.host} did not come back from the reboot within ${ctx.vars.reboot_timeout}s` +
+      (lastError ? ` (last error: ${lastError})` : ''),
     {
       place: { host: ctx.host },
       hint: 'check the host console; raise reboot_timeout for slow boots (Pi 3 with an SD card: 60-90 s)',

@@ -37,7 +37,9 @@ async function retire(argv: string[]): Promise<number> {
   // given a Node, so nothing else ("-l...", a selector, a path) ever reaches kubectl, and no host is contacted.
   if (!host && !isDnsSubdomain(arg)) {
     process.stderr.write(
-      `ERROR: retire.mts NODE: ${JSON.stringify(arg)} is no host of ${inv.file} (hosts: ${[...inv.hosts.keys()].join(', ')}) and no Kubernetes node name (an RFC 1123 name: lowercase letters, digits, "-" and ".")\n`,
+      `ERROR: retire.mts NODE: ${JSON.stringify(arg)} is no host of ${inv.file} ` +
+        `(hosts: ${[...inv.hosts.keys()].join(', ')}) and no Kubernetes node name ` +
+        '(an RFC 1123 name: lowercase letters, digits, "-" and ".")\n',
     )
     return 1
   }
@@ -45,7 +47,8 @@ async function retire(argv: string[]): Promise<number> {
   const server = serverOf(inv).name
   if (host === server || (host && inv.groups.get('server')?.includes(host)) || node === nodeOf(server)) {
     process.stderr.write(
-      `ERROR: ${arg} is the k3s server of ${inv.file}: retiring it would end the cluster; to replace its Pi, use playbooks/rebuild.mts ${host ?? server}\n`,
+      `ERROR: ${arg} is the k3s server of ${inv.file}: retiring it would end the cluster; ` +
+        `to replace its Pi, use playbooks/rebuild.mts ${host ?? server}\n`,
     )
     return 1
   }
@@ -54,7 +57,8 @@ async function retire(argv: string[]): Promise<number> {
   if (host) plays.push({ name: `Uninstall k3s from ${host}`, hosts: host, roles: [uninstallAgentRole] })
   else
     process.stdout.write(
-      `retire: ${node} is not in ${inv.file}: only its Node is removed from the cluster; the Pi itself is not touched\n`,
+      `retire: ${node} is not in ${inv.file}: only its Node is removed from the cluster; ` +
+        'the Pi itself is not touched\n',
     )
   plays.push({ name: `Remove ${node} from the cluster`, hosts: server, roles: [deleteNodeRole(node, inInventory)] })
   const rerun = ['npx zx playbooks/retire.mts', arg, ...rest].map((a, i) => (i === 0 ? a : quote(a))).join(' ')
