@@ -186,6 +186,25 @@ export const Duration = whole('duration', 1, MAX_SECONDS, `expected a number of 
 /** Seconds where 0 means "never" / "always" (apt_cache_valid_time). */
 export const DurationOrZero = whole('duration', 0, MAX_SECONDS, `expected a number of seconds, 0 to ${MAX_SECONDS}`)
 
+const AGE_UNITS: Readonly<Record<string, number>> = { s: 1, m: 60, h: 3600, d: 86400 }
+/** An age like 36h, 2d, 90m, 45s, or whole seconds: its number of seconds, or undefined. */
+export function ageSeconds(s: string): number | undefined {
+  const m = /^(\d{1,9})([smhd]?)$/.exec(s)
+  if (!m) return undefined
+  const n = Number(m[1]) * AGE_UNITS[m[2] || 's']
+  return n >= 1 && n <= 100 * 365 * 86400 ? n : undefined
+}
+const AGE_TEXT = 'expected an age like 36h, 2d, 90m or a number of seconds (at least 1 s, at most 100 years)'
+/** How old something may be (backup_max_age): "36h", "2d", "90m", "45s" or seconds; the value is in seconds. */
+export const Age: Grammar<number> = grammar(
+  'age',
+  v.pipe(
+    v.string(AGE_TEXT),
+    v.check((s) => ageSeconds(s) !== undefined, AGE_TEXT),
+    v.transform((s) => ageSeconds(s)!),
+  ),
+)
+
 // ---------------------------------------------------------------- versions, digests, modes
 
 export const isK3sVersion = (s: string): boolean => /^v\d{1,4}\.\d{1,4}\.\d{1,4}(?:-rc\d{1,4})?\+k3s\d{1,4}$/.test(s)
@@ -367,6 +386,44 @@ export const FluxUrl = text('URL', isFluxUrl, 'expected an http(s) URL (placehol
 export const isPath = (s: string): boolean => s.length >= 1 && s.length <= 4096 && !/[\0\n\r]/.test(s)
 export const FilePath = text('path', isPath, 'expected a path (no NUL or line break)')
 
+/**
+ * k3s_backup_dir on a NAS over SSH: user@host:/absolute/path, as scp writes it. A value with a ":" before its first
+ * "/" is taken as one (as scp does), so a typo there is refused rather than read as a local directory.
+ */
+export const isRemoteBackupDir = (s: string): boolean => /^[^/]*:/.test(s)
+
+export interface RemoteBackupDir {
+  user: string
+  /** Address or host name (an IPv6 address without its brackets). */
+  host: string
+  path: string
+}
+
+// The path part: absolute, portable characters only (it is quoted on the NAS, but an owner's NAS path never needs
+// a shell's special characters, and refusing them keeps the value plain in every message).
+const REMOTE_PATH = /^\/[A-Za-z0-9._+,=@%~\/-]*$/
+
+/** user@host:/path parsed, or undefined when it is not one (no options: nothing may start with "-"). */
+export function parseRemoteBackupDir(s: string): RemoteBackupDir | undefined {
+  const m = /^([^@:/\s]+)@(\[[0-9A-Fa-f:.]+\]|[^@:/[\]\s]+):(.*)$/.exec(s)
+  if (!m) return undefined
+  const [, user, rawHost, path] = m
+  const host = rawHost.startsWith('[') ? rawHost.slice(1, -1) : rawHost
+  if (!isUserName(user) || user.startsWith('-')) return undefined
+  if (rawHost.startsWith('[') ? !isIPv6(host) || host.includes('%') : !isAddress(host) || isIPv6(host)) return undefined
+  if (s.length > 4096 || !REMOTE_PATH.test(path) || path.split('/').includes('..')) return undefined
+  return { user, host, path: path.length > 1 ? path.replace(/\/+$/, '') : path }
+}
+
+/** k3s_backup_dir: a directory the controller sees, or user@host:/path on a NAS reached over SSH. */
+export const isBackupDir = (s: string): boolean =>
+  isRemoteBackupDir(s) ? parseRemoteBackupDir(s) !== undefined : isPath(s)
+export const BackupDir = text(
+  'backup directory',
+  isBackupDir,
+  'expected a local directory or user@host:/absolute/path (a login name, an address or host name, an absolute path of letters, digits and "._+,=@%~/-"; no spaces, no options)',
+)
+
 /** kubeconfig context name: letters, digits, "._-@:/", not starting with "-". */
 export const isContextName = (s: string): boolean =>
   s.length >= 1 && s.length <= 253 && /^[A-Za-z0-9_][A-Za-z0-9._@:/-]*$/.test(s)
@@ -376,15 +433,19 @@ export const ContextName = text(
   'expected a kubeconfig context name (letters, digits, ".", "_", "-", "@", ":", "/"; not starting with "-" or ".")',
 )
 
-/** k3s_restore: latest, none, or a backup folder name (no "/", not starting with "." or "-"). */
+/**
+ * k3s_restore: latest (the newest usable backup, within backup_max_age), latest-anyway (the newest usable one
+ * however old), none (an empty datastore, on purpose), or a backup folder name (no "/", not starting with "." or "-").
+ */
 export const isRestoreName = (s: string): boolean =>
   s === 'latest' ||
+  s === 'latest-anyway' ||
   s === 'none' ||
   (s.length >= 1 && s.length <= 255 && !/[/\\\x00-\x1f\x7f]/.test(s) && !/^[.-]/.test(s))
 export const RestoreName = text(
   'backup',
   isRestoreName,
-  'expected "latest", "none" or a backup folder name in k3s_backup_dir (no "/", not starting with "." or "-")',
+  'expected "latest", "none" or a backup folder name in k3s_backup_dir (no "/", not starting with "." or "-"), or "latest-anyway" (the newest usable backup however old)',
 )
 
 // ---------------------------------------------------------------- secret references

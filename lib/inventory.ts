@@ -10,7 +10,7 @@ import { dirname, isAbsolute, resolve } from 'node:path'
 import { isAlias, isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, type Pair, type YAMLMap } from 'yaml'
 import { parseAppChecks } from './appchecks.ts'
 import { ProvisionError } from './errors.ts'
-import { isDnsSubdomain } from './grammar.ts'
+import { isDnsSubdomain, isRemoteBackupDir } from './grammar.ts'
 import {
   BUILTIN_DEFAULTS,
   checkSpecAll,
@@ -60,6 +60,9 @@ const PATH_VARS: ReadonlySet<string> = new Set([
   'kubeconfig_path',
   'k3s_backup_dir',
 ] satisfies VarName[])
+/** A controller path to expand; k3s_backup_dir may instead be user@host:/path on a NAS, kept as written. */
+const isControllerPath = (name: string, value: unknown): boolean =>
+  PATH_VARS.has(name) && !(name === 'k3s_backup_dir' && isRemoteBackupDir(String(value)))
 /** Deeper than this, a group tree is a mistake (or an alias loop). */
 const MAX_GROUP_DEPTH = 32
 /** An inventory key: letters, digits, ".", "_", "-", starting with a letter or digit. */
@@ -231,7 +234,9 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
         for (const p of checked.problems) report(`${key}: ${p.message}`, problemNode(pair, p), hint)
         continue
       }
-      layer.vars[name] = PATH_VARS.has(name) ? expandPath(String(checked.value), baseDir) : checked.value
+      layer.vars[name] = isControllerPath(name, checked.value)
+        ? expandPath(String(checked.value), baseDir)
+        : checked.value
       const value = resolved(pair.value)
       // Each app check as the apps role will read it, so a bad entry is named at its line, before any host.
       if (name === 'app_checks' && isSeq(value))
@@ -734,7 +739,7 @@ export function parseExtraVars(pairs: readonly string[], opts: VarsOptions = {})
       for (const p of checked.problems) usage(flag, p.message, synonymNote(key))
       continue
     }
-    out[name] = PATH_VARS.has(name) ? expandPath(String(checked.value), process.cwd()) : checked.value
+    out[name] = isControllerPath(name, checked.value) ? expandPath(String(checked.value), process.cwd()) : checked.value
     flags.set(name, flag)
   }
   if (problems.length > 0) throw ProvisionError.all(problems, `-e: ${problems.length} problems`, 'usage')

@@ -129,13 +129,18 @@ export const VAR_SPECS = {
   node_taints: { type: 'list', doc: 'node taints (key=value:Effect), kept in config.yaml', grammar: g.Taint },
   k3s_backup_dir: {
     type: 'path',
-    doc: 'where the k3s datastore backups are, as the controller sees it (e.g. the NAS share mounted): {date}/k3s/*.db and *.tar.gz',
-    grammar: g.FilePath,
+    doc: 'where the k3s datastore backups are: a directory the controller sees (the NAS share mounted) or user@host:/path on the NAS over SSH; {date}/k3s/state.db.gz and k3s-server-identity.tar.gz (or a plain .db and a .tar.gz)',
+    grammar: g.BackupDir,
   },
   k3s_restore: {
     type: 'string',
-    doc: 'rebuild only: restore the server datastore from "latest" backup, a named {date} folder, or "none"',
+    doc: 'rebuild only: restore the server datastore from the "latest" usable backup (no older than backup_max_age), "latest-anyway" (however old), a named {date} folder, or "none" (an empty datastore)',
     grammar: g.RestoreName,
+  },
+  backup_max_age: {
+    type: 'string',
+    doc: 'how old the newest backup in k3s_backup_dir may be (36h, 2d, seconds): site warns past it (fails with --strict), a rebuild asks for k3s_restore=latest-anyway',
+    grammar: g.Age,
   },
   kubeconfig_path: {
     type: 'path',
@@ -232,6 +237,8 @@ export interface Vars {
   node_taints: string[]
   k3s_backup_dir?: string
   k3s_restore?: string
+  /** Seconds (the inventory may say 36h, 2d, ...). */
+  backup_max_age: number
   kubeconfig_path?: string
   kubeconfig_context?: string
   flux_version?: string
@@ -276,6 +283,7 @@ export const BUILTIN_DEFAULTS: Vars = {
   k3s_kubeconfig_mode: '0600',
   node_labels: [],
   node_taints: [],
+  backup_max_age: 36 * 3600,
   flux_timeout: 300,
   apps_timeout: 600,
   app_checks: [],

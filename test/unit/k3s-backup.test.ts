@@ -1,0 +1,178 @@
+// The backup pieces that need no host: folder names and times, the backup directory's grammar, the identity
+// tarball's reader, and the datastore check (real gzip, real tar, real SQLite files in a temp directory).
+
+import { execFileSync } from 'node:child_process'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { DatabaseSync } from 'node:sqlite'
+import { gzipSync } from 'node:zlib'
+import { afterAll, describe, expect, it } from 'vitest'
+import * as g from '../../lib/grammar.ts'
+import {
+  checkDatastore,
+  checkIdentity,
+  gunzipBackup,
+  isToolSnapshotName,
+  nameTime,
+  readTar,
+  snapshotName,
+  takenAt,
+  UnusableBackup,
+} from '../../lib/k3s-backup.ts'
+import { parseRoom, roomProblem } from '../../lib/k3s-snapshot.ts'
+
+const scratch = mkdtempSync(join(tmpdir(), 'k3s-backup-test-'))
+afterAll(() => rmSync(scratch, { recursive: true, force: true }))
+
+/** A SQLite file with a kine table (as k3s's state.db has), or without one. */
+function sqliteFile(withKine = true): Buffer {
+  const p = join(scratch, `db-${Math.random().toString(36).slice(2)}.db`)
+  const db = new DatabaseSync(p)
+  if (withKine) {
+    db.exec('CREATE TABLE kine (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, value BLOB)')
+    db.exec("INSERT INTO kine (name, value) VALUES ('/registry/namespaces/default', x'00')")
+  } else db.exec('CREATE TABLE objects (k TEXT)')
+  db.close()
+  return readFileSync(p)
+}
+
+/** A tarball of token, tls and cred as `tar -czf - -C <server> token tls cred` makes it (real tar). */
+function identityTarball(opts: { prefix?: string; token?: string; ca?: boolean } = {}): Buffer {
+  const root = mkdtempSync(join(scratch, 'id-'))
+  const base = opts.prefix ? join(root, opts.prefix) : root
+  mkdirSync(join(base, 'tls'), { recursive: true })
+  mkdirSync(join(base, 'cred'), { recursive: true })
+  writeFileSync(join(base, 'token'), `${opts.token ?? 'K10abc::server:s3cret'}\n`)
+  if (opts.ca ?? true) writeFileSync(join(base, 'tls', 'server-ca.crt'), 'CA')
+  writeFileSync(join(base, 'cred', 'passwd'), 'x')
+  const members = ['token', 'tls', 'cred'].map((m) => (opts.prefix ? `${opts.prefix}/${m}` : m))
+  return execFileSync('tar', ['-czf', '-', '-C', root, ...members])
+}
+
+describe('snapshot folder names', () => {
+  it('say when and why, in UTC, and are told apart from the owner folders', () => {
+    const name = snapshotName(new Date(Date.UTC(2026, 10, 27, 2, 15, 9)), 'upgrade')
+    expect(name).toBe('2026-11-27T021509Z-pi-provision-upgrade')
+    expect(isToolSnapshotName(name)).toBe(true)
+    for (const owner of ['2026-11-27', '2026-11-27-pi-provision', '20261127', 'pi-provision-backup'])
+      expect(isToolSnapshotName(owner), owner).toBe(false)
+    expect(() => snapshotName(new Date(), 'Up grade')).toThrow(/snapshot reason/)
+  })
+
+  it("take the time from a tool snapshot's name, and never later than the end of an owner folder's date", () => {
+    expect(nameTime('2026-11-27T021509Z-pi-provision-backup')).toEqual({
+      at: new Date(Date.UTC(2026, 10, 27, 2, 15, 9)),
+      exact: true,
+    })
+    const endOfDay = new Date(2026, 10, 28).getTime()
+    expect(nameTime('2026-11-27')?.at.getTime()).toBe(endOfDay)
+    expect(nameTime('2026-02-30')).toBeUndefined()
+    expect(nameTime('latest')).toBeUndefined()
+    // A copy made a month later does not look fresh; an mtime inside the day is kept.
+    const copiedLater = new Date(2026, 11, 27).getTime() / 1000
+    expect(takenAt('2026-11-27', copiedLater).getTime()).toBe(endOfDay)
+    const at0215 = new Date(2026, 10, 27, 2, 15).getTime() / 1000
+    expect(takenAt('2026-11-27', at0215).getTime()).toBe(at0215 * 1000)
+    expect(takenAt('no-date-here', at0215).getTime()).toBe(at0215 * 1000)
+  })
+})
+
+describe('k3s_backup_dir grammar', () => {
+  const good = [
+    '/Volumes/k3s-backups',
+    'backups',
+    '~/nas/k3s',
+    'backup@nas.lan:/volume1/k3s-backups',
+    'pi@198.51.100.7:/srv/nas/k3s',
+    'pi@[2001:db8::7]:/srv/nas',
+    'a.b-c_d@nas:/',
+  ]
+  const bad = [
+    'pi@nas:relative/path',
+    'pi@nas:',
+    'nas:/srv/k3s',
+    '-oProxyCommand=x@nas:/srv',
+    'pi@-oProxyCommand=x:/srv',
+    'pi@nas:/srv/$(reboot)',
+    'pi@nas:/srv/a b',
+    'pi@nas:/srv/a;b',
+    'pi@nas:/srv/../etc',
+    'pi@nas:/srv/`x`',
+    "pi@nas:/srv/'x'",
+    'pi@[fe80::1%eth0]:/srv',
+    'pi@2001:db8::7:/srv',
+    '',
+    'a\nb',
+  ]
+  it.each(good)('takes %j', (s) => {
+    expect(g.isBackupDir(s)).toBe(true)
+    expect(g.complaint(g.BackupDir, s)).toBeUndefined()
+  })
+  it.each(bad)('refuses %j', (s) => {
+    expect(g.isBackupDir(s)).toBe(false)
+    expect(g.complaint(g.BackupDir, s)).toMatch(/expected a local directory or user@host:\/absolute\/path/)
+  })
+  it('splits user, host and path', () => {
+    expect(g.parseRemoteBackupDir('backup@nas.lan:/volume1/k3s/')).toEqual({
+      user: 'backup',
+      host: 'nas.lan',
+      path: '/volume1/k3s',
+    })
+    expect(g.parseRemoteBackupDir('pi@[2001:db8::7]:/srv')?.host).toBe('2001:db8::7')
+    expect(g.isRemoteBackupDir('/Volumes/a:b')).toBe(false)
+  })
+  it('k3s_restore takes latest-anyway; backup_max_age takes 36h, 2d, seconds', () => {
+    expect(g.isRestoreName('latest-anyway')).toBe(true)
+    expect(g.verdict(g.Age, '36h')).toEqual({ ok: true, value: 129600 })
+    expect(g.verdict(g.Age, '2d')).toEqual({ ok: true, value: 172800 })
+    expect(g.verdict(g.Age, '600')).toEqual({ ok: true, value: 600 })
+    for (const s of ['0', '1w', '-5h', '36 h', 'h', '']) expect(g.verdict(g.Age, s).ok, s).toBe(false)
+  })
+})
+
+describe('checking a backup on the controller', () => {
+  it('a gzip of a k3s datastore passes integrity_check and has its kine table', async () => {
+    const gz = gzipSync(sqliteFile(), { level: 9 })
+    await expect(checkDatastore(gunzipBackup(gz, 'state.db.gz'), 'state.db.gz')).resolves.toEqual({ rows: 1 })
+  })
+
+  it('refuses, saying why: not gzip, truncated, not SQLite, damaged pages, no kine table', async () => {
+    const db = sqliteFile()
+    const gz = gzipSync(db)
+    expect(() => gunzipBackup(db, 'state.db.gz')).toThrow(/state.db.gz is not gzip data/)
+    expect(() => gunzipBackup(gz.subarray(0, gz.length - 20), 'state.db.gz')).toThrow(/does not decompress/)
+    await expect(checkDatastore(Buffer.from('hello'), 'state.db')).rejects.toThrow(/not a SQLite database/)
+    const damaged = Buffer.from(db)
+    damaged.fill(0xa5, 4096) // every page after the first (sqlite_master) overwritten
+    await expect(checkDatastore(damaged, 'state.db')).rejects.toBeInstanceOf(UnusableBackup)
+    await expect(checkDatastore(damaged, 'state.db')).rejects.toThrow(/^state.db: integrity_check (says|failed to run)/)
+    await expect(checkDatastore(sqliteFile(false), 'state.db')).rejects.toThrow(/no kine table: not a k3s datastore/)
+  })
+
+  it('reads the identity tarball as tar writes it: the token, tls/server-ca.crt, cred; with or without a server/ prefix', () => {
+    const id = checkIdentity(identityTarball(), 'k3s-server-identity.tar.gz')
+    expect(id).toEqual({ token: 'K10abc::server:s3cret', strip: 0, members: ['token', 'tls', 'cred'], hasCred: true })
+    const prefixed = checkIdentity(identityTarball({ prefix: 'server' }), 'x.tar.gz')
+    expect(prefixed.strip).toBe(1)
+    expect(prefixed.members).toEqual(['server/token', 'server/tls', 'server/cred'])
+    expect(() => checkIdentity(identityTarball({ ca: false }), 'x.tar.gz')).toThrow(
+      /holds the token but no tls\/server-ca.crt/,
+    )
+    expect(() => checkIdentity(gzipSync(Buffer.alloc(1024)), 'x.tar.gz')).toThrow(/holds no server token/)
+    const raw = gunzipBackup(identityTarball(), 'x')
+    expect(() => readTar(raw.subarray(0, 700))).toThrow(/ends inside a file|truncated/)
+  })
+})
+
+describe('snapshot preflight', () => {
+  it('names what stops a snapshot: etcd, no datastore, no python3, not enough space', () => {
+    expect(roomProblem(parseRoom('sqlite 1048576 4096 1073741824 yes'))).toBeUndefined()
+    expect(roomProblem(parseRoom('etcd 0 0 1073741824 yes'))).toMatch(/embedded etcd/)
+    expect(roomProblem(parseRoom('none 0 0 1073741824 yes'))).toMatch(/no datastore/)
+    expect(roomProblem(parseRoom('sqlite 1048576 0 1073741824 no'))).toMatch(/python3 is not on the server/)
+    expect(roomProblem(parseRoom('sqlite 104857600 0 209715200 yes'))).toMatch(
+      /not enough free space .*: 200 MB free, 232 MB needed/,
+    )
+  })
+})
