@@ -178,6 +178,15 @@ export function installerWillRestart(ctx: Pick<StepContext, 'state' | 'host'>): 
   ctx.state.set(RESTARTED_BY_INSTALLER, true, ctx.host)
 }
 
+/**
+ * How an agent is installed, by the agent role and by an upgrade alike: joined to the inventory's server with the
+ * cluster token (both in the service env file the install script writes, never argv); flags are in config.yaml.
+ */
+export async function agentInstallSpec(ctx: StepContext): Promise<InstallSpec> {
+  const { token } = await clusterToken(ctx, false)
+  return { kind: 'agent', secretEnv: { K3S_URL: serverOf(ctx.inventory).url, K3S_TOKEN: token } }
+}
+
 /** Install (or upgrade to) the pinned version with the install script, with the same flags every run. */
 export async function runInstaller(ctx: StepContext, spec: InstallSpec): Promise<void> {
   const version = ctx.vars.k3s_version
@@ -218,6 +227,35 @@ export async function runInstaller(ctx: StepContext, spec: InstallSpec): Promise
     !/No change detected so skipping service start/.test(r.stdout + r.stderr),
     ctx.host,
   )
+}
+
+/**
+ * site.mts (and rebuild.mts) never move a running node to another k3s version: they would reinstall the server and
+ * every agent at once, with no snapshot and no drain, and a bad release would take the whole cluster down together.
+ * playbooks/upgrade.mts does that job (a snapshot, the server first, the agents one at a time). A fresh install (no
+ * k3s, a reflashed Pi) takes the inventory's version as before.
+ */
+export function versionChangeRefusal(kind: 'server' | 'agent'): Step {
+  return {
+    name: 'Leave the k3s version of a running node to playbooks/upgrade.mts',
+    facts: () => [k3sInstallFact],
+    async plan(ctx) {
+      const cur = await ctx.facts.get(k3sInstallFact)
+      const want = ctx.vars.k3s_version
+      const installed = kind === 'server' ? cur.serverUnit : cur.agentUnit
+      if (!installed || !cur.version)
+        return { status: 'ok', message: 'no k3s here yet: the pinned version is installed' }
+      if (cur.version === want) return { status: 'ok', message: `k3s ${want}` }
+      return {
+        status: 'failed',
+        message:
+          `k3s ${cur.version} runs here and k3s_version is ${want ?? 'not set'}: site.mts does not change the ` +
+          'version of a running cluster (it would reinstall every node at once, with no snapshot and no drain). ' +
+          'Run playbooks/upgrade.mts (a snapshot, the server first, then the agents one at a time), then site.mts ' +
+          `again; or set k3s_version back to ${cur.version}`,
+      }
+    },
+  }
 }
 
 /** What k3s itself said when its service would not start, with the way forward for the failures owners meet. */
@@ -295,6 +333,8 @@ export interface NodeView {
   unschedulable: boolean
   /** The boot the kubelet last reported (status.nodeInfo.bootID): tells a fresh Ready from one left over. */
   bootID?: string
+  /** The k3s release that runs there (status.nodeInfo.kubeletVersion, e.g. v1.34.3+k3s1). */
+  kubeletVersion?: string
   labels: Record<string, string>
   annotations: Record<string, string>
   taints: Taint[]
@@ -312,7 +352,10 @@ export function parseNode(code: number, stdout: string, stderr: string): NodeVie
   const j = JSON.parse(stdout) as {
     metadata?: { labels?: Record<string, string>; annotations?: Record<string, string> }
     spec?: { taints?: Taint[]; unschedulable?: boolean }
-    status?: { conditions?: { type: string; status: string }[]; nodeInfo?: { bootID?: string } }
+    status?: {
+      conditions?: { type: string; status: string }[]
+      nodeInfo?: { bootID?: string; kubeletVersion?: string }
+    }
   }
   const ready = (j.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True')
   return {
@@ -320,6 +363,7 @@ export function parseNode(code: number, stdout: string, stderr: string): NodeVie
     ready,
     unschedulable: j.spec?.unschedulable === true,
     bootID: j.status?.nodeInfo?.bootID,
+    kubeletVersion: j.status?.nodeInfo?.kubeletVersion,
     labels: j.metadata?.labels ?? {},
     annotations: j.metadata?.annotations ?? {},
     taints: j.spec?.taints ?? [],

@@ -8,6 +8,7 @@ import { file, fileFact, systemdUnit } from '../lib/steps.ts'
 import { ProvisionError } from '../lib/errors.ts'
 import { kubectl } from '../lib/kube.ts'
 import {
+  agentInstallSpec,
   clusterToken,
   configNeedsRestart,
   installerWillRestart,
@@ -24,6 +25,7 @@ import {
   serverHandle,
   serverOf,
   checkClusterToken,
+  versionChangeRefusal,
 } from '../lib/k3s.ts'
 
 /** How long a running agent may stay unknown to the server before it is restarted to rejoin. */
@@ -74,6 +76,7 @@ export const k3sAgent: Role = {
   name: 'k3s-agent',
   checkSecrets: checkClusterToken,
   steps: [
+    versionChangeRefusal('agent'),
     {
       name: 'Get the cluster token from the secrets store',
       async plan(ctx) {
@@ -139,7 +142,7 @@ export const k3sAgent: Role = {
         installerWillRestart(ctx)
         return {
           summary: why.join(', '),
-          apply: () => runInstaller(ctx, { kind: 'agent', secretEnv: { K3S_URL: server.url, K3S_TOKEN: token } }),
+          apply: async () => runInstaller(ctx, await agentInstallSpec(ctx)),
         }
       },
     },

@@ -28,6 +28,7 @@ import {
   configNeedsRestart,
   nodeLabelsStep,
   checkClusterToken,
+  versionChangeRefusal,
 } from '../lib/k3s.ts'
 
 /** The server's Node as the API wait read it: the Ready wait starts from it instead of reading again. */
@@ -150,6 +151,7 @@ export const k3sServer: Role = {
   name: 'k3s-server',
   checkSecrets: checkClusterToken,
   steps: [
+    versionChangeRefusal('server'),
     {
       name: 'Get the cluster token from the secrets store (create it on first run)',
       async plan(ctx) {
