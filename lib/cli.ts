@@ -38,6 +38,8 @@ export const USAGE = `usage: npx zx playbooks/<playbook>.mts [options]
       --trust-new-host-keys  record the key of a host not yet in known_hosts (a changed key is always refused;
                              under --check it is accepted for that run only)
       --retry-file FILE   where failed/unreachable hosts are listed (default <playbook>.retry)
+      --keep N            backup.mts: keep the N newest of the tool's own snapshots, prune older ones (N >= 1)
+      --strict            site.mts: a stale or unrestorable newest backup fails the run (a warning otherwise)
   -v, -vv                 show commands (-v) and their output (-vv); secrets are masked
   -h, --help              this text
 `
@@ -56,6 +58,10 @@ export interface CliOptions {
   json?: string
   trustNewHostKeys: boolean
   retryFile?: string
+  /** --keep N: the tool's own snapshots to keep (backup.mts). */
+  keep?: number
+  /** --strict: a backup check that would warn fails instead (site.mts). */
+  strict: boolean
   verbosity: number
   help: boolean
   /** Words that are not flags (only playbooks that take them, like rebuild.mts HOST). */
@@ -86,6 +92,8 @@ export function parseCli(argv: string[], opts: { positionals?: boolean } = {}): 
         json: { type: 'string' },
         'trust-new-host-keys': { type: 'boolean' },
         'retry-file': { type: 'string' },
+        keep: { type: 'string' },
+        strict: { type: 'boolean' },
         verbose: { type: 'boolean', short: 'v', multiple: true },
         help: { type: 'boolean', short: 'h' },
       },
@@ -97,6 +105,9 @@ export function parseCli(argv: string[], opts: { positionals?: boolean } = {}): 
   const forks = v.forks === undefined ? 10 : Number(v.forks)
   if (!Number.isInteger(forks) || forks < 1)
     throw new ProvisionError('usage', `--forks ${v.forks}: expected a whole number >= 1`)
+  const keep = v.keep === undefined ? undefined : /^\d{1,4}$/.test(v.keep) ? Number(v.keep) : Number.NaN
+  if (keep !== undefined && !(keep >= 1))
+    throw new ProvisionError('usage', `--keep ${v.keep}: expected a whole number >= 1 (the newest snapshots to keep)`)
   const list = (xs: string[] | undefined) =>
     (xs ?? [])
       .flatMap((x) => x.split(','))
@@ -116,6 +127,8 @@ export function parseCli(argv: string[], opts: { positionals?: boolean } = {}): 
     json: v.json,
     trustNewHostKeys: v['trust-new-host-keys'] ?? false,
     retryFile: v['retry-file'],
+    keep,
+    strict: v.strict ?? false,
     verbosity: (v.verbose ?? []).length,
     help: v.help ?? false,
     positionals: parsed.positionals,
@@ -180,6 +193,7 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
     const declared = playbookVars(pb)
     const inv = loadInventory(o.inventoryFile, { declared })
     const extra = parseExtraVars(o.extra, { declared })
+    flagVars(o, declared, extra)
     // The hosts' final values (after -e) across hosts: node names, no address or node name twice.
     checkHosts(inv, extra, new Set(planHosts(pb, inv, o.limit).flatMap((p) => p.hosts)))
     if (o.listHosts) {
@@ -239,6 +253,20 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
     if (e instanceof Error && e.stack && process.env.PROVISION_DEBUG) printErr(e.stack)
     return EXIT.usage
   }
+}
+
+/**
+ * Flags that set a role's variable for the run (above -e): --keep N is backup_keep (backup.mts), --strict is
+ * backup_strict (site.mts's backup check). A playbook none of whose roles takes the variable refuses the flag.
+ */
+export function flagVars(o: Pick<CliOptions, 'keep' | 'strict'>, declared: DeclaredVars, extra: VarLayer): void {
+  const set = (flag: string, name: string, value: unknown, who: string) => {
+    if (!Object.hasOwn(declared, name))
+      throw new ProvisionError('usage', `${flag}: this playbook takes no ${flag} (it is a flag of ${who})`)
+    extra[name] = value
+  }
+  if (o.keep !== undefined) set('--keep', 'backup_keep', o.keep, 'playbooks/backup.mts')
+  if (o.strict) set('--strict', 'backup_strict', true, 'playbooks/site.mts, for its backup check')
 }
 
 /** The variables a playbook's roles declare (Role.vars), checked against the built-in ones and each other. */

@@ -14,6 +14,7 @@ import {
   checkDatastore,
   checkIdentity,
   gunzipBackup,
+  isToolSnapshotName,
   OWNER_DB,
   OWNER_IDENTITY,
   SERVER_DIR,
@@ -264,4 +265,72 @@ export function snapshotSteps(opts: SnapshotOptions = {}): Step[] {
       },
     },
   ]
+}
+
+// ---------------------------------------------------------------- pruning the tool's own snapshots
+
+/** Which of these folder names to remove so the `keep` newest of the tool's own snapshots stay (newest first). */
+export function toPrune(names: readonly string[], keep: number): string[] {
+  if (!(keep >= 1)) throw new ProvisionError('step', `keep ${keep}: at least the newest snapshot is kept`)
+  // The name starts with its UTC time, so by name is by age.
+  return names.filter(isToolSnapshotName).sort().reverse().slice(keep)
+}
+
+/**
+ * Prune the tool's own snapshots to the `keep` newest, on the server (SNAPSHOT_DIR) and in k3s_backup_dir. Only
+ * folders named {date}T{time}Z-pi-provision-{reason} are touched, and in k3s_backup_dir only those that also carry
+ * the tool's marker file: the owner's nightly folders, and anything else there, are never removed.
+ */
+export function pruneStep(keepOf: (ctx: StepContext) => number | undefined): Step {
+  return {
+    name: "Prune the tool's own snapshots to the newest --keep N (server and k3s_backup_dir; never the owner's)",
+    when: (ctx) => keepOf(ctx) !== undefined,
+    async plan(ctx) {
+      const keep = keepOf(ctx)!
+      const r = await ctx.sh(`ls -1 -- ${SNAPSHOT_DIR} 2>/dev/null; true`)
+      const onServer = toPrune(r.stdout.split('\n'), keep)
+      const store = backupStoreFor(ctx)
+      let inStore: string[] = []
+      try {
+        const folders = (await store?.list()) ?? []
+        inStore = toPrune(
+          folders.filter((f) => f.toolMarker).map((f) => f.name),
+          keep,
+        )
+      } finally {
+        await store?.close()
+      }
+      if (onServer.length + inStore.length === 0)
+        return { status: 'ok', message: `no more than ${keep} of the tool's snapshots anywhere: nothing to prune` }
+      const parts = [
+        onServer.length ? `${onServer.length} on the server (${onServer.join(', ')})` : '',
+        inStore.length ? `${inStore.length} in ${store!.where} (${inStore.join(', ')})` : '',
+      ].filter(Boolean)
+      return {
+        summary: `remove ${parts.join(' and ')}, keeping the newest ${keep}`,
+        commands: onServer.length
+          ? [
+              {
+                // Renamed away first: a folder is whole under its name or gone, never half deleted.
+                script: onServer
+                  .map((n) => {
+                    const gone = quote(`${SNAPSHOT_DIR}/.${n}.removing`)
+                    return `mv -- ${quote(`${SNAPSHOT_DIR}/${n}`)} ${gone} && rm -rf -- ${gone}`
+                  })
+                  .join('\n'),
+              },
+            ]
+          : [],
+        async apply() {
+          if (inStore.length === 0) return
+          const again = backupStoreFor(ctx)!
+          try {
+            for (const n of inStore) await again.remove(n)
+          } finally {
+            await again.close()
+          }
+        },
+      }
+    },
+  }
 }

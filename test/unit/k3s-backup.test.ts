@@ -20,7 +20,8 @@ import {
   takenAt,
   UnusableBackup,
 } from '../../lib/k3s-backup.ts'
-import { parseRoom, roomProblem } from '../../lib/k3s-snapshot.ts'
+import { flagVars, parseCli } from '../../lib/cli.ts'
+import { parseRoom, roomProblem, toPrune } from '../../lib/k3s-snapshot.ts'
 
 const scratch = mkdtempSync(join(tmpdir(), 'k3s-backup-test-'))
 afterAll(() => rmSync(scratch, { recursive: true, force: true }))
@@ -174,5 +175,38 @@ describe('snapshot preflight', () => {
     expect(roomProblem(parseRoom('sqlite 104857600 0 209715200 yes'))).toMatch(
       /not enough free space .*: 200 MB free, 232 MB needed/,
     )
+  })
+})
+
+describe('--keep N', () => {
+  it("prunes only the tool's own snapshots, oldest first, keeping the newest N", () => {
+    const names = [
+      '2026-11-25',
+      '2026-11-26',
+      '2026-11-26T101500Z-pi-provision-backup',
+      '2026-11-27T021500Z-pi-provision-upgrade',
+      '2026-11-27T091500Z-pi-provision-backup',
+      '2026-11-27-pi-provision-backup-by-hand',
+      'lost+found',
+    ]
+    expect(toPrune(names, 1)).toEqual([
+      '2026-11-27T021500Z-pi-provision-upgrade',
+      '2026-11-26T101500Z-pi-provision-backup',
+    ])
+    expect(toPrune(names, 3)).toEqual([])
+    expect(() => toPrune(names, 0)).toThrow(/at least the newest/)
+  })
+
+  it('is a flag of backup.mts only, a whole number >= 1; --strict is a flag of the playbooks with a backup check', () => {
+    expect(parseCli(['--keep', '3']).keep).toBe(3)
+    for (const bad of ['0', '-1', 'x', '1.5', '99999'])
+      expect(() => parseCli([`--keep=${bad}`]), bad).toThrow(/--keep .*expected a whole number >= 1/)
+    const extra: Record<string, unknown> = {}
+    flagVars({ keep: 3, strict: false }, { backup_keep: { type: 'int', doc: '' } }, extra)
+    expect(extra).toEqual({ backup_keep: 3 })
+    expect(() => flagVars({ keep: 3, strict: false }, {}, {})).toThrow(
+      '--keep: this playbook takes no --keep (it is a flag of playbooks/backup.mts)',
+    )
+    expect(() => flagVars({ strict: true }, {}, {})).toThrow(/--strict: this playbook takes no --strict/)
   })
 })
