@@ -117,10 +117,15 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
     const r = await kc(['get', 'node', name, '-o', 'json'])
     return r.code === 0 ? (JSON.parse(r.stdout) as NodeJson) : undefined
   }
+  /** The agents started, by their root (the last one started there). */
+  const agents = new Map<string, { daemon: Daemon; env: Record<string, string> }>()
   const agent = async (root: string, config: string, env: Record<string, string>): Promise<Daemon> => {
     await mkdir(join(root, 'etc/rancher/k3s'), { recursive: true })
     await writeFile(join(root, 'etc/rancher/k3s/config.yaml'), config)
-    return start(bin, ['agent'], { K3S_STANDIN_ROOT: root, K3S_URL: `https://127.0.0.1:${port}`, ...env })
+    const all = { K3S_STANDIN_ROOT: root, K3S_URL: `https://127.0.0.1:${port}`, ...env }
+    const daemon = start(bin, ['agent'], all)
+    agents.set(root, { daemon, env: all })
+    return daemon
   }
 
   beforeAll(async () => {
@@ -456,5 +461,68 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
     )
     expect(r).toMatchObject({ code: 0, stdout: 'secret/onepassword-service-account\n' })
     await stop(restored)
+  })
+
+  it('versions: only an offered release installs, the install fault changes nothing, an upgrade keeps the datastore and the Nodes report what runs', async () => {
+    const install = (version: string) =>
+      run('sh', [script], { K3S_STANDIN_ROOT: serverRoot, INSTALL_K3S_VERSION: version, INSTALL_K3S_EXEC: 'server' })
+    const before = sha256(await readFile(bin, 'utf8'))
+    const offered = (await readFile(join(STANDINS, 'k3s/releases.txt'), 'utf8')).split('\n').filter((l) => /^v/.test(l))
+    expect(offered).toEqual(['v1.34.3+k3s1', 'v1.35.0+k3s1'])
+
+    // A release nobody made (or a typo): the download fails, as from GitHub, and nothing changes.
+    const unknown = await install('v1.36.0+k3s1')
+    expect(unknown.code).toBe(1)
+    expect(unknown.stderr).toContain(
+      `[ERROR]  Download failed: v1.36.0+k3s1 is no release the lab offers (v1.34.3+k3s1 v1.35.0+k3s1 - see ${artifactBase}/k3s/releases.txt)`,
+    )
+    expect(sha256(await readFile(bin, 'utf8'))).toBe(before)
+
+    // The test fault: the download does not verify; the old binary stays, still running.
+    await mkdir(join(serverRoot, 'etc/k3s-standin'), { recursive: true })
+    await writeFile(join(serverRoot, 'etc/k3s-standin/fail-install'), '')
+    const faulty = await install('v1.35.0+k3s1')
+    expect(faulty.code).toBe(1)
+    expect(faulty.stderr).toMatch(
+      /\[ERROR\] {2}Download sha256 does not match [0-9a-f]{64}, got [0-9a-f]{64} \(stand-in fault: \/etc\/k3s-standin\/fail-install exists\)/,
+    )
+    expect(sha256(await readFile(bin, 'utf8'))).toBe(before)
+    await rm(join(serverRoot, 'etc/k3s-standin/fail-install'))
+
+    // The upgrade: the new binary, and after the restart the same datastore under the new version.
+    const up = await install('v1.35.0+k3s1')
+    expect(up.code).toBe(0)
+    expect((await run(bin, ['--version'])).stdout).toMatch(/^k3s version v1\.35\.0\+k3s1 /)
+    expect((await node('srv'))?.status.nodeInfo.kubeletVersion).toBe(VERSION) // still the old process
+    if (!server) throw new Error('server not started')
+    await stop(server)
+    server = start(bin, ['server'], { K3S_STANDIN_ROOT: serverRoot, K3S_STANDIN_PORT: String(port) })
+    await waitForOutput(server, 'k3s is up and running')
+    expect(server.output()).toContain('Datastore last used by k3s v1.34.3+k3s1; now v1.35.0+k3s1, keeping its objects')
+    expect((await node('srv'))?.status.nodeInfo.kubeletVersion).toBe('v1.35.0+k3s1')
+    expect((await kc(['get', 'secret', 'onepassword-service-account', '-n', 'external-secrets'])).code).toBe(0)
+    // The agent w1 still runs the old release until it is restarted with the new binary.
+    expect((await node('w1'))?.status.nodeInfo.kubeletVersion).toBe(VERSION)
+    // (Its agent was stopped by the NotReady test above: started again, with the binary now installed.)
+    const w1 = agents.get(join(work, 'agent2'))
+    if (!w1) throw new Error('no agent for w1')
+    await stop(w1.daemon)
+    const again = start(bin, ['agent'], w1.env)
+    await waitForOutput(again, 'Successfully registered node \\"w1\\"')
+    const w1Now = await node('w1')
+    expect(w1Now?.status.nodeInfo.kubeletVersion).toBe('v1.35.0+k3s1')
+    expect(w1Now && readyOf(w1Now)).toBe('True')
+    const table = await kc(['get', 'nodes'])
+    expect(table.stdout).toMatch(/\nsrv\s+Ready\s+control-plane,master\s+\S+\s+v1\.35\.0\+k3s1\n/)
+
+    // Back down (what the lab's put-back does): allowed, with k3s's warning that it is not supported.
+    expect((await install(VERSION)).code).toBe(0)
+    await stop(server)
+    server = start(bin, ['server'], { K3S_STANDIN_ROOT: serverRoot, K3S_STANDIN_PORT: String(port) })
+    await waitForOutput(server, 'k3s is up and running')
+    expect(server.output()).toContain(
+      'Datastore was written by the newer k3s v1.35.0+k3s1: downgrades are not supported by k3s',
+    )
+    expect((await node('srv'))?.status.nodeInfo.kubeletVersion).toBe(VERSION)
   })
 })

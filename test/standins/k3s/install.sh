@@ -13,7 +13,9 @@
 # (and every other K3S_* variable, kept in the service env file), INSTALL_K3S_SKIP_DOWNLOAD,
 # INSTALL_K3S_SKIP_START, INSTALL_K3S_SKIP_ENABLE, INSTALL_K3S_FORCE_RESTART, INSTALL_K3S_BIN_DIR,
 # INSTALL_K3S_SYSTEMD_DIR, INSTALL_K3S_NAME, INSTALL_K3S_TYPE, INSTALL_K3S_SYMLINK, GITHUB_URL.
-# Stand-in only: K3S_STANDIN_ROOT prefixes every path written and skips systemctl (for unit tests).
+# Stand-in only: K3S_STANDIN_ROOT prefixes every path written and skips systemctl (for unit tests); only the
+# releases in @@ARTIFACT_BASE@@/k3s/releases.txt install (any other version fails to download, as from GitHub);
+# test fault: while /etc/k3s-standin/fail-install exists the download does not verify and nothing is installed.
 set -e
 set -o noglob
 
@@ -176,9 +178,18 @@ download_and_verify() {
         esac
         BIN_URL=${ARTIFACT_BASE}/k3s/k3s-standin.py
         MODULE_URL=${ARTIFACT_BASE}/k3s/kubeapi.py
+        RELEASES_URL=${ARTIFACT_BASE}/k3s/releases.txt
     fi
     TMP_DIR=$(mktemp -d -t k3s-install.XXXXXXXXXX)
     trap 'rm -rf "${TMP_DIR}"' EXIT INT
+    # Only a release the lab offers can be downloaded, as only a release k3s made is on GitHub.
+    if [ -n "${RELEASES_URL:-}" ]; then
+        info "Checking that ${VERSION_K3S} is a release the lab offers (${RELEASES_URL})"
+        download "${TMP_DIR}/releases.txt" "${RELEASES_URL}"
+        if ! grep -qxF "${VERSION_K3S}" "${TMP_DIR}/releases.txt"; then
+            fatal "Download failed: ${VERSION_K3S} is no release the lab offers ($(grep -v '^#' "${TMP_DIR}/releases.txt" | tr '\n' ' ')- see ${RELEASES_URL})"
+        fi
+    fi
     info "Downloading binary ${BIN_URL}"
     download "${TMP_DIR}/k3s.download" "${BIN_URL}"
     head -n 5 "${TMP_DIR}/k3s.download" | grep -q 'STAND-IN for k3s' ||
@@ -186,6 +197,12 @@ download_and_verify() {
     download "${TMP_DIR}/kubeapi.py" "${MODULE_URL}"
     head -n 2 "${TMP_DIR}/kubeapi.py" | grep -q 'STAND-IN for k3s' ||
         fatal "Downloaded file from ${MODULE_URL} is not the k3s stand-in's module"
+    # Test fault: while this file exists, the download does not verify, and nothing is installed (as with the real
+    # script, which checks the binary's sha256 before it replaces anything). The tests make one host's install fail.
+    if [ -e "${ROOT}/etc/k3s-standin/fail-install" ]; then
+        info "Verifying binary download"
+        fatal "Download sha256 does not match $(sha256sum "${TMP_DIR}/k3s.download" | cut -d' ' -f1), got $(printf 'corrupt' | sha256sum | cut -d' ' -f1) (stand-in fault: /etc/k3s-standin/fail-install exists)"
+    fi
     if ! cmp -s "${TMP_DIR}/kubeapi.py" "${ROOT}${LIB_DIR}/kubeapi.py"; then
         info "Installing the stand-in's module to ${LIB_DIR}/kubeapi.py"
         mkdir -p "${ROOT}${LIB_DIR}"

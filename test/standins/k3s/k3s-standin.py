@@ -59,6 +59,15 @@ def k3s_version():
     return STANDIN_STAMPED_VERSION or os.environ.get("K3S_STANDIN_VERSION") or DEFAULT_VERSION
 
 
+def version_key(version):
+    """v1.35.0+k3s1 -> (1, 35, 0, 10**6, 1): a release candidate (-rcN) sorts before its release."""
+    m = re.match(r"^v(\d+)\.(\d+)\.(\d+)(?:-rc(\d+))?\+k3s(\d+)$", version or "")
+    if not m:
+        return (0, 0, 0, 0, 0)
+    rc = int(m.group(4)) if m.group(4) else 10 ** 6
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), rc, int(m.group(5)))
+
+
 def short_commit(version):
     return hashlib.sha256(("k3s-standin:" + version).encode()).hexdigest()[:8]
 
@@ -1098,6 +1107,11 @@ class Store:
                             "salt TEXT NOT NULL, tag TEXT NOT NULL, data TEXT NOT NULL)")
             self.db.execute("CREATE TABLE IF NOT EXISTS artifacts (namespace TEXT NOT NULL, name TEXT NOT NULL, "
                             "revision TEXT NOT NULL, content TEXT NOT NULL, PRIMARY KEY (namespace, name))")
+            # k3s's own table (kine's schema), so that a datastore of the stand-in looks like k3s's to a backup tool
+            # that checks what it copied; the stand-in keeps its objects in the tables above and leaves it empty.
+            self.db.execute("CREATE TABLE IF NOT EXISTS kine (id INTEGER PRIMARY KEY AUTOINCREMENT, name INTEGER, "
+                            "created INTEGER, deleted INTEGER, create_revision INTEGER, prev_revision INTEGER, "
+                            "lease INTEGER, value BLOB, old_value BLOB)")
 
     @contextlib.contextmanager
     def txn(self):
@@ -2670,6 +2684,17 @@ def server_main(argv):
     log("info", "Configuring database table schema and indexes, this may take a moment...")
     store = Store(os.path.join(server_dir, "db", "state.db"))
     log("info", "Database tables and indexes are up to date")
+    # Which release last ran on this datastore: an upgrade keeps it (and says so); an older release on a datastore a
+    # newer one wrote is what k3s does not support (a downgrade), which the stand-in only warns about.
+    with store.lock:
+        row = store.db.execute("SELECT value FROM meta WHERE key='k3s-version'").fetchone()
+    if row and row[0] != version:
+        log("info", "Datastore last used by k3s %s; now %s, keeping its objects" % (row[0], version))
+        if version_key(version) < version_key(row[0]):
+            log("warning", "Datastore was written by the newer k3s %s: downgrades are not supported by k3s; "
+                           "restore a snapshot taken before the upgrade to go back" % row[0])
+    with store.txn():
+        store.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('k3s-version', ?)", (version,))
     log("info", "Kine available at unix://kine.sock")
 
     tls_files = ["server-ca.crt", "server-ca.key", "client-ca.crt", "client-ca.key", "client-admin.crt",
