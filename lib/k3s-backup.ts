@@ -1,10 +1,13 @@
-// The k3s datastore backups a rebuilt server is restored from: the owner's nightly backup on the NAS ({date}/k3s/:
-// a SQLite `.backup` of server/db/state.db and a tarball of server/token, tls and cred).
+// The k3s datastore backups: the owner's nightly job on the NAS ({date}/k3s/state.db.gz, the gzip of a SQLite
+// .backup of server/db/state.db, and k3s-server-identity.tar.gz with server/token, tls and cred; older ones have a
+// plain .db), and the tool's own snapshots in the same layout. How they are named, found, and checked on the
+// controller before anything on a server changes.
 
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { gunzipSync } from 'node:zlib'
+import type { BackupFile, BackupFolder, BackupStore } from './backup-store.ts'
 import { ProvisionError } from './errors.ts'
 
 export const SERVER_DIR = '/var/lib/rancher/k3s/server'
@@ -206,7 +209,7 @@ export function checkIdentity(tgz: Buffer, file: string): Identity {
   } catch (e) {
     throw new UnusableBackup(`${file} is not a readable tar archive (${(e as Error).message})`)
   }
-  const norm = entries.map((e) => ({ ...e, name: e.name.replace(/^(\.\/)+/, '') }))
+  const norm = entries.map((e) => ({ ...e, raw: e.name, name: e.name.replace(/^(\.\/)+/, '') }))
   const tokens = norm
     .filter((e) => e.type === 'file' && (e.name === 'token' || e.name.endsWith('/token')))
     .sort((a, b) => a.name.length - b.name.length)
@@ -219,8 +222,11 @@ export function checkIdentity(tgz: Buffer, file: string): Identity {
     throw new UnusableBackup(`${file} holds ${what}: expected server/token, tls and cred`)
   }
   const prefix = token.name.slice(0, -'token'.length)
-  const members = ['token', 'tls', 'cred'].map((m) => `${prefix}${m}`)
-  const inside = norm.filter((e) => members.some((m) => e.name === m || e.name.startsWith(`${m}/`)))
+  // tar matches members by the names as stored ("./token" when the archive was made with -C dir .).
+  const stored = token.raw.slice(0, -'token'.length)
+  const members = ['token', 'tls', 'cred'].map((m) => `${stored}${m}`)
+  const wanted = ['token', 'tls', 'cred'].map((m) => `${prefix}${m}`)
+  const inside = norm.filter((e) => wanted.some((m) => e.name === m || e.name.startsWith(`${m}/`)))
   for (const e of inside) {
     if (e.name.startsWith('/') || e.name.split('/').includes('..'))
       throw new UnusableBackup(`${file} has a member outside its folder (${e.name})`)
@@ -236,35 +242,167 @@ export function checkIdentity(tgz: Buffer, file: string): Identity {
   }
 }
 
-export interface K3sBackup {
+// ---------------------------------------------------------------- finding the backup to restore
+
+/** A folder that looks like a backup (a date in its name, or a k3s/ folder) but cannot be used, and why. */
+export interface UnusableFolder {
   name: string
-  db: string
-  tarball: string
+  why: string
 }
 
-/** The backup to restore: the newest {date} folder with a k3s/ datastore and tarball, or the one named. */
-export function findBackup(root: string, which: string): K3sBackup | null {
-  if (!existsSync(root))
-    throw new ProvisionError('step', `k3s_backup_dir ${root} does not exist (is the NAS share mounted?)`)
-  const dated = readdirSync(root)
-    .filter((d) => statSync(join(root, d)).isDirectory())
-    .sort()
-    .reverse()
-  for (const name of which === 'latest' ? dated : [which]) {
-    const dir = join(root, name, 'k3s')
-    if (!existsSync(dir)) {
-      if (which !== 'latest')
-        throw new ProvisionError('step', `no backup ${name} in ${root} (found: ${dated.join(', ') || 'none'})`)
+/** A backup folder whose files are there (content not read yet). */
+export interface BackupCandidate {
+  name: string
+  /** When it was taken (takenAt). */
+  when: Date
+  /** The datastore file in k3s/: state.db.gz (the owner's) or a plain .db. */
+  db: BackupFile
+  identity: BackupFile
+  /** Whether the tool made it (backup.mts, an upgrade). */
+  tool: boolean
+}
+
+/** A candidate read and checked on the controller: restorable. */
+export interface CheckedBackup extends BackupCandidate {
+  /** The datastore, decompressed, as it goes to server/db/state.db. */
+  datastore: Buffer
+  /** The identity tarball as it is (gzip). */
+  tarball: Buffer
+  identityInfo: Identity
+  /** Rows of the kine table. */
+  rows: number
+}
+
+const isDbFile = (f: string) => /\.db(\.gz)?$/.test(f)
+const isTarball = (f: string) => /\.(tar\.gz|tgz)$/.test(f)
+
+/** The one file of a kind: the preferred name, else the only one; several others is a problem. */
+function pick(files: BackupFile[], preferred: string[], ok: (f: string) => boolean): BackupFile | string[] {
+  for (const p of preferred) {
+    const f = files.find((x) => x.name === p)
+    if (f) return f
+  }
+  const all = files.filter((f) => ok(f.name))
+  return all.length === 1 ? all[0] : all.map((f) => f.name)
+}
+
+/**
+ * The folders of k3s_backup_dir sorted out by their files (nothing read yet): candidates, newest first, and the
+ * folders that look like a backup (a date in the name, or a k3s/ folder) but cannot be one, each with why. Anything
+ * else (lost+found, a NAS's own folders) is no backup and is not mentioned.
+ */
+export function sortBackups(folders: readonly BackupFolder[]): {
+  candidates: BackupCandidate[]
+  unusable: UnusableFolder[]
+} {
+  const candidates: BackupCandidate[] = []
+  const unusable: UnusableFolder[] = []
+  for (const f of folders) {
+    if (!f.hasK3s && !nameTime(f.name)) continue
+    const bad = (why: string) => void unusable.push({ name: f.name, why })
+    if (!f.hasK3s) {
+      bad('it has no k3s/ folder (did the datastore job write nothing that night?)')
       continue
     }
-    const files = readdirSync(dir)
-    const db = files.find((f) => f.endsWith('.db'))
-    const tarball = files.find((f) => /\.(tar\.gz|tgz)$/.test(f))
-    if (db && tarball) return { name, db: join(dir, db), tarball: join(dir, tarball) }
-    if (which !== 'latest')
-      throw new ProvisionError('step', `backup ${dir} lacks a .db datastore or a .tar.gz of token/tls/cred`)
+    const db = pick(f.files, [OWNER_DB, 'state.db'], isDbFile)
+    const identity = pick(f.files, [OWNER_IDENTITY], isTarball)
+    if (Array.isArray(db)) {
+      bad(
+        db.length === 0
+          ? `k3s/ has no datastore (${OWNER_DB} or a .db)${f.files.length ? `, only ${f.files.map((x) => x.name).join(', ')}` : ', it is empty'}`
+          : `k3s/ has several datastores (${db.join(', ')}) and none is state.db.gz or state.db`,
+      )
+      continue
+    }
+    if (Array.isArray(identity)) {
+      bad(
+        identity.length === 0
+          ? `k3s/ has no ${OWNER_IDENTITY} (token, tls, cred): a datastore alone cannot be restored`
+          : `k3s/ has several tarballs (${identity.join(', ')}) and none is ${OWNER_IDENTITY}`,
+      )
+      continue
+    }
+    if (db.size === 0) {
+      bad(`k3s/${db.name} is empty`)
+      continue
+    }
+    candidates.push({ name: f.name, when: takenAt(f.name, db.mtime), db, identity, tool: f.toolMarker })
   }
-  return null
+  candidates.sort((a, b) => b.when.getTime() - a.when.getTime() || (a.name < b.name ? 1 : -1))
+  return { candidates, unusable }
+}
+
+/** Read a candidate's files and check them on the controller: gunzip, integrity_check, kine, token and tls. */
+export async function checkBackup(store: BackupStore, c: BackupCandidate): Promise<CheckedBackup> {
+  const dbData = await store.read(`${c.name}/k3s/${c.db.name}`)
+  const datastore = c.db.name.endsWith('.gz') ? gunzipBackup(dbData, c.db.name) : dbData
+  const { rows } = await checkDatastore(datastore, c.db.name)
+  const tarball = await store.read(`${c.name}/k3s/${c.identity.name}`)
+  const identityInfo = checkIdentity(tarball, c.identity.name)
+  return { ...c, datastore, tarball, identityInfo, rows }
+}
+
+export interface BackupChoice {
+  /** The backup to restore, checked; undefined when none is usable. */
+  chosen?: CheckedBackup
+  /** Every folder that looked like a backup and cannot be used (by its files, or by its content when read). */
+  unusable: UnusableFolder[]
+  /** How many folders looked like backups. */
+  seen: number
+}
+
+/**
+ * The backup to restore: `which` names a folder, or (latest, latest-anyway) the newest whose content passes the
+ * checks, reading newer unusable ones first and naming each with why. Age limits are the caller's.
+ */
+export async function findBackup(store: BackupStore, which: string): Promise<BackupChoice> {
+  const folders = await store.list()
+  if (folders === null)
+    throw new ProvisionError('step', `k3s_backup_dir ${store.where} does not exist (is the NAS share mounted?)`)
+  const { candidates, unusable } = sortBackups(folders)
+  const seen = candidates.length + unusable.length
+  if (which !== 'latest' && which !== 'latest-anyway') {
+    const named = folders.find((f) => f.name === which)
+    const newest = candidates.slice(0, 5).map((c) => c.name)
+    if (!named)
+      throw new ProvisionError('step', `no backup ${which} in ${store.where}`, {
+        hint: `backups there, newest first: ${newest.join(', ') || 'none'}`,
+      })
+    const c = candidates.find((x) => x.name === which)
+    if (!c) {
+      const why = unusable.find((u) => u.name === which)?.why ?? 'it holds no k3s/ backup'
+      throw new ProvisionError('step', `backup ${which} in ${store.where} cannot be used: ${why}`)
+    }
+    try {
+      return { chosen: await checkBackup(store, c), unusable, seen }
+    } catch (e) {
+      if (e instanceof UnusableBackup)
+        throw new ProvisionError('step', `backup ${which} in ${store.where} cannot be used: ${e.message}`)
+      throw e
+    }
+  }
+  for (const c of candidates) {
+    try {
+      return { chosen: await checkBackup(store, c), unusable, seen }
+    } catch (e) {
+      if (!(e instanceof UnusableBackup)) throw e
+      unusable.push({ name: c.name, why: e.message })
+    }
+  }
+  return { unusable, seen }
+}
+
+/** "2026-11-27 02:15" in the controller's time zone. */
+export function localTime(d: Date): string {
+  const p = (n: number) => String(n).padStart(2, '0')
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`
+}
+
+/** An age for people: 45m, 5.2h, 3.1d. */
+export function ageText(seconds: number): string {
+  if (seconds < 3600) return `${Math.max(0, Math.round(seconds / 60))}m`
+  if (seconds < 2 * 86400) return `${(seconds / 3600).toFixed(1)}h`
+  return `${(seconds / 86400).toFixed(1)}d`
 }
 
 /** The secret part of a k3s token: a full token is K10<ca hash>::server:<secret>. */

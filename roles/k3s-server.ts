@@ -12,7 +12,9 @@ import { registerEncodedSecret, registerSecret } from '../lib/mask.ts'
 import { flushHandlers, handler, runKey, type Role, type Step, type StepContext } from '../lib/role.ts'
 import { file, fileFact, readCredential, systemdUnit, waitUntil } from '../lib/steps.ts'
 import { kubectl } from '../lib/kube.ts'
-import { findBackup, SERVER_DIR, tokenSecret } from '../lib/k3s-backup.ts'
+import { backupStoreFor } from '../lib/backup-store.ts'
+import { ageText, type BackupChoice, findBackup, localTime, SERVER_DIR, tokenSecret } from '../lib/k3s-backup.ts'
+import { quote } from '../lib/shell.ts'
 import {
   CLUSTER_TOKEN,
   clusterToken,
@@ -93,55 +95,97 @@ function readController(path: string): { text: string; mode: number } | null {
   }
 }
 
-// Restoring a rebuilt server from the owner's nightly backup on the NAS: the datastore is only usable with the token
-// it was made with, and only if it is in place before k3s first starts: so this runs before the install.
+// Restoring a rebuilt server from the owner's nightly backup (or a snapshot of the tool's): the datastore is only
+// usable with the token it was made with, and only if it is in place before k3s first starts: so this runs before
+// the install. Everything is read and checked on the controller first (gunzip, integrity_check, kine, the token
+// against the secrets store's, the age): the server changes only once the backup is known to be usable. No usable
+// backup stops the rebuild: an empty datastore is made only when the owner says so (k3s_restore=none).
 const restoreDatastore: Step = {
-  name: 'Restore the datastore from the latest NAS backup (rebuild only, before k3s first starts)',
+  name: 'Restore the datastore from the newest usable backup (rebuild only, before k3s first starts)',
   when: (ctx) => Boolean(ctx.vars.k3s_restore && ctx.vars.k3s_restore !== 'none'),
   facts: () => [fileFact(`${SERVER_DIR}/db/state.db`)],
   async plan(ctx) {
     const present = await ctx.facts.get(fileFact(`${SERVER_DIR}/db/state.db`))
     if (present.exists) return { status: 'ok', message: 'the server has a datastore: nothing to restore' }
-    if (!ctx.vars.k3s_backup_dir)
-      throw new ProvisionError('step', 'k3s_restore is set but k3s_backup_dir is not: say where the backups are')
-    const backup = findBackup(ctx.vars.k3s_backup_dir, ctx.vars.k3s_restore!)
-    if (!backup)
-      return {
-        status: 'ok',
-        message: `no backup in ${ctx.vars.k3s_backup_dir}: the server starts with a fresh datastore`,
-      }
+    const which = ctx.vars.k3s_restore!
+    const store = backupStoreFor(ctx)
+    if (!store)
+      throw new ProvisionError('step', `k3s_restore=${which} but k3s_backup_dir is not set: no backup to restore`, {
+        hint: 'set k3s_backup_dir to where the backups are, or rebuild with -e k3s_restore=none for an EMPTY datastore',
+      })
+    let choice: BackupChoice
+    try {
+      choice = await findBackup(store, which)
+    } finally {
+      await store.close()
+    }
+    // Named every time: a backup that silently stopped being usable is how an owner loses a cluster.
+    for (const u of choice.unusable) ctx.warn(`backup ${u.name} in ${store.where} cannot be used: ${u.why}`)
+    const b = choice.chosen
+    if (!b)
+      throw new ProvisionError(
+        'step',
+        `no usable backup in ${store.where} (${choice.seen} folder${choice.seen === 1 ? '' : 's'} looked like backups${choice.seen ? ', none usable: see the warnings above' : ''}); nothing was changed on ${ctx.host}`,
+        {
+          hint: 'fix or copy a backup there and run again, or rebuild with -e k3s_restore=none to start the server with an EMPTY datastore (every object of the cluster gone)',
+        },
+      )
+    const age = (Date.now() - b.when.getTime()) / 1000
+    const taken = `taken ${localTime(b.when)}, ${ageText(age)} ago`
+    if (which === 'latest' && age > ctx.vars.backup_max_age)
+      throw new ProvisionError(
+        'step',
+        `the newest usable backup in ${store.where} is ${b.name} (${taken}), older than backup_max_age (${ageText(ctx.vars.backup_max_age)}): restoring it loses what changed since; nothing was changed on ${ctx.host}`,
+        {
+          hint: 'rebuild with -e k3s_restore=latest-anyway to restore it, -e k3s_restore=<folder> for another one, or -e k3s_restore=none for an EMPTY datastore',
+        },
+      )
+    // The datastore is sealed with the token: a mismatch would only show as a k3s crash loop later.
+    registerSecret(b.identityInfo.token)
+    const { token } = await clusterToken(ctx, false)
+    if (tokenSecret(b.identityInfo.token) !== tokenSecret(token))
+      throw new ProvisionError(
+        'step',
+        `backup ${b.name} was taken with another cluster token than the one at ${ctx.vars.k3s_token_ref}: k3s would refuse it ("bootstrap data already found and encrypted with different token"); nothing was changed on ${ctx.host}`,
+        {
+          hint: 'restore the token that was in use when the backup was taken into the secrets store, or rebuild with -e k3s_restore=none',
+        },
+      )
+    const what = `backup ${b.name} (datastore, token, tls, cred)`
+    const checked = `${b.db.name}: integrity ok, kine ${b.rows} rows${b.identityInfo.hasCred ? '' : '; no cred/ in the tarball'}`
     return {
-      summary: `restore backup ${backup.name} (datastore, token, tls, cred)`,
+      summary: `restore ${what}, ${taken} (${checked})`,
       async apply() {
-        const { token } = await clusterToken(ctx, false)
-        // Both files travel on stdin (base64), land in temp names, and are renamed into place only when complete.
+        // Both travel on stdin (base64). token, tls and cred are unpacked beside their place and moved in; the
+        // datastore lands under a temp name and is renamed last, so state.db exists only once all is in place.
+        const strip = b.identityInfo.strip ? ` --strip-components=${b.identityInfo.strip}` : ''
         await ctx.must(
           [
-            'set -e',
-            `mkdir -p -m 0700 ${SERVER_DIR}/db`,
-            `base64 -d > ${SERVER_DIR}/db/.state.db.restore`,
-            `mv -f ${SERVER_DIR}/db/.state.db.restore ${SERVER_DIR}/db/state.db`,
+            'set -eu',
+            'umask 077',
+            `S=${SERVER_DIR}`,
+            'mkdir -p -m 0700 "$S" "$S/db"',
+            't="$S/.restore-identity"',
+            'rm -rf "$t"',
+            'mkdir -m 0700 "$t"',
+            `base64 -d | tar -xzf - -C "$t"${strip} -- ${b.identityInfo.members.map(quote).join(' ')}`,
+            'for m in token tls cred; do if [ -e "$t/$m" ]; then rm -rf "$S/$m"; mv "$t/$m" "$S/$m"; fi; done',
+            'rm -rf "$t"',
           ].join('\n'),
-          { stdin: readFileSync(backup.db).toString('base64'), what: `restore ${backup.db}` },
+          { stdin: b.tarball.toString('base64'), what: `restore token, tls and cred of ${b.name}` },
         )
-        await ctx.must(`set -e; base64 -d | tar -xzf - -C ${SERVER_DIR}`, {
-          stdin: readFileSync(backup.tarball).toString('base64'),
-          what: `restore ${backup.tarball}`,
-        })
-        // The datastore is sealed with the token: a mismatch would only show as a k3s crash loop later.
-        const read = await readCredential(ctx, `${SERVER_DIR}/token`)
-        if (read.code !== 0)
-          throw new ProvisionError('step', `cannot read the restored token (exit ${read.code}): ${read.stderr.trim()}`)
-        const saved = read.stdout.trim()
-        if (tokenSecret(saved) !== tokenSecret(token))
-          throw new ProvisionError(
-            'step',
-            `backup ${backup.name} was taken with another cluster token than the one at ${ctx.vars.k3s_token_ref}: k3s would refuse it ("bootstrap data already found and encrypted with different token")`,
-            {
-              hint: 'restore the token that was in use when the backup was taken into the secrets store, or rebuild with -e k3s_restore=none',
-            },
-          )
-        return `restored backup ${backup.name} (datastore, token, tls, cred)`
+        await ctx.must(
+          [
+            'set -eu',
+            'umask 077',
+            `D=${SERVER_DIR}/db`,
+            'base64 -d > "$D/.state.db.restore"',
+            'rm -f "$D/state.db-wal" "$D/state.db-shm"',
+            'mv -f "$D/.state.db.restore" "$D/state.db"',
+          ].join('\n'),
+          { stdin: b.datastore.toString('base64'), what: `restore the datastore of ${b.name}` },
+        )
+        return `restored ${what}, ${taken}`
       },
     }
   },

@@ -413,13 +413,15 @@ describe('no planted secret in anything a run writes on the controller', () => {
   })
 
   it('rebuild of the server (wiped) from a backup: agents Ready again, no secret in anything it wrote', async () => {
-    await takeNightlyBackup(NAS, '2026-11-26')
+    // Today's: a rebuild restores no backup older than backup_max_age (36h) unless told to.
+    const today = new Date().toLocaleDateString('sv-SE') // YYYY-MM-DD, the controller's day
+    await takeNightlyBackup(NAS, today)
     await labWipe('pi-k3s')
     const rec = await leakRun('rebuild-server', 'rebuild', ['pi-k3s'])
     expect.soft(rec.run.code, redact(rec.run.out)).toBe(0)
     expect
       .soft(redact(rec.run.out))
-      .toMatch(/changed: \[pi-k3s\] k3s-server \| Restore the datastore .*backup 2026-11-26\b/)
+      .toMatch(new RegExp(`changed: \\[pi-k3s\\] k3s-server \\| Restore the datastore .*backup ${today}\\b`))
     expect(rec.changed).toContain(LAB_KNOWN_HOSTS) // pi-k3s's new host key, recorded
     expectNoLeaks(rec)
     expectPrivate(rec)

@@ -2,14 +2,20 @@
 // the server comes back from a datastore backup taken the way the owner's nightly job takes it, and the
 // agents, never wiped, are Ready again with the Nodes and Secrets made before the failure still there.
 
-import { rmSync, writeFileSync } from 'node:fs'
+import { readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { DEFAULT_HOSTS, LAB_DIR, labBootId, labDown, labWipe } from '../lab/lab.ts'
-import { convergedLab, onHost, runPlaybookCli, until, takeNightlyBackup } from './helpers.ts'
+import { parse } from 'yaml'
+import { DEFAULT_HOSTS, labBootId, labDown, labWipe } from '../lab/lab.ts'
+import { convergedLab, LAB_INVENTORY, onHost, runPlaybookCli, until, takeNightlyBackup } from './helpers.ts'
 
-// Must match k3s_backup_dir in inventory/lab.yaml.
-const NAS = join(LAB_DIR, 'nas', 'k3s-backups')
+// k3s_backup_dir of the lab inventory: a directory on the controller stands in for the NAS share.
+const NAS = (parse(readFileSync(LAB_INVENTORY, 'utf8')) as { all: { vars: { k3s_backup_dir: string } } }).all.vars
+  .k3s_backup_dir
+// Backups are named by the day they were taken, and a rebuild takes none older than backup_max_age (36h).
+const p2 = (n: number) => String(n).padStart(2, '0')
+const now = new Date()
+const TODAY = `${now.getFullYear()}-${p2(now.getMonth() + 1)}-${p2(now.getDate())}`
 
 interface NodeList {
   items: {
@@ -22,7 +28,7 @@ const nodes = async () => (JSON.parse(await onHost('pi-k3s', 'k3s kubectl get no
 const ready = (n: NodeList['items'][number]) => n.status.conditions.find((c) => c.type === 'Ready')?.status === 'True'
 
 beforeAll(async () => {
-  rmSync(join(LAB_DIR, 'nas'), { recursive: true, force: true })
+  rmSync(NAS, { recursive: true, force: true })
   await convergedLab()
 }, 900_000)
 
@@ -53,13 +59,13 @@ describe('rebuild after an SD-card failure', () => {
       'pi-k3s',
       'k3s kubectl create namespace before-failure && k3s kubectl create secret generic kept -n before-failure --from-literal=note=made-before-the-sd-card-died',
     )
-    await takeNightlyBackup(NAS, '2026-11-26')
+    await takeNightlyBackup(NAS, TODAY)
     const agentBoots = { a1: await labBootId('pi3-worker-1'), a2: await labBootId('pi3-worker-2') }
     const caHash = (await onHost('pi-k3s', 'sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt')).split(' ')[0]
     await labWipe('pi-k3s')
     const run = await runPlaybookCli('rebuild', ['pi-k3s'])
     expect(run.code, run.out).toBe(0)
-    expect(run.out).toContain('restored backup 2026-11-26 (datastore, token, tls, cred)')
+    expect(run.out).toContain(`restored backup ${TODAY} (datastore, token, tls, cred), taken `)
     // Same CA as before the failure: the agents' trust in the server still holds.
     expect((await onHost('pi-k3s', 'sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt')).split(' ')[0]).toBe(
       caHash,
@@ -105,8 +111,9 @@ describe('rebuild after an SD-card failure', () => {
   })
 
   it('a backup taken with another token is refused before k3s starts, saying why', async () => {
-    const dir = join(NAS, '2026-11-27', 'k3s')
-    await takeNightlyBackup(NAS, '2026-11-27')
+    const later = `${TODAY}-second`
+    const dir = join(NAS, later, 'k3s')
+    await takeNightlyBackup(NAS, later)
     // Forge a token file with another secret into the newest backup.
     const tar = await onHost(
       'pi-k3s',
@@ -117,7 +124,7 @@ describe('rebuild after an SD-card failure', () => {
     const run = await runPlaybookCli('rebuild', ['pi-k3s'])
     expect(run.code).toBe(2)
     expect(run.out).toContain(
-      'backup 2026-11-27 was taken with another cluster token than the one at op://pi-cluster/k3s-node-token/token',
+      `backup ${later} was taken with another cluster token than the one at op://pi-cluster/k3s-node-token/token`,
     )
     expect(await onHost('pi-k3s', 'systemctl is-active k3s || true')).not.toBe('active\n')
   })

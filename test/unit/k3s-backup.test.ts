@@ -2,21 +2,25 @@
 // tarball's reader, and the datastore check (real gzip, real tar, real SQLite files in a temp directory).
 
 import { execFileSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { DatabaseSync } from 'node:sqlite'
 import { gzipSync } from 'node:zlib'
 import { afterAll, describe, expect, it } from 'vitest'
+import { LocalBackupStore } from '../../lib/backup-store.ts'
 import * as g from '../../lib/grammar.ts'
 import {
   checkDatastore,
   checkIdentity,
+  findBackup,
   gunzipBackup,
   isToolSnapshotName,
   nameTime,
+  OWNER_IDENTITY,
   readTar,
   snapshotName,
+  sortBackups,
   takenAt,
   UnusableBackup,
 } from '../../lib/k3s-backup.ts'
@@ -208,5 +212,114 @@ describe('--keep N', () => {
       '--keep: this playbook takes no --keep (it is a flag of playbooks/backup.mts)',
     )
     expect(() => flagVars({ strict: true }, {}, {})).toThrow(/--strict: this playbook takes no --strict/)
+  })
+})
+
+describe('findBackup: the backup a rebuild restores', () => {
+  const day = (d: number) => new Date(2026, 10, d, 2, 15).getTime() / 1000
+  /** A backup directory as the owner's NAS has it, with the folders given ({name: files}). */
+  function nas(folders: Record<string, Record<string, Buffer | string> | null>, mtimes: Record<string, number> = {}) {
+    const root = mkdtempSync(join(scratch, 'nas-'))
+    for (const [name, files] of Object.entries(folders)) {
+      mkdirSync(join(root, name, ...(files ? ['k3s'] : [])), { recursive: true })
+      for (const [f, data] of Object.entries(files ?? {})) {
+        const p = join(root, name, 'k3s', f)
+        writeFileSync(p, data)
+        const t = mtimes[name] ?? day(Number(name.slice(8, 10)) || 1)
+        utimesSync(p, t, t)
+      }
+    }
+    return new LocalBackupStore(root)
+  }
+  const owner = () => ({ 'state.db.gz': gzipSync(sqliteFile(), { level: 9 }), [OWNER_IDENTITY]: identityTarball() })
+  const plain = () => ({ 'state.db': sqliteFile(), 'server-token-tls-cred.tar.gz': identityTarball() })
+
+  it("takes the owner's newest folder (state.db.gz), not an older plain .db beside it", async () => {
+    const store = nas({ '2026-11-20': plain(), '2026-11-26': owner() })
+    const c = await findBackup(store, 'latest')
+    expect(c.chosen?.name).toBe('2026-11-26')
+    expect(c.chosen?.db.name).toBe('state.db.gz')
+    expect(c.chosen?.datastore.subarray(0, 15).toString()).toBe('SQLite format 3')
+    expect(c.chosen?.identityInfo.token).toBe('K10abc::server:s3cret')
+    expect(c.unusable).toEqual([])
+  })
+
+  it('still takes a plain .db with any tarball', async () => {
+    const c = await findBackup(nas({ '2026-11-20': plain() }), 'latest')
+    expect(c.chosen?.name).toBe('2026-11-20')
+    expect(c.chosen?.db.name).toBe('state.db')
+  })
+
+  it('names every folder that looks like a backup and cannot be used, with why, and takes the newest usable one', async () => {
+    const corrupt = owner()
+    corrupt['state.db.gz'] = corrupt['state.db.gz'].subarray(0, 200)
+    const store = nas({
+      '2026-11-22': owner(),
+      '2026-11-23': null, // the PVC job wrote its folder, the k3s job nothing
+      '2026-11-24': { 'state.db.gz': gzipSync(sqliteFile()) },
+      '2026-11-25': { 'state.db.gz': gzipSync(sqliteFile(false)), [OWNER_IDENTITY]: identityTarball() },
+      '2026-11-26': corrupt,
+      'lost+found': null,
+    })
+    const c = await findBackup(store, 'latest')
+    expect(c.chosen?.name).toBe('2026-11-22')
+    expect(c.seen).toBe(5)
+    expect(c.unusable).toEqual([
+      { name: '2026-11-23', why: 'it has no k3s/ folder (did the datastore job write nothing that night?)' },
+      {
+        name: '2026-11-24',
+        why: 'k3s/ has no k3s-server-identity.tar.gz (token, tls, cred): a datastore alone cannot be restored',
+      },
+      { name: '2026-11-26', why: expect.stringMatching(/^state.db.gz does not decompress .*truncated or damaged$/) },
+      { name: '2026-11-25', why: 'state.db.gz has no kine table: not a k3s datastore' },
+    ])
+  })
+
+  it('none usable: no choice, every folder named; a missing directory says so', async () => {
+    const c = await findBackup(nas({ '2026-11-26': { 'state.db.gz': Buffer.from('junk') } }), 'latest')
+    expect(c.chosen).toBeUndefined()
+    expect(c.unusable).toEqual([
+      {
+        name: '2026-11-26',
+        why: 'k3s/ has no k3s-server-identity.tar.gz (token, tls, cred): a datastore alone cannot be restored',
+      },
+    ])
+    expect((await findBackup(nas({}), 'latest')).chosen).toBeUndefined()
+    await expect(findBackup(new LocalBackupStore(join(scratch, 'not-mounted')), 'latest')).rejects.toThrow(
+      /k3s_backup_dir .*not-mounted does not exist \(is the NAS share mounted\?\)/,
+    )
+  })
+
+  it('a named folder is taken as it is, or refused saying why', async () => {
+    const store = nas({
+      '2026-11-20': owner(),
+      '2026-11-26': { 'state.db.gz': Buffer.from('x'), [OWNER_IDENTITY]: identityTarball() },
+    })
+    expect((await findBackup(store, '2026-11-20')).chosen?.name).toBe('2026-11-20')
+    await expect(findBackup(store, '2026-11-26')).rejects.toThrow('backup 2026-11-26 in')
+    await expect(findBackup(store, '2026-11-26')).rejects.toThrow(/cannot be used: state.db.gz is not gzip data/)
+    await expect(findBackup(store, '2026-11-01')).rejects.toThrow(/no backup 2026-11-01 in/)
+  })
+
+  it("orders by when a backup was taken: a tool snapshot's time, an owner folder's date", () => {
+    const f = (name: string, mtime: number) => ({
+      name,
+      hasK3s: true,
+      toolMarker: name.includes('pi-provision'),
+      files: [
+        { name: 'state.db.gz', size: 10, mtime },
+        { name: OWNER_IDENTITY, size: 10, mtime },
+      ],
+    })
+    const { candidates } = sortBackups([
+      f('2026-11-26', day(26)),
+      f('2026-11-26T150000Z-pi-provision-upgrade', day(26)),
+      f('2026-11-25', day(30)), // copied later: still counts as the 25th
+    ])
+    expect(candidates.map((c) => c.name)).toEqual([
+      '2026-11-26T150000Z-pi-provision-upgrade',
+      '2026-11-26',
+      '2026-11-25',
+    ])
   })
 })
