@@ -208,6 +208,8 @@ export const k3sServer: Role = {
         }
       },
     },
+    // Before config.yaml: a backup that cannot be used stops the rebuild with nothing of k3s on the server yet.
+    restoreDatastore,
     file(
       'Write /etc/rancher/k3s/config.yaml',
       (ctx) => ({
@@ -222,7 +224,6 @@ export const k3sServer: Role = {
         notify: ['Restart k3s'],
       },
     ),
-    restoreDatastore,
     {
       name: 'Install k3s (only when missing or another version)',
       facts: () => [k3sInstallFact],

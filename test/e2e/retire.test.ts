@@ -167,7 +167,8 @@ describe('retiring a node', () => {
     const site = await runPlaybookCli('site', ['-i', inventoryWithout('pi3-worker-2')])
     expect(site.code, site.out).toBe(0)
     for (const [h, c] of Object.entries(site.recap)) expect(c.changed, `${h}\n${site.out}`).toBe(0)
-    expect(site.out).not.toContain('WARNING')
+    // No warning but site's backup check's (this lab's k3s_backup_dir has no nightly backups: backup.test.ts).
+    expect(site.out.replace(/^WARNING: \[pi-k3s\] backup check: .*\n/gm, '')).not.toContain('WARNING')
     expect(site.out).toContain('ok: [pi-k3s] apps | Check every Node of the cluster is in the inventory')
   })
 

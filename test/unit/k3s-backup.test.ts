@@ -25,6 +25,10 @@ import {
   UnusableBackup,
 } from '../../lib/k3s-backup.ts'
 import { flagVars, parseCli } from '../../lib/cli.ts'
+import type { StepContext } from '../../lib/role.ts'
+import { BUILTIN_DEFAULTS, type Vars } from '../../lib/vars.ts'
+import { backupProblems } from '../../roles/backup-health.ts'
+import { MemorySecrets } from './fakes.ts'
 import { parseRoom, roomProblem, toPrune } from '../../lib/k3s-snapshot.ts'
 
 const scratch = mkdtempSync(join(tmpdir(), 'k3s-backup-test-'))
@@ -320,6 +324,86 @@ describe('findBackup: the backup a rebuild restores', () => {
       '2026-11-26T150000Z-pi-provision-upgrade',
       '2026-11-26',
       '2026-11-25',
+    ])
+  })
+})
+
+describe('backup-health: what site says of the newest backup', () => {
+  const ctxFor = (dir: string, token = 'K10abc::server:s3cret', extra: Partial<Vars> = {}) =>
+    ({
+      host: 'pi-k3s',
+      vars: { ...BUILTIN_DEFAULTS, k3s_backup_dir: dir, k3s_token_ref: 'op://v/k3s/token', ...extra },
+      secrets: new MemorySecrets({ 'op://v/k3s/token': token }),
+    }) as unknown as StepContext
+  function night(dir: string, name: string, at: Date, b = { db: gzipSync(sqliteFile()), identity: identityTarball() }) {
+    const k3s = join(dir, name, 'k3s')
+    mkdirSync(k3s, { recursive: true })
+    writeFileSync(join(k3s, 'state.db.gz'), b.db)
+    writeFileSync(join(k3s, OWNER_IDENTITY), b.identity)
+    for (const f of ['state.db.gz', OWNER_IDENTITY]) utimesSync(join(k3s, f), at, at)
+  }
+  const day = (d: Date) => d.toLocaleDateString('sv-SE')
+  const ago = (h: number) => new Date(Date.now() - h * 3600_000)
+
+  it('a fresh restorable nightly backup: no problem, and the ok line says what was checked', async () => {
+    const dir = mkdtempSync(join(scratch, 'health-'))
+    night(dir, day(ago(0)), ago(0))
+    const r = await backupProblems(ctxFor(dir))
+    expect(r.problems).toEqual([])
+    expect(r.ok).toMatch(
+      /^newest nightly backup \d{4}-\d{2}-\d{2} \(taken .*, \d+m ago\): state.db.gz integrity ok, kine 1 rows; token, tls, cred$/,
+    )
+  })
+
+  it('stale, unrestorable, taken with another token, missing: each a sentence naming the backup', async () => {
+    const stale = mkdtempSync(join(scratch, 'health-'))
+    night(stale, day(ago(72)), ago(72))
+    expect((await backupProblems(ctxFor(stale))).problems).toEqual([
+      expect.stringMatching(
+        /^the newest nightly backup in .* is \d{4}-\d{2}-\d{2} \(taken .*, 3\.0d ago\), older than backup_max_age \(36\.0h\): has the backup job stopped\?$/,
+      ),
+    ])
+    expect((await backupProblems(ctxFor(stale, undefined, { backup_max_age: 4 * 86400 }))).problems).toEqual([])
+    const corrupt = mkdtempSync(join(scratch, 'health-'))
+    night(corrupt, day(ago(30)), ago(30))
+    night(corrupt, day(ago(0)), ago(0), { db: Buffer.from('junk'), identity: identityTarball() })
+    expect((await backupProblems(ctxFor(corrupt))).problems).toEqual([
+      expect.stringMatching(
+        /^the newest nightly backup \d{4}-\d{2}-\d{2} in .* is not restorable: state.db.gz is not gzip data$/,
+      ),
+    ])
+    const fresh = mkdtempSync(join(scratch, 'health-'))
+    night(fresh, day(ago(0)), ago(0))
+    expect((await backupProblems(ctxFor(fresh, 'K10abc::server:other'))).problems).toEqual([
+      expect.stringMatching(
+        /was taken with another cluster token than the one at op:\/\/v\/k3s\/token: a restore would refuse it$/,
+      ),
+    ])
+    expect((await backupProblems(ctxFor(join(scratch, 'unmounted')))).problems).toEqual([
+      expect.stringMatching(/^k3s_backup_dir .*unmounted does not exist \(is the NAS share mounted\?\)$/),
+    ])
+    const none = mkdtempSync(join(scratch, 'health-'))
+    expect((await backupProblems(ctxFor(none))).problems).toEqual([
+      expect.stringMatching(/^no backup in .*: is the nightly backup job running\?$/),
+    ])
+  })
+
+  it('a fresh tool snapshot does not hide a nightly job that stopped; without nightly folders it is judged itself', async () => {
+    const dir = mkdtempSync(join(scratch, 'health-'))
+    night(dir, day(ago(72)), ago(72))
+    night(dir, snapshotName(ago(1), 'backup'), ago(1))
+    expect((await backupProblems(ctxFor(dir))).problems).toEqual([expect.stringMatching(/older than backup_max_age/)])
+    const only = mkdtempSync(join(scratch, 'health-'))
+    night(only, snapshotName(ago(1), 'backup'), ago(1))
+    const r = await backupProblems(ctxFor(only))
+    expect(r.problems).toEqual([])
+    expect(r.ok).toMatch(/^newest backup \d{4}-\d{2}-\d{2}T\d{6}Z-pi-provision-backup \(taken/)
+    // A night whose folder has no k3s/ after the newest good one: the job failed since.
+    const gap = mkdtempSync(join(scratch, 'health-'))
+    night(gap, day(ago(30)), ago(30))
+    mkdirSync(join(gap, day(ago(0))))
+    expect((await backupProblems(ctxFor(gap))).problems).toEqual([
+      expect.stringMatching(/is newer than .* but cannot be used: it has no k3s\/ folder/),
     ])
   })
 })
