@@ -4,7 +4,16 @@
 import { basename } from 'node:path'
 import { parseArgs } from 'node:util'
 import { errorText, isProvisionError, ProvisionError } from './errors.ts'
-import { checkHosts, hostVars, loadInventory, parseExtraVars, type Inventory, type VarLayer } from './inventory.ts'
+import {
+  applySshConfig,
+  checkHosts,
+  hostAddress,
+  hostVars,
+  loadInventory,
+  parseExtraVars,
+  type Inventory,
+  type VarLayer,
+} from './inventory.ts'
 import { mask } from './mask.ts'
 import { createReporter } from './reporter.ts'
 import type { Connection } from './connection.ts'
@@ -147,7 +156,7 @@ export function listHosts(pb: Playbook, inv: Inventory, limit?: string): string[
   const out: string[] = []
   for (const { play, hosts } of planHosts(pb, inv, limit)) {
     out.push(`play #${pb.plays.indexOf(play) + 1} (${play.hosts}): ${play.name}  HOSTS (${hosts.length}):`)
-    for (const h of hosts) out.push(`    ${h}  ${String(inv.hosts.get(h)!.vars.address)}`)
+    for (const h of hosts) out.push(`    ${h}  ${String(hostAddress(inv.hosts.get(h)!))}`)
   }
   return out
 }
@@ -191,9 +200,11 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
     }
     // The variables the playbook's roles declare are known to the inventory and -e of this run, like VAR_SPECS.
     const declared = playbookVars(pb)
-    const inv = loadInventory(o.inventoryFile, { declared })
+    const inv = loadInventory(o.inventoryFile, { declared, sshConfig: true })
     const extra = parseExtraVars(o.extra, { declared })
     flagVars(o, declared, extra)
+    // The owner's ssh config (HostName, User, Port, IdentityFile) below the inventory and -e, checked like them.
+    const sshWarnings = applySshConfig(inv, extra)
     // The hosts' final values (after -e) across hosts: node names, no address or node name twice.
     checkHosts(inv, extra, new Set(planHosts(pb, inv, o.limit).flatMap((p) => p.hosts)))
     if (o.listHosts) {
@@ -213,6 +224,7 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
     await checkRoleSecrets(pb, inv, o.limit, extra, secrets)
     await hooks.before?.(inv, o)
     const reporter = createReporter({ verbosity: o.verbosity, showDiff: o.diff, jsonFile: o.json, write: hooks.write })
+    for (const message of sshWarnings) reporter.emit({ kind: 'warning', message })
     // The first Ctrl-C lets the steps in flight finish (a half-run apt or a cut-off file is worse than waiting);
     // the second quits at once.
     let sigints = 0

@@ -6,7 +6,8 @@ import { spawn } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
 import { connect as tcpConnect, type Socket } from 'node:net'
 import { NodeSSH } from 'node-ssh'
-import type { ServerHostKeyAlgorithm } from 'ssh2'
+import ssh2 from 'ssh2'
+import type { IdentityCallback, ParsedKey, ServerHostKeyAlgorithm } from 'ssh2'
 import pLimit from 'p-limit'
 import { ProvisionError } from './errors.ts'
 import { expandPath } from './inventory.ts'
@@ -63,7 +64,11 @@ export interface SshTarget {
   keyPassphrase?: string
   /** The secret reference keyText came from, for messages. */
   keyRef?: string
-  /** An ssh-agent's socket (SSH_AUTH_SOCK): its keys are offered after the key file's, as OpenSSH does. */
+  /**
+   * An ssh-agent's socket (SSH_AUTH_SOCK): its keys are offered after the key file's, as OpenSSH does. A key file
+   * that is a public key (IdentityFile ~/.ssh/pi.pub, as the 1Password SSH agent's users write it), or an encrypted
+   * key with its .pub beside it, names the agent's key to offer first.
+   */
   agentSocket?: string
   knownHostsFile: string
   /** Accept and record the key of a host that is not in known_hosts yet (never a changed key). */
@@ -216,26 +221,44 @@ export class SshConnection implements Connection {
     throw last
   }
 
-  /** The key to log in with, read (and converted or decrypted) once per connection: none when only the agent is used. */
-  private async privateKey(): Promise<string | undefined> {
+  /**
+   * The key to log in with, read (and converted or decrypted) once per connection: none when only the agent is
+   * used; `prefer`: the public key of the agent's key to offer first (a .pub key file, or an encrypted key's .pub).
+   */
+  private async privateKey(): Promise<{ key?: string; prefer?: Buffer }> {
     const t = this.target
+    let text: string | undefined
     try {
       if (t.keyText !== undefined)
-        return keyForSsh(t.keyText, { what: `ssh_key_ref ${t.keyRef ?? ''}`.trim(), host: t.host }, t.keyPassphrase)
-      if (t.keyFile)
-        return keyForSsh(
-          await readKey(t.keyFile, t.host),
-          { what: `ssh_key_file ${t.keyFile}`, host: t.host },
-          t.keyPassphrase,
-        )
+        return {
+          key: keyForSsh(t.keyText, { what: `ssh_key_ref ${t.keyRef ?? ''}`.trim(), host: t.host }, t.keyPassphrase),
+        }
+      if (t.keyFile) {
+        text = await readKey(t.keyFile, t.host)
+        const pub = publicKeyBlob(text)
+        if (pub) {
+          if (!t.agentSocket)
+            throw new ProvisionError(
+              'unreachable',
+              `cannot use the SSH key (ssh_key_file ${t.keyFile}): it is a public key, whose private half must be in an ssh-agent, and SSH_AUTH_SOCK is not set`,
+              {
+                place: { host: t.host },
+                hint: 'start the agent that holds the key (the 1Password SSH agent: export SSH_AUTH_SOCK=<its socket>), or name the private key',
+              },
+            )
+          return { prefer: pub }
+        }
+        return { key: keyForSsh(text, { what: `ssh_key_file ${t.keyFile}`, host: t.host }, t.keyPassphrase) }
+      }
     } catch (e) {
-      // An encrypted key and an agent: the agent most likely holds it (ssh-add), as OpenSSH would find.
+      // An encrypted key and an agent: the agent most likely holds it (ssh-add), as OpenSSH would find; its .pub
+      // beside it says which of the agent's keys it is.
       if (t.agentSocket && t.keyPassphrase === undefined && e instanceof ProvisionError && /encrypted/.test(e.message))
-        return undefined
+        return { prefer: t.keyFile ? await readPublicBeside(t.keyFile) : undefined }
       throw e
     }
     // No key and no agent: the login fails, and says what to set (unreachable()).
-    return undefined
+    return {}
   }
 
   private async connectOnce(timeoutMs = this.target.connectTimeoutSec * 1000): Promise<NodeSSH> {
@@ -248,7 +271,8 @@ export class SshConnection implements Connection {
     let verdict: HostKeyVerdict | null = null
     let presented: Buffer | null = null
     const preferred = knownKeyTypes(known, t.address, t.port)
-    const privateKey = await this.privateKey()
+    const { key: privateKey, prefer } = await this.privateKey()
+    const agent = t.agentSocket && prefer ? new PreferringAgent(t.agentSocket, prefer) : t.agentSocket
     const ssh = new NodeSSH()
     try {
       const sock = await openSocket(t.address, t.port, timeoutMs)
@@ -259,7 +283,7 @@ export class SshConnection implements Connection {
         username: t.user,
         privateKey,
         passphrase: privateKey !== undefined ? t.keyPassphrase : undefined,
-        agent: t.agentSocket,
+        agent,
         readyTimeout: timeoutMs,
         keepaliveInterval: 5000,
         keepaliveCountMax: 3,
@@ -278,7 +302,7 @@ export class SshConnection implements Connection {
       const v = verdict as HostKeyVerdict | null
       if (v && v.status !== 'match' && !(v.status === 'unknown' && !v.knownTypes?.length && t.trustNewHostKeys))
         throw hostKeyError(t, khPath, v, presented!, pinned ? fingerprint(pinned) : undefined)
-      throw unreachable(t, e)
+      throw unreachable(t, e, agent instanceof PreferringAgent && agent.held === false)
     }
     const v = verdict as HostKeyVerdict | null
     if (v?.status === 'unknown' && presented) {
@@ -435,14 +459,53 @@ function hostKeyError(
   })
 }
 
-function unreachable(t: SshTarget, e: unknown): ProvisionError {
+/** An ssh-agent whose key matching `prefer` (an SSH public key blob) is offered first. */
+class PreferringAgent extends ssh2.OpenSSHAgent {
+  readonly #prefer: Buffer
+  /** Whether the agent held the preferred key (undefined until it was asked). */
+  held: boolean | undefined
+
+  constructor(socket: string, prefer: Buffer) {
+    super(socket)
+    this.#prefer = prefer
+  }
+
+  override getIdentities(cb: IdentityCallback<ParsedKey>): void {
+    super.getIdentities((err, keys) => {
+      if (err || !keys) return cb(err, keys)
+      const mine = keys.filter((k) => 'getPublicSSH' in k && k.getPublicSSH().equals(this.#prefer))
+      this.held = mine.length > 0
+      cb(undefined, [...mine, ...keys.filter((k) => !mine.includes(k))])
+    })
+  }
+}
+
+/** The key blob of an OpenSSH public key line ("ssh-ed25519 AAAA... comment"); undefined for anything else. */
+export function publicKeyBlob(text: string): Buffer | undefined {
+  const m = /^\s*((?:ssh|ecdsa|sk)-[A-Za-z0-9@.-]+)\s+([A-Za-z0-9+/]+={0,3})(?:\s[^\n]*)?\s*$/.exec(text)
+  if (!m) return undefined
+  const blob = Buffer.from(m[2], 'base64')
+  // The blob starts with its own type name: a line whose base64 says another type is not a public key.
+  const len = blob.length >= 4 ? blob.readUInt32BE(0) : -1
+  return len > 0 && blob.subarray(4, 4 + len).toString('latin1') === m[1] ? blob : undefined
+}
+
+async function readPublicBeside(keyFile: string): Promise<Buffer | undefined> {
+  try {
+    return publicKeyBlob(await readFile(`${expandPath(keyFile, process.cwd())}.pub`, 'utf8'))
+  } catch {
+    return undefined
+  }
+}
+
+function unreachable(t: SshTarget, e: unknown, agentLacksKey = false): ProvisionError {
   const err = e as NodeJS.ErrnoException & { level?: string }
   let why = err.message ?? String(e)
   if (err.code === 'ECONNREFUSED') why = `connection refused on port ${t.port} (is sshd running?)`
   else if (err.code === 'EHOSTUNREACH' || err.code === 'ENETUNREACH') why = 'no route to host'
   else if (/Timed out while waiting for handshake/i.test(why)) why = `no answer within ${t.connectTimeoutSec}s`
   else if (err.level === 'client-authentication')
-    why = `authentication failed for user ${t.user} (check ssh_user and ssh_key_file or ssh_key_ref${t.agentSocket ? `, and the keys of the ssh-agent at ${t.agentSocket}` : '; no ssh-agent: SSH_AUTH_SOCK is not set'})`
+    why = `authentication failed for user ${t.user} (check ssh_user and ssh_key_file or ssh_key_ref${t.agentSocket ? `, and the keys of the ssh-agent at ${t.agentSocket}` : '; no ssh-agent: SSH_AUTH_SOCK is not set'}${agentLacksKey ? `; the agent does not hold the key of ${t.keyFile}` : ''})`
   return new ProvisionError('unreachable', `cannot connect to ${t.address}:${t.port}: ${why}`, {
     place: { host: t.host },
     cause: e,

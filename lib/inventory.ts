@@ -4,16 +4,18 @@
 // (children of "all", which may be left out), and ansible_host / ansible_user / ansible_port /
 // ansible_ssh_private_key_file / ansible_become_password name this tool's variables.
 
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { dirname, isAbsolute, resolve } from 'node:path'
 import { isAlias, isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, type Pair, type YAMLMap } from 'yaml'
 import { parseAppChecks } from './appchecks.ts'
 import { ProvisionError } from './errors.ts'
+import { expandHostName, expandIdentityFile, SshConfig, type Found } from './sshconfig.ts'
 import { isDnsSubdomain, isRemoteBackupDir } from './grammar.ts'
 import {
   BUILTIN_DEFAULTS,
   checkSpecAll,
+  checkVar,
   isSecretName,
   knownVar,
   specOf,
@@ -34,6 +36,22 @@ export interface VarsOptions {
   declared?: DeclaredVars
 }
 
+/** How an inventory is loaded for a run. */
+export interface InventoryOptions extends VarsOptions {
+  /**
+   * Addresses may come from an ssh config (applySshConfig, after -e): a host without one is then not refused
+   * here but by checkHosts, once the ssh config had its say. Off by default: the inventory alone decides.
+   */
+  sshConfig?: boolean
+}
+
+/** The connection values an ssh config gives a host: below its inventory values, above the defaults. */
+export interface SshConfigLayer {
+  vars: Partial<Pick<Vars, 'address' | 'ssh_user' | 'ssh_port' | 'ssh_key_file'>>
+  /** Where each value came from ("/home/me/.ssh/config:12"), for messages. */
+  from: Partial<Record<'address' | 'ssh_user' | 'ssh_port' | 'ssh_key_file', string>>
+}
+
 export interface InventoryHost {
   name: string
   /** Groups the host belongs to, directly or through a parent group, plus "all". */
@@ -42,6 +60,8 @@ export interface InventoryHost {
   vars: VarLayer
   line: number
   col: number
+  /** What the ssh config gives this host (applySshConfig); below `vars` and -e, above the defaults. */
+  sshConfig?: SshConfigLayer
 }
 
 export interface Inventory {
@@ -63,6 +83,8 @@ const PATH_VARS: ReadonlySet<string> = new Set([
 /** A controller path to expand; k3s_backup_dir may instead be user@host:/path on a NAS, kept as written. */
 const isControllerPath = (name: string, value: unknown): boolean =>
   PATH_VARS.has(name) && !(name === 'k3s_backup_dir' && isRemoteBackupDir(String(value)))
+/** ssh_config_file: read when it is not set, and only when it exists. */
+export const DEFAULT_SSH_CONFIG = '~/.ssh/config'
 /** Deeper than this, a group tree is a mistake (or an alias loop). */
 const MAX_GROUP_DEPTH = 32
 /** An inventory key: letters, digits, ".", "_", "-", starting with a letter or digit. */
@@ -91,7 +113,7 @@ interface HostDef {
   group: string
 }
 
-export function loadInventory(file: string, opts: VarsOptions = {}): Inventory {
+export function loadInventory(file: string, opts: InventoryOptions = {}): Inventory {
   let text: string
   try {
     text = readFileSync(file, 'utf8')
@@ -104,7 +126,7 @@ export function loadInventory(file: string, opts: VarsOptions = {}): Inventory {
   return parseInventory(text, file, opts)
 }
 
-export function parseInventory(text: string, file: string, opts: VarsOptions = {}): Inventory {
+export function parseInventory(text: string, file: string, opts: InventoryOptions = {}): Inventory {
   const declared = opts.declared ?? {}
   const lines = new LineCounter()
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false })
@@ -433,7 +455,8 @@ export function parseInventory(text: string, file: string, opts: VarsOptions = {
     }
     if (vars.address === undefined) {
       skipAddress.add(name)
-      if (!failed.has('address'))
+      // With an ssh config to come, checkHosts says it once the ssh config had its say.
+      if (!failed.has('address') && !opts.sshConfig)
         reportAt(
           `host "${name}" has no address`,
           def.at,
@@ -505,8 +528,7 @@ export function checkHosts(inv: Inventory, extra: VarLayer, only?: Iterable<stri
 function clashesOutsideLimit(inv: Inventory, extra: VarLayer, names: readonly string[]): ProvisionError[] {
   const others = [...inv.hosts.values()].filter((h) => !names.includes(h.name))
   const problems: ProvisionError[] = []
-  const addrOf = (h: InventoryHost, e: VarLayer) =>
-    `${String(e.address ?? h.vars.address)}:${String(e.ssh_port ?? h.vars.ssh_port ?? 22)}`
+  const addrOf = (h: InventoryHost, e: VarLayer) => `${String(hostAddress(h, e))}:${String(hostPort(h, e))}`
   for (const n of names) {
     const h = inv.hosts.get(n)!
     if (extra.hostname !== undefined) {
@@ -624,21 +646,21 @@ function hostProblems(
   const byAddress = new Map<string, InventoryHost[]>()
   for (const h of hosts) {
     if (skip.skipAddress?.has(h.name)) continue
-    const address = extra.address ?? h.vars.address
+    const address = hostAddress(h, extra)
     if (address === undefined) {
-      atHost(h, `host "${h.name}" has no address`, `add "address: <ip or name>" (or ansible_host) under the host`)
+      atHost(h, `host "${h.name}" has no address`, NO_ADDRESS_HINT)
       continue
     }
-    const key = `${String(address)}:${String(extra.ssh_port ?? h.vars.ssh_port ?? 22)}`
+    const key = `${address}:${String(hostPort(h, extra))}`
     byAddress.set(key, [...(byAddress.get(key) ?? []), h])
   }
   for (const hs of byAddress.values()) {
     if (hs.length < 2) continue
-    const address = String(extra.address ?? hs[0].vars.address)
+    const address = String(hostAddress(hs[0], extra))
     if (addrExtra.length > 0)
       byFlag(
         addrExtra,
-        `hosts ${list(hs.map((h) => h.name))} would all be reached at ${address} port ${String(extra.ssh_port ?? hs[0].vars.ssh_port ?? 22)}`,
+        `hosts ${list(hs.map((h) => h.name))} would all be reached at ${address} port ${String(hostPort(hs[0], extra))}`,
         (f) => `${f} applies to every host the run takes: use it with --limit to one host`,
       )
     else
@@ -664,9 +686,153 @@ function suggestNodeName(name: string): string | undefined {
   return isDnsSubdomain(s) ? s : undefined
 }
 
-/** Final variables of a host: built-in defaults < role defaults < inventory < extra vars (-e). */
+/** Final variables of a host: built-in defaults < role defaults < ssh config < inventory < extra vars (-e). */
 export function hostVars(host: InventoryHost, roleDefaults: Partial<Vars> = {}, extra: VarLayer = {}): Vars {
-  return { ...BUILTIN_DEFAULTS, ...roleDefaults, ...(host.vars as Partial<Vars>), ...(extra as Partial<Vars>) }
+  return {
+    ...BUILTIN_DEFAULTS,
+    ...roleDefaults,
+    ...host.sshConfig?.vars,
+    ...(host.vars as Partial<Vars>),
+    ...(extra as Partial<Vars>),
+  }
+}
+
+/** The address a host is reached at: -e, else the inventory, else its ssh config's HostName. */
+export function hostAddress(host: InventoryHost, extra: VarLayer = {}): string | undefined {
+  const a = extra.address ?? host.vars.address ?? host.sshConfig?.vars.address
+  return a === undefined ? undefined : String(a)
+}
+
+function hostPort(host: InventoryHost, extra: VarLayer): number {
+  return Number(extra.ssh_port ?? host.vars.ssh_port ?? host.sshConfig?.vars.ssh_port ?? BUILTIN_DEFAULTS.ssh_port)
+}
+
+const NO_ADDRESS_HINT = `add "address: <ip or name>" (or ansible_host) under the host, or a HostName for it in the ssh config`
+
+/**
+ * The owner's ssh config (ssh_config_file, relative to the inventory or, from -e, to the working directory; by
+ * default ~/.ssh/config when it exists; "none": not read) applied to every host as `ssh NAME` reads it for the
+ * host's inventory name: HostName, User, Port and IdentityFile give address, ssh_user, ssh_port and ssh_key_file
+ * where neither the inventory nor -e sets them (a key from ssh_key_ref counts as set). Each value a host takes is
+ * checked with the inventory's grammar: every problem at once, at the ssh config's file:line:col, before any host
+ * is contacted. Returns the warnings (Match blocks ignored, keywords not followed), each once.
+ */
+export function applySshConfig(inv: Inventory, extra: VarLayer = {}): string[] {
+  const problems: ProvisionError[] = []
+  const warnings: string[] = []
+  const notFollowed = new Map<string, { f: Found; hosts: string[] }>()
+  const configs = new Map<string, SshConfig | null>()
+  const invDir = dirname(resolve(inv.file))
+  for (const h of inv.hosts.values()) {
+    h.sshConfig = undefined
+    const setting = extra.ssh_config_file ?? h.vars.ssh_config_file
+    if (setting === 'none') continue
+    const path =
+      setting === undefined
+        ? expandPath(DEFAULT_SSH_CONFIG, process.cwd())
+        : expandPath(String(setting), extra.ssh_config_file !== undefined ? process.cwd() : invDir)
+    // The default is read when it is there; a file the owner names must be there.
+    if (setting === undefined && !existsSync(path)) continue
+    let cfg = configs.get(path)
+    if (cfg === undefined) {
+      try {
+        cfg = SshConfig.read(path)
+        warnings.push(...cfg.warnings)
+      } catch (e) {
+        if (!(e instanceof ProvisionError)) throw e
+        for (const p of e.problems)
+          problems.push(
+            new ProvisionError(p.kind, p.message, {
+              place: p.place,
+              hint: p.hint ?? 'fix the line, or set ssh_config_file: none to not read it',
+            }),
+          )
+        cfg = null
+      }
+      configs.set(path, cfg)
+    }
+    if (!cfg) continue
+    const found = cfg.lookup(h.name)
+    const layer: SshConfigLayer = { vars: {}, from: {} }
+    const own = (name: VarName) => extra[name] !== undefined || h.vars[name] !== undefined
+    const bad = (f: Found, keyword: string, message: string) =>
+      problems.push(
+        new ProvisionError('inventory', `${keyword} ${JSON.stringify(f.value)} for host "${h.name}": ${message}`, {
+          place: { file: f.file, line: f.line, col: f.col },
+          hint: 'fix the line or give the host its own value in the inventory (or set ssh_config_file: none)',
+        }),
+      )
+    const take = <K extends keyof SshConfigLayer['vars']>(name: K, f: Found, keyword: string, raw: unknown) => {
+      const r = checkVar(name, raw)
+      if (r.error !== undefined) return bad(f, keyword, r.error)
+      layer.vars[name] = r.value as SshConfigLayer['vars'][K]
+      layer.from[name] = `${f.file}:${f.line}`
+    }
+    if (found.hostName && !own('address')) {
+      const x = expandHostName(found.hostName.value, h.name.toLowerCase())
+      if ('error' in x) bad(found.hostName, 'HostName', x.error)
+      else take('address', found.hostName, 'HostName', x.value)
+    }
+    if (found.user && !own('ssh_user')) take('ssh_user', found.user, 'User', found.user.value)
+    if (found.port && !own('ssh_port')) {
+      if (/^\d+$/.test(found.port.value)) take('ssh_port', found.port, 'Port', Number(found.port.value))
+      else bad(found.port, 'Port', 'expected a port number 1-65535 (a service name is not read)')
+    }
+    if (found.identitiesOnly && !/^(yes|no|true|false)$/i.test(found.identitiesOnly.value))
+      bad(found.identitiesOnly, 'IdentitiesOnly', 'expected yes or no')
+    if (found.identityFiles.length > 0 && !own('ssh_key_file') && !own('ssh_key_ref')) {
+      const tokens = {
+        remoteHost: hostAddress(h, extra) ?? layer.vars.address ?? h.name.toLowerCase(),
+        originalHost: h.name.toLowerCase(),
+        remoteUser: String(extra.ssh_user ?? h.vars.ssh_user ?? layer.vars.ssh_user ?? BUILTIN_DEFAULTS.ssh_user),
+        port: Number(extra.ssh_port ?? h.vars.ssh_port ?? layer.vars.ssh_port ?? BUILTIN_DEFAULTS.ssh_port),
+      }
+      // As ssh does: every IdentityFile in order, a missing file skipped; the first that exists is the key.
+      for (const f of found.identityFiles) {
+        const x = expandIdentityFile(f.value, tokens)
+        if ('error' in x) {
+          bad(f, 'IdentityFile', x.error)
+          continue
+        }
+        const path = expandPath(x.path, process.cwd())
+        const r = checkVar('ssh_key_file', path)
+        if (r.error !== undefined) bad(f, 'IdentityFile', r.error)
+        else if (layer.vars.ssh_key_file === undefined && existsSync(path)) {
+          layer.vars.ssh_key_file = path
+          layer.from.ssh_key_file = `${f.file}:${f.line}`
+        }
+      }
+    }
+    for (const f of found.ignored) {
+      const id = `${f.file}:${f.line}`
+      const entry = notFollowed.get(id) ?? { f, hosts: [] }
+      entry.hosts.push(h.name)
+      notFollowed.set(id, entry)
+    }
+    if (Object.keys(layer.vars).length > 0) h.sshConfig = layer
+  }
+  for (const [id, { f, hosts }] of notFollowed)
+    warnings.push(`${id}: ${f.value} (for ${hosts.join(', ')}) is not followed: ${NOT_FOLLOWED_WHY[f.value] ?? ''}`)
+  if (problems.length > 0) {
+    const at = (e: ProvisionError) => [e.place.file ?? '', e.place.line ?? 0, e.place.col ?? 0] as const
+    problems.sort((a, b) => {
+      const [fa, la, ca] = at(a)
+      const [fb, lb, cb] = at(b)
+      return fa === fb ? la - lb || ca - cb : 0
+    })
+    throw ProvisionError.all(problems, `the ssh config: ${problems.length} problems`, 'inventory')
+  }
+  return warnings
+}
+
+const NOT_FOLLOWED_WHY: Readonly<Record<string, string>> = {
+  ProxyJump: 'the run connects to the host directly',
+  ProxyCommand: 'the run connects to the host directly',
+  IdentityAgent: 'the run uses the ssh-agent at SSH_AUTH_SOCK (export SSH_AUTH_SOCK=<that socket>)',
+  HostKeyAlias: 'host keys are looked up by address in known_hosts_file',
+  CertificateFile: 'certificates are not offered, only keys',
+  PKCS11Provider: 'keys come from files, the secrets store and the ssh-agent only',
+  CanonicalizeHostname: 'Host patterns are matched against the inventory name as it is',
 }
 
 /** The -e flags as written, for the layers parseExtraVars made (messages name the flag). */

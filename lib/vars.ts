@@ -57,6 +57,11 @@ export const VAR_SPECS = {
     secret: true,
   },
   known_hosts_file: { type: 'path', doc: 'known_hosts used for strict host-key checking', grammar: g.FilePath },
+  ssh_config_file: {
+    type: 'path',
+    doc: "OpenSSH client config giving HostName, User, Port and IdentityFile below the inventory's own values (default ~/.ssh/config when it exists; none: not read)",
+    grammar: g.FilePath,
+  },
   connect_timeout: { type: 'int', doc: 'seconds to wait for an SSH connection', grammar: g.Duration },
   // secrets
   secrets_backend: { type: 'string', doc: 'where secrets live', choices: ['onepassword', 'file'] },
@@ -212,6 +217,8 @@ export interface Vars {
   ssh_key_passphrase_ref?: string
   ssh_agent: boolean
   known_hosts_file: string
+  /** OpenSSH client config read below the inventory (lib/inventory.ts applySshConfig); "none": not read. */
+  ssh_config_file?: string
   connect_timeout: number
   secrets_backend: 'onepassword' | 'file'
   secrets_file?: string
