@@ -323,10 +323,12 @@ export function checkRequiredVars(pb: Playbook, inv: Inventory, limit: string | 
 export async function openStoreFor(inv: Inventory, extra: Record<string, unknown>): Promise<SecretStore> {
   const backends = new Set<string>()
   let file: string | undefined
+  let account: string | undefined
   for (const h of inv.hosts.values()) {
     const v = hostVars(h, {}, extra)
     backends.add(v.secrets_backend)
     file ??= v.secrets_file
+    account ??= v.op_account
   }
   if (backends.size > 1)
     throw new ProvisionError(
@@ -339,7 +341,7 @@ export async function openStoreFor(inv: Inventory, extra: Record<string, unknown
     throw new ProvisionError('inventory', 'secrets_backend is "file" but no secrets_file is set', {
       place: { file: inv.file },
     })
-  return openSecretStore({ backend, file })
+  return openSecretStore({ backend, file, account })
 }
 
 /** Entry point for playbooks: run and exit with the code. */

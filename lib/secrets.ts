@@ -1,6 +1,6 @@
 // Secret references ("op://vault/item/field") and the two places they can live: 1Password
-// (through @1password/sdk and a service-account token) or a local YAML file for labs and
-// offline runs. Both sit behind one SecretStore that resolves each reference at most once per
+// (through @1password/sdk, signed in by the desktop app for an account at the owner's desk, or by a
+// service-account token for unattended runs) or a local YAML file for labs and offline runs. Both sit behind one SecretStore that resolves each reference at most once per
 // run (1Password allows 1,000 reads a day per account), registers every value it learns for
 // masking before anything can print it, and names the reference in every error.
 
@@ -94,15 +94,26 @@ export interface OnePasswordClient {
   }
 }
 
+/** What @1password/sdk's createClient takes: the auth (a service-account token or a DesktopAuth) and our name. */
+export type OnePasswordConfig = Parameters<Sdk['createClient']>[0]
+
 export interface SecretStoreOptions {
   backend: 'onepassword' | 'file'
   /** The YAML file of the file backend. */
   file?: string
+  /**
+   * 1Password: sign in through the desktop app for this account (op_account: as the app shows it, or its ID),
+   * unlocked by the owner; undefined or "none": with OP_SERVICE_ACCOUNT_TOKEN (unattended runs).
+   */
+  account?: string
   /** Where OP_SERVICE_ACCOUNT_TOKEN is read from (default process.env). */
   env?: Record<string, string | undefined>
   integrationVersion?: string
-  /** Tests inject a fake client here; the default signs in with @1password/sdk. */
-  createClient?: (token: string) => Promise<OnePasswordClient>
+  /**
+   * Stands in for @1password/sdk's createClient (tests): it gets exactly the configuration the SDK would, a
+   * DesktopAuth of the SDK's own class or the token, and its errors go through the same translation.
+   */
+  createClient?: (config: OnePasswordConfig) => Promise<OnePasswordClient>
 }
 
 export async function openSecretStore(opts: SecretStoreOptions): Promise<SecretStore> {
@@ -482,36 +493,61 @@ type Sdk = typeof import('@1password/sdk')
 
 const ACTIVE_ITEMS: ItemListFilter = { type: 'ByState', content: { active: true, archived: false } }
 
+/** Where the 1Password app's switch for the SDK is. */
+const DESKTOP_SETTING = 'Settings > Developer > Integrate with other apps'
+
 class OnePasswordBackend implements Backend {
   readonly name = 'onepassword'
   readonly place: ErrorPlace = {}
-  readonly hint =
-    'check the references against 1Password; the service account needs read access (write access for values this tool generates) to the vault'
+  readonly hint: string
   readonly #sdk: Sdk
   readonly #connect: () => Promise<OnePasswordClient>
+  /** The account the desktop app signs in (op_account); undefined: the service-account token. */
+  readonly #account: string | undefined
+  /** Who must see the vaults, for messages: the service account, or the owner's account. */
+  readonly #who: string
   #client: Promise<OnePasswordClient> | undefined
   #vaults: Promise<Array<Pick<VaultOverview, 'id' | 'title'>>> | undefined
 
-  private constructor(sdk: Sdk, connect: () => Promise<OnePasswordClient>) {
+  private constructor(sdk: Sdk, connect: () => Promise<OnePasswordClient>, account: string | undefined) {
     this.#sdk = sdk
     this.#connect = connect
+    this.#account = account
+    this.#who = account === undefined ? 'the service account' : `account "${account}"`
+    this.hint = `check the references against 1Password; ${this.#who} needs read access (write access for values this tool generates) to the vault`
   }
 
   static async open(opts: SecretStoreOptions): Promise<OnePasswordBackend> {
     const env = opts.env ?? process.env
     const raw = env.OP_SERVICE_ACCOUNT_TOKEN
+    // A token in the environment is a secret whether or not this run uses it.
+    if (raw !== undefined && raw.trim() !== '') {
+      registerSecret(raw)
+      registerSecret(raw.trim())
+    }
+    const account = opts.account !== undefined && opts.account !== 'none' ? opts.account : undefined
+    const integrationVersion = opts.integrationVersion ?? 'dev'
+    if (account !== undefined) {
+      // At the owner's desk: the 1Password app signs in (and asks to be unlocked); no token on this machine.
+      const sdk: Sdk = await import('@1password/sdk')
+      const config: OnePasswordConfig = {
+        auth: new sdk.DesktopAuth(account),
+        integrationName: 'pi-provision',
+        integrationVersion,
+      }
+      const create = opts.createClient ?? ((c: OnePasswordConfig): Promise<OnePasswordClient> => sdk.createClient(c))
+      return new OnePasswordBackend(sdk, () => quietNativeAddon(() => create(config)), account)
+    }
     if (raw === undefined || raw.trim() === '') {
       throw new ProvisionError(
         'secrets',
         'OP_SERVICE_ACCOUNT_TOKEN is not set, and the inventory selected the 1Password secrets backend',
         {
-          hint: 'export OP_SERVICE_ACCOUNT_TOKEN=<service-account token, starts with ops_> (or select the file backend in the inventory)',
+          hint: 'export OP_SERVICE_ACCOUNT_TOKEN=<service-account token, starts with ops_>, or at your desk set op_account to your 1Password account to sign in through the 1Password app (or select the file backend in the inventory)',
         },
       )
     }
-    registerSecret(raw)
     const token = raw.trim()
-    registerSecret(token)
     if (!token.startsWith('ops_')) {
       throw new ProvisionError(
         'secrets',
@@ -523,19 +559,10 @@ class OnePasswordBackend implements Backend {
     }
     // Loaded only when 1Password is used: the SDK starts a WebAssembly core.
     const sdk: Sdk = await import('@1password/sdk')
-    const integrationVersion = opts.integrationVersion ?? 'dev'
-    const create =
-      opts.createClient ??
-      (async (auth: string): Promise<OnePasswordClient> => {
-        const client: OnePasswordClient = await sdk.createClient({
-          auth,
-          integrationName: 'pi-provision',
-          integrationVersion,
-        })
-        return client
-      })
+    const config: OnePasswordConfig = { auth: token, integrationName: 'pi-provision', integrationVersion }
+    const create = opts.createClient ?? ((c: OnePasswordConfig): Promise<OnePasswordClient> => sdk.createClient(c))
     // Signing in is a network round trip: do it when the first secret is needed, not at open.
-    return new OnePasswordBackend(sdk, () => create(token))
+    return new OnePasswordBackend(sdk, () => create(config), undefined)
   }
 
   #clientOnce(): Promise<OnePasswordClient> {
@@ -543,6 +570,18 @@ class OnePasswordBackend implements Backend {
       const attempt = this.#connect().catch((e: unknown) => {
         this.#client = undefined
         if (this.#isRateLimit(e)) throw this.#translate(e, 'signing in to 1Password')
+        if (this.#account !== undefined)
+          throw (
+            desktopError(e, this.#account, this.#sdk) ??
+            new ProvisionError(
+              'secrets',
+              `cannot sign in to 1Password through the 1Password app (op_account "${this.#account}"): ${errorMessage(e)}`,
+              {
+                hint: `check that the 1Password app runs, is unlocked, is signed in to that account, and has ${DESKTOP_SETTING} on`,
+                cause: e,
+              },
+            )
+          )
         throw new ProvisionError(
           'secrets',
           `cannot sign in to 1Password with OP_SERVICE_ACCOUNT_TOKEN: ${errorMessage(e)}`,
@@ -572,7 +611,7 @@ class OnePasswordBackend implements Backend {
       const key = keys[i]
       const r = Object.hasOwn(answers, key) ? answers[key] : undefined
       if (!r) out.set(key, { status: 'error', why: '1Password returned no answer for it' })
-      else if (r.error) out.set(key, describeResolveError(ref, r.error))
+      else if (r.error) out.set(key, describeResolveError(ref, r.error, this.#who))
       else if (r.content && typeof r.content.secret === 'string')
         out.set(key, { status: 'found', value: r.content.secret })
       else out.set(key, { status: 'error', why: '1Password returned neither a value nor an error for it' })
@@ -588,7 +627,7 @@ class OnePasswordBackend implements Backend {
     const vaults = await this.#listVaults(client, key)
     const vault = pickByTitle(vaults, ref.vault, key, 'vaults')
     if (!vault) {
-      throw new ProvisionError('secrets', `${key}: no vault "${ref.vault}" that the service account can see`, {
+      throw new ProvisionError('secrets', `${key}: no vault "${ref.vault}" that ${this.#who} can see`, {
         hint: this.hint,
       })
     }
@@ -689,14 +728,80 @@ class OnePasswordBackend implements Backend {
         cause: e,
       })
     }
-    return new ProvisionError('secrets', `1Password failed while ${doing}: ${errorMessage(e)}`, { cause: e })
+    // The app can lock, or its integration be turned off, in the middle of a run.
+    const desktop = this.#account !== undefined ? desktopError(e, this.#account, this.#sdk, doing) : undefined
+    return desktop ?? new ProvisionError('secrets', `1Password failed while ${doing}: ${errorMessage(e)}`, { cause: e })
   }
 }
 
-function describeResolveError(ref: SecretRef, err: ResolveReferenceError): Resolution {
+/**
+ * What the SDK's desktop-app sign-in failures mean for the owner, with the setting or action that fixes each;
+ * undefined for an error that is not about the app.
+ */
+export function desktopError(e: unknown, account: string, sdk: Sdk, doing?: string): ProvisionError | undefined {
+  const text = errorMessage(e)
+  const when = doing ? ` while ${doing}` : ''
+  const err = (message: string, hint: string) => new ProvisionError('secrets', message, { hint, cause: e })
+  const offHint = 'or unset op_account to use OP_SERVICE_ACCOUNT_TOKEN (unattended runs: -e op_account=none)'
+  if (/desktop application not found|native library is not available|failed to initialize native library/i.test(text))
+    return err(
+      `the 1Password app was not found on this machine, and op_account "${account}" asks to sign in through it`,
+      `install the 1Password desktop app and sign in to that account, ${offHint}`,
+    )
+  if (/unexpectedly dropped|not running|ECONNREFUSED/i.test(text))
+    return err(
+      `the 1Password app is not running, or dropped the connection${when}`,
+      `start the 1Password app and unlock it (and keep ${DESKTOP_SETTING} on), then run again`,
+    )
+  if (/channel is closed|integrat|failed to send message/i.test(text))
+    return err(
+      `the 1Password app refused the connection${when}: its integration with other apps is off`,
+      `in the 1Password app turn on ${DESKTOP_SETTING} (on Linux also Settings > Security > Unlock using system authentication), then run again`,
+    )
+  if (/account/i.test(text) && /not found|no account|unknown|does not exist|not signed in/i.test(text))
+    return err(
+      `the 1Password app has no account "${account}"${when}`,
+      "set op_account to the account as the app shows it at the top left of its sidebar (e.g. my.1password.com), or the account's ID",
+    )
+  const expired =
+    e instanceof sdk.DesktopSessionExpiredError ||
+    (e instanceof Error && e.constructor.name === 'DesktopSessionExpiredError')
+  if (expired || /locked|denied|declined|cancel|not authori[sz]ed|authori[sz]ation|session expired/i.test(text))
+    return err(
+      `the 1Password app did not let this run in${when} (it is locked, or the request was declined)`,
+      'unlock the 1Password app and approve the request it shows (Touch ID, Windows Hello, system authentication or the account password), then run again',
+    )
+  return undefined
+}
+
+/**
+ * The SDK loads the desktop app's library while createClient starts (synchronously), and when it cannot, writes
+ * "A critical error occurred while loading the native addon" to the console and fails later with "Native library
+ * is not available". That line is kept off the owner's terminal; its reason becomes the error's.
+ */
+function quietNativeAddon<T>(start: () => Promise<T>): Promise<T> {
+  const original = console.error
+  let reason: unknown
+  console.error = (...args: unknown[]) => {
+    if (typeof args[0] === 'string' && args[0].includes('native addon')) reason = args[1] ?? args[0]
+    else original(...args)
+  }
+  let started: Promise<T>
+  try {
+    started = start()
+  } finally {
+    console.error = original
+  }
+  return started.catch((e: unknown) => {
+    if (reason === undefined) throw e
+    throw new Error(`${errorMessage(reason)} (${errorMessage(e)})`, { cause: e })
+  })
+}
+
+function describeResolveError(ref: SecretRef, err: ResolveReferenceError, who: string): Resolution {
   switch (err.type) {
     case 'vaultNotFound':
-      return { status: 'missing', creatable: false, why: `no vault "${ref.vault}" that the service account can see` }
+      return { status: 'missing', creatable: false, why: `no vault "${ref.vault}" that ${who} can see` }
     case 'itemNotFound':
       return { status: 'missing', creatable: true, why: `no item "${ref.item}" in vault "${ref.vault}"` }
     case 'fieldNotFound':

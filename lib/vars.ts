@@ -5,6 +5,7 @@
 import { ProvisionError } from './errors.ts'
 import * as g from './grammar.ts'
 import type { Grammar } from './grammar.ts'
+import * as v from 'valibot'
 
 export type VarType = 'string' | 'int' | 'bool' | 'list' | 'map' | 'secret-ref' | 'address' | 'path' | 'url'
 
@@ -22,6 +23,18 @@ export interface VarSpec {
   /** Values are secrets, or may be one written by mistake: never shown in messages. */
   secret?: boolean
 }
+
+/** A 1Password account as the desktop app names it (sign-in address, name or ID): printable, not starting with "-". */
+const OpAccount = g.defineGrammar(
+  '1Password account',
+  v.pipe(
+    v.string('expected a string: a 1Password account name or ID'),
+    v.check(
+      (s: string) => s.length >= 1 && s.length <= 255 && !/[\x00-\x1f\x7f]/.test(s) && !/^[-\s]/.test(s),
+      'expected a 1Password account as the desktop app shows it (e.g. my.1password.com) or its ID: 1-255 printable characters, not starting with "-"',
+    ),
+  ),
+)
 
 export const VAR_SPECS = {
   // connection
@@ -66,6 +79,11 @@ export const VAR_SPECS = {
   // secrets
   secrets_backend: { type: 'string', doc: 'where secrets live', choices: ['onepassword', 'file'] },
   secrets_file: { type: 'path', doc: 'YAML secrets file (0600) for the file backend', grammar: g.FilePath },
+  op_account: {
+    type: 'string',
+    doc: '1Password account whose desktop app unlocks the secrets (name at the top left of the app, e.g. my.1password.com, or its ID); unset or none: OP_SERVICE_ACCOUNT_TOKEN',
+    grammar: OpAccount,
+  },
   // hardware and OS
   hardware: {
     type: 'string',
@@ -222,6 +240,8 @@ export interface Vars {
   connect_timeout: number
   secrets_backend: 'onepassword' | 'file'
   secrets_file?: string
+  /** 1Password desktop-app sign-in for this account (lib/secrets.ts); unset or "none": the service-account token. */
+  op_account?: string
   hardware?: string
   hostname?: string
   cmdline_flags: string[]

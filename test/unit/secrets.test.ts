@@ -11,12 +11,24 @@ import {
 } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { ItemCategory, ItemFieldType, RateLimitExceededError } from '@1password/sdk'
+import {
+  DesktopAuth,
+  DesktopSessionExpiredError,
+  ItemCategory,
+  ItemFieldType,
+  RateLimitExceededError,
+} from '@1password/sdk'
 import type { Item, ItemCreateParams, ItemField, ItemListFilter, ResolveAllResponse } from '@1password/sdk'
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { ProvisionError, errorText } from '../../lib/errors.ts'
 import { mask, resetSecretsForTest } from '../../lib/mask.ts'
-import { openSecretStore, parseSecretRef, type OnePasswordClient, type SecretStore } from '../../lib/secrets.ts'
+import {
+  openSecretStore,
+  parseSecretRef,
+  type OnePasswordClient,
+  type OnePasswordConfig,
+  type SecretStore,
+} from '../../lib/secrets.ts'
 
 const MASKED = '********'
 
@@ -302,6 +314,8 @@ class FakeOnePassword implements OnePasswordClient {
     item('itm-eso', 'vlt-pi', 'eso', [field('token', 'token', 'ops_opSecretEso')]),
   ]
   failNext: { method: string; error: Error } | undefined
+  /** What createClient throws (signing in fails). */
+  signInError: Error | undefined
   /** resolveAll answers only once this settles (to hold a read in flight). */
   gate: Promise<void> = Promise.resolve()
   #nextId = 1
@@ -380,18 +394,24 @@ class FakeOnePassword implements OnePasswordClient {
 async function open1p(
   fake: FakeOnePassword,
   env: Record<string, string | undefined> = { OP_SERVICE_ACCOUNT_TOKEN: TOKEN },
-): Promise<{ store: SecretStore; tokens: string[] }> {
+  account?: string,
+): Promise<{ store: SecretStore; tokens: string[]; configs: OnePasswordConfig[] }> {
   const tokens: string[] = []
+  const configs: OnePasswordConfig[] = []
   const store = await openSecretStore({
     backend: 'onepassword',
     env,
-    createClient: async (token) => {
-      tokens.push(token)
+    account,
+    // The stand-in for the SDK's createClient: it gets the configuration the SDK would.
+    createClient: async (config) => {
+      configs.push(config)
+      if (typeof config.auth === 'string') tokens.push(config.auth)
       fake.calls.push(['createClient'])
+      if (fake.signInError) throw fake.signInError
       return fake
     },
   })
-  return { store, tokens }
+  return { store, tokens, configs }
 }
 
 describe('1Password backend', () => {
@@ -633,8 +653,8 @@ describe('1Password backend', () => {
     const store = await openSecretStore({
       backend: 'onepassword',
       env: { OP_SERVICE_ACCOUNT_TOKEN: TOKEN },
-      createClient: async (token) => {
-        throw new Error(`invalid service account token ${token}`)
+      createClient: async (config) => {
+        throw new Error(`invalid service account token ${String(config.auth)}`)
       },
     })
     const e = await failure(store.resolveAll(['op://pi-cluster/eso/token']))
@@ -679,5 +699,195 @@ describe('1Password backend', () => {
     } finally {
       if (saved !== undefined) process.env.OP_SERVICE_ACCOUNT_TOKEN = saved
     }
+  })
+})
+
+// The 1Password app at the owner's desk (op_account): the same backend and the same stand-in, signed in by the
+// SDK's DesktopAuth instead of a token. The SDK errors below are the texts the SDKs give (the channel and dropped
+// connection ones are in 1Password's SDKs; account and denial texts are not documented: those cases are matched
+// by their words).
+describe('1Password desktop app (op_account)', () => {
+  const ACCOUNT = 'my.1password.com'
+
+  it('signs in with a DesktopAuth for the account: no token needed, none passed', async () => {
+    const fake = new FakeOnePassword()
+    const { store, tokens, configs } = await open1p(fake, {}, ACCOUNT)
+    expect(fake.calls).toEqual([])
+    await store.resolveAll(['op://pi-cluster/eso/token'])
+    expect(store.get('op://pi-cluster/eso/token')).toBe('ops_opSecretEso')
+    expect(configs).toHaveLength(1)
+    expect(configs[0].auth).toBeInstanceOf(DesktopAuth)
+    expect((configs[0].auth as DesktopAuth).accountName).toBe(ACCOUNT)
+    expect(configs[0].integrationName).toBe('pi-provision')
+    expect(tokens).toEqual([])
+  })
+
+  it('with a token in the environment too: op_account wins, and the token is masked, never passed', async () => {
+    const fake = new FakeOnePassword()
+    const { store, configs } = await open1p(fake, { OP_SERVICE_ACCOUNT_TOKEN: TOKEN }, ACCOUNT)
+    await store.resolveAll(['op://pi-cluster/eso/token'])
+    expect(configs[0].auth).toBeInstanceOf(DesktopAuth)
+    expect(JSON.stringify(configs[0])).not.toContain(TOKEN)
+    expect(mask(`x ${TOKEN} y`)).toBe(`x ${MASKED} y`)
+  })
+
+  it.each([
+    ['unset', undefined],
+    ['none', 'none'],
+  ])('op_account %s: the service-account token, as before', async (_what, account) => {
+    const fake = new FakeOnePassword()
+    const { store, configs } = await open1p(fake, { OP_SERVICE_ACCOUNT_TOKEN: TOKEN }, account)
+    await store.resolveAll(['op://pi-cluster/eso/token'])
+    expect(configs[0].auth).toBe(TOKEN)
+    const missing = await failure(open1p(new FakeOnePassword(), {}, account))
+    expect(missing.message).toContain('OP_SERVICE_ACCOUNT_TOKEN is not set')
+    expect(missing.hint).toContain('op_account')
+  })
+
+  const ERRORS: [string, Error, RegExp, RegExp][] = [
+    [
+      'the app is not installed',
+      new Error('Native library is not available.'),
+      /1Password app was not found on this machine, and op_account "my.1password.com" asks/,
+      /install the 1Password desktop app.*unset op_account/,
+    ],
+    [
+      'the integration is off',
+      new Error(
+        'desktop app connection channel is closed. Make sure Settings > Developer > Integrate with other apps is enabled, or contact 1Password support',
+      ),
+      /refused the connection: its integration with other apps is off/,
+      /turn on Settings > Developer > Integrate with other apps/,
+    ],
+    [
+      'the integration is off (older text)',
+      new Error(
+        'error initializing client: failed to send message to Desktop App. Please make sure the integrations is enabled or otherwise contact 1Password support. Return code: -3',
+      ),
+      /integration with other apps is off/,
+      /Settings > Developer > Integrate with other apps/,
+    ],
+    [
+      'the app is not running',
+      new Error(
+        'connection was unexpectedly dropped by the desktop app. Make sure the desktop app is running and Settings > Developer > Integrate with other apps is enabled, or contact 1Password support',
+      ),
+      /1Password app is not running, or dropped the connection/,
+      /start the 1Password app and unlock it/,
+    ],
+    [
+      'the app is locked',
+      new DesktopSessionExpiredError('desktop session expired'),
+      /did not let this run in \(it is locked, or the request was declined\)/,
+      /unlock the 1Password app and approve the request/,
+    ],
+    [
+      'the request is declined',
+      new Error('authorization denied by the user'),
+      /it is locked, or the request was declined/,
+      /approve the request/,
+    ],
+    [
+      'no such account',
+      new Error('no account found matching my.1password.com'),
+      /1Password app has no account "my.1password.com"/,
+      /top left of its sidebar/,
+    ],
+  ]
+
+  it.each(ERRORS)('%s: an owner-readable error naming what to do', async (_what, error, message, hint) => {
+    const fake = new FakeOnePassword()
+    fake.signInError = error
+    const { store } = await open1p(fake, { OP_SERVICE_ACCOUNT_TOKEN: TOKEN }, ACCOUNT)
+    const e = await failure(store.resolveAll(['op://pi-cluster/eso/token']))
+    expect(e.kind).toBe('secrets')
+    expect(e.message).toMatch(message)
+    expect(e.hint).toMatch(hint)
+    expect(errorText(e)).not.toContain(TOKEN)
+    // Not remembered: once the owner fixed it, the next call signs in.
+    fake.signInError = undefined
+    await store.resolveAll(['op://pi-cluster/eso/token'])
+  })
+
+  it('an unknown sign-in failure says what it was and where to look', async () => {
+    const fake = new FakeOnePassword()
+    fake.signInError = new Error('something unexpected')
+    const { store } = await open1p(fake, {}, ACCOUNT)
+    const e = await failure(store.resolveAll(['op://pi-cluster/eso/token']))
+    expect(e.message).toBe(
+      'cannot sign in to 1Password through the 1Password app (op_account "my.1password.com"): something unexpected',
+    )
+    expect(e.hint).toContain('Integrate with other apps')
+  })
+
+  it('the app turned off or locked mid-run: the failing call says so, naming what it was doing', async () => {
+    const fake = new FakeOnePassword()
+    const { store } = await open1p(fake, {}, ACCOUNT)
+    await store.resolveAll(['op://pi-cluster/eso/token'])
+    fake.failNext = {
+      method: 'secrets.resolveAll',
+      error: new Error('desktop app connection channel is closed. Make sure Settings > Developer > Integrate ...'),
+    }
+    const e = await failure(store.resolveAll(['op://pi-cluster/k3s-token/password']))
+    expect(e.message).toBe(
+      'the 1Password app refused the connection while resolving op://pi-cluster/k3s-token/password: its integration with other apps is off',
+    )
+    // Messages about access name the account, not a service account.
+    const vault = await failure(store.lookup('op://homelab/k3s/token'))
+    expect(vault.message).toContain('no vault "homelab" that account "my.1password.com" can see')
+  })
+
+  it('chosen by the inventory: op_account opens the desktop-app store, -e op_account=none the token one', async () => {
+    const { openStoreFor } = await import('../../lib/cli.ts')
+    const { parseExtraVars, parseInventory } = await import('../../lib/inventory.ts')
+    const inv = (vars: string) =>
+      parseInventory(
+        `all:\n  vars:\n    secrets_backend: onepassword\n${vars}  children:\n    server:\n      hosts:\n        s1: { address: 192.0.2.1 }\n`,
+        '/tmp/inv.yaml',
+      )
+    const saved = process.env.OP_SERVICE_ACCOUNT_TOKEN
+    delete process.env.OP_SERVICE_ACCOUNT_TOKEN
+    try {
+      // Nothing is asked of 1Password until a secret is needed: the store opens without a token.
+      const desk = inv(`    op_account: ${ACCOUNT}\n`)
+      expect((await openStoreFor(desk, {})).backend).toBe('onepassword')
+      const token = await failure(openStoreFor(desk, parseExtraVars(['op_account=none'])))
+      expect(token.message).toContain('OP_SERVICE_ACCOUNT_TOKEN is not set')
+      expect((await failure(openStoreFor(inv(''), {}))).message).toContain('OP_SERVICE_ACCOUNT_TOKEN is not set')
+    } finally {
+      if (saved !== undefined) process.env.OP_SERVICE_ACCOUNT_TOKEN = saved
+    }
+    const bad = await failure(() => inv('    op_account: "-x"\n'))
+    expect(bad.message).toMatch(/^op_account: expected a 1Password account as the desktop app shows it/)
+  })
+
+  it("the SDK's console line about a missing app is kept off the terminal; its reason becomes the error's", async () => {
+    const printed: unknown[][] = []
+    const original = console.error
+    console.error = (...args: unknown[]) => void printed.push(args)
+    try {
+      const store = await openSecretStore({
+        backend: 'onepassword',
+        env: {},
+        account: ACCOUNT,
+        // As @1password/sdk 0.5 does without the app: logs while createClient starts, then fails.
+        createClient: async () => {
+          console.error(
+            'A critical error occurred while loading the native addon:',
+            new Error('1Password desktop application not found'),
+          )
+          console.error('some other line')
+          throw new Error('Native library is not available.')
+        },
+      })
+      const e = await failure(store.resolveAll(['op://pi-cluster/eso/token']))
+      expect(e.message).toContain('1Password app was not found on this machine')
+      expect(errorText(e)).not.toContain('native addon')
+      expect((e.cause as Error).message).toContain('1Password desktop application not found')
+      expect(printed).toEqual([['some other line']])
+    } finally {
+      console.error = original
+    }
+    expect(console.error).toBe(original)
   })
 })
