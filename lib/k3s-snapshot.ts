@@ -112,6 +112,7 @@ export function snapshotScript(name: string, marker: string): string {
     `chown root:root ${SNAPSHOT_DIR}`,
     `chmod 0700 ${SNAPSHOT_DIR}`,
     `t=${tmp}`,
+    `[ ! -e ${quote(`${SNAPSHOT_DIR}/${name}`)} ] || { echo ${quote(`${name} already exists`)} >&2; exit 1; }`,
     'rm -rf "$t"',
     'trap \'rm -rf "$t"\' EXIT',
     'mkdir -p "$t/k3s"',
@@ -174,6 +175,14 @@ async function fetchFile(ctx: StepContext, path: string): Promise<Buffer> {
       place: { host: ctx.host },
     })
   return Buffer.from(r.stdout.trim(), 'base64')
+}
+
+/** A name for a snapshot taken now that no snapshot on the server has (two in one second: the next second's). */
+export async function freeSnapshotName(ctx: Pick<StepContext, 'sh'>, reason: string): Promise<string> {
+  const there = new Set((await ctx.sh(`ls -1 -- ${SNAPSHOT_DIR} 2>/dev/null; true`)).stdout.split('\n'))
+  let at = Date.now()
+  while (there.has(snapshotName(new Date(at), reason))) at += 1000
+  return snapshotName(new Date(at), reason)
 }
 
 /** Take the snapshot on the server, check what came back on the controller, copy it to k3s_backup_dir. */
@@ -257,7 +266,7 @@ export function snapshotSteps(opts: SnapshotOptions = {}): Step[] {
           summary: `snapshot the datastore into ${SNAPSHOT_DIR}/${name}${where}`,
           async apply() {
             // Named when it is taken (the plan may have been made a moment earlier).
-            const taken = await takeSnapshot(ctx, snapshotName(new Date(), reason), reason)
+            const taken = await takeSnapshot(ctx, await freeSnapshotName(ctx, reason), reason)
             ctx.state.set(LAST_SNAPSHOT, taken, ctx.host)
             return `took snapshot ${taken.name} (${OWNER_DB} ${mb(taken.bytes)}, integrity ok, kine; token, tls, cred) in ${taken.onServer}${taken.copiedTo ? ` and ${taken.copiedTo}` : ''}`
           },

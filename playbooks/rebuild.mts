@@ -3,9 +3,10 @@
 //   npx zx playbooks/rebuild.mts HOST [-i inventory] [other site flags]
 // The host's old key is dropped from known_hosts and its new key recorded (and shown) on first contact;
 // every other host stays strict. An agent is prepared and rejoined (its stale Node deleted first).
-// A server is restored from the newest datastore backup in k3s_backup_dir when there is one (same token,
-// before k3s first starts), otherwise installed fresh with the same token; then every agent must be Ready,
-// Flux is bootstrapped again where needed, and the apps checks must pass.
+// A server is restored from the newest usable backup in k3s_backup_dir (checked on the controller first; same
+// token; before k3s first starts); with none usable the rebuild stops, and -e k3s_restore=none installs it fresh
+// with the same token. Then every agent must be Ready, Flux is bootstrapped again where needed, and the apps
+// checks must pass.
 import type { Play } from '../lib/role.ts'
 import '../lib/compile-cache.ts' // first: the imports below then load from Node's compile cache
 const { parseCli, runCli, scriptArgs } = await import('../lib/cli.ts')
