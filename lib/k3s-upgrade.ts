@@ -86,6 +86,8 @@ export interface UpgradeInput {
   /** Hosts this run will not touch (`--limit`): they keep the version they run. Default: none. */
   outsideRun?: readonly string[]
   disk?: SnapshotRoom
+  /** Why no snapshot can be taken on the server at all (no SQLite datastore, no python3), when so. */
+  snapshotProblem?: string
   /** Nodes in the cluster that no host of the inventory is. */
   strangers?: readonly { node: string; running?: string; ready: boolean }[]
 }
@@ -242,7 +244,9 @@ export function planUpgrade(input: UpgradeInput): UpgradePlan {
     }
   }
   const serverMoves = server !== undefined && server.move !== 'none'
-  if (serverMoves && input.disk) {
+  if (serverMoves && input.snapshotProblem)
+    refusals.push(`${server!.node}: the snapshot taken before the upgrade is impossible: ${input.snapshotProblem}`)
+  else if (serverMoves && input.disk) {
     const need = input.disk.neededBytes
     if (input.disk.freeBytes < need)
       refusals.push(

@@ -234,6 +234,13 @@ describe('planUpgrade: every refusal, with its reason', () => {
     expect(rerun.refusals).toEqual([])
   })
 
+  it('a server whose datastore cannot be snapshotted (embedded etcd, no python3)', () => {
+    const p = plan({ snapshotProblem: 'this server keeps its datastore in embedded etcd' })
+    expect(p.refusals).toEqual([
+      'pi-k3s: the snapshot taken before the upgrade is impossible: this server keeps its datastore in embedded etcd',
+    ])
+  })
+
   it('every refusal at once', () => {
     const p = plan({
       target: 'v1.36.0+k3s1',
