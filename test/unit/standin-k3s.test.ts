@@ -468,13 +468,13 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
       run('sh', [script], { K3S_STANDIN_ROOT: serverRoot, INSTALL_K3S_VERSION: version, INSTALL_K3S_EXEC: 'server' })
     const before = sha256(await readFile(bin, 'utf8'))
     const offered = (await readFile(join(STANDINS, 'k3s/releases.txt'), 'utf8')).split('\n').filter((l) => /^v/.test(l))
-    expect(offered).toEqual(['v1.34.3+k3s1', 'v1.35.0+k3s1'])
+    expect(offered).toEqual(['v1.34.3+k3s1', 'v1.35.0+k3s1', 'v1.35.1+k3s1'])
 
     // A release nobody made (or a typo): the download fails, as from GitHub, and nothing changes.
     const unknown = await install('v1.36.0+k3s1')
     expect(unknown.code).toBe(1)
     expect(unknown.stderr).toContain(
-      `[ERROR]  Download failed: v1.36.0+k3s1 is no release the lab offers (v1.34.3+k3s1 v1.35.0+k3s1 - see ${artifactBase}/k3s/releases.txt)`,
+      `[ERROR]  Download failed: v1.36.0+k3s1 is no release the lab offers (v1.34.3+k3s1 v1.35.0+k3s1 v1.35.1+k3s1 - see ${artifactBase}/k3s/releases.txt)`,
     )
     expect(sha256(await readFile(bin, 'utf8'))).toBe(before)
 
