@@ -193,6 +193,9 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
   let summary: RunSummary | undefined
   const abort = new AbortController()
   try {
+    // Milestones for the recap's start-up line (-v) and --json: the modules are loaded, the inventory is checked,
+    // the secrets are resolved.
+    performance.mark('pi-provision:main')
     const o = parseCli(argv)
     if (o.help) {
       print(USAGE)
@@ -207,6 +210,7 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
     const sshWarnings = applySshConfig(inv, extra)
     // The hosts' final values (after -e) across hosts: node names, no address or node name twice.
     checkHosts(inv, extra, new Set(planHosts(pb, inv, o.limit).flatMap((p) => p.hosts)))
+    performance.mark('pi-provision:inventory')
     if (o.listHosts) {
       for (const l of listHosts(pb, inv, o.limit)) print(l)
       return EXIT.ok
@@ -222,6 +226,7 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
     // anything is touched: a before-hook changes local state (rebuild drops known_hosts entries).
     await secrets.resolveAll(requiredSecrets(pb, inv, o.limit, extra))
     await checkRoleSecrets(pb, inv, o.limit, extra, secrets)
+    performance.mark('pi-provision:secrets')
     await hooks.before?.(inv, o)
     const reporter = createReporter({ verbosity: o.verbosity, showDiff: o.diff, jsonFile: o.json, write: hooks.write })
     for (const message of sshWarnings) reporter.emit({ kind: 'warning', message })

@@ -5,5 +5,7 @@
 // NODE_DISABLE_COMPILE_CACHE=1 turns it off.
 import * as nodeModule from 'node:module'
 
+// The playbook's first line has run: what came before is Node's start and zx's (the recap's start-up, -v).
+performance.mark('pi-provision:playbook')
 const enable = (nodeModule as { enableCompileCache?: () => unknown }).enableCompileCache
 enable?.()

@@ -31,6 +31,18 @@ function quoteOperand(word: string): string {
 export const FLUX_BIN = '/usr/local/bin/flux'
 export const FLUX = `${FLUX_BIN} --kubeconfig ${KUBECONFIG}`
 
+/**
+ * The kubectl and flux processes a script starts, counted from the lines built here (KUBECTL, FLUX_BIN): what the
+ * runner records per host and role, so a change that adds a cluster call to every run shows in the recap (-v).
+ * A test for the flux binary (`[ -x flux ]`) or its install (`flux.new`) is not a call.
+ */
+export function clusterCalls(script: string): { kubectl: number; flux: number } {
+  return {
+    kubectl: script.split(`${KUBECTL} `).length - 1,
+    flux: script.split(`${FLUX_BIN} `).filter((after, i) => i > 0 && !after.startsWith(']')).length,
+  }
+}
+
 export const KS = 'kustomizations.kustomize.toolkit.fluxcd.io'
 export const HR = 'helmreleases.helm.toolkit.fluxcd.io'
 export const GITREPO = 'gitrepositories.source.toolkit.fluxcd.io'

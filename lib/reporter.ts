@@ -14,6 +14,40 @@ export interface HostCounts {
   skipped: number
 }
 
+/** What a run cost on one host: the scripts sent over its SSH connection and the cluster clients they started. */
+export interface HostCost {
+  /** Scripts run over the host's connection (fact batches and commands): one round trip each. */
+  roundTrips: number
+  /** Of those, the ones that read facts. */
+  factReads: number
+  /** kubectl processes those scripts started (every kubectl line is lib/kube.ts's). */
+  kubectl: number
+  /** flux CLI processes. */
+  flux: number
+  /** ms to open the first connection (0: it never connected). */
+  connectMs: number
+  /** The same by the role whose step, facts or handler sent the script (an agent's role asks the server too). */
+  roles: Record<string, { roundTrips: number; kubectl: number; flux: number }>
+}
+
+/** Where a run's time went and what it cost on the hosts (the recap's; shown at -v, always in --json). */
+export interface RunStats {
+  /** When this process started (epoch ms). */
+  origin: number
+  /**
+   * Milestones in ms since the process started: playbook (its first line ran), main (the modules are loaded),
+   * inventory (read and checked), secrets (resolved), run (the runner starts), recap.
+   */
+  marks: Record<string, number>
+  /**
+   * Wall ms from run to recap by what was in flight on any host, each instant counted once under the first of:
+   * connecting, cluster calls (kubectl, flux), fact reads, commands; the rest is the controller's own (planning,
+   * probes from the controller, waits between polls).
+   */
+  wall: { connect: number; cluster: number; facts: number; commands: number; controller: number }
+  hosts: Record<string, HostCost>
+}
+
 export type RunEvent =
   | { kind: 'run-start'; playbook: string; inventory: string; check: boolean; hosts: string[] }
   | { kind: 'play-start'; play: string; hosts: string[] }
@@ -42,6 +76,7 @@ export type RunEvent =
       exitCode: number
       retryFile?: string
       rerun?: string
+      stats?: RunStats
     }
   | { kind: 'error'; message: string }
   /** Ctrl-C came: no new step starts from here on (in --json, what follows it happened after the signal). */
@@ -69,6 +104,30 @@ const STATUS_WORD: Record<StepStatus, string> = { ok: 'ok', changed: 'changed', 
 export function formatStepLine(e: Extract<RunEvent, { kind: 'step-end' }>): string {
   const label = `${STATUS_WORD[e.status]}: [${e.host}] ${e.role} | ${e.handler ? 'handler: ' : ''}${e.step}`
   return e.message ? `${label} (${e.message})` : label
+}
+
+/** The recap's cost lines (-v): per host its round trips and cluster calls, then where the time went. */
+export function formatStats(s: RunStats): string[] {
+  const calls = (c: { roundTrips: number; kubectl: number; flux: number }) =>
+    `${c.roundTrips} round trip${c.roundTrips === 1 ? '' : 's'}, ${c.kubectl} kubectl, ${c.flux} flux`
+  const lines = ['cost on the hosts:']
+  for (const [host, c] of Object.entries(s.hosts)) {
+    const roles = Object.entries(c.roles)
+      .filter(([, r]) => r.kubectl || r.flux)
+      .map(([role, r]) => `${role} ${r.kubectl + r.flux}`)
+    lines.push(
+      `  ${host}: ${calls(c)}${roles.length ? ` (cluster calls by role: ${roles.join(', ')})` : ''}; connected in ${c.connectMs} ms`,
+    )
+  }
+  const m = s.marks
+  const sec = (ms: number | undefined) => (ms === undefined ? '?' : (ms / 1000).toFixed(2))
+  const span = (a: string, b: string) => (m[a] !== undefined && m[b] !== undefined ? sec(m[b] - m[a]) : '?')
+  const w = s.wall
+  lines.push(
+    `time: start-up ${sec(m.run)}s (node and zx ${sec(m.playbook)}, modules ${span('playbook', 'main')}, inventory ${span('main', 'inventory')}, secrets ${span('inventory', 'secrets')}); ` +
+      `run ${span('run', 'recap')}s (connecting ${sec(w.connect)}, cluster calls ${sec(w.cluster)}, facts ${sec(w.facts)}, commands ${sec(w.commands)}, controller ${sec(w.controller)})`,
+  )
+  return lines
 }
 
 export function formatRecap(e: Extract<RunEvent, { kind: 'recap' }>): string[] {
@@ -172,7 +231,7 @@ function renderPlain(e: RunEvent, opts: ReporterOptions): string[] {
     case 'interrupted':
       return [`interrupted: ${e.message}`]
     case 'recap':
-      return formatRecap(e)
+      return [...formatRecap(e), ...(opts.verbosity >= 1 && e.stats ? formatStats(e.stats) : [])]
   }
 }
 

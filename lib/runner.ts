@@ -2,8 +2,9 @@
 // goes through its roles' steps in order, then the handlers its steps notified. A failing host stops
 // alone; the recap and the exit code say what happened to each.
 
+import { AsyncLocalStorage } from 'node:async_hooks'
 import pLimit from 'p-limit'
-import { SshConnection, type Connection, type RunResult, type SshTarget } from './connection.ts'
+import { SshConnection, type Connection, type RunOptions, type RunResult, type SshTarget } from './connection.ts'
 import { errorText, ProvisionError } from './errors.ts'
 import { writeFileAtomic } from './fsutil.ts'
 import { defineFact, FactCache, type Fact } from './facts.ts'
@@ -11,7 +12,8 @@ import { quote } from './shell.ts'
 import { hostVars, type Inventory, type InventoryHost, type VarLayer } from './inventory.ts'
 import { mask } from './mask.ts'
 import { selectHosts } from './patterns.ts'
-import type { HostCounts, Reporter } from './reporter.ts'
+import { clusterCalls } from './kube.ts'
+import type { HostCost, HostCounts, Reporter, RunStats } from './reporter.ts'
 import {
   isChange,
   runState,
@@ -83,6 +85,118 @@ interface HostRuntime extends Omit<HostHandle, 'sh' | 'must'> {
   host: InventoryHost
   counts: HostCounts
   state: 'ok' | 'failed' | 'unreachable'
+  meter: HostMeter
+}
+
+// ---------------------------------------------------------------- what a run costs on the hosts
+
+/** The role whose step, facts or handler is running: what a round trip on any host is counted against. */
+const acting = new AsyncLocalStorage<string>()
+
+/** A span of wall time (ms since the process started) with a script in flight, and what it was for. */
+export interface Span {
+  start: number
+  end: number
+  kind: 'connect' | 'cluster' | 'facts' | 'commands'
+}
+
+/** Round trips, cluster calls and busy spans of one host, counted where every script passes: its connection. */
+export class HostMeter {
+  readonly cost: HostCost = { roundTrips: 0, factReads: 0, kubectl: 0, flux: 0, connectMs: 0, roles: {} }
+  readonly spans: Span[] = []
+
+  count(script: string, facts: boolean, start: number, end: number): void {
+    const calls = clusterCalls(script)
+    this.cost.roundTrips++
+    if (facts) this.cost.factReads++
+    this.cost.kubectl += calls.kubectl
+    this.cost.flux += calls.flux
+    const role = acting.getStore() ?? '(runner)'
+    const r = this.cost.roles[role] ?? { roundTrips: 0, kubectl: 0, flux: 0 }
+    this.cost.roles[role] = r
+    r.roundTrips++
+    r.kubectl += calls.kubectl
+    r.flux += calls.flux
+    const kind = calls.kubectl || calls.flux ? 'cluster' : facts ? 'facts' : 'commands'
+    this.spans.push({ start, end, kind })
+  }
+}
+
+/**
+ * A host's connection as the run uses it: every script counted and timed (facts apart from commands), and the
+ * first connection timed on its own. Everything else is the connection's.
+ */
+export class MeteredConnection implements Connection {
+  readonly host: string
+  readonly sshAnswers?: (deadline: number) => Promise<boolean>
+  private readonly inner: Connection
+  private readonly meter: HostMeter
+  private readonly facts: boolean
+
+  constructor(inner: Connection, meter: HostMeter, facts = false) {
+    this.inner = inner
+    this.host = inner.host
+    this.meter = meter
+    this.facts = facts
+    if (inner.sshAnswers) this.sshAnswers = (deadline) => inner.sshAnswers!(deadline)
+  }
+
+  /** The same connection and meter, counting its scripts as fact reads. */
+  forFacts(): MeteredConnection {
+    return new MeteredConnection(this.inner, this.meter, true)
+  }
+
+  async run(script: string, opts?: RunOptions): Promise<RunResult> {
+    if (this.meter.cost.connectMs === 0 && this.inner instanceof SshConnection && opts?.connectWithinMs === undefined) {
+      const t0 = performance.now()
+      await this.inner.connect()
+      const t1 = performance.now()
+      this.meter.cost.connectMs ||= Math.max(1, Math.round(t1 - t0))
+      this.meter.spans.push({ start: t0, end: t1, kind: 'connect' })
+    }
+    const start = performance.now()
+    try {
+      return await this.inner.run(script, opts)
+    } finally {
+      this.meter.count(script, this.facts, start, performance.now())
+    }
+  }
+
+  reset(): Promise<void> {
+    return this.inner.reset()
+  }
+
+  close(): Promise<void> {
+    return this.inner.close()
+  }
+}
+
+/**
+ * Wall time from `from` to `to` by what was in flight on any host: each instant counted once, under the first kind
+ * in flight of connect, cluster, facts, commands; the rest is the controller's (planning, probes, waits, idle).
+ */
+export function wallByKind(spans: readonly Span[], from: number, to: number): RunStats['wall'] {
+  const order: Span['kind'][] = ['connect', 'cluster', 'facts', 'commands']
+  const edges = [...new Set([from, to, ...spans.flatMap((s) => [s.start, s.end])])]
+    .filter((t) => t >= from && t <= to)
+    .sort((a, b) => a - b)
+  const out = { connect: 0, cluster: 0, facts: 0, commands: 0, controller: 0 }
+  for (let i = 0; i + 1 < edges.length; i++) {
+    const [a, b] = [edges[i], edges[i + 1]]
+    const kinds = new Set(spans.filter((s) => s.start <= a && s.end >= b).map((s) => s.kind))
+    const k = order.find((o) => kinds.has(o)) ?? 'controller'
+    out[k] += b - a
+  }
+  for (const k of Object.keys(out) as (keyof typeof out)[]) out[k] = Math.round(out[k])
+  return out
+}
+
+/** The milestones of this process so far (performance marks named pi-provision:*), in ms since it started. */
+function milestones(): Record<string, number> {
+  const marks: Record<string, number> = {}
+  for (const m of performance.getEntriesByType('mark'))
+    if (m.name.startsWith('pi-provision:')) marks[m.name.slice('pi-provision:'.length)] = Math.round(m.startTime)
+  return marks
 }
 
 /** Hosts a playbook run would touch, play by play (for --list-hosts; opens no connection). */
@@ -215,6 +329,8 @@ class PlaybookRun {
     if (limit && plan.every((p) => p.hosts.length === 0))
       throw new ProvisionError('usage', `--limit ${limit} matches no host of any play`)
     const touched = [...new Set(plan.flatMap((p) => p.hosts))]
+    performance.clearMarks('pi-provision:run')
+    performance.mark('pi-provision:run')
     this.rep.emit({ kind: 'run-start', playbook: this.pb.name, inventory: inv.file, check: this.check, hosts: touched })
     await this.opts.secrets.resolveAll(requiredSecrets(this.pb, inv, limit, this.extra))
     for (const h of touched) this.runtime(h)
@@ -224,6 +340,22 @@ class PlaybookRun {
     }
     await Promise.all([...this.runtimes.values()].map((rt) => rt.conn.close().catch(() => undefined)))
     return this.recap(touched)
+  }
+
+  /** What the run cost on each host it touched, and where its wall time went (see RunStats). */
+  private stats(touched: readonly string[]): RunStats {
+    performance.clearMarks('pi-provision:recap')
+    performance.mark('pi-provision:recap')
+    const marks = milestones()
+    const hosts: Record<string, HostCost> = {}
+    for (const h of touched) hosts[h] = this.runtime(h).meter.cost
+    const spans = touched.flatMap((h) => this.runtime(h).meter.spans)
+    return {
+      origin: Math.round(performance.timeOrigin),
+      marks,
+      wall: wallByKind(spans, marks.run ?? 0, marks.recap ?? performance.now()),
+      hosts,
+    }
   }
 
   private interrupted(): boolean {
@@ -259,7 +391,7 @@ class PlaybookRun {
   private async runHost(rt: HostRuntime, play: Play): Promise<void> {
     for (const role of play.roles) {
       if (rt.state !== 'ok' || this.interrupted()) return
-      await this.runRole(rt, role)
+      await acting.run(role.name, () => this.runRole(rt, role))
     }
   }
 
@@ -511,8 +643,9 @@ class PlaybookRun {
       const host = this.opts.inventory.hosts.get(name)
       if (!host) throw new ProvisionError('usage', `no host "${name}" in the inventory`)
       const vars = hostVars(host, {}, this.extra)
-      const conn = this.connect(host, vars)
-      const facts = new FactCache(conn, (keys, code, ms) =>
+      const meter = new HostMeter()
+      const conn = new MeteredConnection(this.connect(host, vars), meter)
+      const facts = new FactCache(conn.forFacts(), (keys, code, ms) =>
         this.rep.emit({ kind: 'facts', host: name, keys, code, ms }),
       )
       rt = {
@@ -523,6 +656,7 @@ class PlaybookRun {
         facts,
         counts: { ok: 0, changed: 0, unreachable: 0, failed: 0, skipped: 0 },
         state: 'ok',
+        meter,
       }
       this.runtimes.set(name, rt)
     }
@@ -570,7 +704,8 @@ class PlaybookRun {
       retryFile = this.opts.retryFile
     }
     const seconds = (Date.now() - this.started) / 1000
-    this.rep.emit({ kind: 'recap', hosts: counts, seconds, exitCode, retryFile, rerun })
+    const stats = this.stats(touched)
+    this.rep.emit({ kind: 'recap', hosts: counts, seconds, exitCode, retryFile, rerun, stats })
     return { exitCode, counts, failed, unreachable, interrupted: wasInterrupted, seconds }
   }
 }
