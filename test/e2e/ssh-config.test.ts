@@ -6,7 +6,7 @@
 // the agent holding more keys than sshd lets a client try, the named one offered first.
 
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parse } from 'yaml'
@@ -176,6 +176,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   if (agentPid) process.kill(Number(agentPid))
+  // It holds a copy of the lab key.
+  rmSync(work, { recursive: true, force: true })
   await labDown()
 })
 
