@@ -3,9 +3,18 @@ import { parseInventory } from '../../lib/inventory.ts'
 import { resetSecretsForTest } from '../../lib/mask.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import { runPlaybook } from '../../lib/runner.ts'
-import { parseArch, parseMemoryCgroup, piPrep } from '../../roles/pi-prep.ts'
+import {
+  explainCmdline,
+  parseArch,
+  parseFailedSwapUnits,
+  parseMemoryCgroup,
+  parseSwapGenerators,
+  piPrep,
+  RPI_SWAP_DROPIN,
+  ZRAM_DROPIN,
+} from '../../roles/pi-prep.ts'
 import { MemorySecrets } from './fakes.ts'
-import { convergedPi, FakePi, freshPi, type FakePiState } from './fakepi.ts'
+import { convergedPi, FakePi, freshPi, trixiePi, type FakePiState } from './fakepi.ts'
 
 const INV = `all:
   vars: { secrets_backend: file, secrets_file: /nonexistent }
@@ -40,8 +49,9 @@ describe('pi-prep planning (facts in, commands out)', () => {
     expect(s.counts['pi-k3s'].failed).toBe(0)
     expect(pi.changes).toEqual([])
     expect(pi.state.reboots).toBe(0)
-    // Facts of the whole role in one batch, plus the few guards and checks that must read live state.
-    expect(pi.scripts.length).toBeLessThanOrEqual(7)
+    // Facts of the whole role in one batch, plus the few guards and checks that must read live state (the last:
+    // failed swap units after the reload, the memory cgroup with /proc/cmdline and cmdline.txt in one read).
+    expect(pi.scripts.length).toBeLessThanOrEqual(8)
   })
 
   it('a fresh Pi: adds the flags once (keeping the line), turns swap off, installs packages, and notifies the reboot', async () => {
@@ -80,10 +90,12 @@ describe('pi-prep planning (facts in, commands out)', () => {
     expect(pi.changes).toContain(
       'systemctl disable --no-reload dphys-swapfile.service && systemctl stop dphys-swapfile.service',
     )
-    expect(pi.changes).toContain('systemctl mask --no-reload rpi-swap.service')
+    expect(pi.changes).toContain('systemctl mask --no-reload systemd-zram-setup@zram0.service')
+    // rpi-swap is a generator on Pi OS trixie: there is no rpi-swap.service to mask, and none is masked.
+    expect(pi.changes.some((c) => c.includes('rpi-swap'))).toBe(false)
     expect(pi.changes.filter((c) => c === 'systemctl daemon-reload')).toHaveLength(1)
     expect(pi.changes.indexOf('systemctl daemon-reload')).toBeGreaterThan(
-      pi.changes.indexOf('systemctl mask --no-reload rpi-swap.service'),
+      pi.changes.indexOf('systemctl mask --no-reload systemd-zram-setup@zram0.service'),
     )
     expect(s.counts['pi-k3s'].failed).toBe(0)
     expect(state.reboots).toBe(1)
@@ -135,6 +147,188 @@ describe('pi-prep planning (facts in, commands out)', () => {
     const { rep, s } = await runPrep(state)
     expect(s.exitCode).toBe(2)
     expect(rep.lines.join('\n')).toContain('failed to find memory cgroup (v2)')
+  })
+})
+
+const stepsWith = (rep: RecordingReporter, status: string): string[] =>
+  rep.events.flatMap((e) => (e.kind === 'step-end' && e.status === status ? [e.step] : []))
+
+const messageOf = (rep: RecordingReporter, step: string): string | undefined =>
+  rep.events.flatMap((e) => (e.kind === 'step-end' && e.step === step ? [e.message] : [])).pop()
+
+const written = (pi: FakePi, path: string): string | undefined =>
+  pi.scripts.find((x) => x.script.includes(`mv -f "$tmp" ${path}`))?.stdin
+
+describe('pi-prep on Debian 13 / Pi OS trixie (swap generators)', () => {
+  it('rpi-swap only: a swap.conf drop-in Mechanism=none, read by one daemon-reload; rerun changed=0', async () => {
+    const state = { ...trixiePi({ rpiSwap: true, zram: false }), apply: true }
+    const { pi, rep, s } = await runPrep(state)
+    expect(s.counts['pi-k3s'].failed).toBe(0)
+    expect(written(pi, RPI_SWAP_DROPIN)).toBe(
+      '# pi-provision: k3s wants no swap (swap.conf(5): Mechanism=none)\n[Main]\nMechanism=none\n',
+    )
+    expect(written(pi, ZRAM_DROPIN)).toBeUndefined()
+    expect(stepsWith(rep, 'changed')).toEqual(
+      expect.arrayContaining(['Turn swap off now', 'Turn off rpi-swap (swap.conf drop-in Mechanism=none)']),
+    )
+    // No dphys-swapfile on trixie: nothing to stop or remove.
+    expect(pi.changes.some((c) => c.includes('dphys-swapfile'))).toBe(false)
+    expect(pi.changes.indexOf('systemctl daemon-reload')).toBeGreaterThan(
+      pi.changes.findIndex((c) => c.includes(RPI_SWAP_DROPIN)),
+    )
+    expect(messageOf(rep, 'Turn off zram-generator (drop-in with no zram device)')).toBe(
+      'no zram-generator on this host',
+    )
+    const again = await runPrep(state)
+    expect(again.s.counts['pi-k3s'].changed).toBe(0)
+    expect(again.pi.changes).toEqual([])
+  })
+
+  it('zram-generator only: a drop-in sorting last gives every device size 0; rerun changed=0', async () => {
+    const state = { ...trixiePi({ rpiSwap: false, zram: true }), apply: true }
+    state.files.set('/etc/systemd/zram-generator.conf.d/50-local.conf', { content: '[zram1]\nzram-size = ram / 4\n' })
+    const { pi, s } = await runPrep(state)
+    expect(s.counts['pi-k3s'].failed).toBe(0)
+    const content = written(pi, ZRAM_DROPIN) ?? ''
+    expect(content).toContain('[zram0]\nzram-size = 0\nhost-memory-limit = 0\n')
+    expect(content).toContain('[zram1]\nzram-size = 0\nhost-memory-limit = 0\n')
+    expect(written(pi, RPI_SWAP_DROPIN)).toBeUndefined()
+    const again = await runPrep(state)
+    expect(again.s.counts['pi-k3s'].changed).toBe(0)
+  })
+
+  it('both (Pi OS trixie: rpi-swap drives zram-generator): both drop-ins, one reload and reboot', async () => {
+    const state = { ...trixiePi({ rpiSwap: true, zram: true }), apply: true }
+    const { pi, s } = await runPrep(state)
+    expect(s.counts['pi-k3s'].failed).toBe(0)
+    expect(written(pi, RPI_SWAP_DROPIN)).toContain('Mechanism=none')
+    expect(written(pi, ZRAM_DROPIN)).toContain('[zram0]')
+    expect(pi.changes.filter((c) => c === 'systemctl daemon-reload')).toHaveLength(1)
+    expect(state.reboots).toBe(1)
+    const again = await runPrep(state)
+    expect(again.s.counts['pi-k3s'].changed).toBe(0)
+    expect(state.reboots).toBe(1)
+  })
+
+  it('neither: no drop-in is written, both steps say why', async () => {
+    const state = { ...trixiePi({ rpiSwap: false, zram: false }), apply: true }
+    const { pi, rep, s } = await runPrep(state)
+    expect(s.counts['pi-k3s'].failed).toBe(0)
+    expect(pi.changes.some((c) => c.includes('swap.conf.d') || c.includes('zram-generator.conf.d'))).toBe(false)
+    expect(messageOf(rep, 'Turn off rpi-swap (swap.conf drop-in Mechanism=none)')).toBe('no rpi-swap on this host')
+    expect(messageOf(rep, 'Turn off zram-generator (drop-in with no zram device)')).toBe(
+      'no zram-generator on this host',
+    )
+    expect((await runPrep(state)).s.counts['pi-k3s'].changed).toBe(0)
+  })
+
+  it('a drop-in sorting after ours with another mechanism: failed, naming it (swap would come back)', async () => {
+    const state = trixiePi({ rpiSwap: true, zram: false })
+    state.files.set('/etc/rpi/swap.conf.d/zz-local.conf', { content: '[Main]\nMechanism=zram\n' })
+    const { rep, s } = await runPrep(state)
+    expect(s.exitCode).toBe(2)
+    expect(rep.lines.join('\n')).toContain(
+      `/etc/rpi/swap.conf.d/zz-local.conf (Mechanism=zram) sorts after ${RPI_SWAP_DROPIN} and wins`,
+    )
+  })
+
+  it('no reboot owed: a swap unit its generator no longer makes is not left failed (reset-failed)', async () => {
+    const state = { ...convergedPi('pi-k3s'), apply: true }
+    state.generators.push('rpi-swap-generator')
+    state.failedUnits.push({ unit: 'var-swap.swap', generator: 'rpi-swap-generator' })
+    const { pi, rep, s } = await runPrep(state)
+    expect(s.counts['pi-k3s'].failed).toBe(0)
+    expect(state.reboots).toBe(0)
+    expect(pi.changes.indexOf('systemctl reset-failed var-swap.swap')).toBeGreaterThan(
+      pi.changes.indexOf('systemctl daemon-reload'),
+    )
+    expect(stepsWith(rep, 'changed')).toContain('Clear failed swap units nothing starts any more')
+    expect(state.failedUnits).toEqual([])
+    expect((await runPrep(state)).s.counts['pi-k3s'].changed).toBe(0)
+  })
+
+  it('a failed swap unit something still generates is reported, not hidden', async () => {
+    const state = convergedPi('pi-k3s')
+    state.failedUnits.push({ unit: 'mnt-extra.swap' })
+    const { rep, s } = await runPrep(state)
+    expect(s.exitCode).toBe(2)
+    expect(rep.lines.join('\n')).toContain('swap unit mnt-extra.swap failed and still configured')
+  })
+
+  it('facts: generators by file or package; Mechanism= by file name across directories, /etc hiding /usr/lib', () => {
+    const g = parseSwapGenerators(
+      [
+        'generator zram-generator',
+        'rpi-swap ii ',
+        'systemd-zram-generator ii ',
+        'mechanism /usr/lib/rpi/swap.conf.d/80-vendor.conf zram',
+        'mechanism /etc/rpi/swap.conf.d/10-a.conf swapfile',
+        'mechanism /etc/rpi/swap.conf.d/80-vendor.conf none',
+        'device zram1',
+        'device zram0',
+      ].join('\n'),
+    )
+    expect(g.rpiSwap).toBe(true)
+    expect(g.zram).toBe(true)
+    expect(g.rpiMechanisms).toEqual([
+      ['/etc/rpi/swap.conf.d/10-a.conf', 'swapfile'],
+      ['/etc/rpi/swap.conf.d/80-vendor.conf', 'none'],
+    ])
+    expect(g.zramDevices).toEqual(['zram0', 'zram1'])
+    expect(parseSwapGenerators('rpi-swap rc \n').rpiSwap).toBe(false)
+    expect(
+      parseFailedSwapUnits(
+        'dev-zram0.swap not-found \ndphys-swapfile.service loaded disabled\nx.swap loaded generated\n',
+      ),
+    ).toEqual({
+      stale: ['dev-zram0.swap', 'dphys-swapfile.service'],
+      live: ['x.swap'],
+    })
+  })
+})
+
+describe('the kernel command line after the reboot (kernel 6.12: the memory cgroup must be asked for)', () => {
+  const FLAGS = ['cgroup_memory=1', 'cgroup_enable=memory', 'cgroup_enable=cpuset']
+  const FILE = 'console=tty1 root=PARTUUID=x rootwait cgroup_memory=1 cgroup_enable=memory cgroup_enable=cpuset\n'
+
+  it("the firmware's cgroup_disable=memory before our flags: ours win, nothing to say", () => {
+    expect(explainCmdline(`cgroup_disable=memory coherent_pool=1M ${FILE}`, FILE, FLAGS)).toEqual([])
+  })
+
+  it('an argument after ours that turns it off, and where it came from', () => {
+    expect(explainCmdline(`coherent_pool=1M ${FILE.trim()} cgroup_disable=memory`, FILE, FLAGS)).toEqual([
+      '"cgroup_disable=memory" in /proc/cmdline turns the memory cgroup off (not in cmdline.txt: the firmware or ' +
+        'bootloader added it), after the flags that turn it on, so it wins',
+    ])
+    const own = FILE.replace('rootwait', 'rootwait').trim() + ' cgroup_memory=0'
+    expect(explainCmdline(own, own, FLAGS)).toEqual([
+      '"cgroup_memory=0" in /proc/cmdline turns the memory cgroup off (cmdline.txt itself), after the flags that ' +
+        'turn it on, so it wins',
+    ])
+  })
+
+  it('the kernel was not started with our flags: not rebooted, or another cmdline.txt was read', () => {
+    const notes = explainCmdline('cgroup_disable=memory console=tty1 root=PARTUUID=x rootwait', FILE, FLAGS)
+    expect(notes[0]).toBe(
+      'the running kernel was not started with cgroup_memory=1 cgroup_enable=memory cgroup_enable=cpuset ' +
+        '(/proc/cmdline lacks them): not rebooted since cmdline.txt changed, ' +
+        'or the bootloader read another cmdline.txt',
+    )
+    expect(notes[1]).toContain(
+      '"cgroup_disable=memory" in /proc/cmdline turns the memory cgroup off (not in cmdline.txt',
+    )
+    expect(notes[1]).toContain('and nothing turns it on')
+  })
+
+  it('a failed check on a host names what overrode the flags', async () => {
+    const state = convergedPi('pi-k3s')
+    state.cgroupControllers = 'cpuset cpu io pids\n'
+    state.procCmdline = `${state.procCmdline.trim()} cgroup_disable=memory\n`
+    const { rep, s } = await runPrep(state)
+    expect(s.exitCode).toBe(2)
+    expect(rep.lines.join('\n')).toContain(
+      '"cgroup_disable=memory" in /proc/cmdline turns the memory cgroup off (not in cmdline.txt: the firmware',
+    )
   })
 })
 
