@@ -129,7 +129,8 @@ export function loadInventory(file: string, opts: InventoryOptions = {}): Invent
 export function parseInventory(text: string, file: string, opts: InventoryOptions = {}): Inventory {
   const declared = opts.declared ?? {}
   const lines = new LineCounter()
-  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false })
+  // merge: YAML 1.1's `<<: *anchor` (Ansible inventories use it for hosts alike), expanded by pairsOf below.
+  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false, merge: true })
   const problems: ProvisionError[] = []
   const at = (node: unknown): Place => {
     const range = isNode(node) ? node.range : isPairLike(node) && isNode(node.key) ? node.key.range : undefined
@@ -172,6 +173,32 @@ export function parseInventory(text: string, file: string, opts: InventoryOption
       report(`unresolved alias *${node.source}: no anchor &${node.source} before it`, node)
     return target
   }
+  /**
+   * A map's pairs with its merge keys expanded (`<<: *anchor` or `<<: [*a, *b]`): the map's own keys win, then
+   * the merged maps' in order, as YAML 1.1 says. Merged pairs keep their own positions (the anchor's lines).
+   */
+  const pairsOf = (map: YAMLMap, depth = 0): Pair[] => {
+    const own = map.items.filter((p) => !isMergeKey(p))
+    const seen = new Set(own.map(keyOf))
+    const merged: Pair[] = []
+    for (const p of map.items.filter(isMergeKey)) {
+      const target = deref(p.value)
+      for (const source of isSeq(target) ? target.items : [p.value]) {
+        const m = deref(source)
+        if (!isMap(m) || depth > 16) {
+          report('"<<" merges a map: an alias of one (<<: *name) or a list of them', p)
+          continue
+        }
+        for (const q of pairsOf(m, depth + 1)) {
+          const k = keyOf(q)
+          if (seen.has(k)) continue
+          seen.add(k)
+          merged.push(q)
+        }
+      }
+    }
+    return [...own, ...merged]
+  }
   /** A YAML value as plain data; aliases resolved (bounded), problems reported at the node. */
   const jsOf = (node: unknown, where: string): { ok: true; value: unknown } | { ok: false } => {
     if (!isNode(node)) return { ok: true, value: node ?? null }
@@ -204,7 +231,7 @@ export function parseInventory(text: string, file: string, opts: InventoryOption
       return layer
     }
     const setBy = new Map<string, string>()
-    for (const pair of node.items) {
+    for (const pair of pairsOf(node)) {
       const key = keyOf(pair)
       if (key === undefined) {
         report(`${where}: expected a variable name here`, pair)
@@ -314,7 +341,7 @@ export function parseInventory(text: string, file: string, opts: InventoryOption
     const node = deref(raw)
     if (isNull(node)) return
     if (!isMap(node)) return report(`hosts of group "${def.name}": expected a map of host names`, node)
-    for (const hp of node.items) {
+    for (const hp of pairsOf(node)) {
       const host = keyOf(hp)
       if (host === undefined) {
         report(`hosts of group "${def.name}": expected a host name here`, hp)
@@ -358,7 +385,7 @@ export function parseInventory(text: string, file: string, opts: InventoryOption
     const node = deref(raw)
     if (isNull(node)) return
     if (!isMap(node)) return report(`group "${def.name}": expected a map with hosts, children or vars`, node)
-    for (const pair of node.items) {
+    for (const pair of pairsOf(node)) {
       const key = keyOf(pair)
       if (key === undefined || !GROUP_KEYS.has(key)) {
         const hint =
@@ -919,6 +946,11 @@ export function expandPath(p: string, baseDir: string): string {
 }
 
 /** A map key as text; undefined for a missing, null or non-scalar key. */
+/** `<<` parsed as YAML 1.1's merge key (the yaml library gives it a symbol for a value). */
+function isMergeKey(pair: Pair): boolean {
+  return isScalar(pair.key) && typeof pair.key.value === 'symbol'
+}
+
 function keyOf(pair: Pair): string | undefined {
   const k = pair.key
   if (isScalar(k)) return k.value === null || k.value === undefined ? undefined : String(k.value)

@@ -1014,3 +1014,55 @@ describe('references the inventory can check itself', () => {
     expect(e.describe()).toContain('/tmp/i.yaml:5:9: app_checks[1]: jellyfin: url must be http:// or https://')
   })
 })
+
+describe('YAML merge keys (<<: *anchor), as Ansible inventories use them', () => {
+  const text = [
+    'all:', // 1
+    '  children:', // 2
+    '    server:', // 3
+    '      hosts:', // 4
+    '        s1: { address: 203.0.113.1 }', // 5
+    '    agent:', // 6
+    '      hosts:', // 7
+    '        a1: &pi3', // 8
+    '          address: 203.0.113.10', // 9
+    '          hardware: pi3', // 10
+    '          node_labels: [hardware=pi3]', // 11
+    '        a2:', // 12
+    '          <<: *pi3', // 13
+    '          address: 203.0.113.11', // 14
+    '        a3:', // 15
+    '          <<: [*pi3, *extra]', // 16
+    '          address: 203.0.113.12', // 17
+    '    spare:', // 18
+    '      vars: &extra', // 19
+    '        reboot_timeout: 900', // 20
+  ].join('\n')
+
+  it("expands them: the host's own keys win, then the merged maps in order", () => {
+    // *extra is used before its anchor: YAML refuses that, so the list form is tested with anchors in order.
+    const ordered = text.replace(/ {4}spare:\n {6}vars: &extra\n {8}reboot_timeout: 900/, '')
+    const withExtra = ordered.replace('all:\n', 'all:\n  vars: &extra\n    reboot_timeout: 900\n')
+    const inv = parseInventory(withExtra, 'inv.yaml')
+    expect(inv.hosts.get('a2')?.vars).toMatchObject({ address: '203.0.113.11', hardware: 'pi3' })
+    expect(inv.hosts.get('a2')?.vars.node_labels).toEqual(['hardware=pi3'])
+    expect(inv.hosts.get('a3')?.vars).toMatchObject({ address: '203.0.113.12', hardware: 'pi3', reboot_timeout: 900 })
+  })
+
+  it('an alias used before its anchor is an error at its line', () => {
+    const e = thrown(() => parseInventory(text, 'inv.yaml'))
+    expect(e.describe()).toMatch(/inv\.yaml:16:\d+: .*extra/)
+  })
+
+  it('a merge of something that is not a map says so at the "<<" line', () => {
+    const bad = text.replace('<<: [*pi3, *extra]', '<<: 42').replace(/ {4}spare:[\s\S]*$/, '')
+    const e = thrown(() => parseInventory(bad, 'inv.yaml'))
+    expect(e.describe()).toMatch(/^inv\.yaml:16:11: "<<" merges a map/)
+  })
+
+  it('a bad value that came through a merge is reported where it is written (the anchor)', () => {
+    const bad = text.replace('hardware: pi3', 'hardware: pi9').replace('<<: [*pi3, *extra]', '<<: *pi3')
+    const e = thrown(() => parseInventory(bad.replace(/ {4}spare:[\s\S]*$/, ''), 'inv.yaml'))
+    expect(e.describe()).toContain('inv.yaml:10:21: hardware:')
+  })
+})
