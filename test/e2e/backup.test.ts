@@ -24,7 +24,7 @@ import { gunzipSync } from 'node:zlib'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parse } from 'yaml'
 import { labDown, labExec, labWipe } from '../lab/lab.ts'
-import { convergedLab, KINE_TABLE_FOR_STANDIN, LAB_INVENTORY, onHost, runPlaybookCli, until } from './helpers.ts'
+import { convergedLab, LAB_INVENTORY, onHost, runPlaybookCli, until } from './helpers.ts'
 
 interface LabInventory {
   all: {
@@ -64,7 +64,6 @@ async function ownerBackup(): Promise<{ db: Buffer; identity: Buffer }> {
     SERVER,
     [
       'set -e',
-      `${KINE_TABLE_FOR_STANDIN}`,
       't=$(mktemp -d)',
       'sqlite3 -cmd ".timeout 10000" /var/lib/rancher/k3s/server/db/state.db ".backup $t/state.db"',
       'sqlite3 "$t/state.db" "PRAGMA integrity_check" | grep -qx ok',
@@ -126,8 +125,6 @@ const recapChanged = (run: { recap: Record<string, Record<string, number>> }) =>
 beforeAll(async () => {
   rmSync(NAS, { recursive: true, force: true })
   await convergedLab()
-  // The stand-in's datastore gets the kine table real k3s has (see KINE_TABLE_FOR_STANDIN).
-  await onHost(SERVER, KINE_TABLE_FOR_STANDIN)
   await onHost(NAS_HOST, `rm -rf ${NAS_PATH}`)
 }, 900_000)
 
@@ -332,7 +329,6 @@ describe('rebuilding the server from the backups', () => {
   })
 
   it('from user@host:/path on another lab host acting as the NAS (strict host key, the inventory key)', async () => {
-    await onHost(SERVER, KINE_TABLE_FOR_STANDIN)
     await kubectl('create namespace before-failure-remote')
     const b = await ownerBackup()
     const name = `${dayName(new Date())}-remote`
@@ -410,7 +406,6 @@ describe('rebuilding the server from the backups', () => {
   })
 
   it("backup.mts's own snapshot restores a wiped server; then site changes nothing", async () => {
-    await onHost(SERVER, KINE_TABLE_FOR_STANDIN)
     await kubectl('create namespace before-snapshot')
     const snap = await runPlaybookCli('backup', [])
     expect(snap.code, snap.out).toBe(0)

@@ -108,14 +108,6 @@ export async function until<T>(
 }
 
 /**
- * The k3s stand-in keeps its objects in tables of its own; real k3s keeps them in one table, kine, and a restore
- * checks a backup has it. Until the stand-in makes one itself, the lab's datastore gets an empty kine table here
- * (harmless to the stand-in), so a backup of it looks like k3s's in that respect.
- */
-export const KINE_TABLE_FOR_STANDIN =
-  'sqlite3 -cmd ".timeout 10000" /var/lib/rancher/k3s/server/db/state.db "CREATE TABLE IF NOT EXISTS kine (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, value BLOB)"'
-
-/**
  * The owner's 02:15 job, as the rebuild and leak tests take it: a sqlite3 .backup of state.db (waiting out k3s's
  * own writes, as a live backup must) and a tarball of token, tls and cred, to the NAS folder under {date}/k3s/.
  */
@@ -124,7 +116,7 @@ export async function takeNightlyBackup(nas: string, date: string): Promise<void
   mkdirSync(dir, { recursive: true })
   const db = await onHost(
     'pi-k3s',
-    `set -e; ${KINE_TABLE_FOR_STANDIN}; sqlite3 -cmd ".timeout 10000" /var/lib/rancher/k3s/server/db/state.db ".backup /tmp/state-backup.db"; base64 -w0 /tmp/state-backup.db; rm -f /tmp/state-backup.db`,
+    'set -e; sqlite3 -cmd ".timeout 10000" /var/lib/rancher/k3s/server/db/state.db ".backup /tmp/state-backup.db"; base64 -w0 /tmp/state-backup.db; rm -f /tmp/state-backup.db',
   )
   writeFileSync(join(dir, 'state.db'), Buffer.from(db, 'base64'))
   const tar = await onHost('pi-k3s', 'tar -czf - -C /var/lib/rancher/k3s/server token tls cred | base64 -w0')

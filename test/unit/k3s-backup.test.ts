@@ -9,7 +9,9 @@ import { DatabaseSync } from 'node:sqlite'
 import { gzipSync } from 'node:zlib'
 import { afterAll, describe, expect, it } from 'vitest'
 import { LocalBackupStore } from '../../lib/backup-store.ts'
+import type { ProvisionError } from '../../lib/errors.ts'
 import * as g from '../../lib/grammar.ts'
+import { hostVars, parseExtraVars, parseInventory } from '../../lib/inventory.ts'
 import {
   checkDatastore,
   checkIdentity,
@@ -405,5 +407,26 @@ describe('backup-health: what site says of the newest backup', () => {
     expect((await backupProblems(ctxFor(gap))).problems).toEqual([
       expect.stringMatching(/is newer than .* but cannot be used: it has no k3s\/ folder/),
     ])
+  })
+})
+
+describe('k3s_backup_dir in the inventory and -e', () => {
+  const inv = (dir: string) =>
+    `all:\n  vars:\n    k3s_backup_dir: ${JSON.stringify(dir)}\n  children:\n    server:\n      hosts:\n        pi-k3s: { address: 198.51.100.55 }\n`
+  it('keeps user@host:/path as written, resolves a local path against the inventory, refuses a bad remote one at its place', () => {
+    const remote = parseInventory(inv('backup@nas.lan:/volume1/k3s'), '/srv/inv/hosts.yaml')
+    expect(hostVars(remote.hosts.get('pi-k3s')!).k3s_backup_dir).toBe('backup@nas.lan:/volume1/k3s')
+    const local = parseInventory(inv('backups'), '/srv/inv/hosts.yaml')
+    expect(hostVars(local.hosts.get('pi-k3s')!).k3s_backup_dir).toBe('/srv/inv/backups')
+    let err: ProvisionError | undefined
+    try {
+      parseInventory(inv('backup@nas.lan:/volume1/$(reboot)'), '/srv/inv/hosts.yaml')
+    } catch (e) {
+      err = e as ProvisionError
+    }
+    expect(err?.message).toMatch(/^k3s_backup_dir: expected a local directory or user@host:\/absolute\/path/)
+    expect(err?.place).toMatchObject({ file: '/srv/inv/hosts.yaml', line: 3 })
+    expect(parseExtraVars(['k3s_backup_dir=pi@198.51.100.7:/srv/nas']).k3s_backup_dir).toBe('pi@198.51.100.7:/srv/nas')
+    expect(() => parseExtraVars(['k3s_backup_dir=pi@nas:-oProxyCommand=x'])).toThrow(/-e k3s_backup_dir=/)
   })
 })
