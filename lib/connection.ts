@@ -29,7 +29,10 @@ export interface RunOptions {
   sudo?: boolean
   /** Text for the command's stdin: the only way secrets reach a remote command. */
   stdin?: string
-  /** If a connection must be made first: one attempt within this many ms, instead of the bounded retries (polls use it). */
+  /**
+   * If a connection must be made first: one attempt within this many ms, instead of the bounded retries (polls
+   * use it).
+   */
   connectWithinMs?: number
 }
 
@@ -46,7 +49,10 @@ export interface Connection {
   /** Drop the connection (if any) so the next run() connects again, e.g. after a reboot. */
   reset(): Promise<void>
   close(): Promise<void>
-  /** Resolve true once the host's sshd greets again, false at the deadline (epoch ms); absent where there is no sshd. */
+  /**
+   * Resolve true once the host's sshd greets again, false at the deadline (epoch ms); absent where there is no
+   * sshd.
+   */
   sshAnswers?(deadline: number): Promise<boolean>
 }
 
@@ -139,7 +145,8 @@ export class SshConnection implements Connection {
   async run(script: string, opts: RunOptions = {}): Promise<RunResult> {
     const password = opts.sudo !== false && this.target.user !== 'root' ? this.target.sudoPassword : undefined
     const line = opts.sudo === false ? script : asRoot(script, this.target.user, { password: password !== undefined })
-    // The sudo password goes first on stdin, one line (asRoot reads exactly that line); the command's own stdin follows.
+    // The sudo password goes first on stdin, one line (asRoot reads exactly that line); the command's own stdin
+    // follows.
     const stdin = password !== undefined ? `${password}\n${opts.stdin ?? ''}` : opts.stdin
     return this.channels(async () => {
       const ssh =
@@ -240,10 +247,13 @@ export class SshConnection implements Connection {
           if (!t.agentSocket)
             throw new ProvisionError(
               'unreachable',
-              `cannot use the SSH key (ssh_key_file ${t.keyFile}): it is a public key, whose private half must be in an ssh-agent, and SSH_AUTH_SOCK is not set`,
+              `cannot use the SSH key (ssh_key_file ${t.keyFile}): it is a public key, ` +
+                'whose private half must be in an ssh-agent, and SSH_AUTH_SOCK is not set',
               {
                 place: { host: t.host },
-                hint: 'start the agent that holds the key (the 1Password SSH agent: export SSH_AUTH_SOCK=<its socket>), or name the private key',
+                hint:
+                  'start the agent that holds the key (the 1Password SSH agent: export SSH_AUTH_SOCK=<its socket>), ' +
+                  'or name the private key',
               },
             )
           return { prefer: pub }
@@ -432,7 +442,8 @@ function hostKeyError(
   if (v.status === 'changed' && unrecorded !== undefined && v.expected.includes(unrecorded))
     return new ProvisionError(
       'hostkey',
-      `HOST KEY CHANGED for ${who} during this run: it presented ${unrecorded} (accepted, not recorded), now ${got}. Refusing to connect.`,
+      `HOST KEY CHANGED for ${who} during this run: it presented ${unrecorded} (accepted, not recorded), ` +
+        `now ${got}. Refusing to connect.`,
       {
         place: { host: t.host },
         hint: 'treat this as an attack unless the host was reflashed during the run',
@@ -441,10 +452,14 @@ function hostKeyError(
   if (v.status === 'changed')
     return new ProvisionError(
       'hostkey',
-      `HOST KEY CHANGED for ${who}: known_hosts has ${v.expected.join(', ')}, the host now presents ${got}. Refusing to connect.`,
+      `HOST KEY CHANGED for ${who}: known_hosts has ${v.expected.join(', ')}, ` +
+        `the host now presents ${got}. Refusing to connect.`,
       {
         place: { host: t.host },
-        hint: `if the host was reflashed, run playbooks/rebuild.mts ${t.host} (or: ssh-keygen -R ${t.address} -f ${khPath}, then rerun with --trust-new-host-keys); otherwise treat this as an attack`,
+        hint:
+          `if the host was reflashed, run playbooks/rebuild.mts ${t.host} ` +
+          `(or: ssh-keygen -R ${t.address} -f ${khPath}, then rerun with --trust-new-host-keys); ` +
+          'otherwise treat this as an attack',
       },
     )
   if (v.status === 'revoked')
@@ -455,7 +470,9 @@ function hostKeyError(
     )
   return new ProvisionError('hostkey', `unknown host key for ${who}: ${got} is not in ${khPath}; refusing to connect`, {
     place: { host: t.host },
-    hint: `check the fingerprint on the host (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then rerun with --trust-new-host-keys to record it`,
+    hint:
+      'check the fingerprint on the host (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), ' +
+      'then rerun with --trust-new-host-keys to record it',
   })
 }
 
@@ -504,8 +521,13 @@ function unreachable(t: SshTarget, e: unknown, agentLacksKey = false): Provision
   if (err.code === 'ECONNREFUSED') why = `connection refused on port ${t.port} (is sshd running?)`
   else if (err.code === 'EHOSTUNREACH' || err.code === 'ENETUNREACH') why = 'no route to host'
   else if (/Timed out while waiting for handshake/i.test(why)) why = `no answer within ${t.connectTimeoutSec}s`
-  else if (err.level === 'client-authentication')
-    why = `authentication failed for user ${t.user} (check ssh_user and ssh_key_file or ssh_key_ref${t.agentSocket ? `, and the keys of the ssh-agent at ${t.agentSocket}` : '; no ssh-agent: SSH_AUTH_SOCK is not set'}${agentLacksKey ? `; the agent does not hold the key of ${t.keyFile}` : ''})`
+  else if (err.level === 'client-authentication') {
+    const agent = t.agentSocket
+      ? `, and the keys of the ssh-agent at ${t.agentSocket}`
+      : '; no ssh-agent: SSH_AUTH_SOCK is not set'
+    const lacks = agentLacksKey ? `; the agent does not hold the key of ${t.keyFile}` : ''
+    why = `authentication failed for user ${t.user} (check ssh_user and ssh_key_file or ssh_key_ref${agent}${lacks})`
+  }
   return new ProvisionError('unreachable', `cannot connect to ${t.address}:${t.port}: ${why}`, {
     place: { host: t.host },
     cause: e,

@@ -72,7 +72,10 @@ export interface Inventory {
 }
 
 const GROUP_KEYS = new Set(['hosts', 'children', 'vars'])
-/** Controller-side paths, taken relative to the inventory (a role's own path variables are the hosts' and kept as written). */
+/**
+ * Controller-side paths, taken relative to the inventory (a role's own path variables are the hosts' and kept as
+ * written).
+ */
 const PATH_VARS: ReadonlySet<string> = new Set([
   'ssh_key_file',
   'known_hosts_file',
@@ -351,7 +354,8 @@ export function parseInventory(text: string, file: string, opts: InventoryOption
       // A refused host still counts as a member of its group: no "agent without server" on top of its error.
       if (!HOST_KEY.test(host) || host.length > 253) {
         report(
-          `bad host name "${host}": expected letters, digits, ".", "_" and "-", starting with a letter or digit (at most 253)`,
+          `bad host name "${host}": expected letters, digits, ".", "_" and "-", ` +
+            'starting with a letter or digit (at most 253)',
           hp,
         )
         if (!def.hostNames.includes(host)) def.hostNames.push(host)
@@ -565,7 +569,8 @@ function clashesOutsideLimit(inv: Inventory, extra: VarLayer, names: readonly st
         problems.push(
           new ProvisionError(
             'usage',
-            `${flagOf(extra, 'hostname')}: host "${n}" would be the node "${node}", which is host "${other.name}" of the inventory`,
+            `${flagOf(extra, 'hostname')}: host "${n}" would be the node "${node}", ` +
+              `which is host "${other.name}" of the inventory`,
             {
               hint: "a node name is one host's: give this host a name no other host has",
             },
@@ -578,10 +583,12 @@ function clashesOutsideLimit(inv: Inventory, extra: VarLayer, names: readonly st
         const flags = (['address', 'ssh_port'] as const)
           .filter((k) => extra[k] !== undefined)
           .map((k) => flagOf(extra, k))
+        const reachedAt = addrOf(h, extra).replace(/:(\d+)$/, ' port $1')
         problems.push(
           new ProvisionError(
             'usage',
-            `${flags.join(' ')}: host "${n}" would be reached at ${addrOf(h, extra).replace(/:(\d+)$/, ' port $1')}, which is host "${other.name}" of the inventory`,
+            `${flags.join(' ')}: host "${n}" would be reached at ${reachedAt}, ` +
+              `which is host "${other.name}" of the inventory`,
             {
               hint: 'the run would log into that machine as this host: give the address this host really has',
             },
@@ -624,7 +631,8 @@ function hostProblems(
     const node = nodeNameOf(h, extra)
     if (isDnsSubdomain(node)) continue
     const grammar =
-      'an RFC 1123 subdomain (lowercase letters, digits, "-" and ".", each dot-separated part 1-63 characters starting and ending with a letter or digit, at most 253 in all)'
+      'an RFC 1123 subdomain (lowercase letters, digits, "-" and ".", ' +
+      'each dot-separated part 1-63 characters starting and ending with a letter or digit, at most 253 in all)'
     if (extra.hostname !== undefined) {
       const message = `the node name must be ${grammar}`
       if (!problems.some((p) => p.message.endsWith(message)))
@@ -664,7 +672,8 @@ function hostProblems(
         atHost(
           h,
           `hosts "${hs[0].name}" and "${h.name}" have the same node name "${node}"`,
-          `each host is one Kubernetes Node: set another hostname on one of them (a node name is the hostname var, else the inventory name)`,
+          'each host is one Kubernetes Node: set another hostname on one of them ' +
+            '(a node name is the hostname var, else the inventory name)',
         )
   }
 
@@ -684,10 +693,11 @@ function hostProblems(
   for (const hs of byAddress.values()) {
     if (hs.length < 2) continue
     const address = String(hostAddress(hs[0], extra))
+    const port = String(hostPort(hs[0], extra))
     if (addrExtra.length > 0)
       byFlag(
         addrExtra,
-        `hosts ${list(hs.map((h) => h.name))} would all be reached at ${address} port ${String(hostPort(hs[0], extra))}`,
+        `hosts ${list(hs.map((h) => h.name))} would all be reached at ${address} port ${port}`,
         (f) => `${f} applies to every host the run takes: use it with --limit to one host`,
       )
     else
@@ -734,7 +744,8 @@ function hostPort(host: InventoryHost, extra: VarLayer): number {
   return Number(extra.ssh_port ?? host.vars.ssh_port ?? host.sshConfig?.vars.ssh_port ?? BUILTIN_DEFAULTS.ssh_port)
 }
 
-const NO_ADDRESS_HINT = `add "address: <ip or name>" (or ansible_host) under the host, or a HostName for it in the ssh config`
+const NO_ADDRESS_HINT =
+  'add "address: <ip or name>" (or ansible_host) under the host, or a HostName for it in the ssh config'
 
 /**
  * The owner's ssh config (ssh_config_file, relative to the inventory or, from -e, to the working directory; by

@@ -1,8 +1,9 @@
 // Secret references ("op://vault/item/field") and the two places they can live: 1Password
 // (through @1password/sdk, signed in by the desktop app for an account at the owner's desk, or by a
-// service-account token for unattended runs) or a local YAML file for labs and offline runs. Both sit behind one SecretStore that resolves each reference at most once per
-// run (1Password allows 1,000 reads a day per account), registers every value it learns for
-// masking before anything can print it, and names the reference in every error.
+// service-account token for unattended runs) or a local YAML file for labs and offline runs. Both sit
+// behind one SecretStore that resolves each reference at most once per run (1Password allows 1,000 reads
+// a day per account), registers every value it learns for masking before anything can print it, and names
+// the reference in every error.
 
 import { mkdir, readFile, realpath, stat } from 'node:fs/promises'
 import { dirname } from 'node:path'
@@ -22,6 +23,7 @@ import { writeFileAtomic } from './fsutil.ts'
 import { ProvisionError } from './errors.ts'
 import type { ErrorPlace } from './errors.ts'
 import { mask, registerSecret } from './mask.ts'
+import { counted } from './words.ts'
 
 // ---------------------------------------------------------------------------------------------
 // References
@@ -49,7 +51,9 @@ export function parseSecretRef(ref: string): SecretRef {
       'secrets',
       `${JSON.stringify(text)} is not a secret reference: expected op://vault/item/field`,
       {
-        hint: 'three non-empty parts separated by "/", no section and no ?query (for example op://pi-cluster/k3s-token/credential)',
+        hint:
+          'three non-empty parts separated by "/", no section and no ?query ' +
+          '(for example op://pi-cluster/k3s-token/credential)',
       },
     )
   }
@@ -65,11 +69,17 @@ export function formatSecretRef(ref: SecretRef): string {
 
 export interface SecretStore {
   readonly backend: 'onepassword' | 'file'
-  /** Resolve every ref once (one round trip for 1Password: resolveAll), register each value with registerSecret, cache. Throws ProvisionError('secrets') naming every unresolvable ref and why (unknown vault / item / field). */
+  /**
+   * Resolve every ref once (one round trip for 1Password: resolveAll), register each value with registerSecret,
+   * cache. Throws ProvisionError('secrets') naming every unresolvable ref and why (unknown vault / item / field).
+   */
   resolveAll(refs: string[]): Promise<void>
   /** A cached value; throws if it was not resolved first. */
   get(ref: string): string
-  /** Value or undefined when the item/field does not exist (for generate-on-first-run values such as the k3s token). Cached. */
+  /**
+   * Value or undefined when the item/field does not exist (for generate-on-first-run values such as the k3s
+   * token). Cached.
+   */
   lookup(ref: string): Promise<string | undefined>
   /** Create or update the value (concealed field). Registers it for masking first. */
   upsert(ref: string, value: string): Promise<void>
@@ -176,7 +186,7 @@ class CachingStore implements SecretStore {
       const n = failures.length
       throw new ProvisionError(
         'secrets',
-        `cannot resolve ${n} secret reference${n === 1 ? '' : 's'} (${this.#impl.name} backend):\n${failures.join('\n')}`,
+        `cannot resolve ${counted(n, 'secret reference')} (${this.#impl.name} backend):\n${failures.join('\n')}`,
         { place: this.#impl.place, hint: this.#impl.hint },
       )
     }
@@ -190,7 +200,9 @@ class CachingStore implements SecretStore {
     if (why !== undefined)
       throw new ProvisionError('secrets', `${key}: ${why}`, { place: this.#impl.place, hint: this.#impl.hint })
     throw new ProvisionError('secrets', `${key} was used before it was resolved`, {
-      hint: 'every reference must be passed to resolveAll (or lookup) before get: this is a bug in the role that uses it',
+      hint:
+        'every reference must be passed to resolveAll (or lookup) before get: ' +
+        'this is a bug in the role that uses it',
     })
   }
 
@@ -380,7 +392,8 @@ async function readSecretsFile(path: string): Promise<{ doc: Document | null; da
       const mode = (st.mode & 0o777).toString(8).padStart(4, '0')
       throw new ProvisionError(
         'secrets',
-        `the secrets file has mode ${mode}, so group or others can access it; refusing to use it: run chmod 600 ${path}`,
+        `the secrets file has mode ${mode}, so group or others can access it; ` +
+          `refusing to use it: run chmod 600 ${path}`,
         {
           place: { file: path },
         },
@@ -514,7 +527,9 @@ class OnePasswordBackend implements Backend {
     this.#connect = connect
     this.#account = account
     this.#who = account === undefined ? 'the service account' : `account "${account}"`
-    this.hint = `check the references against 1Password; ${this.#who} needs read access (write access for values this tool generates) to the vault`
+    this.hint =
+      `check the references against 1Password; ${this.#who} needs read access ` +
+      '(write access for values this tool generates) to the vault'
   }
 
   static async open(opts: SecretStoreOptions): Promise<OnePasswordBackend> {
@@ -543,7 +558,10 @@ class OnePasswordBackend implements Backend {
         'secrets',
         'OP_SERVICE_ACCOUNT_TOKEN is not set, and the inventory selected the 1Password secrets backend',
         {
-          hint: 'export OP_SERVICE_ACCOUNT_TOKEN=<service-account token, starts with ops_>, or at your desk set op_account to your 1Password account to sign in through the 1Password app (or select the file backend in the inventory)',
+          hint:
+            'export OP_SERVICE_ACCOUNT_TOKEN=<service-account token, starts with ops_>, ' +
+            'or at your desk set op_account to your 1Password account to sign in through the 1Password app ' +
+            '(or select the file backend in the inventory)',
         },
       )
     }
@@ -553,7 +571,9 @@ class OnePasswordBackend implements Backend {
         'secrets',
         'OP_SERVICE_ACCOUNT_TOKEN is malformed: a 1Password service-account token starts with "ops_"',
         {
-          hint: 'copy the token again from 1Password (Developer > Service Accounts); a Connect token or a personal session token will not work',
+          hint:
+            'copy the token again from 1Password (Developer > Service Accounts); ' +
+            'a Connect token or a personal session token will not work',
         },
       )
     }
@@ -575,9 +595,12 @@ class OnePasswordBackend implements Backend {
             desktopError(e, this.#account, this.#sdk) ??
             new ProvisionError(
               'secrets',
-              `cannot sign in to 1Password through the 1Password app (op_account "${this.#account}"): ${errorMessage(e)}`,
+              `cannot sign in to 1Password through the 1Password app (op_account "${this.#account}"): ` +
+                errorMessage(e),
               {
-                hint: `check that the 1Password app runs, is unlocked, is signed in to that account, and has ${DESKTOP_SETTING} on`,
+                hint:
+                  'check that the 1Password app runs, is unlocked, is signed in to that account, ' +
+                  `and has ${DESKTOP_SETTING} on`,
                 cause: e,
               },
             )
@@ -586,7 +609,9 @@ class OnePasswordBackend implements Backend {
           'secrets',
           `cannot sign in to 1Password with OP_SERVICE_ACCOUNT_TOKEN: ${errorMessage(e)}`,
           {
-            hint: 'check that the service-account token is current (not revoked or expired) and that 1Password is reachable from this machine',
+            hint:
+              'check that the service-account token is current (not revoked or expired) ' +
+              'and that 1Password is reachable from this machine',
             cause: e,
           },
         )
@@ -681,7 +706,8 @@ class OnePasswordBackend implements Backend {
       )
     }
     const current = matches[0]
-    if (current && current.value === value && current.fieldType === sdk.ItemFieldType.Concealed) return // nothing to change
+    // nothing to change
+    if (current && current.value === value && current.fieldType === sdk.ItemFieldType.Concealed) return
     const fields: ItemField[] = current
       ? item.fields.map((f) => (f === current ? { ...f, value, fieldType: sdk.ItemFieldType.Concealed } : f))
       : [
@@ -724,7 +750,9 @@ class OnePasswordBackend implements Backend {
     if (e instanceof ProvisionError) return e
     if (this.#isRateLimit(e)) {
       return new ProvisionError('secrets', `1Password rate limit exceeded while ${doing}`, {
-        hint: 'service-account reads are limited (1,000 an hour per token; 1,000 a day per Families account): wait for the limit to reset, then rerun',
+        hint:
+          'service-account reads are limited (1,000 an hour per token; 1,000 a day per Families account): ' +
+          'wait for the limit to reset, then rerun',
         cause: e,
       })
     }
@@ -756,12 +784,14 @@ export function desktopError(e: unknown, account: string, sdk: Sdk, doing?: stri
   if (/channel is closed|integrat|failed to send message/i.test(text))
     return err(
       `the 1Password app refused the connection${when}: its integration with other apps is off`,
-      `in the 1Password app turn on ${DESKTOP_SETTING} (on Linux also Settings > Security > Unlock using system authentication), then run again`,
+      `in the 1Password app turn on ${DESKTOP_SETTING} ` +
+        '(on Linux also Settings > Security > Unlock using system authentication), then run again',
     )
   if (/account/i.test(text) && /not found|no account|unknown|does not exist|not signed in/i.test(text))
     return err(
       `the 1Password app has no account "${account}"${when}`,
-      "set op_account to the account as the app shows it at the top left of its sidebar (e.g. my.1password.com), or the account's ID",
+      'set op_account to the account as the app shows it at the top left of its sidebar (e.g. my.1password.com), ' +
+        "or the account's ID",
     )
   const expired =
     e instanceof sdk.DesktopSessionExpiredError ||
@@ -769,7 +799,8 @@ export function desktopError(e: unknown, account: string, sdk: Sdk, doing?: stri
   if (expired || /locked|denied|declined|cancel|not authori[sz]ed|authori[sz]ation|session expired/i.test(text))
     return err(
       `the 1Password app did not let this run in${when} (it is locked, or the request was declined)`,
-      'unlock the 1Password app and approve the request it shows (Touch ID, Windows Hello, system authentication or the account password), then run again',
+      'unlock the 1Password app and approve the request it shows ' +
+        '(Touch ID, Windows Hello, system authentication or the account password), then run again',
     )
   return undefined
 }

@@ -293,7 +293,8 @@ function parseFile(
       problems.push(
         new ProvisionError(
           'inventory',
-          `ssh config ${path} has mode ${mode} or another owner: others could change where the run logs in; refusing it as ssh does`,
+          `ssh config ${path} has mode ${mode} or another owner: ` +
+            'others could change where the run logs in; refusing it as ssh does',
           { place: at, hint: `chmod go-w ${path} (and own it), or set ssh_config_file: none` },
         ),
       )
@@ -349,7 +350,8 @@ function parseText(
         continue
       }
       warnings.push(
-        `${path}:${line}: "Match" is not supported: the lines of this Match block are ignored for every host (put what the Pis need under a Host line)`,
+        `${path}:${line}: "Match" is not supported: the lines of this Match block are ignored for every host ` +
+          '(put what the Pis need under a Host line)',
       )
       entries.push({ kind: 'match', file: path, line })
       continue
