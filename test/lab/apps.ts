@@ -15,8 +15,9 @@
 //       state with setLabPiholeBlocking and counts sessions left open at GET /apps/pihole/api/_standin/sessions.
 // Pi-hole's DNS is not here: the k3s stand-in answers it on the server host's address (see its README).
 
+import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { join } from 'node:path'
@@ -367,6 +368,60 @@ export const gitopsRoute: Route = {
   handle: (_req, res) => send(res, 200, JSON.stringify(labGitopsRepo(), null, 2) + '\n', 'application/json'),
 }
 
+// ---------------------------------------------------------------- the branch head, as git's smart HTTP tells it
+
+/** The stand-in's revision of a repo.json, computed by Python as test/standins/k3s does: "<id>" and its branch. */
+const STANDIN_REVISION = `import hashlib, json, sys
+repo = json.loads(sys.stdin.read())
+rev = str(repo.get("revision") or hashlib.sha1(json.dumps(repo, sort_keys=True).encode()).hexdigest())
+print(rev.split(":")[-1].split("/")[-1], repo.get("branch") or "main")`
+
+/** The newest /var/lib/flux-standin/repo.json of a running lab host (the server's: where tests "push"). */
+function hostRepoJson(labDir: string): string | undefined {
+  const hosts = join(labDir, 'hosts')
+  const found = (existsSync(hosts) ? readdirSync(hosts) : [])
+    .map((h) => join(hosts, h, 'root/var/lib/flux-standin/repo.json'))
+    .filter((f) => existsSync(f))
+    .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)
+  return found.length ? readFileSync(found[0], 'utf8') : undefined
+}
+
+function pktLine(text: string): string {
+  return (Buffer.byteLength(text) + 4).toString(16).padStart(4, '0') + text
+}
+
+/**
+ * GET /gitops/github.com/mtgibbs/pi-cluster.git/info/refs?service=git-upload-pack: the ref advertisement
+ * `git ls-remote` reads (git's smart HTTP, as GitHub answers it), for the repository the k3s stand-in's
+ * source-controller fetches: the server host's repo.json once it was cloned (tests "push a commit" by editing
+ * it), else what the first clone will get. The branch is at the stand-in's revision of that content.
+ */
+export function gitopsRefsRoute(labDir: string): Route {
+  return {
+    method: 'GET',
+    path: '/gitops/github.com/mtgibbs/pi-cluster.git/info/refs',
+    handle: (_req, res, url) => {
+      if (url.searchParams.get('service') !== 'git-upload-pack')
+        return send(res, 403, 'only git-upload-pack\n', 'text/plain; charset=utf-8')
+      const text = hostRepoJson(labDir) ?? JSON.stringify(labGitopsRepo())
+      let head: string[]
+      try {
+        head = execFileSync('python3', ['-c', STANDIN_REVISION], { input: text, encoding: 'utf8' }).trim().split(' ')
+      } catch {
+        return send(res, 500, 'repo.json is not a repository\n', 'text/plain; charset=utf-8')
+      }
+      const [commit, branch] = head
+      const body =
+        pktLine('# service=git-upload-pack\n') +
+        '0000' +
+        pktLine(`${commit} HEAD\0symref=HEAD:refs/heads/${branch} agent=pi-lab-standin\n`) +
+        pktLine(`${commit} refs/heads/${branch}\n`) +
+        '0000'
+      send(res, 200, body, 'application/x-git-upload-pack-advertisement')
+    },
+  }
+}
+
 // ---------------------------------------------------------------- flux CLI releases
 
 /** A ustar archive of one executable file (what Flux's release tarballs hold), gzipped; byte-for-byte stable. */
@@ -433,5 +488,11 @@ export function fluxReleaseRoute(root: string, base: string): Route {
 
 /** Every route of this file, for the artifact server. */
 export function labAppsRoutes(opts: { labDir: string; root: string; base: string }): Route[] {
-  return [...piholeRoutes(opts.labDir), ...appRoutes(opts.labDir), gitopsRoute, fluxReleaseRoute(opts.root, opts.base)]
+  return [
+    ...piholeRoutes(opts.labDir),
+    ...appRoutes(opts.labDir),
+    gitopsRoute,
+    gitopsRefsRoute(opts.labDir),
+    fluxReleaseRoute(opts.root, opts.base),
+  ]
 }
