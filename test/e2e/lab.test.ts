@@ -2,7 +2,7 @@
 // and known_hosts, reboots that are reboots, SD-card failure, network cuts, recovery after a killed run,
 // and a `down` that leaves nothing behind. Needs root on Linux (it boots containers); see test/lab/README.md.
 import { execFileSync, spawnSync } from 'node:child_process'
-import { mkdtempSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync, existsSync } from 'node:fs'
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync, existsSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -29,9 +29,10 @@ import {
   labWipe,
   type LabHost,
 } from '../lab/lab.ts'
-import { sshBanner } from '../lab/network.ts'
-import { LAB_ARTIFACT_PORT, LAB_IP_FORWARD_FILE, LAB_SUBNET } from '../lab/paths.ts'
+import { otherLabBridges, sshBanner } from '../lab/network.ts'
+import { IP_FORWARD_SAVED, LAB_ARTIFACT_PORT, LAB_BRIDGE, LAB_SUBNET, REPO_DIR } from '../lab/paths.ts'
 import { processes } from '../lab/procs.ts'
+import { run } from '../lab/run.ts'
 import { until } from './helpers.ts'
 
 const CMDLINE =
@@ -72,13 +73,13 @@ async function exec(name: string, command: string): Promise<string> {
   return r.stdout.trim()
 }
 
-/** Live (non-zombie) processes that belong to the lab. */
+/** Live (non-zombie) processes that belong to this lab (another lab, the user's, may be up beside it). */
 function labProcesses(): string[] {
   return processes()
     .filter(
       (p) =>
-        p.argv[0]?.endsWith('systemd-nspawn') ||
-        p.argv.some((a) => a.startsWith('pi-lab-supervisor:')) ||
+        (p.argv[0]?.endsWith('systemd-nspawn') && p.argv.some((a) => a.startsWith(`${LAB_DIR}/`))) ||
+        p.argv.some((a) => a.startsWith(`pi-lab-supervisor:${LAB_DIR}:`)) ||
         (p.argv.some((a) => a.endsWith('/artifacts.ts')) && p.argv.includes(LAB_DIR)),
     )
     .map((p) => `${p.pid} ${p.argv.join(' ').slice(0, 120)}`)
@@ -94,8 +95,9 @@ function listeningPorts(): number[] {
     .map((f) => parseInt(f[1].split(':')[1], 16))
 }
 
-const ipForwardBefore = existsSync(LAB_IP_FORWARD_FILE)
-  ? readFileSync(LAB_IP_FORWARD_FILE, 'utf8')
+// The original, saved by the first lab up (this one or another lab beside it).
+const ipForwardBefore = existsSync(IP_FORWARD_SAVED)
+  ? readFileSync(IP_FORWARD_SAVED, 'utf8')
   : readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8')
 
 let hosts: LabHost[] = []
@@ -241,18 +243,58 @@ describe('lab hosts', () => {
     expect(await sshBanner(labAddress(name))).toMatch(/^SSH-2\.0-/)
   })
 
+  test('another lab (own state dir, subnet, bridge, port, machine names) runs beside this one; its down leaves this one as it was', async () => {
+    // As the user's lab and the tests' are up at once: both have a pi-k3s.
+    const beside = {
+      PI_LAB_DIR: `${LAB_DIR}-beside`,
+      PI_LAB_SUBNET: '10.199.57',
+      PI_LAB_BRIDGE: 'pilabb0',
+      PI_LAB_ARTIFACT_PORT: String(LAB_ARTIFACT_PORT + 10),
+      PI_LAB_MACHINE_PREFIX: 'b-',
+    }
+    const cli = (...args: string[]) =>
+      run(join(REPO_DIR, 'node_modules/.bin/node'), [join(REPO_DIR, 'test/lab/cli.ts'), ...args], {
+        env: { ...process.env, ...beside },
+        allowFail: true,
+      })
+    const before = await labStatus()
+    expect(before).toMatchObject({ bridge: 'up', nat: true, artifactServer: { running: true } })
+    try {
+      const up = await cli('up', 'pi-k3s')
+      expect(up, up.stderr).toMatchObject({ code: 0 })
+      expect(up.stdout).toMatch(/^pi-k3s +10\.199\.57\.55 +running /)
+      const inside = await cli('exec', 'pi-k3s', '--', 'hostname; ip -4 -o addr show dev host0')
+      expect(inside.stdout).toMatch(/^pi-k3s\n.* inet 10\.199\.57\.55\/24 /)
+      expect(await sshBanner('10.199.57.55')).toMatch(/^SSH-2\.0-/)
+      expect(await sshBanner(labAddress('pi-k3s'))).toMatch(/^SSH-2\.0-/)
+      expect(await exec('pi-k3s', 'hostname')).toBe('pi-k3s')
+      const down = await cli('down', '--purge')
+      expect(down, down.stderr).toMatchObject({ code: 0 })
+      expect(spawnSync('ip', ['link', 'show', beside.PI_LAB_BRIDGE]).status).not.toBe(0)
+    } finally {
+      await cli('down', '--purge')
+      rmSync(beside.PI_LAB_DIR, { recursive: true, force: true })
+    }
+    // This lab: the same boots (nothing restarted), bridge, NAT, forwarding and artifact server, reachable.
+    expect(await labStatus()).toEqual(before)
+    expect(readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8')).toBe('1\n')
+    expect(await exec('pi3-worker-2', `curl -s ${LAB_ARTIFACT_BASE}/_lab/ping`)).toBe('pi-lab artifacts')
+    for (const h of before.hosts) expect(await sshBanner(h.address), h.name).toMatch(/^SSH-2\.0-/)
+  })
+
   test('up recovers a lab whose processes were all killed (mounts, bridge, NAT and pidfiles left behind)', async () => {
     const victims = [
       ...processes()
         .filter((p) => p.argv.some((a) => a.startsWith(`pi-lab-supervisor:${LAB_DIR}:`)))
         .map((p) => p.pid),
       ...processes()
-        .filter((p) => p.argv[0]?.endsWith('systemd-nspawn') && p.argv.some((a) => a.startsWith(LAB_DIR)))
+        .filter((p) => p.argv[0]?.endsWith('systemd-nspawn') && p.argv.some((a) => a.startsWith(`${LAB_DIR}/`)))
         .map((p) => p.pid),
       ...processes()
         .filter((p) => p.argv.some((a) => a.endsWith('/artifacts.ts')) && p.argv.includes(LAB_DIR))
         .map((p) => p.pid),
-      ...containerLeaders().values(),
+      // This lab's containers only (by their disk): another lab's may be running beside it.
+      ...[...containerLeaders()].filter(([upper]) => upper.startsWith(`${LAB_DIR}/`)).map(([, pid]) => pid),
     ]
     for (const pid of victims) {
       try {
@@ -284,10 +326,13 @@ describe('lab hosts', () => {
         .split('\n')
         .filter((l) => l.includes(LAB_DIR)),
     ).toEqual([])
-    expect(spawnSync('ip', ['link', 'show', 'pilab0']).status).not.toBe(0)
+    expect(spawnSync('ip', ['link', 'show', LAB_BRIDGE]).status).not.toBe(0)
     expect(execFileSync('iptables', ['-t', 'nat', '-S'], { encoding: 'utf8' })).not.toContain(`${LAB_SUBNET}.0/24`)
-    expect(execFileSync('iptables', ['-S'], { encoding: 'utf8' })).not.toContain('pilab0')
-    expect(readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8')).toBe(ipForwardBefore)
+    expect(execFileSync('iptables', ['-S'], { encoding: 'utf8' })).not.toMatch(new RegExp(`[ !]${LAB_BRIDGE} `))
+    // With another lab still up (the user's), forwarding stays on for its NAT; the last lab down restores it.
+    const others = await otherLabBridges()
+    expect(readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8')).toBe(others.length ? '1\n' : ipForwardBefore)
+    expect(existsSync(IP_FORWARD_SAVED)).toBe(others.length > 0)
     expect(listeningPorts()).not.toContain(LAB_ARTIFACT_PORT)
     const status = await labStatus()
     expect(status).toMatchObject({ bridge: 'missing', nat: false, artifactServer: { running: false } })

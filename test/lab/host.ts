@@ -19,18 +19,19 @@ import { join } from 'node:path'
 import { IMAGE_DIR, IMAGE_ID, imageDir } from './image.ts'
 import { isMounted, mountOverlay, unmountUnder } from './mounts.ts'
 import { hostAddress } from './network.ts'
-import { LAB_BRIDGE, LAB_BRIDGE_IP, LAB_DIR, LAB_HOSTS_DIR, LAB_KEY, hostPaths } from './paths.ts'
+import { LAB_BRIDGE, LAB_BRIDGE_IP, LAB_DIR, LAB_HOSTS_DIR, LAB_KEY, hostPaths, machineName } from './paths.ts'
 import { aliveWith, processes, readPidfile, signal, sleep, terminate, waitGone } from './procs.ts'
 import { LabError, run } from './run.ts'
 import { controllerKubectl, HOST_KUBECTL, hostsUseRealKubectl, KUBECTL_SWITCH } from './kubectl.ts'
 
 export const HOST_KEY_TYPES = ['ed25519', 'ecdsa', 'rsa'] as const
 
-// $0 is the marker that identifies this host's supervisor in /proc; $1 the root, $2 the machine name; $3 a
-// read-only bind (SRC:DEST, may be empty): the controller's kubectl (see kubectl.ts).
+// $0 is the marker that identifies this host's supervisor in /proc; $1 the root, $2 the machine name (the lab's
+// prefix and the host's name, see paths.ts), $3 a read-only bind (SRC:DEST, may be empty): the controller's kubectl
+// (see kubectl.ts); $4 the hostname.
 const SUPERVISOR = `while :; do
   systemd-nspawn --keep-unit --register=no --link-journal=no --resolv-conf=off --console=read-only \\
-    -D "$1" -M "$2" --network-bridge=${LAB_BRIDGE} \${3:+"--bind-ro=$3"} -b
+    -D "$1" -M "$2" --hostname="$4" --network-bridge=${LAB_BRIDGE} \${3:+"--bind-ro=$3"} -b
   rc=$?
   echo "pi-lab: systemd-nspawn exited with $rc"
   [ "$rc" -eq 133 ] || break
@@ -105,14 +106,33 @@ export async function stopHost(name: string): Promise<void> {
 }
 
 /**
+ * The name systemd-nspawn gave the host side of this host's veth, as seen while it ran (rememberVeth): "vb-" and
+ * the machine name, or, beyond 15 characters (a test lab's pi3-worker-1 is t-pi3-worker-1), its first 11 and a
+ * hash nspawn computes, the same on every boot.
+ */
+function vethName(name: string): string | undefined {
+  const plain = `vb-${machineName(name)}`
+  if (plain.length <= 15) return plain
+  try {
+    return readFileSync(hostPaths(name).veth, 'utf8').trim() || undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** Records the host-side veth's name (see vethName); called once the host is up. */
+export function rememberVeth(name: string, ifname: string): void {
+  if (ifname !== `vb-${machineName(name)}`) writeFileSync(hostPaths(name).veth, `${ifname}\n`)
+}
+
+/**
  * The host side of the container's veth ("vb-NAME") can outlive a killed container for a moment, or for good
  * when a run was killed: the next systemd-nspawn then fails with "Failed to add new veth interfaces ... File
- * exists". Wait for it to go, then remove it. (Names longer than nspawn's 15-character limit are hashed by
- * nspawn and not handled here; the lab's host names fit.)
+ * exists". Wait for it to go, then remove it. (A long name nspawn hashed is known only once the host ran.)
  */
 async function removeStaleVeth(name: string): Promise<void> {
-  const link = `vb-${name}`
-  if (link.length > 15) return
+  const link = vethName(name)
+  if (link === undefined) return
   const exists = async () => (await run('ip', ['link', 'show', link], { allowFail: true })).code === 0
   for (let i = 0; i < 20 && (await exists()); i++) await sleep(100)
   if (await exists()) await run('ip', ['link', 'delete', link], { allowFail: true })
@@ -154,7 +174,15 @@ export async function startHost(name: string, say: (line: string) => void): Prom
   const log = openSync(paths.log, 'w')
   const child = spawn(
     'bash',
-    ['-c', SUPERVISOR, supervisorMarker(name), paths.root, name, kubectl ? `${kubectl}:${HOST_KUBECTL}` : ''],
+    [
+      '-c',
+      SUPERVISOR,
+      supervisorMarker(name),
+      paths.root,
+      machineName(name),
+      kubectl ? `${kubectl}:${HOST_KUBECTL}` : '',
+      name,
+    ],
     {
       detached: true, // own session: survives the command that started it, like a Pi's power supply
       stdio: ['ignore', log, log],

@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
-import { LAB_CACHE, LAB_HOSTS_DIR, hostPaths } from './paths.ts'
+import { LAB_CACHE, LAB_DIR, USER_LAB } from './paths.ts'
 import { alive } from './procs.ts'
 import { LabError, run } from './run.ts'
 import { unmountUnder } from './mounts.ts'
@@ -153,7 +153,9 @@ export async function ensureImage(say: (line: string) => void): Promise<void> {
     if (setup.code !== 0)
       throw new LabError(`image setup script failed: ${setup.stderr.trim().split('\n').pop()}; see ${IMAGE_LOG}`)
     await unmountUnder(tmp)
-    renameSync(tmp, IMAGE_DIR)
+    // Another lab sharing the cache may have built the same recipe meanwhile: its image is as good as this one.
+    if (existsSync(IMAGE_DIR)) rmSync(tmp, { recursive: true, force: true })
+    else renameSync(tmp, IMAGE_DIR)
   } catch (e) {
     await unmountUnder(tmp)
     rmSync(tmp, { recursive: true, force: true })
@@ -173,13 +175,36 @@ async function removeStaleBuilds(): Promise<void> {
   }
 }
 
-/** Old images no host disk was flashed from (a disk made from an old image keeps it until re-flashed). */
+/**
+ * Labs that use this cache (a line per state dir), so that pruning for one lab keeps the images another lab's
+ * disks were flashed from: the user's lab and the tests' share the cache (one debootstrap for both).
+ */
+const LABS_FILE = join(LAB_CACHE, 'labs')
+
+function labsUsingCache(): string[] {
+  let listed: string[] = []
+  try {
+    listed = readFileSync(LABS_FILE, 'utf8').split('\n').filter(Boolean)
+  } catch {}
+  if (!listed.includes(LAB_DIR)) {
+    listed.push(LAB_DIR)
+    mkdirSync(LAB_CACHE, { recursive: true })
+    writeFileSync(`${LABS_FILE}.tmp-${process.pid}`, listed.join('\n') + '\n')
+    renameSync(`${LABS_FILE}.tmp-${process.pid}`, LABS_FILE)
+  }
+  // The user's lab may predate this list.
+  return [...new Set([...listed, USER_LAB.dir])]
+}
+
+/** Old images no host disk of any lab using this cache was flashed from (a disk keeps its image until re-flashed). */
 export function pruneImages(): void {
   const inUse = new Set([IMAGE_ID])
-  if (existsSync(LAB_HOSTS_DIR)) {
-    for (const host of readdirSync(LAB_HOSTS_DIR)) {
+  for (const lab of labsUsingCache()) {
+    const hostsDir = join(lab, 'hosts')
+    if (!existsSync(hostsDir)) continue
+    for (const host of readdirSync(hostsDir)) {
       try {
-        inUse.add(readFileSync(hostPaths(host).flashed, 'utf8').trim())
+        inUse.add(readFileSync(join(hostsDir, host, 'flashed'), 'utf8').trim())
       } catch {}
     }
   }

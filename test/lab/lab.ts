@@ -15,6 +15,7 @@ import {
   hostPublicKeys,
   knownHosts,
   leaderPid,
+  rememberVeth,
   startHost,
   stopHost,
   wipeDisk,
@@ -242,7 +243,12 @@ async function awaitSsh(name: string): Promise<void> {
   while (Date.now() - started < SSH_WAIT_MS) {
     const [cmd, ...args] = execArgv(name, 'test ! -e /run/nologin')
     const r = await run(cmd, args, { allowFail: true })
-    if (r.code === 0) return
+    if (r.code === 0) {
+      const leader = leaderPid(name)
+      const link = leader === undefined ? undefined : await hostLink(leader)
+      if (link) rememberVeth(name, link.ifname)
+      return
+    }
     await sleep(100)
   }
   throw new LabError(

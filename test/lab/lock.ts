@@ -1,7 +1,8 @@
 // One changing lab command at a time: an in-process queue plus a lock file in the state dir holding the
 // holder's pid and start time. A lock whose holder is gone (a killed run) is taken over.
 import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { LAB_DIR, LAB_LOCK_FILE } from './paths.ts'
+import { dirname } from 'node:path'
+import { LAB_LOCK_FILE } from './paths.ts'
 import { sleep, startTime } from './procs.ts'
 import { requireRootOnLinux } from './run.ts'
 
@@ -9,32 +10,40 @@ let queue: Promise<unknown> = Promise.resolve()
 
 /** Runs fn when no other lab command (in this process or another) is changing the lab. */
 export function locked<T>(fn: () => Promise<T>): Promise<T> {
-  const next = queue.then(() => withLockFile(fn))
+  const next = queue.then(() => withLockFile(LAB_LOCK_FILE, fn))
   queue = next.catch(() => {})
   return next
 }
 
-async function withLockFile<T>(fn: () => Promise<T>): Promise<T> {
+/** The lock of what all labs on this machine share (ip_forward): held briefly, inside a lab's own lock. */
+export const MACHINE_LOCK_FILE = '/run/pi-lab/lock'
+
+/** Runs fn when no lab (of any state dir) is changing what the labs share. Not re-entrant; call inside locked(). */
+export function machineLocked<T>(fn: () => Promise<T>): Promise<T> {
+  return withLockFile(MACHINE_LOCK_FILE, fn)
+}
+
+async function withLockFile<T>(lockFile: string, fn: () => Promise<T>): Promise<T> {
   requireRootOnLinux()
-  mkdirSync(LAB_DIR, { recursive: true })
+  mkdirSync(dirname(lockFile), { recursive: true })
   let waiting = false
   for (;;) {
     try {
       // pid and start time: after a crash the pid alone may already belong to another process.
-      writeFileSync(LAB_LOCK_FILE, `${process.pid} ${startTime(process.pid)}\n`, { flag: 'wx' })
+      writeFileSync(lockFile, `${process.pid} ${startTime(process.pid)}\n`, { flag: 'wx' })
       break
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
     }
-    const [pid, started] = readText(LAB_LOCK_FILE).trim().split(' ')
+    const [pid, started] = readText(lockFile).trim().split(' ')
     const holder = Number(pid) || undefined
     // No pid yet may be a lock being written this instant: only an old empty one is stale.
     const stale =
       holder === undefined
-        ? Date.now() - mtimeMs(LAB_LOCK_FILE) > 5000
+        ? Date.now() - mtimeMs(lockFile) > 5000
         : holder === process.pid || startTime(holder) !== started
     if (stale) {
-      rmSync(LAB_LOCK_FILE, { force: true })
+      rmSync(lockFile, { force: true })
       continue
     }
     if (!waiting && holder !== undefined)
@@ -45,7 +54,7 @@ async function withLockFile<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn()
   } finally {
-    rmSync(LAB_LOCK_FILE, { force: true })
+    rmSync(lockFile, { force: true })
   }
 }
 

@@ -1,6 +1,9 @@
-// The lab's network: the pilab0 bridge with the controller at .1, NAT so apt works inside hosts,
-// stable host addresses, the host-side veth that `cut`/`heal` unplug, and the SSH-banner probe.
-import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs'
+// The lab's network: its bridge (pilab0 by default) with the controller at .1, NAT so apt works inside hosts,
+// stable host addresses, the host-side veth that `cut`/`heal` unplug, and the SSH-banner probe. Two labs (the
+// user's and the tests') can be up at once: each has its own bridge, subnet and rules naming them; only
+// ip_forward is one setting for the whole machine, saved by the first lab up and restored by the last one down.
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import { connect } from 'node:net'
 import {
   FIRST_FREE_OCTET,
@@ -11,8 +14,11 @@ import {
   LAB_DIR,
   LAB_IP_FORWARD_FILE,
   LAB_SUBNET,
+  IP_FORWARD_SAVED,
+  USER_LAB,
   hostPaths,
 } from './paths.ts'
+import { machineLocked } from './lock.ts'
 import { LabError, run, which } from './run.ts'
 import { sleep } from './procs.ts'
 
@@ -55,6 +61,29 @@ interface IpLink {
   ifname: string
   flags: string[]
   master?: string
+  address?: string
+}
+
+/**
+ * Every lab's bridge has a fixed MAC (see networkUp) starting with these octets, followed by its subnet's: that is
+ * how a lab tells the bridges of other labs (another state dir) on this machine.
+ */
+const LAB_BRIDGE_MAC_PREFIX = '02:50:4c:'
+
+function bridgeMac(): string {
+  return (
+    LAB_BRIDGE_MAC_PREFIX +
+    LAB_SUBNET.split('.')
+      .map((o) => Number(o).toString(16).padStart(2, '0'))
+      .join(':')
+  )
+}
+
+/** Bridges of other labs that are up on this machine now (any state dir, this code's or an older one's). */
+export async function otherLabBridges(): Promise<string[]> {
+  return (await links())
+    .filter((l) => l.ifname !== LAB_BRIDGE && l.address?.startsWith(LAB_BRIDGE_MAC_PREFIX))
+    .map((l) => l.ifname)
 }
 
 interface IpAddr {
@@ -93,24 +122,36 @@ export async function networkUp(): Promise<void> {
         `${LAB_SUBNET}.0/24 is already used by ${a.ifname} (${clash.local}): set PI_LAB_SUBNET to another /24`,
       )
   }
+  const mine = addrs.find((a) => a.ifname === LAB_BRIDGE)?.addr_info ?? []
+  // Another lab's bridge (another subnet) under this name: joining it would put both labs' hosts on one wire.
+  const foreign = mine.find((i) => i.local !== LAB_BRIDGE_IP)
+  if (foreign)
+    throw new LabError(
+      `bridge ${LAB_BRIDGE} already has ${foreign.local}, not ${LAB_BRIDGE_IP}: another lab uses it; set PI_LAB_BRIDGE`,
+    )
   if ((await bridgeState()) === 'missing') {
     // A fixed MAC: by default a bridge takes the lowest MAC of its ports, so the gateway's MAC would change
     // under the hosts' ARP caches whenever a host is cut, stopped or started.
-    const mac = ['02', '50', '4c', ...LAB_SUBNET.split('.').map((o) => Number(o).toString(16).padStart(2, '0'))].join(
-      ':',
-    )
-    await run('ip', ['link', 'add', LAB_BRIDGE, 'address', mac, 'type', 'bridge'])
+    await run('ip', ['link', 'add', LAB_BRIDGE, 'address', bridgeMac(), 'type', 'bridge'])
   }
-  const mine = addrs.find((a) => a.ifname === LAB_BRIDGE)?.addr_info ?? []
   if (!mine.some((i) => i.local === LAB_BRIDGE_IP)) {
     await run('ip', ['addr', 'add', `${LAB_BRIDGE_IP}/24`, 'dev', LAB_BRIDGE])
   }
   await run('ip', ['link', 'set', LAB_BRIDGE, 'up'])
   await ensureRule('nat', NAT_RULE)
   for (const rule of FORWARD_RULES) await ensureRule('filter', rule)
-  // Save the old value before changing it, so a run killed in between still restores the original.
-  if (!existsSync(LAB_IP_FORWARD_FILE)) writeFileSync(LAB_IP_FORWARD_FILE, readFileSync(IP_FORWARD, 'utf8'))
-  writeFileSync(IP_FORWARD, '1\n')
+  await machineLocked(async () => {
+    // Save the old value before changing it, so a run killed in between still restores the original. A lab
+    // already up saved it (and set 1): the value now is then not the original and is not saved.
+    if (!existsSync(IP_FORWARD_SAVED)) {
+      // A lab brought up by an older version of this code saved it in its own state dir (this one's or, up now
+      // beside this one, the user's lab's).
+      const legacy = [LAB_IP_FORWARD_FILE, join(USER_LAB.dir, 'ip_forward.saved')].find((f) => existsSync(f))
+      writeAtomic(IP_FORWARD_SAVED, readFileSync(legacy ?? IP_FORWARD, 'utf8'))
+    }
+    rmSync(LAB_IP_FORWARD_FILE, { force: true })
+    writeFileSync(IP_FORWARD, '1\n')
+  })
 }
 
 /** Undoes networkUp; safe to run when some or all of it is already gone. */
@@ -121,10 +162,22 @@ export async function networkDown(): Promise<void> {
     await deleteRule('nat', NAT_RULE)
     for (const rule of FORWARD_RULES) await deleteRule('filter', rule)
   }
-  if (existsSync(LAB_IP_FORWARD_FILE)) {
-    writeFileSync(IP_FORWARD, readFileSync(LAB_IP_FORWARD_FILE, 'utf8'))
-    unlinkSync(LAB_IP_FORWARD_FILE)
-  }
+  await machineLocked(async () => {
+    if (existsSync(LAB_IP_FORWARD_FILE)) {
+      if (!existsSync(IP_FORWARD_SAVED)) writeAtomic(IP_FORWARD_SAVED, readFileSync(LAB_IP_FORWARD_FILE, 'utf8'))
+      rmSync(LAB_IP_FORWARD_FILE, { force: true })
+    }
+    // Another lab still up needs forwarding for its NAT: the last lab down restores the original.
+    if (!existsSync(IP_FORWARD_SAVED) || (await otherLabBridges()).length > 0) return
+    writeFileSync(IP_FORWARD, readFileSync(IP_FORWARD_SAVED, 'utf8'))
+    rmSync(IP_FORWARD_SAVED)
+  })
+}
+
+function writeAtomic(file: string, content: string): void {
+  mkdirSync(dirname(file), { recursive: true })
+  writeFileSync(`${file}.tmp-${process.pid}`, content)
+  renameSync(`${file}.tmp-${process.pid}`, file)
 }
 
 export async function natRulePresent(): Promise<boolean> {
