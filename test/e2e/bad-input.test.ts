@@ -30,6 +30,10 @@ import { join } from 'node:path'
 import { parse, parseDocument } from 'yaml'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DEFAULT_HOSTS, labAddress, labDown, labExec, LAB_KNOWN_HOSTS, LAB_SECRETS_FILE } from '../lab/lab.ts'
+import { LAB_ARTIFACT_BASE, LAB_SUBNET } from '../lab/paths.ts'
+
+/** The lab's subnet (its first three octets) in a regular expression. */
+const NET_RE = LAB_SUBNET.replaceAll('.', '\\.')
 import { convergedLab, LAB_INVENTORY, onHost, runPlaybookCli, type PlaybookCliRun } from './helpers.ts'
 
 // ---------------------------------------------------------------------------------------------- host-side evidence
@@ -214,14 +218,13 @@ const edits =
 // Lines of inventory/lab.yaml the edits start from.
 const ALL_VARS = '    ssh_user: pi'
 const SERVER_VARS = '        k3s_tls_san: [pi-k3s]'
-const PI_K3S = '          address: 10.199.55.55'
+const PI_K3S = `          address: ${LAB_SUBNET}.55`
 const WORKER_2_KEY = '        pi3-worker-2:'
-const WORKER_2 = '          address: 10.199.55.51'
+const WORKER_2 = `          address: ${LAB_SUBNET}.51`
 const DNS_LABEL = '            - workload/dns=unbound'
 const TAINT = '            - hardware=pi3:PreferNoSchedule'
 const PLACEMENT = '      pihole/pihole: pi-k3s'
-const FLUX_URL =
-  '    flux_url: http://10.199.55.1:8780/flux/releases/download/v{version}/flux_{version}_linux_{arch}.tar.gz'
+const FLUX_URL = `    flux_url: ${LAB_ARTIFACT_BASE}/flux/releases/download/v{version}/flux_{version}_linux_{arch}.tar.gz`
 
 // Rules, in a few words of each grammar.
 const NODE_NAME = /expected a Kubernetes node name, an RFC 1123 subdomain/
@@ -299,11 +302,11 @@ const CASES: Case[] = [
   },
   {
     name: 'inventory: ansible_host and address both set on one host',
-    inventory: after(WORKER_2, '          ansible_host: 10.199.55.51'),
+    inventory: after(WORKER_2, `          ansible_host: ${LAB_SUBNET}.51`),
     code: 1,
     says: [
       {
-        at: { inventory: { line: 'ansible_host: 10.199.55.51' } },
+        at: { inventory: { line: `ansible_host: ${LAB_SUBNET}.51` } },
         rule: /"ansible_host" and "address" both set address in host "pi3-worker-2"/,
       },
     ],
@@ -364,12 +367,12 @@ const CASES: Case[] = [
   },
   {
     name: 'inventory: two hosts with one address',
-    inventory: swap(WORKER_2, '          address: 10.199.55.53'),
+    inventory: swap(WORKER_2, `          address: ${LAB_SUBNET}.53`),
     code: 1,
     says: [
       {
         at: { inventory: { line: WORKER_2_KEY } },
-        rule: /hosts "pi3-worker-1" and "pi3-worker-2" have the same address 10\.199\.55\.53/,
+        rule: new RegExp(`hosts "pi3-worker-1" and "pi3-worker-2" have the same address ${NET_RE}\\.53`),
       },
     ],
   },
@@ -632,7 +635,7 @@ const CASES: Case[] = [
   {
     name: 'inventory: an app check with a file:// URL',
     inventory: swap(
-      '      - { app: jellyfin, url: http://10.199.55.1:8780/apps/jellyfin/health, expect: Healthy }',
+      `      - { app: jellyfin, url: ${LAB_ARTIFACT_BASE}/apps/jellyfin/health, expect: Healthy }`,
       '      - { app: jellyfin, url: "file:///etc/passwd", expect: Healthy }',
     ),
     code: 1,
@@ -780,18 +783,20 @@ const CASES: Case[] = [
   },
   {
     name: "-e: address=<another host's address> with --limit to one host (--check)",
-    args: ['-e', 'address=10.199.55.53', '--limit', 'pi3-worker-2', '--check'],
+    args: ['-e', `address=${LAB_SUBNET}.53`, '--limit', 'pi3-worker-2', '--check'],
     code: 1,
-    says: [{ at: '-e address=10.199.55.53', rule: /pi3-worker-1/ }],
+    says: [{ at: `-e address=${LAB_SUBNET}.53`, rule: /pi3-worker-1/ }],
   },
   {
     name: '-e: ansible_host=<one address> for every host',
-    args: ['-e', 'ansible_host=10.199.55.53'],
+    args: ['-e', `ansible_host=${LAB_SUBNET}.53`],
     code: 1,
     says: [
       {
-        at: '-e ansible_host=10.199.55.53',
-        rule: /hosts "pi-k3s", "pi3-worker-1" and "pi3-worker-2" would all be reached at 10\.199\.55\.53 port 22/,
+        at: `-e ansible_host=${LAB_SUBNET}.53`,
+        rule: new RegExp(
+          `hosts "pi-k3s", "pi3-worker-1" and "pi3-worker-2" would all be reached at ${NET_RE}\\.53 port 22`,
+        ),
       },
     ],
   },
@@ -1027,16 +1032,18 @@ const CASES: Case[] = [
     name: "known_hosts: pi-k3s's line holds another key: HOST KEY CHANGED, both fingerprints, exit 4",
     args: ['--limit', 'pi-k3s'],
     knownHosts: (lab) =>
-      [...withoutHost(lab, '10.199.55.55'), `10.199.55.55 ssh-ed25519 ${otherKey.toString('base64')}`, ''].join('\n'),
+      [...withoutHost(lab, `${LAB_SUBNET}.55`), `${LAB_SUBNET}.55 ssh-ed25519 ${otherKey.toString('base64')}`, ''].join(
+        '\n',
+      ),
     code: 4,
     says: () => [
       {
-        at: 'pi-k3s (10.199.55.55)',
+        at: `pi-k3s (${LAB_SUBNET}.55)`,
         rule: new RegExp(
-          `HOST KEY CHANGED for pi-k3s \\(10\\.199\\.55\\.55\\): known_hosts has ${esc(fp(otherKey))}, the host now presents ${esc(fp(realKey['pi-k3s']))}`,
+          `HOST KEY CHANGED for pi-k3s \\(${NET_RE}\\.55\\): known_hosts has ${esc(fp(otherKey))}, the host now presents ${esc(fp(realKey['pi-k3s']))}`,
         ),
       },
-      { at: { file: 'known_hosts' }, rule: /ssh-keygen -R 10\.199\.55\.55 -f / },
+      { at: { file: 'known_hosts' }, rule: new RegExp(`ssh-keygen -R ${NET_RE}\\.55 -f `) },
     ],
     preauth: 'pi-k3s',
   },
@@ -1045,9 +1052,9 @@ const CASES: Case[] = [
     args: ['--limit', 'pi-k3s'],
     knownHosts: (lab) => {
       const salt = randomBytes(20)
-      const hash = createHmac('sha1', salt).update('10.199.55.55').digest()
+      const hash = createHmac('sha1', salt).update(`${LAB_SUBNET}.55`).digest()
       return [
-        ...withoutHost(lab, '10.199.55.55'),
+        ...withoutHost(lab, `${LAB_SUBNET}.55`),
         `|1|${salt.toString('base64')}|${hash.toString('base64')} ssh-ed25519 ${otherKey.toString('base64')}`,
         '',
       ].join('\n')
@@ -1055,7 +1062,7 @@ const CASES: Case[] = [
     code: 4,
     says: () => [
       {
-        at: 'pi-k3s (10.199.55.55)',
+        at: `pi-k3s (${LAB_SUBNET}.55)`,
         rule: new RegExp(
           `HOST KEY CHANGED .*known_hosts has ${esc(fp(otherKey))}, the host now presents ${esc(fp(realKey['pi-k3s']))}`,
         ),
@@ -1066,13 +1073,13 @@ const CASES: Case[] = [
   {
     name: "known_hosts: @revoked names pi3-worker-1's real key: refused, exit 4",
     args: ['--limit', 'pi3-worker-1'],
-    knownHosts: (lab) => `@revoked 10.199.55.53 ssh-ed25519 ${realKey['pi3-worker-1'].toString('base64')}\n${lab}`,
+    knownHosts: (lab) => `@revoked ${LAB_SUBNET}.53 ssh-ed25519 ${realKey['pi3-worker-1'].toString('base64')}\n${lab}`,
     code: 4,
     says: () => [
       {
-        at: 'pi3-worker-1 (10.199.55.53)',
+        at: `pi3-worker-1 (${LAB_SUBNET}.53)`,
         rule: new RegExp(
-          `host key ${esc(fp(realKey['pi3-worker-1']))} of pi3-worker-1 \\(10\\.199\\.55\\.53\\) is marked @revoked`,
+          `host key ${esc(fp(realKey['pi3-worker-1']))} of pi3-worker-1 \\(${NET_RE}\\.53\\) is marked @revoked`,
         ),
       },
       { at: { file: 'known_hosts' }, rule: /is marked @revoked in \S+; refusing to connect/ },
@@ -1321,9 +1328,9 @@ describe('a known_hosts with malformed lines around the good ones is not a refus
     const good = labKnownHosts.split('\n').filter((l) => l.trim() !== '')
     const bad = [
       'this is not a known_hosts line',
-      `@bogus-marker 10.199.55.55 ssh-ed25519 ${realKey['pi-k3s'].toString('base64')}`,
-      '10.199.55.53 ssh-ed25519',
-      `10.199.55.51 ssh-rsa ${realKey['pi3-worker-2'].toString('base64')}`,
+      `@bogus-marker ${LAB_SUBNET}.55 ssh-ed25519 ${realKey['pi-k3s'].toString('base64')}`,
+      `${LAB_SUBNET}.53 ssh-ed25519`,
+      `${LAB_SUBNET}.51 ssh-rsa ${realKey['pi3-worker-2'].toString('base64')}`,
     ]
     // bad, then a third of the good lines, and so on: every good line has a malformed neighbour.
     const third = Math.ceil(good.length / 3)

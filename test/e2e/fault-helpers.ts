@@ -51,7 +51,7 @@ export interface LiveRun {
 }
 
 /**
- * Start `zx playbooks/<name>.mts -i inventory/lab.yaml ...args` as ONE process (node_modules/.bin/zx, not npx,
+ * Start `zx playbooks/<name>.mts -i LAB_INVENTORY ...args` as ONE process (node_modules/.bin/zx, not npx,
  * which would stand between a signal and the runner): its pid is the runner's, as for a user's Ctrl-C.
  */
 export function startPlaybook(name: string, args: string[]): LiveRun {

@@ -10,9 +10,12 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parse } from 'yaml'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { DEFAULT_HOSTS, LAB_ARTIFACT_BASE, LAB_SECRETS_FILE, labDown, labExec, labUp } from '../lab/lab.ts'
+import { DEFAULT_HOSTS, LAB_ARTIFACT_BASE, LAB_SECRETS_FILE, labAddress, labDown, labExec, labUp } from '../lab/lab.ts'
 import { LAB_APPS, labGitopsRepo, setLabAppHealth, setLabPiholeBlocking } from '../lab/apps.ts'
 import { onHost, runPlaybookCli, type PlaybookRun } from './helpers.ts'
+
+/** The lab's artifact server's base URL, as a regular expression. */
+const BASE_RE = LAB_ARTIFACT_BASE.replace(/[./]/g, (c) => `\\${c}`)
 
 const KUBECTL = 'k3s kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml'
 const FLUX = '/usr/local/bin/flux --kubeconfig /etc/rancher/k3s/k3s.yaml'
@@ -185,7 +188,9 @@ describe('site.mts with Flux and the apps', () => {
     )
     // Pi-hole's API as the owner checks it: logged in with the password from the secrets store, logged out again
     expect(run.out).toMatch(
-      /\n {2}pihole +ok +Pi-hole API http:\/\/10\.199\.55\.1:8780\/apps\/pihole\/api: login, blocking, logout +blocking enabled \(\d+ ms\)\n/,
+      new RegExp(
+        `\\n {2}pihole +ok +Pi-hole API ${BASE_RE}\\/apps\\/pihole\\/api: login, blocking, logout +blocking enabled \\(\\d+ ms\\)\\n`,
+      ),
     )
     expect(await piholeSessionsOpen()).toBe(0)
     expect(run.out).toContain(
@@ -281,7 +286,7 @@ describe('site.mts with Flux and the apps', () => {
     )
     expect(wrong.code, wrong.out).toBe(2)
     expect(wrong.out).toContain(
-      `sha256 of http://10.199.55.1:8780/flux/releases/download/v2.7.3/flux_2.7.3_linux_amd64.tar.gz is ${sha}, not ${'0'.repeat(64)} (flux_sha256)`,
+      `sha256 of ${LAB_ARTIFACT_BASE}/flux/releases/download/v2.7.3/flux_2.7.3_linux_amd64.tar.gz is ${sha}, not ${'0'.repeat(64)} (flux_sha256)`,
     )
     expect((await labExec('pi-k3s', 'test -e /usr/local/bin/flux')).code).toBe(1)
     const right = await timed('sha-right', () =>
@@ -327,10 +332,14 @@ describe('site.mts with Flux and the apps', () => {
       )
       expect(await piholeSessionsOpen()).toBe(0) // logged out after the failing check too
       expect(run.out).toMatch(
-        /\n {2}jellyfin +FAILING +GET http:\/\/10\.199\.55\.1:8780\/apps\/jellyfin\/health +HTTP 503 \(expected 2xx\): Unhealthy\n/,
+        new RegExp(
+          `\\n {2}jellyfin +FAILING +GET ${BASE_RE}\\/apps\\/jellyfin\\/health +HTTP 503 \\(expected 2xx\\): Unhealthy\\n`,
+        ),
       )
       expect(run.out).toMatch(
-        /\n {2}pihole +FAILING +DNS A google\.com @10\.199\.55\.55:53 +the server failed to answer \(SERVFAIL\)\n/,
+        new RegExp(
+          `\\n {2}pihole +FAILING +DNS A google\\.com @${labAddress('pi-k3s').replaceAll('.', '\\.')}:53 +the server failed to answer \\(SERVFAIL\\)\\n`,
+        ),
       )
       expect(run.out).toMatch(/\n {2}immich +ok +/)
       expect(run.recap['pi-k3s'].failed).toBe(1)

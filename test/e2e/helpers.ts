@@ -4,10 +4,15 @@
 import { spawn } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
+import { labInventory } from '../lab/inventory.ts'
 import { DEFAULT_HOSTS, labExec, labUp } from '../lab/lab.ts'
 
 export const REPO = resolve(import.meta.dirname, '../..')
-export const LAB_INVENTORY = resolve(REPO, 'inventory/lab.yaml')
+/**
+ * The inventory of the lab the tests run on: inventory/lab.yaml's text with the test lab's addresses, state dir and
+ * artifact server (test/lab/inventory.ts, test/lab/test-lab.ts), so the tests never reach the user's lab.
+ */
+export const LAB_INVENTORY = labInventory()
 
 export interface PlaybookRun {
   code: number
@@ -22,7 +27,7 @@ export interface PlaybookCliRun extends PlaybookRun {
   stderr: string
 }
 
-/** `npx zx playbooks/<name>.mts -i inventory/lab.yaml ...args`, with output captured. */
+/** `npx zx playbooks/<name>.mts -i LAB_INVENTORY ...args`, with output captured. */
 export function runPlaybookCli(
   name: string,
   args: string[],

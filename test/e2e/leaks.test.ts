@@ -278,7 +278,7 @@ async function leakRun(name: string, playbook: string, args: string[]): Promise<
   const json = join(work, `${name}.jsonl`)
   const retry = join(work, `${name}.retry`)
   const flags = [...args, '--json', json, '-vv', '--retry-file', retry]
-  const command = `npx zx playbooks/${playbook}.mts -i inventory/lab.yaml ${flags.join(' ')}`
+  const command = `npx zx playbooks/${playbook}.mts -i ${LAB_INVENTORY} ${flags.join(' ')}`
   const start = runStart()
   const t0 = Date.now()
   const run = await runPlaybookCli(playbook, flags)

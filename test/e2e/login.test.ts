@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runCli } from '../../lib/cli.ts'
 import { resetSecretsForTest } from '../../lib/mask.ts'
 import type { Playbook } from '../../lib/role.ts'
-import { DEFAULT_HOSTS, labDown, labUp } from '../lab/lab.ts'
+import { DEFAULT_HOSTS, labAddress, labDown, labUp } from '../lab/lab.ts'
 import { LAB_KEY, LAB_SECRETS_FILE } from '../lab/paths.ts'
 import { LAB_INVENTORY, onHost } from './helpers.ts'
 
@@ -50,7 +50,7 @@ const work = mkdtempSync(join(tmpdir(), 'login-'))
 function inventory(name: string, edits: [string, string][], append = ''): string {
   let text = readFileSync(LAB_INVENTORY, 'utf8')
   for (const [from, to] of edits) {
-    if (!text.includes(from)) throw new Error(`inventory/lab.yaml has no line ${JSON.stringify(from)}`)
+    if (!text.includes(from)) throw new Error(`${LAB_INVENTORY} has no line ${JSON.stringify(from)}`)
     text = text.replace(from, to)
   }
   const file = join(work, `${name}.yaml`)
@@ -160,7 +160,7 @@ describe('logging in as the owner does', () => {
   })
 
   it('as a normal user whose sudo asks for a password: given on stdin from the secrets store, never in argv or output', async () => {
-    const host = '          address: 10.199.55.51\n'
+    const host = `          address: ${labAddress('pi3-worker-2')}\n`
     const base: [string, string][] = [secretsLine, [host, `${host}          ssh_user: owner\n`]]
     const ok = await run(
       inventory('sudo', [

@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { labDown } from '../lab/lab.ts'
+import { labAddress, labDown } from '../lab/lab.ts'
 import { convergedLab, LAB_INVENTORY, onHost, runPlaybookCli } from './helpers.ts'
 
 interface NodeObj {
@@ -25,14 +25,14 @@ beforeAll(async () => {
   // The owner's edit: pi3-worker-2 is batch-only now.
   const text = readFileSync(LAB_INVENTORY, 'utf8')
   const before = `        pi3-worker-2:
-          address: 10.199.55.51
+          address: ${labAddress('pi3-worker-2')}
           hardware: pi3
           node_labels:
             - hardware=pi3
           node_taints:
             - hardware=pi3:PreferNoSchedule`
   const after = `        pi3-worker-2:
-          address: 10.199.55.51
+          address: ${labAddress('pi3-worker-2')}
           hardware: pi3
           node_labels:
             - hardware=pi3
@@ -40,7 +40,7 @@ beforeAll(async () => {
           node_taints:
             - dedicated=batch:NoSchedule`
   if (!text.includes(before))
-    throw new Error(`inventory/lab.yaml no longer has pi3-worker-2 as this test expects:\n${before}`)
+    throw new Error(`${LAB_INVENTORY} no longer has pi3-worker-2 as this test expects:\n${before}`)
   inventory = join(mkdtempSync(join(tmpdir(), 'labels-')), 'lab.yaml')
   writeFileSync(inventory, text.replace(before, after))
 }, 900_000)

@@ -6,7 +6,7 @@ import { readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parse } from 'yaml'
-import { DEFAULT_HOSTS, labBootId, labDown, labWipe } from '../lab/lab.ts'
+import { DEFAULT_HOSTS, labAddress, labBootId, labDown, labWipe } from '../lab/lab.ts'
 import { convergedLab, LAB_INVENTORY, onHost, runPlaybookCli, until, takeNightlyBackup } from './helpers.ts'
 
 // k3s_backup_dir of the lab inventory: a directory on the controller stands in for the NAS share.
@@ -42,7 +42,9 @@ describe('rebuild after an SD-card failure', () => {
     const run = await runPlaybookCli('rebuild', ['pi3-worker-1'])
     expect(run.code, run.out).toBe(0)
     // The lab knows three keys per host (ed25519, ecdsa, rsa): all go, and only that host's.
-    expect(run.out).toContain('rebuild: dropped 3 old known_hosts entries of pi3-worker-1 (10.199.55.53)')
+    expect(run.out).toContain(
+      `rebuild: dropped 3 old known_hosts entries of pi3-worker-1 (${labAddress('pi3-worker-1')})`,
+    )
     expect(run.out).toMatch(/WARNING: \[pi3-worker-1\] recorded its new host key SHA256:[A-Za-z0-9+/]{43} in /)
     expect(run.out).toContain('deleted the stale Node pi3-worker-1')
     expect(Object.keys(run.recap)).toEqual(['pi3-worker-1'])

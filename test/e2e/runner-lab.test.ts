@@ -11,7 +11,7 @@ import { hostVars, loadInventory } from '../../lib/inventory.ts'
 import { resetSecretsForTest } from '../../lib/mask.ts'
 import type { Playbook } from '../../lib/role.ts'
 import { rebootHandler } from '../../lib/steps.ts'
-import { DEFAULT_HOSTS, labBootId, labCut, labDown, labHeal, labUp, labWipe } from '../lab/lab.ts'
+import { DEFAULT_HOSTS, labAddress, labBootId, labCut, labDown, labHeal, labUp, labWipe } from '../lab/lab.ts'
 import { LAB_INVENTORY } from './helpers.ts'
 
 const inv = () => loadInventory(LAB_INVENTORY)
@@ -132,7 +132,9 @@ describe('the runner on real lab hosts', () => {
     const { code, out } = await runWhoami()
     expect(code).toBe(4)
     expect(out).toMatch(
-      /UNREACHABLE: \[pi3-worker-2\] HOST KEY CHANGED for pi3-worker-2 \(10\.199\.55\.51\): known_hosts has SHA256:\S+.*, the host now presents SHA256:\S+\. Refusing to connect\./,
+      new RegExp(
+        `UNREACHABLE: \\[pi3-worker-2\\] HOST KEY CHANGED for pi3-worker-2 \\(${labAddress('pi3-worker-2').replaceAll('.', '\\.')}\\): known_hosts has SHA256:\\S+.*, the host now presents SHA256:\\S+\\. Refusing to connect\\.`,
+      ),
     )
     expect(out).toContain('hint: if the host was reflashed, run playbooks/rebuild.mts pi3-worker-2')
     expect(out).toMatch(/ok: \[pi-k3s\] probe \| Read the hostname/)
@@ -148,7 +150,7 @@ describe('the runner on real lab hosts', () => {
     try {
       const { code, out } = await runWhoami(['--limit', '!pi3-worker-2'])
       expect(code).toBe(4)
-      expect(out).toMatch(/UNREACHABLE: \[pi3-worker-1\] cannot connect to 10\.199\.55\.53:22/)
+      expect(out).toContain(`UNREACHABLE: [pi3-worker-1] cannot connect to ${labAddress('pi3-worker-1')}:22`)
       expect(out).toMatch(/pi-k3s\s+: ok=1\s+changed=0\s+unreachable=0\s+failed=0/)
       expect(out).toMatch(/pi3-worker-1\s+: ok=0\s+changed=0\s+unreachable=1\s+failed=0/)
     } finally {

@@ -1,25 +1,25 @@
 // `npm run lab -- <command>`: thin wiring over lab.ts. Errors are one line on stderr and exit code 1.
+// `npm run lab -- --test-lab <command>` is the same on the lab the tests run on (test-lab.ts).
 import { spawn } from 'node:child_process'
-import { execArgv } from './host.ts'
-import {
-  DEFAULT_HOSTS,
-  LabError,
-  labCut,
-  labDown,
-  labHeal,
-  labStart,
-  labStatus,
-  labStop,
-  labUp,
-  labWipe,
-  type LabHost,
-} from './lab.ts'
-import { ensureTools } from './run.ts'
+import type { LabHost } from './lab.ts'
+import { TEST_LAB_ENV } from './test-lab.ts'
 
-const USAGE = `usage: npm run lab -- <command>
+// Before anything imports paths.ts, which reads the environment once.
+const testLab = process.argv[2] === '--test-lab'
+if (testLab) Object.assign(process.env, TEST_LAB_ENV)
+const { execArgv } = await import('./host.ts')
+const { DEFAULT_HOSTS, LabError, labCut, labDown, labHeal, labStart, labStatus, labStop, labUp, labWipe } =
+  await import('./lab.ts')
+const { ensureTools } = await import('./run.ts')
+const { LAB_BRIDGE, LAB_DIR } = await import('./paths.ts')
+
+const USAGE = `usage: npm run lab -- [--test-lab] <command>
+  --test-lab               the lab the tests run on (${TEST_LAB_ENV.PI_LAB_DIR}), not yours
   up [NAME...] [--fresh]   boot hosts (default: ${DEFAULT_HOSTS.join(' ')}); --fresh = freshly flashed disks
   down [--purge]           stop everything; --purge also deletes the host disks
   status                   hosts, bridge, NAT and artifact server
+  state                    JSON, read without touching any host: hosts running since, k3s token and datastore on
+                           each disk, credentials, NAS folder, bridge, NAT (what .ci/readme-flow compares)
   stop HOST | start HOST   power off / on
   wipe HOST                SD card failure: fresh disk, new SSH host keys, same name and address
   cut HOST | heal HOST     take the host off the network / put it back
@@ -84,8 +84,14 @@ async function main(argv: readonly string[]): Promise<number> {
       const s = await labStatus()
       console.log(s.hosts.length ? table(s.hosts) : 'no hosts (npm run lab -- up)')
       console.log(
-        `bridge: ${s.bridge}  nat: ${s.nat ? 'on' : 'off'}  artifacts: ${s.artifactServer.running ? s.artifactServer.url : 'not running'}`,
+        `bridge ${LAB_BRIDGE}: ${s.bridge}  nat: ${s.nat ? 'on' : 'off'}  artifacts: ${s.artifactServer.running ? s.artifactServer.url : 'not running'}  state: ${LAB_DIR}`,
       )
+      return 0
+    }
+    case 'state': {
+      allow()
+      const { labState } = await import('./state.ts')
+      console.log(JSON.stringify(await labState(), null, 2))
       return 0
     }
     case 'stop':
@@ -123,7 +129,7 @@ async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
-main(process.argv.slice(2)).then(
+main(process.argv.slice(testLab ? 3 : 2)).then(
   (code) => process.exit(code),
   (e: unknown) => {
     console.error(`lab: error: ${e instanceof Error ? e.message : String(e)}`)
