@@ -176,6 +176,164 @@ export function kubeFact(scope: string, query: string, ...names: string[]): Fact
   })
 }
 
+/** Separates the answers of a read that had to ask kind by kind (see kubeFactKinds). */
+const KUBE_NEXT = '@@kubectl-next@@'
+/** An error line that only says a kind or object is not there (no CRD yet, NotFound), not that the read failed. */
+const ABSENT_LINE = /\(NotFound\)|doesn't have a resource type|no matches for kind|ensure CRDs are installed first/
+
+/** A fact's answer: stdout, then (after KUBE_STDERR) kubectl's error output, split apart. */
+function splitAnswer(r: RunResult): { stdout: string; stderr: string } {
+  const cut = r.stdout.indexOf(`\n${KUBE_STDERR}\n`)
+  return cut < 0
+    ? { stdout: r.stdout, stderr: r.stderr }
+    : { stdout: r.stdout.slice(0, cut), stderr: r.stdout.slice(cut + KUBE_STDERR.length + 2) }
+}
+
+/** A failed read whose every error line only says something is not there: what did answer still counts. */
+function onlyAbsent(stderr: string): boolean {
+  const lines = stderr.split('\n').filter((l) => l.trim())
+  return lines.length > 0 && lines.every((l) => ABSENT_LINE.test(l))
+}
+
+/**
+ * Every object of several kinds in one kubectl process: `kubectl get A,B,C -A -o json`, one List whose items carry
+ * their kind (`where` is `-A` or `-n NS`). This is how a role reads the cluster once per run. A kind the cluster
+ * does not have yet (a CRD not installed) makes kubectl refuse the whole line; then, and only then, each kind is
+ * asked on its own, so the others still answer (and the missing one reads as none).
+ */
+export function kubeFactKinds(scope: string, kinds: readonly string[], where: string): Fact<KubeRead> {
+  const all = kinds.join(',')
+  const script = [
+    'e=$(mktemp -p /dev/shm 2>/dev/null || mktemp) || exit 125',
+    `${kubectl(`get ${all} ${where} -o json`)} 2>"$e"`,
+    'rc=$?',
+    `if [ $rc -ne 0 ] && grep -q "doesn't have a resource type" "$e"; then`,
+    '  : >"$e"; rc=0',
+    // Through a variable, so clusterCalls counts the line above as the read's one kubectl: these run only until
+    // the cluster has every kind asked (a CRD not installed yet), and then once per kind.
+    `  k=${quote(KUBECTL)}`,
+    `  for kind in ${kinds.map(quote).join(' ')}; do`,
+    `    printf '\\n%s\\n' '${KUBE_NEXT}'`,
+    `    $k get "$kind" ${where} -o json 2>>"$e" || rc=$?`,
+    '  done',
+    'fi',
+    `[ $rc -eq 0 ] || { printf '\\n%s\\n' '${KUBE_STDERR}'; cat "$e"; }`,
+    'rm -f "$e"',
+    'exit $rc',
+  ].join('\n')
+  return defineFact(`kube:${scope}:${all} ${where}`, script, (r) => {
+    const { stdout, stderr } = splitAnswer(r)
+    const what = `${all} ${where}`
+    if (r.code !== 0 && r.code !== NO_K3S && !onlyAbsent(stderr))
+      return { objects: [], error: kubeError(r.code, stderr || stdout, what) }
+    try {
+      const objects = stdout
+        .split(`\n${KUBE_NEXT}\n`)
+        .flatMap((part) => parseKubeJson({ code: r.code === NO_K3S ? NO_K3S : 0, stdout: part, stderr: '' }, what))
+      return { objects }
+    } catch (e) {
+      return { objects: [], error: e instanceof Error ? e.message : String(e) }
+    }
+  })
+}
+
+function kubeError(code: number, text: string, what: string): string {
+  return `kubectl get ${what} failed (exit ${code}): ${text.trim().split('\n').slice(-3).join(' ')}`
+}
+
+/** One object by kind and name (namespace for a namespaced kind), as `kubectl get -f` names it. */
+export interface ObjectRef {
+  apiVersion: string
+  kind: string
+  name: string
+  namespace?: string
+}
+
+/** What kubeFactNamed read: the objects that exist, and the salted digest of the Secret's key (when it exists). */
+export interface NamedRead extends KubeRead {
+  secretDigest?: string
+}
+
+/** An object of Kubernetes itself (core, apps, batch...), which every cluster knows, unlike a CRD's. */
+const builtinKind = (r: ObjectRef) => !r.apiVersion.includes('.')
+
+/**
+ * Named objects of any kinds and namespaces in one kubectl process (`kubectl get -f -` of a List naming them; the
+ * ones that do not exist are left out). A Secret among them is not read: the server answers the sha256 of `salt`
+ * + "<name>=<base64 value of secretKey>", and the controller compares that with the digest of the value it wants,
+ * so the value never leaves the server. When the cluster lacks a CRD the list names (no Flux yet), kubectl reads
+ * nothing at all; then the built-in kinds are asked alone.
+ */
+export function kubeFactNamed(
+  scope: string,
+  refs: readonly ObjectRef[],
+  secret: { key: string; salt: string },
+): Fact<NamedRead> {
+  if (!/^[A-Za-z0-9_.-]+$/.test(secret.key)) throw new ProvisionError('step', `bad Secret key ${secret.key}`)
+  const list = (rs: readonly ObjectRef[]) =>
+    JSON.stringify({
+      apiVersion: 'v1',
+      kind: 'List',
+      items: rs.map((r) => ({
+        apiVersion: r.apiVersion,
+        kind: r.kind,
+        metadata: r.namespace ? { name: r.name, namespace: r.namespace } : { name: r.name },
+      })),
+    })
+  // One line per object (JSON), and the Secret as "@@secret name=<base64 value>", which never leaves the server.
+  const template =
+    '{range .items[?(@.kind!="Secret")]}{@}{"\\n"}{end}' +
+    `{range .items[?(@.kind=="Secret")]}@@secret {.metadata.name}={.data.${secret.key}}{"\\n"}{end}`
+  const get = (kubectl: string, rs: readonly ObjectRef[]) =>
+    `${kubectl} get -f - --ignore-not-found -o jsonpath=${quote(template)} 2>"$e" <<'EOF'\n${list(rs)}\nEOF`
+  const script = [
+    'e=$(mktemp -p /dev/shm 2>/dev/null || mktemp) || exit 125',
+    `out=$(${get(KUBECTL, refs)}\n)`,
+    'rc=$?',
+    `if [ $rc -ne 0 ] && grep -q 'no matches for kind' "$e"; then`,
+    // Only before the CRDs exist; through a variable, so clusterCalls counts the read as its first kubectl.
+    `  k=${quote(KUBECTL)}`,
+    `  out=$(${get('$k', refs.filter(builtinKind))}\n  )`,
+    '  rc=$?',
+    'fi',
+    `printf '%s\\n' "$out" | while IFS= read -r l; do`,
+    '  case $l in',
+    // printf is a shell builtin: the value is in no process's argv.
+    `    '@@secret '*) printf '@@digest '; printf '%s' ${quote(secret.salt)}"\${l#@@secret }" | sha256sum | cut -d' ' -f1 ;;`,
+    `    *) printf '%s\\n' "$l" ;;`,
+    '  esac',
+    'done',
+    `[ $rc -eq 0 ] || { printf '\\n%s\\n' '${KUBE_STDERR}'; cat "$e"; }`,
+    'rm -f "$e"',
+    'exit $rc',
+  ].join('\n')
+  const what = refs.map((r) => `${r.kind} ${r.namespace ? `${r.namespace}/` : ''}${r.name}`).join(', ')
+  return defineFact(`kube:${scope}:named ${what} ${secret.salt}`, script, (r): NamedRead => {
+    const { stdout, stderr } = splitAnswer(r)
+    if (r.code === NO_K3S) return { objects: [] }
+    if (r.code !== 0 && !onlyAbsent(stderr))
+      return { objects: [], error: kubeError(r.code, stderr || stdout, `-f - (${what})`) }
+    const objects: KubeObject[] = []
+    let secretDigest: string | undefined
+    for (const line of stdout.split('\n')) {
+      if (!line.trim()) continue
+      const d = /^@@digest ([0-9a-f]{64})$/.exec(line)
+      if (d) {
+        secretDigest = d[1]
+        continue
+      }
+      try {
+        const o: unknown = JSON.parse(line)
+        if (isKubeObject(o)) objects.push(o)
+        else throw new Error('not an object')
+      } catch {
+        return { objects: [], error: `kubectl get -f - (${what}): unexpected answer: ${line.slice(0, 120)}` }
+      }
+    }
+    return { objects, secretDigest }
+  })
+}
+
 /**
  * A cluster read now, outside the fact cache (polls): the same script and parser as kubeFact, errors thrown.
  * `on` is the step's context, or the server's HostHandle for a read made from another host's step.

@@ -193,6 +193,16 @@ export const VAR_SPECS = {
   github_branch: { type: 'string', doc: 'GitOps branch', grammar: g.GitBranch },
   flux_path: { type: 'string', doc: 'path of the cluster in the GitOps repository', grammar: g.RepoPath },
   github_token_ref: { type: 'secret-ref', doc: 'GitHub PAT for flux bootstrap', grammar: g.SecretRef, secret: true },
+  github_url: {
+    type: 'url',
+    doc: 'where GitHub serves repositories over https: the apps role reads the branch head there (GitHub Enterprise: its address)',
+    grammar: g.HttpUrl,
+  },
+  flux_reconcile: {
+    type: 'string',
+    doc: 'when the apps role asks Flux to fetch the GitOps source: "auto" (only when the branch head is not what Flux has) or "always"',
+    choices: ['auto', 'always'],
+  },
   eso_token_ref: {
     type: 'secret-ref',
     doc: '1Password service-account token for External Secrets',
@@ -277,6 +287,8 @@ export interface Vars {
   github_branch?: string
   flux_path?: string
   github_token_ref?: string
+  github_url: string
+  flux_reconcile: 'auto' | 'always'
   eso_token_ref?: string
   apps_timeout: number
   /** Entries are validated by the apps role (lib/probes.ts parseAppChecks) before any host is touched. */
@@ -312,6 +324,8 @@ export const BUILTIN_DEFAULTS: Vars = {
   node_taints: [],
   backup_max_age: 36 * 3600,
   flux_timeout: 300,
+  github_url: 'https://github.com',
+  flux_reconcile: 'auto',
   apps_timeout: 600,
   app_checks: [],
   app_check_timeout: 5,

@@ -13,6 +13,14 @@ import { hostVars, nodeNameOf, type Inventory } from '../lib/inventory.ts'
 import { parseAppChecks, type AppCheck } from '../lib/appchecks.ts'
 import { checkSecretRefs, formatAppTable, runChecks, verdicts } from '../lib/probes.ts'
 import { runKey, type Role, type StepContext } from '../lib/role.ts'
+import {
+  headLookupConfig,
+  headLookupScript,
+  parseHead,
+  refsUrl,
+  sourceDecision,
+  type Head,
+} from '../lib/flux-source.ts'
 import { quote } from '../lib/shell.ts'
 import { waitUntil } from '../lib/steps.ts'
 import type { Vars } from '../lib/vars.ts'
@@ -21,11 +29,12 @@ import {
   FLUX,
   conditionOf,
   field,
+  GITREPO,
   HR,
   isReady,
   KS,
   kubectl,
-  kubeFact,
+  kubeFactKinds,
   kubeGet,
   kubeObjects,
   nameOf,
@@ -297,19 +306,39 @@ function validateAppVars(v: Vars): string[] {
   return checkSecretRefs(checks)
 }
 
-// ---------------------------------------------------------------- what the role reads, side by side, before the reconcile
+// ---------------------------------------------------------------- what the role reads, in one kubectl, before the reconcile
 
-/** Every Kustomization and HelmRelease: when git brings nothing new and all are Ready at its revision, nothing is forced. */
-export const fluxObjectsFact = kubeFact('apps', `${KS},${HR} -A`)
-export const esoObjectsFact = kubeFact(
-  'apps',
-  'clustersecretstores.external-secrets.io,externalsecrets.external-secrets.io -A',
-)
-/** What placement is judged on: the nodes, the pods and the workloads that own them. */
-export const placementObjectsFact = kubeFact(
-  'apps',
-  'nodes,pods,deployments.apps,statefulsets.apps,daemonsets.apps,cronjobs.batch -A',
-)
+/**
+ * Everything the role's steps judge, in one kubectl process: the GitOps source (is a reconcile needed?), every
+ * Kustomization and HelmRelease (all Ready at that revision?), the ClusterSecretStore and ExternalSecrets, and
+ * placement's nodes, pods and the workloads that own them. Read once per run; dropped when a reconcile changes them.
+ */
+export const CLUSTER_KINDS = [
+  GITREPO,
+  KS,
+  HR,
+  'clustersecretstores.external-secrets.io',
+  'externalsecrets.external-secrets.io',
+  'nodes',
+  'pods',
+  'deployments.apps',
+  'statefulsets.apps',
+  'daemonsets.apps',
+  'cronjobs.batch',
+] as const
+export const clusterFact = kubeFactKinds('apps', CLUSTER_KINDS, '-A')
+
+/** The branch head where Flux fetches it from, looked up on the server (curl; the GitHub token on stdin). */
+async function lookUpHead(ctx: StepContext, source: KubeObject | undefined): Promise<Head | undefined> {
+  const url = source && refsUrl(field(source, 'spec', 'url') ?? '', ctx.vars.github_url)
+  const branch = source && field(source, 'spec', 'ref', 'branch')
+  if (!url || !branch) return undefined
+  const token = ctx.vars.github_token_ref ? ctx.secrets.get(ctx.vars.github_token_ref) : undefined
+  const r = await ctx.sh(headLookupScript(url), { stdin: headLookupConfig(token), sudo: false })
+  if (r.code !== 0) return { error: (r.stderr.trim() || `curl exit ${r.code}`).split('\n').slice(-1)[0] }
+  const commit = parseHead(r.stdout, branch)
+  return commit ? { commit } : { error: `no branch ${branch} at ${url.replace(/\?.*$/, '')}` }
+}
 
 // ---------------------------------------------------------------- the role
 
@@ -328,22 +357,33 @@ export const apps: Role = {
   name: 'apps',
   // Validates app_checks and placement before any host is touched (an inventory error, exit 1), and names the
   // passwords the Pi-hole checks need, resolved with the run's other secrets.
-  secrets: (v) => validateAppVars(v),
+  secrets: (v) => [...validateAppVars(v), v.github_token_ref],
   steps: [
     {
       name: 'Reconcile the GitOps source',
-      // The cluster reads of the later steps, in one round trip. When the reconcile brings nothing new they are
-      // as current as reads made after it; when it does, they are dropped and read again after the wait.
-      facts: () => [fluxObjectsFact, esoObjectsFact, placementObjectsFact],
+      // The role's cluster reads, in one kubectl. When the source brings nothing new they are as current as reads
+      // made after it; when it does, they are dropped and read again after the wait.
+      facts: () => [clusterFact],
       onlyForReal: 'would reconcile GitRepository flux-system: it reads the cluster a real run converged',
       async plan(ctx) {
+        // Flux has the head of its branch already (and is Ready): nothing to fetch, no flux process, no wait.
+        const source = kubeObjects(await ctx.facts.get(clusterFact), 'GitRepository').find(
+          (g) => g.metadata.name === 'flux-system' && g.metadata.namespace === 'flux-system',
+        )
+        const mode = ctx.vars.flux_reconcile
+        const head = mode === 'auto' && source ? await lookUpHead(ctx, source) : undefined
+        const decision = sourceDecision(source, head, mode)
+        if (!decision.reconcile) {
+          ctx.state.set(FLUX_REVISION, decision.revision, ctx.host)
+          return { status: 'ok', message: decision.message }
+        }
         const r = await ctx.must(
           `${FLUX} reconcile source git flux-system -n flux-system --timeout=${ctx.vars.flux_timeout}s`,
           { what: 'flux reconcile source git flux-system' },
         )
         const rev = parseRevision(r.stderr + r.stdout)
         if (rev) ctx.state.set(FLUX_REVISION, rev, ctx.host)
-        return { status: 'ok', message: `fetched ${rev ?? 'the latest revision'}` }
+        return { status: 'ok', message: `fetched ${rev ?? 'the latest revision'} (${decision.why})` }
       },
     },
     {
@@ -354,7 +394,7 @@ export const apps: Role = {
         // same manifests (Flux does that on its own interval), so a no-op rerun does not wait for it.
         const revision = ctx.state.get(FLUX_REVISION, ctx.host)
         if (revision) {
-          const read = await ctx.facts.get(fluxObjectsFact)
+          const read = await ctx.facts.get(clusterFact)
           const st = readiness(kubeObjects(read, 'Kustomization'), kubeObjects(read, 'HelmRelease'), { revision })
           if (st.total > 0 && st.notReady.length === 0) {
             ctx.state.set(ALL_READY, `${st.ready}/${st.total} Ready at ${revision}`, ctx.host)
@@ -441,7 +481,7 @@ export const apps: Role = {
       name: `Check the ClusterSecretStore ${SECRET_STORE} and the ExternalSecrets`,
       onlyForReal: 'would check External Secrets: it reads the cluster a real run converged',
       async plan(ctx) {
-        const read = await ctx.facts.get(esoObjectsFact)
+        const read = await ctx.facts.get(clusterFact)
         const report = checkEso(kubeObjects(read, 'ClusterSecretStore'), kubeObjects(read, 'ExternalSecret'))
         return { status: report.ok ? 'ok' : 'failed', message: report.message }
       },
@@ -452,7 +492,7 @@ export const apps: Role = {
       name: 'Check every Node of the cluster is in the inventory',
       onlyForReal: 'would compare the Nodes with the inventory: it reads the cluster a real run converged',
       async plan(ctx) {
-        const nodes = kubeObjects(await ctx.facts.get(placementObjectsFact), 'Node')
+        const nodes = kubeObjects(await ctx.facts.get(clusterFact), 'Node')
         const strays = strayNodes(nodes, ctx.inventory)
         for (const n of strays)
           ctx.warn(
@@ -472,8 +512,8 @@ export const apps: Role = {
       async plan(ctx) {
         const rules = parsePlacement(ctx.vars.placement)
         if (rules.length === 0) return { status: 'ok', message: 'no placement in the inventory' }
-        const read = await ctx.facts.get(placementObjectsFact)
-        const workloads = kubeObjects(read).filter((o) => o.kind !== 'Node' && o.kind !== 'Pod')
+        const read = await ctx.facts.get(clusterFact)
+        const workloads = kubeObjects(read).filter((o) => (WORKLOAD_KINDS as readonly string[]).includes(o.kind ?? ''))
         const r = { nodes: kubeObjects(read, 'Node'), pods: kubeObjects(read, 'Pod') }
         const results = checkPlacement(rules, { nodes: r.nodes, pods: r.pods, workloads })
         const bad = results.filter((x) => !x.ok)

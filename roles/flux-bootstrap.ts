@@ -13,15 +13,15 @@ import {
   conditionOf,
   field,
   FLUX_BIN,
-  GITREPO,
   isReady,
   KS,
   KUBECONFIG,
   KUBECTL,
-  kubeFact,
+  kubeFactNamed,
   kubeGet,
   kubeObjects,
   type KubeObject,
+  type NamedRead,
 } from '../lib/kube.ts'
 import { registerSecret } from '../lib/mask.ts'
 import type { Change, Role, StepContext } from '../lib/role.ts'
@@ -190,26 +190,55 @@ export interface FluxState {
   controllers: KubeObject[]
 }
 
-/** Every namespace, and flux-system's GitRepository, Kustomizations and Deployments: two reads, side by side. */
-export const namespacesFact = kubeFact('flux-bootstrap', 'namespaces')
-export const fluxSystemFact = kubeFact('flux-bootstrap', `${GITREPO},${KS},deployments.apps -n flux-system`)
+/** The controllers `flux bootstrap` installs (its default components), each a Deployment in flux-system. */
+export const FLUX_CONTROLLERS = [
+  'source-controller',
+  'kustomize-controller',
+  'helm-controller',
+  'notification-controller',
+] as const
 
-/** What bootstrap decides on, from the two reads (no Flux CRDs yet reads as nothing installed). */
-export function fluxStateOf(namespaces: readonly KubeObject[], fluxSystem: readonly KubeObject[]): FluxState {
-  const named = (kind: string) => fluxSystem.find((o) => o.kind === kind && o.metadata.name === 'flux-system')
+/**
+ * Everything the role decides on, by name, in one kubectl process: namespaces flux-system and external-secrets,
+ * flux-system's GitRepository and Kustomization, the controllers' Deployments, and the ESO Secret, of which the
+ * server answers only a salted digest (see secretState). Without Flux's CRDs (before bootstrap) the others still
+ * answer. `salt` is one per run: a digest seen in one run says nothing in another.
+ */
+export function clusterFact(salt: string): Fact<NamedRead> {
+  const fs = 'flux-system'
+  return kubeFactNamed(
+    'flux-bootstrap',
+    [
+      { apiVersion: 'v1', kind: 'Namespace', name: fs },
+      { apiVersion: 'v1', kind: 'Namespace', name: ESO_NAMESPACE },
+      { apiVersion: 'source.toolkit.fluxcd.io/v1', kind: 'GitRepository', name: fs, namespace: fs },
+      { apiVersion: 'kustomize.toolkit.fluxcd.io/v1', kind: 'Kustomization', name: fs, namespace: fs },
+      ...FLUX_CONTROLLERS.map((name) => ({ apiVersion: 'apps/v1', kind: 'Deployment', name, namespace: fs })),
+      { apiVersion: 'v1', kind: 'Secret', name: ESO_SECRET, namespace: ESO_NAMESPACE },
+    ],
+    { key: ESO_KEY, salt },
+  )
+}
+
+/** What bootstrap decides on, from the objects read (no Flux CRDs yet reads as nothing installed). */
+export function fluxStateOf(objects: readonly KubeObject[]): FluxState {
+  const named = (kind: string) =>
+    objects.find((o) => o.kind === kind && o.metadata.name === 'flux-system' && o.metadata.namespace === 'flux-system')
   return {
-    namespace: namespaces.find((n) => n.metadata.name === 'flux-system'),
+    namespace: objects.find((n) => n.kind === 'Namespace' && n.metadata.name === 'flux-system'),
     gitRepository: named('GitRepository'),
     kustomization: named('Kustomization'),
-    controllers: fluxSystem.filter(
-      (o) => o.kind === 'Deployment' && o.metadata.labels?.['app.kubernetes.io/part-of'] === 'flux',
+    controllers: objects.filter(
+      (o) =>
+        o.kind === 'Deployment' &&
+        o.metadata.namespace === 'flux-system' &&
+        (FLUX_CONTROLLERS as readonly string[]).includes(o.metadata.name),
     ),
   }
 }
 
 export async function readFluxState(ctx: StepContext): Promise<FluxState> {
-  const [ns, fs] = await Promise.all([ctx.facts.get(namespacesFact), ctx.facts.get(fluxSystemFact)])
-  return fluxStateOf(kubeObjects(ns), kubeObjects(fs))
+  return fluxStateOf(kubeObjects(await ctx.facts.get(fluxRead)))
 }
 
 /** The Flux version installed in the cluster: the flux-system namespace's version label (flux-v2.7.3 as `flux version` says). */
@@ -244,6 +273,10 @@ export function bootstrapDecision(s: FluxState, want: BootstrapWant): BootstrapD
         : 'the flux-system namespace has no Flux version label',
     )
   if (s.controllers.length === 0) reasons.push('no Flux controllers in flux-system')
+  else {
+    const missing = FLUX_CONTROLLERS.filter((n) => !s.controllers.some((d) => d.metadata.name === n))
+    if (missing.length) reasons.push(`controller${missing.length > 1 ? 's' : ''} missing: ${missing.join(', ')}`)
+  }
   const notReady = s.controllers.filter((d) => !replicasReady(d)).map((d) => d.metadata.name)
   if (notReady.length) reasons.push(`controller${notReady.length > 1 ? 's' : ''} not ready: ${notReady.join(', ')}`)
   const gr = s.gitRepository
@@ -335,28 +368,15 @@ export function esoSecretDigest(salt: string, tokenBase64: string): string {
   return createHash('sha256').update(`${salt}${ESO_SECRET}=${tokenBase64}`).digest('hex')
 }
 
-export function esoSecretFact(salt: string): Fact<SecretState> {
-  const script = [
-    'e=$(mktemp -p /dev/shm 2>/dev/null || mktemp) || exit 125',
-    `if ! have=$(${KUBECTL} -n ${ESO_NAMESPACE} get secret ${ESO_SECRET} --ignore-not-found -o 'jsonpath={.metadata.name}{"="}{.data.${ESO_KEY}}' 2>"$e"); then cat "$e"; rm -f "$e"; exit 1; fi`,
-    'rm -f "$e"',
-    // printf is a shell builtin: the value is never in any process's argv.
-    `if [ -z "$have" ]; then echo absent; else printf '%s' ${quote(salt)}"$have" | sha256sum | cut -d' ' -f1; fi`,
-  ].join('\n')
-  return defineFact(`eso-secret:${salt}`, script, (r): SecretState => {
-    const out = r.stdout.trim()
-    if (r.code === 0 && out === 'absent') return { state: 'absent' }
-    if (r.code === 0 && /^[0-9a-f]{64}$/.test(out)) return { state: 'present', digest: out }
-    return {
-      state: 'error',
-      error: `cannot read Secret ${ESO_NAMESPACE}/${ESO_SECRET}: ${(out || r.stderr.trim() || `exit ${r.code}`).split('\n').slice(-2).join(' ')}`,
-    }
-  })
+/** The ESO Secret as the role's read found it: absent, or present with the digest the server answered. */
+export function secretState(read: NamedRead): SecretState {
+  if (read.error) return { state: 'error', error: `cannot read Secret ${ESO_NAMESPACE}/${ESO_SECRET}: ${read.error}` }
+  return read.secretDigest ? { state: 'present', digest: read.secretDigest } : { state: 'absent' }
 }
 
 /** One salt per run: a digest seen in one run says nothing in another. */
 const ESO_SALT = randomBytes(16).toString('hex')
-const esoSecret = esoSecretFact(ESO_SALT)
+const fluxRead = clusterFact(ESO_SALT)
 
 /**
  * The cluster could not be read. Under --check of a fresh Pi that is expected (no k3s yet): the plan says what a
@@ -382,12 +402,14 @@ export const fluxBootstrap: Role = {
   steps: [
     {
       name: `Create namespace ${ESO_NAMESPACE}`,
-      // Every read this role makes, in one round trip, side by side on the server.
-      facts: () => [namespacesFact, fluxSystemFact, esoSecret, fluxCliFact, archFact],
+      // Every read this role makes, in one round trip: the cluster in one kubectl, side by side with flux's version.
+      facts: () => [fluxRead, fluxCliFact, archFact],
       async plan(ctx) {
         let exists: boolean
         try {
-          exists = kubeObjects(await ctx.facts.get(namespacesFact)).some((n) => n.metadata.name === ESO_NAMESPACE)
+          exists = kubeObjects(await ctx.facts.get(fluxRead), 'Namespace').some(
+            (n) => n.metadata.name === ESO_NAMESPACE,
+          )
         } catch (e) {
           return notInstalledYet(e, `create namespace ${ESO_NAMESPACE}`)
         }
@@ -405,7 +427,7 @@ export const fluxBootstrap: Role = {
         const value = ctx.secrets.get(ref)
         const b64 = Buffer.from(value, 'utf8').toString('base64')
         registerSecret(b64) // the value as the API shows it is as secret as the value
-        const have = await ctx.facts.get(esoSecret)
+        const have = secretState(await ctx.facts.get(fluxRead))
         if (have.state === 'error')
           return notInstalledYet(
             new ProvisionError('step', have.error),

@@ -15,6 +15,7 @@ import { requiredSecrets, runPlaybook } from '../../lib/runner.ts'
 import {
   appChecksFor,
   apps,
+  CLUSTER_KINDS,
   checkEso,
   checkPlacement,
   describeNotReady,
@@ -29,7 +30,8 @@ import { answerKubeFact, list, notReady, ready } from './fakecluster.ts'
 
 beforeEach(() => resetSecretsForTest())
 
-const REV = 'main@sha1:1f2e3d'
+const COMMIT = '1f2e3d4c5b6a79881726354453627180918a7b6c'
+const REV = `main@sha1:${COMMIT}`
 
 function ks(name: string, status: Record<string, unknown>, extra: Partial<KubeObject> = {}): KubeObject {
   return {
@@ -48,9 +50,9 @@ describe('flux output', () => {
   it('reads the revision flux reconcile fetched or applied', () => {
     expect(
       parseRevision(
-        '► annotating GitRepository flux-system in flux-system namespace\n✔ fetched revision main@sha1:1f2e3d\n',
+        '► annotating GitRepository flux-system in flux-system namespace\n✔ fetched revision main@sha1:1f2e3d4c5b6a79881726354453627180918a7b6c\n',
       ),
-    ).toBe('main@sha1:1f2e3d')
+    ).toBe(REV)
     expect(parseRevision('✔ applied revision main@sha1:abc\n')).toBe('main@sha1:abc')
     expect(parseRevision('✗ timeout\n')).toBeUndefined()
   })
@@ -79,7 +81,7 @@ describe('readiness of Kustomizations and HelmReleases', () => {
     )
     expect([st.ready, st.total]).toEqual([3, 7])
     expect(describeNotReady(st.notReady)).toBe(
-      "Kustomization flux-system/immich: dependency 'flux-system/external-secrets-config' is not ready; Kustomization flux-system/jellyfin: still at main@sha1:old, not main@sha1:1f2e3d; Kustomization flux-system/new: not reconciled yet; HelmRelease immich/immich: install retries exhausted",
+      "Kustomization flux-system/immich: dependency 'flux-system/external-secrets-config' is not ready; Kustomization flux-system/jellyfin: still at main@sha1:old, not main@sha1:1f2e3d4c5b6a79881726354453627180918a7b6c; Kustomization flux-system/new: not reconciled yet; HelmRelease immich/immich: install retries exhausted",
     )
     expect(describeNotReady(st.notReady, 2)).toMatch(/; and 2 more$/)
   })
@@ -373,10 +375,18 @@ const INV = () => `all:
         pi3-worker-1: { address: 127.0.0.53 }
 `
 
-/** A converged cluster; `lagging` Kustomizations are not Ready for the first `lag` reads. */
-function fakeServer(opts: { lag?: number } = {}): { conn: FakeConnection; annotated: string[] } {
+/**
+ * A converged cluster; `lagging` Kustomizations are not Ready for the first `lag` reads. Its GitRepository has
+ * `source` (default REV's commit) and GitHub's branch is at `head` (default the same; 'down': the look-up fails).
+ */
+function fakeServer(opts: { lag?: number; source?: string | null; head?: string } = {}): {
+  conn: FakeConnection
+  annotated: string[]
+  lookups: string[]
+} {
   let reads = 0
   const annotated: string[] = []
+  const lookups: string[] = []
   const kss = () => {
     reads++
     const late = reads <= (opts.lag ?? 0)
@@ -392,8 +402,34 @@ function fakeServer(opts: { lag?: number } = {}): { conn: FakeConnection; annota
     ]
   }
   const hrs = () => [hr('immich', 'immich', ready('Helm install succeeded', { observedGeneration: 1 }))]
+  const source = opts.source === undefined ? COMMIT : opts.source
+  const gitRepository = source
+    ? [
+        {
+          kind: 'GitRepository',
+          metadata: { name: 'flux-system', namespace: 'flux-system', generation: 1 },
+          spec: { url: 'ssh://git@github.com/mtgibbs/pi-cluster', ref: { branch: 'main' } },
+          status: ready('stored artifact', { observedGeneration: 1, artifact: { revision: `main@sha1:${source}` } }),
+        },
+      ]
+    : []
   const kube = (q: string) => {
-    // The role's own reads (several kinds at once, as kubectl lists them) and its polls (one kind).
+    // The role's one read (every kind at once, as kubectl lists them) and its polls (one kind).
+    if (q === `${CLUSTER_KINDS.join(',')} -A`)
+      return list([
+        ...gitRepository,
+        ...kss(),
+        ...hrs(),
+        { kind: 'ClusterSecretStore', metadata: { name: 'onepassword' }, status: ready('store validated') },
+        {
+          kind: 'ExternalSecret',
+          metadata: { name: 'pihole-secret', namespace: 'pihole' },
+          status: ready('Secret was synced'),
+        },
+        ...NODES,
+        pod('pihole', 'pihole-1', { app: 'pihole' }, 'pi-k3s'),
+        deploy('pihole', 'pihole', { nodeSelector: { 'kubernetes.io/hostname': 'pi-k3s' } }),
+      ])
     if (q === 'kustomizations.kustomize.toolkit.fluxcd.io,helmreleases.helm.toolkit.fluxcd.io -A')
       return list([...kss(), ...hrs()])
     if (q === 'kustomizations.kustomize.toolkit.fluxcd.io -A') return list(kss())
@@ -420,6 +456,14 @@ function fakeServer(opts: { lag?: number } = {}): { conn: FakeConnection; annota
     if (batch) return batch
     const single = answerKubeFact(script, kube)
     if (single) return single
+    if (script.startsWith('curl ')) {
+      lookups.push(script)
+      if (opts.head === 'down') return { code: 7, stderr: 'curl: (7) Failed to connect to github.com port 443\n' }
+      const pkt = (t: string) => (t.length + 4).toString(16).padStart(4, '0') + t
+      return {
+        stdout: `${pkt('# service=git-upload-pack\n')}0000${pkt(`${opts.head ?? COMMIT} refs/heads/main\n`)}0000`,
+      }
+    }
     if (script.includes('reconcile source git flux-system'))
       return { stderr: `► annotating GitRepository flux-system in flux-system namespace\n✔ fetched revision ${REV}\n` }
     if (script.includes('reconcile kustomization flux-system')) return { stderr: `✔ applied revision ${REV}\n` }
@@ -429,36 +473,93 @@ function fakeServer(opts: { lag?: number } = {}): { conn: FakeConnection; annota
     }
     return undefined
   })
-  return { conn, annotated }
+  return { conn, annotated, lookups }
 }
 
-function runApps(conn: FakeConnection, inventory = INV()) {
+function runApps(conn: FakeConnection, inventory = INV(), extraVars: Record<string, string> = {}) {
   const rep = new RecordingReporter(1)
   const run = runPlaybook(
     { name: 'apps', plays: [{ name: 'Check the apps', hosts: 'server', roles: [apps] }] },
     {
       inventory: parseInventory(inventory, '/tmp/inv.yaml'),
       reporter: rep,
-      secrets: new MemorySecrets(),
+      secrets: new MemorySecrets({ 'op://pi-cluster/flux-github-pat/token': 'ghp_fake' }),
       connect: () => conn,
+      extraVars,
     },
   )
   return { rep, run }
 }
 
 describe('the apps role', () => {
-  it('nothing new from git and all Ready at that revision: no forced reconcile, no wait (the no-op rerun stays fast)', async () => {
+  it('nothing new from git and all Ready at that revision: no reconcile, no wait, one cluster read (the no-op rerun stays fast)', async () => {
     jellyfin = { status: 200, body: 'Healthy' }
-    const { conn, annotated } = fakeServer({ lag: 0 })
-    const { rep, run } = runApps(conn)
+    const { conn, annotated, lookups } = fakeServer({ lag: 0 })
+    const { rep, run } = runApps(conn, INV(), { github_token_ref: 'op://pi-cluster/flux-github-pat/token' })
     const s = await run
     expect(s.exitCode, rep.lines.join('\n')).toBe(0)
     expect(annotated).toEqual([])
-    expect(conn.scripts.some((x) => x.script.includes('reconcile kustomization'))).toBe(false)
+    expect(conn.scripts.some((x) => x.script.includes('flux --kubeconfig'))).toBe(false)
+    expect(lookups).toEqual([
+      "curl -sS --fail --connect-timeout 3 --max-time 8 --config - --url 'https://github.com/mtgibbs/pi-cluster.git/info/refs?service=git-upload-pack'",
+    ])
+    // The token went on stdin, as a header for curl; the look-up ran as the login user.
+    const lookup = conn.scripts.find((x) => x.script.startsWith('curl '))
+    expect(lookup?.stdin).toBe(
+      `header = "Authorization: Basic ${Buffer.from('x-access-token:ghp_fake').toString('base64')}"\n`,
+    )
+    expect(rep.lines).toContain(
+      `ok: [pi-k3s] apps | Reconcile the GitOps source (Flux has ${REV}, the head of main: nothing to fetch)`,
+    )
     expect(rep.lines).toContainEqual(
       expect.stringMatching(
-        /^ok: \[pi-k3s\] apps \| Reconcile the Kustomizations \(all 4 Ready at main@sha1:1f2e3d: nothing new to apply\)$/,
+        /^ok: \[pi-k3s\] apps \| Reconcile the Kustomizations \(all 4 Ready at main@sha1:1f2e3d4c5b6a79881726354453627180918a7b6c: nothing new to apply\)$/,
       ),
+    )
+    const kubectls = conn.scripts.filter((x) => x.script.includes('k3s kubectl'))
+    expect(kubectls).toHaveLength(1) // the role's one read, batched with its other facts
+    const stats = rep.events.find((e) => e.kind === 'recap')
+    expect(stats?.kind === 'recap' && stats.stats?.hosts['pi-k3s'].roles.apps).toEqual({
+      roundTrips: 2,
+      kubectl: 1,
+      flux: 0,
+    })
+  })
+
+  it('a push since Flux last fetched: the source is reconciled, saying why', async () => {
+    jellyfin = { status: 200, body: 'Healthy' }
+    const { conn, lookups } = fakeServer({ head: 'a'.repeat(40) })
+    const { rep, run } = runApps(conn)
+    expect((await run).exitCode, rep.lines.join('\n')).toBe(0)
+    expect(lookups).toHaveLength(1)
+    expect(conn.scripts.filter((x) => x.script.includes('reconcile source git flux-system'))).toHaveLength(1)
+    expect(rep.lines).toContain(
+      `ok: [pi-k3s] apps | Reconcile the GitOps source (fetched ${REV} (main is at aaaaaaaaaaaa, Flux has 1f2e3d4c5b6a))`,
+    )
+  })
+
+  it('-e flux_reconcile=always reconciles without a look-up; a look-up that fails reconciles too, saying why', async () => {
+    jellyfin = { status: 200, body: 'Healthy' }
+    const always = fakeServer()
+    const a = runApps(always.conn, INV(), { flux_reconcile: 'always' })
+    expect((await a.run).exitCode, a.rep.lines.join('\n')).toBe(0)
+    expect(always.lookups).toEqual([])
+    expect(a.rep.lines).toContain(
+      `ok: [pi-k3s] apps | Reconcile the GitOps source (fetched ${REV} (flux_reconcile is "always"))`,
+    )
+    const down = fakeServer({ head: 'down' })
+    const d = runApps(down.conn)
+    expect((await d.run).exitCode, d.rep.lines.join('\n')).toBe(0)
+    expect(d.rep.lines).toContain(
+      `ok: [pi-k3s] apps | Reconcile the GitOps source (fetched ${REV} (cannot look up the head of main: curl: (7) Failed to connect to github.com port 443))`,
+    )
+    // No GitRepository (Flux without its source): nothing to look up, reconcile as always (it fails there).
+    const none = fakeServer({ source: null })
+    const n = runApps(none.conn)
+    await n.run
+    expect(none.lookups).toEqual([])
+    expect(n.rep.lines).toContain(
+      `ok: [pi-k3s] apps | Reconcile the GitOps source (fetched ${REV} (no GitRepository flux-system read))`,
     )
   })
 
@@ -475,7 +576,7 @@ describe('the apps role', () => {
     )
     expect(lines).toContainEqual(
       expect.stringMatching(
-        /^ok: \[pi-k3s\] apps \| Wait until every Kustomization and HelmRelease is Ready \(4\/4 Ready at main@sha1:1f2e3d after [\d.]+s\)$/,
+        /^ok: \[pi-k3s\] apps \| Wait until every Kustomization and HelmRelease is Ready \(4\/4 Ready at main@sha1:1f2e3d4c5b6a79881726354453627180918a7b6c after [\d.]+s\)$/,
       ),
     )
     expect(lines).toContain(
@@ -555,7 +656,7 @@ describe('the apps role', () => {
   it('bad app_checks or placement are inventory errors before any host is touched; DNS servers resolve to inventory addresses', () => {
     const pb = { name: 'apps', plays: [{ name: 'Check the apps', hosts: 'server', roles: [apps] }] }
     const inv = parseInventory(INV(), '/tmp/inv.yaml')
-    expect(requiredSecrets(pb, inv, undefined, {})).toEqual([])
+    expect(requiredSecrets(pb, inv, undefined, {})).toEqual([]) // no Pi-hole checks, no github_token_ref
     const err = (extra: Record<string, unknown>): ProvisionError => {
       try {
         requiredSecrets(pb, inv, undefined, extra)
@@ -589,7 +690,11 @@ describe('secrets the apps role needs', () => {
     const pb = { name: 'apps', plays: [{ name: 'Check the apps', hosts: 'server', roles: [apps] }] }
     for (const f of ['inventory/hosts.yaml', 'inventory/lab.yaml']) {
       const inv = parseInventory(readFileSync(join(import.meta.dirname, '../..', f), 'utf8'), f)
-      expect(requiredSecrets(pb, inv, undefined, {}), f).toEqual(['op://pi-cluster/pihole/password'])
+      // and the GitHub token, for the look-up of the branch head
+      expect(requiredSecrets(pb, inv, undefined, {}), f).toEqual([
+        'op://pi-cluster/pihole/password',
+        'op://pi-cluster/flux-github-pat/token',
+      ])
     }
   })
 })

@@ -16,8 +16,8 @@ import {
   bootstrapCommand,
   bootstrapDecision,
   bootstrapScript,
+  clusterFact,
   esoSecretDigest,
-  esoSecretFact,
   esoSecretManifest,
   fluxArch,
   fluxBootstrap,
@@ -28,12 +28,13 @@ import {
   normRepoUrl,
   parseFluxVersion,
   archFact,
+  secretState,
   type BootstrapWant,
   type FluxState,
 } from '../../roles/flux-bootstrap.ts'
-import { kubeFact, kubeObjects, parseKubeJson, type KubeObject } from '../../lib/kube.ts'
+import { clusterCalls, kubeFact, kubeObjects, parseKubeJson, type KubeObject } from '../../lib/kube.ts'
 import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'
-import { answerKubeFact, list, NONE, notReady, one, ready } from './fakecluster.ts'
+import { answerKubeFact, answerNamedFact, NONE, notReady, one, ready } from './fakecluster.ts'
 
 const ESO_TOKEN = 'ops_eyJzaWduSW5BZGRyZXNzIjoibXkuMXBhc3N3b3JkLmNvbSJ9x'
 const PAT = 'ghp_0123456789abcdefghijABCDEFGHIJ012345'
@@ -224,29 +225,50 @@ describe('the scripts, run for real under sh', () => {
       env: { PATH: `${dir}:${process.env.PATH ?? ''}`, ...env },
     })
 
-  it('the Secret read answers absent or a salted digest, never the value; the controller compares digests', () => {
+  it('the one cluster read: the objects it names, the Secret as a salted digest (never the value), and without Flux CRDs the rest', () => {
+    // A fake k3s kubectl answering `get -f -` as the real one does with that jsonpath: one JSON line per object
+    // found, the Secret as "@@secret name=<base64>"; with Flux's kinds unknown it reads nothing and says why.
     tool(
       'k3s',
-      'if [ -n "$FAKE_FAIL" ]; then echo "The connection to the server 127.0.0.1:6443 was refused" >&2; exit 1; fi\n[ -n "$FAKE_VALUE" ] && printf "onepassword-service-account=%s" "$FAKE_VALUE"; exit 0',
+      [
+        'list=$(cat)',
+        'if [ -n "$FAKE_FAIL" ]; then echo "The connection to the server 127.0.0.1:6443 was refused" >&2; exit 1; fi',
+        'case $list in *GitRepository*) if [ -n "$FAKE_NO_CRD" ]; then',
+        '  echo \'error: unable to recognize "STDIN": no matches for kind "GitRepository" in version "source.toolkit.fluxcd.io/v1"\' >&2; exit 1',
+        'fi; [ -n "$FAKE_NO_CRD" ] || printf \'{"kind":"GitRepository","metadata":{"name":"flux-system","namespace":"flux-system"}}\\n\' ;; esac',
+        'printf \'{"kind":"Namespace","metadata":{"name":"external-secrets"}}\\n\'',
+        '[ -n "$FAKE_VALUE" ] && printf "@@secret onepassword-service-account=%s\\n" "$FAKE_VALUE"',
+        'exit 0',
+      ].join('\n'),
     )
     const b64 = Buffer.from(ESO_TOKEN).toString('base64')
-    const fact = esoSecretFact('5a17')
+    const fact = clusterFact('5a17')
     const read = (env: Record<string, string>) => {
       const r = sh(fact.script, '', env)
       expect(r.stdout).not.toContain(b64)
       return fact.parse({ code: r.status ?? 255, stdout: r.stdout, stderr: r.stderr })
     }
-    expect(read({ FAKE_VALUE: b64 })).toEqual({ state: 'present', digest: esoSecretDigest('5a17', b64) })
+    const found = read({ FAKE_VALUE: b64 })
+    expect(found.objects.map((o) => `${o.kind}/${o.metadata.name}`)).toEqual([
+      'GitRepository/flux-system',
+      'Namespace/external-secrets',
+    ])
+    expect(secretState(found)).toEqual({ state: 'present', digest: esoSecretDigest('5a17', b64) })
     expect(esoSecretDigest('5a17', b64)).not.toBe(esoSecretDigest('5a18', b64)) // another run, another digest
-    const other = read({ FAKE_VALUE: 'b3RoZXI=' })
+    const other = secretState(read({ FAKE_VALUE: 'b3RoZXI=' }))
     expect(other.state === 'present' && other.digest !== esoSecretDigest('5a17', b64)).toBe(true)
-    expect(read({})).toEqual({ state: 'absent' })
-    expect(read({ FAKE_FAIL: '1' })).toEqual({
+    expect(secretState(read({}))).toEqual({ state: 'absent' })
+    // No Flux yet: the kinds every cluster has are read again on their own.
+    const before = read({ FAKE_NO_CRD: '1', FAKE_VALUE: b64 })
+    expect(before.objects.map((o) => o.kind)).toEqual(['Namespace'])
+    expect(secretState(before)).toEqual({ state: 'present', digest: esoSecretDigest('5a17', b64) })
+    expect(secretState(read({ FAKE_FAIL: '1' }))).toEqual({
       state: 'error',
       error:
-        'cannot read Secret external-secrets/onepassword-service-account: The connection to the server 127.0.0.1:6443 was refused',
+        'cannot read Secret external-secrets/onepassword-service-account: kubectl get -f - (Namespace flux-system, Namespace external-secrets, GitRepository flux-system/flux-system, Kustomization flux-system/flux-system, Deployment flux-system/source-controller, Deployment flux-system/kustomize-controller, Deployment flux-system/helm-controller, Deployment flux-system/notification-controller, Secret external-secrets/onepassword-service-account) failed (exit 1): The connection to the server 127.0.0.1:6443 was refused',
     })
     expect(fact.script).not.toContain(b64)
+    expect(clusterCalls(fact.script)).toEqual({ kubectl: 1, flux: 0 })
     expect(JSON.parse(esoSecretManifest(b64))).toEqual({
       apiVersion: 'v1',
       kind: 'Secret',
@@ -357,30 +379,25 @@ interface ServerState {
 }
 
 function fakeServer(state: ServerState): FakeConnection {
+  // What the cluster holds of what the role reads (its one read names the objects; the Secret is in secretB64).
+  const cluster = () => {
+    const s = bootstrapped()
+    return [
+      ...(state.esoNamespace ? [{ kind: 'Namespace', metadata: { name: 'external-secrets' } }] : []),
+      ...(state.bootstrapped ? [s.namespace, s.gitRepository, s.kustomization, ...s.controllers] : []),
+    ]
+  }
   const kube = (q: string) => {
     if (!state.k3s) return { code: 127, stderr: 'sh: 1: k3s: not found' }
     const s = bootstrapped()
-    if (q === 'namespaces')
-      return list([
-        ...(state.esoNamespace ? [{ kind: 'Namespace', metadata: { name: 'external-secrets' } }] : []),
-        ...(state.bootstrapped ? [s.namespace] : []),
-      ])
-    if (q.startsWith('gitrepositories')) {
-      if (!state.bootstrapped)
-        return { code: 1, stderr: 'error: the server doesn\'t have a resource type "gitrepositories"' }
-      return list([s.gitRepository, s.kustomization, ...s.controllers])
-    }
     if (q.startsWith('kustomizations')) return state.bootstrapped ? one(s.kustomization) : NONE
     return NONE
   }
   const factAnswer = (script: string): { stdout: string; code?: number } => {
     if (script === fluxCliFact.script) return { stdout: state.flux ? `flux version ${state.flux}\n` : 'none\n' }
     if (script === archFact.script) return { stdout: 'arm64\n' }
-    const salt = /printf '%s' ([0-9a-f]+)"\$have"/.exec(script)
-    if (salt) {
-      if (!state.k3s) return { code: 1, stdout: 'sh: 1: k3s: not found\n' }
-      return { stdout: state.secretB64 === undefined ? 'absent\n' : `${esoSecretDigest(salt[1], state.secretB64)}\n` }
-    }
+    const named = answerNamedFact(script, state.k3s ? cluster() : undefined, state.secretB64)
+    if (named) return named
     return answerKubeFact(script, kube) ?? { stdout: '' }
   }
   return new FakeConnection('pi-k3s', (script: string, opts: RunOptions) => {
@@ -555,6 +572,6 @@ describe('the flux-bootstrap role', () => {
       const inv = parseInventory(readFileSync(join(import.meta.dirname, '../..', f), 'utf8'), f)
       expect(requiredSecrets(pb, inv, undefined, {}), f).toContain('op://pi-cluster/flux-github-pat/token')
     }
-    expect(execFileSync('sh', ['-n', '-c', esoSecretFact('ab').script]).toString()).toBe('')
+    expect(execFileSync('sh', ['-n', '-c', clusterFact('ab').script]).toString()).toBe('')
   })
 })

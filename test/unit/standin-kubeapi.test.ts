@@ -18,6 +18,8 @@ import {
   KUBECTL,
   kubeFact,
   kubectl,
+  kubeFactKinds,
+  kubeFactNamed,
   kubeGet,
   kubeObjects,
   type KubeObject,
@@ -28,13 +30,12 @@ import { rewriteKubeconfig } from '../../roles/k3s-server.ts'
 import { DRAINED_MARK } from '../../roles/os-update.ts'
 import { drainNode, podsToEvict } from '../../lib/scheduling.ts'
 import {
+  clusterFact as fluxBootstrapRead,
   esoSecretDigest,
-  esoSecretFact,
   esoSecretManifest,
-  fluxSystemFact,
-  namespacesFact,
+  secretState,
 } from '../../roles/flux-bootstrap.ts'
-import { esoObjectsFact, fluxObjectsFact, placementObjectsFact } from '../../roles/apps.ts'
+import { clusterFact as appsRead } from '../../roles/apps.ts'
 import { quote } from '../../lib/shell.ts'
 
 const K3S = resolve(import.meta.dirname, '../standins/k3s/k3s-standin.py')
@@ -243,9 +244,7 @@ describe.skipIf(!existsSync(REAL_KUBECTL))(
     //
     // | role (file)                | product line (builder)                                                                |
     // |----------------------------|----------------------------------------------------------------------------------------|
-    // | flux-bootstrap             | namespacesFact: get namespaces -o json                                                 |
-    // | flux-bootstrap             | fluxSystemFact: get GITREPO,KS,deployments.apps -n flux-system -o json                 |
-    // | flux-bootstrap             | esoSecretFact: -n external-secrets get secret ... --ignore-not-found -o jsonpath=...   |
+    // | flux-bootstrap             | clusterFact: get -f - (named objects) --ignore-not-found -o jsonpath=... (Secret digest)|
     // | flux-bootstrap             | KUBECTL create namespace external-secrets                                              |
     // | flux-bootstrap             | KUBECTL apply --server-side --field-manager=pi-provision --force-conflicts -f -        |
     // | k3s-server, k3s-common     | kubectl('get node -o json', name) -> parseNode                                         |
@@ -253,24 +252,24 @@ describe.skipIf(!existsSync(REAL_KUBECTL))(
     // | os-update                  | kubeGet('nodes,pods -A'); kubectl('annotate --overwrite node', name, MARK=update)      |
     // | os-update, k3s-retire      | drainNode: kubectl('drain --ignore-daemonsets --delete-emptydir-data --timeout=Ns', n) |
     // | os-update                  | kubectl('uncordon', name) && kubectl('annotate node', name, MARK-)                     |
-    // | apps                       | fluxObjectsFact, esoObjectsFact, placementObjectsFact (several types, -A, -o json)     |
+    // | apps                       | clusterFact: kubeFactKinds(every kind the role reads, -A, -o json)                     |
     // | apps                       | kubectl('annotate --overwrite -n NS', KS/name, requestedAt=STAMP); kubeGet(KS -A) ...  |
     // | flux-bootstrap             | kubeGet(KS flux-system -n flux-system --ignore-not-found)                              |
     // | k3s-agent, k3s-retire      | kubectl('delete node', name)                                                           |
     // ------------------------------------------------------------------------------------------------------------
 
-    it('flux-bootstrap: the cluster reads before Flux (namespaces; flux-system objects none yet; the ESO Secret absent)', async () => {
-      const namespaces = readOk(await fact(namespacesFact)).map((n) => n.metadata.name)
-      expect(namespaces).toEqual(expect.arrayContaining(['default', 'kube-system', 'kube-public', 'kube-node-lease']))
-      expect(namespaces).not.toContain('external-secrets')
-      expect(readOk(await fact(fluxSystemFact))).toEqual([])
-      expect(await fact(esoSecretFact(SALT))).toEqual({ state: 'absent' })
+    it('flux-bootstrap: the cluster read before Flux (none of its objects; the ESO Secret absent)', async () => {
+      const before = await fact(fluxBootstrapRead(SALT))
+      expect(readOk(before)).toEqual([])
+      expect(secretState(before)).toEqual({ state: 'absent' })
     })
 
     it('flux-bootstrap: create namespace, then the ESO Secret by server-side apply (created, then changed), read back as a digest', async () => {
       const created = await sh(`${KUBECTL} create namespace external-secrets`)
       expect(created).toMatchObject({ code: 0, stdout: 'namespace/external-secrets created\n' })
-      expect(readOk(await fact(namespacesFact)).map((n) => n.metadata.name)).toContain('external-secrets')
+      expect(readOk(await fact(fluxBootstrapRead(SALT))).map((n) => `${n.kind}/${n.metadata.name}`)).toEqual([
+        'Namespace/external-secrets',
+      ])
       const again = await sh(`${KUBECTL} create namespace external-secrets`)
       expect(again.code).toBe(1)
       expect(again.stderr).toBe('Error from server (AlreadyExists): namespaces "external-secrets" already exists\n')
@@ -280,13 +279,36 @@ describe.skipIf(!existsSync(REAL_KUBECTL))(
         const b64 = Buffer.from(value).toString('base64')
         const r = await sh(ssa, esoSecretManifest(b64))
         expect(r, r.stderr).toMatchObject({ code: 0, stderr: '' })
-        expect(await fact(esoSecretFact(SALT))).toEqual({ state: 'present', digest: esoSecretDigest(SALT, b64) })
+        const read = await sh(fluxBootstrapRead(SALT).script)
+        expect(read.stdout).not.toContain(b64)
+        expect(secretState(fluxBootstrapRead(SALT).parse(read))).toEqual({
+          state: 'present',
+          digest: esoSecretDigest(SALT, b64),
+        })
       }
       const shown = await sh(
         `${KUBECTL} apply --server-side --field-manager=pi-provision --force-conflicts -f -`,
         esoSecretManifest('eA=='),
       )
       expect(shown.stdout).toBe('secret/onepassword-service-account serverside-applied\n')
+    })
+
+    it('one kubectl for several kinds: a kind the cluster does not have makes each kind be asked alone', async () => {
+      const kinds = kubeFactKinds('conformance', ['nodes', 'nosuchthings', 'namespaces'], '-A')
+      const r = await sh(kinds.script)
+      expect(r.stdout).toContain('doesn\'t have a resource type "nosuchthings"') // said, and not an error
+      const objects = readOk(kinds.parse(r))
+      expect(new Set(objects.map((o) => o.kind))).toEqual(new Set(['Node', 'Namespace']))
+      const named = kubeFactNamed(
+        'conformance',
+        [
+          { apiVersion: 'v1', kind: 'Namespace', name: 'kube-system' },
+          { apiVersion: 'nothing.example.org/v1', kind: 'Nothing', name: 'x', namespace: 'default' },
+          { apiVersion: 'v1', kind: 'Namespace', name: 'not-there' },
+        ],
+        { key: 'token', salt: SALT },
+      )
+      expect(readOk(await fact(named)).map((o) => o.metadata.name)).toEqual(['kube-system'])
     })
 
     it('k3s-server / k3s-common: get node -o json -- NAME, read by parseNode (and a missing Node is "no node")', async () => {
@@ -389,16 +411,17 @@ describe.skipIf(!existsSync(REAL_KUBECTL))(
         metadata: { name: 'onepassword' },
         spec: { provider: { onepasswordSDK: { vault: 'pi-cluster' } } },
       })
-      const flux = readOk(await fact(fluxObjectsFact))
-      expect(flux.map((o) => `${o.kind} ${o.metadata.namespace}/${o.metadata.name}`).sort()).toEqual([
-        'HelmRelease default/immich',
-        'Kustomization flux-system/apps',
-      ])
-      expect(kubeObjects(await fact(esoObjectsFact), 'ClusterSecretStore').map((o) => o.metadata.name)).toEqual([
-        'onepassword',
-      ])
-      const placement = readOk(await fact(placementObjectsFact))
-      expect(new Set(placement.map((o) => o.kind))).toEqual(new Set(['Node', 'Pod', 'Deployment', 'DaemonSet']))
+      const all = await fact(appsRead)
+      expect(
+        kubeObjects(all)
+          .filter((o) => o.kind === 'Kustomization' || o.kind === 'HelmRelease')
+          .map((o) => `${o.kind} ${o.metadata.namespace}/${o.metadata.name}`)
+          .sort(),
+      ).toEqual(['HelmRelease default/immich', 'Kustomization flux-system/apps'])
+      expect(kubeObjects(all, 'ClusterSecretStore').map((o) => o.metadata.name)).toEqual(['onepassword'])
+      expect(new Set(kubeObjects(all).map((o) => o.kind))).toEqual(
+        new Set(['Node', 'Pod', 'Deployment', 'DaemonSet', 'Kustomization', 'HelmRelease', 'ClusterSecretStore']),
+      )
       expect(await kubeGet(server_, `${KS},${HR} -A`)).toHaveLength(2)
     })
 
