@@ -402,6 +402,12 @@ export function configNeedsRestart(before: string | undefined, after: string): b
 }
 
 /**
+ * The Node as the Ready wait just before the labels step read it (nothing changed on the server in between): the
+ * labels step starts from it instead of starting kubectl again (one cluster read per role on a no-op run).
+ */
+export const NODE_SEEN = runKey<NodeView>('the Node as the Ready wait read it')
+
+/**
  * The inventory's labels and taints on this host's live Node, through the API on the server (no restart): added or
  * changed, and the ones the tool set before and the inventory dropped removed; labels and taints set by hand stay.
  */
@@ -423,7 +429,8 @@ export function nodeLabelsStep(): Step {
             `the Node ${name} still lacks ${missing.join(', ')} after kubectl label/taint`,
           )
       }
-      const node = await nodeOnServer(ctx)
+      const node = ctx.state.get(NODE_SEEN, ctx.host) ?? (await nodeOnServer(ctx))
+      ctx.state.delete(NODE_SEEN, ctx.host)
       // Not registered yet (a --check of a fresh Pi): k3s gives it config.yaml's labels then; this records them.
       if (!node.exists)
         return {

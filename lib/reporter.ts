@@ -2,7 +2,7 @@
 // JSON lines for machines (--json FILE), and a recording reporter for tests. Everything passes through mask().
 
 import { closeSync, constants, fchmodSync, openSync, writeSync } from 'node:fs'
-import ora, { type Ora } from 'ora'
+import type { Ora } from 'ora'
 import { mask } from './mask.ts'
 import type { StepStatus } from './role.ts'
 
@@ -235,17 +235,26 @@ function renderPlain(e: RunEvent, opts: ReporterOptions): string[] {
   }
 }
 
-/** A live spinner naming what each host is doing; finished steps that changed or failed stay on screen. */
+/**
+ * A live spinner naming what each host is doing; finished steps that changed or failed stay on screen. ora is
+ * loaded when the reporter is made, not with the tool's modules (a run without a terminal never needs it): the
+ * spinner appears once it is there, a few ms into the run, while the first connections are made.
+ */
 export class TtyReporter implements Reporter {
   private readonly opts: ReporterOptions
-  private readonly spinner: Ora
+  private spinner: Ora | undefined
+  private closed = false
   private readonly active = new Map<string, string>()
   private readonly out: NodeJS.WriteStream
   constructor(opts: ReporterOptions) {
     this.opts = opts
     this.out = opts.terminal ?? process.stdout
-    // Chosen only for a terminal outside CI (createReporter), so the spinner is always drawn.
-    this.spinner = ora({ stream: this.out, discardStdin: false, isEnabled: true })
+    void import('ora').then(({ default: ora }) => {
+      if (this.closed) return
+      // Chosen only for a terminal outside CI (createReporter), so the spinner is always drawn.
+      this.spinner = ora({ stream: this.out, discardStdin: false, isEnabled: true })
+      this.refresh()
+    })
   }
   emit(e: RunEvent): void {
     if (e.kind === 'step-start') {
@@ -260,28 +269,31 @@ export class TtyReporter implements Reporter {
       this.refresh()
       return
     }
-    if (e.kind === 'recap') this.spinner.stop()
+    if (e.kind === 'recap') this.spinner?.stop()
     const lines = renderPlain(e, this.opts)
     if (lines.length) this.persist(lines)
   }
   private persist(lines: string[]): void {
-    const wasSpinning = this.spinner.isSpinning
-    this.spinner.stop()
+    const wasSpinning = this.spinner?.isSpinning ?? false
+    this.spinner?.stop()
     for (const l of lines) this.out.write(mask(l) + '\n')
-    if (wasSpinning && this.active.size > 0) this.spinner.start()
+    if (wasSpinning && this.active.size > 0) this.spinner?.start()
   }
   private refresh(): void {
+    const spinner = this.spinner
+    if (!spinner) return
     if (this.active.size === 0) {
-      this.spinner.stop()
+      spinner.stop()
       return
     }
     // One line per host, cut to the terminal's width: a wrapped line would leave the redraw a line short.
     const width = Math.max(20, (this.out.columns ?? 80) - 4)
-    this.spinner.text = [...this.active].map(([h, s]) => cut(mask(`[${h}] ${s}`), width)).join('\n  ')
-    if (!this.spinner.isSpinning) this.spinner.start()
+    spinner.text = [...this.active].map(([h, s]) => cut(mask(`[${h}] ${s}`), width)).join('\n  ')
+    if (!spinner.isSpinning) spinner.start()
   }
   close(): void {
-    this.spinner.stop()
+    this.closed = true
+    this.spinner?.stop()
   }
 }
 

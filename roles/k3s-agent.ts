@@ -17,6 +17,7 @@ import {
   k3sInstallFact,
   NODE_PASSWORD,
   nodeLabelsStep,
+  NODE_SEEN,
   nodeName,
   nodeOnServer,
   renderK3sConfig,
@@ -47,7 +48,10 @@ async function awaitNode(
   for (;;) {
     const node = await nodeOnServer(ctx)
     const took = `${((Date.now() - started) / 1000).toFixed(1)}s`
-    if (node.exists && node.ready) return { ready: true, took, deadline }
+    if (node.exists && node.ready) {
+      ctx.state.set(NODE_SEEN, node, ctx.host) // the labels step next starts from it
+      return { ready: true, took, deadline }
+    }
     if (!node.exists && absentAfterMs !== undefined && Date.now() - started > absentAfterMs)
       return { ready: false, took, deadline }
     if (Date.now() > deadline) {

@@ -29,6 +29,7 @@ import {
   runInstaller,
   configNeedsRestart,
   nodeLabelsStep,
+  NODE_SEEN,
   checkClusterToken,
   versionChangeRefusal,
 } from '../lib/k3s.ts'
@@ -301,6 +302,7 @@ export const k3sServer: Role = {
           },
         )
         if (!node) return { status: 'failed', message: `node ${name} is not Ready` }
+        ctx.state.set(NODE_SEEN, node, ctx.host) // the labels step next starts from it
         return { status: 'ok', message: `Ready after ${seconds.toFixed(1)}s` }
       },
     },

@@ -5,10 +5,11 @@
 import { beforeEach, describe, expect, it } from 'vitest'
 import { defineFact } from '../../lib/facts.ts'
 import { parseInventory } from '../../lib/inventory.ts'
-import { clusterCalls, FLUX, KUBECTL, kubeFact, kubectl } from '../../lib/kube.ts'
+import { NODE_SEEN, nodeLabelsStep, parseNode } from '../../lib/k3s.ts'
+import { clusterCalls, FLUX, KUBECTL, kubeFact, kubectl, MANAGED_LABELS, MANAGED_TAINTS } from '../../lib/kube.ts'
 import { resetSecretsForTest } from '../../lib/mask.ts'
 import { formatStats, RecordingReporter, type RunStats } from '../../lib/reporter.ts'
-import type { Playbook } from '../../lib/role.ts'
+import type { Playbook, StepContext } from '../../lib/role.ts'
 import { runPlaybook, wallByKind } from '../../lib/runner.ts'
 import { FakeConnection, MemorySecrets } from './fakes.ts'
 
@@ -174,5 +175,70 @@ describe('the start-up line', () => {
     expect(formatStats({ ...stats, marks: { run: 200, recap: 300 } })[1]).toBe(
       'time: start-up 0.20s (node and zx ?, modules ?, inventory ?, secrets ?); run 0.10s (connecting 0.05, cluster calls 0.60, facts 0.30, commands 0.10, controller 0.15)',
     )
+  })
+})
+
+describe('the labels step starts from the Node the Ready wait just read', () => {
+  it('one get node per role on a rerun: the wait reads it, the labels step does not read it again', async () => {
+    const node = {
+      metadata: {
+        name: 's1',
+        labels: { hardware: 'pi5' },
+        annotations: { [MANAGED_LABELS]: '["hardware"]', [MANAGED_TAINTS]: '[]' },
+      },
+      spec: {},
+      status: { conditions: [{ type: 'Ready', status: 'True' }] },
+    }
+    const conn = new FakeConnection('s1', (script) =>
+      script.includes('get node -o json') ? { stdout: JSON.stringify(node) } : { stdout: '' },
+    )
+    const role = {
+      name: 'server-like',
+      steps: [
+        {
+          name: 'Wait for the node to be Ready',
+          plan: async (ctx: StepContext) => {
+            const r = await ctx.sh(kubectl('get node -o json', 's1'))
+            ctx.state.set(NODE_SEEN, parseNode(r.code, r.stdout, r.stderr), ctx.host)
+            return null
+          },
+        },
+        nodeLabelsStep(),
+      ],
+    }
+    const rep = new RecordingReporter(0)
+    const s = await runPlaybook(
+      { name: 'labels', plays: [{ name: 'server', hosts: 'server', roles: [role] }] },
+      {
+        inventory: parseInventory(INV, '/tmp/inv.yaml'),
+        reporter: rep,
+        secrets: new MemorySecrets(),
+        connect: () => conn,
+        extraVars: { node_labels: ['hardware=pi5'] },
+      },
+    )
+    expect(s.exitCode, rep.lines.join('\n')).toBe(0)
+    expect(rep.lines).toContain(
+      "ok: [s1] server-like | Give the Node the inventory's labels and taints (through the API: no restart)",
+    )
+    expect(conn.scripts.filter((x) => x.script.includes('get node -o json'))).toHaveLength(1)
+    // Without a Ready wait before it (a --check, or --tags), the step reads the Node itself.
+    const alone = new FakeConnection('s1', (script) =>
+      script.includes('get node -o json') ? { stdout: JSON.stringify(node) } : { stdout: '' },
+    )
+    await runPlaybook(
+      {
+        name: 'labels',
+        plays: [{ name: 'server', hosts: 'server', roles: [{ name: 'l', steps: [nodeLabelsStep()] }] }],
+      },
+      {
+        inventory: parseInventory(INV, '/tmp/inv.yaml'),
+        reporter: new RecordingReporter(0),
+        secrets: new MemorySecrets(),
+        connect: () => alone,
+        extraVars: { node_labels: ['hardware=pi5'] },
+      },
+    )
+    expect(alone.scripts.filter((x) => x.script.includes('get node -o json'))).toHaveLength(1)
   })
 })
