@@ -1,4 +1,4 @@
-#!/usr/bin/env -S sh -c 'r="$(dirname -- "$0")/.."; PATH="$r/node_modules/.bin:$PATH" exec zx "$0" "$@"'
+#!/usr/bin/env -S sh -c 'r="$(dirname -- "$0")/.."; NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE-${TMPDIR:-/tmp}/node-compile-cache}" exec "$r/node_modules/.bin/node" "$0" "$@"'
 // A k3s datastore snapshot on demand, before a risky change:
 //   ./playbooks/backup.mts [--keep N] [-i inventory] [--check] [other flags]
 // On the server: a SQLite online backup of state.db (integrity_check, kine table), gzip -9, and token/tls/cred,

@@ -1,4 +1,4 @@
-#!/usr/bin/env -S sh -c 'r="$(dirname -- "$0")/.."; PATH="$r/node_modules/.bin:$PATH" exec zx "$0" "$@"'
+#!/usr/bin/env -S sh -c 'r="$(dirname -- "$0")/.."; NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE-${TMPDIR:-/tmp}/node-compile-cache}" exec "$r/node_modules/.bin/node" "$0" "$@"'
 // Only the preparation of the Pis (cgroups, swap, packages, modules, sysctls, reboot where needed).
 import '../lib/compile-cache.ts' // first: the imports below then load from Node's compile cache
 const { main } = await import('../lib/cli.ts')

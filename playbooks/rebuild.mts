@@ -1,4 +1,4 @@
-#!/usr/bin/env -S sh -c 'r="$(dirname -- "$0")/.."; PATH="$r/node_modules/.bin:$PATH" exec zx "$0" "$@"'
+#!/usr/bin/env -S sh -c 'r="$(dirname -- "$0")/.."; NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE-${TMPDIR:-/tmp}/node-compile-cache}" exec "$r/node_modules/.bin/node" "$0" "$@"'
 // Rebuild one node after its SD card died and was reflashed:
 //   npx zx playbooks/rebuild.mts HOST [-i inventory] [other site flags]
 // The host's old key is dropped from known_hosts and its new key recorded (and shown) on first contact;

@@ -1,4 +1,4 @@
-#!/usr/bin/env -S sh -c 'r="$(dirname -- "$0")/.."; PATH="$r/node_modules/.bin:$PATH" exec zx "$0" "$@"'
+#!/usr/bin/env -S sh -c 'r="$(dirname -- "$0")/.."; NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE-${TMPDIR:-/tmp}/node-compile-cache}" exec "$r/node_modules/.bin/node" "$0" "$@"'
 // Take an agent out of the cluster for good (a Pi retired, or replaced by another):
 //   npx zx playbooks/retire.mts NODE [-i inventory] [--check] [other flags]
 // On the server: cordon NODE and drain its pods (skipped when it is NotReady: a dead Pi cannot confirm an

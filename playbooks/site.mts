@@ -1,4 +1,4 @@
-#!/usr/bin/env -S sh -c 'r="$(dirname -- "$0")/.."; PATH="$r/node_modules/.bin:$PATH" exec zx "$0" "$@"'
+#!/usr/bin/env -S sh -c 'r="$(dirname -- "$0")/.."; NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE-${TMPDIR:-/tmp}/node-compile-cache}" exec "$r/node_modules/.bin/node" "$0" "$@"'
 // The whole cluster, in the order the owner used to do it by hand:
 // prepare every Pi, install the server, then join the agents (concurrently, within --forks),
 // then Flux on the server (ESO's 1Password secret first) and the apps it reconciles, checked from here;

@@ -1,4 +1,4 @@
-#!/usr/bin/env -S sh -c 'r="$(dirname -- "$0")/.."; PATH="$r/node_modules/.bin:$PATH" exec zx "$0" "$@"'
+#!/usr/bin/env -S sh -c 'r="$(dirname -- "$0")/.."; NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE-${TMPDIR:-/tmp}/node-compile-cache}" exec "$r/node_modules/.bin/node" "$0" "$@"'
 // Keep the Pis patched without taking the cluster down: Debian/Pi OS updates one node at a time.
 //   npx zx playbooks/update.mts [-i inventory] [--check] [--limit HOST] [other flags]
 // Agents first, one by one (drained, updated, rebooted if an update asks for it, Ready again, uncordoned); a

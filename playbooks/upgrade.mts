@@ -1,4 +1,4 @@
-#!/usr/bin/env -S sh -c 'r="$(dirname -- "$0")/.."; PATH="$r/node_modules/.bin:$PATH" exec zx "$0" "$@"'
+#!/usr/bin/env -S sh -c 'r="$(dirname -- "$0")/.."; NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE-${TMPDIR:-/tmp}/node-compile-cache}" exec "$r/node_modules/.bin/node" "$0" "$@"'
 // Move the cluster to the inventory's k3s_version, the way the k3s docs do it:
 //   npx zx playbooks/upgrade.mts [-i inventory] [--check] [-e k3s_version=v1.35.0+k3s1] [other flags]
 // First a check that changes nothing (every node Ready, no minor version skipped, no agent newer than the server,
