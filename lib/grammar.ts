@@ -97,9 +97,11 @@ export function isTaint(s: string): boolean {
 }
 
 const SUBDOMAIN_TEXT =
-  'lowercase letters, digits, "-" and ".", each dot-separated part 1-63 characters starting and ending with a letter or digit, at most 253 in all'
+  'lowercase letters, digits, "-" and ".", ' +
+  'each dot-separated part 1-63 characters starting and ending with a letter or digit, at most 253 in all'
 const LABEL_KEY_TEXT =
-  'Kubernetes label grammar ([prefix/]name: name 1-63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit; prefix a DNS subdomain)'
+  'Kubernetes label grammar ([prefix/]name: name 1-63 letters, digits, "-", "_" or ".", ' +
+  'starting and ending with a letter or digit; prefix a DNS subdomain)'
 const LABEL_VALUE_TEXT = 'value empty or 1-63 of the same characters'
 
 export const DnsLabel = text(
@@ -127,7 +129,8 @@ export const NodeLabel = text(
 export const Taint = text(
   'node taint',
   isTaint,
-  `expected key[=value]:Effect with Effect one of ${TAINT_EFFECTS.join(', ')}, key in ${LABEL_KEY_TEXT}, ${LABEL_VALUE_TEXT}`,
+  `expected key[=value]:Effect with Effect one of ${TAINT_EFFECTS.join(', ')}, ` +
+    `key in ${LABEL_KEY_TEXT}, ${LABEL_VALUE_TEXT}`,
 )
 
 /** A workload in `placement`: name, namespace/name or namespace/*. */
@@ -236,7 +239,8 @@ export function isDebPackage(s: string): boolean {
 export const DebPackage = text(
   'package',
   isDebPackage,
-  'expected a Debian package name (2 or more of a-z, 0-9, "+", "-", ".", starting with a letter or digit), optionally =version (a digit first, then letters, digits and ".+~-:")',
+  'expected a Debian package name (2 or more of a-z, 0-9, "+", "-", ".", starting with a letter or digit), ' +
+    'optionally =version (a digit first, then letters, digits and ".+~-:")',
 )
 
 /** One kernel command-line flag: printable ASCII, no space, no quote, not starting with "-". */
@@ -245,7 +249,8 @@ export const isCmdlineFlag = (s: string): boolean => /^[\x21\x23-\x26\x28-\x7e]+
 export const CmdlineFlag = text(
   'kernel flag',
   isCmdlineFlag,
-  'expected one kernel flag like cgroup_enable=memory (printable, no spaces or quotes, not starting with "-"; one flag per list item)',
+  'expected one kernel flag like cgroup_enable=memory ' +
+    '(printable, no spaces or quotes, not starting with "-"; one flag per list item)',
 )
 
 /** What k3s --disable knows. */
@@ -305,7 +310,8 @@ export const K3sFlag = grammar(
         const name = typeof issue.input === 'string' ? (k3sFlagName(issue.input) ?? '') : ''
         const instead = K3S_OWNED_FLAGS[name] ?? ''
         return /^[a-z0-9_]+$/.test(instead)
-          ? `expected a flag the roles do not write themselves: "${name}" comes from the inventory variable ${instead}; set that instead`
+          ? 'expected a flag the roles do not write themselves: ' +
+              `"${name}" comes from the inventory variable ${instead}; set that instead`
           : `expected a flag the roles do not write themselves: "${name}" is set from ${instead}`
       },
     ),
@@ -347,17 +353,20 @@ export const GitHubOwner = text(
 export const GitHubRepo = text(
   'GitHub repository',
   isGitHubRepo,
-  'expected a GitHub repository name (letters, digits, ".", "_", "-", not starting with "-", without ".git", at most 100)',
+  'expected a GitHub repository name ' +
+    '(letters, digits, ".", "_", "-", not starting with "-", without ".git", at most 100)',
 )
 export const GitBranch = text(
   'branch',
   isGitBranch,
-  'expected a git branch name (no spaces, "..", "~^:?*[\\", "@{" or "//"; not starting with "-" or "/"; no part starting with "." or ending with ".lock")',
+  'expected a git branch name (no spaces, "..", "~^:?*[\\", "@{" or "//"; not starting with "-" or "/"; ' +
+    'no part starting with "." or ending with ".lock")',
 )
 export const RepoPath = text(
   'repository path',
   isRepoPath,
-  'expected a directory of the repository like clusters/pi-k3s (letters, digits, ".", "_", "-" between "/"; no ".." or leading "-")',
+  'expected a directory of the repository like clusters/pi-k3s ' +
+    '(letters, digits, ".", "_", "-" between "/"; no ".." or leading "-")',
 )
 
 // ---------------------------------------------------------------- URLs, paths, names
@@ -421,7 +430,8 @@ export const isBackupDir = (s: string): boolean =>
 export const BackupDir = text(
   'backup directory',
   isBackupDir,
-  'expected a local directory or user@host:/absolute/path (a login name, an address or host name, an absolute path of letters, digits and "._+,=@%~/-"; no spaces, no options)',
+  'expected a local directory or user@host:/absolute/path (a login name, an address or host name, ' +
+    'an absolute path of letters, digits and "._+,=@%~/-"; no spaces, no options)',
 )
 
 /** kubeconfig context name: letters, digits, "._-@:/", not starting with "-". */
@@ -445,7 +455,8 @@ export const isRestoreName = (s: string): boolean =>
 export const RestoreName = text(
   'backup',
   isRestoreName,
-  'expected "latest", "none" or a backup folder name in k3s_backup_dir (no "/", not starting with "." or "-"), or "latest-anyway" (the newest usable backup however old)',
+  'expected "latest", "none" or a backup folder name in k3s_backup_dir (no "/", not starting with "." or "-"), ' +
+    'or "latest-anyway" (the newest usable backup however old)',
 )
 
 // ---------------------------------------------------------------- secret references

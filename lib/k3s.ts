@@ -1,5 +1,5 @@
-// What the k3s roles share (the server, agent, retire and update roles): the cluster token, config.yaml, the installed version,
-// and running the install script the same way every time (the way k3s documents it).
+// What the k3s roles share (the server, agent, retire and update roles): the cluster token, config.yaml, the installed
+// version, and running the install script the same way every time (the way k3s documents it).
 
 import { randomBytes } from 'node:crypto'
 import { ProvisionError } from './errors.ts'
@@ -10,6 +10,7 @@ import type { Inventory } from './inventory.ts'
 import { hostVars, nodeNameFrom } from './inventory.ts'
 import { runKey, type HostHandle, type Step, type StepContext } from './role.ts'
 import { bounded, quote } from './shell.ts'
+import { counted } from './words.ts'
 import { kubectl, NO_K3S, parseTaint, planNodeMetadata, sameTaint, type Taint } from './kube.ts'
 import { parse as parseYaml } from 'yaml'
 
@@ -31,7 +32,8 @@ export const k3sInstallFact = defineFact(
     'if [ -x /usr/local/bin/k3s ]; then /usr/local/bin/k3s --version 2>/dev/null | head -n 1; else echo none; fi',
     '[ -f /etc/systemd/system/k3s.service ] && echo server-unit',
     '[ -f /etc/systemd/system/k3s-agent.service ] && echo agent-unit',
-    'if [ -f /etc/systemd/system/k3s-agent.service.env ]; then echo ENV; cat /etc/systemd/system/k3s-agent.service.env; fi',
+    'if [ -f /etc/systemd/system/k3s-agent.service.env ]; then ' +
+      'echo ENV; cat /etc/systemd/system/k3s-agent.service.env; fi',
     'true',
   ].join('\n'),
   (r) => parseK3sInstall(r.stdout),
@@ -67,7 +69,9 @@ export function renderK3sConfig(entries: Record<string, string | readonly string
   return out.join('\n') + '\n'
 }
 
-/** k3s_extra_args ("--flag=value" or "flag=value", repeatable) as config.yaml entries: a repeated flag becomes a list. */
+/**
+ * k3s_extra_args ("--flag=value" or "flag=value", repeatable) as config.yaml entries: a repeated flag becomes a list.
+ */
 export function extraConfig(args: readonly string[]): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {}
   for (const a of args) {
@@ -84,7 +88,10 @@ export function nodeName(ctx: Pick<StepContext, 'vars' | 'host'>): string {
   return nodeNameFrom(ctx.vars, ctx.host)
 }
 
-/** The server this cluster's agents join: the first host of group "server". Read from the inventory, so --limit needs nothing else. */
+/**
+ * The server this cluster's agents join: the first host of group "server". Read from the inventory, so --limit needs
+ * nothing else.
+ */
 export function serverOf(
   inv: Inventory,
   extra: Record<string, unknown> = {},
@@ -105,7 +112,10 @@ export const CLUSTER_TOKEN = runKey<string>('cluster token')
 /** On a host: the install script (re)started k3s in this run, so a queued restart is not needed. */
 const RESTARTED_BY_INSTALLER = runKey<boolean>('k3s restarted by the installer')
 
-/** A k3s token as k3s makes and accepts them (K10<hex>::server:<hex>, or a plain secret): nothing a shell or YAML reads specially. */
+/**
+ * A k3s token as k3s makes and accepts them (K10<hex>::server:<hex>, or a plain secret): nothing a shell or YAML reads
+ * specially.
+ */
 export function isClusterToken(s: string): boolean {
   return s.length >= 1 && s.length <= 512 && /^[A-Za-z0-9._~:+=/@%^,-]+$/.test(s) && !s.startsWith('-')
 }
@@ -113,10 +123,13 @@ export function isClusterToken(s: string): boolean {
 function notATokenError(ref: string, place: { host?: string }, kind: 'step' | 'secrets' = 'step'): ProvisionError {
   return new ProvisionError(
     kind,
-    `the cluster token at ${ref} is not a k3s token: expected 1-512 printable characters without spaces, quotes, "\\", "$" or "\`", not starting with "-"`,
+    `the cluster token at ${ref} is not a k3s token: ` +
+      'expected 1-512 printable characters without spaces, quotes, "\\", "$" or "`", not starting with "-"',
     {
       place,
-      hint: 'put the token k3s gave the cluster (server/token on the server, K10...::server:...) or the secret part of it at that reference',
+      hint:
+        'put the token k3s gave the cluster (server/token on the server, K10...::server:...) ' +
+        'or the secret part of it at that reference',
     },
   )
 }
@@ -139,7 +152,8 @@ export async function clusterToken(ctx: StepContext, create: boolean): Promise<{
   if (!ref)
     throw new ProvisionError(
       'step',
-      'k3s_token_ref is not set: the cluster token needs a place in the secrets store (e.g. op://pi-cluster/k3s-node-token/token)',
+      'k3s_token_ref is not set: ' +
+        'the cluster token needs a place in the secrets store (e.g. op://pi-cluster/k3s-node-token/token)',
       { place: { host: ctx.host } },
     )
   const cached = ctx.state.get(CLUSTER_TOKEN)
@@ -221,7 +235,8 @@ export async function runInstaller(ctx: StepContext, spec: InstallSpec): Promise
       what: `install k3s ${version} (${spec.kind}) with ${ctx.vars.k3s_install_url}`,
     }),
   )
-  // The install script (re)starts the service itself, unless it found nothing changed: then a queued restart is still owed.
+  // The install script (re)starts the service itself, unless it found nothing changed: then a queued restart is still
+  // owed.
   ctx.state.set(
     RESTARTED_BY_INSTALLER,
     !/No change detected so skipping service start/.test(r.stdout + r.stderr),
@@ -262,11 +277,16 @@ export function versionChangeRefusal(kind: 'server' | 'agent'): Step {
 const K3S_FAILURES: { text: RegExp; hint: string }[] = [
   {
     text: /bootstrap data already found and encrypted with different token/,
-    hint: 'the datastore in /var/lib/rancher/k3s/server was made with another cluster token than the one at k3s_token_ref: put that token back in the secrets store, or restore a backup taken with this one (playbooks/rebuild.mts), or remove the old datastore',
+    hint:
+      'the datastore in /var/lib/rancher/k3s/server was made with another cluster token ' +
+      'than the one at k3s_token_ref: put that token back in the secrets store, ' +
+      'or restore a backup taken with this one (playbooks/rebuild.mts), or remove the old datastore',
   },
   {
     text: /Node password rejected|duplicate hostname/,
-    hint: 'the server still has the Node of an earlier install of this host: delete it (kubectl delete node NAME) or run playbooks/rebuild.mts for this host',
+    hint:
+      'the server still has the Node of an earlier install of this host: ' +
+      'delete it (kubectl delete node NAME) or run playbooks/rebuild.mts for this host',
   },
 ]
 
@@ -282,7 +302,9 @@ export async function startingK3s<T>(ctx: Pick<StepContext, 'sh'>, unit: string,
     // Only the unit's latest start (its invocation), so an old failure is never shown for a new one.
     const log = await ctx
       .sh(
-        `id=$(systemctl show -p InvocationID --value ${unit}.service) && [ -n "$id" ] && journalctl _SYSTEMD_INVOCATION_ID="$id" --no-pager -o cat 2>/dev/null | grep -E 'level=(fatal|error)' | tail -n 3`,
+        `id=$(systemctl show -p InvocationID --value ${unit}.service) && [ -n "$id" ] && ` +
+          'journalctl _SYSTEMD_INVOCATION_ID="$id" --no-pager -o cat 2>/dev/null | ' +
+          "grep -E 'level=(fatal|error)' | tail -n 3",
       )
       .catch(() => undefined)
     const lines = (log?.stdout ?? '')
@@ -441,7 +463,7 @@ export function nodeLabelsStep(): Step {
       if (!todo)
         return {
           status: 'ok',
-          message: `${labels.length} label${labels.length === 1 ? '' : 's'}, ${taints.length} taint${taints.length === 1 ? '' : 's'} as in the inventory`,
+          message: `${counted(labels.length, 'label')}, ${counted(taints.length, 'taint')} as in the inventory`,
         }
       return { summary: todo.summary, apply: label }
     },

@@ -31,7 +31,8 @@ const OpAccount = g.defineGrammar(
     v.string('expected a string: a 1Password account name or ID'),
     v.check(
       (s: string) => s.length >= 1 && s.length <= 255 && !/[\x00-\x1f\x7f]/.test(s) && !/^[-\s]/.test(s),
-      'expected a 1Password account as the desktop app shows it (e.g. my.1password.com) or its ID: 1-255 printable characters, not starting with "-"',
+      'expected a 1Password account as the desktop app shows it (e.g. my.1password.com) or its ID: ' +
+        '1-255 printable characters, not starting with "-"',
     ),
   ),
 )
@@ -72,7 +73,9 @@ export const VAR_SPECS = {
   known_hosts_file: { type: 'path', doc: 'known_hosts used for strict host-key checking', grammar: g.FilePath },
   ssh_config_file: {
     type: 'path',
-    doc: "OpenSSH client config giving HostName, User, Port and IdentityFile below the inventory's own values (default ~/.ssh/config when it exists; none: not read)",
+    doc:
+      "OpenSSH client config giving HostName, User, Port and IdentityFile below the inventory's own values " +
+      '(default ~/.ssh/config when it exists; none: not read)',
     grammar: g.FilePath,
   },
   connect_timeout: { type: 'int', doc: 'seconds to wait for an SSH connection', grammar: g.Duration },
@@ -81,7 +84,9 @@ export const VAR_SPECS = {
   secrets_file: { type: 'path', doc: 'YAML secrets file (0600) for the file backend', grammar: g.FilePath },
   op_account: {
     type: 'string',
-    doc: '1Password account whose desktop app unlocks the secrets (name at the top left of the app, e.g. my.1password.com, or its ID); unset or none: OP_SERVICE_ACCOUNT_TOKEN',
+    doc:
+      '1Password account whose desktop app unlocks the secrets ' +
+      '(name at the top left of the app, e.g. my.1password.com, or its ID); unset or none: OP_SERVICE_ACCOUNT_TOKEN',
     grammar: OpAccount,
   },
   // hardware and OS
@@ -122,7 +127,9 @@ export const VAR_SPECS = {
   },
   k3s_start_timeout: {
     type: 'int',
-    doc: 'seconds the k3s install script, or a start or restart of k3s, may take (its units wait for ever for a k3s that never gets ready)',
+    doc:
+      'seconds the k3s install script, or a start or restart of k3s, may take ' +
+      '(its units wait for ever for a k3s that never gets ready)',
     grammar: g.Duration,
   },
   k3s_token_ref: {
@@ -140,7 +147,9 @@ export const VAR_SPECS = {
   k3s_tls_san: { type: 'list', doc: 'extra names/addresses in the API server certificate', grammar: g.Address },
   k3s_extra_args: {
     type: 'list',
-    doc: 'extra k3s flags (--flag=value), written to config.yaml so every run and restart uses them; not the ones the roles write from other variables',
+    doc:
+      'extra k3s flags (--flag=value), written to config.yaml so every run and restart uses them; ' +
+      'not the ones the roles write from other variables',
     grammar: g.K3sFlag,
   },
   k3s_kubeconfig_mode: { type: 'string', doc: 'mode of /etc/rancher/k3s/k3s.yaml on the server', grammar: g.FileMode },
@@ -152,17 +161,24 @@ export const VAR_SPECS = {
   node_taints: { type: 'list', doc: 'node taints (key=value:Effect), kept in config.yaml', grammar: g.Taint },
   k3s_backup_dir: {
     type: 'path',
-    doc: 'where the k3s datastore backups are: a directory the controller sees (the NAS share mounted) or user@host:/path on the NAS over SSH; {date}/k3s/state.db.gz and k3s-server-identity.tar.gz (or a plain .db and a .tar.gz)',
+    doc:
+      'where the k3s datastore backups are: a directory the controller sees (the NAS share mounted) ' +
+      'or user@host:/path on the NAS over SSH; ' +
+      '{date}/k3s/state.db.gz and k3s-server-identity.tar.gz (or a plain .db and a .tar.gz)',
     grammar: g.BackupDir,
   },
   k3s_restore: {
     type: 'string',
-    doc: 'rebuild only: restore the server datastore from the "latest" usable backup (no older than backup_max_age), "latest-anyway" (however old), a named {date} folder, or "none" (an empty datastore)',
+    doc:
+      'rebuild only: restore the server datastore from the "latest" usable backup (no older than backup_max_age), ' +
+      '"latest-anyway" (however old), a named {date} folder, or "none" (an empty datastore)',
     grammar: g.RestoreName,
   },
   backup_max_age: {
     type: 'string',
-    doc: 'how old the newest backup in k3s_backup_dir may be (36h, 2d, seconds): site warns past it (fails with --strict), a rebuild asks for k3s_restore=latest-anyway',
+    doc:
+      'how old the newest backup in k3s_backup_dir may be (36h, 2d, seconds): ' +
+      'site warns past it (fails with --strict), a rebuild asks for k3s_restore=latest-anyway',
     grammar: g.Age,
   },
   kubeconfig_path: {
@@ -179,7 +195,9 @@ export const VAR_SPECS = {
   },
   flux_url: {
     type: 'url',
-    doc: 'download URL of the flux CLI release tarball (.tar.gz) or binary; {version} and {arch} (dpkg arch: arm64, arm, amd64) are filled in',
+    doc:
+      'download URL of the flux CLI release tarball (.tar.gz) or binary; ' +
+      '{version} and {arch} (dpkg arch: arm64, arm, amd64) are filled in',
     grammar: g.FluxUrl,
   },
   flux_sha256: { type: 'string', doc: 'expected sha256 of the flux download (checked when set)', grammar: g.Sha256 },
@@ -195,12 +213,16 @@ export const VAR_SPECS = {
   github_token_ref: { type: 'secret-ref', doc: 'GitHub PAT for flux bootstrap', grammar: g.SecretRef, secret: true },
   github_url: {
     type: 'url',
-    doc: 'where GitHub serves repositories over https: the apps role reads the branch head there (GitHub Enterprise: its address)',
+    doc:
+      'where GitHub serves repositories over https: the apps role reads the branch head there ' +
+      '(GitHub Enterprise: its address)',
     grammar: g.HttpUrl,
   },
   flux_reconcile: {
     type: 'string',
-    doc: 'when the apps role asks Flux to fetch the GitOps source: "auto" (only when the branch head is not what Flux has) or "always"',
+    doc:
+      'when the apps role asks Flux to fetch the GitOps source: ' +
+      '"auto" (only when the branch head is not what Flux has) or "always"',
     choices: ['auto', 'always'],
   },
   eso_token_ref: {
@@ -216,7 +238,10 @@ export const VAR_SPECS = {
   },
   app_checks: {
     type: 'list',
-    doc: 'health checks run from the controller after GitOps converged: {app, url, expect?, expect_json?, expect_status?} or {app, dns, server?, port?, type?}, each with an optional timeout',
+    doc:
+      'health checks run from the controller after GitOps converged: ' +
+      '{app, url, expect?, expect_json?, expect_status?} or {app, dns, server?, port?, type?}, ' +
+      'each with an optional timeout',
   },
   app_check_timeout: {
     type: 'int',
@@ -294,7 +319,10 @@ export interface Vars {
   /** Entries are validated by the apps role (lib/probes.ts parseAppChecks) before any host is touched. */
   app_checks: unknown[]
   app_check_timeout: number
-  /** Keys (workloads) and values (node names) are checked by their grammars with the inventory; the apps role parses them (parsePlacement). */
+  /**
+   * Keys (workloads) and values (node names) are checked by their grammars with the inventory; the apps role parses
+   * them (parsePlacement).
+   */
   placement: Record<string, string>
 }
 
@@ -336,7 +364,10 @@ export function isVarName(key: string): key is VarName {
   return Object.hasOwn(VAR_SPECS, key)
 }
 
-/** Ansible's names for this tool's variables, accepted in the inventory and with -e (most k3s inventories were written for Ansible). */
+/**
+ * Ansible's names for this tool's variables, accepted in the inventory and with -e (most k3s inventories were written
+ * for Ansible).
+ */
 export const VAR_SYNONYMS = {
   ansible_host: 'address',
   ansible_user: 'ssh_user',
@@ -371,11 +402,16 @@ export function specOf(name: string, declared: DeclaredVars = {}): VarSpec | und
   return Object.hasOwn(declared, name) ? declared[name] : undefined
 }
 
-/** A role's declared variable: its spec, and for roles the value it has when nothing sets it, or that it must be set. */
+/**
+ * A role's declared variable: its spec, and for roles the value it has when nothing sets it, or that it must be set.
+ */
 export interface DeclaredVarSpec extends VarSpec {
   /** The value when neither the inventory nor -e sets one; checked by the spec like any other value. */
   default?: unknown
-  /** No default: the inventory or -e must set it for every host the role runs on (checked before any host is contacted). */
+  /**
+   * No default: the inventory or -e must set it for every host the role runs on (checked before any host is
+   * contacted).
+   */
   required?: boolean
 }
 
@@ -402,9 +438,10 @@ export function declaredVars(
     for (const [name, spec] of Object.entries(role.vars)) {
       const what = `role ${role.name} declares variable "${name}"`
       if (isVarName(name)) {
+        const example = `${role.name.replace(/\W+/g, '_')}_${name}`
         bad(
           `${what}, which is a built-in variable (${VAR_SPECS[name].doc})`,
-          `read the built-in one as ctx.vars.${name}, or give the role's own another name (e.g. ${role.name.replace(/\W+/g, '_')}_${name})`,
+          `read the built-in one as ctx.vars.${name}, or give the role's own another name (e.g. ${example})`,
         )
         continue
       }
@@ -423,10 +460,10 @@ export function declaredVars(
         bad(`${what} as required and with a default: a variable with a default is never missing`, 'drop one of them')
       if (spec.default !== undefined) {
         const checked = checkSpecAll(spec, spec.default)
-        for (const p of checked.problems)
-          bad(
-            `${what} with a default its own spec refuses: ${p.message}${p.index !== undefined ? ` (item ${p.index + 1})` : ''}`,
-          )
+        for (const p of checked.problems) {
+          const item = p.index !== undefined ? ` (item ${p.index + 1})` : ''
+          bad(`${what} with a default its own spec refuses: ${p.message}${item}`)
+        }
       }
       const first = owner.get(name)
       if (first !== undefined) {
@@ -434,7 +471,8 @@ export function declaredVars(
         if (diff)
           bad(
             `roles ${first} and ${role.name} both declare variable "${name}", with different specs (${diff})`,
-            'one variable has one spec: declare it once (export the spec and use it in both roles), or give one of them another name',
+            'one variable has one spec: declare it once (export the spec and use it in both roles), ' +
+              'or give one of them another name',
           )
         continue
       }
@@ -460,7 +498,10 @@ function specDifference(a: DeclaredVarSpec, b: DeclaredVarSpec): string | undefi
 /** Extra words for a synonym's errors: ansible_become_password takes a reference, never the password. */
 export function synonymNote(key: string): string | undefined {
   if (key === 'ansible_become_password' || key === 'ansible_become_pass')
-    return 'only a secret reference (op://vault/item/field) to the sudo password is accepted here, never the password itself'
+    return (
+      'only a secret reference (op://vault/item/field) to the sudo password is accepted here, ' +
+      'never the password itself'
+    )
   return undefined
 }
 
@@ -470,7 +511,9 @@ export function synonymNote(key: string): string | undefined {
  */
 export const FOREIGN_VARS: Readonly<Record<string, string>> = {
   token:
-    'k3s-ansible\'s "token" is k3s_token_ref here: a secret reference (op://vault/item/field) to the cluster token in the secrets store, not the token itself (the server role makes and stores one when it is missing)',
+    'k3s-ansible\'s "token" is k3s_token_ref here: ' +
+    'a secret reference (op://vault/item/field) to the cluster token in the secrets store, not the token itself ' +
+    '(the server role makes and stores one when it is missing)',
   api_port: 'k3s-ansible\'s "api_port" is k3s_api_port here',
   extra_server_args:
     'k3s-ansible\'s "extra_server_args" is k3s_extra_args here, in the vars of group "server": a list of --flag=value',
@@ -478,17 +521,21 @@ export const FOREIGN_VARS: Readonly<Record<string, string>> = {
     'k3s-ansible\'s "extra_agent_args" is k3s_extra_args here, in the vars of group "agent": a list of --flag=value',
   extra_args: 'k3s-ansible\'s "extra_args" is k3s_extra_args here: a list of --flag=value',
   api_endpoint:
-    'k3s-ansible\'s "api_endpoint" is the server host\'s address here: agents join the address of the first host of group "server"; remove it',
+    'k3s-ansible\'s "api_endpoint" is the server host\'s address here: ' +
+    'agents join the address of the first host of group "server"; remove it',
   cluster_context: 'k3s-ansible\'s "cluster_context" is kubeconfig_context here',
   user_kubectl:
     'k3s-ansible\'s "user_kubectl" has no switch here: the kubeconfig is fetched to this machine, at kubeconfig_path',
   kubeconfig: 'k3s-ansible\'s "kubeconfig" is kubeconfig_path here',
   k3s_server_location:
-    'k3s-ansible\'s "k3s_server_location" has no counterpart: k3s keeps its default /var/lib/rancher/k3s (backups and restore rely on it)',
+    'k3s-ansible\'s "k3s_server_location" has no counterpart: ' +
+    'k3s keeps its default /var/lib/rancher/k3s (backups and restore rely on it)',
   server_config_yaml:
-    'k3s-ansible\'s "server_config_yaml" has no counterpart: config.yaml is written from node_labels, node_taints, k3s_disable, k3s_tls_san and k3s_extra_args',
+    'k3s-ansible\'s "server_config_yaml" has no counterpart: ' +
+    'config.yaml is written from node_labels, node_taints, k3s_disable, k3s_tls_san and k3s_extra_args',
   agent_config_yaml:
-    'k3s-ansible\'s "agent_config_yaml" has no counterpart: config.yaml is written from node_labels, node_taints and k3s_extra_args',
+    'k3s-ansible\'s "agent_config_yaml" has no counterpart: ' +
+    'config.yaml is written from node_labels, node_taints and k3s_extra_args',
   extra_manifests:
     'k3s-ansible\'s "extra_manifests" has no counterpart: manifests reach the cluster through Flux (docs/gitops.md)',
   ansible_connection: 'Ansible\'s "ansible_connection" has no counterpart: the connection is always SSH',
@@ -640,13 +687,18 @@ export function checkSpecAll(spec: VarSpec, value: unknown): { value?: unknown; 
   }
 }
 
-/** Check one value against its spec; returns an error text ("expected ...", the first problem) or the value. Converts `-e` strings. */
+/**
+ * Check one value against its spec; returns an error text ("expected ...", the first problem) or the value. Converts
+ * `-e` strings.
+ */
 export function checkVar(name: VarName, value: unknown): { value?: unknown; error?: string } {
   const r = checkVarAll(name, value)
   return r.problems.length ? { error: r.problems[0].message } : { value: r.value }
 }
 
-/** A value that should have been a secret reference: shown only when it looks like one (op:...), never a pasted secret. */
+/**
+ * A value that should have been a secret reference: shown only when it looks like one (op:...), never a pasted secret.
+ */
 export function secretShown(x: unknown): string {
   if (typeof x === 'string' && !x.startsWith('op:'))
     return 'a value that is not one (not shown: it may be the secret itself)'
