@@ -254,7 +254,9 @@ export class RemoteBackupStore implements BackupStore {
       const pe = e instanceof ProvisionError ? e : undefined
       const hint =
         pe?.kind === 'hostkey'
-          ? `the NAS is checked against known_hosts_file like every host: add its key there (check the fingerprint on the NAS first, e.g. ssh-keyscan ${this.conn.host.split('@')[1]} and ssh-keygen -lf)`
+          ? 'the NAS is checked against known_hosts_file like every host: add its key there ' +
+            '(check the fingerprint on the NAS first, ' +
+            `e.g. ssh-keyscan ${this.conn.host.split('@')[1]} and ssh-keygen -lf)`
           : pe?.hint
       throw new ProvisionError('step', `k3s_backup_dir ${this.where}: ${(e as Error).message}`, { hint, cause: e })
     }
@@ -262,11 +264,10 @@ export class RemoteBackupStore implements BackupStore {
 
   private async must(script: string, what: string, stdin?: string): Promise<RunResult> {
     const r = await this.run(script, stdin)
-    if (r.code !== 0)
-      throw new ProvisionError(
-        'step',
-        `k3s_backup_dir ${this.where}: ${what} failed (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-3).join(' ') || r.stdout.trim()}`,
-      )
+    if (r.code !== 0) {
+      const output = r.stderr.trim().split('\n').slice(-3).join(' ') || r.stdout.trim()
+      throw new ProvisionError('step', `k3s_backup_dir ${this.where}: ${what} failed (exit ${r.code}): ${output}`)
+    }
     return r
   }
 

@@ -309,7 +309,8 @@ export function sortBackups(folders: readonly BackupFolder[]): {
     if (Array.isArray(db)) {
       bad(
         db.length === 0
-          ? `k3s/ has no datastore (${OWNER_DB} or a .db)${f.files.length ? `, only ${f.files.map((x) => x.name).join(', ')}` : ', it is empty'}`
+          ? `k3s/ has no datastore (${OWNER_DB} or a .db)` +
+              (f.files.length ? `, only ${f.files.map((x) => x.name).join(', ')}` : ', it is empty')
           : `k3s/ has several datastores (${db.join(', ')}) and none is state.db.gz or state.db`,
       )
       continue

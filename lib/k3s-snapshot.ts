@@ -60,7 +60,8 @@ export const snapshotRoomFact = defineFact<SnapshotRoom>(
   [
     `S=${SERVER_DIR}`,
     'k=none; [ -f "$S/db/state.db" ] && k=sqlite; [ -d "$S/db/etcd" ] && k=etcd',
-    'db=0; [ $k = sqlite ] && db=$(( $(stat -c %s "$S/db/state.db") + $(stat -c %s "$S/db/state.db-wal" 2>/dev/null || echo 0) ))',
+    'db=0; [ $k = sqlite ] && db=$(( $(stat -c %s "$S/db/state.db") + ' +
+      '$(stat -c %s "$S/db/state.db-wal" 2>/dev/null || echo 0) ))',
     'id=$(du -sk "$S/token" "$S/tls" "$S/cred" 2>/dev/null | awk \'{t += $1} END {print t * 1024}\')',
     'd=$S; while [ ! -d "$d" ]; do d=$(dirname "$d"); done',
     'free=$(df -Pk "$d" | awk \'NR==2 {print $4 * 1024}\')',
@@ -94,10 +95,17 @@ export function roomProblem(r: SnapshotRoom): string | undefined {
     return `this server keeps its datastore in embedded etcd (${SERVER_DIR}/db/etcd), not SQLite: use k3s etcd-snapshot`
   if (r.kind === 'none') return `no datastore at ${SERVER_DIR}/db/state.db: is the k3s server installed here?`
   if (!r.python)
-    return 'python3 is not on the server: the snapshot uses its sqlite3 module (Raspberry Pi OS has it; apt install python3)'
+    return (
+      'python3 is not on the server: ' +
+      'the snapshot uses its sqlite3 module (Raspberry Pi OS has it; apt install python3)'
+    )
   const need = roomNeeded(r)
   if (r.freeBytes < need)
-    return `not enough free space in ${SERVER_DIR} for a snapshot: ${mb(r.freeBytes)} free, ${mb(need)} needed (twice the datastore of ${mb(r.dbBytes)}, the token/tls/cred and 32 MB); prune old snapshots (backup.mts --keep N) or free space`
+    return (
+      `not enough free space in ${SERVER_DIR} for a snapshot: ${mb(r.freeBytes)} free, ${mb(need)} needed ` +
+      `(twice the datastore of ${mb(r.dbBytes)}, the token/tls/cred and 32 MB); ` +
+      'prune old snapshots (backup.mts --keep N) or free space'
+    )
   return undefined
 }
 
@@ -223,7 +231,8 @@ export async function takeSnapshot(ctx: StepContext, name: string, reason: strin
     if (free < need)
       throw new ProvisionError(
         'step',
-        `not enough space in k3s_backup_dir ${store.where}: ${mb(free)} free, ${mb(need)} needed; snapshot ${name} is on the server (${onServer})`,
+        `not enough space in k3s_backup_dir ${store.where}: ${mb(free)} free, ${mb(need)} needed; ` +
+          `snapshot ${name} is on the server (${onServer})`,
       )
     await store.writeFolder(name, [
       { path: `k3s/${OWNER_DB}`, data: gz },
@@ -268,7 +277,11 @@ export function snapshotSteps(opts: SnapshotOptions = {}): Step[] {
             // Named when it is taken (the plan may have been made a moment earlier).
             const taken = await takeSnapshot(ctx, await freeSnapshotName(ctx, reason), reason)
             ctx.state.set(LAST_SNAPSHOT, taken, ctx.host)
-            return `took snapshot ${taken.name} (${OWNER_DB} ${mb(taken.bytes)}, integrity ok, kine; token, tls, cred) in ${taken.onServer}${taken.copiedTo ? ` and ${taken.copiedTo}` : ''}`
+            const also = taken.copiedTo ? ` and ${taken.copiedTo}` : ''
+            return (
+              `took snapshot ${taken.name} (${OWNER_DB} ${mb(taken.bytes)}, integrity ok, kine; token, tls, cred) ` +
+              `in ${taken.onServer}${also}`
+            )
           },
         }
       },

@@ -45,7 +45,8 @@ async function rebuild(argv: string[]): Promise<number> {
       anyErrorsFatal: true,
     })
     plays.push({ name: 'Check every agent is back', hosts: 'agent', roles: [k3sAgent] })
-    // A restored datastore still holds Flux (bootstrap is skipped); a fresh one gets it again. The flux CLI was on the old card.
+    // A restored datastore still holds Flux (bootstrap is skipped); a fresh one gets it again.
+    // The flux CLI was on the old card.
     plays.push({ name: `Flux on ${host} again`, hosts: host, roles: [fluxBootstrap], anyErrorsFatal: true })
     plays.push({ name: 'Check the apps', hosts: host, roles: [apps] })
   } else {
@@ -60,7 +61,8 @@ async function rebuild(argv: string[]): Promise<number> {
       const v = hostVars(h, {}, parseExtraVars(o.extra))
       const removed = await removeKnownHost(expandPath(v.known_hosts_file, process.cwd()), v.address!, v.ssh_port)
       process.stdout.write(
-        `rebuild: dropped ${removed} old known_hosts entr${removed === 1 ? 'y' : 'ies'} of ${host} (${v.address}); its new key is recorded on first contact\n`,
+        `rebuild: dropped ${removed} old known_hosts entr${removed === 1 ? 'y' : 'ies'} of ${host} (${v.address}); ` +
+          'its new key is recorded on first contact\n',
       )
     },
   })

@@ -60,7 +60,8 @@ export async function backupProblems(ctx: StepContext): Promise<{ problems: stri
     const taken = `taken ${localTime(newest.when)}, ${ageText(age)} ago`
     if (age > ctx.vars.backup_max_age)
       problems.push(
-        `the newest ${kind} in ${store.where} is ${newest.name} (${taken}), older than backup_max_age (${ageText(ctx.vars.backup_max_age)}): has the backup job stopped?`,
+        `the newest ${kind} in ${store.where} is ${newest.name} (${taken}), ` +
+          `older than backup_max_age (${ageText(ctx.vars.backup_max_age)}): has the backup job stopped?`,
       )
     let checked
     try {
@@ -75,12 +76,16 @@ export async function backupProblems(ctx: StepContext): Promise<{ problems: stri
     const cluster = ref ? await ctx.secrets.lookup(ref) : undefined
     if (cluster && tokenSecret(cluster) !== tokenSecret(checked.identityInfo.token))
       problems.push(
-        `the newest ${kind} ${newest.name} in ${store.where} was taken with another cluster token than the one at ${ref}: a restore would refuse it`,
+        `the newest ${kind} ${newest.name} in ${store.where} was taken with another cluster token ` +
+          `than the one at ${ref}: a restore would refuse it`,
       )
     const newer = candidates.find((c) => !counts(c.name) && c.when.getTime() > newestDate)
     return {
       problems,
-      ok: `newest ${kind} ${newest.name} (${taken}): ${checked.db.name} integrity ok, kine ${checked.rows} rows; token, tls${checked.identityInfo.hasCred ? ', cred' : ''}${newer ? `; the tool's snapshot ${newer.name} is newer` : ''}`,
+      ok:
+        `newest ${kind} ${newest.name} (${taken}): ${checked.db.name} integrity ok, kine ${checked.rows} rows; ` +
+        `token, tls${checked.identityInfo.hasCred ? ', cred' : ''}` +
+        `${newer ? `; the tool's snapshot ${newer.name} is newer` : ''}`,
     }
   } finally {
     await store.close()

@@ -59,7 +59,8 @@ async function awaitNode(
       const log = await ctx.sh('journalctl -u k3s-agent -n 5 --no-pager -o cat 2>/dev/null | tail -n 5')
       throw new ProvisionError(
         'timeout',
-        `node ${nodeName(ctx)} is ${state} after ${NODE_READY_MS / 1000}s; last agent log lines:\n    ${log.stdout.trim().split('\n').join('\n    ')}`,
+        `node ${nodeName(ctx)} is ${state} after ${NODE_READY_MS / 1000}s; last agent log lines:\n    ` +
+          log.stdout.trim().split('\n').join('\n    '),
         { place: { host: ctx.host } },
       )
     }

@@ -16,7 +16,9 @@ const Keep = defineGrammar(
 const vars = defineVars({
   backup_keep: {
     type: 'int',
-    doc: "backup.mts --keep N: keep the N newest of the tool's own snapshots (server and k3s_backup_dir), prune the older ones; unset: prune nothing",
+    doc:
+      "backup.mts --keep N: keep the N newest of the tool's own snapshots (server and k3s_backup_dir), " +
+      'prune the older ones; unset: prune nothing',
     grammar: Keep,
   },
 })

@@ -15,6 +15,7 @@ import { kubectl } from '../lib/kube.ts'
 import { backupStoreFor } from '../lib/backup-store.ts'
 import { ageText, type BackupChoice, findBackup, localTime, SERVER_DIR, tokenSecret } from '../lib/k3s-backup.ts'
 import { quote } from '../lib/shell.ts'
+import { counted } from '../lib/words.ts'
 import {
   CLUSTER_TOKEN,
   clusterToken,
@@ -85,7 +86,10 @@ export function rewriteKubeconfig(text: string, serverUrl: string, context: stri
   return stringify(json)
 }
 
-/** A controller file's text and mode, or null when there is none (a symlink counts as none: it is replaced, not followed). */
+/**
+ * A controller file's text and mode, or null when there is none (a symlink counts as none: it is replaced, not
+ * followed).
+ */
 function readController(path: string): { text: string; mode: number } | null {
   try {
     const st = lstatSync(path)
@@ -126,9 +130,12 @@ const restoreDatastore: Step = {
     if (!b)
       throw new ProvisionError(
         'step',
-        `no usable backup in ${store.where} (${choice.seen} folder${choice.seen === 1 ? '' : 's'} looked like backups${choice.seen ? ', none usable: see the warnings above' : ''}); nothing was changed on ${ctx.host}`,
+        `no usable backup in ${store.where} (${counted(choice.seen, 'folder')} looked like backups` +
+          `${choice.seen ? ', none usable: see the warnings above' : ''}); nothing was changed on ${ctx.host}`,
         {
-          hint: 'fix or copy a backup there and run again, or rebuild with -e k3s_restore=none to start the server with an EMPTY datastore (every object of the cluster gone)',
+          hint:
+            'fix or copy a backup there and run again, or rebuild with -e k3s_restore=none ' +
+            'to start the server with an EMPTY datastore (every object of the cluster gone)',
         },
       )
     const age = (Date.now() - b.when.getTime()) / 1000
@@ -136,9 +143,13 @@ const restoreDatastore: Step = {
     if (which === 'latest' && age > ctx.vars.backup_max_age)
       throw new ProvisionError(
         'step',
-        `the newest usable backup in ${store.where} is ${b.name} (${taken}), older than backup_max_age (${ageText(ctx.vars.backup_max_age)}): restoring it loses what changed since; nothing was changed on ${ctx.host}`,
+        `the newest usable backup in ${store.where} is ${b.name} (${taken}), ` +
+          `older than backup_max_age (${ageText(ctx.vars.backup_max_age)}): restoring it loses what changed since; ` +
+          `nothing was changed on ${ctx.host}`,
         {
-          hint: 'rebuild with -e k3s_restore=latest-anyway to restore it, -e k3s_restore=<folder> for another one, or -e k3s_restore=none for an EMPTY datastore',
+          hint:
+            'rebuild with -e k3s_restore=latest-anyway to restore it, -e k3s_restore=<folder> for another one, ' +
+            'or -e k3s_restore=none for an EMPTY datastore',
         },
       )
     // The datastore is sealed with the token: a mismatch would only show as a k3s crash loop later.
@@ -147,13 +158,18 @@ const restoreDatastore: Step = {
     if (tokenSecret(b.identityInfo.token) !== tokenSecret(token))
       throw new ProvisionError(
         'step',
-        `backup ${b.name} was taken with another cluster token than the one at ${ctx.vars.k3s_token_ref}: k3s would refuse it ("bootstrap data already found and encrypted with different token"); nothing was changed on ${ctx.host}`,
+        `backup ${b.name} was taken with another cluster token than the one at ${ctx.vars.k3s_token_ref}: ` +
+          'k3s would refuse it ("bootstrap data already found and encrypted with different token"); ' +
+          `nothing was changed on ${ctx.host}`,
         {
-          hint: 'restore the token that was in use when the backup was taken into the secrets store, or rebuild with -e k3s_restore=none',
+          hint:
+            'restore the token that was in use when the backup was taken into the secrets store, ' +
+            'or rebuild with -e k3s_restore=none',
         },
       )
     const what = `backup ${b.name} (datastore, token, tls, cred)`
-    const checked = `${b.db.name}: integrity ok, kine ${b.rows} rows${b.identityInfo.hasCred ? '' : '; no cred/ in the tarball'}`
+    const noCred = b.identityInfo.hasCred ? '' : '; no cred/ in the tarball'
+    const checked = `${b.db.name}: integrity ok, kine ${b.rows} rows${noCred}`
     return {
       summary: `restore ${what}, ${taken} (${checked})`,
       async apply() {

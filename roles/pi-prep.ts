@@ -55,7 +55,8 @@ export function parseArch(stdout: string): ArchFacts {
   if (!k3sArch)
     throw new ProvisionError(
       'step',
-      `unsupported architecture: kernel ${kernel}, userland ${userland || 'unknown'} (k3s ships arm64, armhf and amd64)`,
+      `unsupported architecture: kernel ${kernel}, userland ${userland || 'unknown'} ` +
+        '(k3s ships arm64, armhf and amd64)',
     )
   const kernel64 = kernel === 'aarch64' || kernel === 'x86_64'
   return { kernel, userland, longBit, k3sArch, mixed: kernel64 && longBit === 32 }
@@ -237,7 +238,8 @@ async function cmdlinePath(ctx: StepContext): Promise<string> {
 
 // cgroup v2 lists its controllers in one file; v1 (older Pi OS) has a column "enabled" in /proc/cgroups.
 export const MEMORY_CGROUP_PROBE =
-  'if [ -f /sys/fs/cgroup/cgroup.controllers ]; then echo v2; cat /sys/fs/cgroup/cgroup.controllers; else echo v1; cat /proc/cgroups; fi'
+  'if [ -f /sys/fs/cgroup/cgroup.controllers ]; then echo v2; cat /sys/fs/cgroup/cgroup.controllers; ' +
+  'else echo v1; cat /proc/cgroups; fi'
 
 const CUT = '@@pi-prep-cut@@'
 
