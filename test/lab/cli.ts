@@ -8,14 +8,28 @@ import { TEST_LAB_ENV } from './test-lab.ts'
 const testLab = process.argv[2] === '--test-lab'
 if (testLab) Object.assign(process.env, TEST_LAB_ENV)
 const { execArgv } = await import('./host.ts')
-const { DEFAULT_HOSTS, LabError, labCut, labDown, labHeal, labStart, labStatus, labStop, labUp, labWipe } =
-  await import('./lab.ts')
+const {
+  DEFAULT_HOSTS,
+  DEFAULT_SUITE,
+  LabError,
+  SUITES,
+  labCut,
+  labDown,
+  labHeal,
+  labStart,
+  labStatus,
+  labStop,
+  labUp,
+  labWipe,
+} = await import('./lab.ts')
 const { ensureTools } = await import('./run.ts')
 const { LAB_BRIDGE, LAB_DIR } = await import('./paths.ts')
 
 const USAGE = `usage: npm run lab -- [--test-lab] <command>
   --test-lab               the lab the tests run on (${TEST_LAB_ENV.PI_LAB_DIR}), not yours
-  up [NAME...] [--fresh]   boot hosts (default: ${DEFAULT_HOSTS.join(' ')}); --fresh = freshly flashed disks
+  up [NAME...] [--fresh] [--suite SUITE]
+                           boot hosts (default: ${DEFAULT_HOSTS.join(' ')}); --fresh = freshly flashed disks;
+                           --suite: Debian ${SUITES.join(' or ')} for new (or --fresh) disks (default ${DEFAULT_SUITE})
   down [--purge]           stop everything; --purge also deletes the host disks
   status                   hosts, bridge, NAT and artifact server
   state                    JSON, read without touching any host: hosts running since, k3s token and datastore on
@@ -28,9 +42,13 @@ const USAGE = `usage: npm run lab -- [--test-lab] <command>
 function table(hosts: readonly LabHost[]): string {
   return hosts
     .map((h) =>
-      [h.name.padEnd(14), h.address.padEnd(14), (h.state + (h.cut ? ',cut' : '')).padEnd(12), h.bootId ?? '-'].join(
-        ' ',
-      ),
+      [
+        h.name.padEnd(14),
+        h.address.padEnd(14),
+        (h.state + (h.cut ? ',cut' : '')).padEnd(12),
+        h.suite.padEnd(9),
+        h.bootId ?? '-',
+      ].join(' '),
     )
     .join('\n')
 }
@@ -58,7 +76,22 @@ function oneHost(args: readonly string[], cmd: string): string {
 }
 
 async function main(argv: readonly string[]): Promise<number> {
-  const [cmd, ...rest] = argv
+  const [cmd, ...words] = argv
+  // --suite takes a value (--suite trixie or --suite=trixie); every other option is a bare flag.
+  let suite: string | undefined
+  const rest: string[] = []
+  for (let i = 0; i < words.length; i++) {
+    if (words[i] === '--' || cmd === 'exec') {
+      rest.push(...words.slice(i))
+      break
+    }
+    if (words[i] === '--suite') {
+      suite = words[++i]
+      if (suite === undefined) throw new LabError(`--suite needs a value: ${SUITES.join(' or ')}`)
+    } else if (words[i].startsWith('--suite=')) suite = words[i].slice('--suite='.length)
+    else rest.push(words[i])
+  }
+  if (suite !== undefined && cmd !== 'up') throw new LabError(`${cmd}: unknown option --suite\n${USAGE}`)
   const flags = rest.filter((a) => a.startsWith('--'))
   const args = rest.filter((a) => !a.startsWith('--'))
   const allow = (...known: string[]): void => {
@@ -69,7 +102,7 @@ async function main(argv: readonly string[]): Promise<number> {
     case 'up': {
       allow('--fresh')
       const started = Date.now()
-      const hosts = await labUp(args.length ? args : DEFAULT_HOSTS, { fresh: flags.includes('--fresh') })
+      const hosts = await labUp(args.length ? args : DEFAULT_HOSTS, { fresh: flags.includes('--fresh'), suite })
       console.log(table(hosts))
       console.error(`lab: up in ${((Date.now() - started) / 1000).toFixed(1)} s`)
       return 0

@@ -16,7 +16,7 @@ import {
 } from 'node:fs'
 import { spawn } from 'node:child_process'
 import { join } from 'node:path'
-import { IMAGE_DIR, IMAGE_ID, imageDir } from './image.ts'
+import { DEFAULT_SUITE, type Suite, imageDir, imageIdFor, isSuite } from './image.ts'
 import { isMounted, mountOverlay, unmountUnder } from './mounts.ts'
 import { hostAddress } from './network.ts'
 import { LAB_BRIDGE, LAB_BRIDGE_IP, LAB_DIR, LAB_HOSTS_DIR, LAB_KEY, hostPaths, machineName } from './paths.ts'
@@ -138,6 +138,33 @@ async function removeStaleVeth(name: string): Promise<void> {
   if (await exists()) await run('ip', ['link', 'delete', link], { allowFail: true })
 }
 
+/**
+ * The Debian suite the host's SD card is flashed with (hosts/NAME/suite; default bookworm). It outlives a wipe: a
+ * failed card is replaced by one flashed the same way. labUp's suite (`up --suite`) sets it.
+ */
+export function hostSuite(name: string): Suite {
+  let suite: string
+  try {
+    suite = readFileSync(hostPaths(name).suite, 'utf8').trim()
+  } catch {
+    return DEFAULT_SUITE
+  }
+  if (!isSuite(suite)) throw new LabError(`${name}: unknown suite "${suite}" in ${hostPaths(name).suite}`)
+  return suite
+}
+
+export function setHostSuite(name: string, suite: Suite): void {
+  const paths = hostPaths(name)
+  mkdirSync(paths.dir, { recursive: true })
+  writeFileSync(paths.suite, `${suite}\n`)
+}
+
+/** A disk that has been flashed (it keeps its suite's image until wiped). */
+export function hostFlashed(name: string): boolean {
+  const paths = hostPaths(name)
+  return existsSync(paths.flashed) && existsSync(paths.upper)
+}
+
 /** A freshly flashed SD card: the host's own layer is gone, the next start writes new first-boot files. */
 export function wipeDisk(name: string): void {
   const paths = hostPaths(name)
@@ -150,12 +177,17 @@ export async function startHost(name: string, say: (line: string) => void): Prom
   const paths = hostPaths(name)
   await stopHost(name) // leftovers of a killed run: processes, mount, pidfile
   const flashedWith = existsSync(paths.flashed) ? readFileSync(paths.flashed, 'utf8').trim() : undefined
-  let lower = IMAGE_DIR
-  if (flashedWith !== IMAGE_ID || !existsSync(paths.upper)) {
+  const suite = hostSuite(name)
+  const imageId = imageIdFor(suite)
+  let lower = imageDir(imageId)
+  if (flashedWith !== imageId || !existsSync(paths.upper)) {
     if (flashedWith && existsSync(paths.upper) && existsSync(imageDir(flashedWith))) {
       // Like a real card: it keeps the image it was flashed with until it is flashed again.
       lower = imageDir(flashedWith)
-      say(`${name}: disk made from image ${flashedWith}, the recipe now makes ${IMAGE_ID}: use --fresh to re-flash`)
+      say(
+        `${name}: disk made from image ${flashedWith}, the ${suite} recipe now makes ${imageId}: ` +
+          'use --fresh to re-flash',
+      )
     } else {
       if (flashedWith) say(`${name}: its image is gone (the recipe changed), flashing a new disk`)
       wipeDisk(name)
@@ -165,7 +197,7 @@ export async function startHost(name: string, say: (line: string) => void): Prom
   if (!isMounted(paths.root)) await mountOverlay(lower, paths.upper, paths.work, paths.root)
   if (!existsSync(paths.flashed)) {
     await writeFirstBootFiles(name, paths.root)
-    writeFileSync(paths.flashed, IMAGE_ID + '\n')
+    writeFileSync(paths.flashed, imageId + '\n')
   }
   writeResolvConf(paths.root)
   writeKubectlSwitch(paths.root)
@@ -309,5 +341,7 @@ export function execArgv(name: string, command: string): string[] {
 
 export async function bootId(name: string): Promise<string> {
   const [cmd, ...args] = execArgv(name, 'cat /proc/sys/kernel/random/boot_id')
-  return (await run(cmd, args)).stdout.trim()
+  // Bounded: entering a host that is shutting down can hang (seen once in lab.test.ts's reboot test, which polls
+  // this until the new boot answers: a hung probe held it until the test's 600 s limit).
+  return (await run(cmd, args, { timeoutMs: 10_000 })).stdout.trim()
 }

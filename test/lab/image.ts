@@ -1,11 +1,12 @@
-// The lab's "SD card image": a Debian bookworm root made to look like Raspberry Pi OS Lite, built once with
-// debootstrap and cached under a name derived from the recipe, so changing the recipe is what rebuilds it.
+// The lab's "SD card images": a Debian root made to look like Raspberry Pi OS Lite, one per suite (bookworm, the
+// default, and trixie: Debian 12 and 13), each built once with debootstrap and cached under a name derived from its
+// recipe, so changing a recipe is what rebuilds that image (and only that one).
 // Everything per host (hostname, address, SSH host keys, login key) is written at first boot instead
 // (see host.ts), which keeps this image independent of the state dir.
 import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
-import { LAB_CACHE, LAB_DIR, USER_LAB } from './paths.ts'
+import { ARTIFACT_ROOT, LAB_CACHE, LAB_DIR, USER_LAB } from './paths.ts'
 import { alive } from './procs.ts'
 import { LabError, run } from './run.ts'
 import { unmountUnder } from './mounts.ts'
@@ -63,8 +64,29 @@ RestartSec=1
 WantedBy=multi-user.target
 `
 
-/** Everything that decides the image's content. Its hash names the cached image. */
-const RECIPE = {
+export const SUITES = ['bookworm', 'trixie'] as const
+export type Suite = (typeof SUITES)[number]
+/** What a host gets unless told otherwise (labUp's suite, `up --suite`): the owner's Debian 12 Pis. */
+export const DEFAULT_SUITE: Suite = 'bookworm'
+
+export function isSuite(s: string): s is Suite {
+  return (SUITES as readonly string[]).includes(s)
+}
+
+interface Recipe {
+  suite: Suite
+  mirror: string
+  variant: string
+  packages: string[]
+  files: { path: string; mode: number; content: string }[]
+  script: string
+}
+
+/**
+ * Everything that decides the bookworm image's content. Its hash names the cached image: this object is exactly what
+ * it was when the lab had only bookworm, so the image already in the cache stays valid (test/unit/lab-image.test.ts).
+ */
+const RECIPE: Recipe = {
   suite: 'bookworm',
   mirror: 'http://deb.debian.org/debian',
   variant: 'minbase',
@@ -117,45 +139,121 @@ apt-get clean
 `,
 }
 
-export const IMAGE_ID = createHash('sha256').update(JSON.stringify(RECIPE)).digest('hex').slice(0, 12)
-export const IMAGE_DIR = join(LAB_CACHE, `image-${IMAGE_ID}`)
-export const IMAGE_LOG = join(LAB_CACHE, `image-${IMAGE_ID}.log`)
+// Raspberry Pi OS trixie ships /etc/rpi/swap.conf with every setting commented out (swap.conf(5)): the defaults.
+const RPI_SWAP_CONF = `# rpi-swap configuration; see swap.conf(5). Defaults shown commented out.
+# Prefer drop-ins in /etc/rpi/swap.conf.d/ to editing this file.
+[Main]
+#Mechanism=auto
+
+[File]
+#Path=/var/swap
+#RamMultiplier=1
+#MaxSizeMiB=2048
+#MaxDiskPercent=50
+`
+
+/** A stand-in's text (test/standins/): part of the recipe, so editing the stand-in rebuilds the trixie image. */
+function standin(path: string): string {
+  return readFileSync(join(ARTIFACT_ROOT, path), 'utf8')
+}
+
+/** The bookworm script without what only dphys-swapfile needs (trixie has no dphys-swapfile). */
+function withoutDphysSwapfile(script: string): string {
+  const out = script
+    .replace(/^# dphys-swapfile cannot.*\n.*\n.*CONF_SWAPSIZE=16.*\n/m, '')
+    .replace(' dphys-swapfile.service', '')
+  if (out.includes('dphys')) throw new LabError('image.ts: the trixie script still mentions dphys-swapfile')
+  return out
+}
+
+/**
+ * Debian 13 as on the owner's Pi 5s: no dphys-swapfile; Debian's real systemd-zram-generator package, run in a
+ * container through the stand-in wrapper (the real binary does nothing there by design), and the rpi-swap generator
+ * stand-in with Pi OS's swap.conf (Pi OS trixie's rpi-swap depends on systemd-zram-generator, so a Pi OS host has
+ * both). A plain Debian 13 host has only the zram generator: the lab removes the rpi-swap files from its disk (see
+ * RPI_SWAP_FILES). See test/standins/README.md.
+ */
+const TRIXIE_RECIPE: Recipe = {
+  ...RECIPE,
+  suite: 'trixie',
+  packages: RECIPE.packages.filter((p) => p !== 'dphys-swapfile'),
+  files: [
+    ...RECIPE.files,
+    { path: '/etc/rpi/swap.conf', mode: 0o644, content: RPI_SWAP_CONF },
+    {
+      path: '/usr/lib/systemd/system-generators/rpi-swap-generator',
+      mode: 0o755,
+      content: standin('rpi-swap/rpi-swap-generator'),
+    },
+    {
+      path: '/etc/systemd/system-generators/zram-generator',
+      mode: 0o755,
+      content: standin('zram-generator/zram-generator'),
+    },
+  ],
+  script: withoutDphysSwapfile(RECIPE.script),
+}
+
+const RECIPES: Record<Suite, Recipe> = { bookworm: RECIPE, trixie: TRIXIE_RECIPE }
+
+/** The files that make a trixie host "Pi OS" (rpi-swap) rather than plain Debian 13. */
+export const RPI_SWAP_FILES = ['/usr/lib/systemd/system-generators/rpi-swap-generator', '/etc/rpi/swap.conf']
+
+/** The recipe of a suite's image (read by the unit test). */
+export function recipeFor(suite: Suite): Readonly<Recipe> {
+  return RECIPES[suite]
+}
+
+export function imageIdFor(suite: Suite): string {
+  return createHash('sha256').update(JSON.stringify(RECIPES[suite])).digest('hex').slice(0, 12)
+}
+
+/** The default suite's (bookworm) image. */
+export const IMAGE_ID = imageIdFor(DEFAULT_SUITE)
+export const IMAGE_DIR = imageDir(IMAGE_ID)
 
 export function imageDir(id: string): string {
   return join(LAB_CACHE, `image-${id}`)
 }
 
-/** Builds the image unless the cache has it. Builds into a temp dir renamed at the end: never half an image. */
-export async function ensureImage(say: (line: string) => void): Promise<void> {
-  if (existsSync(IMAGE_DIR)) return
+/**
+ * Builds the suite's image unless the cache has it, into a temp dir of this process renamed at the end: never half
+ * an image, and two processes building at once (two labs) do not disturb each other.
+ */
+export async function ensureImage(say: (line: string) => void, suite: Suite = DEFAULT_SUITE): Promise<void> {
+  const recipe = RECIPES[suite]
+  const id = imageIdFor(suite)
+  const dir = imageDir(id)
+  const log = `${dir}.log`
+  if (existsSync(dir)) return
   mkdirSync(LAB_CACHE, { recursive: true })
   await removeStaleBuilds()
-  const tmp = `${IMAGE_DIR}.tmp-${process.pid}`
+  const tmp = `${dir}.tmp-${process.pid}`
   const started = Date.now()
-  say(`building the lab image ${IMAGE_ID} with debootstrap (a few minutes, once; log: ${IMAGE_LOG})`)
+  say(`building the lab image ${id} (${suite}) with debootstrap (a few minutes, once; log: ${log})`)
   try {
     const boot = await run(
       'debootstrap',
-      [`--variant=${RECIPE.variant}`, `--include=${RECIPE.packages.join(',')}`, RECIPE.suite, tmp, RECIPE.mirror],
+      [`--variant=${recipe.variant}`, `--include=${recipe.packages.join(',')}`, recipe.suite, tmp, recipe.mirror],
       { allowFail: true },
     )
-    writeFileSync(IMAGE_LOG, boot.stdout + boot.stderr)
+    writeFileSync(log, boot.stdout + boot.stderr)
     if (boot.code !== 0) {
       const why = (boot.stderr.trim() || boot.stdout.trim()).split('\n').pop()
-      throw new LabError(`debootstrap failed (${why}); see ${IMAGE_LOG}`)
+      throw new LabError(`debootstrap failed (${why}); see ${log}`)
     }
-    for (const f of RECIPE.files) {
+    for (const f of recipe.files) {
       mkdirSync(dirname(join(tmp, f.path)), { recursive: true })
       writeFileSync(join(tmp, f.path), f.content, { mode: f.mode })
     }
-    const setup = await run('chroot', [tmp, '/bin/sh', '-c', RECIPE.script], { allowFail: true })
-    writeFileSync(IMAGE_LOG, setup.stdout + setup.stderr, { flag: 'a' })
+    const setup = await run('chroot', [tmp, '/bin/sh', '-c', recipe.script], { allowFail: true })
+    writeFileSync(log, setup.stdout + setup.stderr, { flag: 'a' })
     if (setup.code !== 0)
-      throw new LabError(`image setup script failed: ${setup.stderr.trim().split('\n').pop()}; see ${IMAGE_LOG}`)
+      throw new LabError(`image setup script failed: ${setup.stderr.trim().split('\n').pop()}; see ${log}`)
     await unmountUnder(tmp)
     // Another lab sharing the cache may have built the same recipe meanwhile: its image is as good as this one.
-    if (existsSync(IMAGE_DIR)) rmSync(tmp, { recursive: true, force: true })
-    else renameSync(tmp, IMAGE_DIR)
+    if (existsSync(dir)) rmSync(tmp, { recursive: true, force: true })
+    else renameSync(tmp, dir)
   } catch (e) {
     await unmountUnder(tmp)
     rmSync(tmp, { recursive: true, force: true })
@@ -198,7 +296,7 @@ function labsUsingCache(): string[] {
 
 /** Old images no host disk of any lab using this cache was flashed from (a disk keeps its image until re-flashed). */
 export function pruneImages(): void {
-  const inUse = new Set([IMAGE_ID])
+  const inUse = new Set(SUITES.map(imageIdFor))
   for (const lab of labsUsingCache()) {
     const hostsDir = join(lab, 'hosts')
     if (!existsSync(hostsDir)) continue

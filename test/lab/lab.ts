@@ -6,16 +6,19 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, write
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { ensureLabKey, ensureSecrets, writeKnownHosts } from './credentials.ts'
-import { IMAGE_DIR, ensureImage, pruneImages } from './image.ts'
+import { SUITES, type Suite, ensureImage, imageDir, imageIdFor, isSuite, pruneImages } from './image.ts'
 import {
   bootId,
   containerLeaders,
   execArgv,
+  hostFlashed,
   hostHealthy,
   hostPublicKeys,
   knownHosts,
+  hostSuite,
   leaderPid,
   rememberVeth,
+  setHostSuite,
   startHost,
   stopHost,
   wipeDisk,
@@ -60,6 +63,7 @@ export {
   LAB_SECRETS_FILE,
 } from './paths.ts'
 export { LabError } from './run.ts'
+export { DEFAULT_SUITE, SUITES, type Suite } from './image.ts'
 
 export interface LabHost {
   name: string
@@ -69,6 +73,8 @@ export interface LabHost {
   cut: boolean
   /** /proc/sys/kernel/random/boot_id inside the host; changes on every boot. null when stopped. */
   bootId: string | null
+  /** The Debian suite its disk is flashed with: bookworm (Debian 12) or trixie (13). */
+  suite: Suite
 }
 
 export interface LabStatus {
@@ -92,18 +98,36 @@ function say(line: string): void {
   process.stderr.write(`lab: ${line}\n`)
 }
 
-/** Boots the hosts (default: the three of the real cluster) and waits until each answers on SSH. */
-export function labUp(names: readonly string[] = DEFAULT_HOSTS, opts: { fresh?: boolean } = {}): Promise<LabHost[]> {
+/**
+ * Boots the hosts (default: the three of the real cluster) and waits until each answers on SSH. suite: the Debian
+ * release a new disk (or with fresh, every one) is flashed with; a host keeps its suite until flashed with another
+ * (default bookworm). Asking for another suite than a flashed disk has, without fresh, is an error, not a wipe.
+ */
+export function labUp(
+  names: readonly string[] = DEFAULT_HOSTS,
+  opts: { fresh?: boolean; suite?: string } = {},
+): Promise<LabHost[]> {
   const hosts = [...new Set(names)]
   hosts.forEach(hostPaths) // reject bad names before doing anything
+  const suite = opts.suite
+  if (suite !== undefined && !isSuite(suite))
+    return Promise.reject(new LabError(`unknown suite "${suite}" (${SUITES.join(' or ')})`))
   return locked(async () => {
-    await infraUp()
+    if (suite !== undefined && !opts.fresh) {
+      const other = hosts.filter((h) => hostFlashed(h) && hostSuite(h) !== suite)
+      if (other.length)
+        throw new LabError(
+          `${other.map((h) => `${h} is flashed with ${hostSuite(h)}`).join(', ')}: --fresh to flash ${suite}`,
+        )
+    }
+    await infraUp(hosts.map((h) => suite ?? hostSuite(h)))
     ensureSecrets()
     await eachHost(hosts, async (name) => {
       if (opts.fresh) {
         await stopHost(name)
         wipeDisk(name)
       }
+      if (suite !== undefined) setHostSuite(name, suite)
       if (hostHealthy(name))
         await connect(name, true) // up means on the network: a cut host is healed
       else await startHost(name, say)
@@ -132,7 +156,7 @@ export function labDown(opts: { purge?: boolean } = {}): Promise<void> {
 export function labWipe(name: string): Promise<LabHost> {
   hostPaths(name)
   return locked(async () => {
-    await infraUp()
+    await infraUp([hostSuite(name)])
     await stopHost(name)
     wipeDisk(name)
     await startHost(name, say)
@@ -151,7 +175,7 @@ export function labStop(name: string): Promise<void> {
 export function labStart(name: string): Promise<LabHost> {
   hostPaths(name)
   return locked(async () => {
-    await infraUp()
+    await infraUp([hostSuite(name)])
     if (!hostHealthy(name)) await startHost(name, say)
     await awaitSsh(name)
     return hostStatus(name)
@@ -207,8 +231,9 @@ function order(name: string): number {
 
 async function hostStatus(name: string): Promise<LabHost> {
   const address = hostAddress(name)
+  const suite = hostSuite(name)
   const leader = leaderPid(name)
-  if (leader === undefined) return { name, address, state: 'stopped', cut: false, bootId: null }
+  if (leader === undefined) return { name, address, state: 'stopped', cut: false, bootId: null, suite }
   const link = await hostLink(leader)
   return {
     name,
@@ -216,6 +241,7 @@ async function hostStatus(name: string): Promise<LabHost> {
     state: 'running',
     cut: !link || !linkConnected(link),
     bootId: await bootId(name).catch(() => null),
+    suite,
   }
 }
 
@@ -265,13 +291,15 @@ async function connect(name: string, connected: boolean): Promise<void> {
   if (linkConnected(link) !== connected) await setLinkConnected(link, connected)
 }
 
-/** Everything hosts need besides themselves: tools, image, key, bridge/NAT, artifact server. */
-async function infraUp(): Promise<void> {
-  await ensureTools(existsSync(IMAGE_DIR) ? HOST_TOOLS : [...HOST_TOOLS, 'debootstrap'])
+/** Everything hosts need besides themselves: tools, the suites' images, key, bridge/NAT, artifact server. */
+async function infraUp(suites: readonly Suite[]): Promise<void> {
+  const needed = [...new Set(suites)]
+  const build = needed.some((s) => !existsSync(imageDir(imageIdFor(s))))
+  await ensureTools(build ? [...HOST_TOOLS, 'debootstrap'] : HOST_TOOLS)
   if (!/\toverlay$/m.test(readFileSync('/proc/filesystems', 'utf8'))) {
     throw new LabError('this kernel has no overlay filesystem (modprobe overlay), which host disks need')
   }
-  await ensureImage(say)
+  for (const s of needed) await ensureImage(say, s)
   await ensureLabKey()
   await networkUp()
   await ensureArtifactServer()

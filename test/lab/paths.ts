@@ -77,6 +77,8 @@ export interface HostPaths {
   flashed: string
   /** The host side of its veth, when systemd-nspawn shortened the name (see host.ts). */
   veth: string
+  /** The Debian suite its disk is flashed with (image.ts); absent: the default, bookworm. */
+  suite: string
 }
 
 export function hostPaths(name: string): HostPaths {
@@ -94,6 +96,7 @@ export function hostPaths(name: string): HostPaths {
     log: join(dir, 'console.log'),
     flashed: join(dir, 'flashed'),
     veth: join(dir, 'veth'),
+    suite: join(dir, 'suite'),
   }
 }
 
