@@ -32,6 +32,7 @@ import {
   nodeLabelsStep,
   NODE_SEEN,
   checkClusterToken,
+  isClusterToken,
   versionChangeRefusal,
 } from '../lib/k3s.ts'
 
@@ -218,6 +219,19 @@ export const k3sServer: Role = {
       async plan(ctx) {
         const { token, created } = await clusterToken(ctx, true)
         if (!created) return { status: 'ok', message: `token at ${ctx.vars.k3s_token_ref}` }
+        // A server set up by hand (adopting an existing cluster): its datastore is sealed with the token it has,
+        // and a new one would keep k3s from starting. That token is kept, not replaced.
+        const existing = await readCredential(ctx, `${SERVER_DIR}/token`)
+        const own = existing.code === 0 ? existing.stdout.trim() : ''
+        if (own) {
+          if (!isClusterToken(own))
+            return { status: 'failed', message: `${SERVER_DIR}/token on this server is not a k3s token` }
+          ctx.state.set(CLUSTER_TOKEN, own)
+          return {
+            summary: `keep this server's own cluster token (${SERVER_DIR}/token) at ${ctx.vars.k3s_token_ref}`,
+            apply: () => ctx.secrets.upsert(ctx.vars.k3s_token_ref!, own),
+          }
+        }
         // Made now, so config.yaml below can be planned with it; stored only when the run is for real.
         return {
           summary: `create a new cluster token at ${ctx.vars.k3s_token_ref}`,
