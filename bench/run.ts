@@ -7,7 +7,7 @@
 // Prints tables, writes JSON to bench/results/.
 //
 //   npm run bench                 # 3 and 12 hosts, 5 runs each, fresh runs too
-//   npm run bench -- --runs 3 --no-12 --no-fresh
+//   npm run bench -- --runs 3 --no-12 --no-fresh --no-upgrade
 
 import { execFileSync, spawn } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
@@ -28,6 +28,7 @@ import {
 import { connect as tcpConnect } from 'node:net'
 import type { HostCost, RunStats } from '../lib/reporter.ts'
 import { countHostProcesses, perfAvailable, type HostProcesses } from './hostprocs.ts'
+import { timeUpgrade, type UpgradeTiming } from './upgrade.ts'
 
 const REPO = resolve(import.meta.dirname, '..')
 const { values: flags } = parseArgs({
@@ -36,6 +37,7 @@ const { values: flags } = parseArgs({
     'no-12': { type: 'boolean' },
     'no-fresh': { type: 'boolean' },
     'no-perf': { type: 'boolean' },
+    'no-upgrade': { type: 'boolean' },
   },
 })
 const RUNS = Number(flags.runs)
@@ -501,6 +503,26 @@ if (!flags['no-12']) {
     process.stderr.write(`bench: the 12-host figures are missing: ${twelveError}\n`)
   }
 }
+// A 3-node k3s upgrade (bench/upgrade.ts): each run flashes and converges the lab first (not timed) and leaves it
+// converged again; at most 3 runs, since each costs a fresh cluster.
+let upgradeRuns: UpgradeTiming[] = []
+if (!flags['no-upgrade']) {
+  try {
+    for (let i = 0; i < Math.min(RUNS, 3); i++) upgradeRuns.push(await timeUpgrade())
+    const first = upgradeRuns[0]
+    figures.push(
+      figure(
+        `k3s upgrade ${first.from} -> ${first.to}`,
+        'npx zx playbooks/upgrade.mts -i inventory/lab.yaml -e k3s_version=NEXT',
+        3,
+        upgradeRuns.map((u) => ({ wall: u.wall, user: u.user, sys: u.sys })),
+      ),
+    )
+  } catch (e) {
+    upgradeRuns = []
+    process.stderr.write(`bench: the upgrade figure is missing: ${e instanceof Error ? e.message : String(e)}\n`)
+  }
+}
 load.end = loadavg()[0]
 
 // ---------------------------------------------------------------- the report
@@ -554,6 +576,12 @@ for (const [name, b, side] of [
     .filter(([, r]) => r.kubectl || r.flux)
     .map(([role, r]) => `${role} ${r.kubectl}${r.flux ? ` (+${r.flux} flux)` : ''}`)
   if (byRole.length) console.log(`kubectl on ${DEFAULT_HOSTS[0]} by role: ${byRole.join(', ')}`)
+}
+if (upgradeRuns.length) {
+  const byWall = [...upgradeRuns].sort((x, y) => x.wall - y.wall)
+  const mid = byWall[Math.floor(byWall.length / 2)]
+  console.log(`\nwhere the median k3s upgrade's ${mid.wall.toFixed(2)} s went (s):`)
+  for (const [part, sec] of Object.entries(mid.phases)) console.log(`  ${part.padEnd(40)} ${sec.toFixed(2)}`)
 }
 if (hostSide)
   console.log(`(idle: processes the hosts start by themselves in ${hostSide.idleSeconds.toFixed(1)} s, no run)`)
