@@ -7,6 +7,12 @@ import { ProvisionError } from './errors.ts'
 import { isReady, kubectl, nameOf, type KubeObject, type Taint } from './kube.ts'
 import { bounded } from './shell.ts'
 
+/**
+ * On a Node a playbook drained (os-update, k3s-upgrade), naming which: that playbook may uncordon it. A node the
+ * owner cordoned by hand has no mark and stays cordoned; a run cut off after its drain is finished by the next.
+ */
+export const DRAINED_MARK = 'pi-provision/drained-for'
+
 interface Toleration {
   key?: string
   operator?: string

@@ -44,7 +44,7 @@ import { SERVER_DIR } from '../lib/k3s-backup.ts'
 import { LAST_SNAPSHOT, roomNeeded, roomProblem, snapshotRoomFact, snapshotSteps } from '../lib/k3s-snapshot.ts'
 import { field, isReady, kubeGet, kubectl, type KubeObject } from '../lib/kube.ts'
 import { defineVars, type HostHandle, type Role, roleVars, runKey, type Step, type StepContext } from '../lib/role.ts'
-import { drainNode, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
+import { DRAINED_MARK, drainNode, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
 import { bounded } from '../lib/shell.ts'
 import { waitUntil } from '../lib/steps.ts'
 
@@ -77,9 +77,6 @@ export const UPGRADE_VARS = defineVars({
 })
 
 const upgradeVars = (ctx: StepContext) => roleVars(ctx, UPGRADE_VARS)
-
-/** On a Node drained for an upgrade or an update (the same mark os-update sets): only such a Node is uncordoned. */
-export const DRAINED_MARK = 'pi-provision/drained-for'
 
 /** The plan the preflight made (for the snapshot's `when` and the steps after it). */
 export const UPGRADE_PLAN = runKey<UpgradePlan>('k3s upgrade plan')

@@ -18,10 +18,8 @@ import { agrees, counted } from '../lib/words.ts'
 import { rebootHandler, waitUntil } from '../lib/steps.ts'
 import { nodeName, nodeOnServer, serverHandle, type NodeView } from '../lib/k3s.ts'
 import { kubeGet, kubectl } from '../lib/kube.ts'
-import { drainNode, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
+import { DRAINED_MARK, drainNode, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
 
-/** On a Node this role drained: it may uncordon it. */
-export const DRAINED_MARK = 'pi-provision/drained-for'
 const APT_LOCK_WAIT = 300
 /** Written by packages that need a reboot (Debian's convention, on tmpfs: a reboot clears it); a kernel change too. */
 const REBOOT_REQUIRED = '/var/run/reboot-required'

@@ -27,7 +27,7 @@ import {
 } from '../../lib/kube.ts'
 import { parseNode } from '../../lib/k3s.ts'
 import { rewriteKubeconfig } from '../../roles/k3s-server.ts'
-import { DRAINED_MARK } from '../../roles/os-update.ts'
+import { DRAINED_MARK } from '../../lib/scheduling.ts'
 import { drainNode, podsToEvict } from '../../lib/scheduling.ts'
 import {
   clusterFact as fluxBootstrapRead,
