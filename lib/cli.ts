@@ -1,5 +1,6 @@
 // The command line of every playbook: thin wiring from flags to the library (inventory, secrets,
-// reporter, runner). Exit codes: 0 ok, 1 usage/inventory/secrets, 2 a host failed, 4 a host unreachable, 130 interrupted.
+// reporter, runner). Exit codes: 0 ok, 1 usage/inventory/secrets, 2 a host failed, 4 a host unreachable,
+// 130 interrupted.
 
 import { basename } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -314,10 +315,13 @@ export function checkRequiredVars(pb: Playbook, inv: Inventory, limit: string | 
     (m) =>
       new ProvisionError(
         'inventory',
-        `role ${m.role} needs variable ${m.name} (${m.doc}), and it is not set for ${m.hosts.length === inv.hosts.size && m.hosts.length > 1 ? 'any host' : m.hosts.join(', ')}`,
+        `role ${m.role} needs variable ${m.name} (${m.doc}), and it is not set for ` +
+          `${m.hosts.length === inv.hosts.size && m.hosts.length > 1 ? 'any host' : m.hosts.join(', ')}`,
         {
           place: { file: inv.file },
-          hint: `set ${m.name} in the inventory (under all.vars for every host, or under a group or host) or with -e ${m.name}=...`,
+          hint:
+            `set ${m.name} in the inventory (under all.vars for every host, or under a group or host) ` +
+            `or with -e ${m.name}=...`,
         },
       ),
   )

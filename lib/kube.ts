@@ -21,7 +21,10 @@ export function kubectl(verb: string, ...operands: string[]): string {
   return operands.length ? `${KUBECTL} ${verb} -- ${operands.map(quoteOperand).join(' ')}` : `${KUBECTL} ${verb}`
 }
 
-/** quote(), and a word starting with "-" quoted too, so a reader sees it is data (after `--` kubectl takes it as such). */
+/**
+ * quote(), and a word starting with "-" quoted too, so a reader sees it is data
+ * (after `--` kubectl takes it as such).
+ */
 function quoteOperand(word: string): string {
   const q = quote(word)
   return q.startsWith('-') ? `'${q}'` : q
@@ -95,7 +98,8 @@ export function parseKubeJson(r: RunResult, what: string): KubeObject[] {
     if (ABSENT.test(r.stderr)) return []
     throw new ProvisionError(
       'step',
-      `kubectl get ${what} failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join(' ')}`,
+      `kubectl get ${what} failed (exit ${r.code}): ` +
+        `${(r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join(' ')}`,
     )
   }
   const text = r.stdout.trim()
@@ -299,7 +303,8 @@ export function kubeFactNamed(
     `printf '%s\\n' "$out" | while IFS= read -r l; do`,
     '  case $l in',
     // printf is a shell builtin: the value is in no process's argv.
-    `    '@@secret '*) printf '@@digest '; printf '%s' ${quote(secret.salt)}"\${l#@@secret }" | sha256sum | cut -d' ' -f1 ;;`,
+    `    '@@secret '*) printf '@@digest '; printf '%s' ${quote(secret.salt)}"\${l#@@secret }"` +
+      ` | sha256sum | cut -d' ' -f1 ;;`,
     `    *) printf '%s\\n' "$l" ;;`,
     '  esac',
     'done',

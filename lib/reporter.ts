@@ -116,7 +116,8 @@ export function formatStats(s: RunStats): string[] {
       .filter(([, r]) => r.kubectl || r.flux)
       .map(([role, r]) => `${role} ${r.kubectl + r.flux}`)
     lines.push(
-      `  ${host}: ${calls(c)}${roles.length ? ` (cluster calls by role: ${roles.join(', ')})` : ''}; connected in ${c.connectMs} ms`,
+      `  ${host}: ${calls(c)}` +
+        `${roles.length ? ` (cluster calls by role: ${roles.join(', ')})` : ''}; connected in ${c.connectMs} ms`,
     )
   }
   const m = s.marks
@@ -124,8 +125,10 @@ export function formatStats(s: RunStats): string[] {
   const span = (a: string, b: string) => (m[a] !== undefined && m[b] !== undefined ? sec(m[b] - m[a]) : '?')
   const w = s.wall
   lines.push(
-    `time: start-up ${sec(m.run)}s (node and zx ${sec(m.playbook)}, modules ${span('playbook', 'main')}, inventory ${span('main', 'inventory')}, secrets ${span('inventory', 'secrets')}); ` +
-      `run ${span('run', 'recap')}s (connecting ${sec(w.connect)}, cluster calls ${sec(w.cluster)}, facts ${sec(w.facts)}, commands ${sec(w.commands)}, controller ${sec(w.controller)})`,
+    `time: start-up ${sec(m.run)}s (node and zx ${sec(m.playbook)}, modules ${span('playbook', 'main')}, ` +
+      `inventory ${span('main', 'inventory')}, secrets ${span('inventory', 'secrets')}); ` +
+      `run ${span('run', 'recap')}s (connecting ${sec(w.connect)}, cluster calls ${sec(w.cluster)}, ` +
+      `facts ${sec(w.facts)}, commands ${sec(w.commands)}, controller ${sec(w.controller)})`,
   )
   return lines
 }
@@ -139,7 +142,10 @@ export function formatRecap(e: Extract<RunEvent, { kind: 'recap' }>): string[] {
     const cell = (k: keyof HostCounts) =>
       `${k}=${c[k]}`.padEnd(k === 'unreachable' ? 17 : k === 'changed' ? 12 : k === 'failed' ? 11 : 7)
     lines.push(
-      `${n.padEnd(width)}: ${cell('ok')} ${cell('changed')} ${cell('unreachable')} ${cell('failed')} ${cell('skipped')}`.trimEnd(),
+      (
+        `${n.padEnd(width)}: ${cell('ok')} ${cell('changed')} ` +
+        `${cell('unreachable')} ${cell('failed')} ${cell('skipped')}`
+      ).trimEnd(),
     )
   }
   lines.push('', `finished in ${e.seconds.toFixed(2)}s, exit ${e.exitCode}`)
@@ -171,7 +177,8 @@ function renderPlain(e: RunEvent, opts: ReporterOptions): string[] {
   switch (e.kind) {
     case 'run-start':
       return [
-        `${e.check ? 'CHECK MODE: nothing will be changed. ' : ''}${e.playbook} on ${e.hosts.length} host(s) from ${e.inventory}`,
+        `${e.check ? 'CHECK MODE: nothing will be changed. ' : ''}` +
+          `${e.playbook} on ${e.hosts.length} host(s) from ${e.inventory}`,
       ]
     case 'play-start':
       return [
@@ -193,7 +200,8 @@ function renderPlain(e: RunEvent, opts: ReporterOptions): string[] {
     case 'command': {
       if (opts.verbosity < 1) return []
       const out = [
-        `  [${e.host}] $ ${e.script.split('\n')[0]}${e.script.includes('\n') ? ' …' : ''}  -> exit ${e.code} (${e.ms} ms)`,
+        `  [${e.host}] $ ${e.script.split('\n')[0]}${e.script.includes('\n') ? ' …' : ''}` +
+          `  -> exit ${e.code} (${e.ms} ms)`,
       ]
       if (opts.verbosity >= 2) {
         if (e.stdout.trim())
@@ -217,7 +225,8 @@ function renderPlain(e: RunEvent, opts: ReporterOptions): string[] {
       return opts.verbosity < 1
         ? []
         : [
-            `  [${e.host}] read ${e.keys.length} fact${e.keys.length === 1 ? '' : 's'} in one round trip: ${e.keys.join(', ')}  -> exit ${e.code} (${e.ms} ms)`,
+            `  [${e.host}] read ${e.keys.length} fact${e.keys.length === 1 ? '' : 's'} in one round trip: ` +
+              `${e.keys.join(', ')}  -> exit ${e.code} (${e.ms} ms)`,
           ]
     case 'warning':
       return [`WARNING: ${e.host ? `[${e.host}] ` : ''}${e.message}`]

@@ -74,7 +74,8 @@ export function pendingHandlersFact(role: string): Fact<string[]> {
 export function savePendingHandlers(role: string, names: string[]): string {
   const file = quote(`${PENDING_DIR}/${role}`)
   if (names.length === 0) return `rm -f ${file}`
-  return `mkdir -p ${PENDING_DIR} && printf '%s\\n' ${names.map(quote).join(' ')} > ${file}.tmp && mv -f ${file}.tmp ${file}`
+  const write = `printf '%s\\n' ${names.map(quote).join(' ')} > ${file}.tmp`
+  return `mkdir -p ${PENDING_DIR} && ${write} && mv -f ${file}.tmp ${file}`
 }
 
 const STEP_RECONNECT_RETRIES = 2
@@ -282,7 +283,8 @@ export function validatePlaybook(pb: Playbook): void {
           if (!names.includes(n))
             throw new ProvisionError(
               'usage',
-              `role ${role.name}, step "${step.name}" notifies "${n}", but the role has no such handler (handlers: ${names.join(', ') || 'none'})`,
+              `role ${role.name}, step "${step.name}" notifies "${n}", ` +
+                `but the role has no such handler (handlers: ${names.join(', ') || 'none'})`,
             )
     }
 }
@@ -381,7 +383,9 @@ class PlaybookRun {
       if (play.maxFailPercentage !== undefined && (failedHere / batch.length) * 100 > play.maxFailPercentage) {
         this.rep.emit({
           kind: 'warning',
-          message: `play "${play.name}": ${failedHere} of ${batch.length} host(s) failed, more than max_fail_percentage ${play.maxFailPercentage}%: stopping`,
+          message:
+            `play "${play.name}": ${failedHere} of ${batch.length} host(s) failed, ` +
+            `more than max_fail_percentage ${play.maxFailPercentage}%: stopping`,
         })
         this.stopAll = true
       }
@@ -438,7 +442,10 @@ class PlaybookRun {
       throw new ProvisionError('step', `cannot record pending handlers in ${PENDING_DIR}: ${res.stderr.trim()}`)
   }
 
-  /** The handlers notified so far, in the order the role lists them; they still run after Ctrl-C (no host half-done). */
+  /**
+   * The handlers notified so far, in the order the role lists them; they still run after Ctrl-C
+   * (no host half-done).
+   */
   private async flushHandlers(r: RoleRun): Promise<void> {
     for (const h of r.role.handlers ?? []) {
       if (r.rt.state !== 'ok' || !r.notified.has(h.name)) continue
@@ -675,7 +682,9 @@ class PlaybookRun {
         this.rep.emit({
           kind: 'warning',
           host: host.name,
-          message: `${recorded ? 'recorded' : 'check mode: accepted for this run, would record'} its new host key ${fp} in ${vars.known_hosts_file}`,
+          message:
+            `${recorded ? 'recorded' : 'check mode: accepted for this run, would record'} ` +
+            `its new host key ${fp} in ${vars.known_hosts_file}`,
         }),
       onKnownHostsWarning: (message) => this.rep.emit({ kind: 'warning', message }),
     })
@@ -698,7 +707,8 @@ class PlaybookRun {
     let retryFile: string | undefined
     // A retire or rebuild cut short by Ctrl-C is finished the same way as one with a failed host.
     const rerun = failed.length || unreachable.length || wasInterrupted ? this.pb.rerun : undefined
-    // --check writes nothing anywhere, the retry file included; otherwise it is the owner's only and never half written.
+    // --check writes nothing anywhere, the retry file included; otherwise it is the owner's only
+    // and never half written.
     if (this.opts.retryFile && !this.check && !this.pb.rerun && (failed.length || unreachable.length)) {
       await writeFileAtomic(this.opts.retryFile, mask([...failed, ...unreachable].join('\n') + '\n'), 0o600)
       retryFile = this.opts.retryFile

@@ -223,7 +223,10 @@ export interface PlacementResult {
   detail: string
 }
 
-/** Each rule against the cluster: the workloads it names have their pods on that node (a CronJob between runs: it is pinned there). */
+/**
+ * Each rule against the cluster: the workloads it names have their pods on that node
+ * (a CronJob between runs: it is pinned there).
+ */
 export function checkPlacement(
   rules: readonly PlacementRule[],
   cluster: { nodes: readonly KubeObject[]; pods: readonly KubeObject[]; workloads: readonly KubeObject[] },
@@ -242,7 +245,9 @@ export function checkPlacement(
       return {
         ...base,
         ok: false,
-        detail: `no Deployment, StatefulSet, DaemonSet or CronJob ${rule.name === '*' ? `in namespace ${rule.namespace}` : rule.key}`,
+        detail:
+          'no Deployment, StatefulSet, DaemonSet or CronJob ' +
+          (rule.name === '*' ? `in namespace ${rule.namespace}` : rule.key),
       }
     const problems: string[] = []
     const fine: string[] = []
@@ -276,7 +281,8 @@ export function checkPlacement(
       if (wrong.length) problems.push(`${what}: ${wrong.join(', ')}`)
       else
         fine.push(
-          `${what}: ${pods.length} pod${pods.length > 1 ? 's' : ''} on ${rule.node}${pinned ? '' : ' (not pinned: the scheduler may move it)'}`,
+          `${what}: ${pods.length} pod${pods.length > 1 ? 's' : ''} on ${rule.node}` +
+            (pinned ? '' : ' (not pinned: the scheduler may move it)'),
         )
     }
     return problems.length
@@ -287,7 +293,10 @@ export function checkPlacement(
 
 // ---------------------------------------------------------------- the checks from the inventory
 
-/** app_checks with DNS servers resolved: an inventory host name means its address; default the host the role runs on. */
+/**
+ * app_checks with DNS servers resolved: an inventory host name means its address;
+ * default the host the role runs on.
+ */
 export function appChecksFor(ctx: Pick<StepContext, 'vars' | 'inventory'>): AppCheck[] {
   return parseAppChecks(ctx.vars.app_checks, {
     timeoutSec: ctx.vars.app_check_timeout,
@@ -306,7 +315,7 @@ function validateAppVars(v: Vars): string[] {
   return checkSecretRefs(checks)
 }
 
-// ---------------------------------------------------------------- what the role reads, in one kubectl, before the reconcile
+// ---------------------------------------------------------- what the role reads, in one kubectl, before the reconcile
 
 /**
  * Everything the role's steps judge, in one kubectl process: the GitOps source (is a reconcile needed?), every
@@ -412,13 +421,18 @@ export const apps: Role = {
         const others = (await kubeGet(ctx, `${KS} -A`)).filter(
           (k) => !(k.metadata.name === 'flux-system' && k.metadata.namespace === 'flux-system'),
         )
-        // What `flux reconcile kustomization X` does, for all of them at once: the wait step then watches them converge.
+        // What `flux reconcile kustomization X` does, for all of them at once:
+        // the wait step then watches them converge.
         const stamp = new Date().toISOString()
         if (others.length) {
           const script = others
             .map(
               (k) =>
-                `${kubectl(`annotate --overwrite -n ${quote(k.metadata.namespace ?? 'flux-system')}`, `${KS}/${k.metadata.name}`, `${REQUESTED_AT}=${stamp}`)} >/dev/null`,
+                `${kubectl(
+                  `annotate --overwrite -n ${quote(k.metadata.namespace ?? 'flux-system')}`,
+                  `${KS}/${k.metadata.name}`,
+                  `${REQUESTED_AT}=${stamp}`,
+                )} >/dev/null`,
             )
             .join(' && \\\n')
           await ctx.must(script, { what: 'request reconciliation of the Kustomizations' })
@@ -471,9 +485,10 @@ export const apps: Role = {
             )
           },
         )
+        const at = revision ? ` at ${revision}` : ''
         return {
           status: 'ok',
-          message: `${value.ready}/${value.total} Ready${revision ? ` at ${revision}` : ''} after ${seconds.toFixed(1)}s`,
+          message: `${value.ready}/${value.total} Ready${at} after ${seconds.toFixed(1)}s`,
         }
       },
     },
@@ -496,12 +511,16 @@ export const apps: Role = {
         const strays = strayNodes(nodes, ctx.inventory)
         for (const n of strays)
           ctx.warn(
-            `Node ${n.metadata.name} (${isReady(n) ? 'Ready' : 'NotReady'}) is in the cluster but not in ${ctx.inventory.file}: retire it with \`npx zx playbooks/retire.mts ${n.metadata.name}\`, or add it to the inventory`,
+            `Node ${n.metadata.name} (${isReady(n) ? 'Ready' : 'NotReady'}) ` +
+              `is in the cluster but not in ${ctx.inventory.file}: ` +
+              `retire it with \`npx zx playbooks/retire.mts ${n.metadata.name}\`, or add it to the inventory`,
           )
         if (strays.length)
           return {
             status: 'ok',
-            message: `${strays.length} of ${nodes.length} Nodes not in the inventory: ${strays.map((n) => n.metadata.name).join(', ')}`,
+            message:
+              `${strays.length} of ${nodes.length} Nodes not in the inventory: ` +
+              strays.map((n) => n.metadata.name).join(', '),
           }
         return { status: 'ok', message: `${nodes.length} Nodes, all in the inventory` }
       },
@@ -535,7 +554,9 @@ export const apps: Role = {
         if (failing.length)
           return {
             status: 'failed',
-            message: `${failing.length} of ${vs.length} apps failing: ${failing.map((v) => `${v.app} (${v.reasons.join('; ')})`).join(', ')}`,
+            message:
+              `${failing.length} of ${vs.length} apps failing: ` +
+              failing.map((v) => `${v.app} (${v.reasons.join('; ')})`).join(', '),
           }
         return { status: 'ok', message: `${vs.length}/${vs.length} apps healthy: ${vs.map((v) => v.app).join(', ')}` }
       },

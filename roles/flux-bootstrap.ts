@@ -1,7 +1,8 @@
 // flux-bootstrap: what the owner did by hand after k3s came up, in the same order.
 //   kubectl create namespace external-secrets
 //   kubectl -n external-secrets create secret generic onepassword-service-account --from-literal=token=ops_...
-//   flux bootstrap github --owner=mtgibbs --repository=pi-cluster --branch=main --path=clusters/pi-k3s --personal --read-write-key
+//   flux bootstrap github --owner=mtgibbs --repository=pi-cluster --branch=main --path=clusters/pi-k3s \
+//     --personal --read-write-key
 // Everything runs ON THE SERVER over SSH, with k3s's own admin kubeconfig (/etc/rancher/k3s/k3s.yaml): the
 // same place `sudo k3s kubectl` works, so the controller needs no kubeconfig, no route to port 6443, and no
 // flux binary of its own. Secrets reach the server on stdin only (never argv, logs or output).
@@ -157,13 +158,15 @@ export function fluxInstallScript(url: string, version: string, sha256?: string)
     'set -e',
     'work=$(mktemp -d)',
     `trap 'rm -rf "$work"' EXIT`,
-    `curl -sfSL --retry 3 -o "$work/download" ${quote(url)} || { echo ${quote(`cannot download ${url}`)} >&2; exit 1; }`,
+    `curl -sfSL --retry 3 -o "$work/download" ${quote(url)} ` +
+      `|| { echo ${quote(`cannot download ${url}`)} >&2; exit 1; }`,
   ]
   if (sha256) {
     const want = sha256.trim().toLowerCase()
     lines.push(
       `got=$(sha256sum "$work/download" | cut -d' ' -f1)`,
-      `if [ "$got" != ${quote(want)} ]; then echo ${quote(`sha256 of ${url} is`)} "$got," ${quote(`not ${want} (flux_sha256)`)} >&2; exit 1; fi`,
+      `if [ "$got" != ${quote(want)} ]; then ` +
+        `echo ${quote(`sha256 of ${url} is`)} "$got," ${quote(`not ${want} (flux_sha256)`)} >&2; exit 1; fi`,
     )
   }
   if (tarball)
@@ -174,7 +177,9 @@ export function fluxInstallScript(url: string, version: string, sha256?: string)
   lines.push(
     'chmod 0755 "$work/flux"',
     `got=$("$work/flux" --version 2>&1 | head -n 1) || true`,
-    `if [ "$got" != ${quote(`flux version ${v}`)} ]; then echo 'the downloaded flux says' "\\"$got\\"," ${quote(`not "flux version ${v}" (flux_version)`)} >&2; exit 1; fi`,
+    `if [ "$got" != ${quote(`flux version ${v}`)} ]; then ` +
+      `echo 'the downloaded flux says' "\\"$got\\"," ` +
+      `${quote(`not "flux version ${v}" (flux_version)`)} >&2; exit 1; fi`,
     `install -m 0755 -o root -g root "$work/flux" ${FLUX_BIN}.new`,
     `mv -f ${FLUX_BIN}.new ${FLUX_BIN}`,
   )
@@ -241,7 +246,10 @@ export async function readFluxState(ctx: StepContext): Promise<FluxState> {
   return fluxStateOf(kubeObjects(await ctx.facts.get(fluxRead)))
 }
 
-/** The Flux version installed in the cluster: the flux-system namespace's version label (flux-v2.7.3 as `flux version` says). */
+/**
+ * The Flux version installed in the cluster: the flux-system namespace's version label
+ * (flux-v2.7.3 as `flux version` says).
+ */
 export function installedFluxVersion(s: FluxState): string | undefined {
   const label = s.namespace?.metadata.labels?.['app.kubernetes.io/version']
   return label ? normVersion(label) : undefined
@@ -261,7 +269,10 @@ export interface BootstrapDecision {
   summary: string
 }
 
-/** Skip flux bootstrap when flux-system is installed at the pinned version, synced from the right repository, branch and path, and Ready. */
+/**
+ * Skip flux bootstrap when flux-system is installed at the pinned version, synced from the right
+ * repository, branch and path, and Ready.
+ */
 export function bootstrapDecision(s: FluxState, want: BootstrapWant): BootstrapDecision {
   const reasons: string[] = []
   if (!s.namespace) return { skip: false, reasons: ['Flux is not installed (no flux-system namespace)'], summary: '' }
@@ -300,7 +311,9 @@ export function bootstrapDecision(s: FluxState, want: BootstrapWant): BootstrapD
         `Kustomization flux-system is not Ready${conditionOf(ks)?.message ? ` (${conditionOf(ks)?.message})` : ''}`,
       )
   }
-  const summary = `Flux ${have ?? '?'} with ${s.controllers.length} controllers ready; flux-system Ready on ./${want.path} of ${repoLabel(want)}`
+  const summary =
+    `Flux ${have ?? '?'} with ${s.controllers.length} controllers ready; ` +
+    `flux-system Ready on ./${want.path} of ${repoLabel(want)}`
   return { skip: reasons.length === 0, reasons, summary }
 }
 
@@ -494,7 +507,11 @@ export const fluxBootstrap: Role = {
         if (first && isReady(first))
           return {
             status: 'ok',
-            message: `already Ready${field(first, 'status', 'lastAppliedRevision') ? ` at ${field(first, 'status', 'lastAppliedRevision')}` : ''}`,
+            message:
+              'already Ready' +
+              (field(first, 'status', 'lastAppliedRevision')
+                ? ` at ${field(first, 'status', 'lastAppliedRevision')}`
+                : ''),
           }
         const { value, seconds } = await waitUntil(
           ctx,
