@@ -114,7 +114,10 @@ export function fstabLine(exp: string, mountPoint: string, options: readonly str
   return `${exp} ${mountPoint} nfs ${[...new Set(opts)].join(',')} 0 0`
 }
 
-/** The line of /etc/fstab this role owns: the one for this mount point, or for this export (rewritten, not added twice). */
+/**
+ * The line of /etc/fstab this role owns: the one for this mount point, or for this export (rewritten, not added
+ * twice).
+ */
 export function fstabMatch(exp: string, mountPoint: string): RegExp {
   const re = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
   return new RegExp(`^(?:[^#\\s]\\S*\\s+${re(mountPoint)}\\s|${re(exp)}\\s)`)
@@ -133,14 +136,18 @@ export function unitOfPath(path: string, suffix: 'mount' | 'automount'): string 
   return `${escaped || '-'}.${suffix}`
 }
 
-/** What is at the mount point. Read from /proc/self/mountinfo first: a stat of a mounted share whose NAS is down can hang. */
+/**
+ * What is at the mount point. Read from /proc/self/mountinfo first: a stat of a mounted share whose NAS is down can
+ * hang.
+ */
 export type MountPointState = 'mount' | 'directory' | 'other' | 'absent'
 
 export function mountPointFact(path: string): Fact<MountPointState> {
   const p = quote(path)
   return defineFact<MountPointState>(
     `mount-point:${path}`,
-    `if awk -v ${quote(`p=${path}`)} '$5 == p { found = 1 } END { exit !found }' /proc/self/mountinfo; then echo mount; ` +
+    `if awk -v ${quote(`p=${path}`)} '$5 == p { found = 1 } END { exit !found }' /proc/self/mountinfo; ` +
+      'then echo mount; ' +
       `elif [ -d ${p} ]; then echo directory; elif [ -e ${p} ] || [ -L ${p} ]; then echo other; else echo absent; fi`,
     (r) => {
       const state = r.stdout.trim()
