@@ -151,3 +151,41 @@ export async function drainNode(
       'deal with that pod, then run again (k3s_drain_timeout gives a slow eviction more time)',
   })
 }
+
+export interface MarkedDrain {
+  /** Which playbook drains (the mark's value: update, k3s-upgrade). */
+  by: string
+  /** Cordoned by the owner before: drained, never marked, so it stays cordoned afterwards. */
+  byHand: boolean
+  /** Already marked by an earlier run that did not finish. */
+  marked: boolean
+  /** What the plan said: "evict N pods" or "cordon it". */
+  what: string
+  seconds: number
+  /** What a failed drain leaves, for its message. */
+  ifStopped: string
+  /** Runs the drain (e.g. to add where the run stopped to its error); the drain itself by default. */
+  around?: (drain: () => Promise<void>) => Promise<void>
+}
+
+/**
+ * Mark the Node first (a run cut off mid-drain leaves a Node the next run knows it may uncordon), then drain it;
+ * returns what to report. Shared by os-update and k3s-upgrade.
+ */
+export async function markAndDrain(
+  server: {
+    sh(script: string): Promise<RunResult>
+    must(script: string, opts?: { what?: string }): Promise<RunResult>
+  },
+  name: string,
+  d: MarkedDrain,
+): Promise<string> {
+  if (!d.byHand && !d.marked)
+    await server.must(kubectl('annotate --overwrite node', name, `${DRAINED_MARK}=${d.by}`), {
+      what: `mark the Node ${name}`,
+    })
+  const drain = () => drainNode((script) => server.sh(script), name, d.seconds, d.ifStopped)
+  await (d.around ? d.around(drain) : drain())
+  const done = d.what.replace(/^evict/, 'evicted').replace(/^cordon it/, 'cordoned')
+  return `drained ${name} (${done})${d.byHand ? '; cordoned by hand, it stays cordoned' : ''}`
+}

@@ -44,7 +44,7 @@ import { SERVER_DIR } from '../lib/k3s-backup.ts'
 import { LAST_SNAPSHOT, roomNeeded, roomProblem, snapshotRoomFact, snapshotSteps } from '../lib/k3s-snapshot.ts'
 import { field, isReady, kubeGet, kubectl, type KubeObject } from '../lib/kube.ts'
 import { defineVars, type HostHandle, type Role, roleVars, runKey, type Step, type StepContext } from '../lib/role.ts'
-import { DRAINED_MARK, drainNode, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
+import { DRAINED_MARK, markAndDrain, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
 import { bounded } from '../lib/shell.ts'
 import { waitUntil } from '../lib/steps.ts'
 
@@ -479,21 +479,15 @@ export const upgradeAgent: Role = {
         return {
           summary: `drain ${name} (${what})`,
           async apply() {
-            // Marked first: a run cut off mid-drain leaves a Node the next run knows it may uncordon.
-            if (!byHand && !marked)
-              await server.must(kubectl('annotate --overwrite node', name, `${DRAINED_MARK}=k3s-upgrade`), {
-                what: `mark the Node ${name}`,
-              })
-            await reportingWhereItStopped(ctx, () =>
-              drainNode(
-                (script) => server.sh(script),
-                name,
-                ctx.vars.k3s_drain_timeout,
-                'the node stays cordoned and k3s was not touched on it; the next run drains it again',
-              ),
-            )
-            const done = what.replace(/^evict/, 'evicted').replace(/^cordon it/, 'cordoned')
-            return `drained ${name} (${done})${byHand ? '; cordoned by hand, it stays cordoned' : ''}`
+            return markAndDrain(server, name, {
+              by: 'k3s-upgrade',
+              byHand,
+              marked,
+              what,
+              seconds: ctx.vars.k3s_drain_timeout,
+              ifStopped: 'the node stays cordoned and k3s was not touched on it; the next run drains it again',
+              around: (drain) => reportingWhereItStopped(ctx, drain),
+            })
           },
         }
       },

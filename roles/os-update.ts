@@ -18,7 +18,7 @@ import { agrees, counted } from '../lib/words.ts'
 import { rebootHandler, waitUntil } from '../lib/steps.ts'
 import { nodeName, nodeOnServer, serverHandle, type NodeView } from '../lib/k3s.ts'
 import { kubeGet, kubectl } from '../lib/kube.ts'
-import { DRAINED_MARK, drainNode, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
+import { DRAINED_MARK, markAndDrain, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
 
 const APT_LOCK_WAIT = 300
 /** Written by packages that need a reboot (Debian's convention, on tmpfs: a reboot clears it); a kernel change too. */
@@ -219,20 +219,14 @@ export const osUpdate: Role = {
         return {
           summary: `drain ${name} (${what})`,
           async apply() {
-            // Marked first: a run cut off mid-drain leaves a Node the next run knows it may uncordon.
-            const server = await serverHandle(ctx)
-            if (!byHand && !marked)
-              await server.must(kubectl('annotate --overwrite node', name, `${DRAINED_MARK}=update`), {
-                what: `mark the Node ${name}`,
-              })
-            await drainNode(
-              (script) => server.sh(script),
-              name,
-              ctx.vars.k3s_drain_timeout,
-              'the node stays cordoned and nothing was installed; the next run drains it again',
-            )
-            const done = what.replace(/^evict/, 'evicted').replace(/^cordon it/, 'cordoned')
-            return `drained ${name} (${done})${byHand ? '; cordoned by hand, it stays cordoned' : ''}`
+            return markAndDrain(await serverHandle(ctx), name, {
+              by: 'update',
+              byHand,
+              marked,
+              what,
+              seconds: ctx.vars.k3s_drain_timeout,
+              ifStopped: 'the node stays cordoned and nothing was installed; the next run drains it again',
+            })
           },
         }
       },
