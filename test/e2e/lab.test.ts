@@ -30,7 +30,7 @@ import {
   type LabHost,
 } from '../lab/lab.ts'
 import { otherLabBridges, sshBanner } from '../lab/network.ts'
-import { IP_FORWARD_SAVED, LAB_ARTIFACT_PORT, LAB_BRIDGE, LAB_SUBNET, REPO_DIR } from '../lab/paths.ts'
+import { IP_FORWARD_SAVED, LAB_ARTIFACT_PORT, LAB_BRIDGE, LAB_SUBNET, REPO_DIR, hostPaths } from '../lab/paths.ts'
 import { processes } from '../lab/procs.ts'
 import { run } from '../lab/run.ts'
 import { until } from './helpers.ts'
@@ -175,26 +175,44 @@ describe('lab hosts', () => {
 
   test('systemctl reboot inside a host is a real reboot: new boot_id, empty /run, SSH back', async () => {
     const name = 'pi3-worker-2'
+    // A reboot asked for while the host still boots can be lost (systemd not yet answering on its bus): wait, as a
+    // person would, until boot is over.
+    const state = await labExec(name, 'systemctl is-system-running --wait', { timeoutMs: 60_000 })
+    expect(state.stdout.trim(), state.stderr).toMatch(/^(running|degraded)$/)
     const before = await labBootId(name)
     await exec(name, 'touch /run/before-reboot')
+    const consoleLog = hostPaths(name).log
+    const consoleBefore = readFileSync(consoleLog, 'utf8').length
     const started = Date.now()
-    void labExec(name, 'systemctl reboot').catch(() => {}) // the command dies with the host
+    // The command dies with the host; if it returns on its own, that is an answer worth showing.
+    let asked = 'still running'
+    void labExec(name, 'systemctl reboot')
+      .then((r) => {
+        asked = `exit ${r.code}: ${r.stderr.trim()}`
+      })
+      .catch((e: unknown) => {
+        asked = String(e)
+      })
     // While it shuts down the host may briefly show no boot_id or the kernel's: wait for one that answers SSH.
+    // Bounded past systemd's 90 s stop timeout, so a slow stop job shows in the console rather than as a timeout.
     const after = await until(
       'new boot_id',
-      60_000,
+      150_000,
       async () => {
         const id = await labBootId(name)
         return id !== before && (await sshBanner(labAddress(name))) ? id : undefined
       },
       100,
-    )
+    ).catch((e: unknown) => {
+      const tail = readFileSync(consoleLog, 'utf8').slice(consoleBefore).split('\n').slice(-40).join('\n')
+      throw new Error(`${String(e)}; systemctl reboot: ${asked}; console since:\n${tail}`)
+    })
     console.log(`reboot: new boot_id and SSH back in ${Date.now() - started} ms`)
     expect(after).toMatch(/^[0-9a-f-]{36}$/)
     expect(after).not.toBe(readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim())
     expect(await exec(name, 'test -e /run/before-reboot && echo kept || echo gone')).toBe('gone')
     expect(ssh(labAddress(name), 'hostname').out.trim()).toBe(name)
-  })
+  }, 240_000)
 
   test('wipe is an SD-card failure: same address, new host key, empty disk, known_hosts not updated', async () => {
     const name = 'pi3-worker-1'
