@@ -10,7 +10,7 @@
 //   npm run bench -- --runs 3 --no-12 --no-fresh --no-upgrade
 
 import { execFileSync, spawn } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import { delimiter, join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -31,6 +31,10 @@ import { countHostProcesses, perfAvailable, type HostProcesses } from './hostpro
 import { timeUpgrade, type UpgradeTiming } from './upgrade.ts'
 
 const REPO = resolve(import.meta.dirname, '..')
+// The bench's temporary files (event logs, inventories, the runs' own) under one scratch directory, gone at exit.
+const SCRATCH = mkdtempSync(join(tmpdir(), 'pi-provision-bench-'))
+process.env.TMPDIR = SCRATCH
+process.on('exit', () => rmSync(SCRATCH, { recursive: true, force: true }))
 const { values: flags } = parseArgs({
   options: {
     runs: { type: 'string', default: '5' },

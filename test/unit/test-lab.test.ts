@@ -3,14 +3,15 @@
 // machine, and the inventory the lab tests use (LAB_INVENTORY) reaches that lab only. The lab itself is shown
 // beside another by test/e2e/lab.test.ts, and README's commands around `npm test` by .ci/readme-flow.
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { hostVars, loadInventory } from '../../lib/inventory.ts'
 import { DEFAULT_HOSTS, USER_LAB } from '../lab/paths.ts'
 import { TEST_LAB_ENV } from '../lab/test-lab.ts'
 import config from '../../vitest.config.ts'
+import { teardown as scratchTeardown } from '../scratch-setup.ts'
 
 const REPO = resolve(import.meta.dirname, '../..')
 
@@ -53,9 +54,29 @@ function labSeenWith(env: Record<string, string>): {
 
 describe('the lab tests run on a lab of their own', () => {
   it("the lab project sets the test lab's environment and brings that lab down at the end; the unit project none", () => {
-    expect(labProject?.env).toEqual(TEST_LAB_ENV)
-    expect(labProject?.globalSetup).toEqual(['test/lab/test-lab-setup.ts'])
-    expect(unitProject?.env).toBeUndefined()
+    const scratch = process.env.PI_TEST_SCRATCH
+    expect(labProject?.env).toEqual({ ...TEST_LAB_ENV, TMPDIR: scratch })
+    expect(labProject?.globalSetup).toEqual(['test/lab/test-lab-setup.ts', 'test/scratch-setup.ts'])
+    expect(unitProject?.env).toEqual({ TMPDIR: scratch })
+  })
+
+  it('every temporary file of a run goes under one scratch directory, and the scratch goes at the end', () => {
+    const scratch = process.env.PI_TEST_SCRATCH ?? ''
+    expect(scratch).toMatch(/\/pi-provision-tests-[^/]+$/)
+    expect(tmpdir()).toBe(scratch)
+    expect(existsSync(scratch)).toBe(true)
+    for (const project of [unitProject, labProject]) expect(project?.globalSetup).toContain('test/scratch-setup.ts')
+    // The teardown removes it, credentials planted in it included.
+    const copy = mkdtempSync(join(dirname(scratch), 'pi-provision-tests-probe-'))
+    writeFileSync(join(copy, 'token'), 'K10planted::server:x')
+    const saved = process.env.PI_TEST_SCRATCH
+    try {
+      process.env.PI_TEST_SCRATCH = copy
+      scratchTeardown()
+    } finally {
+      process.env.PI_TEST_SCRATCH = saved
+    }
+    expect(existsSync(copy)).toBe(false)
   })
 
   const user = labSeenWith({})
