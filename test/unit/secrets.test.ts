@@ -22,13 +22,9 @@ import type { Item, ItemCreateParams, ItemField, ItemListFilter, ResolveAllRespo
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { ProvisionError, errorText } from '../../lib/errors.ts'
 import { mask, resetSecretsForTest } from '../../lib/mask.ts'
-import {
-  openSecretStore,
-  parseSecretRef,
-  type OnePasswordClient,
-  type OnePasswordConfig,
-  type SecretStore,
-} from '../../lib/secrets.ts'
+import type { OnePasswordClient, OnePasswordConfig } from '../../lib/onepassword.ts'
+import { parseSecretRef } from '../../lib/secret-ref.ts'
+import { openSecretStore, type SecretStore } from '../../lib/secrets.ts'
 
 const MASKED = '********'
 
