@@ -229,7 +229,12 @@ export async function runCli(pb: Playbook, argv: string[], hooks: MainHooks = {}
     await checkRoleSecrets(pb, inv, o.limit, extra, secrets)
     performance.mark('pi-provision:secrets')
     await hooks.before?.(inv, o)
-    const reporter = createReporter({ verbosity: o.verbosity, showDiff: o.diff, jsonFile: o.json, write: hooks.write })
+    const reporter = await createReporter({
+      verbosity: o.verbosity,
+      showDiff: o.diff,
+      jsonFile: o.json,
+      write: hooks.write,
+    })
     for (const message of sshWarnings) reporter.emit({ kind: 'warning', message })
     // The first Ctrl-C lets the steps in flight finish (a half-run apt or a cut-off file is worse than waiting);
     // the second quits at once.

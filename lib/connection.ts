@@ -554,6 +554,8 @@ export class LocalConnection implements Connection {
   }
   run(script: string, opts: RunOptions = {}): Promise<RunResult> {
     return new Promise((resolve, reject) => {
+      // spawn, not zx's $: with an empty input $ leaves stdin open (a script reading it hangs), and a script that
+      // exits before reading its stdin (a secret's way in) ends the run in an unhandled EPIPE.
       const child = spawn('sh', ['-c', script], { stdio: ['pipe', 'pipe', 'pipe'] })
       const out: Buffer[] = []
       const err: Buffer[] = []

@@ -1,5 +1,6 @@
 // Run events and the ways they are shown: a spinner on a TTY (ora), plain lines for CI and pipes,
 // JSON lines for machines (--json FILE), and a recording reporter for tests. Everything passes through mask().
+// Lines are coloured as Ansible colours them (zx's chalk) on a terminal, never in --json or a file we write.
 
 import { closeSync, constants, fchmodSync, openSync, writeSync } from 'node:fs'
 import type { Ora } from 'ora'
@@ -95,8 +96,92 @@ export interface ReporterOptions {
   jsonFile?: string
   /** Where plain lines go (stdout by default). */
   write?: (line: string) => void
-  /** The terminal the live spinner draws on (stdout by default). */
+  /** The stream lines go to when no `write` is given, and the terminal the live spinner draws on (stdout). */
   terminal?: NodeJS.WriteStream
+  /** Colour, from loadPalette (createReporter decides it with useColour); plain when not given. */
+  palette?: Palette
+  /** Colour or not, instead of useColour's decision (createReporter). */
+  colour?: boolean
+  /** The environment the colour and spinner decisions read (process.env by default). */
+  env?: Record<string, string | undefined>
+}
+
+type Paint = (text: string) => string
+
+/** How each kind of line is painted: Ansible's colours, or none. */
+export interface Palette {
+  /** Colour at all (the spinner's own colour follows it). */
+  on: boolean
+  ok: Paint
+  changed: Paint
+  /** Failed and unreachable hosts and steps, errors. */
+  failed: Paint
+  skipped: Paint
+  warning: Paint
+  diffAdd: Paint
+  diffDel: Paint
+  diffHunk: Paint
+}
+
+const same: Paint = (text) => text
+
+export const PLAIN: Palette = {
+  on: false,
+  ok: same,
+  changed: same,
+  failed: same,
+  skipped: same,
+  warning: same,
+  diffAdd: same,
+  diffDel: same,
+  diffHunk: same,
+}
+
+/**
+ * Colour or not, as chalk's supports-color decides for a stream, and NO_COLOR (no-color.org): FORCE_COLOR colours
+ * even through a pipe or into a file (FORCE_COLOR=0 or false: never), and wins over NO_COLOR, as in Node itself;
+ * otherwise NO_COLOR with any value but '' turns colour off; otherwise only a TTY whose TERM is not dumb.
+ */
+export function useColour(
+  out: Pick<NodeJS.WriteStream, 'isTTY'> | undefined,
+  env: Record<string, string | undefined> = process.env,
+): boolean {
+  const force = env.FORCE_COLOR
+  if (force !== undefined) return force !== '0' && force !== 'false'
+  if (env.NO_COLOR) return false
+  return Boolean(out?.isTTY) && env.TERM !== 'dumb'
+}
+
+/**
+ * Ansible's colours from zx's chalk (ok green, changed yellow, failed and unreachable red, skipped cyan, warnings
+ * magenta; diffs: added green, removed red, hunks cyan), or PLAIN without loading anything. zx/core, not zx: the
+ * same chalk without zx's other vendored packages (about 20 ms to import against 55 ms), and only for a run that
+ * colours, so --list-hosts and piped runs pay nothing.
+ */
+export async function loadPalette(colour: boolean): Promise<Palette> {
+  if (!colour) return PLAIN
+  const { chalk } = await import('zx/core')
+  // An instance of our own at level 1 (16 colours, all this uses), as chalk advises a module: zx's shared one keeps
+  // the level it found for stdout, and its level is not ours to decide (chalk.constructor is chalk's factory; zx
+  // exports the instance only).
+  const make = chalk.constructor as unknown as (options: { level: number }) => typeof chalk
+  const c = make({ level: 1 })
+  // One argument each: a chalk style joins all it is given (lines.map(c.red) would append the index and array).
+  const one =
+    (style: typeof c.red): Paint =>
+    (text) =>
+      style(text)
+  return {
+    on: true,
+    ok: one(c.green),
+    changed: one(c.yellow),
+    failed: one(c.red),
+    skipped: one(c.cyan),
+    warning: one(c.magenta),
+    diffAdd: one(c.green),
+    diffDel: one(c.red),
+    diffHunk: one(c.cyan),
+  }
 }
 
 const STATUS_WORD: Record<StepStatus, string> = { ok: 'ok', changed: 'changed', failed: 'FAILED', skipped: 'skipping' }
@@ -133,17 +218,34 @@ export function formatStats(s: RunStats): string[] {
   return lines
 }
 
-export function formatRecap(e: Extract<RunEvent, { kind: 'recap' }>): string[] {
+/**
+ * The recap. Coloured as Ansible's: a host's name by its worst outcome (red failed or unreachable, yellow changed,
+ * green otherwise), each count that is not 0 in its status's colour; the padding is the plain text's.
+ */
+export function formatRecap(e: Extract<RunEvent, { kind: 'recap' }>, p: Palette = PLAIN): string[] {
   const names = Object.keys(e.hosts)
   const width = Math.max(26, ...names.map((n) => n.length + 1))
   const lines = ['', `PLAY RECAP ${'*'.repeat(60)}`]
+  const paint: Record<keyof HostCounts, Paint> = {
+    ok: p.ok,
+    changed: p.changed,
+    unreachable: p.failed,
+    failed: p.failed,
+    skipped: p.skipped,
+  }
   for (const n of names) {
     const c = e.hosts[n]
-    const cell = (k: keyof HostCounts) =>
-      `${k}=${c[k]}`.padEnd(k === 'unreachable' ? 17 : k === 'changed' ? 12 : k === 'failed' ? 11 : 7)
+    const cell = (k: keyof HostCounts) => {
+      const text = `${k}=${c[k]}`
+      const pad = ' '.repeat(
+        Math.max(0, (k === 'unreachable' ? 17 : k === 'changed' ? 12 : k === 'failed' ? 11 : 7) - text.length),
+      )
+      return (c[k] ? paint[k](text) : text) + pad
+    }
+    const host = c.failed || c.unreachable ? p.failed : c.changed ? p.changed : p.ok
     lines.push(
       (
-        `${n.padEnd(width)}: ${cell('ok')} ${cell('changed')} ` +
+        `${host(n)}${' '.repeat(width - n.length)}: ${cell('ok')} ${cell('changed')} ` +
         `${cell('unreachable')} ${cell('failed')} ${cell('skipped')}`
       ).trimEnd(),
     )
@@ -165,12 +267,45 @@ export class PlainReporter implements Reporter {
   private readonly write: (line: string) => void
   constructor(opts: ReporterOptions) {
     this.opts = opts
-    this.write = opts.write ?? ((l) => process.stdout.write(l + '\n'))
+    const out = opts.terminal ?? process.stdout
+    this.write = opts.write ?? ((l) => out.write(l + '\n'))
   }
   emit(e: RunEvent): void {
-    for (const line of renderPlain(e, this.opts)) this.write(mask(line))
+    for (const line of render(e, this.opts)) this.write(line)
   }
   close(): void {}
+}
+
+/** An event's lines, masked, then painted (so no escape splits a secret; the recap holds only names and counts). */
+function render(e: RunEvent, opts: ReporterOptions): string[] {
+  const p = opts.palette ?? PLAIN
+  if (e.kind === 'recap')
+    return [...formatRecap(e, p), ...(opts.verbosity >= 1 && e.stats ? formatStats(e.stats) : [])].map(mask)
+  const lines = renderPlain(e, opts).map(mask)
+  if (!p.on) return lines
+  switch (e.kind) {
+    case 'step-end': {
+      const status = { ok: p.ok, changed: p.changed, failed: p.failed, skipped: p.skipped }[e.status]
+      return lines.map((l, i) => (i === 0 ? status(l) : paintDiffLine(l, p)))
+    }
+    case 'unreachable':
+    case 'error':
+      return lines.map((l) => p.failed(l))
+    case 'warning':
+      return lines.map((l) => p.warning(l))
+    case 'play-start':
+      return lines.map((l) => (l.startsWith('skipping:') ? p.skipped(l) : l))
+    default:
+      return lines
+  }
+}
+
+function paintDiffLine(l: string, p: Palette): string {
+  if (l.startsWith('+++') || l.startsWith('---')) return l
+  if (l.startsWith('+')) return p.diffAdd(l)
+  if (l.startsWith('-')) return p.diffDel(l)
+  if (l.startsWith('@@')) return p.diffHunk(l)
+  return l
 }
 
 function renderPlain(e: RunEvent, opts: ReporterOptions): string[] {
@@ -260,8 +395,14 @@ export class TtyReporter implements Reporter {
     this.out = opts.terminal ?? process.stdout
     void import('ora').then(({ default: ora }) => {
       if (this.closed) return
-      // Chosen only for a terminal outside CI (createReporter), so the spinner is always drawn.
-      this.spinner = ora({ stream: this.out, discardStdin: false, isEnabled: true })
+      // Chosen only for a terminal outside CI (createReporter), so the spinner is always drawn; its colour (ora's
+      // cyan) only when the lines are coloured too.
+      this.spinner = ora({
+        stream: this.out,
+        discardStdin: false,
+        isEnabled: true,
+        color: this.opts.palette?.on ? 'cyan' : false,
+      })
       this.refresh()
     })
   }
@@ -274,18 +415,19 @@ export class TtyReporter implements Reporter {
     if (e.kind === 'step-end') {
       this.active.delete(e.host)
       const show = e.status !== 'ok' || this.opts.verbosity >= 1
-      if (show) this.persist(renderPlain(e, this.opts))
+      if (show) this.persist(render(e, this.opts))
       this.refresh()
       return
     }
     if (e.kind === 'recap') this.spinner?.stop()
-    const lines = renderPlain(e, this.opts)
+    const lines = render(e, this.opts)
     if (lines.length) this.persist(lines)
   }
+  /** Lines from render(): masked and painted. */
   private persist(lines: string[]): void {
     const wasSpinning = this.spinner?.isSpinning ?? false
     this.spinner?.stop()
-    for (const l of lines) this.out.write(mask(l) + '\n')
+    for (const l of lines) this.out.write(l + '\n')
     if (wasSpinning && this.active.size > 0) this.spinner?.start()
   }
   private refresh(): void {
@@ -369,18 +511,27 @@ export class FanOut implements Reporter {
 }
 
 /**
- * The live spinner needs a terminal that knows its width: a pseudo-terminal without a size (`script` run without
- * one, some CI runners, `ssh -t` from a pipe) reports 0 columns, and redrawing on it never ends.
+ * The live spinner animates only on a TTY (as ora's is-interactive decides: not with TERM=dumb, not with CI set to
+ * anything), and one that knows its width: a pseudo-terminal without a size (`script` run without one, some CI
+ * runners, `ssh -t` from a pipe) reports 0 columns, and redrawing on it never ends. Elsewhere: plain lines.
  */
 export function canDrawSpinner(
   out: Pick<NodeJS.WriteStream, 'isTTY' | 'columns'>,
   env: Record<string, string | undefined> = process.env,
 ): boolean {
-  return Boolean(out.isTTY) && !env.CI && (out.columns ?? 0) >= 20
+  return Boolean(out.isTTY) && env.TERM !== 'dumb' && env.CI === undefined && (out.columns ?? 0) >= 20
 }
 
-export function createReporter(opts: ReporterOptions): Reporter {
-  const tty = opts.tty ?? canDrawSpinner(process.stdout)
-  const main: Reporter = tty ? new TtyReporter(opts) : new PlainReporter(opts)
+/**
+ * The reporter for a run: the spinner or plain lines on stdout (or `write`), coloured when useColour says so (a
+ * `write` of the caller's is no terminal: plain unless `colour` asks), and --json beside them, never coloured.
+ */
+export async function createReporter(opts: ReporterOptions): Promise<Reporter> {
+  const out = opts.terminal ?? process.stdout
+  const env = opts.env ?? process.env
+  const tty = opts.tty ?? (opts.write ? false : canDrawSpinner(out, env))
+  const palette = opts.palette ?? (await loadPalette(opts.colour ?? (opts.write ? false : useColour(out, env))))
+  const o = { ...opts, palette }
+  const main: Reporter = tty ? new TtyReporter(o) : new PlainReporter(o)
   return opts.jsonFile ? new FanOut([main, new JsonReporter(opts.jsonFile, opts.verbosity)]) : main
 }
