@@ -5,16 +5,10 @@
 import { basename } from 'node:path'
 import { parseArgs } from 'node:util'
 import { errorText, isProvisionError, ProvisionError } from './errors.ts'
-import {
-  applySshConfig,
-  checkHosts,
-  hostAddress,
-  hostVars,
-  loadInventory,
-  parseExtraVars,
-  type Inventory,
-  type VarLayer,
-} from './inventory.ts'
+import { parseExtraVars } from './extra-vars.ts'
+import { checkHosts } from './host-checks.ts'
+import { hostAddress, hostVars, loadInventory, type Inventory, type VarLayer } from './inventory.ts'
+import { applySshConfig } from './inventory-sshconfig.ts'
 import { mask } from './mask.ts'
 import { createReporter } from './reporter.ts'
 import type { Connection } from './connection.ts'

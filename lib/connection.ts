@@ -10,7 +10,7 @@ import ssh2 from 'ssh2'
 import type { IdentityCallback, ParsedKey, ServerHostKeyAlgorithm } from 'ssh2'
 import pLimit from 'p-limit'
 import { ProvisionError } from './errors.ts'
-import { expandPath } from './inventory.ts'
+import { expandPath } from './controller-paths.ts'
 import {
   addKnownHost,
   checkHostKey,

@@ -10,7 +10,8 @@
 import type { Play, Playbook } from '../lib/role.ts'
 import '../lib/compile-cache.ts' // first: the imports below then load from Node's compile cache
 const { parseCli, playbookVars, runCli, scriptArgs } = await import('../lib/cli.ts')
-const { hostVars, loadInventory, parseExtraVars } = await import('../lib/inventory.ts')
+const { parseExtraVars } = await import('../lib/extra-vars.ts')
+const { hostVars, loadInventory } = await import('../lib/inventory.ts')
 const { roleVars } = await import('../lib/role.ts')
 const { quote } = await import('../lib/shell.ts')
 const {

@@ -8,8 +8,8 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
 import { thrown } from './fakes.ts'
+import { checkHosts } from '../../lib/host-checks.ts'
 import {
-  checkHosts,
   hostVars,
   loadInventory,
   nodeNameOf,

@@ -13,7 +13,7 @@ import {
   revisionCommit,
   sourceDecision,
 } from '../../lib/flux-source.ts'
-import { parseExtraVars } from '../../lib/inventory.ts'
+import { parseExtraVars } from '../../lib/extra-vars.ts'
 import type { KubeObject } from '../../lib/kube.ts'
 import { BUILTIN_DEFAULTS } from '../../lib/vars.ts'
 

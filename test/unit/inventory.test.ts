@@ -4,13 +4,13 @@ import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
 import { thrown } from './fakes.ts'
+import { expandPath } from '../../lib/controller-paths.ts'
+import { parseExtraVars } from '../../lib/extra-vars.ts'
+import { checkHosts } from '../../lib/host-checks.ts'
 import {
-  checkHosts,
-  expandPath,
   hostVars,
   loadInventory,
   nodeNameOf,
-  parseExtraVars,
   parseInventory,
   type Inventory,
   type InventoryHost,

@@ -11,7 +11,8 @@ import { afterAll, describe, expect, it } from 'vitest'
 import { LocalBackupStore } from '../../lib/backup-store.ts'
 import type { ProvisionError } from '../../lib/errors.ts'
 import * as g from '../../lib/grammar.ts'
-import { hostVars, parseExtraVars, parseInventory } from '../../lib/inventory.ts'
+import { parseExtraVars } from '../../lib/extra-vars.ts'
+import { hostVars, parseInventory } from '../../lib/inventory.ts'
 import {
   checkDatastore,
   checkIdentity,

@@ -835,7 +835,8 @@ describe('1Password desktop app (op_account)', () => {
 
   it('chosen by the inventory: op_account opens the desktop-app store, -e op_account=none the token one', async () => {
     const { openStoreFor } = await import('../../lib/cli.ts')
-    const { parseExtraVars, parseInventory } = await import('../../lib/inventory.ts')
+    const { parseExtraVars } = await import('../../lib/extra-vars.ts')
+    const { parseInventory } = await import('../../lib/inventory.ts')
     const inv = (vars: string) =>
       parseInventory(
         `all:\n  vars:\n    secrets_backend: onepassword\n${vars}  children:\n    server:\n      hosts:\n        s1: { address: 192.0.2.1 }\n`,

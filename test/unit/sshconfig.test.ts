@@ -9,15 +9,10 @@ import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { runCli } from '../../lib/cli.ts'
 import { LocalConnection } from '../../lib/connection.ts'
 import { ProvisionError } from '../../lib/errors.ts'
-import {
-  applySshConfig,
-  checkHosts,
-  hostAddress,
-  hostVars,
-  parseExtraVars,
-  parseInventory,
-  type Inventory,
-} from '../../lib/inventory.ts'
+import { parseExtraVars } from '../../lib/extra-vars.ts'
+import { checkHosts } from '../../lib/host-checks.ts'
+import { hostAddress, hostVars, parseInventory, type Inventory } from '../../lib/inventory.ts'
+import { applySshConfig } from '../../lib/inventory-sshconfig.ts'
 import { resetSecretsForTest } from '../../lib/mask.ts'
 import type { Playbook } from '../../lib/role.ts'
 import { expandIdentityFile, globMatches, hostMatches, SshConfig } from '../../lib/sshconfig.ts'
