@@ -8,7 +8,6 @@
 // Cluster reads run on the server (k3s kubectl, flux: see flux-bootstrap.ts); the probes run on the controller,
 // where the owner stands, through lib/probes.ts.
 
-import { ProvisionError } from '../lib/errors.ts'
 import { hostVars, nodeNameOf, type Inventory } from '../lib/inventory.ts'
 import { parseAppChecks, type AppCheck } from '../lib/appchecks.ts'
 import { checkSecretRefs, formatAppTable, runChecks, verdicts } from '../lib/probes.ts'
@@ -24,10 +23,11 @@ import {
 import { quote } from '../lib/shell.ts'
 import { waitUntil } from '../lib/steps.ts'
 import type { Vars } from '../lib/vars.ts'
-import { asRecord, feasibleNodes } from '../lib/scheduling.ts'
+import { checkEso, SECRET_STORE } from '../lib/external-secrets.ts'
+import { describeNotReady, parseRevision, readiness, REQUESTED_AT } from '../lib/flux-readiness.ts'
+import { checkPlacement, parsePlacement, WORKLOAD_KINDS } from '../lib/placement.ts'
 import {
   FLUX,
-  conditionOf,
   field,
   GITREPO,
   HR,
@@ -37,259 +37,20 @@ import {
   kubeFactKinds,
   kubeGet,
   kubeObjects,
-  nameOf,
   type KubeObject,
 } from '../lib/kube.ts'
 
-export const SECRET_STORE = 'onepassword'
+// Kept for test/unit/standin-workloads.test.ts, which imports these four from here (another helper's file).
+export { checkEso } from '../lib/external-secrets.ts'
+export { checkPlacement, parsePlacement } from '../lib/placement.ts'
+export { readiness } from '../lib/flux-readiness.ts'
+
 /** The revision the source reconcile fetched. */
 const FLUX_REVISION = runKey<string>('flux source revision')
 /** Every Kustomization and HelmRelease already Ready at that revision ("n/m Ready at rev"): nothing to wait for. */
 const ALL_READY = runKey<string>('flux all ready')
 /** When the Kustomizations were asked to reconcile (their requestedAt annotation). */
 const REQUESTED_AT_STAMP = runKey<string>('flux reconcile requested at')
-const REQUESTED_AT = 'reconcile.fluxcd.io/requestedAt'
-
-// ---------------------------------------------------------------- flux output
-
-/** "✔ fetched revision main@sha1:abc" / "✔ applied revision main@sha1:abc" -> the revision. */
-export function parseRevision(output: string): string | undefined {
-  const m = /(?:fetched|applied) revision (\S+)/.exec(output)
-  return m ? m[1] : undefined
-}
-
-// ---------------------------------------------------------------- readiness of Kustomizations and HelmReleases
-
-export interface FluxItem {
-  kind: 'Kustomization' | 'HelmRelease'
-  name: string
-  ready: boolean
-  suspended: boolean
-  /** The Ready condition's message, or why it does not count yet. */
-  message: string
-}
-
-export interface Readiness {
-  items: FluxItem[]
-  ready: number
-  total: number
-  notReady: FluxItem[]
-}
-
-/**
- * Ready means: the Ready condition is True, and the object has caught up with what was asked of it: a
- * Kustomization of GitRepository flux-system has applied `revision` (when known), a reconcile request
- * (`requestedAt`) has been handled, and a HelmRelease has observed its latest generation.
- */
-export function readiness(
-  kustomizations: readonly KubeObject[],
-  helmReleases: readonly KubeObject[],
-  opts: { revision?: string; requestedAt?: string } = {},
-): Readiness {
-  const items: FluxItem[] = []
-  const judge = (o: KubeObject, kind: FluxItem['kind']): FluxItem => {
-    const c = conditionOf(o)
-    const suspended = o.spec?.suspend === true
-    const base = { kind, name: nameOf(o), suspended }
-    if (c?.status !== 'True')
-      return { ...base, ready: false, message: c?.message ?? (c ? `Ready=${c.status}` : 'not reconciled yet') }
-    if (suspended) return { ...base, ready: true, message: 'suspended (last state Ready)' }
-    if (kind === 'Kustomization') {
-      const src = field(o, 'spec', 'sourceRef', 'name')
-      const srcKind = field(o, 'spec', 'sourceRef', 'kind') ?? 'GitRepository'
-      const applied = field(o, 'status', 'lastAppliedRevision')
-      if (opts.revision && srcKind === 'GitRepository' && src === 'flux-system' && applied !== opts.revision)
-        return { ...base, ready: false, message: `still at ${applied ?? 'no revision'}, not ${opts.revision}` }
-      const asked = o.metadata.annotations?.[REQUESTED_AT]
-      if (
-        opts.requestedAt &&
-        asked === opts.requestedAt &&
-        field(o, 'status', 'lastHandledReconcileAt') !== opts.requestedAt
-      )
-        return { ...base, ready: false, message: 'reconcile requested, not handled yet' }
-    } else {
-      const gen = o.metadata.generation
-      const seen = o.status?.observedGeneration
-      if (typeof gen === 'number' && typeof seen === 'number' && seen < gen)
-        return { ...base, ready: false, message: `generation ${gen} not observed yet (at ${seen})` }
-    }
-    return { ...base, ready: true, message: c.message ?? '' }
-  }
-  for (const o of kustomizations) items.push(judge(o, 'Kustomization'))
-  for (const o of helmReleases) items.push(judge(o, 'HelmRelease'))
-  const notReady = items.filter((i) => !i.ready)
-  return { items, ready: items.length - notReady.length, total: items.length, notReady }
-}
-
-export function describeNotReady(items: readonly FluxItem[], max = items.length): string {
-  const shown = items.slice(0, max).map((i) => `${i.kind} ${i.name}: ${i.message}`)
-  return shown.join('; ') + (items.length > max ? `; and ${items.length - max} more` : '')
-}
-
-// ---------------------------------------------------------------- External Secrets
-
-export interface EsoReport {
-  ok: boolean
-  message: string
-}
-
-export function checkEso(stores: readonly KubeObject[], externalSecrets: readonly KubeObject[]): EsoReport {
-  const store = stores.find((s) => s.metadata.name === SECRET_STORE)
-  const problems: string[] = []
-  if (!store) problems.push(`ClusterSecretStore ${SECRET_STORE} does not exist`)
-  else if (!isReady(store))
-    problems.push(
-      `ClusterSecretStore ${SECRET_STORE} is not Ready: ${conditionOf(store)?.message ?? 'no Ready condition'}`,
-    )
-  const unsynced = externalSecrets.filter((e) => !isReady(e))
-  for (const e of unsynced) {
-    const c = conditionOf(e)
-    problems.push(`ExternalSecret ${nameOf(e)} not synced: ${c?.message ?? c?.reason ?? 'no Ready condition'}`)
-  }
-  const synced = `${externalSecrets.length - unsynced.length}/${externalSecrets.length} ExternalSecrets synced`
-  if (problems.length) return { ok: false, message: `${problems.join('; ')} (${synced})` }
-  return { ok: true, message: `ClusterSecretStore ${SECRET_STORE} Ready; ${synced}` }
-}
-
-// ---------------------------------------------------------------- placement
-
-export interface PlacementRule {
-  /** As written in the inventory: name, namespace/name or namespace/*. */
-  key: string
-  namespace?: string
-  /** A workload name, or '*' for every workload of the namespace. */
-  name: string
-  node: string
-}
-
-export function parsePlacement(raw: unknown): PlacementRule[] {
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw))
-    throw new ProvisionError('inventory', 'placement must be a map of workload -> node')
-  return Object.entries(raw).map(([key, node]) => {
-    if (typeof node !== 'string' || node === '')
-      throw new ProvisionError(
-        'inventory',
-        `placement ${key}: the node must be a node name, got ${JSON.stringify(node)}`,
-      )
-    const parts = key.split('/')
-    const ok =
-      parts.length <= 2 &&
-      parts.every((p) => /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$|^\*$/.test(p)) &&
-      !(parts.length === 1 && parts[0] === '*')
-    if (!ok)
-      throw new ProvisionError(
-        'inventory',
-        `placement key ${JSON.stringify(key)}: expected name, namespace/name or namespace/*`,
-      )
-    return parts.length === 2 ? { key, namespace: parts[0], name: parts[1], node } : { key, name: parts[0], node }
-  })
-}
-
-const WORKLOAD_KINDS = ['Deployment', 'StatefulSet', 'DaemonSet', 'CronJob'] as const
-
-function podTemplateSpec(w: KubeObject): Record<string, unknown> {
-  const spec = asRecord(w.spec)
-  if (w.kind === 'CronJob') return asRecord(asRecord(asRecord(asRecord(asRecord(spec.jobTemplate).spec).template).spec))
-  return asRecord(asRecord(spec.template).spec)
-}
-
-function matchLabels(w: KubeObject): Record<string, string> {
-  const spec = asRecord(w.spec)
-  const m = asRecord(asRecord(spec.selector).matchLabels)
-  const fromTemplate = asRecord(asRecord(asRecord(spec.template).metadata).labels)
-  const chosen = Object.keys(m).length ? m : fromTemplate
-  return Object.fromEntries(Object.entries(chosen).filter((e): e is [string, string] => typeof e[1] === 'string'))
-}
-
-function podsOf(w: KubeObject, pods: readonly KubeObject[]): KubeObject[] {
-  const ns = w.metadata.namespace
-  const inNs = pods.filter((p) => p.metadata.namespace === ns)
-  if (w.kind === 'CronJob') {
-    // Pods of the Jobs this CronJob started (Job names are <cronjob>-<schedule time>).
-    const prefix = `${w.metadata.name}-`
-    return inNs.filter((p) =>
-      (p.metadata.labels?.['job-name'] ?? p.metadata.labels?.['batch.kubernetes.io/job-name'] ?? '').startsWith(prefix),
-    )
-  }
-  const sel = matchLabels(w)
-  if (Object.keys(sel).length === 0) return []
-  return inNs.filter((p) => Object.entries(sel).every(([k, v]) => p.metadata.labels?.[k] === v))
-}
-
-export interface PlacementResult {
-  key: string
-  node: string
-  ok: boolean
-  detail: string
-}
-
-/**
- * Each rule against the cluster: the workloads it names have their pods on that node
- * (a CronJob between runs: it is pinned there).
- */
-export function checkPlacement(
-  rules: readonly PlacementRule[],
-  cluster: { nodes: readonly KubeObject[]; pods: readonly KubeObject[]; workloads: readonly KubeObject[] },
-): PlacementResult[] {
-  return rules.map((rule): PlacementResult => {
-    const found = cluster.workloads.filter(
-      (w) =>
-        (WORKLOAD_KINDS as readonly string[]).includes(w.kind ?? '') &&
-        (!rule.namespace || w.metadata.namespace === rule.namespace) &&
-        (rule.name === '*' || w.metadata.name === rule.name),
-    )
-    const base = { key: rule.key, node: rule.node }
-    if (!cluster.nodes.some((n) => n.metadata.name === rule.node))
-      return { ...base, ok: false, detail: `there is no node ${rule.node}` }
-    if (found.length === 0)
-      return {
-        ...base,
-        ok: false,
-        detail:
-          'no Deployment, StatefulSet, DaemonSet or CronJob ' +
-          (rule.name === '*' ? `in namespace ${rule.namespace}` : rule.key),
-      }
-    const problems: string[] = []
-    const fine: string[] = []
-    for (const w of found) {
-      const what = `${w.kind} ${nameOf(w)}`
-      const feasible = feasibleNodes(podTemplateSpec(w), cluster.nodes)
-      const pinned = feasible.length === 1 && feasible[0] === rule.node
-      const pods = podsOf(w, cluster.pods)
-      if (pods.length === 0) {
-        if (w.kind !== 'CronJob') {
-          problems.push(`${what} has no pods`)
-          continue
-        }
-        if (pinned) fine.push(`${what} is pinned to ${rule.node} (no run yet)`)
-        else if (feasible.includes(rule.node))
-          problems.push(`${what} may run on ${feasible.join(', ')}: pin it to ${rule.node} with a nodeSelector`)
-        else
-          problems.push(
-            `${what} cannot run on ${rule.node}: its nodeSelector/affinity allows ${feasible.join(', ') || 'no node'}`,
-          )
-        continue
-      }
-      const wrong: string[] = []
-      for (const p of pods) {
-        const node = field(p, 'spec', 'nodeName')
-        if (!node) {
-          const c = conditionOf(p, 'PodScheduled')
-          wrong.push(`pod ${p.metadata.name} is not scheduled${c?.message ? `: ${c.message}` : ''}`)
-        } else if (node !== rule.node) wrong.push(`pod ${p.metadata.name} runs on ${node}`)
-      }
-      if (wrong.length) problems.push(`${what}: ${wrong.join(', ')}`)
-      else
-        fine.push(
-          `${what}: ${pods.length} pod${pods.length > 1 ? 's' : ''} on ${rule.node}` +
-            (pinned ? '' : ' (not pinned: the scheduler may move it)'),
-        )
-    }
-    return problems.length
-      ? { ...base, ok: false, detail: problems.join('; ') }
-      : { ...base, ok: true, detail: fine.join('; ') }
-  })
-}
 
 // ---------------------------------------------------------------- the checks from the inventory
 

@@ -12,17 +12,10 @@ import { hostVars, parseInventory } from '../../lib/inventory.ts'
 import { resetSecretsForTest } from '../../lib/mask.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import { requiredSecrets, runPlaybook } from '../../lib/runner.ts'
-import {
-  appChecksFor,
-  apps,
-  CLUSTER_KINDS,
-  checkEso,
-  checkPlacement,
-  describeNotReady,
-  parsePlacement,
-  parseRevision,
-  readiness,
-} from '../../roles/apps.ts'
+import { checkEso } from '../../lib/external-secrets.ts'
+import { describeNotReady, parseRevision, readiness } from '../../lib/flux-readiness.ts'
+import { checkPlacement, parsePlacement } from '../../lib/placement.ts'
+import { appChecksFor, apps, CLUSTER_KINDS } from '../../roles/apps.ts'
 import { feasibleNodes } from '../../lib/scheduling.ts'
 import type { KubeObject } from '../../lib/kube.ts'
 import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'

@@ -12,26 +12,26 @@ import { resetSecretsForTest } from '../../lib/mask.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import type { RunOptions } from '../../lib/connection.ts'
 import { requiredSecrets, runPlaybook } from '../../lib/runner.ts'
+import { esoSecretDigest, esoSecretManifest, secretState } from '../../lib/external-secrets.ts'
 import {
   bootstrapCommand,
   bootstrapDecision,
   bootstrapScript,
   clusterFact,
-  esoSecretDigest,
-  esoSecretManifest,
+  normPath,
+  normRepoUrl,
+  type BootstrapWant,
+  type FluxState,
+} from '../../lib/flux-bootstrap-plan.ts'
+import {
+  archFact,
   fluxArch,
-  fluxBootstrap,
   fluxCliFact,
   fluxDownloadUrl,
   fluxInstallScript,
-  normPath,
-  normRepoUrl,
   parseFluxVersion,
-  archFact,
-  secretState,
-  type BootstrapWant,
-  type FluxState,
-} from '../../roles/flux-bootstrap.ts'
+} from '../../lib/flux-cli.ts'
+import { fluxBootstrap } from '../../roles/flux-bootstrap.ts'
 import { clusterCalls, kubeFact, kubeObjects, parseKubeJson, type KubeObject } from '../../lib/kube.ts'
 import { answerBatch, FakeConnection, MemorySecrets } from './fakes.ts'
 import { answerKubeFact, answerNamedFact, NONE, notReady, one, ready } from './fakecluster.ts'

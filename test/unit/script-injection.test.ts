@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { LocalConnection } from '../../lib/connection.ts'
-import { fluxInstallScript } from '../../roles/flux-bootstrap.ts'
+import { fluxInstallScript } from '../../lib/flux-cli.ts'
 
 const ROOT = join(import.meta.dirname, '..', '..')
 
