@@ -14,15 +14,11 @@ const { parseExtraVars } = await import('../lib/extra-vars.ts')
 const { hostVars, loadInventory } = await import('../lib/inventory.ts')
 const { roleVars } = await import('../lib/role.ts')
 const { quote } = await import('../lib/shell.ts')
-const {
-  downgradeServerLast,
-  upgradeAgent,
-  upgradePreflight,
-  upgradeReport,
-  upgradeServerFirst,
-  upgradeSnapshot,
-  UPGRADE_VARS,
-} = await import('../roles/k3s-upgrade.ts')
+const { UPGRADE_VARS } = await import('../lib/k3s-upgrade-run.ts')
+const { downgradeServerLast, upgradePreflight, upgradeReport, upgradeServerFirst, upgradeSnapshot } = await import(
+  '../roles/k3s-upgrade.ts'
+)
+const { upgradeAgent } = await import('../roles/k3s-upgrade-agent.ts')
 
 function plays(serial: number): Play[] {
   return [

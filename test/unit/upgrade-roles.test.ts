@@ -6,9 +6,9 @@ import { parseInventory } from '../../lib/inventory.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import type { Play } from '../../lib/role.ts'
 import { runPlaybook } from '../../lib/runner.ts'
+import { upgradeAgent } from '../../roles/k3s-upgrade-agent.ts'
 import {
   downgradeServerLast,
-  upgradeAgent,
   upgradePreflight,
   upgradeReport,
   upgradeServerFirst,
