@@ -24,7 +24,9 @@ import {
   type RunSummary,
 } from './runner.ts'
 import { openSecretStore, type SecretStore } from './secrets.ts'
-import { declaredVars, type DeclaredVars, type Vars } from './vars.ts'
+import { declaredVars } from './declared-vars.ts'
+import type { DeclaredVars } from './var-names.ts'
+import type { Vars } from './vars.ts'
 
 export const USAGE = `usage: npx zx playbooks/<playbook>.mts [options]
 

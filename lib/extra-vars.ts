@@ -4,16 +4,9 @@
 import { expandPath, isControllerPath } from './controller-paths.ts'
 import { ProvisionError } from './errors.ts'
 import type { VarLayer, VarsOptions } from './inventory.ts'
-import {
-  checkSpecAll,
-  isSecretName,
-  knownVar,
-  specOf,
-  synonymNote,
-  unknownVarHint,
-  type DeclaredVars,
-  type VarName,
-} from './vars.ts'
+import { checkSpecAll } from './var-check.ts'
+import { isSecretName, knownVar, specOf, synonymNote, unknownVarHint, type DeclaredVars } from './var-names.ts'
+import type { VarName } from './vars.ts'
 
 /** The -e flags as written, for the layers parseExtraVars made (messages name the flag). */
 const extraFlags = new WeakMap<VarLayer, Map<string, string>>()

@@ -8,7 +8,8 @@ import { ProvisionError } from './errors.ts'
 import { hostAddress } from './inventory.ts'
 import type { Inventory, SshConfigLayer, VarLayer } from './inventory.ts'
 import { expandHostName, expandIdentityFile, SshConfig, type Found } from './sshconfig.ts'
-import { BUILTIN_DEFAULTS, checkVar, type VarName } from './vars.ts'
+import { checkVar } from './var-check.ts'
+import { BUILTIN_DEFAULTS, type VarName } from './vars.ts'
 
 /** ssh_config_file: read when it is not set, and only when it exists. */
 export const DEFAULT_SSH_CONFIG = '~/.ssh/config'

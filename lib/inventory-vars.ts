@@ -9,16 +9,8 @@ import { expandPath, isControllerPath } from './controller-paths.ts'
 import { ProvisionError } from './errors.ts'
 import type { VarLayer } from './inventory.ts'
 import { isNull, keyOf, type InventoryYaml, type Place } from './inventory-yaml.ts'
-import {
-  checkSpecAll,
-  knownVar,
-  specOf,
-  suggestVar,
-  synonymNote,
-  unknownVarHint,
-  type DeclaredVars,
-  type VarProblem,
-} from './vars.ts'
+import { checkSpecAll, type VarProblem } from './var-check.ts'
+import { knownVar, specOf, suggestVar, synonymNote, unknownVarHint, type DeclaredVars } from './var-names.ts'
 
 export interface Layer {
   vars: VarLayer

@@ -11,7 +11,8 @@ import { ProvisionError } from './errors.ts'
 import { hostProblems } from './host-checks.ts'
 import { readVarLayer, type Layer, type Placement } from './inventory-vars.ts'
 import { isNull, keyOf, readInventoryYaml, type Place } from './inventory-yaml.ts'
-import { BUILTIN_DEFAULTS, knownVar, type DeclaredVars, type VarName, type Vars } from './vars.ts'
+import { knownVar, type DeclaredVars } from './var-names.ts'
+import { BUILTIN_DEFAULTS, type VarName, type Vars } from './vars.ts'
 
 /** Values of one place (a group's vars, a host, -e): built-in variables, and the ones the run's roles declare. */
 export type VarLayer = Partial<Record<VarName, unknown>> & { [declared: string]: unknown }

@@ -6,7 +6,8 @@ import type { Fact, FactCache } from './facts.ts'
 import type { Grammar } from './grammar.ts'
 import type { Inventory } from './inventory.ts'
 import type { SecretStore } from './secrets.ts'
-import type { DeclaredVarSpec, Vars, VarSpec } from './vars.ts'
+import type { DeclaredVarSpec } from './declared-vars.ts'
+import type { Vars, VarSpec } from './vars.ts'
 
 export type StepStatus = 'ok' | 'changed' | 'failed' | 'skipped'
 

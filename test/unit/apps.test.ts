@@ -1,4 +1,5 @@
-// roles/apps.ts: readiness of Kustomizations/HelmReleases (with the live count), External Secrets, placement
+// roles/apps.ts and its lib/ parts (flux-readiness, external-secrets, placement): readiness of Kustomizations and
+// HelmReleases (with the live count), External Secrets, placement
 // against nodes/pods/workloads as kubectl shows them, and the role against a fake server with app endpoints on
 // 127.0.0.1: a healthy run, an unhealthy app failing the run with its name and reason, and bad inventory values
 // refused before any host is touched.

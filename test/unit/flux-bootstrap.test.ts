@@ -1,6 +1,7 @@
-// roles/flux-bootstrap.ts: the parsers of kubectl/flux output, the bootstrap skip decision, the remote scripts
-// (run for real under sh with fake k3s/flux commands), and the role against a fake server: first run, no-op
-// rerun, check mode, and missing variables refused before any host is touched. Secrets only ever on stdin.
+// roles/flux-bootstrap.ts and its lib/ parts (flux-cli, flux-bootstrap-plan, external-secrets): the parsers of
+// kubectl/flux output, the bootstrap skip decision, the remote scripts (run for real under sh with fake k3s/flux
+// commands), and the role against a fake server: first run, no-op rerun, check mode, and missing variables refused
+// before any host is touched. Secrets only ever on stdin.
 import { execFileSync, spawnSync } from 'node:child_process'
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'

@@ -9,7 +9,8 @@ import { ProvisionError } from '../../lib/errors.ts'
 import { parseExtraVars } from '../../lib/extra-vars.ts'
 import { checkHosts } from '../../lib/host-checks.ts'
 import { parseInventory, type Inventory } from '../../lib/inventory.ts'
-import { FOREIGN_VARS, VAR_SPECS, VAR_SYNONYMS } from '../../lib/vars.ts'
+import { FOREIGN_VARS, VAR_SYNONYMS } from '../../lib/var-names.ts'
+import { VAR_SPECS } from '../../lib/vars.ts'
 
 const FILE = '/inventories/generated.yaml'
 

@@ -16,7 +16,8 @@ import { registerSecret, resetSecretsForTest } from '../../lib/mask.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import { defineVars, roleVars, type Playbook, type Role, type Step } from '../../lib/role.ts'
 import { runPlaybook } from '../../lib/runner.ts'
-import { declaredVars, type Vars } from '../../lib/vars.ts'
+import { declaredVars } from '../../lib/declared-vars.ts'
+import type { Vars } from '../../lib/vars.ts'
 import {
   fstabLine,
   fstabMatch,

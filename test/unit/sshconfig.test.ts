@@ -1,5 +1,5 @@
 // ~/.ssh/config as `ssh NAME` reads it (lib/sshconfig.ts), and as the inventory takes it (applySshConfig in
-// lib/inventory.ts): precedence, Host patterns, first match wins, Include, tokens, Match refused with a warning,
+// lib/inventory-sshconfig.ts): precedence, Host patterns, first match wins, Include, tokens, Match refused with a warning,
 // and every value a host takes checked at file:line:col before any host is contacted.
 
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
