@@ -11,8 +11,8 @@ import type { IdentityCallback, ParsedKey, ServerHostKeyAlgorithm } from 'ssh2'
 import pLimit from 'p-limit'
 import { ProvisionError } from './errors.ts'
 import { expandPath } from './controller-paths.ts'
+import { addKnownHost } from './knownhosts-write.ts'
 import {
-  addKnownHost,
   checkHostKey,
   fingerprint,
   knownKeyTypes,

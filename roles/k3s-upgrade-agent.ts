@@ -1,3 +1,10 @@
+// k3s-upgrade-agent: each agent moved to the inventory's k3s_version, one at a time (k3s_upgrade_serial), after the
+// server on an upgrade and before it on a downgrade (playbooks/upgrade.mts), as the owner would by hand:
+//   check the move (never newer than the server); kubectl drain; the install script with K3S_URL and the token
+//   (or a restart when the release is installed already); wait until the server reports it Ready at the target;
+//   kubectl uncordon (only when an upgrade or update drained it)
+// A failure says where every node stands and how to go on (lib/k3s-upgrade-run.ts).
+
 import { ProvisionError } from '../lib/errors.ts'
 import {
   agentInstallSpec,

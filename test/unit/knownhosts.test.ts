@@ -17,14 +17,13 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { ProvisionError } from '../../lib/errors.ts'
+import { addKnownHost, removeKnownHost } from '../../lib/knownhosts-write.ts'
 import {
-  addKnownHost,
   checkHostKey,
   fingerprint,
   keyType,
   knownKeyTypes,
   loadKnownHosts,
-  removeKnownHost,
   withSessionKey,
   type KnownHosts,
 } from '../../lib/knownhosts.ts'
