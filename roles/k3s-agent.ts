@@ -8,10 +8,8 @@ import { file, fileFact, systemdUnit } from '../lib/steps.ts'
 import { ProvisionError } from '../lib/errors.ts'
 import { kubectl } from '../lib/kube.ts'
 import {
-  agentInstallSpec,
   clusterToken,
   configNeedsRestart,
-  installerWillRestart,
   extraConfig,
   K3S_CONFIG,
   k3sInstallFact,
@@ -21,13 +19,17 @@ import {
   nodeName,
   nodeOnServer,
   renderK3sConfig,
-  restartHandlerStep,
-  runInstaller,
   serverHandle,
   serverOf,
   checkClusterToken,
-  versionChangeRefusal,
 } from '../lib/k3s.ts'
+import {
+  agentInstallSpec,
+  installerWillRestart,
+  restartHandlerStep,
+  runInstaller,
+  versionChangeRefusal,
+} from '../lib/k3s-install.ts'
 
 /** How long a running agent may stay unknown to the server before it is restarted to rejoin. */
 const REJOIN_AFTER_MS = 15_000

@@ -19,22 +19,19 @@ import { counted } from '../lib/words.ts'
 import {
   CLUSTER_TOKEN,
   clusterToken,
-  installerWillRestart,
   extraConfig,
   K3S_CONFIG,
   k3sInstallFact,
   nodeName,
   parseNode,
   renderK3sConfig,
-  restartHandlerStep,
-  runInstaller,
   configNeedsRestart,
   nodeLabelsStep,
   NODE_SEEN,
   checkClusterToken,
   isClusterToken,
-  versionChangeRefusal,
 } from '../lib/k3s.ts'
+import { installerWillRestart, restartHandlerStep, runInstaller, versionChangeRefusal } from '../lib/k3s-install.ts'
 
 /** The server's Node as the API wait read it: the Ready wait starts from it instead of reading again. */
 const NODE_JSON = runKey<string>('server node as read by the API wait')

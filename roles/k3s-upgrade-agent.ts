@@ -6,16 +6,8 @@
 // A failure says where every node stands and how to go on (lib/k3s-upgrade-run.ts).
 
 import { ProvisionError } from '../lib/errors.ts'
-import {
-  agentInstallSpec,
-  checkClusterToken,
-  k3sInstallFact,
-  nodeName,
-  nodeOnServer,
-  runInstaller,
-  serverHandle,
-  type NodeView,
-} from '../lib/k3s.ts'
+import { checkClusterToken, k3sInstallFact, nodeName, nodeOnServer, serverHandle, type NodeView } from '../lib/k3s.ts'
+import { agentInstallSpec, runInstaller } from '../lib/k3s-install.ts'
 import { agentSkewRefusal, type Move, moveOf, parseK3sVersion, versionRefusal } from '../lib/k3s-upgrade.ts'
 import { kubeGet, kubectl } from '../lib/kube.ts'
 import { type Role, runKey, type StepContext } from '../lib/role.ts'

@@ -12,7 +12,8 @@
 // first, the server last.
 // The agents' role is roles/k3s-upgrade-agent.ts; what the roles share, lib/k3s-upgrade-run.ts.
 
-import { checkClusterToken, k3sInstallFact, nodeName, nodeOnServer, runInstaller } from '../lib/k3s.ts'
+import { checkClusterToken, k3sInstallFact, nodeName, nodeOnServer } from '../lib/k3s.ts'
+import { runInstaller } from '../lib/k3s-install.ts'
 import { compareK3s, describePlan, moveOf, parseK3sVersion, planUpgrade, versionRefusal } from '../lib/k3s-upgrade.ts'
 import { SERVER_DIR } from '../lib/k3s-backup.ts'
 import { roomNeeded, roomProblem, snapshotRoomFact, snapshotSteps } from '../lib/k3s-snapshot.ts'

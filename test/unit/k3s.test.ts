@@ -10,8 +10,8 @@ import {
   parseNode,
   renderK3sConfig,
   serverOf,
-  startingK3s,
 } from '../../lib/k3s.ts'
+import { startingK3s } from '../../lib/k3s-install.ts'
 import { LocalConnection } from '../../lib/connection.ts'
 import { MANAGED_LABELS, MANAGED_TAINTS, planNodeMetadata } from '../../lib/kube.ts'
 import { thrown } from './fakes.ts'

@@ -15,7 +15,8 @@ import { hostAddress, hostVars, parseInventory, type Inventory } from '../../lib
 import { applySshConfig } from '../../lib/inventory-sshconfig.ts'
 import { resetSecretsForTest } from '../../lib/mask.ts'
 import type { Playbook } from '../../lib/role.ts'
-import { expandIdentityFile, globMatches, hostMatches, SshConfig } from '../../lib/sshconfig.ts'
+import { globMatches, hostMatches, SshConfig } from '../../lib/sshconfig.ts'
+import { expandIdentityFile } from '../../lib/sshconfig-tokens.ts'
 import type { Vars } from '../../lib/vars.ts'
 
 const dir = mkdtempSync(join(tmpdir(), 'sshconfig-test-'))
