@@ -10,18 +10,8 @@ import { randomUUID } from 'node:crypto'
 import { backupStoreFor, SNAPSHOT_MARKER } from './backup-store.ts'
 import { ProvisionError } from './errors.ts'
 import { defineFact } from './facts.ts'
-import {
-  checkDatastore,
-  checkIdentity,
-  gunzipBackup,
-  isToolSnapshotName,
-  OWNER_DB,
-  OWNER_IDENTITY,
-  SERVER_DIR,
-  SNAPSHOT_DIR,
-  snapshotName,
-  UnusableBackup,
-} from './k3s-backup.ts'
+import { isToolSnapshotName, OWNER_DB, OWNER_IDENTITY, SERVER_DIR, SNAPSHOT_DIR, snapshotName } from './k3s-backup.ts'
+import { checkDatastore, checkIdentity, gunzipBackup, UnusableBackup } from './backup-check.ts'
 import { registerSecret } from './mask.ts'
 import { runKey, type Step, type StepContext } from './role.ts'
 import { quote } from './shell.ts'

@@ -4,7 +4,8 @@
 
 import type { RunResult } from './connection.ts'
 import { ProvisionError } from './errors.ts'
-import { isReady, kubectl, nameOf, type KubeObject, type Taint } from './kube.ts'
+import { isReady, kubectl, nameOf, type KubeObject } from './kube.ts'
+import type { Taint } from './node-metadata.ts'
 import { bounded } from './shell.ts'
 
 /**

@@ -16,8 +16,8 @@ import {
   nameTime,
   sortBackups,
   tokenSecret,
-  UnusableBackup,
 } from '../lib/k3s-backup.ts'
+import { UnusableBackup } from '../lib/backup-check.ts'
 import { registerSecret } from '../lib/mask.ts'
 import { defineVars, type Role, roleVars, type StepContext } from '../lib/role.ts'
 

@@ -14,19 +14,15 @@ import * as g from '../../lib/grammar.ts'
 import { parseExtraVars } from '../../lib/extra-vars.ts'
 import { hostVars, parseInventory } from '../../lib/inventory.ts'
 import {
-  checkDatastore,
-  checkIdentity,
   findBackup,
-  gunzipBackup,
   isToolSnapshotName,
   nameTime,
   OWNER_IDENTITY,
-  readTar,
   snapshotName,
   sortBackups,
   takenAt,
-  UnusableBackup,
 } from '../../lib/k3s-backup.ts'
+import { checkDatastore, checkIdentity, gunzipBackup, readTar, UnusableBackup } from '../../lib/backup-check.ts'
 import { flagVars, parseCli } from '../../lib/cli.ts'
 import type { StepContext } from '../../lib/role.ts'
 import { BUILTIN_DEFAULTS, type Vars } from '../../lib/vars.ts'

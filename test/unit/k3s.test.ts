@@ -13,7 +13,7 @@ import {
 } from '../../lib/k3s.ts'
 import { startingK3s } from '../../lib/k3s-install.ts'
 import { LocalConnection } from '../../lib/connection.ts'
-import { MANAGED_LABELS, MANAGED_TAINTS, planNodeMetadata } from '../../lib/kube.ts'
+import { MANAGED_LABELS, MANAGED_TAINTS, planNodeMetadata } from '../../lib/node-metadata.ts'
 import { thrown } from './fakes.ts'
 import { rewriteKubeconfig } from '../../roles/k3s-server.ts'
 

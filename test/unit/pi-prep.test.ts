@@ -3,16 +3,9 @@ import { parseInventory } from '../../lib/inventory.ts'
 import { resetSecretsForTest } from '../../lib/mask.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import { runPlaybook } from '../../lib/runner.ts'
-import {
-  explainCmdline,
-  parseArch,
-  parseFailedSwapUnits,
-  parseMemoryCgroup,
-  parseSwapGenerators,
-  piPrep,
-  RPI_SWAP_DROPIN,
-  ZRAM_DROPIN,
-} from '../../roles/pi-prep.ts'
+import { parseArch, piPrep } from '../../roles/pi-prep.ts'
+import { parseFailedSwapUnits, parseSwapGenerators, RPI_SWAP_DROPIN, ZRAM_DROPIN } from '../../lib/swap-generators.ts'
+import { explainCmdline, parseMemoryCgroup } from '../../lib/memory-cgroup.ts'
 import { MemorySecrets } from './fakes.ts'
 import { convergedPi, FakePi, freshPi, trixiePi, type FakePiState } from './fakepi.ts'
 
