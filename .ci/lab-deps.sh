@@ -3,11 +3,13 @@
 # systemd-container boots hosts (systemd-nspawn), iptables does NAT for apt inside hosts,
 # iproute2 makes the bridge, util-linux has nsenter/mount, openssh-client has ssh/ssh-keygen/ssh-keyscan,
 # sqlite3 reads the stand-in datastore backups, openssl makes the k3s stand-in's certificates when its unit tests
-# run it on this machine (test/standins/k3s/kubeapi.py). The unit tests of the stand-in's Kubernetes API also use
-# a real kubectl client (/usr/bin/kubectl, or PI_LAB_KUBECTL), which the lab lends its hosts; Debian has no
-# package of it, so it is not installed here. Quick when everything is already there.
+# run it on this machine (test/standins/k3s/kubeapi.py), python3-yaml is the PyYAML the k3s stand-in parses YAML
+# with (its unit tests run it here; the lab image has it too). The stand-in's unit tests also use a real kubectl
+# client (/usr/bin/kubectl, or PI_LAB_KUBECTL), which the lab lends its hosts: `k3s kubectl` execs it, the
+# stand-in has none of its own. Debian has no package of it, so it is not installed here. Quick when everything
+# is already there.
 set -euo pipefail
-packages=(debootstrap systemd-container openssh-client iptables iproute2 util-linux sqlite3 ca-certificates openssl)
+packages=(debootstrap systemd-container openssh-client iptables iproute2 util-linux sqlite3 ca-certificates openssl python3-yaml)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")

@@ -1,9 +1,11 @@
 // The k3s STAND-IN on the lab, installed the way the owner installs real k3s (install script from a URL,
 // env vars), to show it keeps k3s's rules the tool depends on: an agent joins and is Ready; a reflashed agent
-// is refused with k3s's node-password error until its Node is deleted.
+// is refused with k3s's node-password error until its Node is deleted. `k3s kubectl` there is the real client.
 
+import { execFileSync } from 'node:child_process'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { LAB_ARTIFACT_BASE, labAddress, labDown, labExec, labUp, labWipe } from '../lab/lab.ts'
+import { controllerKubectl } from '../lab/kubectl.ts'
 import { onHost, until } from './helpers.ts'
 
 const VERSION = 'v1.34.3+k3s1'
@@ -59,6 +61,22 @@ describe('k3s stand-in on the lab', () => {
         (await nodeReady('pi-k3s')) === 'Ready' ? true : undefined,
       ),
     ).toBe(true)
+  })
+
+  it("`k3s kubectl version --client` on a lab host reports the real client: the controller's kubectl", async () => {
+    const client = controllerKubectl()
+    if (!client) throw new Error('no kubectl on the controller to lend the lab hosts')
+    const own = execFileSync(client, ['version', '--client'], { encoding: 'utf8' })
+    expect(own).toMatch(/^Client Version: v1\.\d+\.\d+/)
+    for (const cmd of ['k3s kubectl version --client', 'kubectl version --client']) {
+      const r = await labExec('pi-k3s', cmd)
+      expect(r, cmd).toMatchObject({ code: 0, stdout: own })
+    }
+    // and the server it reaches is the stand-in's Kubernetes API over TLS, with k3s.yaml
+    const v = JSON.parse(await onHost('pi-k3s', 'k3s kubectl version -o json')) as {
+      serverVersion: { gitVersion: string }
+    }
+    expect(v.serverVersion.gitVersion).toBe(VERSION)
   })
 
   it('joins an agent over the lab network: it appears as a Ready node', async () => {

@@ -22,7 +22,7 @@ import { hostAddress } from './network.ts'
 import { LAB_BRIDGE, LAB_BRIDGE_IP, LAB_DIR, LAB_HOSTS_DIR, LAB_KEY, hostPaths, machineName } from './paths.ts'
 import { aliveWith, processes, readPidfile, signal, sleep, terminate, waitGone } from './procs.ts'
 import { LabError, run } from './run.ts'
-import { controllerKubectl, HOST_KUBECTL, hostsUseRealKubectl, KUBECTL_SWITCH } from './kubectl.ts'
+import { controllerKubectl, HOST_KUBECTL, KUBECTL_SWITCH } from './kubectl.ts'
 
 export const HOST_KEY_TYPES = ['ed25519', 'ecdsa', 'rsa'] as const
 
@@ -277,10 +277,13 @@ function writeResolvConf(root: string): void {
   writeFile(file, `# written by pi-lab from the controller's /etc/resolv.conf\n${lines.join('\n')}\n`)
 }
 
-/** The k3s stand-in's switch (kubectl.ts), written at every start: `k3s kubectl` runs the real client or the imitation. */
+/**
+ * The k3s stand-in's switch (kubectl.ts), written at every start: `k3s kubectl` runs the real client lent at
+ * HOST_KUBECTL. Without a client on the controller there is none to name, and `k3s kubectl` on the host says so.
+ */
 function writeKubectlSwitch(root: string): void {
   const file = join(root, KUBECTL_SWITCH)
-  if (!hostsUseRealKubectl()) {
+  if (controllerKubectl() === null) {
     rmSync(file, { force: true })
     return
   }

@@ -90,7 +90,8 @@ const RECIPE: Recipe = {
   suite: 'bookworm',
   mirror: 'http://deb.debian.org/debian',
   variant: 'minbase',
-  // ca-certificates depends on openssl, which the k3s stand-in runs to make its CA and certificates (kubeapi.py).
+  // ca-certificates depends on openssl, which the k3s stand-in runs to make its CA and certificates (kubeapi.py);
+  // python3-yaml is PyYAML, which the k3s stand-in parses config.yaml and apply bodies with.
   packages: [
     'systemd',
     'systemd-sysv',
@@ -103,6 +104,7 @@ const RECIPE: Recipe = {
     'dphys-swapfile',
     'iptables',
     'python3',
+    'python3-yaml',
     'kmod',
     'procps',
     'systemd-zram-generator',

@@ -2,18 +2,19 @@
 // STAND-IN (test/standins/k3s/, not k3s) has none, and the hosts cannot download one, so the lab lends them the
 // controller's: its binary is bind-mounted read-only into every host at HOST_KUBECTL (nothing is copied into the
 // image, so the image does not change with the controller's kubectl), and a file on each host (KUBECTL_SWITCH)
-// tells the stand-in to exec it. Without that file the stand-in answers with its own kubectl imitation.
+// tells the stand-in to exec it. The stand-in has no kubectl of its own: without that file `k3s kubectl` fails
+// and says why.
 //
 // PI_LAB_KUBECTL names the client (default: the kubectl in PATH). Google Cloud SDK's /usr/bin/kubectl is a
 // dispatcher that runs its kubectl.1.NN siblings, which a host would not have: the sibling of the dispatcher's own
-// version is lent instead. PI_LAB_REAL_KUBECTL=0 keeps the imitation (the switch the lab flips).
+// version is lent instead.
 import { execFileSync } from 'node:child_process'
 import { existsSync, realpathSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 
 /** Where the client appears inside every host (a lab path, not a Pi's: nothing on a Pi has it). */
 export const HOST_KUBECTL = '/usr/lib/pi-lab/kubectl'
-/** The stand-in's switch: when this file on a host names an executable, `k3s kubectl` runs it. */
+/** The stand-in's switch: this file on a host names the executable `k3s kubectl` runs. */
 export const KUBECTL_SWITCH = '/etc/k3s-standin/kubectl'
 
 let resolved: string | null | undefined
@@ -42,11 +43,6 @@ export function controllerKubectl(): string | null {
     resolved = null
   }
   return resolved
-}
-
-/** Whether hosts run the real kubectl for `k3s kubectl` (the switch): on unless PI_LAB_REAL_KUBECTL=0, if there is one. */
-export function hostsUseRealKubectl(): boolean {
-  return process.env.PI_LAB_REAL_KUBECTL !== '0' && controllerKubectl() !== null
 }
 
 function findInPath(cmd: string): string | undefined {

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { freePort } from './fakes.ts'
-import { cleanEnv, run, stopProcess, type RunResult } from './standin-procs.ts'
+import { cleanEnv, lendKubectl, run, stopProcess, type RunResult } from './standin-procs.ts'
 
 const STANDINS = resolve(import.meta.dirname, '../standins')
 const K3S = join(STANDINS, 'k3s/k3s-standin.py')
@@ -43,8 +43,9 @@ describe('flux stand-in (test fixture imitating the flux CLI)', { timeout: 60_00
   let repoJson = ''
   const fx = (args: readonly string[], env: Record<string, string> = {}, input = ''): Promise<RunResult> =>
     run(flux, [...args, '--kubeconfig', kubeconfig], env, input)
+  /** `k3s kubectl` on the server host: the real client, with the server's k3s.yaml. */
   const kubectl = async (args: readonly string[]): Promise<RunResult> =>
-    run('python3', [K3S, 'kubectl', ...args], { K3S_STANDIN_ROOT: root })
+    run('python3', [K3S, 'kubectl', ...args], { K3S_STANDIN_ROOT: root, HOME: join(work, 'home') })
   const getJson = async (args: readonly string[]): Promise<FluxObject> => {
     const r = await kubectl([...args, '-o', 'json'])
     if (r.code !== 0) throw new Error(r.stderr)
@@ -121,6 +122,8 @@ describe('flux stand-in (test fixture imitating the flux CLI)', { timeout: 60_00
     flux = join(work, 'ctl/usr/local/bin/flux')
 
     await mkdir(join(root, 'etc/rancher/k3s'), { recursive: true })
+    lendKubectl(root) // `k3s kubectl` runs the real client, as on a lab host
+    await mkdir(join(work, 'home')) // the real kubectl's discovery cache
     await writeFile(join(root, 'etc/rancher/k3s/config.yaml'), 'token: flux-test\nnode-name: pi-k3s\n')
     repoJson = join(root, 'var/lib/flux-standin/repo.json')
     await mkdir(join(root, 'var/lib/flux-standin'), { recursive: true })

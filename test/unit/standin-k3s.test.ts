@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { freePort } from './fakes.ts'
-import { cleanEnv, run, type RunResult } from './standin-procs.ts'
+import { cleanEnv, lendKubectl, run, type RunResult } from './standin-procs.ts'
 
 const STANDINS = resolve(import.meta.dirname, '../standins')
 const VERSION = 'v1.34.3+k3s1'
@@ -111,8 +111,10 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
   let port = 0
   let server: Daemon | undefined
   let fullToken = ''
+  let home = ''
+  /** `kubectl` on the server host: the stand-in's link, which execs the real client with the server's k3s.yaml. */
   const kc = (args: readonly string[], input = ''): Promise<RunResult> =>
-    run(kubectl, args, { K3S_STANDIN_ROOT: serverRoot }, input)
+    run(kubectl, args, { K3S_STANDIN_ROOT: serverRoot, HOME: home }, input)
   const node = async (name: string): Promise<NodeJson | undefined> => {
     const r = await kc(['get', 'node', name, '-o', 'json'])
     return r.code === 0 ? (JSON.parse(r.stdout) as NodeJson) : undefined
@@ -139,6 +141,9 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
     bin = join(serverRoot, 'usr/local/bin/k3s')
     kubectl = join(serverRoot, 'usr/local/bin/kubectl')
     port = await freePort()
+    home = join(work, 'home') // the real kubectl's discovery cache
+    await mkdir(home)
+    lendKubectl(serverRoot)
   }, 30_000)
 
   afterAll(async () => {
@@ -158,7 +163,8 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
     expect(r.code).toBe(0)
     expect(r.stdout).toContain(`[INFO]  Downloading binary ${artifactBase}/k3s/k3s-standin.py`)
     expect(await mode(bin)).toBe(0o755)
-    expect(await mode(join(serverRoot, 'usr/local/lib/k3s-standin/kubeapi.py'))).toBe(0o644) // the stand-in's module
+    for (const m of ['common.py', 'kubeapi.py', 'server.py']) // the stand-in's modules
+      expect(await mode(join(serverRoot, 'usr/local/lib/k3s-standin', m))).toBe(0o644)
     expect(await readlink(kubectl)).toBe('k3s')
     expect((await lstat(join(serverRoot, 'usr/local/bin/k3s-uninstall.sh'))).isFile()).toBe(true)
     const unit = await readFile(join(serverRoot, 'etc/systemd/system/k3s.service'), 'utf8')
@@ -328,21 +334,21 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
   })
 
   it('kubectl apply -f - of a Secret: created, unchanged, configured; a missing namespace is refused', async () => {
+    // Two objects in one stream. (Not a `kind: List`: for a List kubectl validates on the client with the
+    // OpenAPI v2 schema, which the stand-in's API does not serve; the product applies no List.)
     const manifest = (token: string): string =>
-      JSON.stringify({
-        apiVersion: 'v1',
-        kind: 'List',
-        items: [
-          { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'external-secrets' } },
-          {
-            apiVersion: 'v1',
-            kind: 'Secret',
-            metadata: { name: 'onepassword-service-account', namespace: 'external-secrets' },
-            type: 'Opaque',
-            stringData: { token },
-          },
-        ],
-      })
+      [
+        { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'external-secrets' } },
+        {
+          apiVersion: 'v1',
+          kind: 'Secret',
+          metadata: { name: 'onepassword-service-account', namespace: 'external-secrets' },
+          type: 'Opaque',
+          data: { token: Buffer.from(token).toString('base64') },
+        },
+      ]
+        .map((o) => JSON.stringify(o))
+        .join('\n')
     expect(await kc(['apply', '-f', '-'], manifest('ops_first'))).toMatchObject({
       code: 0,
       stdout: 'namespace/external-secrets created\nsecret/onepassword-service-account created\n',
@@ -374,7 +380,7 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
     expect((await kc(['get', 'namespace', 'external-secrets', '-o', 'json'])).stdout).toContain('"phase": "Active"')
   })
 
-  it("label, taint, wait and errors read like kubectl's; a node without heartbeats turns NotReady", async () => {
+  it('label, taint, wait and errors with the real kubectl; a node without heartbeats turns NotReady', async () => {
     expect(await kc(['label', 'node', 'w1', 'disk=ssd'])).toMatchObject({ code: 0, stdout: 'node/w1 labeled\n' })
     expect(await kc(['label', 'node', 'w1', 'disk=hdd'])).toMatchObject({
       code: 1,
@@ -397,9 +403,9 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
       code: 0,
       stdout: 'node/w1 condition met\n',
     })
-    const unsupported = await kc(['exec', 'pod/x', '--', 'true'])
+    const unsupported = await run(bin, ['crictl', 'ps'], { K3S_STANDIN_ROOT: serverRoot })
     expect(unsupported.code).toBe(1)
-    expect(unsupported.stderr).toContain('not supported by the k3s stand-in')
+    expect(unsupported.stderr).toContain('k3s crictl is not supported by the k3s stand-in')
 
     // stop every agent: w1 stops heartbeating and goes NotReady (K3S_STANDIN_NOTREADY_SECONDS=3 on this server)
     await Promise.all(daemons.filter((d) => d !== server).map(stop))
@@ -408,10 +414,6 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
       return n !== undefined && readyOf(n) === 'Unknown'
     })
     expect((await kc(['get', 'nodes'])).stdout).toMatch(/\nw1\s+NotReady\s+<none>/)
-    expect(await kc(['wait', '--for=condition=Ready', 'node/w1', '--timeout=1s'])).toMatchObject({
-      code: 1,
-      stderr: 'error: timed out waiting for the condition on nodes/w1\n',
-    })
   })
 
   it('a restart with a different token is refused with the bootstrap text; with the right one the datastore is intact', async () => {
@@ -452,12 +454,11 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
     await waitForOutput(restored, 'k3s is up and running')
     expect(restored.output()).toContain('Reconciling bootstrap data between datastore and disk')
     expect(await readFile(join(fresh, 'var/lib/rancher/k3s/server/node-token'), 'utf8')).toBe(`${fullToken}\n`)
+    lendKubectl(fresh)
     const r = await run(
       join(fresh, '..', 'server/usr/local/bin/kubectl'),
       ['get', 'secret', '-n', 'external-secrets', '-o', 'name'],
-      {
-        K3S_STANDIN_ROOT: fresh,
-      },
+      { K3S_STANDIN_ROOT: fresh, HOME: home },
     )
     expect(r).toMatchObject({ code: 0, stdout: 'secret/onepassword-service-account\n' })
     await stop(restored)

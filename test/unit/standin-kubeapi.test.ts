@@ -221,16 +221,21 @@ describe.skipIf(!existsSync(REAL_KUBECTL))(
       expect((await sh(`${KUBECTL} config current-context`, '', fetched)).stdout).toBe('pi-k3s-lab\n')
     })
 
-    it("the lab's switch: with /etc/k3s-standin/kubectl naming the real client, `k3s kubectl` runs it with k3s.yaml", async () => {
+    it("`k3s kubectl` runs the real client the lab's switch names, with k3s.yaml; without one it says so and fails", async () => {
       const k3sKubectl = (args: readonly string[]) =>
         run('python3', [K3S, 'kubectl', ...args], { K3S_STANDIN_ROOT: root, HOME: home })
-      expect((await k3sKubectl(['version', '--client'])).stdout).toContain('Client Version: v1.34.3+k3s1') // the imitation
       const switchFile = join(root, 'etc/k3s-standin/kubectl')
+      const none = await k3sKubectl(['version', '--client'])
+      expect(none.code).toBe(1)
+      expect(none.stdout).toBe('')
+      expect(none.stderr).toContain('k3s kubectl: no kubectl client: the k3s stand-in')
+      expect(none.stderr).toContain('/etc/k3s-standin/kubectl')
       mkdirSync(join(root, 'etc/k3s-standin'), { recursive: true })
       writeFileSync(switchFile, `${REAL_KUBECTL}\n`)
       try {
         const version = await k3sKubectl(['version', '--client', '-o', 'json'])
-        expect(JSON.parse(version.stdout).clientVersion.gitVersion).not.toContain('k3s')
+        const real = await run(REAL_KUBECTL, ['version', '--client', '-o', 'json'])
+        expect(JSON.parse(version.stdout).clientVersion).toEqual(JSON.parse(real.stdout).clientVersion)
         const n = await k3sKubectl(['get', 'node', '-o', 'json', '--', NODE])
         expect(parseNode(n.code, n.stdout, n.stderr)).toMatchObject({ exists: true, ready: true })
       } finally {

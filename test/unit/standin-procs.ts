@@ -2,6 +2,9 @@
 // (nothing k3s- or flux-ish leaks in from the caller), a run-to-completion helper, and a stop for servers.
 
 import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { controllerKubectl, KUBECTL_SWITCH } from '../lab/kubectl.ts'
 
 export interface RunResult {
   code: number
@@ -42,4 +45,17 @@ export async function stopProcess(p: ChildProcess | undefined): Promise<void> {
   const exited = new Promise((done) => p.on('exit', done))
   p.kill('SIGTERM')
   await exited
+}
+
+/**
+ * The real kubectl client for `k3s kubectl` of a stand-in run in a temp root: the k3s stand-in has no kubectl of its
+ * own and execs the client its switch file names, which the lab writes on every host (test/lab/kubectl.ts); here it
+ * is written under the root, naming the controller's client. Fails when this machine has none.
+ */
+export function lendKubectl(root: string): string {
+  const client = controllerKubectl()
+  if (!client) throw new Error('no real kubectl client on this machine (PI_LAB_KUBECTL or kubectl in PATH)')
+  mkdirSync(join(root, dirname(KUBECTL_SWITCH)), { recursive: true })
+  writeFileSync(join(root, KUBECTL_SWITCH), `${client}\n`)
+  return client
 }

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { freePort } from './fakes.ts'
-import { cleanEnv, run, stopProcess, type RunResult } from './standin-procs.ts'
+import { cleanEnv, lendKubectl, run, stopProcess, type RunResult } from './standin-procs.ts'
 import { probeDns, probeHttp } from '../../lib/probes.ts'
 import { checkEso, checkPlacement, parsePlacement, readiness } from '../../roles/apps.ts'
 import { bootstrapDecision } from '../../roles/flux-bootstrap.ts'
@@ -33,11 +33,12 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
   let server: ChildProcess | undefined
   let serverLog = ''
   let k3s = ''
+  let home = ''
   let flux = ''
   let kubeconfig = ''
   let dnsPort = 0
   const kubectl = (args: readonly string[], input = ''): Promise<RunResult> =>
-    run('python3', [k3s, 'kubectl', '--kubeconfig', kubeconfig, ...args], { K3S_STANDIN_ROOT: root }, input)
+    run('python3', [k3s, 'kubectl', '--kubeconfig', kubeconfig, ...args], { K3S_STANDIN_ROOT: root, HOME: home }, input)
   const get = async (args: string): Promise<KubeObject[]> =>
     parseKubeJson(await kubectl(['get', ...args.split(' '), '-o', 'json']), args)
   const fx = (args: readonly string[], env: Record<string, string> = {}) =>
@@ -80,10 +81,17 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
     k3s = join(work, 'k3s')
     writeFileSync(k3s, await bin.text())
     chmodSync(k3s, 0o755)
-    // and its module (the Kubernetes API over TLS), next to it, where the k3s stand-in also looks for it
-    writeFileSync(join(work, 'kubeapi.py'), await (await fetch(`${base}/k3s/kubeapi.py`)).text())
+    // and its modules (the ones k3s/modules.txt names), next to it, where the k3s stand-in also looks for them
+    const modules = (await (await fetch(`${base}/k3s/modules.txt`)).text())
+      .split('\n')
+      .filter((l) => /^\w+\.py$/.test(l))
+    expect(modules).toContain('kubeapi.py')
+    for (const m of modules) writeFileSync(join(work, m), await (await fetch(`${base}/k3s/${m}`)).text())
 
     mkdirSync(join(root, 'etc/rancher/k3s'), { recursive: true })
+    lendKubectl(root) // `k3s kubectl` runs the real client, as on a lab host
+    home = join(work, 'home') // the real kubectl's discovery cache
+    mkdirSync(home)
     writeFileSync(
       join(root, 'etc/rancher/k3s/config.yaml'),
       'token: workloads-test\nnode-name: pi-k3s\nnode-label:\n  - hardware=pi5\n  - workload/dns=unbound\n',

@@ -4,9 +4,10 @@
 # A test fixture imitating the k3s install script (https://get.k3s.io) for what a provisioning tool uses.
 # The lab's artifact server serves it with @@ARTIFACT_BASE@@ replaced by its base URL; it installs the
 # Python stand-in binary (test/standins/k3s/k3s-standin.py) as /usr/local/bin/k3s with the requested version
-# stamped into it, and its module kubeapi.py (the Kubernetes API over TLS) as /usr/local/lib/k3s-standin/kubeapi.py
-# (the real k3s is one binary; the stand-in is two files, counted as one install: both are hashed for "No change
-# detected"). Written from scratch for the lab; see test/standins/README.md.
+# stamped into it, and its modules (the files k3s/modules.txt names) in /usr/local/lib/k3s-standin/ (the real k3s
+# is one binary; the stand-in is several files, counted as one install: all are hashed for "No change detected").
+# The stand-in needs python3 and PyYAML: a host without python3-yaml gets it with apt-get, as the real script
+# installs k3s-selinux with yum where it needs it. Written from scratch for the lab; see test/standins/README.md.
 #
 # Honoured like the real script: INSTALL_K3S_VERSION (required: the stand-in cannot resolve a channel),
 # INSTALL_K3S_EXEC and script arguments ("server"/"agent" + flags), K3S_URL, K3S_TOKEN, K3S_TOKEN_FILE
@@ -117,7 +118,8 @@ setup_env() {
 }
 
 get_installed_hashes() {
-    sha256sum "${ROOT}${BIN_DIR}/k3s" "${ROOT}${LIB_DIR}/kubeapi.py" "${ROOT}${FILE_K3S_SERVICE}" "${ROOT}${FILE_K3S_ENV}" 2>&1 || true
+    sha256sum "${ROOT}${BIN_DIR}/k3s" "${ROOT}${FILE_K3S_SERVICE}" "${ROOT}${FILE_K3S_ENV}" 2>&1 || true
+    [ ! -d "${ROOT}${LIB_DIR}" ] || find "${ROOT}${LIB_DIR}" -type f -exec sha256sum {} + | sort
 }
 
 can_skip_download_binary() {
@@ -159,11 +161,25 @@ download() {
     [ $status -eq 0 ] || fatal "Download failed: $2"
 }
 
+# The stand-in parses YAML with PyYAML (Debian's python3-yaml, in the lab image). A disk flashed from an older image
+# lacks it: install it as the real script installs the packages k3s needs on some distributions.
+ensure_pyyaml() {
+    python3 -c 'import yaml' 2>/dev/null && return
+    if [ -n "${ROOT}" ]; then
+        warn "python3 has no PyYAML (python3-yaml): the k3s stand-in will not start"
+        return
+    fi
+    info "Installing python3-yaml, which the k3s stand-in needs"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-yaml >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-yaml >/dev/null; } ||
+        fatal "Can not install python3-yaml, which the k3s stand-in needs"
+}
+
 download_and_verify() {
     if can_skip_download_binary; then
         info 'Skipping k3s download and verify'
         [ -x "${ROOT}${BIN_DIR}/k3s" ] || fatal "Executable k3s binary not found at ${BIN_DIR}/k3s"
-        [ -f "${ROOT}${LIB_DIR}/kubeapi.py" ] || fatal "The k3s stand-in's module not found at ${LIB_DIR}/kubeapi.py"
+        [ -f "${ROOT}${LIB_DIR}/common.py" ] || fatal "The k3s stand-in's modules not found in ${LIB_DIR}"
         return
     fi
     setup_verify_arch
@@ -171,13 +187,13 @@ download_and_verify() {
     get_release_version
     if [ -n "${GITHUB_URL}" ]; then
         BIN_URL=${GITHUB_URL}/download/${VERSION_K3S}/k3s${SUFFIX}
-        MODULE_URL=${GITHUB_URL}/download/${VERSION_K3S}/kubeapi.py
+        MODULE_URL=${GITHUB_URL}/download/${VERSION_K3S}
     else
         case "${ARTIFACT_BASE}" in
             @@*) fatal "this stand-in install script must be served by the lab artifact server (its base URL was not filled in); set GITHUB_URL or INSTALL_K3S_SKIP_DOWNLOAD=true" ;;
         esac
         BIN_URL=${ARTIFACT_BASE}/k3s/k3s-standin.py
-        MODULE_URL=${ARTIFACT_BASE}/k3s/kubeapi.py
+        MODULE_URL=${ARTIFACT_BASE}/k3s
         RELEASES_URL=${ARTIFACT_BASE}/k3s/releases.txt
     fi
     TMP_DIR=$(mktemp -d -t k3s-install.XXXXXXXXXX)
@@ -194,22 +210,34 @@ download_and_verify() {
     download "${TMP_DIR}/k3s.download" "${BIN_URL}"
     head -n 5 "${TMP_DIR}/k3s.download" | grep -q 'STAND-IN for k3s' ||
         fatal "Downloaded file from ${BIN_URL} is not the k3s stand-in"
-    download "${TMP_DIR}/kubeapi.py" "${MODULE_URL}"
-    head -n 2 "${TMP_DIR}/kubeapi.py" | grep -q 'STAND-IN for k3s' ||
-        fatal "Downloaded file from ${MODULE_URL} is not the k3s stand-in's module"
+    mkdir "${TMP_DIR}/lib"
+    download "${TMP_DIR}/lib/modules.txt" "${MODULE_URL}/modules.txt"
+    for module in $(grep -v '^#' "${TMP_DIR}/lib/modules.txt"); do
+        case "${module}" in
+            *[!A-Za-z0-9_]*.py|*/*|.*) fatal "Bad module name ${module} in ${MODULE_URL}/modules.txt" ;;
+        esac
+        download "${TMP_DIR}/lib/${module}" "${MODULE_URL}/${module}"
+        head -n 2 "${TMP_DIR}/lib/${module}" | grep -q 'STAND-IN for k3s' ||
+            fatal "Downloaded file from ${MODULE_URL}/${module} is not a module of the k3s stand-in"
+    done
     # Test fault: while this file exists, the download does not verify, and nothing is installed (as with the real
     # script, which checks the binary's sha256 before it replaces anything). The tests make one host's install fail.
     if [ -e "${ROOT}/etc/k3s-standin/fail-install" ]; then
         info "Verifying binary download"
         fatal "Download sha256 does not match $(sha256sum "${TMP_DIR}/k3s.download" | cut -d' ' -f1), got $(printf 'corrupt' | sha256sum | cut -d' ' -f1) (stand-in fault: /etc/k3s-standin/fail-install exists)"
     fi
-    if ! cmp -s "${TMP_DIR}/kubeapi.py" "${ROOT}${LIB_DIR}/kubeapi.py"; then
-        info "Installing the stand-in's module to ${LIB_DIR}/kubeapi.py"
-        mkdir -p "${ROOT}${LIB_DIR}"
-        chmod 644 "${TMP_DIR}/kubeapi.py"
-        [ -n "${ROOT}" ] || chown root:root "${TMP_DIR}/kubeapi.py"
-        mv -f "${TMP_DIR}/kubeapi.py" "${ROOT}${LIB_DIR}/kubeapi.py"
+    if ! diff -r "${TMP_DIR}/lib" "${ROOT}${LIB_DIR}" >/dev/null 2>&1; then
+        info "Installing the stand-in's modules to ${LIB_DIR}"
+        chmod 755 "${TMP_DIR}/lib"
+        find "${TMP_DIR}/lib" -type f -exec chmod 644 {} +
+        [ -n "${ROOT}" ] || chown -R root:root "${TMP_DIR}/lib"
+        mkdir -p "$(dirname "${ROOT}${LIB_DIR}")"
+        rm -rf "${ROOT}${LIB_DIR}.old"
+        [ ! -d "${ROOT}${LIB_DIR}" ] || mv "${ROOT}${LIB_DIR}" "${ROOT}${LIB_DIR}.old"
+        mv "${TMP_DIR}/lib" "${ROOT}${LIB_DIR}"
+        rm -rf "${ROOT}${LIB_DIR}.old"
     fi
+    ensure_pyyaml
     # stamp the requested version into the stand-in, as a real release binary carries its version
     sed "s/^STANDIN_STAMPED_VERSION = \"\"/STANDIN_STAMPED_VERSION = \"${VERSION_K3S}\"/" \
         "${TMP_DIR}/k3s.download" >"${TMP_DIR}/k3s.bin"

@@ -1,7 +1,7 @@
 # STAND-IN for k3s used by the lab tests; not the real k3s (and not a real kube-apiserver).
 #
-# The k3s stand-in's Kubernetes API over HTTPS, imported by k3s-standin.py (installed next to it by the stand-in
-# install script as /usr/local/lib/k3s-standin/kubeapi.py). It exists so that the REAL kubectl client can talk to
+# What stands in for kube-apiserver's REST API: the k3s stand-in's Kubernetes API over HTTPS, a module of the
+# stand-in (installed with the others by the stand-in install script in /usr/local/lib/k3s-standin/). It exists so that the REAL kubectl client can talk to
 # the stand-in server: a CA, a serving certificate and an admin client certificate made with the `openssl` command
 # (python3's stdlib cannot make certificates; the lab image and the controller have openssl through
 # ca-certificates), TLS with client-certificate authentication on the API port, and the part of the Kubernetes
@@ -12,8 +12,7 @@
 # What it is not: no watch, no admission, no managed fields or apply conflicts, no protobuf responses, no
 # authorization beyond "a client certificate from the client CA"; strategic merge patches are applied as JSON merge
 # patches (lists are replaced), which is what they are for every field the product patches. Objects live in the
-# stand-in's SQLite datastore (k3s-standin.py's Store), shared with its private JSON RPC. Written from scratch for
-# the lab; see test/standins/README.md.
+# stand-in's SQLite datastore (datastore.py's Store). Written from scratch for the lab; see test/standins/README.md.
 
 import copy
 import hashlib
@@ -28,14 +27,12 @@ import tempfile
 import time
 import urllib.parse
 
-# k3s-standin.py hands itself over (bind) before any of this is used: Res, BUILTIN, ApiError, yaml_load, log, ...
-core = None
+import yaml
 
-
-def bind(module):
-    global core
-    core = module
-
+from common import GO_VERSION, go_arch, short_commit
+from datastore import BUILTIN, SYSTEM_META, ApiError, Res, b64, pluralize, split_api_version
+from datastore import label_selector_match as equality_selector_match
+from tables import table_columns
 
 # ---------------------------------------------------------------------------------------------------------
 # certificates (openssl): k3s's names under server/tls, ECDSA P-256 keys as k3s makes them
@@ -234,14 +231,14 @@ SUBRESOURCES = {
 
 def resources():
     """Every resource the server knows: the stand-in's built-in table and any other kind stored by apply."""
-    out = list(core.BUILTIN)
+    out = list(BUILTIN)
     known = {(r.group, r.kind) for r in out}
     for grp, kind, namespaced in _cluster.store.kinds():
         if (grp, kind) in known:
             continue
         objs = _cluster.store.list(grp, kind)[:1]
-        ver = core.split_api_version(objs[0]["apiVersion"])[1] if objs else "v1"
-        out.append(core.Res(kind, grp, ver, core.pluralize(kind), bool(namespaced)))
+        ver = split_api_version(objs[0]["apiVersion"])[1] if objs else "v1"
+        out.append(Res(kind, grp, ver, pluralize(kind), bool(namespaced)))
         known.add((grp, kind))
     return out
 
@@ -394,7 +391,7 @@ def field_selector_match(obj, selector):
             continue
         m = re.fullmatch(r"([A-Za-z.]+)\s*(!=|==|=)\s*(.*)", term)
         if not m:
-            raise core.ApiError(400, "BadRequest", 'unable to parse requirement: invalid field selector "%s"' % term)
+            raise ApiError(400, "BadRequest", 'unable to parse requirement: invalid field selector "%s"' % term)
         path, op, want = m.groups()
         cur = obj
         for p in path.split("."):
@@ -418,7 +415,7 @@ def label_selector_match(labels, selector):
             if (m.group(2) == "in") != has:
                 return False
             continue
-        if not core.label_selector_match(labels, term):
+        if not equality_selector_match(labels, term):
             return False
     return True
 
@@ -482,7 +479,7 @@ def _pointer(path):
     if path == "":
         return []
     if not path.startswith("/"):
-        raise core.ApiError(422, "Invalid", "json patch: invalid path %r" % path)
+        raise ApiError(422, "Invalid", "json patch: invalid path %r" % path)
     return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
 
 
@@ -490,7 +487,7 @@ def json_patch(target, ops):
     """RFC 6902: add, remove, replace, test, copy, move."""
     doc = copy.deepcopy(target)
     if not isinstance(ops, list):
-        raise core.ApiError(400, "BadRequest", "json patch: expected a list of operations")
+        raise ApiError(400, "BadRequest", "json patch: expected a list of operations")
 
     def walk(parts):
         cur = doc
@@ -510,7 +507,7 @@ def json_patch(target, ops):
             parts = _pointer(op.get("path", ""))
             if kind == "test":
                 if get(parts) != op.get("value"):
-                    raise core.ApiError(422, "Invalid", "json patch: test failed at %s" % op["path"])
+                    raise ApiError(422, "Invalid", "json patch: test failed at %s" % op["path"])
                 continue
             if kind in ("copy", "move"):
                 value = copy.deepcopy(get(_pointer(op["from"])))
@@ -534,9 +531,9 @@ def json_patch(target, ops):
                         raise KeyError(last)
                     parent[last] = copy.deepcopy(op["value"])
             else:
-                raise core.ApiError(400, "BadRequest", "json patch: unknown operation %r" % kind)
+                raise ApiError(400, "BadRequest", "json patch: unknown operation %r" % kind)
         except (KeyError, IndexError, ValueError, TypeError):
-            raise core.ApiError(422, "Invalid", "the server rejected our request due to an error in our request: "
+            raise ApiError(422, "Invalid", "the server rejected our request due to an error in our request: "
                                 "json patch %s operation does not apply: doc is missing path: \"%s\""
                                 % (op.get("op"), op.get("path")))
     return doc
@@ -608,7 +605,7 @@ def _decode(b, schema):
         if typ == _STR:
             out[name] = v.decode("utf-8")
         elif typ == _BYTES:
-            out[name] = core.b64(v)
+            out[name] = b64(v)
         elif typ == _BOOL:
             out[name] = bool(v)
         elif isinstance(typ, dict):
@@ -619,26 +616,26 @@ def _decode(b, schema):
             entry = {n: val for n, _, val in _fields(v)}
             key = entry.get(1, b"").decode("utf-8")
             val = entry.get(2, b"")
-            out.setdefault(name, {})[key] = core.b64(val) if typ[1] == _BYTES else val.decode("utf-8")
+            out.setdefault(name, {})[key] = b64(val) if typ[1] == _BYTES else val.decode("utf-8")
     return out
 
 
 def decode_protobuf(raw):
     if raw[:4] != b"k8s\x00":
-        raise core.ApiError(400, "BadRequest", "protobuf body without the k8s envelope")
+        raise ApiError(400, "BadRequest", "protobuf body without the k8s envelope")
     try:
         env = {n: v for n, _, v in _fields(raw[4:])}
         tm = {n: v.decode() for n, _, v in _fields(env.get(1, b""))}
         api_version, kind = tm.get(1, ""), tm.get(2, "")
         schema = _PROTO_KINDS.get((api_version, kind))
         if schema is None:
-            raise core.ApiError(415, "UnsupportedMediaType", "the k3s stand-in reads protobuf bodies of %s only, not "
+            raise ApiError(415, "UnsupportedMediaType", "the k3s stand-in reads protobuf bodies of %s only, not "
                                 "%s %s" % (", ".join(k for _, k in _PROTO_KINDS), api_version, kind))
         obj = {"apiVersion": api_version, "kind": kind}
         obj.update(_decode(env.get(2, b""), schema))
         return obj
     except (ValueError, UnicodeDecodeError) as e:
-        raise core.ApiError(400, "BadRequest", "malformed protobuf body: %s" % e)
+        raise ApiError(400, "BadRequest", "malformed protobuf body: %s" % e)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -684,7 +681,7 @@ class Request:
         try:
             return json.loads(raw or b"null")
         except ValueError:
-            raise core.ApiError(400, "BadRequest", "the body of the request was in an unknown format - accepted "
+            raise ApiError(400, "BadRequest", "the body of the request was in an unknown format - accepted "
                                 "media types include: application/json, application/yaml")
 
 
@@ -706,7 +703,7 @@ def handle(handler, method):
     req.body_bytes()  # always read, so the next request on this kept-alive connection starts where it should
     try:
         return _route(req)
-    except core.ApiError as e:
+    except ApiError as e:
         details = getattr(e, "details", None)
         return e.code, status(e.code, e.reason, e.message, details), "application/json"
 
@@ -721,8 +718,8 @@ def _route(req):
         v = _cluster.version
         m = re.match(r"v(\d+)\.(\d+)", v)
         return 200, {"major": m.group(1) if m else "1", "minor": m.group(2) if m else "34", "gitVersion": v,
-                     "gitCommit": core.short_commit(v), "gitTreeState": "clean", "buildDate": "2025-12-01T00:00:00Z",
-                     "goVersion": core.GO_VERSION, "compiler": "gc", "platform": "linux/%s" % core.go_arch()}, \
+                     "gitCommit": short_commit(v), "gitTreeState": "clean", "buildDate": "2025-12-01T00:00:00Z",
+                     "goVersion": GO_VERSION, "compiler": "gc", "platform": "linux/%s" % go_arch()}, \
             "application/json"
     wants_aggregated = "as=APIGroupDiscoveryList" in req.accept and "v=v2" in req.accept
     agg_type = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
@@ -745,7 +742,7 @@ def _route(req):
     if m or n:
         group, version = ("", m.group(1)) if m else (n.group(1), n.group(2))
         if version not in group_versions().get(group, []):
-            raise core.ApiError(404, "NotFound", "the server could not find the requested resource")
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return 200, openapi_gv(group, version), "application/json"
     parts = [urllib.parse.unquote(p) for p in path.split("/")[1:]]
     if parts[0] == "api" and len(parts) >= 2:
@@ -755,14 +752,14 @@ def _route(req):
     elif parts[0] == "apis" and len(parts) == 2:
         vs = group_versions().get(parts[1])
         if not vs:
-            raise core.ApiError(404, "NotFound", "the server could not find the requested resource")
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
         v = [{"groupVersion": "%s/%s" % (parts[1], x), "version": x} for x in vs]
         return 200, {"kind": "APIGroup", "apiVersion": "v1", "name": parts[1], "versions": v,
                      "preferredVersion": v[0]}, "application/json"
     else:
-        raise core.ApiError(404, "NotFound", "the server could not find the requested resource")
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
     if version not in group_versions().get(group, []):
-        raise core.ApiError(404, "NotFound", "the server could not find the requested resource")
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
     if not rest:
         return 200, api_resource_list(group, version), "application/json"
     return _resource(req, group, version, rest)
@@ -781,29 +778,29 @@ def _resource(req, group, version, rest):
         ns, rest = rest[1], rest[2:]
     res = _find(group, version, rest[0])
     if res is None or (ns is not None and not res.namespaced) or len(rest) > 3:
-        raise core.ApiError(404, "NotFound", "the server could not find the requested resource")
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
     name = rest[1] if len(rest) > 1 else None
     sub = rest[2] if len(rest) > 2 else None
     if name is None:
         if req.method == "GET":
             if req.query.get("watch") in ("1", "true"):
-                raise core.ApiError(405, "MethodNotAllowed", "watch is not supported by the k3s stand-in")
+                raise ApiError(405, "MethodNotAllowed", "watch is not supported by the k3s stand-in")
             listed = _list(res, ns, req.query)
             if _wants_table(req):
                 return 200, _table(res, listed["items"], listed["metadata"]["resourceVersion"]), "application/json"
             return 200, listed, "application/json"
         if req.method == "POST":
             if res.namespaced and ns is None:
-                raise core.ApiError(404, "NotFound", "the server could not find the requested resource")
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
             return _create(res, ns, req.json(), req.query)
-        raise core.ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
     if res.namespaced and ns is None:
-        raise core.ApiError(404, "NotFound", "the server could not find the requested resource")
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
     sns = ns or ""
     if sub == "eviction" and res.kind == "Pod" and res.group == "" and req.method == "POST":
         return _evict(res, sns, name)
     if sub not in (None, "status"):
-        raise core.ApiError(404, "NotFound", "the server could not find the requested resource")
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
     if req.method == "GET":
         obj = _cluster.store.get(res.group, res.kind, sns, name)
         if obj is None:
@@ -812,7 +809,7 @@ def _resource(req, group, version, rest):
             return 200, _table(res, [_out(obj)], obj["metadata"].get("resourceVersion", "")), "application/json"
         return 200, _out(obj), "application/json"
     if sub == "status":
-        raise core.ApiError(405, "MethodNotAllowed", "writing the status subresource is not supported by the k3s "
+        raise ApiError(405, "MethodNotAllowed", "writing the status subresource is not supported by the k3s "
                             "stand-in")
     if req.method == "PUT":
         return _update(res, sns, name, req.json())
@@ -820,7 +817,7 @@ def _resource(req, group, version, rest):
         return _patch(res, sns, name, req)
     if req.method == "DELETE":
         return _delete(res, sns, name)
-    raise core.ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+    raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
 
 def _wants_table(req):
@@ -830,7 +827,7 @@ def _wants_table(req):
 def _table(res, items, rv):
     """meta.k8s.io/v1 Table, as the apiserver prints for kubectl's default and -o wide output: the stand-in
     imitation's columns (kubectl shows the priority-1 ones with -o wide and adds NAMESPACE for -A itself)."""
-    headers, rows, wide_from = core.table_columns(res.to_json(), items, True)
+    headers, rows, wide_from = table_columns(res.to_json(), items, True)
     cols = [{"name": h.title() if h != "NAME" else "Name", "type": "string", "format": "name" if i == 0 else "",
              "description": "", "priority": 0 if i < wide_from else 1} for i, h in enumerate(headers)]
     out_rows = []
@@ -842,7 +839,7 @@ def _table(res, items, rv):
 
 
 def _not_found(res, name):
-    e = core.ApiError(404, "NotFound", '%s "%s" not found' % (res.qualified, name))
+    e = ApiError(404, "NotFound", '%s "%s" not found' % (res.qualified, name))
     e.details = {"name": name, "group": res.group, "kind": res.plural} if res.group else \
         {"name": name, "kind": res.plural}
     return e
@@ -874,9 +871,9 @@ def _list(res, ns, query):
 
 def _check_body(res, obj, ns, name=None):
     if not isinstance(obj, dict):
-        raise core.ApiError(400, "BadRequest", "the body of the request is not an object")
+        raise ApiError(400, "BadRequest", "the body of the request is not an object")
     if obj.get("kind") and obj.get("kind") != res.kind:
-        raise core.ApiError(400, "BadRequest", "the API version in the data (%s) does not match the expected API "
+        raise ApiError(400, "BadRequest", "the API version in the data (%s) does not match the expected API "
                             "version (%s)" % (obj.get("apiVersion"), res.api_version))
     obj = copy.deepcopy(obj)
     obj.setdefault("apiVersion", res.api_version)
@@ -884,12 +881,12 @@ def _check_body(res, obj, ns, name=None):
     md = obj.setdefault("metadata", {})
     if name is not None:
         if md.get("name") and md["name"] != name:
-            raise core.ApiError(400, "BadRequest", "the name of the object (%s) does not match the name on the URL "
+            raise ApiError(400, "BadRequest", "the name of the object (%s) does not match the name on the URL "
                                 "(%s)" % (md["name"], name))
         md["name"] = name
     if res.namespaced:
         if md.get("namespace") and md["namespace"] != ns:
-            raise core.ApiError(400, "BadRequest", "the namespace of the provided object does not match the "
+            raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the "
                                 "namespace sent on the request")
         md["namespace"] = ns
     return obj
@@ -918,13 +915,13 @@ def _update(res, ns, name, body):
 def _patch(res, ns, name, req):
     if req.ctype == "application/apply-patch+yaml":
         try:
-            obj = core.yaml_load(req.body_bytes().decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise core.ApiError(400, "BadRequest", "error decoding YAML: %s" % e)
+            obj = yaml.safe_load(req.body_bytes().decode("utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ApiError(400, "BadRequest", "error decoding YAML: %s" % e)
         obj = _check_body(res, obj, ns, name)
         if not obj.get("apiVersion") or not obj.get("kind"):
-            raise core.ApiError(400, "BadRequest", "apiVersion and kind must be set in an apply patch")
-        r = _cluster.apply_one(obj, ns, mode="apply", server_side=True)
+            raise ApiError(400, "BadRequest", "apiVersion and kind must be set in an apply patch")
+        r = _cluster.apply_one(obj, ns, mode="apply")
         return (201 if r["result"] == "created" else 200), _out(r["object"]), "application/json"
     patch = req.json()
     if req.ctype == "application/merge-patch+json":
@@ -932,13 +929,13 @@ def _patch(res, ns, name, req):
     elif req.ctype == "application/strategic-merge-patch+json":
         if not (res.group in ("", "apps", "batch", "policy", "networking.k8s.io", "storage.k8s.io",
                               "rbac.authorization.k8s.io", "coordination.k8s.io", "apiextensions.k8s.io")):
-            raise core.ApiError(415, "UnsupportedMediaType", "strategic merge patch is not supported for %s" %
+            raise ApiError(415, "UnsupportedMediaType", "strategic merge patch is not supported for %s" %
                                 res.qualified)
         fn = strategic_merge_patch
     elif req.ctype == "application/json-patch+json":
         fn = json_patch
     else:
-        raise core.ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+        raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
                             "accepted media types include: application/json-patch+json, application/merge-patch+json, "
                             "application/apply-patch+yaml, application/strategic-merge-patch+json")
     store = _cluster.store
@@ -948,17 +945,17 @@ def _patch(res, ns, name, req):
             raise _not_found(res, name)
         patched = fn(live, patch)
         if not isinstance(patched, dict) or not isinstance(patched.get("metadata"), dict):
-            raise core.ApiError(422, "Invalid", "the patch removed the object's metadata")
+            raise ApiError(422, "Invalid", "the patch removed the object's metadata")
         want_rv = patched["metadata"].get("resourceVersion")
         if want_rv and want_rv != live["metadata"].get("resourceVersion"):
-            raise core.ApiError(409, "Conflict", 'Operation cannot be fulfilled on %s "%s": the object has been '
+            raise ApiError(409, "Conflict", 'Operation cannot be fulfilled on %s "%s": the object has been '
                                 'modified; please apply your changes to the latest version and try again'
                                 % (res.qualified, name))
         patched["apiVersion"], patched["kind"] = live["apiVersion"], live["kind"]
         patched["metadata"]["name"] = name
         if res.namespaced:
             patched["metadata"]["namespace"] = ns
-        for k in core.SYSTEM_META:
+        for k in SYSTEM_META:
             if k in live["metadata"]:
                 patched["metadata"][k] = live["metadata"][k]
             else:
@@ -980,7 +977,7 @@ def _patch(res, ns, name, req):
 
 def _delete(res, ns, name):
     if res.kind == "Namespace" and res.group == "" and name in ("default", "kube-system", "kube-public"):
-        raise core.ApiError(403, "Forbidden", 'namespaces "%s" is forbidden: this namespace may not be deleted' % name)
+        raise ApiError(403, "Forbidden", 'namespaces "%s" is forbidden: this namespace may not be deleted' % name)
     live = _cluster.store.get(res.group, res.kind, ns, name)
     if live is None:
         raise _not_found(res, name)
