@@ -3,11 +3,7 @@
 // A LocalConnection runs the same scripts on the controller (tests, and controller-side work).
 
 import { spawn } from 'node:child_process'
-import { readFile } from 'node:fs/promises'
-import { connect as tcpConnect, type Socket } from 'node:net'
 import { NodeSSH } from 'node-ssh'
-import ssh2 from 'ssh2'
-import type { IdentityCallback, ParsedKey, ServerHostKeyAlgorithm } from 'ssh2'
 import pLimit from 'p-limit'
 import { ProvisionError } from './errors.ts'
 import { expandPath } from './controller-paths.ts'
@@ -23,6 +19,9 @@ import {
 } from './knownhosts.ts'
 import { asRoot } from './shell.ts'
 import { keyForSsh } from './sshkeys.ts'
+import { openSocket, waitForSshBanner } from './ssh-banner.ts'
+import { hostKeyError, orderHostKeyAlgorithms } from './ssh-hostkeys.ts'
+import { PreferringAgent, publicKeyBlob, readKey, readPublicBeside } from './ssh-identity.ts'
 
 export interface RunOptions {
   /** Run as root (sudo -n sh -c). Default true: provisioning is root's work. */
@@ -340,181 +339,6 @@ export class SshConnection implements Connection {
     return ssh
   }
 }
-
-/**
- * Resolves true once something at host:port greets like sshd ("SSH-"), false at the deadline (epoch ms). The
- * probes overlap, a new one every intervalMs, each living up to probeMs: a SYN sent while a rebooting host was
- * down is lost, and waiting for its retransmit (1 s, then 3 s) would add that much to every reboot.
- */
-export function waitForSshBanner(
-  host: string,
-  port: number,
-  deadline: number,
-  opts: { intervalMs?: number; probeMs?: number } = {},
-): Promise<boolean> {
-  const intervalMs = opts.intervalMs ?? 200
-  const probeMs = opts.probeMs ?? 2000
-  return new Promise((resolve) => {
-    const open = new Set<Socket>()
-    let done = false
-    const finish = (ok: boolean) => {
-      if (done) return
-      done = true
-      clearInterval(every)
-      clearTimeout(end)
-      for (const s of open) s.destroy()
-      resolve(ok)
-    }
-    const probe = () => {
-      const s = tcpConnect({ host, port, noDelay: true })
-      open.add(s)
-      const giveUp = setTimeout(() => s.destroy(), probeMs)
-      s.once('data', (d: Buffer) => {
-        if (!d.toString('latin1').startsWith('SSH-')) return s.destroy()
-        // Greet back before leaving: sshd then logs a plain closed connection, not a scanner that never spoke
-        // (which fail2ban's aggressive mode and sshguard count against the address).
-        s.end('SSH-2.0-pi-provision-probe\r\n')
-        open.delete(s)
-        finish(true)
-      })
-      s.on('error', () => undefined) // refused or unreachable: the next probe tries again
-      s.once('close', () => {
-        clearTimeout(giveUp)
-        open.delete(s)
-      })
-    }
-    const every = setInterval(probe, intervalMs)
-    const end = setTimeout(() => finish(false), Math.max(0, deadline - Date.now()))
-    probe()
-  })
-}
-
-/**
- * The TCP connection, opened here so TCP_NODELAY is on from the first packet: SSH is many small
- * request/response packets, and Nagle + delayed ACKs otherwise add ~40-90 ms to the handshake and to every command.
- */
-function openSocket(host: string, port: number, timeoutMs: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const sock = tcpConnect({ host, port, noDelay: true })
-    const timer = setTimeout(() => {
-      sock.destroy()
-      reject(Object.assign(new Error(`Timed out while waiting for handshake`), { code: 'ETIMEDOUT' }))
-    }, timeoutMs)
-    sock.once('connect', () => {
-      clearTimeout(timer)
-      resolve(sock)
-    })
-    sock.once('error', (e) => {
-      clearTimeout(timer)
-      reject(e)
-    })
-  })
-}
-
-function orderHostKeyAlgorithms(known: string[]): ServerHostKeyAlgorithm[] {
-  const all: ServerHostKeyAlgorithm[] = [
-    'ssh-ed25519',
-    'ecdsa-sha2-nistp256',
-    'ecdsa-sha2-nistp384',
-    'ecdsa-sha2-nistp521',
-    'rsa-sha2-512',
-    'rsa-sha2-256',
-    'ssh-rsa',
-  ]
-  const wanted = new Set<string>()
-  for (const k of known) {
-    if (k === 'ssh-rsa') for (const a of ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'] as const) wanted.add(a)
-    else wanted.add(k)
-  }
-  return [...all.filter((a) => wanted.has(a)), ...all.filter((a) => !wanted.has(a))]
-}
-
-/** `unrecorded`: the fingerprint of a key this connection accepted earlier in the run without recording it. */
-function hostKeyError(
-  t: SshTarget,
-  khPath: string,
-  v: HostKeyVerdict,
-  key: Buffer,
-  unrecorded?: string,
-): ProvisionError {
-  const got = fingerprint(key)
-  const who = `${t.host} (${t.address}${t.port === 22 ? '' : `:${t.port}`})`
-  if (v.status === 'changed' && unrecorded !== undefined && v.expected.includes(unrecorded))
-    return new ProvisionError(
-      'hostkey',
-      `HOST KEY CHANGED for ${who} during this run: it presented ${unrecorded} (accepted, not recorded), ` +
-        `now ${got}. Refusing to connect.`,
-      {
-        place: { host: t.host },
-        hint: 'treat this as an attack unless the host was reflashed during the run',
-      },
-    )
-  if (v.status === 'changed')
-    return new ProvisionError(
-      'hostkey',
-      `HOST KEY CHANGED for ${who}: known_hosts has ${v.expected.join(', ')}, ` +
-        `the host now presents ${got}. Refusing to connect.`,
-      {
-        place: { host: t.host },
-        hint:
-          `if the host was reflashed, run playbooks/rebuild.mts ${t.host} ` +
-          `(or: ssh-keygen -R ${t.address} -f ${khPath}, then rerun with --trust-new-host-keys); ` +
-          'otherwise treat this as an attack',
-      },
-    )
-  if (v.status === 'revoked')
-    return new ProvisionError(
-      'hostkey',
-      `host key ${got} of ${who} is marked @revoked in ${khPath}; refusing to connect`,
-      { place: { host: t.host } },
-    )
-  return new ProvisionError('hostkey', `unknown host key for ${who}: ${got} is not in ${khPath}; refusing to connect`, {
-    place: { host: t.host },
-    hint:
-      'check the fingerprint on the host (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), ' +
-      'then rerun with --trust-new-host-keys to record it',
-  })
-}
-
-/** An ssh-agent whose key matching `prefer` (an SSH public key blob) is offered first. */
-class PreferringAgent extends ssh2.OpenSSHAgent {
-  readonly #prefer: Buffer
-  /** Whether the agent held the preferred key (undefined until it was asked). */
-  held: boolean | undefined
-
-  constructor(socket: string, prefer: Buffer) {
-    super(socket)
-    this.#prefer = prefer
-  }
-
-  override getIdentities(cb: IdentityCallback<ParsedKey>): void {
-    super.getIdentities((err, keys) => {
-      if (err || !keys) return cb(err, keys)
-      const mine = keys.filter((k) => 'getPublicSSH' in k && k.getPublicSSH().equals(this.#prefer))
-      this.held = mine.length > 0
-      cb(undefined, [...mine, ...keys.filter((k) => !mine.includes(k))])
-    })
-  }
-}
-
-/** The key blob of an OpenSSH public key line ("ssh-ed25519 AAAA... comment"); undefined for anything else. */
-export function publicKeyBlob(text: string): Buffer | undefined {
-  const m = /^\s*((?:ssh|ecdsa|sk)-[A-Za-z0-9@.-]+)\s+([A-Za-z0-9+/]+={0,3})(?:\s[^\n]*)?\s*$/.exec(text)
-  if (!m) return undefined
-  const blob = Buffer.from(m[2], 'base64')
-  // The blob starts with its own type name: a line whose base64 says another type is not a public key.
-  const len = blob.length >= 4 ? blob.readUInt32BE(0) : -1
-  return len > 0 && blob.subarray(4, 4 + len).toString('latin1') === m[1] ? blob : undefined
-}
-
-async function readPublicBeside(keyFile: string): Promise<Buffer | undefined> {
-  try {
-    return publicKeyBlob(await readFile(`${expandPath(keyFile, process.cwd())}.pub`, 'utf8'))
-  } catch {
-    return undefined
-  }
-}
-
 function unreachable(t: SshTarget, e: unknown, agentLacksKey = false): ProvisionError {
   const err = e as NodeJS.ErrnoException & { level?: string }
   let why = err.message ?? String(e)
@@ -532,18 +356,6 @@ function unreachable(t: SshTarget, e: unknown, agentLacksKey = false): Provision
     place: { host: t.host },
     cause: e,
   })
-}
-
-async function readKey(path: string, host: string): Promise<string> {
-  try {
-    return await readFile(expandPath(path, process.cwd()), 'utf8')
-  } catch (e) {
-    throw new ProvisionError(
-      'unreachable',
-      `cannot read SSH key ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`,
-      { place: { host } },
-    )
-  }
 }
 
 /** Runs scripts with the controller's own sh: for controller-side steps and for tests. */

@@ -2,7 +2,7 @@
 import { createServer, type Server } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
-import { waitForSshBanner } from '../../lib/connection.ts'
+import { waitForSshBanner } from '../../lib/ssh-banner.ts'
 import { freePort } from './fakes.ts'
 
 const servers: Server[] = []

@@ -452,7 +452,7 @@ describe('a run with the ssh config (runCli)', () => {
 describe('a public key as the key file (IdentityFile ~/.ssh/pi.pub, the 1Password SSH agent way)', () => {
   it('publicKeyBlob reads an OpenSSH public key line, and nothing else', async () => {
     const { execFileSync } = await import('node:child_process')
-    const { publicKeyBlob } = await import('../../lib/connection.ts')
+    const { publicKeyBlob } = await import('../../lib/ssh-identity.ts')
     const key = join(dir, 'pk')
     execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'me@desk', '-f', key])
     const pubText = execFileSync('ssh-keygen', ['-y', '-f', key], { encoding: 'utf8' })
