@@ -14,15 +14,8 @@ import { createReporter } from './reporter.ts'
 import type { Connection } from './connection.ts'
 import type { InventoryHost } from './inventory.ts'
 import type { Playbook } from './role.ts'
-import {
-  checkRoleSecrets,
-  EXIT,
-  planHosts,
-  requiredSecrets,
-  runPlaybook,
-  stepSelected,
-  type RunSummary,
-} from './runner.ts'
+import { EXIT, runPlaybook, type RunSummary } from './runner.ts'
+import { checkRoleSecrets, planHosts, requiredSecrets, stepSelected } from './run-plan.ts'
 import { openSecretStore, type SecretStore } from './secrets.ts'
 import { declaredVars } from './declared-vars.ts'
 import type { DeclaredVars } from './var-names.ts'

@@ -2,17 +2,14 @@
 // goes through its roles' steps in order, then the handlers its steps notified. A failing host stops
 // alone; the recap and the exit code say what happened to each.
 
-import { AsyncLocalStorage } from 'node:async_hooks'
 import pLimit from 'p-limit'
-import { SshConnection, type Connection, type RunOptions, type RunResult, type SshTarget } from './connection.ts'
+import { SshConnection, type Connection, type RunResult, type SshTarget } from './connection.ts'
 import { errorText, ProvisionError } from './errors.ts'
 import { writeFileAtomic } from './fsutil.ts'
 import { defineFact, FactCache, type Fact } from './facts.ts'
 import { quote } from './shell.ts'
 import { hostVars, type Inventory, type InventoryHost, type VarLayer } from './inventory.ts'
 import { mask } from './mask.ts'
-import { selectHosts } from './patterns.ts'
-import { clusterCalls } from './kube.ts'
 import type { HostCost, HostCounts, Reporter, RunStats } from './reporter.ts'
 import {
   isChange,
@@ -29,6 +26,8 @@ import {
 } from './role.ts'
 import type { SecretStore } from './secrets.ts'
 import type { Vars } from './vars.ts'
+import { acting, HostMeter, MeteredConnection, milestones, wallByKind } from './run-cost.ts'
+import { planHosts, requiredSecrets, stepSelected, validatePlaybook } from './run-plan.ts'
 
 export interface RunnerOptions {
   inventory: Inventory
@@ -88,207 +87,6 @@ interface HostRuntime extends Omit<HostHandle, 'sh' | 'must'> {
   state: 'ok' | 'failed' | 'unreachable'
   meter: HostMeter
 }
-
-// ---------------------------------------------------------------- what a run costs on the hosts
-
-/** The role whose step, facts or handler is running: what a round trip on any host is counted against. */
-const acting = new AsyncLocalStorage<string>()
-
-/** A span of wall time (ms since the process started) with a script in flight, and what it was for. */
-export interface Span {
-  start: number
-  end: number
-  kind: 'connect' | 'cluster' | 'facts' | 'commands'
-}
-
-/** Round trips, cluster calls and busy spans of one host, counted where every script passes: its connection. */
-export class HostMeter {
-  readonly cost: HostCost = { roundTrips: 0, factReads: 0, kubectl: 0, flux: 0, connectMs: 0, roles: {} }
-  readonly spans: Span[] = []
-
-  count(script: string, facts: boolean, start: number, end: number): void {
-    const calls = clusterCalls(script)
-    this.cost.roundTrips++
-    if (facts) this.cost.factReads++
-    this.cost.kubectl += calls.kubectl
-    this.cost.flux += calls.flux
-    const role = acting.getStore() ?? '(runner)'
-    const r = this.cost.roles[role] ?? { roundTrips: 0, kubectl: 0, flux: 0 }
-    this.cost.roles[role] = r
-    r.roundTrips++
-    r.kubectl += calls.kubectl
-    r.flux += calls.flux
-    const kind = calls.kubectl || calls.flux ? 'cluster' : facts ? 'facts' : 'commands'
-    this.spans.push({ start, end, kind })
-  }
-}
-
-/**
- * A host's connection as the run uses it: every script counted and timed (facts apart from commands), and the
- * first connection timed on its own. Everything else is the connection's.
- */
-export class MeteredConnection implements Connection {
-  readonly host: string
-  readonly sshAnswers?: (deadline: number) => Promise<boolean>
-  private readonly inner: Connection
-  private readonly meter: HostMeter
-  private readonly facts: boolean
-
-  constructor(inner: Connection, meter: HostMeter, facts = false) {
-    this.inner = inner
-    this.host = inner.host
-    this.meter = meter
-    this.facts = facts
-    if (inner.sshAnswers) this.sshAnswers = (deadline) => inner.sshAnswers!(deadline)
-  }
-
-  /** The same connection and meter, counting its scripts as fact reads. */
-  forFacts(): MeteredConnection {
-    return new MeteredConnection(this.inner, this.meter, true)
-  }
-
-  async run(script: string, opts?: RunOptions): Promise<RunResult> {
-    if (this.meter.cost.connectMs === 0 && this.inner instanceof SshConnection && opts?.connectWithinMs === undefined) {
-      const t0 = performance.now()
-      await this.inner.connect()
-      const t1 = performance.now()
-      this.meter.cost.connectMs ||= Math.max(1, Math.round(t1 - t0))
-      this.meter.spans.push({ start: t0, end: t1, kind: 'connect' })
-    }
-    const start = performance.now()
-    try {
-      return await this.inner.run(script, opts)
-    } finally {
-      this.meter.count(script, this.facts, start, performance.now())
-    }
-  }
-
-  reset(): Promise<void> {
-    return this.inner.reset()
-  }
-
-  close(): Promise<void> {
-    return this.inner.close()
-  }
-}
-
-/**
- * Wall time from `from` to `to` by what was in flight on any host: each instant counted once, under the first kind
- * in flight of connect, cluster, facts, commands; the rest is the controller's (planning, probes, waits, idle).
- */
-export function wallByKind(spans: readonly Span[], from: number, to: number): RunStats['wall'] {
-  const order: Span['kind'][] = ['connect', 'cluster', 'facts', 'commands']
-  const edges = [...new Set([from, to, ...spans.flatMap((s) => [s.start, s.end])])]
-    .filter((t) => t >= from && t <= to)
-    .sort((a, b) => a - b)
-  const out = { connect: 0, cluster: 0, facts: 0, commands: 0, controller: 0 }
-  for (let i = 0; i + 1 < edges.length; i++) {
-    const [a, b] = [edges[i], edges[i + 1]]
-    const kinds = new Set(spans.filter((s) => s.start <= a && s.end >= b).map((s) => s.kind))
-    const k = order.find((o) => kinds.has(o)) ?? 'controller'
-    out[k] += b - a
-  }
-  for (const k of Object.keys(out) as (keyof typeof out)[]) out[k] = Math.round(out[k])
-  return out
-}
-
-/** The milestones of this process so far (performance marks named pi-provision:*), in ms since it started. */
-function milestones(): Record<string, number> {
-  const marks: Record<string, number> = {}
-  for (const m of performance.getEntriesByType('mark'))
-    if (m.name.startsWith('pi-provision:')) marks[m.name.slice('pi-provision:'.length)] = Math.round(m.startTime)
-  return marks
-}
-
-/** Hosts a playbook run would touch, play by play (for --list-hosts; opens no connection). */
-export function planHosts(pb: Playbook, inv: Inventory, limit?: string): { play: Play; hosts: string[] }[] {
-  const selected = limit ? new Set(limitHosts(inv, limit)) : null
-  return pb.plays.map((play) => ({
-    play,
-    hosts: playHosts(inv, play.hosts).filter((h) => !selected || selected.has(h)),
-  }))
-}
-
-/** --limit's hosts; a mistake in the pattern says it is --limit's. */
-function limitHosts(inv: Inventory, limit: string): string[] {
-  try {
-    return selectHosts(inv, limit)
-  } catch (e) {
-    if (e instanceof ProvisionError && !e.message.startsWith('--limit'))
-      throw new ProvisionError(e.kind, `--limit ${limit}: ${e.message}`, { place: e.place, hint: e.hint, cause: e })
-    throw e
-  }
-}
-
-/**
- * A play's hosts. A play on a group the inventory does not have runs on no host (a one-Pi cluster has no "agent"
- * group); an unknown name in --limit stays an error, since there it is the owner's typo.
- */
-function playHosts(inv: Inventory, pattern: string): string[] {
-  if (/^[A-Za-z0-9_-]+$/.test(pattern) && !inv.groups.has(pattern) && !inv.hosts.has(pattern)) return []
-  return selectHosts(inv, pattern)
-}
-
-/** Which steps of a role run under --tags / --skip-tags. The role's name is a tag of all its steps. */
-export function stepSelected(step: Step, role: Role, tags: readonly string[], skipTags: readonly string[]): boolean {
-  const own = [...(step.tags ?? []), role.name]
-  if (skipTags.some((t) => own.includes(t))) return false
-  if (tags.length === 0) return !own.includes('never')
-  return own.includes('always') || tags.some((t) => own.includes(t))
-}
-
-/** Secret references every selected host's roles need, resolved before any host is touched. */
-export function requiredSecrets(pb: Playbook, inv: Inventory, limit: string | undefined, extra: VarLayer): string[] {
-  const refs = new Set<string>()
-  for (const { play, hosts } of planHosts(pb, inv, limit))
-    for (const name of hosts)
-      for (const role of play.roles) {
-        const vars = hostVars(inv.hosts.get(name)!, role.defaults, extra)
-        if (vars.ssh_key_ref) refs.add(vars.ssh_key_ref)
-        if (vars.become_password_ref) refs.add(vars.become_password_ref)
-        if (vars.ssh_key_passphrase_ref) refs.add(vars.ssh_key_passphrase_ref)
-        for (const r of role.secrets?.(vars) ?? []) if (r) refs.add(r)
-      }
-  return [...refs]
-}
-
-/** Every selected role's checkSecrets, once per role and host variables, before any host is touched. */
-export async function checkRoleSecrets(
-  pb: Playbook,
-  inv: Inventory,
-  limit: string | undefined,
-  extra: VarLayer,
-  secrets: SecretStore,
-): Promise<void> {
-  const done = new Set<string>()
-  for (const { play, hosts } of planHosts(pb, inv, limit))
-    for (const name of hosts)
-      for (const role of play.roles) {
-        if (!role.checkSecrets) continue
-        const vars = hostVars(inv.hosts.get(name)!, role.defaults, extra)
-        const key = `${role.name}\0${JSON.stringify(vars)}`
-        if (done.has(key)) continue
-        done.add(key)
-        await role.checkSecrets(vars, secrets)
-      }
-}
-
-/** Mistakes in a playbook's own code, caught before any host is touched. */
-export function validatePlaybook(pb: Playbook): void {
-  for (const play of pb.plays)
-    for (const role of play.roles) {
-      const names = (role.handlers ?? []).map((h) => h.name)
-      for (const step of role.steps)
-        for (const n of step.notify ?? [])
-          if (!names.includes(n))
-            throw new ProvisionError(
-              'usage',
-              `role ${role.name}, step "${step.name}" notifies "${n}", ` +
-                `but the role has no such handler (handlers: ${names.join(', ') || 'none'})`,
-            )
-    }
-}
-
 export async function runPlaybook(pb: Playbook, opts: RunnerOptions): Promise<RunSummary> {
   validatePlaybook(pb)
   return new PlaybookRun(pb, opts).run()

@@ -12,7 +12,8 @@ import { parseInventory } from '../../lib/inventory.ts'
 import { resetSecretsForTest } from '../../lib/mask.ts'
 import { RecordingReporter } from '../../lib/reporter.ts'
 import type { RunOptions } from '../../lib/connection.ts'
-import { requiredSecrets, runPlaybook } from '../../lib/runner.ts'
+import { runPlaybook } from '../../lib/runner.ts'
+import { requiredSecrets } from '../../lib/run-plan.ts'
 import { esoSecretDigest, esoSecretManifest, secretState } from '../../lib/external-secrets.ts'
 import {
   bootstrapCommand,

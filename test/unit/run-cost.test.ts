@@ -11,7 +11,8 @@ import { MANAGED_LABELS, MANAGED_TAINTS } from '../../lib/node-metadata.ts'
 import { resetSecretsForTest } from '../../lib/mask.ts'
 import { formatStats, RecordingReporter, type RunStats } from '../../lib/reporter.ts'
 import type { Playbook, StepContext } from '../../lib/role.ts'
-import { runPlaybook, wallByKind } from '../../lib/runner.ts'
+import { runPlaybook } from '../../lib/runner.ts'
+import { wallByKind } from '../../lib/run-cost.ts'
 import { FakeConnection, MemorySecrets } from './fakes.ts'
 
 const INV = `all:
