@@ -4,7 +4,7 @@
 import { ProvisionError } from './errors.ts'
 import { flagOf } from './extra-vars.ts'
 import { isDnsSubdomain } from './grammar.ts'
-import { hostAddress, nodeNameOf } from './inventory.ts'
+import { hostAddress, nodeNameOf } from './host-identity.ts'
 import type { Inventory, InventoryHost, VarLayer } from './inventory.ts'
 import { BUILTIN_DEFAULTS, type VarName } from './vars.ts'
 

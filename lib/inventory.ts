@@ -9,6 +9,7 @@ import { dirname, resolve } from 'node:path'
 import { isMap, type Pair, type YAMLMap } from 'yaml'
 import { ProvisionError } from './errors.ts'
 import { hostProblems } from './host-checks.ts'
+import { nodeNameOf } from './host-identity.ts'
 import { readVarLayer, type Layer, type Placement } from './inventory-vars.ts'
 import { isNull, keyOf, readInventoryYaml, type Place } from './inventory-yaml.ts'
 import { knownVar, type DeclaredVars } from './var-names.ts'
@@ -310,16 +311,6 @@ export function parseInventory(text: string, file: string, opts: InventoryOption
   return inv
 }
 
-/** A host's Kubernetes node name: its hostname var (from -e first), else its inventory name. */
-export function nodeNameOf(host: InventoryHost, extra: VarLayer = {}): string {
-  return nodeNameFrom({ hostname: extra.hostname ?? host.vars.hostname }, host.name)
-}
-
-/** The node-name rule itself, for a host's final variables (a step's ctx.vars): hostname, else the inventory name. */
-export function nodeNameFrom(vars: { hostname?: unknown }, hostName: string): string {
-  return typeof vars.hostname === 'string' ? vars.hostname : hostName
-}
-
 /** Final variables of a host: built-in defaults < role defaults < ssh config < inventory < extra vars (-e). */
 export function hostVars(host: InventoryHost, roleDefaults: Partial<Vars> = {}, extra: VarLayer = {}): Vars {
   return {
@@ -329,10 +320,4 @@ export function hostVars(host: InventoryHost, roleDefaults: Partial<Vars> = {}, 
     ...(host.vars as Partial<Vars>),
     ...(extra as Partial<Vars>),
   }
-}
-
-/** The address a host is reached at: -e, else the inventory, else its ssh config's HostName. */
-export function hostAddress(host: InventoryHost, extra: VarLayer = {}): string | undefined {
-  const a = extra.address ?? host.vars.address ?? host.sshConfig?.vars.address
-  return a === undefined ? undefined : String(a)
 }

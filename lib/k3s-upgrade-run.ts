@@ -5,7 +5,7 @@
 import * as v from 'valibot'
 import { errorText, ProvisionError } from './errors.ts'
 import { defineGrammar } from './grammar.ts'
-import { nodeNameFrom } from './inventory.ts'
+import { nodeNameFrom } from './host-identity.ts'
 import { k3sInstallFact, nodeName, nodeOnServer, serverHandle, serverOf } from './k3s.ts'
 import { startingK3s } from './k3s-install.ts'
 import { type K3sRelease, type Move, type NodeFound, parseK3sVersion, type UpgradePlan } from './k3s-upgrade.ts'

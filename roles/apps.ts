@@ -8,7 +8,8 @@
 // Cluster reads run on the server (k3s kubectl, flux: see flux-bootstrap.ts); the probes run on the controller,
 // where the owner stands, through lib/probes.ts.
 
-import { hostVars, nodeNameOf, type Inventory } from '../lib/inventory.ts'
+import { nodeNameOf } from '../lib/host-identity.ts'
+import { hostVars, type Inventory } from '../lib/inventory.ts'
 import { parseAppChecks, type AppCheck } from '../lib/appchecks.ts'
 import { checkSecretRefs, formatAppTable, runChecks, verdicts } from '../lib/probes.ts'
 import { runKey, type Role, type StepContext } from '../lib/role.ts'

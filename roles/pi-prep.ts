@@ -2,7 +2,7 @@
 // cmdline.txt (once, not appended twice), swap off for good, the packages, modules and sysctls k3s
 // wants — then one reboot, only on hosts whose cmdline.txt changed, and a check that it all took.
 
-import { nodeNameFrom } from '../lib/inventory.ts'
+import { nodeNameFrom } from '../lib/host-identity.ts'
 import { defineFact } from '../lib/facts.ts'
 import { flushHandlers, handler, type Role, type StepContext } from '../lib/role.ts'
 import {

@@ -3,20 +3,14 @@
 // ansible_host, k3s-ansible's variables): as they are, every k3s-ansible variable is named with its counterpart,
 // all in one report; with only those variables renamed, the file loads as it would under Ansible.
 
+import { nodeNameOf } from '../../lib/host-identity.ts'
 import { homedir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
 import { thrown } from './fakes.ts'
 import { checkHosts } from '../../lib/host-checks.ts'
-import {
-  hostVars,
-  loadInventory,
-  nodeNameOf,
-  parseInventory,
-  type Inventory,
-  type InventoryHost,
-} from '../../lib/inventory.ts'
+import { hostVars, loadInventory, parseInventory, type Inventory, type InventoryHost } from '../../lib/inventory.ts'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const fixture = (name: string): string => join(here, 'fixtures/inventory/ansible', name)

@@ -1,3 +1,4 @@
+import { nodeNameOf } from '../../lib/host-identity.ts'
 import { readFileSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
@@ -7,14 +8,7 @@ import { thrown } from './fakes.ts'
 import { expandPath } from '../../lib/controller-paths.ts'
 import { parseExtraVars } from '../../lib/extra-vars.ts'
 import { checkHosts } from '../../lib/host-checks.ts'
-import {
-  hostVars,
-  loadInventory,
-  nodeNameOf,
-  parseInventory,
-  type Inventory,
-  type InventoryHost,
-} from '../../lib/inventory.ts'
+import { hostVars, loadInventory, parseInventory, type Inventory, type InventoryHost } from '../../lib/inventory.ts'
 import { BUILTIN_DEFAULTS, type Vars } from '../../lib/vars.ts'
 
 const here = dirname(fileURLToPath(import.meta.url))
