@@ -77,3 +77,8 @@ export function errorText(e: unknown): string {
   if (e instanceof Error) return e.message
   return String(e)
 }
+
+/** The errno code of a Node fs/net error (ENOENT, EACCES...), if it is one. */
+export function errnoCode(e: unknown): string | undefined {
+  return typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string' ? e.code : undefined
+}

@@ -6,10 +6,9 @@ import { randomBytes } from 'node:crypto'
 import { lstat, mkdir, readlink, realpath, stat } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import { writeFileAtomic } from './fsutil.ts'
-import { ProvisionError } from './errors.ts'
+import { errnoCode, ProvisionError } from './errors.ts'
 import {
   checkHostKey,
-  errnoCode,
   fingerprint,
   hashHostName,
   keyType,

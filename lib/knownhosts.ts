@@ -10,7 +10,7 @@
 
 import { createHash, createHmac } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
-import { ProvisionError } from './errors.ts'
+import { errnoCode, ProvisionError } from './errors.ts'
 
 export type KnownHostMarker = 'revoked' | 'cert-authority'
 
@@ -323,8 +323,4 @@ export async function readIfExists(path: string): Promise<Buffer | undefined> {
       cause: e,
     })
   }
-}
-
-export function errnoCode(e: unknown): string | undefined {
-  return typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string' ? e.code : undefined
 }

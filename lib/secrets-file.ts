@@ -6,7 +6,7 @@ import { dirname } from 'node:path'
 import { Document, LineCounter, isMap, isScalar, parseDocument } from 'yaml'
 import type { Node as YamlNode, YAMLMap } from 'yaml'
 import { writeFileAtomic } from './fsutil.ts'
-import { ProvisionError } from './errors.ts'
+import { errnoCode, ProvisionError } from './errors.ts'
 import type { ErrorPlace } from './errors.ts'
 import { errorMessage } from './secret-backend.ts'
 import type { Backend, Resolution } from './secret-backend.ts'
@@ -210,8 +210,4 @@ function setIn(doc: Document, path: string[], value: string): void {
   }
   if (isScalar(doc.contents)) doc.contents = null
   doc.setIn(keys, value)
-}
-
-function errnoCode(e: unknown): string | undefined {
-  return typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string' ? e.code : undefined
 }
