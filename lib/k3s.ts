@@ -232,6 +232,16 @@ export async function nodeOnServer(ctx: StepContext, name = nodeName(ctx)): Prom
   return parseNode(r.code, r.stdout, r.stderr)
 }
 
+/** The Node, or undefined while the API does not answer (the server itself rebooting or restarting). */
+export async function nodeIfAnswering(ctx: StepContext): Promise<NodeView | undefined> {
+  try {
+    return await nodeOnServer(ctx)
+  } catch (e) {
+    if (e instanceof ProvisionError && e.kind === 'step') return undefined
+    throw e
+  }
+}
+
 /**
  * Whether an edit of config.yaml needs k3s restarted: not when only node-label / node-taint changed. k3s reads those
  * only when a node registers; a registered node gets them through the API (nodeLabelsStep), and config.yaml keeps

@@ -5,8 +5,7 @@
 //   kubectl uncordon (only when an upgrade or update drained it)
 // A failure says where every node stands and how to go on (lib/k3s-upgrade-run.ts).
 
-import { ProvisionError } from '../lib/errors.ts'
-import { checkClusterToken, k3sInstallFact, nodeName, nodeOnServer, serverHandle, type NodeView } from '../lib/k3s.ts'
+import { checkClusterToken, k3sInstallFact, nodeIfAnswering, nodeName, nodeOnServer, serverHandle } from '../lib/k3s.ts'
 import { agentInstallSpec, runInstaller } from '../lib/k3s-install.ts'
 import { agentSkewRefusal, type Move, moveOf, parseK3sVersion, versionRefusal } from '../lib/k3s-upgrade.ts'
 import { kubeGet, kubectl } from '../lib/kube.ts'
@@ -31,16 +30,6 @@ function agentMove(ctx: StepContext): { from: string; move: Move } | undefined {
   return ctx.state.get(AGENT_MOVE, ctx.host)
 }
 const moves = (ctx: StepContext) => (agentMove(ctx)?.move ?? 'none') !== 'none'
-
-/** The Node, or undefined while the API does not answer. */
-async function nodeIfAnswering(ctx: StepContext): Promise<NodeView | undefined> {
-  try {
-    return await nodeOnServer(ctx)
-  } catch (e) {
-    if (e instanceof ProvisionError && e.kind === 'step') return undefined
-    throw e
-  }
-}
 
 export const upgradeAgent: Role = {
   name: 'k3s-upgrade-agent',

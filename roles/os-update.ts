@@ -16,7 +16,7 @@ import { flushHandlers, runKey, type Role, type StepContext } from '../lib/role.
 import { bounded, quote } from '../lib/shell.ts'
 import { agrees, counted } from '../lib/words.ts'
 import { rebootHandler, waitUntil } from '../lib/steps.ts'
-import { nodeName, nodeOnServer, serverHandle, type NodeView } from '../lib/k3s.ts'
+import { nodeIfAnswering, nodeName, nodeOnServer, serverHandle, type NodeView } from '../lib/k3s.ts'
 import { kubeGet, kubectl } from '../lib/kube.ts'
 import { DRAINED_MARK, markAndDrain, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
 
@@ -146,16 +146,6 @@ async function drainOutlook(ctx: StepContext, name: string): Promise<{ left: str
       name,
     ),
     stuck: podsWithNowhereElse(objects, name),
-  }
-}
-
-/** The Node, or undefined while the API cannot answer (the server itself rebooting). */
-async function nodeIfAnswering(ctx: StepContext): Promise<NodeView | undefined> {
-  try {
-    return await nodeOnServer(ctx)
-  } catch (e) {
-    if (e instanceof ProvisionError && e.kind === 'step') return undefined
-    throw e
   }
 }
 
