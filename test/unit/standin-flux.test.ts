@@ -44,8 +44,9 @@ describe('flux stand-in (test fixture imitating the flux CLI)', { timeout: 60_00
   const fx = (args: readonly string[], env: Record<string, string> = {}, input = ''): Promise<RunResult> =>
     run(flux, [...args, '--kubeconfig', kubeconfig], env, input)
   /** `k3s kubectl` on the server host: the real client, with the server's k3s.yaml. */
+  const kubectlEnv = () => ({ K3S_STANDIN_ROOT: root, HOME: join(work, 'home') })
   const kubectl = async (args: readonly string[]): Promise<RunResult> =>
-    run('python3', [K3S, 'kubectl', ...args], { K3S_STANDIN_ROOT: root, HOME: join(work, 'home') })
+    run('python3', [K3S, 'kubectl', ...args], kubectlEnv())
   const getJson = async (args: readonly string[]): Promise<FluxObject> => {
     const r = await kubectl([...args, '-o', 'json'])
     if (r.code !== 0) throw new Error(r.stderr)
@@ -201,6 +202,23 @@ describe('flux stand-in (test fixture imitating the flux CLI)', { timeout: 60_00
     })
     const dep = await getJson(['get', 'deployment', 'kustomize-controller', '-n', 'flux-system'])
     expect(dep.metadata.labels?.['app.kubernetes.io/version']).toBe('v1.7.2')
+    // The API serves ClusterSecretStores once their CRD exists, which the external-secrets chart installs (this
+    // repository has no release of it): put in by hand, as the chart would.
+    const crd = {
+      apiVersion: 'apiextensions.k8s.io/v1',
+      kind: 'CustomResourceDefinition',
+      metadata: { name: 'clustersecretstores.external-secrets.io' },
+      spec: {
+        group: 'external-secrets.io',
+        names: { kind: 'ClusterSecretStore', plural: 'clustersecretstores', singular: 'clustersecretstore' },
+        scope: 'Cluster',
+        versions: [{ name: 'v1', served: true, storage: true }],
+      },
+    }
+    expect((await kubectl(['get', 'clustersecretstores'])).stderr).toContain(
+      `the server doesn't have a resource type "clustersecretstores"`,
+    )
+    expect((await run('python3', [K3S, 'kubectl', 'apply', '-f', '-'], kubectlEnv(), JSON.stringify(crd))).code).toBe(0)
     const css = await kubectl(['get', 'clustersecretstores'])
     expect(css.stdout).toMatch(/^NAME\s+AGE\s+READY\s+STATUS\nonepassword\s+\S+\s+True\s+/)
 

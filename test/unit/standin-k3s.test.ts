@@ -334,21 +334,23 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
   })
 
   it('kubectl apply -f - of a Secret: created, unchanged, configured; a missing namespace is refused', async () => {
-    // Two objects in one stream. (Not a `kind: List`: for a List kubectl validates on the client with the
-    // OpenAPI v2 schema, which the stand-in's API does not serve; the product applies no List.)
+    // data, not stringData: with stringData the real kubectl says "configured" on every apply (its patch always
+    // carries stringData, which the server folds into data)
     const manifest = (token: string): string =>
-      [
-        { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'external-secrets' } },
-        {
-          apiVersion: 'v1',
-          kind: 'Secret',
-          metadata: { name: 'onepassword-service-account', namespace: 'external-secrets' },
-          type: 'Opaque',
-          data: { token: Buffer.from(token).toString('base64') },
-        },
-      ]
-        .map((o) => JSON.stringify(o))
-        .join('\n')
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'List',
+        items: [
+          { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'external-secrets' } },
+          {
+            apiVersion: 'v1',
+            kind: 'Secret',
+            metadata: { name: 'onepassword-service-account', namespace: 'external-secrets' },
+            type: 'Opaque',
+            data: { token: Buffer.from(token).toString('base64') },
+          },
+        ],
+      })
     expect(await kc(['apply', '-f', '-'], manifest('ops_first'))).toMatchObject({
       code: 0,
       stdout: 'namespace/external-secrets created\nsecret/onepassword-service-account created\n',

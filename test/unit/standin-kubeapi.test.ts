@@ -388,19 +388,48 @@ describe.skipIf(!existsSync(REAL_KUBECTL))(
       expect(after.annotations[DRAINED_MARK]).toBeUndefined()
     })
 
-    it("apps: the Flux, ESO and placement reads (several types, -A) carry each item's kind", async () => {
+    /** A CustomResourceDefinition as flux bootstrap or a chart installs it (what the API checks is its name). */
+    const crd = (plural: string, group: string, kind: string, version: string, scope = 'Namespaced') => ({
+      apiVersion: 'apiextensions.k8s.io/v1',
+      kind: 'CustomResourceDefinition',
+      metadata: { name: `${plural}.${group}` },
+      spec: {
+        group,
+        names: { kind, plural, singular: kind.toLowerCase() },
+        scope,
+        versions: [{ name: version, served: true, storage: true }],
+      },
+    })
+    const apps = {
+      apiVersion: 'kustomize.toolkit.fluxcd.io/v1',
+      kind: 'Kustomization',
+      metadata: { name: 'apps', namespace: 'flux-system' },
+      spec: { interval: '10m', path: './apps', prune: true, sourceRef: { kind: 'GitRepository', name: 'flux-system' } },
+    }
+
+    it('the Flux and ESO groups are served only once their CRDs exist, as by a real API server; the apps read copes before', async () => {
       await sh(`${KUBECTL} create namespace flux-system`)
-      await setup({
-        apiVersion: 'kustomize.toolkit.fluxcd.io/v1',
-        kind: 'Kustomization',
-        metadata: { name: 'apps', namespace: 'flux-system' },
-        spec: {
-          interval: '10m',
-          path: './apps',
-          prune: true,
-          sourceRef: { kind: 'GitRepository', name: 'flux-system' },
-        },
-      })
+      const listed = async (group: string) => (await sh(`${KUBECTL} api-resources --api-group=${group} -o name`)).stdout
+      expect(await listed('kustomize.toolkit.fluxcd.io')).toBe('')
+      expect(await listed('external-secrets.io')).toBe('')
+      const refused = await sh(`${KUBECTL} apply -f -`, JSON.stringify(apps))
+      expect(refused.code).toBe(1)
+      expect(refused.stderr).toContain(
+        'no matches for kind "Kustomization" in version "kustomize.toolkit.fluxcd.io/v1"',
+      )
+      const early = await fact(appsRead) // the apps role's read on a cluster without Flux or ESO
+      expect(kubeObjects(early, 'Kustomization')).toEqual([])
+      expect(kubeObjects(early, 'Node').map((o) => o.metadata.name)).toEqual([NODE])
+
+      await setup(crd('kustomizations', 'kustomize.toolkit.fluxcd.io', 'Kustomization', 'v1'))
+      await setup(crd('helmreleases', 'helm.toolkit.fluxcd.io', 'HelmRelease', 'v2'))
+      await setup(crd('clustersecretstores', 'external-secrets.io', 'ClusterSecretStore', 'v1', 'Cluster'))
+      expect(await listed('kustomize.toolkit.fluxcd.io')).toBe('kustomizations.kustomize.toolkit.fluxcd.io\n')
+      expect(await listed('external-secrets.io')).toBe('clustersecretstores.external-secrets.io\n')
+    })
+
+    it("apps: the Flux, ESO and placement reads (several types, -A) carry each item's kind", async () => {
+      await setup(apps)
       await setup({
         apiVersion: 'helm.toolkit.fluxcd.io/v2',
         kind: 'HelmRelease',

@@ -397,4 +397,40 @@ describe('the lab stand-ins for flux-bootstrap and apps', { timeout: 60_000 }, (
     expect((await kubectl(['delete', 'daemonset', 'node-agent'])).code).toBe(0)
     await until('its pod gone', async () => ((await podsOn('default')).length === 0 ? true : undefined))
   })
+
+  it("a PodDisruptionBudget with no room refuses the eviction with the apiserver's 429, and drain retries until its timeout; with room it drains", async () => {
+    const homepage = await until('a homepage pod', async () =>
+      (await get('pods -n homepage')).find((p) => (p.status as { phase?: string }).phase === 'Running'),
+    )
+    const { 'pod-template-hash': _, ...labels } = homepage.metadata.labels ?? {}
+    const running = (await get('pods -n homepage')).length
+    const pdb = (room: boolean) =>
+      JSON.stringify({
+        apiVersion: 'policy/v1',
+        kind: 'PodDisruptionBudget',
+        metadata: { name: 'homepage', namespace: 'homepage' },
+        spec: { selector: { matchLabels: labels }, ...(room ? { maxUnavailable: 1 } : { minAvailable: running }) },
+      })
+    expect((await kubectl(['apply', '-f', '-'], pdb(false))).code).toBe(0)
+    const [budget] = await get('pdb homepage -n homepage')
+    expect(budget.status).toMatchObject({ expectedPods: running, currentHealthy: running, disruptionsAllowed: 0 })
+    expect((await kubectl(['get', 'pdb', '-n', 'homepage'])).stdout).toMatch(
+      new RegExp(`^NAME +MIN AVAILABLE +MAX UNAVAILABLE +ALLOWED DISRUPTIONS +AGE\nhomepage +${running} +N/A +0 `),
+    )
+
+    const refused = await kubectl(['drain', 'pi-k3s', '--ignore-daemonsets', '--delete-emptydir-data', '--timeout=7s'])
+    expect(refused.code).toBe(1)
+    expect(refused.stderr).toContain(
+      `error when evicting pods/"${homepage.metadata.name}" -n "homepage" (will retry after 5s): ` +
+        "Cannot evict pod as it would violate the pod's disruption budget.",
+    )
+    expect((await get('pods -n homepage')).map((p) => p.metadata.name)).toContain(homepage.metadata.name)
+
+    expect((await kubectl(['apply', '-f', '-'], pdb(true))).code).toBe(0)
+    const drained = await kubectl(['drain', 'pi-k3s', '--ignore-daemonsets', '--delete-emptydir-data', '--timeout=30s'])
+    expect(drained.code, drained.stderr).toBe(0)
+    expect(drained.stdout).toContain(`pod/${homepage.metadata.name} evicted\n`)
+    expect((await kubectl(['uncordon', 'pi-k3s'])).code).toBe(0)
+    expect((await kubectl(['delete', 'pdb', 'homepage', '-n', 'homepage'])).code).toBe(0)
+  })
 })

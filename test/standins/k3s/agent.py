@@ -118,7 +118,8 @@ def agent_main(argv):
         try:
             code, text = http_call(base, "POST", "/v1-k3s/standin/register", body, auth)
         except ConnError as e:
-            log("info", 'Waiting to retrieve agent configuration; server is not ready: Get "%s/v1-k3s/serving-kubelet.crt":'
+            log("info", 'Waiting to retrieve agent configuration; server is not ready: '
+                'Get "%s/v1-k3s/serving-kubelet.crt":'
                         ' dial tcp %s: %s' % (shown, base[7:], e))
             return False
         if code == 401:

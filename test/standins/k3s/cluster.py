@@ -59,7 +59,8 @@ class Cluster:
             st.setdefault("availableReplicas", n)
             st.setdefault("updatedReplicas", n)
             if obj["kind"] == "Deployment":
-                st.setdefault("conditions", [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+                st.setdefault("conditions", [{"type": "Available", "status": "True",
+                                              "reason": "MinimumReplicasAvailable",
                                               "message": "Deployment has minimum availability."}])
             return o
         return obj
@@ -84,7 +85,8 @@ class Cluster:
                      "lastTransitionTime": rfc3339(last + NOT_READY_AFTER) if last else created}
             pressure = "Unknown"
         conds = []
-        for typ, reason, msg in (("MemoryPressure", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        for typ, reason, msg in (("MemoryPressure", "KubeletHasSufficientMemory",
+                                  "kubelet has sufficient memory available"),
                                  ("DiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
                                  ("PIDPressure", "KubeletHasSufficientPID", "kubelet has sufficient PID available")):
             c = {"type": typ, "status": pressure, "reason": reason if pressure == "False" else "NodeStatusUnknown",

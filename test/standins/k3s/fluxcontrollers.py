@@ -15,7 +15,7 @@ import urllib.request
 import uuid
 
 from common import STANDIN_NOTE, log, parse_duration, read_text, rfc3339, rp, write_file
-from datastore import SYSTEM_META, content_of, normalize_incoming, res_for, split_api_version
+from datastore import BUILTIN, SYSTEM_META, content_of, normalize_incoming, res_for, split_api_version
 
 
 FLUX_REQ = "reconcile.fluxcd.io/requestedAt"
@@ -69,6 +69,11 @@ def fetch_lab_repo(url):
         raise OSError("%s: HTTP %d" % (target, e.code))
     except urllib.error.URLError as e:
         raise OSError("%s: %s" % (target, e.reason))
+
+
+# The charts whose release installs CRDs (their installCRDs): once such a HelmRelease is installed, the API serves
+# that group's kinds (kubeapi.py serves a custom resource only while its CRD exists), as in a real cluster.
+CHART_CRDS = {"external-secrets": "external-secrets.io", "cert-manager": "cert-manager.io"}
 
 
 def _cond(typ, ok, reason, message):
@@ -224,7 +229,8 @@ class FluxControllers:
         elif kind == "Kustomization":
             obj = {"apiVersion": "%s/v1" % KS_GROUP, "kind": kind, "metadata": {"name": name, "namespace": ns},
                    "spec": {"interval": e.get("interval", "10m0s"), "path": e.get("path", "./%s" % name),
-                            "prune": True, "sourceRef": {"kind": "GitRepository", "name": root["spec"]["sourceRef"]["name"]},
+                            "prune": True,
+                            "sourceRef": {"kind": "GitRepository", "name": root["spec"]["sourceRef"]["name"]},
                             "timeout": "5m0s", "wait": True}}
         elif kind == "HelmRelease":
             ns = ns or "default"
@@ -296,10 +302,10 @@ class FluxControllers:
                         result["metadata"]["generation"] = int(live["metadata"].get("generation", 1)) + 1
                     result["status"] = live.get("status") or {}
                     if "ready" in e and obj["kind"] not in ("Kustomization", "HelmRelease"):
-                        result["status"] = {"conditions": [_cond("Ready", bool(e.get("ready")),
-                                                                 "Valid" if e.get("ready") else "ValidationFailed",
-                                                                 e.get("message") or ("store validated"
-                                                                                      if e.get("ready") else "not ready"))]}
+                        ok = bool(e.get("ready"))
+                        result["status"] = {"conditions": [_cond("Ready", ok, "Valid" if ok else "ValidationFailed",
+                                                                 e.get("message") or ("store validated" if ok
+                                                                                      else "not ready"))]}
                     if result != live:
                         self.store.put(result)
         # prune what this Kustomization applied before and the source no longer has
@@ -383,7 +389,8 @@ class FluxControllers:
             if labels.get("kustomize.toolkit.fluxcd.io/name") else None
         if root:
             src = (root.get("spec") or {}).get("sourceRef") or {}
-            art = self.store.artifact(src.get("namespace") or root["metadata"].get("namespace", ""), src.get("name", ""))
+            art = self.store.artifact(src.get("namespace") or root["metadata"].get("namespace", ""),
+                                      src.get("name", ""))
             if art:
                 entry = self._find_entry(art[1], "HelmRelease", ns, name) or {}
         seen = self.last_run.get(("HelmRelease-src",) + key)
@@ -417,3 +424,24 @@ class FluxControllers:
                                 _cond("Released", ready, "InstallSucceeded" if ready else "InstallFailed", message)]
             return st
         self._set_status(HR_GROUP, "HelmRelease", ns, name, upd)
+        if ready and cname in CHART_CRDS:
+            self.install_chart_crds(cname, cver)
+
+    def install_chart_crds(self, chart, version):
+        group = CHART_CRDS[chart]
+        with self.store.txn():
+            for r in BUILTIN:
+                name = "%s.%s" % (r.plural, group)
+                if r.group != group or self.store.get("apiextensions.k8s.io", "CustomResourceDefinition", "", name):
+                    continue
+                self.store.put({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                                "metadata": {"name": name, "uid": str(uuid.uuid4()), "creationTimestamp": rfc3339(),
+                                             "generation": 1,
+                                             "labels": {"app.kubernetes.io/name": chart,
+                                                        "app.kubernetes.io/version": version,
+                                                        "app.kubernetes.io/managed-by": "Helm"}},
+                                "spec": {"group": group, "names": {"kind": r.kind, "plural": r.plural,
+                                                                   "singular": r.kind.lower()},
+                                         "scope": "Namespaced" if r.namespaced else "Cluster",
+                                         "versions": [{"name": r.version, "served": True, "storage": True}]}})
+                log("info", "flux stand-in: HelmRelease of chart %s installed CRD %s" % (chart, name))

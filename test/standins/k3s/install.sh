@@ -171,7 +171,8 @@ ensure_pyyaml() {
     fi
     info "Installing python3-yaml, which the k3s stand-in needs"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-yaml >/dev/null 2>&1 ||
-        { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-yaml >/dev/null; } ||
+        { apt-get update -q >/dev/null 2>&1 &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-yaml >/dev/null; } ||
         fatal "Can not install python3-yaml, which the k3s stand-in needs"
 }
 

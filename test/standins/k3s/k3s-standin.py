@@ -54,7 +54,8 @@ def import_modules():
     try:
         import common
     except ImportError as e:
-        sys.stderr.write("k3s stand-in: its modules are missing (%s): install it with the stand-in install script\n" % e)
+        sys.stderr.write("k3s stand-in: its modules are missing (%s): install it with the stand-in install "
+                         "script\n" % e)
         sys.exit(1)
     common.STANDIN_STAMPED_VERSION = STANDIN_STAMPED_VERSION
     return common

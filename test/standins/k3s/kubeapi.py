@@ -1,18 +1,20 @@
 # STAND-IN for k3s used by the lab tests; not the real k3s (and not a real kube-apiserver).
 #
-# What stands in for kube-apiserver's REST API: the k3s stand-in's Kubernetes API over HTTPS, a module of the
-# stand-in (installed with the others by the stand-in install script in /usr/local/lib/k3s-standin/). It exists so that the REAL kubectl client can talk to
-# the stand-in server: a CA, a serving certificate and an admin client certificate made with the `openssl` command
-# (python3's stdlib cannot make certificates; the lab image and the controller have openssl through
-# ca-certificates), TLS with client-certificate authentication on the API port, and the part of the Kubernetes
-# REST API that kubectl needs for what the product does: discovery (legacy and aggregated), the OpenAPI v3 that
-# kubectl's field validation asks for, list/get with label and field selectors, create, update, merge /
-# strategic-merge / JSON patches, server-side apply, delete and the pod eviction subresource.
+# What stands in for kube-apiserver's REST API: the k3s stand-in's Kubernetes API over HTTPS, a module of the stand-in
+# (installed with the others by the stand-in install script in /usr/local/lib/k3s-standin/). It exists so that the
+# REAL kubectl client can talk to the stand-in server: a CA, a serving certificate and an admin client certificate
+# made with the `openssl` command (python3's stdlib cannot make certificates; the lab image and the controller have
+# openssl through ca-certificates), TLS with client-certificate authentication on the API port, and the part of the
+# Kubernetes REST API that kubectl needs for what the product does: discovery (legacy and aggregated), the OpenAPI v3
+# that kubectl's field validation asks for, list/get with label and field selectors, create, update, merge /
+# strategic-merge / JSON patches, server-side apply, delete and the pod eviction subresource (honouring
+# PodDisruptionBudgets).
 #
-# What it is not: no watch, no admission, no managed fields or apply conflicts, no protobuf responses, no
-# authorization beyond "a client certificate from the client CA"; strategic merge patches are applied as JSON merge
-# patches (lists are replaced), which is what they are for every field the product patches. Objects live in the
-# stand-in's SQLite datastore (datastore.py's Store). Written from scratch for the lab; see test/standins/README.md.
+# What it is not: no watch, no admission, no managed fields or apply conflicts, no protobuf (but an empty
+# /openapi/v2), no authorization beyond "a client certificate from the client CA"; strategic merge patches are applied
+# as JSON merge patches (lists are replaced), which is what they are for every field the product patches. Objects live
+# in the stand-in's SQLite datastore (datastore.py's Store). Written from scratch for the lab; see
+# test/standins/README.md.
 
 import copy
 import hashlib
@@ -229,12 +231,22 @@ SUBRESOURCES = {
 }
 
 
+# Groups a cluster serves only once their CustomResourceDefinitions exist (Flux's, installed by `flux bootstrap`;
+# external-secrets' and cert-manager's, installed by their Helm charts): as a real API server, which serves a
+# custom resource only while its CRD does. The k3s groups (helm.cattle.io, k3s.cattle.io) are built into k3s.
+CRD_GROUPS = ("source.toolkit.fluxcd.io", "kustomize.toolkit.fluxcd.io", "helm.toolkit.fluxcd.io",
+              "notification.toolkit.fluxcd.io", "image.toolkit.fluxcd.io", "source.extensions.fluxcd.io",
+              "external-secrets.io", "cert-manager.io")
+
+
 def resources():
-    """Every resource the server knows: the stand-in's built-in table and any other kind stored by apply."""
-    out = list(BUILTIN)
-    known = {(r.group, r.kind) for r in out}
+    """Every resource the server serves: the stand-in's built-in table (a custom resource only while its CRD
+    exists) and any other kind stored by apply."""
+    crds = {o["metadata"]["name"] for o in _cluster.store.list("apiextensions.k8s.io", "CustomResourceDefinition")}
+    out = [r for r in BUILTIN if r.group not in CRD_GROUPS or "%s.%s" % (r.plural, r.group) in crds]
+    known = {(r.group, r.kind) for r in BUILTIN}
     for grp, kind, namespaced in _cluster.store.kinds():
-        if (grp, kind) in known:
+        if (grp, kind) in known or grp in CRD_GROUPS:
             continue
         objs = _cluster.store.list(grp, kind)[:1]
         ver = split_api_version(objs[0]["apiVersion"])[1] if objs else "v1"
@@ -278,7 +290,8 @@ def api_resource_list(group, version):
             if kind:
                 s["group"], s["version"] = kind[0], kind[1]
             items.append(s)
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "%s/%s" % (group, version) if group else version,
+    return {"kind": "APIResourceList", "apiVersion": "v1",
+            "groupVersion": "%s/%s" % (group, version) if group else version,
             "resources": items}
 
 
@@ -737,6 +750,11 @@ def _route(req):
         return 200, api_resource_list("", "v1"), "application/json"
     if path == "/openapi/v3":
         return 200, openapi_root(), "application/json"
+    if path == "/openapi/v2":
+        # An empty OpenAPI v2 document (the protobuf kubectl asks for; an empty message is zero bytes): kubectl's
+        # client-side validation, which it uses for what v3's fieldValidation does not cover (a kind: List, a kind
+        # the server does not serve), finds no schema and leaves the object to the server, which then answers.
+        return 200, b"", "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
     m = re.fullmatch(r"/openapi/v3/api/([^/]+)", path)
     n = re.fullmatch(r"/openapi/v3/apis/([^/]+)/([^/]+)", path)
     if m or n:
@@ -825,8 +843,8 @@ def _wants_table(req):
 
 
 def _table(res, items, rv):
-    """meta.k8s.io/v1 Table, as the apiserver prints for kubectl's default and -o wide output: the stand-in
-    imitation's columns (kubectl shows the priority-1 ones with -o wide and adds NAMESPACE for -A itself)."""
+    """meta.k8s.io/v1 Table, as the apiserver prints for kubectl's default and -o wide output: the columns of
+    tables.py (kubectl shows the priority-1 ones with -o wide and adds NAMESPACE for -A itself)."""
     headers, rows, wide_from = table_columns(res.to_json(), items, True)
     cols = [{"name": h.title() if h != "NAME" else "Name", "type": "string", "format": "name" if i == 0 else "",
              "description": "", "priority": 0 if i < wide_from else 1} for i, h in enumerate(headers)]
@@ -846,7 +864,12 @@ def _not_found(res, name):
 
 
 def _out(obj):
-    return copy.deepcopy(_cluster.view(obj))
+    out = copy.deepcopy(_cluster.view(obj))
+    if out.get("kind") == "PodDisruptionBudget" and out.get("apiVersion") == "policy/v1":
+        # the disruption controller's status, computed when read
+        md = out["metadata"]
+        out["status"] = disruption_status(out, _cluster.store.list("", "Pod", md.get("namespace")))[1]
+    return out
 
 
 def _current_rv():
@@ -985,10 +1008,80 @@ def _delete(res, ns, name):
     return 200, _out(live), "application/json"
 
 
+def _selector_matches(selector, labels):
+    """A metav1.LabelSelector (matchLabels, matchExpressions) against a pod's labels; {} matches every pod."""
+    labels = labels or {}
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
+        if op == "In" and labels.get(key) not in values or op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels or op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def _pod_ready(pod):
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _scaled(value, total, round_up):
+    """An IntOrString of a PDB: an int, or a percentage of total (rounded up for minAvailable and
+    maxUnavailable, as the disruption controller does)."""
+    if isinstance(value, str) and value.endswith("%"):
+        pct = int(value[:-1])
+        return -(-total * pct // 100) if round_up else total * pct // 100
+    return int(value)
+
+
+def disruption_status(pdb, pods):
+    """What the disruption controller writes into a PodDisruptionBudget's status, computed from the pods its
+    selector picks (their count stands for the controllers' scale): expected, healthy, desired, allowed."""
+    spec = pdb.get("spec") or {}
+    selector = spec.get("selector")
+    picked = [p for p in pods if selector is not None and _selector_matches(selector, p["metadata"].get("labels"))]
+    expected = len(picked)
+    healthy = sum(1 for p in picked if _pod_ready(p))
+    if spec.get("maxUnavailable") is not None:
+        desired = max(0, expected - _scaled(spec["maxUnavailable"], expected, True))
+    else:
+        desired = _scaled(spec.get("minAvailable", 1), expected, True)
+    return picked, {"expectedPods": expected, "currentHealthy": healthy, "desiredHealthy": desired,
+                    "disruptionsAllowed": max(0, healthy - desired),
+                    "observedGeneration": pdb["metadata"].get("generation", 1)}
+
+
 def _evict(res, ns, name):
-    """policy/v1 Eviction: the pod is deleted (the stand-in has no PodDisruptionBudgets to refuse it)."""
-    if _cluster.store.get("", "Pod", ns, name) is None:
-        raise _not_found(res, name)
-    _cluster.delete_object(res, ns, name)
+    """policy/v1 Eviction, as the apiserver's eviction REST does it: a pod that is not Running (or not Ready while
+    its budget has no room) aside, the PodDisruptionBudget whose selector picks the pod must allow a disruption,
+    else 429 with the apiserver's text; more than one budget for a pod is refused (500). Then the pod is deleted."""
+    store = _cluster.store
+    with store.lock:  # the check and the delete as one step (every write takes this lock)
+        pod = store.get("", "Pod", ns, name)
+        if pod is None:
+            raise _not_found(res, name)
+        if (pod.get("status") or {}).get("phase") == "Running":
+            pods = store.list("", "Pod", ns)
+            budgets = [b for b in store.list("policy", "PodDisruptionBudget", ns)
+                       if (b.get("spec") or {}).get("selector") is not None and
+                       _selector_matches(b["spec"]["selector"], pod["metadata"].get("labels"))]
+            if len(budgets) > 1:
+                raise ApiError(500, "InternalError", "This pod has more than one PodDisruptionBudget, which the "
+                               "eviction subresource does not support.")
+            if budgets:
+                _, st = disruption_status(budgets[0], pods)
+                if _pod_ready(pod) and st["disruptionsAllowed"] < 1 or \
+                        not _pod_ready(pod) and st["currentHealthy"] < st["desiredHealthy"]:
+                    e = ApiError(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's "
+                                 "disruption budget.")
+                    e.details = {"causes": [{"reason": "DisruptionBudget", "message": "The disruption budget %s "
+                                             "needs %d healthy pods and has %d currently" %
+                                             (budgets[0]["metadata"]["name"], st["desiredHealthy"],
+                                              st["currentHealthy"])}]}
+                    raise e
+        _cluster.delete_object(res, ns, name)
     return 201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, \
         "application/json"

@@ -38,7 +38,8 @@ def table_columns(res, items, wide=True):
             roles = sorted(k.split("/", 1)[1] for k in (o["metadata"].get("labels") or {})
                            if k.startswith("node-role.kubernetes.io/"))
             info = (o.get("status") or {}).get("nodeInfo") or {}
-            row = [o["metadata"]["name"], status, ",".join(roles) or "<none>", age_of(o), info.get("kubeletVersion", "")]
+            row = [o["metadata"]["name"], status, ",".join(roles) or "<none>", age_of(o),
+                   info.get("kubeletVersion", "")]
             if wide:
                 addrs = (o.get("status") or {}).get("addresses") or []
                 ip = next((a["address"] for a in addrs if a.get("type") == "InternalIP"), "<none>")
@@ -75,6 +76,12 @@ def table_columns(res, items, wide=True):
                 row += [st.get("podIP") or "<none>", (o.get("spec") or {}).get("nodeName") or "<none>"]
             rows.append(row)
         wide_from = 5
+    elif kind == "PodDisruptionBudget" and group == "policy":
+        headers = ["NAME", "MIN AVAILABLE", "MAX UNAVAILABLE", "ALLOWED DISRUPTIONS", "AGE"]
+        for o in items:
+            spec = o.get("spec") or {}
+            rows.append([o["metadata"]["name"], spec.get("minAvailable", "N/A"), spec.get("maxUnavailable", "N/A"),
+                         (o.get("status") or {}).get("disruptionsAllowed", 0), age_of(o)])
     elif kind == "GitRepository":
         headers = ["NAME", "URL", "AGE", "READY", "STATUS"]
         for o in items:
