@@ -26,7 +26,7 @@ import {
   labUp,
 } from '../test/lab/lab.ts'
 import { connect as tcpConnect } from 'node:net'
-import type { HostCost, RunStats } from '../lib/reporter.ts'
+import type { HostCost, RunStats } from '../lib/run-events.ts'
 import { countHostProcesses, perfAvailable, type HostProcesses } from './hostprocs.ts'
 import { timeUpgrade, type UpgradeTiming } from './upgrade.ts'
 

@@ -5,7 +5,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { SshConnection, type Connection, type RunOptions, type RunResult } from './connection.ts'
 import { clusterCalls } from './kube.ts'
-import type { HostCost, RunStats } from './reporter.ts'
+import type { HostCost, RunStats } from './run-events.ts'
 
 /** The role whose step, facts or handler is running: what a round trip on any host is counted against. */
 export const acting = new AsyncLocalStorage<string>()

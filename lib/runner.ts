@@ -10,7 +10,7 @@ import { defineFact, FactCache, type Fact } from './facts.ts'
 import { quote } from './shell.ts'
 import { hostVars, type Inventory, type InventoryHost, type VarLayer } from './inventory.ts'
 import { mask } from './mask.ts'
-import type { HostCost, HostCounts, Reporter, RunStats } from './reporter.ts'
+import type { HostCost, HostCounts, Reporter, RunStats } from './run-events.ts'
 import {
   isChange,
   runState,

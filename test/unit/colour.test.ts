@@ -8,14 +8,10 @@ import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { afterAll, beforeEach, describe, expect, it } from 'vitest'
 import { registerSecret, resetSecretsForTest } from '../../lib/mask.ts'
-import {
-  canDrawSpinner,
-  createReporter,
-  PlainReporter,
-  type RunEvent,
-  TtyReporter,
-  useColour,
-} from '../../lib/reporter.ts'
+import { useColour } from '../../lib/palette.ts'
+import { createReporter, PlainReporter } from '../../lib/reporter.ts'
+import type { RunEvent } from '../../lib/run-events.ts'
+import { canDrawSpinner, TtyReporter } from '../../lib/tty-reporter.ts'
 
 /** A stream that records what is written: a terminal (isTTY, a width) or a pipe. */
 class Sink extends Writable {

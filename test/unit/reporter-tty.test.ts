@@ -3,7 +3,7 @@
 import { Writable } from 'node:stream'
 import { beforeEach, describe, expect, it } from 'vitest'
 import { registerSecret, resetSecretsForTest } from '../../lib/mask.ts'
-import { canDrawSpinner, TtyReporter } from '../../lib/reporter.ts'
+import { canDrawSpinner, TtyReporter } from '../../lib/tty-reporter.ts'
 
 /** A terminal that records what is written, with the cursor calls ora makes. */
 class FakeTerminal extends Writable {
