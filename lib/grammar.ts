@@ -410,7 +410,7 @@ export interface RemoteBackupDir {
 
 // The path part: absolute, portable characters only (it is quoted on the NAS, but an owner's NAS path never needs
 // a shell's special characters, and refusing them keeps the value plain in every message).
-const REMOTE_PATH = /^\/[A-Za-z0-9._+,=@%~\/-]*$/
+const REMOTE_PATH = /^\/[A-Za-z0-9._+,=@%~/-]*$/
 
 /** user@host:/path parsed, or undefined when it is not one (no options: nothing may start with "-"). */
 export function parseRemoteBackupDir(s: string): RemoteBackupDir | undefined {
