@@ -3,7 +3,9 @@
 // from the product's own builders in lib/kube.ts and the roles, only the `k3s kubectl --kubeconfig ...` prefix
 // swapped for the real client and the temp kubeconfig) runs against it, its output read by the product's own
 // parsers. The stand-in is a test fixture, not k3s: this shows that what the lab answers is what real kubectl
-// prints, not that the stand-in is a Kubernetes.
+// prints, not that the stand-in is a Kubernetes. Which lines those are is CONFORMANCE (kubectl-conformance.ts,
+// checked against the product's sources in kubectl-conformance.test.ts); the last test here fails when one of its
+// lines did not run against the stand-in.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { X509Certificate } from 'node:crypto'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -21,11 +23,15 @@ import {
   kubeFactKinds,
   kubeFactNamed,
   kubeGet,
+  isReady,
   kubeObjects,
   type KubeObject,
   type KubeRead,
 } from '../../lib/kube.ts'
 import { parseNode } from '../../lib/k3s.ts'
+import { MANAGED_LABELS, MANAGED_TAINTS, planNodeMetadata } from '../../lib/node-metadata.ts'
+import { versionOf } from '../../lib/k3s-upgrade-run.ts'
+import { CONFORMANCE, issuedLines, linePattern } from './kubectl-conformance.ts'
 import { rewriteKubeconfig } from '../../roles/k3s-server.ts'
 import { DRAINED_MARK } from '../../lib/scheduling.ts'
 import { drainNode, podsToEvict } from '../../lib/scheduling.ts'
@@ -58,10 +64,13 @@ describe.skipIf(!existsSync(REAL_KUBECTL))(
     let server: ChildProcess | undefined
     let serverLog = ''
     let port = 0
+    /** The kubectl lines run against the stand-in with its own kubeconfig (operands left off): CONFORMANCE's check. */
+    const issued: string[] = []
 
     /** Runs a product script on "the server": its `k3s kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml` is the real kubectl here. */
     const sh = (script: string, input = '', config = kubeconfig): Promise<RunResult> =>
       new Promise((done, fail) => {
+        if (config === kubeconfig) issued.push(...issuedLines(script, KUBECTL))
         const p = spawn(
           'sh',
           ['-c', script.replaceAll(KUBECTL, `${quote(REAL_KUBECTL)} --kubeconfig ${quote(config)}`)],
@@ -244,23 +253,10 @@ describe.skipIf(!existsSync(REAL_KUBECTL))(
     })
 
     // ------------------------------------------------------------------------------------------------------------
-    // The conformance list: every kubectl command line the product issues, in the order a site / update / retire
-    // run issues them, with what the product's parser makes of the answer.
-    //
-    // | role (file)                | product line (builder)                                                                |
-    // |----------------------------|----------------------------------------------------------------------------------------|
-    // | flux-bootstrap             | clusterFact: get -f - (named objects) --ignore-not-found -o jsonpath=... (Secret digest)|
-    // | flux-bootstrap             | KUBECTL create namespace external-secrets                                              |
-    // | flux-bootstrap             | KUBECTL apply --server-side --field-manager=pi-provision --force-conflicts -f -        |
-    // | k3s-server, k3s-common     | kubectl('get node -o json', name) -> parseNode                                         |
-    // | k3s-retire                 | kubeFact('k3s-retire', 'node', name); kubeFact('k3s-retire', 'nodes,pods -A')          |
-    // | os-update                  | kubeGet('nodes,pods -A'); kubectl('annotate --overwrite node', name, MARK=update)      |
-    // | os-update, k3s-retire      | drainNode: kubectl('drain --ignore-daemonsets --delete-emptydir-data --timeout=Ns', n) |
-    // | os-update                  | kubectl('uncordon', name) && kubectl('annotate node', name, MARK-)                     |
-    // | apps                       | clusterFact: kubeFactKinds(every kind the role reads, -A, -o json)                     |
-    // | apps                       | kubectl('annotate --overwrite -n NS', KS/name, requestedAt=STAMP); kubeGet(KS -A) ...  |
-    // | flux-bootstrap             | kubeGet(KS flux-system -n flux-system --ignore-not-found)                              |
-    // | k3s-agent, k3s-retire      | kubectl('delete node', name)                                                           |
+    // The conformance list: CONFORMANCE in kubectl-conformance.ts, every kubectl command line the product issues
+    // (checked against the sources). The tests below run each, built by the product's own builders (flux-bootstrap's
+    // two hand-written `${KUBECTL} ...` lines are copied here), in the order a site / update / retire run issues
+    // them, with what the product's parser makes of the answer; the last test fails when a line did not run.
     // ------------------------------------------------------------------------------------------------------------
 
     it('flux-bootstrap: the cluster read before Flux (none of its objects; the ESO Secret absent)', async () => {
@@ -485,6 +481,54 @@ describe.skipIf(!existsSync(REAL_KUBECTL))(
       expect(pods.stdout).toMatch(/^default +node-agent-\w+ +\S+ +Running +0 /m)
     })
 
+    it('k3s node labels: label, taint (add, change, remove) and annotate lines from planNodeMetadata, read back by parseNode', async () => {
+      /** Plans from the Node as parseNode reads it, runs the plan's script, and reads the Node again. */
+      const converge = async (labels: string[], taints: string[]) => {
+        const plan = planNodeMetadata(await node(), NODE, labels, taints)
+        expect(plan).not.toBeNull()
+        const r = await sh(plan?.script ?? '')
+        expect(r, r.stderr).toMatchObject({ code: 0, stdout: '', stderr: '' })
+        const after = await node()
+        expect(planNodeMetadata(after, NODE, labels, taints)).toBeNull() // what it set reads back as asked
+        return { plan, after }
+      }
+
+      const first = await converge(['tier=edge', 'zone=a'], ['dedicated=db:NoSchedule', 'spot:PreferNoSchedule'])
+      expect(first.plan?.script).toContain(kubectl('label --overwrite node', NODE, 'tier=edge', 'zone=a'))
+      expect(first.after.labels).toMatchObject({ hardware: 'pi5', tier: 'edge', zone: 'a' })
+      expect(first.after.taints.toSorted((a, b) => a.key.localeCompare(b.key))).toEqual([
+        { key: 'dedicated', value: 'db', effect: 'NoSchedule' },
+        { key: 'spot', effect: 'PreferNoSchedule' },
+      ]) // in the order kubectl puts them, which the product does not read
+      expect(first.after.annotations).toMatchObject({
+        [MANAGED_LABELS]: '["tier","zone"]',
+        [MANAGED_TAINTS]: '["dedicated:NoSchedule","spot:PreferNoSchedule"]',
+      })
+
+      // a label changed and one dropped (k-), a taint's value changed (overwrite) and one removed (key:Effect-)
+      const second = await converge(['tier=core'], ['dedicated=web:NoSchedule'])
+      expect(second.plan?.script).toContain(kubectl('taint node', NODE, 'spot:PreferNoSchedule-'))
+      expect(second.plan?.script).toContain(kubectl('label --overwrite node', NODE, 'tier=core', 'zone-'))
+      expect(second.after.labels.tier).toBe('core')
+      expect(second.after.labels).not.toHaveProperty('zone')
+      expect(second.after.taints).toEqual([{ key: 'dedicated', value: 'web', effect: 'NoSchedule' }])
+
+      // nothing asked any more: what the tool set goes, what k3s set (hardware=pi5, the hostname) stays
+      const none = await converge([], [])
+      expect(none.after.labels).not.toHaveProperty('tier')
+      expect(none.after.labels).toMatchObject({ hardware: 'pi5', 'kubernetes.io/hostname': NODE })
+      expect(none.after.taints).toEqual([])
+      expect(none.after.annotations).toMatchObject({ [MANAGED_LABELS]: '[]', [MANAGED_TAINTS]: '[]' })
+    })
+
+    it('k3s-upgrade: kubeGet nodes (Node): each Node with its release, Ready and cordoned as the preflight reads them', async () => {
+      const nodes = await kubeGet(server_, 'nodes', 'Node')
+      expect(nodes.map((o) => o.metadata.name)).toEqual([NODE])
+      expect(versionOf(nodes[0])).toBe('v1.34.3+k3s1')
+      expect(isReady(nodes[0])).toBe(true)
+      expect(nodes[0].spec?.unschedulable ?? false).toBe(false)
+    })
+
     it('k3s-agent / k3s-retire: delete node -- NAME; the Node and its node-password Secret are gone', async () => {
       await setup({
         apiVersion: 'v1',
@@ -497,6 +541,11 @@ describe.skipIf(!existsSync(REAL_KUBECTL))(
       expect(readOk(await fact(kubeFact('k3s-retire', 'node', 'pi3-worker-9')))).toEqual([])
       const again = await sh(kubectl('delete node', 'pi3-worker-9'))
       expect(again).toMatchObject({ code: 1, stderr: 'Error from server (NotFound): nodes "pi3-worker-9" not found\n' })
+    })
+
+    it('every line of the conformance list ran here against the stand-in with the real kubectl', () => {
+      const notRun = CONFORMANCE.filter((e) => !issued.some((l) => linePattern(e.line).test(l))).map((e) => e.line)
+      expect(notRun).toEqual([])
     })
   },
 )
