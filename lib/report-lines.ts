@@ -86,10 +86,8 @@ export function formatRecap(e: Extract<RunEvent, { kind: 'recap' }>, p: Palette 
 /** An event's lines, masked, then painted (so no escape splits a secret; the recap holds only names and counts). */
 export function render(e: RunEvent, opts: ReporterOptions): string[] {
   const p = opts.palette ?? PLAIN
-  if (e.kind === 'recap')
-    return [...formatRecap(e, p), ...(opts.verbosity >= 1 && e.stats ? formatStats(e.stats) : [])].map(mask)
   const lines = renderPlain(e, opts).map(mask)
-  if (!p.on) return lines
+  if (!p.on || e.kind === 'recap') return lines
   switch (e.kind) {
     case 'step-end': {
       const status = { ok: p.ok, changed: p.changed, failed: p.failed, skipped: p.skipped }[e.status]
@@ -115,6 +113,7 @@ function paintDiffLine(l: string, p: Palette): string {
   return l
 }
 
+/** An event's lines before masking: plain, but for the recap, which formatRecap paints with the run's palette. */
 function renderPlain(e: RunEvent, opts: ReporterOptions): string[] {
   switch (e.kind) {
     case 'run-start':
@@ -181,7 +180,7 @@ function renderPlain(e: RunEvent, opts: ReporterOptions): string[] {
       return [`ERROR: ${e.message}`]
     case 'interrupted':
       return [`interrupted: ${e.message}`]
-    case 'recap':
-      return [...formatRecap(e), ...(opts.verbosity >= 1 && e.stats ? formatStats(e.stats) : [])]
+    case 'recap': // painted by formatRecap itself (names and counts only: masking after it splits no secret)
+      return [...formatRecap(e, opts.palette ?? PLAIN), ...(opts.verbosity >= 1 && e.stats ? formatStats(e.stats) : [])]
   }
 }
