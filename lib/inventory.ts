@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { isMap, type Pair, type YAMLMap } from 'yaml'
-import { ProvisionError } from './errors.ts'
+import { errnoCode, ProvisionError } from './errors.ts'
 import { hostProblems } from './host-checks.ts'
 import { nodeNameOf } from './host-identity.ts'
 import { readVarLayer, type Layer, type Placement } from './inventory-vars.ts'
@@ -84,7 +84,7 @@ export function loadInventory(file: string, opts: InventoryOptions = {}): Invent
   try {
     text = readFileSync(file, 'utf8')
   } catch (e) {
-    throw new ProvisionError('inventory', `cannot read inventory: ${(e as NodeJS.ErrnoException).code ?? String(e)}`, {
+    throw new ProvisionError('inventory', `cannot read inventory: ${errnoCode(e) ?? String(e)}`, {
       place: { file },
       hint: 'pass the inventory with -i FILE (default inventory/hosts.yaml)',
     })

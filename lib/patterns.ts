@@ -2,7 +2,7 @@
 // "!x" exclude, globs, "~regex", group names, "all", and "@file" (one pattern per line, e.g. a retry file).
 
 import { readFileSync } from 'node:fs'
-import { ProvisionError } from './errors.ts'
+import { errnoCode, ProvisionError } from './errors.ts'
 import type { Inventory } from './inventory.ts'
 
 export function selectHosts(inv: Inventory, pattern: string, cwd = process.cwd()): string[] {
@@ -53,10 +53,7 @@ function readPatternFile(path: string, cwd: string): string[] {
   try {
     text = readFileSync(path.startsWith('/') ? path : `${cwd}/${path}`, 'utf8')
   } catch (e) {
-    throw new ProvisionError(
-      'usage',
-      `--limit @${path}: cannot read the file (${(e as NodeJS.ErrnoException).code ?? String(e)})`,
-    )
+    throw new ProvisionError('usage', `--limit @${path}: cannot read the file (${errnoCode(e) ?? String(e)})`)
   }
   const lines = text
     .split('\n')

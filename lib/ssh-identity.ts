@@ -4,7 +4,7 @@
 import { readFile } from 'node:fs/promises'
 import ssh2 from 'ssh2'
 import type { IdentityCallback, ParsedKey } from 'ssh2'
-import { ProvisionError } from './errors.ts'
+import { errnoCode, ProvisionError } from './errors.ts'
 import { expandPath } from './controller-paths.ts'
 
 /** An ssh-agent whose key matching `prefer` (an SSH public key blob) is offered first. */
@@ -50,10 +50,8 @@ export async function readKey(path: string, host: string): Promise<string> {
   try {
     return await readFile(expandPath(path, process.cwd()), 'utf8')
   } catch (e) {
-    throw new ProvisionError(
-      'unreachable',
-      `cannot read SSH key ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`,
-      { place: { host } },
-    )
+    throw new ProvisionError('unreachable', `cannot read SSH key ${path}: ${errnoCode(e) ?? String(e)}`, {
+      place: { host },
+    })
   }
 }

@@ -13,7 +13,7 @@
 import { lstatSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path'
-import { ProvisionError } from './errors.ts'
+import { errnoCode, ProvisionError } from './errors.ts'
 
 /** One value as the file gives it, with where it is. */
 export interface Found<T = string> {
@@ -205,7 +205,7 @@ function parseFile(
     }
     text = readFileSync(path, 'utf8')
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code ?? String(e)
+    const code = errnoCode(e) ?? String(e)
     problems.push(new ProvisionError('inventory', `cannot read ssh config ${path}: ${code}`, { place: at }))
     return undefined
   }
