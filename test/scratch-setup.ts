@@ -4,8 +4,7 @@
 // may outlive the run in /tmp. PI_TEST_KEEP_SCRATCH=1 keeps it to look into a failure.
 import { rmSync } from 'node:fs'
 
-export function setup(): void {}
-
+// Only a teardown: vitest takes a global setup file that exports setup, teardown or both.
 export function teardown(): void {
   const scratch = process.env.PI_TEST_SCRATCH
   if (!scratch) return
