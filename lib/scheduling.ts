@@ -190,3 +190,14 @@ export async function markAndDrain(
   const done = d.what.replace(/^evict/, 'evicted').replace(/^cordon it/, 'cordoned')
   return `drained ${name} (${done})${d.byHand ? '; cordoned by hand, it stays cordoned' : ''}`
 }
+
+/** Uncordon a Node this tool drained and take its mark off, in one command; returns what to report. */
+export async function uncordonMarked(
+  server: { must(script: string, opts?: { what?: string }): Promise<RunResult> },
+  name: string,
+): Promise<string> {
+  await server.must(`${kubectl('uncordon', name)} && ${kubectl('annotate node', name, `${DRAINED_MARK}-`)}`, {
+    what: `uncordon ${name}`,
+  })
+  return `uncordoned ${name}`
+}

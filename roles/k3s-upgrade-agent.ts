@@ -8,9 +8,9 @@
 import { checkClusterToken, k3sInstallFact, nodeIfAnswering, nodeName, nodeOnServer, serverHandle } from '../lib/k3s.ts'
 import { agentInstallSpec, runInstaller } from '../lib/k3s-install.ts'
 import { agentSkewRefusal, type Move, moveOf, parseK3sVersion, versionRefusal } from '../lib/k3s-upgrade.ts'
-import { kubeGet, kubectl } from '../lib/kube.ts'
+import { kubeGet } from '../lib/kube.ts'
 import { type Role, runKey, type StepContext } from '../lib/role.ts'
-import { DRAINED_MARK, markAndDrain, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
+import { DRAINED_MARK, markAndDrain, uncordonMarked, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
 import { waitUntil } from '../lib/steps.ts'
 import {
   moveWords,
@@ -187,13 +187,7 @@ export const upgradeAgent: Role = {
           }
         return {
           summary: `uncordon ${name}`,
-          async apply() {
-            await (await serverHandle(ctx)).must(
-              `${kubectl('uncordon', name)} && ${kubectl('annotate node', name, `${DRAINED_MARK}-`)}`,
-              { what: `uncordon ${name}` },
-            )
-            return `uncordoned ${name}`
-          },
+          apply: async () => uncordonMarked(await serverHandle(ctx), name),
         }
       },
     },

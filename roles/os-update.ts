@@ -17,8 +17,8 @@ import { bounded, quote } from '../lib/shell.ts'
 import { agrees, counted } from '../lib/words.ts'
 import { rebootHandler, waitUntil } from '../lib/steps.ts'
 import { nodeIfAnswering, nodeName, nodeOnServer, serverHandle, type NodeView } from '../lib/k3s.ts'
-import { kubeGet, kubectl } from '../lib/kube.ts'
-import { DRAINED_MARK, markAndDrain, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
+import { kubeGet } from '../lib/kube.ts'
+import { DRAINED_MARK, markAndDrain, uncordonMarked, podsToEvict, podsWithNowhereElse } from '../lib/scheduling.ts'
 
 const APT_LOCK_WAIT = 300
 /** Written by packages that need a reboot (Debian's convention, on tmpfs: a reboot clears it); a kernel change too. */
@@ -364,13 +364,7 @@ export const osUpdate: Role = {
           }
         return {
           summary: `uncordon ${name}`,
-          async apply() {
-            await (await serverHandle(ctx)).must(
-              `${kubectl('uncordon', name)} && ${kubectl('annotate node', name, `${DRAINED_MARK}-`)}`,
-              { what: `uncordon ${name}` },
-            )
-            return `uncordoned ${name}`
-          },
+          apply: async () => uncordonMarked(await serverHandle(ctx), name),
         }
       },
     },
