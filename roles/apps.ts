@@ -41,11 +41,6 @@ import {
   type KubeObject,
 } from '../lib/kube.ts'
 
-// Kept for test/unit/standin-workloads.test.ts, which imports these four from here (another helper's file).
-export { checkEso } from '../lib/external-secrets.ts'
-export { checkPlacement, parsePlacement } from '../lib/placement.ts'
-export { readiness } from '../lib/flux-readiness.ts'
-
 /** The revision the source reconcile fetched. */
 const FLUX_REVISION = runKey<string>('flux source revision')
 /** Every Kustomization and HelmRelease already Ready at that revision ("n/m Ready at rev"): nothing to wait for. */

@@ -36,10 +36,6 @@ import {
 } from '../lib/flux-bootstrap-plan.ts'
 import { archFact, fluxCliFact, fluxDownloadUrl, fluxInstallScript } from '../lib/flux-cli.ts'
 
-// Kept for test/unit/standin-kubeapi.test.ts and standin-workloads.test.ts, which import these from here.
-export { bootstrapDecision, clusterFact } from '../lib/flux-bootstrap-plan.ts'
-export { esoSecretDigest, esoSecretManifest, secretState } from '../lib/external-secrets.ts'
-
 export async function readFluxState(ctx: StepContext): Promise<FluxState> {
   return fluxStateOf(kubeObjects(await ctx.facts.get(fluxRead)))
 }

@@ -35,12 +35,9 @@ import { CONFORMANCE, issuedLines, linePattern } from './kubectl-conformance.ts'
 import { rewriteKubeconfig } from '../../roles/k3s-server.ts'
 import { DRAINED_MARK } from '../../lib/scheduling.ts'
 import { drainNode, podsToEvict } from '../../lib/scheduling.ts'
-import {
-  clusterFact as fluxBootstrapRead,
-  esoSecretDigest,
-  esoSecretManifest,
-  secretState,
-} from '../../roles/flux-bootstrap.ts'
+import { clusterFact as fluxBootstrapRead } from '../../lib/flux-bootstrap-plan.ts'
+import { esoSecretDigest, esoSecretManifest, secretState } from '../../lib/external-secrets.ts'
+import { REQUESTED_AT } from '../../lib/flux-readiness.ts'
 import { clusterFact as appsRead } from '../../roles/apps.ts'
 import { quote } from '../../lib/shell.ts'
 
@@ -49,7 +46,6 @@ const K3S = resolve(import.meta.dirname, '../standins/k3s/k3s-standin.py')
 const REAL_KUBECTL = process.env.PI_LAB_KUBECTL ?? '/usr/bin/kubectl'
 const NODE = 'pi-k3s'
 const SALT = 'conformance-salt'
-const REQUESTED_AT = 'reconcile.fluxcd.io/requestedAt' // roles/apps.ts's annotation (not exported there)
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
