@@ -3,11 +3,12 @@
 // and the plan it prints is what the real run then does. The runner owns check mode (a step only plans), so this is
 // the test of that model.
 
+import { execFileSync } from 'node:child_process'
 import { mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { DEFAULT_HOSTS, labBootId, labDown, labExec, labUp } from '../lab/lab.ts'
+import { DEFAULT_HOSTS, LAB_DIR, labBootId, labDown, labExec, labUp } from '../lab/lab.ts'
 import { onHost, runPlaybookCli, type PlaybookRun } from './helpers.ts'
 
 /** Everything a playbook could change on a host, hashed; plus the boot, so a reboot shows. */
@@ -22,6 +23,8 @@ async function hostState(host: string): Promise<string> {
       'find /etc/rancher /etc/modules-load.d /etc/sysctl.d /etc/systemd/system /usr/local/bin /var/lib/pi-provision -xdev 2>/dev/null | sort | xargs -r ls -ld --time-style=+%s 2>/dev/null | sha256sum',
       'systemctl list-unit-files --no-legend --no-pager 2>/dev/null | sha256sum',
       'ls /boot/firmware',
+      // The snapshots backup.mts and upgrade.mts keep on the server.
+      'ls -la --time-style=+%s /var/lib/rancher/k3s/server/pi-provision-snapshots 2>&1 || true',
     ].join('; '),
   )
   return `${files}boot ${await labBootId(host)}\n`
@@ -45,8 +48,15 @@ async function clusterState(): Promise<string> {
   )
 }
 
+/** The lab's NAS folder on the controller (k3s_backup_dir): where backup.mts copies its snapshots. */
+function nasState(): string {
+  return execFileSync('sh', ['-c', `ls -laR --time-style=+%s ${join(LAB_DIR, 'nas')} 2>&1 || true`], {
+    encoding: 'utf8',
+  })
+}
+
 async function everything(): Promise<Record<string, string>> {
-  const out: Record<string, string> = { cluster: await clusterState() }
+  const out: Record<string, string> = { cluster: await clusterState(), nas: nasState() }
   for (const h of DEFAULT_HOSTS) out[h] = await hostState(h)
   return out
 }
@@ -83,7 +93,15 @@ const PLAYBOOKS: { name: string; args: string[] }[] = [
   { name: 'update', args: [] },
   { name: 'retire', args: ['pi3-worker-2'] },
   { name: 'rebuild', args: ['pi3-worker-2'] },
+  { name: 'upgrade', args: [] },
+  { name: 'backup', args: ['--keep', '1'] },
 ]
+
+/** On a fresh lab, the playbooks that act on a running cluster refuse at once, saying there is none yet. */
+const NO_CLUSTER_YET: Record<string, string> = {
+  upgrade: 'pi-k3s has no Node in the cluster: every node of the inventory must be in it and Ready',
+  backup: 'no datastore at /var/lib/rancher/k3s/server/db/state.db: is the k3s server installed here?',
+}
 
 beforeAll(async () => {
   await labUp(DEFAULT_HOSTS, { fresh: true })
@@ -99,7 +117,10 @@ describe('--check on a fresh lab', () => {
       const before = await everything()
       const run = await runPlaybookCli(pb.name, [...pb.args, '--check'])
       expect(run.out).toContain('CHECK MODE: nothing will be changed.')
-      if (pb.name === 'rebuild' && run.out.includes('run the k3s-server role first')) {
+      if (NO_CLUSTER_YET[pb.name]) {
+        expect(run.code, run.out).toBe(2)
+        expect(run.out).toContain(NO_CLUSTER_YET[pb.name])
+      } else if (pb.name === 'rebuild' && run.out.includes('run the k3s-server role first')) {
         // No cluster token in the secrets store yet (the lab's store keeps the one an earlier test made): an agent
         // cannot be rebuilt into a cluster that never existed, said before anything is planned on it.
         expect(run.code, run.out).toBe(2)
@@ -137,6 +158,9 @@ describe('--check on the converged cluster', () => {
       // Nothing to do for the playbooks that converge the cluster: the plan is empty.
       if (['pi-prep', 'site', 'rebuild'].includes(pb.name))
         for (const h of Object.keys(run.recap)) expect(run.recap[h].changed, `${h}\n${run.out}`).toBe(0)
+      if (pb.name === 'upgrade')
+        for (const h of Object.keys(run.recap)) expect(run.recap[h].changed, `${h}\n${run.out}`).toBe(0)
+      if (pb.name === 'backup') expect(run.recap['pi-k3s'].changed, run.out).toBeGreaterThan(0)
       if (pb.name === 'retire')
         expect(run.out).toContain(
           'changed: [pi-k3s] k3s-retire | Delete the Node pi3-worker-2 (would delete the Node pi3-worker-2)',
