@@ -382,7 +382,7 @@ describe('k3s stand-in (test fixture imitating k3s)', { timeout: 60_000 }, () =>
     expect((await kc(['get', 'namespace', 'external-secrets', '-o', 'json'])).stdout).toContain('"phase": "Active"')
   })
 
-  it('label, taint, wait and errors with the real kubectl; a node without heartbeats turns NotReady', async () => {
+  it('label, taint and errors with the real kubectl; a node without heartbeats turns NotReady', async () => {
     expect(await kc(['label', 'node', 'w1', 'disk=ssd'])).toMatchObject({ code: 0, stdout: 'node/w1 labeled\n' })
     expect(await kc(['label', 'node', 'w1', 'disk=hdd'])).toMatchObject({
       code: 1,
