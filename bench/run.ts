@@ -308,7 +308,8 @@ function floorCommand(names: readonly string[], extra: (name: string, i: number)
     'cat /etc/hostname /etc/hosts',
     'for f in /boot/firmware/cmdline.txt /boot/cmdline.txt; do [ -f $f ] && cat $f && break; done',
     'cat /proc/swaps',
-    'systemctl show -p LoadState -p UnitFileState -p ActiveState dphys-swapfile.service systemd-zram-setup@zram0.service rpi-swap.service',
+    'systemctl show -p LoadState -p UnitFileState -p ActiveState ' +
+      'dphys-swapfile.service systemd-zram-setup@zram0.service rpi-swap.service',
     '[ -e /var/swap ]; echo $?',
     "dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' nfs-common curl ca-certificates iptables dphys-swapfile",
     'cat /etc/modules-load.d/k3s.conf /etc/sysctl.d/90-k3s.conf',
@@ -318,7 +319,10 @@ function floorCommand(names: readonly string[], extra: (name: string, i: number)
   const ssh = (n: string, i: number) => {
     const script = join(dir, `${n}.sh`)
     writeFileSync(script, [...checks, ...extra(n, i)].join('\n') + '\n')
-    return `ssh -o BatchMode=yes -o UserKnownHostsFile=${LAB_KNOWN_HOSTS} -o StrictHostKeyChecking=yes -i ${LAB_KEY} pi@${labAddress(n)} 'sudo -n sh -s' < ${script} >/dev/null &`
+    return (
+      `ssh -o BatchMode=yes -o UserKnownHostsFile=${LAB_KNOWN_HOSTS} -o StrictHostKeyChecking=yes -i ${LAB_KEY} ` +
+      `pi@${labAddress(n)} 'sudo -n sh -s' < ${script} >/dev/null &`
+    )
   }
   return `${names.map(ssh).join('\n')}\nwait`
 }
@@ -332,16 +336,32 @@ function floorCommand(names: readonly string[], extra: (name: string, i: number)
 function siteFloorCommand(names: readonly string[]): string {
   const kubectl = 'k3s kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml'
   const flux = '/usr/local/bin/flux --kubeconfig /etc/rancher/k3s/k3s.yaml'
-  const kinds =
-    'gitrepositories.source.toolkit.fluxcd.io,kustomizations.kustomize.toolkit.fluxcd.io,helmreleases.helm.toolkit.fluxcd.io,clustersecretstores.external-secrets.io,externalsecrets.external-secrets.io,nodes,pods,deployments.apps,statefulsets.apps,daemonsets.apps,cronjobs.batch'
+  const kinds = [
+    'gitrepositories.source.toolkit.fluxcd.io',
+    'kustomizations.kustomize.toolkit.fluxcd.io',
+    'helmreleases.helm.toolkit.fluxcd.io',
+    'clustersecretstores.external-secrets.io',
+    'externalsecrets.external-secrets.io',
+    'nodes',
+    'pods',
+    'deployments.apps',
+    'statefulsets.apps',
+    'daemonsets.apps',
+    'cronjobs.batch',
+  ].join(',')
   return floorCommand(names, (_n, i) => [
-    '/usr/local/bin/k3s --version; cat /etc/rancher/k3s/config.yaml; systemctl show -p ActiveState -p UnitFileState k3s k3s-agent',
+    '/usr/local/bin/k3s --version; cat /etc/rancher/k3s/config.yaml; ' +
+      'systemctl show -p ActiveState -p UnitFileState k3s k3s-agent',
     ...(i > 0
       ? ['cat /etc/systemd/system/k3s-agent.service.env']
       : [
           `${kubectl} get nodes -o json >/dev/null`,
-          `${kubectl} get namespaces,gitrepositories.source.toolkit.fluxcd.io,kustomizations.kustomize.toolkit.fluxcd.io,deployments.apps,secrets -n flux-system -o json >/dev/null & ${flux} --version & wait`,
-          `${kubectl} get ${kinds} -A -o json >/dev/null & curl -s ${LAB_ARTIFACT_BASE}/gitops/github.com/mtgibbs/pi-cluster.git/info/refs?service=git-upload-pack & wait`,
+          `${kubectl} get namespaces,gitrepositories.source.toolkit.fluxcd.io,` +
+            'kustomizations.kustomize.toolkit.fluxcd.io,deployments.apps,secrets ' +
+            `-n flux-system -o json >/dev/null & ${flux} --version & wait`,
+          `${kubectl} get ${kinds} -A -o json >/dev/null & ` +
+            `curl -s ${LAB_ARTIFACT_BASE}/gitops/github.com/mtgibbs/pi-cluster.git/info/refs` +
+            '?service=git-upload-pack & wait',
         ]),
   ])
 }
@@ -431,7 +451,8 @@ if (!flags['no-fresh']) {
   })
   apt.push({ wall: slowestStep(events, 'Install the packages the cluster needs'), user: 0, sys: 0 })
   rebootHandler.push({ wall: slowestStep(events, 'Reboot'), user: 0, sys: 0 })
-  // The fresh target is "the reboot + 2 s"; apt (mirror download + dpkg) is not the runner's to speed up, so show the rest too.
+  // The fresh target is "the reboot + 2 s"; apt (mirror download + dpkg) is not the runner's to speed up, so show the
+  // rest too.
   const withoutApt = fresh.runs.map((r, i) => ({ wall: r.wall - (apt[i]?.wall ?? 0), user: 0, sys: 0 }))
   figures.push(
     fresh,
@@ -551,7 +572,17 @@ const s2 = (x: number | undefined) => (x === undefined ? '' : x.toFixed(2))
 console.log(`\n${'run'.padEnd(44)} hosts   min    median   max   runner  x floor  cpu s/run  cpu ms/step/host`)
 for (const r of rows)
   console.log(
-    `${r.name.padEnd(44)} ${String(r.hosts || '').padStart(5)} ${s2(r.min).padStart(6)} ${s2(r.median).padStart(8)} ${s2(r.max).padStart(6)} ${s2(r.runnerMedian).padStart(7)} ${(r.ratioToFloor ? `${r.ratioToFloor.toFixed(1)}x` : '').padStart(8)} ${r.cpu.toFixed(2).padStart(10)} ${(r.cpuMsPerStep ? r.cpuMsPerStep.toFixed(1) : '').padStart(17)}`,
+    [
+      r.name.padEnd(44),
+      String(r.hosts || '').padStart(5),
+      s2(r.min).padStart(6),
+      s2(r.median).padStart(8),
+      s2(r.max).padStart(6),
+      s2(r.runnerMedian).padStart(7),
+      (r.ratioToFloor ? `${r.ratioToFloor.toFixed(1)}x` : '').padStart(8),
+      r.cpu.toFixed(2).padStart(10),
+      (r.cpuMsPerStep ? r.cpuMsPerStep.toFixed(1) : '').padStart(17),
+    ].join(' '),
   )
 console.log('\ncommands:')
 for (const r of rows) if (r.command && !r.command.includes('\n')) console.log(`  ${r.name.trim()}: ${r.command}`)
@@ -561,14 +592,22 @@ if (siteBreakdown && piprepBreakdown) {
   console.log(`${'phase'.padEnd(42)} ${'site'.padStart(6)} ${'pi-prep'.padStart(8)}`)
   for (const k of Object.keys(PHASE_NAMES) as (keyof Phases)[])
     console.log(
-      `${PHASE_NAMES[k].padEnd(42)} ${String(siteBreakdown.phases[k]).padStart(6)} ${String(piprepBreakdown.phases[k]).padStart(8)}`,
+      `${PHASE_NAMES[k].padEnd(42)} ${String(siteBreakdown.phases[k]).padStart(6)} ` +
+        String(piprepBreakdown.phases[k]).padStart(8),
     )
 }
 
 const costLine = (h: string, c: HostCost, p?: HostProcesses, idle?: HostProcesses) =>
   `${h.padEnd(14)} ${String(c.roundTrips).padStart(6)} ${String(c.kubectl).padStart(8)} ${String(c.flux).padStart(5)}` +
   (p
-    ? ` ${String(p.processes).padStart(10)} ${String(p.execs).padStart(6)} ${String(p.kubectl).padStart(8)} ${String(p.flux).padStart(5)} ${String(p.curl).padStart(5)} ${String(idle?.processes ?? '').padStart(6)}`
+    ? ` ${[
+        String(p.processes).padStart(10),
+        String(p.execs).padStart(6),
+        String(p.kubectl).padStart(8),
+        String(p.flux).padStart(5),
+        String(p.curl).padStart(5),
+        String(idle?.processes ?? '').padStart(6),
+      ].join(' ')}`
     : '')
 for (const [name, b, side] of [
   ['no-op site', siteBreakdown, hostSide?.site],
@@ -579,7 +618,8 @@ for (const [name, b, side] of [
   console.log(
     `${'host'.padEnd(14)} ${'trips'.padStart(6)} ${'kubectl'.padStart(8)} ${'flux'.padStart(5)}` +
       (side
-        ? ` ${'processes'.padStart(10)} ${'execs'.padStart(6)} ${'kubectl'.padStart(8)} ${'flux'.padStart(5)} ${'curl'.padStart(5)} ${'idle'.padStart(6)}`
+        ? ` ${'processes'.padStart(10)} ${'execs'.padStart(6)} ${'kubectl'.padStart(8)} ` +
+          `${'flux'.padStart(5)} ${'curl'.padStart(5)} ${'idle'.padStart(6)}`
         : ''),
   )
   for (const [h, c] of Object.entries(b.stats.hosts)) console.log(costLine(h, c, side?.[h], hostSide?.idle[h]))
