@@ -27,6 +27,7 @@ import {
 } from '../test/lab/lab.ts'
 import { connect as tcpConnect } from 'node:net'
 import type { HostCost, RunStats } from '../lib/run-events.ts'
+import { CLUSTER_KINDS } from '../roles/apps.ts'
 import { countHostProcesses, perfAvailable, type HostProcesses } from './hostprocs.ts'
 import { timeUpgrade, type UpgradeTiming } from './upgrade.ts'
 
@@ -336,19 +337,8 @@ function floorCommand(names: readonly string[], extra: (name: string, i: number)
 function siteFloorCommand(names: readonly string[]): string {
   const kubectl = 'k3s kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml'
   const flux = '/usr/local/bin/flux --kubeconfig /etc/rancher/k3s/k3s.yaml'
-  const kinds = [
-    'gitrepositories.source.toolkit.fluxcd.io',
-    'kustomizations.kustomize.toolkit.fluxcd.io',
-    'helmreleases.helm.toolkit.fluxcd.io',
-    'clustersecretstores.external-secrets.io',
-    'externalsecrets.external-secrets.io',
-    'nodes',
-    'pods',
-    'deployments.apps',
-    'statefulsets.apps',
-    'daemonsets.apps',
-    'cronjobs.batch',
-  ].join(',')
+  // What the apps role reads in its one kubectl (the same list, so the floor follows the role).
+  const kinds = CLUSTER_KINDS.join(',')
   return floorCommand(names, (_n, i) => [
     '/usr/local/bin/k3s --version; cat /etc/rancher/k3s/config.yaml; ' +
       'systemctl show -p ActiveState -p UnitFileState k3s k3s-agent',
