@@ -15,7 +15,7 @@ import urllib.request
 from common import (HEARTBEAT_SECONDS, RETRY_SECONDS, fatal, install_signal_handlers, k3s_version, log, rp, sd_notify,
                     set_process_name, short_commit, write_file)
 from config import (effective_config, ensure_node_password, memory_cgroup_check, node_info, node_name_for,
-                    parse_labels, parse_taint, parse_token, redacted_args, resolve_token)
+                    node_labels_and_taints, parse_token, redacted_args, resolve_token)
 from datastore import b64
 
 
@@ -79,13 +79,7 @@ def agent_main(argv):
     shown = url.rstrip("/")
     password = ensure_node_password()
     name = node_name_for(cfg, password)
-    labels = parse_labels(cfg.list("node-label"))
-    taints = []
-    for t in cfg.list("node-taint"):
-        pt = parse_taint(t)
-        if pt is None:
-            fatal("Error: invalid taint %r: expected key=value:Effect" % t)
-        taints.append(pt)
+    labels, taints = node_labels_and_taints(cfg)
     if not ca_hash:
         log("warning", "Cluster CA certificate is not trusted by the host CA bundle, but the token does not include "
                        "a CA hash. Use the full token from the server's node-token file to enable Cluster CA "

@@ -303,6 +303,19 @@ def parse_labels(specs):
     return out
 
 
+def node_labels_and_taints(cfg):
+    """The node-label and node-taint settings a node registers with (server and agent alike); a malformed taint
+    stops k3s, as the real one does."""
+    labels = parse_labels(cfg.list("node-label"))
+    taints = []
+    for t in cfg.list("node-taint"):
+        pt = parse_taint(t)
+        if pt is None:
+            fatal("Error: invalid taint %r: expected key=value:Effect" % t)
+        taints.append(pt)
+    return labels, taints
+
+
 def memory_cgroup_check():
     """Opt-in for the lab: when /run/k3s-standin/cmdline exists (the 'kernel cmdline of this boot', written
     by the lab at boot), fail like real k3s when the cgroup flags are missing from it."""

@@ -19,7 +19,7 @@ from common import (BOOTSTRAP_TEXT, HEARTBEAT_SECONDS, ROOT, STANDIN_NOTE, fatal
                     k3s_version, log, read_text, rfc3339, rp, sd_notify, set_process_name, short_commit, version_key,
                     write_file)
 from config import (effective_config, ensure_node_password, local_ipv4, memory_cgroup_check, node_info, node_name_for,
-                    parse_labels, parse_taint, parse_token, redacted_args, resolve_token)
+                    node_labels_and_taints, parse_token, redacted_args, resolve_token)
 from datastore import Store, b64, seal, split_api_version, unseal
 from pihole_dns import DnsResponder
 from scheduler import Scheduler
@@ -223,13 +223,7 @@ def server_main(argv):
     install_signal_handlers(stop)
 
     if not cfg.bool("disable-agent"):
-        labels = parse_labels(cfg.list("node-label"))
-        taints = []
-        for t in cfg.list("node-taint"):
-            pt = parse_taint(t)
-            if pt is None:
-                fatal("Error: invalid taint %r: expected key=value:Effect" % t)
-            taints.append(pt)
+        labels, taints = node_labels_and_taints(cfg)
         body = {"name": name, "password": node_pw, "labels": labels, "taints": taints, "role": "server",
                 "version": version, "nodeInfo": node_info(version), "hostname": socket.gethostname(),
                 "internalIP": node_ips[0] if node_ips else (local_ipv4() if not ROOT else "127.0.0.1"),
